@@ -1,0 +1,243 @@
+//! The envelope every stored event travels in: stream ids, positions, versions and metadata.
+//!
+//! These types are what the store reads and writes; they know nothing of what a payload means.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The position of an event in the whole log, assigned by the store at append time.
+///
+/// Positions are unique and increase with append order, but a reader must not use them alone as
+/// a cursor on PostgreSQL: see [`LogCursor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GlobalPosition(pub i64);
+
+/// The version of a stream: the number of events in it. The first event of a stream has version 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamVersion(pub i64);
+
+/// What an append expects of its stream before it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check at all.
+    Any,
+    /// The stream must not exist yet ("stream must not exist").
+    NoStream,
+    /// The stream's current version must be exactly this.
+    Exact(StreamVersion),
+}
+
+/// Where a reader of the global log stands: the last event it has taken, in commit order.
+///
+/// On PostgreSQL commit order is the pair (`transaction_id`, `global_position`): a sequence value
+/// taken by one transaction may become visible after a later one commits, so a reader that only
+/// remembered "position > N" would skip it. On SQLite (one writer) `transaction_id` equals the
+/// position's own row order and the pair still orders correctly.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub struct LogCursor {
+    pub transaction_id: i64,
+    pub global_position: i64,
+}
+
+impl LogCursor {
+    /// The cursor before the first event of the log.
+    pub const START: LogCursor = LogCursor {
+        transaction_id: 0,
+        global_position: 0,
+    };
+}
+
+/// A stream id such as `birth-<uuid>`, `death-<uuid>`, `task-<uuid>`, `person-<pin>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StreamId(String);
+
+/// A stream id that is empty, too long, or has characters outside `[a-z0-9-_.:]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid stream id {0:?}: expected <kind>-<id> in lowercase letters, digits, '-', '_', '.', ':' (at most 200 characters)")]
+pub struct InvalidStreamId(pub String);
+
+impl StreamId {
+    pub const MAX_LEN: usize = 200;
+
+    /// Parses a stream id, refusing anything that is not `<kind>-<id>` in a safe alphabet.
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidStreamId> {
+        let value = value.into();
+        let well_formed = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value.contains('-')
+            && !value.starts_with('-')
+            && value.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'-' | b'_' | b'.' | b':')
+            });
+        if well_formed {
+            Ok(Self(value))
+        } else {
+            Err(InvalidStreamId(value))
+        }
+    }
+
+    /// Builds `<kind>-<id>`; the caller guarantees both parts are in the safe alphabet.
+    pub fn for_kind(kind: &str, id: impl fmt::Display) -> Result<Self, InvalidStreamId> {
+        Self::parse(format!("{kind}-{id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part before the first `-`: `birth`, `death`, `task`, `person`...
+    pub fn kind(&self) -> &str {
+        self.0.split('-').next().unwrap_or_default()
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for StreamId {
+    type Error = InvalidStreamId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<StreamId> for String {
+    fn from(value: StreamId) -> Self {
+        value.0
+    }
+}
+
+/// Who acts in the system. `System` is Lifeline itself (policies, watchers, the relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Registrar,
+    Agency,
+    Auditor,
+    Operator,
+    System,
+}
+
+/// Who recorded an event, why, and in answer to what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// The person or process that acted (a user id, or `policy:<name>` for Lifeline itself).
+    pub actor: String,
+    pub role: Role,
+    /// The office or agency the actor acted for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub office: Option<String>,
+    /// Shared by every event that follows from one request.
+    pub correlation_id: Uuid,
+    /// The event (or request) that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+    /// The client's `Idempotency-Key`, when the event came from an HTTP request that had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl EventMetadata {
+    /// Metadata for an event Lifeline records by itself, caused by `cause`.
+    pub fn system(
+        actor: impl Into<String>,
+        correlation_id: Uuid,
+        cause: Option<Uuid>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            role: Role::System,
+            office: None,
+            correlation_id,
+            causation_id: cause,
+            recorded_at: at,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// An event about to be appended. `event_id` is the idempotency key of the append.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: serde_json::Value,
+    pub metadata: EventMetadata,
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub global_position: GlobalPosition,
+    /// Commit-order key together with `global_position` (see [`LogCursor`]).
+    pub transaction_id: i64,
+    pub stream_id: StreamId,
+    pub stream_version: StreamVersion,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: serde_json::Value,
+    pub metadata: EventMetadata,
+}
+
+impl RecordedEvent {
+    /// The cursor that points at this event: a reader that saved it resumes right after it.
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            transaction_id: self.transaction_id,
+            global_position: self.global_position.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_are_parsed_strictly() {
+        assert!(StreamId::parse("birth-3f1c").is_ok());
+        assert!(StreamId::parse("person-079190001234").is_ok());
+        for bad in [
+            "",
+            "birth",
+            "-x",
+            "Birth-1",
+            "birth-1 2",
+            "birth-1;drop",
+            &"a-".repeat(200),
+        ] {
+            assert!(StreamId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(StreamId::parse("task-9").unwrap().kind(), "task");
+    }
+
+    #[test]
+    fn cursors_order_by_transaction_then_position() {
+        let early_tx_late_pos = LogCursor {
+            transaction_id: 10,
+            global_position: 50,
+        };
+        let late_tx_early_pos = LogCursor {
+            transaction_id: 11,
+            global_position: 40,
+        };
+        assert!(early_tx_late_pos < late_tx_early_pos);
+    }
+}

@@ -1,0 +1,1 @@
+//! Lifeline services library.

@@ -1,0 +1,2 @@
+//! The `lifeline` binary.
+fn main() {}
