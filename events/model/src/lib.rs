@@ -6,5 +6,13 @@
 //!
 //! # Layout
 //! - [`envelope`]: stream ids, positions, expected versions, metadata, new and recorded events.
+//! - [`validation`]: `FieldError` (named by JSON path) and `ValidationErrors`.
+//! - [`values`]: personal ID numbers, names, sex, dates, office codes, phones, emails.
+//! - [`procedure`]: the seven procedures, the five agencies, what each agency receives.
+//! - [`declaration`]: birth and death declarations, as sent and as validated.
 
+pub mod declaration;
 pub mod envelope;
+pub mod procedure;
+pub mod validation;
+pub mod values;
