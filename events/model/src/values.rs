@@ -487,11 +487,8 @@ mod tests {
         let male_1988 = (Some(date("1988-07-09")), Some(Sex::Male));
         let girl_2026 = (Some(date("2026-11-20")), Some(Sex::Female));
         let unknown = (None, None);
-        let cases: Vec<(
-            &str,
-            (Option<NaiveDate>, Option<Sex>),
-            Result<(), PersonalIdError>,
-        )> = vec![
+        type Holder = (Option<NaiveDate>, Option<Sex>);
+        let cases: Vec<(&str, Holder, Result<(), PersonalIdError>)> = vec![
             ("079190001234", female_1990, Ok(())),
             ("079088004321", male_1988, Ok(())),
             ("001326123456", girl_2026, Ok(())),
