@@ -10,9 +10,21 @@
 //! - [`values`]: personal ID numbers, names, sex, dates, office codes, phones, emails.
 //! - [`procedure`]: the seven procedures, the five agencies, what each agency receives.
 //! - [`declaration`]: birth and death declarations, as sent and as validated.
+//! - [`error`]: `DomainError`, the refusals of commands.
+//! - [`life_event`]: the life event aggregate (`BirthRecorded`, `DeathRecorded`, corrections,
+//!   voids) and the citizen's `Reference`.
+//! - [`task`]: the task aggregate (created, claimed, completed, rejected, cancelled, amended,
+//!   overdue), outcomes per procedure, prefilled applications.
+//! - [`system_events`]: `PersonalIdAssigned`, `EligibilityDecided`, `PolicyFailed`.
+//! - [`codec`]: event type and schema version of every event, encode, decode with upcasters.
 
+pub mod codec;
 pub mod declaration;
 pub mod envelope;
+pub mod error;
+pub mod life_event;
 pub mod procedure;
+pub mod system_events;
+pub mod task;
 pub mod validation;
 pub mod values;
