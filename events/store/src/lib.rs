@@ -1,1 +1,31 @@
-//! Placeholder until the store lands.
+//! The Lifeline event store on sqlx: PostgreSQL (production) and SQLite (embedded default),
+//! migrations, the gap-free global reader, subscriptions, and the cqrs-es repository.
+//!
+//! The log is append-only: an append names an expected stream version and answers a typed
+//! conflict when the stream is elsewhere; re-sending stored event ids is a no-op that answers
+//! the original positions. Readers of the whole log go in commit order by
+//! `(transaction_id, global_position)` and never see an event appear behind their cursor.
+//!
+//! # Layout
+//! - [`store`]: [`EventStore`] (connect, migrate, append, reads, checkpoints) and
+//!   [`StoreTransaction`] (appends, reads and checkpoints committed together).
+//! - `append`: the append algorithm, once for both backends, run inside a caller's transaction.
+//! - `postgres`, `sqlite`: each backend's SQL, one function per primitive.
+//! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live.
+//! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
+//! - [`error`]: [`StoreError`] (faults) apart from [`AppendError`] (answers to an append).
+//! - `migrations/postgres`, `migrations/sqlite`: the schema, embedded at compile time.
+
+mod append;
+pub mod cqrs;
+pub mod error;
+mod postgres;
+mod sqlite;
+pub mod store;
+pub mod subscription;
+
+pub use append::AppendOutcome;
+pub use cqrs::LifelineRepository;
+pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
+pub use store::{BackendKind, EventStore, StoreTransaction, TransactionConnection};
+pub use subscription::{run_subscription, run_subscription_with, Subscriber, SubscriptionOptions};

@@ -1,0 +1,128 @@
+//! The store's errors: operational failures ([`StoreError`]) kept apart from the answers an
+//! append can get ([`AppendError`]), and what subscribers and subscriptions report.
+
+use std::path::PathBuf;
+
+use lifeline_model::envelope::{GlobalPosition, LogCursor, StreamId, StreamVersion};
+use uuid::Uuid;
+
+/// An operational failure: the database is unreachable, a statement failed, a stored row cannot
+/// be decoded. Callers retry or report it as a fault (HTTP 5xx); it is never a domain answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url scheme {scheme:?}: expected postgres://... or sqlite:...")]
+    UnsupportedUrl { scheme: String },
+    #[error("cannot create the directory {path:?} of the sqlite database: {source}")]
+    CreateDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode event {event_id}: {source}")]
+    Encode {
+        event_id: Uuid,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("stored event at position {global_position} is malformed: {reason}")]
+    Corrupt {
+        global_position: i64,
+        reason: String,
+    },
+}
+
+/// Why an append stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The stream was not at the expected version (HTTP 409). Nothing was stored.
+    #[error("stream {stream} is not at the expected version {expected:?} (actual {actual:?})")]
+    Conflict {
+        stream: StreamId,
+        expected: lifeline_model::envelope::ExpectedVersion,
+        /// The stream's version when the conflict was seen; `None` if the stream does not exist.
+        actual: Option<StreamVersion>,
+    },
+    /// Some event ids of the batch are stored already, but not as this very batch (another
+    /// stream, other versions, or only part of the batch): re-sending is not a no-op here.
+    #[error(
+        "event {event_id} is already stored in {stored_stream} at version {stored_version:?}, \
+         which is not where this append to {stream} would put it \
+         ({stored_count} of {batch_len} event ids of the batch are stored)"
+    )]
+    EventIdMismatch {
+        stream: StreamId,
+        event_id: Uuid,
+        stored_stream: StreamId,
+        stored_version: StreamVersion,
+        stored_position: GlobalPosition,
+        stored_count: usize,
+        batch_len: usize,
+    },
+    /// The batch names one event id twice.
+    #[error("event id {0} appears twice in one append")]
+    DuplicateEventInBatch(Uuid),
+    /// The batch is empty: there is nothing to append.
+    #[error("an append needs at least one event")]
+    EmptyBatch,
+    /// An operational failure; whether anything was stored is unknown only if the commit itself
+    /// failed, and re-sending the same event ids is then safe.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(error))
+    }
+}
+
+/// What a [`crate::Subscriber`] returns when it cannot handle an event.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl SubscriberError {
+    /// Wraps any error of the subscriber's own.
+    pub fn failed(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<sqlx::Error> for SubscriberError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(error))
+    }
+}
+
+/// Why [`crate::run_subscription`] stopped before its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The subscriber refused an event. The whole batch was rolled back and the checkpoint still
+    /// points before `cursor`'s batch: running the subscription again retries from there.
+    #[error("subscriber {subscriber} failed on event {event_id} at {cursor:?}: {source}")]
+    Handler {
+        subscriber: String,
+        event_id: Uuid,
+        cursor: LogCursor,
+        #[source]
+        source: SubscriberError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for SubscriptionError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(error))
+    }
+}

@@ -1,0 +1,325 @@
+//! The PostgreSQL statements of the store: one function per primitive the shared append,
+//! read and checkpoint logic needs.
+
+use chrono::Utc;
+use lifeline_model::envelope::{
+    EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::append::{EncodedEvent, InsertError, StoredRef};
+use crate::error::StoreError;
+
+/// The channel every append notifies in its transaction; only a wake-up, never a cursor.
+pub(crate) const NOTIFY_CHANNEL: &str = "lifeline_events";
+
+const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
+     event_id, event_type, schema_version, payload, metadata";
+
+pub(crate) async fn lookup_event_ids(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> Result<Vec<StoredRef>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT event_id, stream_id, stream_version, global_position \
+         FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids.to_vec())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let global_position: i64 = row.try_get("global_position")?;
+            let stream_id: String = row.try_get("stream_id")?;
+            Ok(StoredRef {
+                event_id: row.try_get("event_id")?,
+                stream_id: parse_stream_id(global_position, stream_id)?,
+                stream_version: StreamVersion(row.try_get("stream_version")?),
+                global_position: GlobalPosition(global_position),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn current_version(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Creates the stream at `count` events; `None` if it exists already.
+pub(crate) async fn create_stream(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    count: i64,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+         ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+    )
+    .bind(stream.as_str())
+    .bind(count)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Moves the stream from exactly `expected` to `expected + count`; `None` if it was elsewhere.
+pub(crate) async fn advance_stream(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    expected: StreamVersion,
+    count: i64,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "UPDATE streams SET version = version + $3 \
+         WHERE stream_id = $1 AND version = $2 RETURNING version",
+    )
+    .bind(stream.as_str())
+    .bind(expected.0)
+    .bind(count)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Moves the stream forward by `count` whatever its version (creating it if needed).
+pub(crate) async fn bump_stream(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    count: i64,
+) -> Result<StreamVersion, StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + excluded.version \
+         RETURNING version",
+    )
+    .bind(stream.as_str())
+    .bind(count)
+    .fetch_one(conn)
+    .await?;
+    Ok(StreamVersion(version))
+}
+
+pub(crate) async fn insert_event(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    version: StreamVersion,
+    event: &EncodedEvent<'_>,
+) -> Result<GlobalPosition, InsertError> {
+    let schema_version = i32::try_from(event.event.schema_version).map_err(|_| {
+        InsertError::Store(StoreError::Corrupt {
+            global_position: 0,
+            reason: format!(
+                "schema version {} of event {} does not fit the column",
+                event.event.schema_version, event.event.event_id
+            ),
+        })
+    })?;
+    let result: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING global_position",
+    )
+    .bind(stream.as_str())
+    .bind(version.0)
+    .bind(event.event.event_id)
+    .bind(event.event.event_type.as_str())
+    .bind(schema_version)
+    .bind(&event.event.payload)
+    .bind(&event.metadata)
+    .bind(event.event.metadata.recorded_at)
+    .fetch_one(conn)
+    .await;
+    match result {
+        Ok(position) => Ok(GlobalPosition(position)),
+        Err(error) if is_event_id_violation(&error) => Err(InsertError::DuplicateEventId),
+        Err(error) => Err(InsertError::Store(error.into())),
+    }
+}
+
+fn is_event_id_violation(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|database_error| {
+        database_error.is_unique_violation()
+            && database_error.constraint() == Some("events_event_id_unique")
+    })
+}
+
+/// Queues the wake-up; PostgreSQL delivers it at commit (and folds repeats within one transaction).
+pub(crate) async fn notify_appended(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn read_stream_after(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    after: StreamVersion,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(stream.as_str())
+        .bind(after.0)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
+/// The next events after `after` in commit order, only from transactions older than every
+/// transaction still running, so nothing can later appear behind the returned cursor.
+pub(crate) async fn read_all(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1, $2) \
+           AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
+         ORDER BY transaction_id, global_position \
+         LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
+pub(crate) async fn event_by_id(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(event_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(decode_event).transpose()
+}
+
+pub(crate) async fn load_checkpoint(
+    conn: &mut PgConnection,
+    subscriber: &str,
+) -> Result<Option<LogCursor>, StoreError> {
+    let row = sqlx::query(
+        "SELECT transaction_id, global_position FROM checkpoints WHERE subscriber = $1",
+    )
+    .bind(subscriber)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(LogCursor {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+        })
+    })
+    .transpose()
+}
+
+/// Saves `cursor` for `subscriber`, whatever was saved before.
+pub(crate) async fn save_checkpoint(
+    conn: &mut PgConnection,
+    subscriber: &str,
+    cursor: LogCursor,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (subscriber, transaction_id, global_position, updated_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subscriber) DO UPDATE SET transaction_id = excluded.transaction_id, \
+         global_position = excluded.global_position, updated_at = excluded.updated_at",
+    )
+    .bind(subscriber)
+    .bind(cursor.transaction_id)
+    .bind(cursor.global_position)
+    .bind(Utc::now())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the checkpoint of `subscriber` from `from` to `to`; false if it is no longer at `from`
+/// (another runner of the same subscriber moved it).
+pub(crate) async fn advance_checkpoint(
+    conn: &mut PgConnection,
+    subscriber: &str,
+    from: LogCursor,
+    to: LogCursor,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE checkpoints SET transaction_id = $2, global_position = $3, updated_at = $4 \
+         WHERE subscriber = $1 AND transaction_id = $5 AND global_position = $6",
+    )
+    .bind(subscriber)
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(Utc::now())
+    .bind(from.transaction_id)
+    .bind(from.global_position)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 1 {
+        return Ok(true);
+    }
+    if from != LogCursor::START {
+        return Ok(false);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO checkpoints (subscriber, transaction_id, global_position, updated_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber) DO NOTHING",
+    )
+    .bind(subscriber)
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(Utc::now())
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let global_position: i64 = row.try_get("global_position")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        global_position,
+        reason,
+    };
+    let schema_version: i32 = row.try_get("schema_version")?;
+    let metadata: serde_json::Value = row.try_get("metadata")?;
+    let metadata: EventMetadata =
+        serde_json::from_value(metadata).map_err(|error| corrupt(format!("metadata: {error}")))?;
+    Ok(RecordedEvent {
+        global_position: GlobalPosition(global_position),
+        transaction_id: row.try_get("transaction_id")?,
+        stream_id: parse_stream_id(global_position, row.try_get("stream_id")?)?,
+        stream_version: StreamVersion(row.try_get("stream_version")?),
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
+        payload: row.try_get("payload")?,
+        metadata,
+    })
+}
+
+fn parse_stream_id(global_position: i64, stream_id: String) -> Result<StreamId, StoreError> {
+    StreamId::parse(stream_id).map_err(|error| StoreError::Corrupt {
+        global_position,
+        reason: error.to_string(),
+    })
+}

@@ -1,0 +1,309 @@
+//! The SQLite statements of the store: one function per primitive the shared append,
+//! read and checkpoint logic needs.
+
+use chrono::Utc;
+use lifeline_model::envelope::{
+    EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
+};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use crate::append::{EncodedEvent, InsertError, StoredRef};
+use crate::error::StoreError;
+
+const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
+     event_id, event_type, schema_version, payload, metadata";
+
+pub(crate) async fn lookup_event_ids(
+    conn: &mut SqliteConnection,
+    event_ids: &[Uuid],
+) -> Result<Vec<StoredRef>, StoreError> {
+    let mut found = Vec::new();
+    for event_id in event_ids {
+        let row = sqlx::query(
+            "SELECT stream_id, stream_version, global_position FROM events WHERE event_id = $1",
+        )
+        .bind(event_id.hyphenated().to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            let global_position: i64 = row.try_get("global_position")?;
+            let stream_id: String = row.try_get("stream_id")?;
+            found.push(StoredRef {
+                event_id: *event_id,
+                stream_id: parse_stream_id(global_position, stream_id)?,
+                stream_version: StreamVersion(row.try_get("stream_version")?),
+                global_position: GlobalPosition(global_position),
+            });
+        }
+    }
+    Ok(found)
+}
+
+pub(crate) async fn current_version(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream.as_str().to_owned())
+            .fetch_optional(conn)
+            .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Creates the stream at `count` events; `None` if it exists already.
+pub(crate) async fn create_stream(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    count: i64,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+         ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+    )
+    .bind(stream.as_str().to_owned())
+    .bind(count)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Moves the stream from exactly `expected` to `expected + count`; `None` if it was elsewhere.
+pub(crate) async fn advance_stream(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    expected: StreamVersion,
+    count: i64,
+) -> Result<Option<StreamVersion>, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "UPDATE streams SET version = version + $3 \
+         WHERE stream_id = $1 AND version = $2 RETURNING version",
+    )
+    .bind(stream.as_str().to_owned())
+    .bind(expected.0)
+    .bind(count)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.map(StreamVersion))
+}
+
+/// Moves the stream forward by `count` whatever its version (creating it if needed).
+pub(crate) async fn bump_stream(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    count: i64,
+) -> Result<StreamVersion, StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + excluded.version \
+         RETURNING version",
+    )
+    .bind(stream.as_str().to_owned())
+    .bind(count)
+    .fetch_one(conn)
+    .await?;
+    Ok(StreamVersion(version))
+}
+
+/// Inserts one event. The caller holds the only write transaction (BEGIN IMMEDIATE), so the
+/// next position is the largest one plus one and positions are handed out in commit order.
+pub(crate) async fn insert_event(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    version: StreamVersion,
+    event: &EncodedEvent<'_>,
+) -> Result<GlobalPosition, InsertError> {
+    let result: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        "INSERT INTO events (global_position, transaction_id, stream_id, stream_version, \
+         event_id, event_type, schema_version, payload, metadata, recorded_at) \
+         SELECT next.position, next.position, $1, $2, $3, $4, $5, $6, $7, $8 \
+         FROM (SELECT COALESCE(MAX(global_position), 0) + 1 AS position FROM events) AS next \
+         RETURNING global_position",
+    )
+    .bind(stream.as_str().to_owned())
+    .bind(version.0)
+    .bind(event.event.event_id.hyphenated().to_string())
+    .bind(event.event.event_type.clone())
+    .bind(i64::from(event.event.schema_version))
+    .bind(event.event.payload.to_string())
+    .bind(event.metadata.to_string())
+    .bind(event.event.metadata.recorded_at)
+    .fetch_one(conn)
+    .await;
+    match result {
+        Ok(position) => Ok(GlobalPosition(position)),
+        Err(error) if is_event_id_violation(&error) => Err(InsertError::DuplicateEventId),
+        Err(error) => Err(InsertError::Store(error.into())),
+    }
+}
+
+fn is_event_id_violation(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|database_error| {
+        database_error.is_unique_violation() && database_error.message().contains("events.event_id")
+    })
+}
+
+pub(crate) async fn read_stream_after(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    after: StreamVersion,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(stream.as_str().to_owned())
+        .bind(after.0)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
+/// The next events after `after` in commit order (rowid order: SQLite has one writer).
+pub(crate) async fn read_all(
+    conn: &mut SqliteConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1, $2) \
+         ORDER BY transaction_id, global_position \
+         LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
+pub(crate) async fn event_by_id(
+    conn: &mut SqliteConnection,
+    event_id: Uuid,
+) -> Result<Option<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(event_id.hyphenated().to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(decode_event).transpose()
+}
+
+pub(crate) async fn load_checkpoint(
+    conn: &mut SqliteConnection,
+    subscriber: &str,
+) -> Result<Option<LogCursor>, StoreError> {
+    let row = sqlx::query(
+        "SELECT transaction_id, global_position FROM checkpoints WHERE subscriber = $1",
+    )
+    .bind(subscriber.to_owned())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(LogCursor {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+        })
+    })
+    .transpose()
+}
+
+/// Saves `cursor` for `subscriber`, whatever was saved before.
+pub(crate) async fn save_checkpoint(
+    conn: &mut SqliteConnection,
+    subscriber: &str,
+    cursor: LogCursor,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (subscriber, transaction_id, global_position, updated_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subscriber) DO UPDATE SET transaction_id = excluded.transaction_id, \
+         global_position = excluded.global_position, updated_at = excluded.updated_at",
+    )
+    .bind(subscriber.to_owned())
+    .bind(cursor.transaction_id)
+    .bind(cursor.global_position)
+    .bind(Utc::now())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the checkpoint of `subscriber` from `from` to `to`; false if it is no longer at `from`
+/// (another runner of the same subscriber moved it).
+pub(crate) async fn advance_checkpoint(
+    conn: &mut SqliteConnection,
+    subscriber: &str,
+    from: LogCursor,
+    to: LogCursor,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE checkpoints SET transaction_id = $2, global_position = $3, updated_at = $4 \
+         WHERE subscriber = $1 AND transaction_id = $5 AND global_position = $6",
+    )
+    .bind(subscriber.to_owned())
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(Utc::now())
+    .bind(from.transaction_id)
+    .bind(from.global_position)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 1 {
+        return Ok(true);
+    }
+    if from != LogCursor::START {
+        return Ok(false);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO checkpoints (subscriber, transaction_id, global_position, updated_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber) DO NOTHING",
+    )
+    .bind(subscriber.to_owned())
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(Utc::now())
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+fn decode_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let global_position: i64 = row.try_get("global_position")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        global_position,
+        reason,
+    };
+    let schema_version: i64 = row.try_get("schema_version")?;
+    let event_id: String = row.try_get("event_id")?;
+    let payload: String = row.try_get("payload")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(RecordedEvent {
+        global_position: GlobalPosition(global_position),
+        transaction_id: row.try_get("transaction_id")?,
+        stream_id: parse_stream_id(global_position, row.try_get("stream_id")?)?,
+        stream_version: StreamVersion(row.try_get("stream_version")?),
+        event_id: Uuid::parse_str(&event_id)
+            .map_err(|error| corrupt(format!("event id {event_id:?}: {error}")))?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
+        payload: serde_json::from_str(&payload)
+            .map_err(|error| corrupt(format!("payload: {error}")))?,
+        metadata: serde_json::from_str::<EventMetadata>(&metadata)
+            .map_err(|error| corrupt(format!("metadata: {error}")))?,
+    })
+}
+
+fn parse_stream_id(global_position: i64, stream_id: String) -> Result<StreamId, StoreError> {
+    StreamId::parse(stream_id).map_err(|error| StoreError::Corrupt {
+        global_position,
+        reason: error.to_string(),
+    })
+}

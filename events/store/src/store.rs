@@ -1,0 +1,606 @@
+//! [`EventStore`]: one API over PostgreSQL (production) and SQLite (embedded default), and
+//! [`StoreTransaction`], the transaction appends, subscribers and group commit run in.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeline_model::envelope::{
+    ExpectedVersion, LogCursor, NewEvent, RecordedEvent, StreamId, StreamVersion,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{watch, Mutex, OwnedMutexGuard};
+use uuid::Uuid;
+
+use crate::append::{self, AppendOutcome, TxAppendError, TxConnection};
+use crate::error::{AppendError, StoreError};
+use crate::{postgres, sqlite};
+
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long PostgreSQL lets a session sit idle inside a transaction before it ends it: appends
+/// keep their transactions short, and one that hangs must not hold back every reader.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long an SQLite connection waits for another process's write lock.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times an append that lost an idempotency race retries before giving up.
+const DUPLICATE_RACE_RETRIES: usize = 3;
+
+/// The event log. Cheap to clone: clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    backend: Backend,
+    /// Bumped after every committed transaction that appended: the in-process wake-up of
+    /// subscriptions (PostgreSQL also notifies other processes with `pg_notify`).
+    appended: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Postgres(PgPool),
+    Sqlite {
+        pool: SqlitePool,
+        /// SQLite has one writer: writers queue here, in order, instead of polling SQLite's
+        /// busy handler; `BEGIN IMMEDIATE` still guards against other processes.
+        writer: Arc<Mutex<()>>,
+    },
+}
+
+/// Which database an [`EventStore`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Postgres,
+    Sqlite,
+}
+
+impl EventStore {
+    /// Connects to `postgres://...` (or `postgresql://...`) or `sqlite:...`. An SQLite file and
+    /// its directory are created if missing; SQLite runs in WAL mode with a busy timeout and
+    /// foreign keys on. Does not migrate: call [`EventStore::migrate`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => {
+                let options = PgConnectOptions::from_str(url)?;
+                Self::connect_postgres(options, 10).await
+            }
+            "sqlite" => {
+                let options = SqliteConnectOptions::from_str(url)?;
+                Self::connect_sqlite(options).await
+            }
+            other => Err(StoreError::UnsupportedUrl {
+                scheme: other.to_owned(),
+            }),
+        }
+    }
+
+    /// Connects to PostgreSQL with a pool of at most `max_connections`.
+    pub async fn connect_postgres(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let idle_timeout = format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis());
+        let options = options
+            .application_name("lifeline")
+            .options([("idle_in_transaction_session_timeout", idle_timeout)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await?;
+        Ok(Self::with_backend(Backend::Postgres(pool)))
+    }
+
+    /// Connects to SQLite with the store's settings applied over `options`.
+    pub async fn connect_sqlite(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let in_memory = options.get_filename() == Path::new(":memory:");
+        if !in_memory {
+            if let Some(directory) = options.get_filename().parent() {
+                if !directory.as_os_str().is_empty() {
+                    std::fs::create_dir_all(directory).map_err(|source| {
+                        StoreError::CreateDirectory {
+                            path: directory.to_owned(),
+                            source,
+                        }
+                    })?;
+                }
+            }
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { 8 })
+            .connect_with(options)
+            .await?;
+        Ok(Self::with_backend(Backend::Sqlite {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+        }))
+    }
+
+    fn with_backend(backend: Backend) -> Self {
+        let (appended, _) = watch::channel(0);
+        Self {
+            backend,
+            appended: Arc::new(appended),
+        }
+    }
+
+    /// Applies the migrations embedded from `migrations/postgres` or `migrations/sqlite`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
+            Backend::Sqlite { pool, .. } => SQLITE_MIGRATOR.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        match self.backend {
+            Backend::Postgres(_) => BackendKind::Postgres,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL pool, if this store runs on PostgreSQL (for wake-up listeners and tests).
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite { pool, .. } => pool.close().await,
+        }
+    }
+
+    /// Appends `events` to `stream` in one transaction of its own, if the stream is at
+    /// `expected`.
+    ///
+    /// Re-sending a batch whose event ids are all stored already, as this very batch, appends
+    /// nothing and answers the original positions with `already_stored`, also when the first
+    /// append was still in flight; a batch that is only partly stored, or stored elsewhere, is
+    /// [`AppendError::EventIdMismatch`]. The event id decides before the expected version does.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, AppendError> {
+        let encoded = append::encode_batch(events)?;
+        for _ in 0..DUPLICATE_RACE_RETRIES {
+            let mut tx = self.begin().await?;
+            match append::append_in_tx(&mut tx.connection_for_append(), stream, expected, &encoded)
+                .await
+            {
+                Ok(outcome) if outcome.already_stored => {
+                    tx.rollback().await?;
+                    return Ok(outcome);
+                }
+                Ok(outcome) => {
+                    tx.appended = true;
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
+                Err(TxAppendError::Append(error)) => {
+                    tx.rollback().await?;
+                    return Err(error);
+                }
+                Err(TxAppendError::DuplicateEventId) => {
+                    // A concurrent append stored one of these ids and has committed: look it up.
+                    tx.rollback().await?;
+                    let mut tx = self.begin_read().await?;
+                    let event_ids: Vec<Uuid> =
+                        encoded.iter().map(|event| event.event.event_id).collect();
+                    let stored =
+                        append::lookup_event_ids(&mut tx.connection_for_append(), &event_ids)
+                            .await?;
+                    tx.rollback().await?;
+                    if !stored.is_empty() {
+                        return append::classify_stored(stream, &event_ids, stored);
+                    }
+                    tracing::debug!(stream = %stream, "idempotency race lost to an append that rolled back; retrying");
+                }
+            }
+        }
+        Err(AppendError::Store(StoreError::Corrupt {
+            global_position: 0,
+            reason: format!(
+                "append to {stream} kept colliding with concurrent appends of the same event ids"
+            ),
+        }))
+    }
+
+    /// Begins a write transaction: on PostgreSQL a plain transaction, on SQLite
+    /// `BEGIN IMMEDIATE` after taking the store's writer lock, so rowid order is commit order.
+    ///
+    /// Used by subscriptions (effects and checkpoint in one transaction), by tests that hold a
+    /// transaction open, and by group commit. Keep it short: on PostgreSQL an open transaction
+    /// holds back every reader of the global log; on SQLite it blocks every other writer. Do not
+    /// call [`EventStore::append`] while holding one on SQLite: it would wait for this very lock.
+    pub async fn begin(&self) -> Result<StoreTransaction<'_>, StoreError> {
+        let inner = match &self.backend {
+            Backend::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Backend::Sqlite { pool, writer } => {
+                let guard = Arc::clone(writer).lock_owned().await;
+                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                TxInner::Sqlite {
+                    tx,
+                    _writer: Some(guard),
+                }
+            }
+        };
+        Ok(StoreTransaction {
+            store: self,
+            inner,
+            appended: false,
+        })
+    }
+
+    /// A read-only transaction (a deferred one on SQLite, taking no lock).
+    async fn begin_read(&self) -> Result<StoreTransaction<'_>, StoreError> {
+        let inner = match &self.backend {
+            Backend::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Backend::Sqlite { pool, .. } => TxInner::Sqlite {
+                tx: pool.begin().await?,
+                _writer: None,
+            },
+        };
+        Ok(StoreTransaction {
+            store: self,
+            inner,
+            appended: false,
+        })
+    }
+
+    /// Every event of `stream`, in version order.
+    pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_after(stream, StreamVersion(0)).await
+    }
+
+    /// The events of `stream` with a version above `after`, in version order.
+    pub async fn read_stream_after(
+        &self,
+        stream: &StreamId,
+        after: StreamVersion,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::read_stream_after(&mut *pool.acquire().await?, stream, after).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::read_stream_after(&mut *pool.acquire().await?, stream, after).await
+            }
+        }
+    }
+
+    /// The stream's current version; `None` if it has no event.
+    pub async fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<StreamVersion>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::current_version(&mut *pool.acquire().await?, stream).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::current_version(&mut *pool.acquire().await?, stream).await
+            }
+        }
+    }
+
+    /// Up to `limit` events after `after`, in commit order, gap-free: on PostgreSQL only events
+    /// of transactions older than every transaction still running are returned, so an event can
+    /// never appear later behind the cursor of the last event returned. An empty answer means
+    /// "nothing more for now", not "the end of the log".
+    pub async fn read_all(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::read_all(&mut *pool.acquire().await?, after, limit).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::read_all(&mut *pool.acquire().await?, after, limit).await
+            }
+        }
+    }
+
+    /// The stored event with this id, if any.
+    pub async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::event_by_id(&mut *pool.acquire().await?, event_id).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::event_by_id(&mut *pool.acquire().await?, event_id).await
+            }
+        }
+    }
+
+    /// Where `subscriber` stands; [`LogCursor::START`] if it never saved a checkpoint.
+    pub async fn load_checkpoint(&self, subscriber: &str) -> Result<LogCursor, StoreError> {
+        let cursor = match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::load_checkpoint(&mut *pool.acquire().await?, subscriber).await?
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::load_checkpoint(&mut *pool.acquire().await?, subscriber).await?
+            }
+        };
+        Ok(cursor.unwrap_or(LogCursor::START))
+    }
+
+    /// Saves where `subscriber` stands, for subscribers whose effect is outside the database
+    /// (the NATS relay saves after the publish is acknowledged). Subscribers whose effect is in
+    /// the database save in the effect's transaction instead ([`crate::run_subscription`]).
+    pub async fn save_checkpoint(
+        &self,
+        subscriber: &str,
+        cursor: LogCursor,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::save_checkpoint(&mut *pool.acquire().await?, subscriber, cursor).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::save_checkpoint(&mut *pool.acquire().await?, subscriber, cursor).await
+            }
+        }
+    }
+
+    /// A receiver that changes after every committed append of this process.
+    pub(crate) fn appended_receiver(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    fn notify_appended(&self) {
+        self.appended
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+}
+
+/// A transaction on the store: appends (each atomic on its own, in a savepoint), reads, and
+/// checkpoints, all committed together or not at all.
+///
+/// Dropping it without [`StoreTransaction::commit`] rolls it back.
+pub struct StoreTransaction<'s> {
+    store: &'s EventStore,
+    inner: TxInner,
+    appended: bool,
+}
+
+enum TxInner {
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    Sqlite {
+        tx: sqlx::Transaction<'static, Sqlite>,
+        /// The store's writer lock; `None` for read-only transactions.
+        _writer: Option<OwnedMutexGuard<()>>,
+    },
+}
+
+/// The connection of a [`StoreTransaction`], for subscribers that write tables of their own
+/// (projections) in the same transaction as their checkpoint.
+pub enum TransactionConnection<'t> {
+    Postgres(&'t mut PgConnection),
+    Sqlite(&'t mut SqliteConnection),
+}
+
+impl std::fmt::Debug for StoreTransaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTransaction")
+            .field("backend", &self.store.backend())
+            .field("appended", &self.appended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s> StoreTransaction<'s> {
+    /// The store this transaction runs on.
+    pub fn store(&self) -> &'s EventStore {
+        self.store
+    }
+
+    /// Appends like [`EventStore::append`], inside this transaction: the batch is atomic on its
+    /// own (a savepoint), and visible to others only when the transaction commits.
+    pub async fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, AppendError> {
+        let encoded = append::encode_batch(events)?;
+        let outcome = match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+                let result = append::append_in_tx(
+                    &mut TxConnection::Postgres(&mut savepoint),
+                    stream,
+                    expected,
+                    &encoded,
+                )
+                .await;
+                finish_savepoint(savepoint, result).await?
+            }
+            TxInner::Sqlite { tx, .. } => {
+                let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+                let result = append::append_in_tx(
+                    &mut TxConnection::Sqlite(&mut savepoint),
+                    stream,
+                    expected,
+                    &encoded,
+                )
+                .await;
+                finish_savepoint(savepoint, result).await?
+            }
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                // Another transaction stored one of these ids and committed: look it up.
+                let event_ids: Vec<Uuid> =
+                    encoded.iter().map(|event| event.event.event_id).collect();
+                let stored =
+                    append::lookup_event_ids(&mut self.connection_for_append(), &event_ids).await?;
+                append::classify_stored(stream, &event_ids, stored)?
+            }
+        };
+        if !outcome.already_stored {
+            self.appended = true;
+        }
+        Ok(outcome)
+    }
+
+    /// The stored event with this id, as this transaction sees it.
+    pub async fn event_by_id(
+        &mut self,
+        event_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => postgres::event_by_id(tx, event_id).await,
+            TxInner::Sqlite { tx, .. } => sqlite::event_by_id(tx, event_id).await,
+        }
+    }
+
+    /// The events of `stream`, as this transaction sees them.
+    pub async fn read_stream(
+        &mut self,
+        stream: &StreamId,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                postgres::read_stream_after(tx, stream, StreamVersion(0)).await
+            }
+            TxInner::Sqlite { tx, .. } => {
+                sqlite::read_stream_after(tx, stream, StreamVersion(0)).await
+            }
+        }
+    }
+
+    /// The stream's version, as this transaction sees it.
+    pub async fn stream_version(
+        &mut self,
+        stream: &StreamId,
+    ) -> Result<Option<StreamVersion>, StoreError> {
+        append::current_version(&mut self.connection_for_append(), stream).await
+    }
+
+    /// Saves where `subscriber` stands, committed with the rest of this transaction.
+    pub async fn save_checkpoint(
+        &mut self,
+        subscriber: &str,
+        cursor: LogCursor,
+    ) -> Result<(), StoreError> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => postgres::save_checkpoint(tx, subscriber, cursor).await,
+            TxInner::Sqlite { tx, .. } => sqlite::save_checkpoint(tx, subscriber, cursor).await,
+        }
+    }
+
+    /// Moves `subscriber`'s checkpoint from `from` to `to`; false (and nothing written) if it
+    /// is no longer at `from` because another runner of the same subscriber moved it.
+    pub async fn advance_checkpoint(
+        &mut self,
+        subscriber: &str,
+        from: LogCursor,
+        to: LogCursor,
+    ) -> Result<bool, StoreError> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => postgres::advance_checkpoint(tx, subscriber, from, to).await,
+            TxInner::Sqlite { tx, .. } => {
+                sqlite::advance_checkpoint(tx, subscriber, from, to).await
+            }
+        }
+    }
+
+    /// The transaction's connection, for a subscriber's own tables.
+    pub fn connection(&mut self) -> TransactionConnection<'_> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => TransactionConnection::Postgres(tx),
+            TxInner::Sqlite { tx, .. } => TransactionConnection::Sqlite(tx),
+        }
+    }
+
+    /// Commits; then wakes this process's subscriptions if anything was appended.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Sqlite { tx, _writer } => tx.commit().await?,
+        }
+        if self.appended {
+            self.store.notify_appended();
+        }
+        Ok(())
+    }
+
+    /// Rolls back everything this transaction did.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Postgres(tx) => tx.rollback().await?,
+            TxInner::Sqlite { tx, _writer } => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    fn connection_for_append(&mut self) -> TxConnection<'_> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => TxConnection::Postgres(tx),
+            TxInner::Sqlite { tx, .. } => TxConnection::Sqlite(tx),
+        }
+    }
+}
+
+/// Releases the savepoint of an append that stored (or found) its batch, rolls it back
+/// otherwise. `None`: the append lost an idempotency race and the caller must look the ids up.
+async fn finish_savepoint<DB: sqlx::Database>(
+    savepoint: sqlx::Transaction<'_, DB>,
+    result: Result<AppendOutcome, TxAppendError>,
+) -> Result<Option<AppendOutcome>, AppendError> {
+    match result {
+        Ok(outcome) if !outcome.already_stored => {
+            savepoint.commit().await?;
+            Ok(Some(outcome))
+        }
+        Ok(outcome) => {
+            savepoint.rollback().await?;
+            Ok(Some(outcome))
+        }
+        Err(TxAppendError::Append(error)) => {
+            savepoint.rollback().await?;
+            Err(error)
+        }
+        Err(TxAppendError::DuplicateEventId) => {
+            savepoint.rollback().await?;
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_url_schemes_are_refused() {
+        let error = EventStore::connect("mysql://localhost/x")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::UnsupportedUrl { scheme } if scheme == "mysql"));
+    }
+}

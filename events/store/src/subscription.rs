@@ -1,0 +1,230 @@
+//! Catch-up subscriptions that turn live: a [`Subscriber`] handles every event of the global
+//! log once, in commit order, its effects and checkpoint committed in one transaction.
+//!
+//! The rule on failure: if [`Subscriber::handle`] returns an error, the whole batch is rolled
+//! back (effects and checkpoint), and [`run_subscription`] returns
+//! [`SubscriptionError::Handler`] with the failing event's id and cursor; the caller decides
+//! whether to retry (running the subscription again resumes at the last committed checkpoint,
+//! so no effect is doubled) or to stop.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lifeline_model::envelope::RecordedEvent;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::error::{StoreError, SubscriberError, SubscriptionError};
+use crate::postgres::NOTIFY_CHANNEL;
+use crate::store::{EventStore, StoreTransaction};
+
+/// A reader of the global log whose effects live in the store's database.
+#[async_trait]
+pub trait Subscriber: Send {
+    /// The checkpoint name: stable across restarts, unique per subscriber.
+    fn name(&self) -> &str;
+
+    /// Handles one event inside `tx`, which also saves the checkpoint. Use `tx` for every write
+    /// (never [`EventStore::append`], which on SQLite would wait for `tx`'s own lock).
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError>;
+}
+
+/// How a subscription reads and waits.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionOptions {
+    /// Events handled per transaction.
+    pub batch_size: usize,
+    /// How long to wait, when caught up, before reading again without a wake-up. Needed
+    /// because wake-ups can be lost and because on PostgreSQL an event can be committed but
+    /// not yet readable (an older transaction is still running).
+    pub poll_interval: Duration,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Runs `subscriber` from its checkpoint until `shutdown` turns true (or its sender is
+/// dropped), with [`SubscriptionOptions::default`].
+pub async fn run_subscription<S: Subscriber + ?Sized>(
+    store: &EventStore,
+    subscriber: &mut S,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SubscriptionError> {
+    run_subscription_with(store, subscriber, shutdown, SubscriptionOptions::default()).await
+}
+
+/// Runs `subscriber` from its checkpoint until `shutdown` turns true (or its sender is
+/// dropped): read a batch after the checkpoint, handle each event and advance the checkpoint in
+/// one transaction, commit, repeat; when caught up, wait for a wake-up or the poll interval.
+///
+/// A batch in progress when shutdown fires is finished and committed first. If another runner
+/// of the same subscriber moved the checkpoint meanwhile, the batch is rolled back and reading
+/// resumes from the moved checkpoint, so effects are never doubled.
+pub async fn run_subscription_with<S: Subscriber + ?Sized>(
+    store: &EventStore,
+    subscriber: &mut S,
+    mut shutdown: watch::Receiver<bool>,
+    options: SubscriptionOptions,
+) -> Result<(), SubscriptionError> {
+    let name = subscriber.name().to_owned();
+    let mut wake_ups = WakeUps::new(store).await;
+    let mut cursor = store.load_checkpoint(&name).await?;
+    tracing::info!(subscriber = %name, ?cursor, "subscription starting");
+    let batch_size = options.batch_size.max(1);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        wake_ups.mark_seen();
+        let batch = store.read_all(cursor, batch_size).await?;
+        let Some(last) = batch.last() else {
+            if wake_ups.wait(&mut shutdown, options.poll_interval).await {
+                break;
+            }
+            continue;
+        };
+        let next = last.cursor();
+        let mut tx = store.begin().await?;
+        for event in &batch {
+            if let Err(source) = subscriber.handle(&mut tx, event).await {
+                tx.rollback().await?;
+                tracing::warn!(
+                    subscriber = %name,
+                    event_id = %event.event_id,
+                    global_position = event.global_position.0,
+                    error = %source,
+                    "subscriber failed; batch rolled back"
+                );
+                return Err(SubscriptionError::Handler {
+                    subscriber: name,
+                    event_id: event.event_id,
+                    cursor: event.cursor(),
+                    source,
+                });
+            }
+        }
+        if tx.advance_checkpoint(&name, cursor, next).await? {
+            tx.commit().await?;
+            cursor = next;
+        } else {
+            tx.rollback().await?;
+            cursor = store.load_checkpoint(&name).await?;
+            tracing::warn!(subscriber = %name, ?cursor, "checkpoint moved by another runner; batch rolled back");
+        }
+    }
+    tracing::info!(subscriber = %name, ?cursor, "subscription stopped");
+    Ok(())
+}
+
+/// What wakes a caught-up subscription: this process's appends, and on PostgreSQL the
+/// `lifeline_events` notifications of every process. Never a cursor: only a reason to read.
+struct WakeUps {
+    local: watch::Receiver<u64>,
+    postgres: Option<PostgresWakeUps>,
+}
+
+struct PostgresWakeUps {
+    pool: sqlx::PgPool,
+    listener: Option<PgListener>,
+}
+
+impl WakeUps {
+    async fn new(store: &EventStore) -> Self {
+        let postgres = match store.postgres_pool() {
+            Some(pool) => {
+                let mut postgres = PostgresWakeUps {
+                    pool: pool.clone(),
+                    listener: None,
+                };
+                postgres.connect().await;
+                Some(postgres)
+            }
+            None => None,
+        };
+        Self {
+            local: store.appended_receiver(),
+            postgres,
+        }
+    }
+
+    /// Forgets wake-ups that came before the read about to happen.
+    fn mark_seen(&mut self) {
+        self.local.borrow_and_update();
+        if let Some(listener) = self
+            .postgres
+            .as_mut()
+            .and_then(|postgres| postgres.listener.as_mut())
+        {
+            while listener.next_buffered().is_some() {}
+        }
+    }
+
+    /// Waits for a wake-up, the poll interval or shutdown; true if shutdown.
+    async fn wait(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        poll_interval: Duration,
+    ) -> bool {
+        let Self { local, postgres } = self;
+        if let Some(postgres) = postgres.as_mut() {
+            if postgres.listener.is_none() {
+                postgres.connect().await;
+            }
+        }
+        let listener = postgres
+            .as_mut()
+            .and_then(|postgres| postgres.listener.as_mut());
+        let mut lost_listener = false;
+        let notified = async {
+            match listener {
+                Some(listener) => listener.recv().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        let shutdown_now = tokio::select! {
+            changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+            _ = local.changed() => false,
+            received = notified => {
+                if let Err(error) = received {
+                    tracing::warn!(%error, "lost the wake-up listener; polling until it reconnects");
+                    lost_listener = true;
+                }
+                false
+            }
+            () = tokio::time::sleep(poll_interval) => false,
+        };
+        if lost_listener {
+            if let Some(postgres) = postgres.as_mut() {
+                postgres.listener = None;
+            }
+        }
+        shutdown_now
+    }
+}
+
+impl PostgresWakeUps {
+    async fn connect(&mut self) {
+        match listen(&self.pool).await {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for wake-ups; polling instead");
+            }
+        }
+    }
+}
+
+async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, StoreError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(listener)
+}
