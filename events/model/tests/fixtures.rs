@@ -1,0 +1,306 @@
+//! Stored payloads of every schema version of every event type, read back through the decoder.
+//!
+//! A fixture is never edited once committed: a new schema version adds a new file.
+
+use std::path::PathBuf;
+
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use lifeline_model::codec::{self, all_schemas, decode, encode, DecodeError, EventFamily};
+use lifeline_model::declaration::Declaration;
+use lifeline_model::life_event::LifeEventEvent;
+use lifeline_model::procedure::ProcedureId;
+use lifeline_model::system_events::SystemEvent;
+use lifeline_model::task::{TaskEvent, TaskOutcome};
+use lifeline_model::values::Sex;
+use serde_json::{json, Value};
+
+fn fixture(event_type: &str, version: u32) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{event_type}.v{version}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn read<E: EventFamily>(event_type: &str, version: u32) -> E {
+    decode(event_type, version, fixture(event_type, version))
+        .unwrap_or_else(|error| panic!("{event_type} v{version}: {error}"))
+}
+
+fn life_event(event_type: &str, version: u32) -> LifeEventEvent {
+    read(event_type, version)
+}
+
+fn task(event_type: &str, version: u32) -> TaskEvent {
+    read(event_type, version)
+}
+
+fn system(event_type: &str, version: u32) -> SystemEvent {
+    read(event_type, version)
+}
+
+#[test]
+fn every_version_of_every_event_type_has_a_fixture_that_decodes_and_reencodes() {
+    for (event_type, current) in all_schemas() {
+        for version in 1..=current {
+            let payload = fixture(event_type, version);
+            let (encoded_type, encoded_version, encoded) =
+                if LifeEventEvent::current_version(event_type).is_some() {
+                    encode(&decode::<LifeEventEvent>(event_type, version, payload).unwrap())
+                } else if TaskEvent::current_version(event_type).is_some() {
+                    encode(&decode::<TaskEvent>(event_type, version, payload).unwrap())
+                } else {
+                    encode(&decode::<SystemEvent>(event_type, version, payload).unwrap())
+                };
+            assert_eq!(
+                (encoded_type.as_str(), encoded_version),
+                (event_type, current)
+            );
+            if version == current {
+                assert_eq!(
+                    encoded,
+                    fixture(event_type, version),
+                    "{event_type} v{version} round trip"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn birth_recorded_v1_is_upcast_with_full_name_and_the_whole_group() {
+    let LifeEventEvent::BirthRecorded(birth) = life_event("BirthRecorded", 1) else {
+        panic!("not a BirthRecorded");
+    };
+    assert_eq!(birth.declaration.child.full_name.as_str(), "Phạm Gia Bảo");
+    assert_eq!(birth.declaration.child.sex, Sex::Male);
+    assert_eq!(birth.declaration.procedures, ProcedureId::ALL[..3]);
+    assert_eq!(birth.reference.as_str(), "LL-7Q4M2XK9TB");
+    assert!(birth.late);
+}
+
+#[test]
+fn birth_recorded_v2() {
+    let LifeEventEvent::BirthRecorded(birth) = life_event("BirthRecorded", 2) else {
+        panic!("not a BirthRecorded");
+    };
+    assert_eq!(birth.declaration.child.full_name.as_str(), "Nguyễn Minh An");
+    assert_eq!(birth.declaration.office.as_str(), "79-26734");
+    let mother = birth.declaration.mother.unwrap();
+    assert_eq!(mother.personal_id.unwrap().as_str(), "079190001234");
+    assert_eq!(birth.declaration.residence.address, "12 Lê Lợi");
+    assert_eq!(
+        birth.life_event_id.to_string(),
+        "0193a3c2-7d41-7c1e-9f3a-2b6d8e4f1a01"
+    );
+    assert!(!birth.late);
+}
+
+#[test]
+fn death_recorded_v1_is_upcast_to_midnight_with_time_unknown() {
+    let LifeEventEvent::DeathRecorded(death) = life_event("DeathRecorded", 1) else {
+        panic!("not a DeathRecorded");
+    };
+    assert_eq!(
+        death.declaration.death.at.to_rfc3339(),
+        "2025-06-30T00:00:00+07:00"
+    );
+    assert!(!death.declaration.death.time_known);
+    assert_eq!(
+        death.declaration.procedures,
+        [
+            ProcedureId::DeathRegistration,
+            ProcedureId::ResidenceDeregistration,
+            ProcedureId::FuneralSupport
+        ]
+    );
+    assert_eq!(
+        death.declaration.deceased.full_name.as_str(),
+        "Lê Văn Cường"
+    );
+}
+
+#[test]
+fn death_recorded_v2() {
+    let LifeEventEvent::DeathRecorded(death) = life_event("DeathRecorded", 2) else {
+        panic!("not a DeathRecorded");
+    };
+    assert_eq!(
+        death.declaration.death.at.to_rfc3339(),
+        "2026-11-18T06:30:00+07:00"
+    );
+    assert!(death.declaration.death.time_known);
+    assert_eq!(
+        death.declaration.procedures,
+        [ProcedureId::DeathRegistration, ProcedureId::BurialAllowance]
+    );
+    assert_eq!(
+        death.declaration.declarant.email.unwrap().as_str(),
+        "dung@example.vn"
+    );
+}
+
+#[test]
+fn corrections_and_voids() {
+    let LifeEventEvent::LifeEventCorrected(corrected) = life_event("LifeEventCorrected", 1) else {
+        panic!("not a LifeEventCorrected");
+    };
+    assert_eq!(corrected.changed_fields, ["child.full_name"]);
+    let Declaration::Birth(birth) = corrected.declaration else {
+        panic!("not a birth correction");
+    };
+    assert_eq!(birth.child.full_name.as_str(), "Nguyễn Minh Anh");
+    let LifeEventEvent::LifeEventVoided(voided) = life_event("LifeEventVoided", 1) else {
+        panic!("not a LifeEventVoided");
+    };
+    assert_eq!(voided.reason, "recorded in error");
+}
+
+#[test]
+fn task_events() {
+    let TaskEvent::TaskCreated(created) = task("TaskCreated", 1) else {
+        panic!("not a TaskCreated");
+    };
+    assert_eq!(created.procedure, ProcedureId::ChildHealthInsurance);
+    assert_eq!(created.agency.as_str(), "social-security");
+    assert_eq!(
+        created.application.get("child.personal_id"),
+        Some(&json!("079326000001"))
+    );
+    assert!(created.application.get("mother.personal_id").is_none());
+    created.application.check(created.procedure).unwrap();
+    assert_eq!(created.due_at.to_rfc3339(), "2026-11-24T10:00:00+00:00");
+
+    let TaskEvent::TaskClaimed(claimed) = task("TaskClaimed", 1) else {
+        panic!()
+    };
+    assert_eq!(claimed.by, "bhxh-officer-7");
+    let TaskEvent::TaskCompleted(completed) = task("TaskCompleted", 1) else {
+        panic!()
+    };
+    assert_eq!(
+        completed.outcome,
+        TaskOutcome::InsuranceCardIssued {
+            card_number: "TE1797926000001".into(),
+            valid_until: chrono::NaiveDate::from_ymd_opt(2032, 11, 19).unwrap(),
+        }
+    );
+    let TaskEvent::TaskRejected(rejected) = task("TaskRejected", 1) else {
+        panic!()
+    };
+    assert_eq!(rejected.reason, "residence address incomplete");
+    let TaskEvent::TaskCancelled(cancelled) = task("TaskCancelled", 1) else {
+        panic!()
+    };
+    assert_eq!(cancelled.reason, "life event voided");
+    assert!(cancelled.cause.is_some());
+    let TaskEvent::TaskAmended(amended) = task("TaskAmended", 1) else {
+        panic!()
+    };
+    assert_eq!(amended.changed_fields, ["child.full_name"]);
+    assert_eq!(
+        amended.application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh Anh"))
+    );
+    let TaskEvent::TaskOverdue(overdue) = task("TaskOverdue", 1) else {
+        panic!()
+    };
+    assert!(overdue.at > overdue.due_at);
+}
+
+#[test]
+fn system_events() {
+    let SystemEvent::PersonalIdAssigned(assigned) = system("PersonalIdAssigned", 1) else {
+        panic!()
+    };
+    assert_eq!(assigned.personal_id.as_str(), "079326000001");
+    assert_eq!(assigned.sex, Sex::Female);
+    let SystemEvent::EligibilityDecided(decided) = system("EligibilityDecided", 1) else {
+        panic!()
+    };
+    assert_eq!(decided.procedure, ProcedureId::BurialAllowance);
+    assert_eq!(decided.amount_vnd, Some(23_400_000));
+    assert_eq!(decided.parameters["base_salary_vnd"], json!(2_340_000));
+    assert_eq!(decided.rule_version, "burial-allowance/2024-07-01");
+    let SystemEvent::PolicyFailed(failed) = system("PolicyFailed", 1) else {
+        panic!()
+    };
+    assert_eq!(
+        (failed.policy.as_str(), failed.deliveries),
+        ("create-linked-tasks", 5)
+    );
+}
+
+#[test]
+fn decoding_refuses_unknown_types_and_versions() {
+    assert!(matches!(
+        decode::<LifeEventEvent>("TaskClaimed", 1, fixture("TaskClaimed", 1)),
+        Err(DecodeError::UnknownEventType { .. })
+    ));
+    assert!(matches!(
+        decode::<LifeEventEvent>("BirthRecorded", 3, fixture("BirthRecorded", 2)),
+        Err(DecodeError::UnsupportedVersion {
+            version: 3,
+            current: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode::<LifeEventEvent>("DeathRecorded", 1, json!({ "death": {} })),
+        Err(DecodeError::Upcast { from: 1, .. })
+    ));
+    assert!(matches!(
+        decode::<LifeEventEvent>("LifeEventVoided", 1, json!({ "reason": 1 })),
+        Err(DecodeError::Payload { .. })
+    ));
+}
+
+#[test]
+fn cqrs_upcaster_reads_bare_and_tagged_payloads_of_old_versions() {
+    let upcaster = codec::Upcaster;
+    assert!(upcaster.can_upcast("BirthRecorded", "1"));
+    assert!(!upcaster.can_upcast("SomethingElse", "1"));
+    for payload in [
+        fixture("BirthRecorded", 1),
+        codec::to_cqrs_payload("BirthRecorded", fixture("BirthRecorded", 1)),
+    ] {
+        let stored = SerializedEvent::new(
+            "birth-x".into(),
+            1,
+            "life_event".into(),
+            "BirthRecorded".into(),
+            "1".into(),
+            payload,
+            json!({}),
+        );
+        let upcast = upcaster.upcast(stored);
+        assert_eq!(upcast.event_version, "2");
+        let event: LifeEventEvent = serde_json::from_value(upcast.payload).unwrap();
+        assert!(
+            matches!(event, LifeEventEvent::BirthRecorded(ref birth) if birth.declaration.procedures.len() == 3)
+        );
+    }
+}
+
+#[test]
+fn domain_event_names_match_the_codec() {
+    use cqrs_es::DomainEvent;
+    let event = life_event("DeathRecorded", 1);
+    assert_eq!(DomainEvent::event_type(&event), "DeathRecorded");
+    assert_eq!(event.event_version(), "2");
+    let new_event = codec::to_new_event(
+        &event,
+        uuid::Uuid::nil(),
+        lifeline_model::envelope::EventMetadata::system(
+            "policy:test",
+            uuid::Uuid::nil(),
+            None,
+            chrono::DateTime::UNIX_EPOCH,
+        ),
+    );
+    assert_eq!(
+        (new_event.event_type.as_str(), new_event.schema_version),
+        ("DeathRecorded", 2)
+    );
+    assert_eq!(new_event.payload["death"]["time_known"], json!(false));
+}
