@@ -141,6 +141,7 @@ pub fn encode<E: EventFamily>(event: &E) -> (String, u32, Value) {
 }
 
 /// Reads a stored event of any schema version back into `E`, upcasting old versions first.
+/// The payload may be the bare body or the cqrs-es tagged form `{"<event_type>": body}`.
 pub fn decode<E: EventFamily>(
     event_type: &str,
     schema_version: u32,
@@ -151,7 +152,12 @@ pub fn decode<E: EventFamily>(
             event_type: event_type.to_owned(),
         });
     }
-    let body = upcast(event_type, schema_version, payload)?;
+    // Accept the cqrs-es tagged form too, so rows written either way read back.
+    let body = upcast(
+        event_type,
+        schema_version,
+        from_cqrs_payload(event_type, payload),
+    )?;
     serde_json::from_value(to_cqrs_payload(event_type, body)).map_err(|source| {
         DecodeError::Payload {
             event_type: event_type.to_owned(),

@@ -232,6 +232,15 @@ fn system_events() {
 }
 
 #[test]
+fn decoding_accepts_the_cqrs_es_tagged_form_of_any_version() {
+    for version in [1, 2] {
+        let tagged = codec::to_cqrs_payload("BirthRecorded", fixture("BirthRecorded", version));
+        let event: LifeEventEvent = decode("BirthRecorded", version, tagged).unwrap();
+        assert_eq!(EventFamily::event_type(&event), "BirthRecorded");
+    }
+}
+
+#[test]
 fn decoding_refuses_unknown_types_and_versions() {
     assert!(matches!(
         decode::<LifeEventEvent>("TaskClaimed", 1, fixture("TaskClaimed", 1)),
