@@ -1,0 +1,47 @@
+//! The seam between the rules and the runtimes: a runtime hands each event to a
+//! [`PolicyHandler`] inside a store transaction; the handler appends what the policy decides.
+
+use async_trait::async_trait;
+use lifeline_model::envelope::RecordedEvent;
+use lifeline_store::StoreTransaction;
+
+/// Why a policy could not handle an event. The runtime retries (with backoff) and, after the
+/// configured number of deliveries, records `PolicyFailed` and moves on.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The event or the facts it needs could not be read or decoded, or a rule refused it: a
+    /// retry will not help until the cause is fixed (still retried, in case it is transient).
+    #[error("policy {policy} refused event {event_id}: {message}")]
+    Refused {
+        policy: String,
+        event_id: uuid::Uuid,
+        message: String,
+    },
+    /// The store failed (connection lost, conflict with a concurrent writer...): retry.
+    #[error(transparent)]
+    Store(#[from] lifeline_store::StoreError),
+    #[error(transparent)]
+    Append(#[from] lifeline_store::AppendError),
+}
+
+/// A set of named policies. Each name is one durable consumer (NATS) or one subscriber
+/// (embedded): its checkpoint and its retries are its own.
+#[async_trait]
+pub trait PolicyHandler: Send + Sync {
+    /// The stable names of the policies, e.g. `birth-registration`.
+    fn policy_names(&self) -> Vec<&'static str>;
+
+    /// Whether `policy` reacts to events of this type at all (others are acknowledged unread).
+    fn wants(&self, policy: &str, event_type: &str) -> bool;
+
+    /// Runs `policy` on `event`: looks up the facts it needs, decides, and appends the
+    /// resulting events inside `tx` with deterministic event ids and "stream must not exist"
+    /// where a new stream is created, so that handling the same event twice has the effect of
+    /// handling it once. The caller commits `tx`.
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), PolicyError>;
+}
