@@ -13,6 +13,8 @@
 //! - `postgres`, `sqlite`: each backend's SQL, one function per primitive.
 //! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live.
 //! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
+//! - [`projections`]: the projection tables (agency inbox, person registry, life-event status):
+//!   their rows, the service reads, the subscribers' loads and saves; all projection SQL.
 //! - [`error`]: [`StoreError`] (faults) apart from [`AppendError`] (answers to an append).
 //! - `migrations/postgres`, `migrations/sqlite`: the schema, embedded at compile time.
 
@@ -20,6 +22,7 @@ mod append;
 pub mod cqrs;
 pub mod error;
 mod postgres;
+pub mod projections;
 mod sqlite;
 pub mod store;
 pub mod subscription;
