@@ -1,0 +1,216 @@
+//! Typed configuration: defaults, then `lifeline.toml`, then `LIFELINE_*` environment variables.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Everything a `lifeline` process needs to know before it starts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `postgres://...` or `sqlite:...`; default: a SQLite file under `./lifeline-data`.
+    pub database_url: String,
+    /// Absent: the embedded bus (the store's own subscription feeds the policies).
+    pub nats_url: Option<String>,
+    pub http_addr: SocketAddr,
+    /// Log lines as JSON (production) instead of human-readable text.
+    pub log_json: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL may carry a password: never print it.
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("http_addr", &self.http_addr)
+            .field("log_json", &self.log_json)
+            .finish()
+    }
+}
+
+/// The file layer: every field optional, unknown keys refused so typos are caught.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayer {
+    database_url: Option<String>,
+    nats_url: Option<String>,
+    http_addr: Option<String>,
+    log_json: Option<bool>,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "lifeline-data";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+impl Config {
+    /// Loads the layers. `file` is `lifeline.toml` in the working directory unless given; a
+    /// missing default file is fine, a missing named file is an error.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    fn load_from(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut config = Self::defaults();
+        let (path, required) = match file {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from("lifeline.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let layer: FileLayer = toml::from_str(&text)
+                    .with_context(|| format!("parsing configuration file {}", path.display()))?;
+                config.apply(layer)?;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("reading configuration file {}", path.display()))
+            }
+        }
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        let layer = FileLayer {
+            database_url: lookup("LIFELINE_DATABASE_URL")
+                .or_else(|| lookup("LIFELINE_DATABASE__URL")),
+            nats_url: lookup("LIFELINE_NATS_URL"),
+            http_addr: lookup("LIFELINE_HTTP_ADDR"),
+            log_json: match lookup("LIFELINE_LOG_JSON") {
+                Some(value) => Some(parse_bool("LIFELINE_LOG_JSON", &value)?),
+                None => None,
+            },
+        };
+        config.apply(layer)?;
+        Ok(config)
+    }
+
+    fn defaults() -> Self {
+        Self {
+            database_url: format!("sqlite:{DEFAULT_DATA_DIR}/lifeline.sqlite"),
+            nats_url: None,
+            http_addr: DEFAULT_HTTP_ADDR
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            log_json: false,
+        }
+    }
+
+    fn apply(&mut self, layer: FileLayer) -> anyhow::Result<()> {
+        if let Some(url) = layer.database_url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                anyhow::bail!("database_url must start with postgres:// or sqlite:");
+            }
+            self.database_url = url;
+        }
+        if let Some(url) = layer.nats_url {
+            // An empty value switches back to the embedded bus.
+            self.nats_url = if url.trim().is_empty() {
+                None
+            } else {
+                Some(url)
+            };
+        }
+        if let Some(addr) = layer.http_addr {
+            self.http_addr = addr.parse().with_context(|| {
+                format!("http_addr {addr:?} is not an address like 127.0.0.1:8080")
+            })?;
+        }
+        if let Some(json) = layer.log_json {
+            self.log_json = json;
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => anyhow::bail!("{name} must be true or false, not {other:?}"),
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_and_no_nats() {
+        let config = Config::load_from(Some(Path::new("/nonexistent/lifeline.toml")), &[]);
+        assert!(config.is_err(), "a named file that is missing is an error");
+        let dir = std::env::temp_dir().join(format!("lifeline-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("empty.toml");
+        std::fs::write(&file, "").unwrap();
+        let config = Config::load_from(Some(&file), &[]).unwrap();
+        assert_eq!(config.database_url, "sqlite:lifeline-data/lifeline.sqlite");
+        assert_eq!(config.nats_url, None);
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("lifeline-config-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("lifeline.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"sqlite:/tmp/a.sqlite\"\nhttp_addr = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
+        let config = Config::load_from(
+            Some(&file),
+            &env(&[
+                ("LIFELINE_DATABASE_URL", "postgres://u:secret@db/lifeline"),
+                ("LIFELINE_NATS_URL", "nats://127.0.0.1:4222"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.database_url, "postgres://u:secret@db/lifeline");
+        assert_eq!(config.http_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert!(
+            !format!("{config:?}").contains("secret"),
+            "the password is never printed"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let error =
+            Config::load_from(None, &env(&[("LIFELINE_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(error.to_string().contains("database_url"), "{error}");
+        let error = Config::load_from(None, &env(&[("LIFELINE_LOG_JSON", "maybe")])).unwrap_err();
+        assert!(error.to_string().contains("LIFELINE_LOG_JSON"), "{error}");
+    }
+}
