@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //! - [`handler`]: [`PolicyHandler`], the seam between rules and runtimes, and [`PolicyError`].
+//! - [`runtime`]: what feeds the handler: the relay (store -> JetStream), the JetStream policy
+//!   consumers, the embedded store subscriptions, failed-run tools, and the process roles.
 
 pub mod handler;
+pub mod runtime;
 
 pub use handler::{PolicyError, PolicyHandler};

@@ -1,0 +1,155 @@
+//! The JetStream side of the log: the stream the relay publishes to, its subjects, and the thin
+//! message ([`EventNotice`]) that names a stored event without carrying any of its data.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use lifeline_model::envelope::RecordedEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::RuntimeError;
+
+/// Where events travel on NATS. Defaults: stream `LIFELINE_EVENTS`, subjects
+/// `lifeline.events.<stream kind>.<event type>`, file storage, one replica, a 2-minute
+/// duplicate window, 30 days of retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// The JetStream stream name (no `.`, `*`, `>` or whitespace).
+    pub stream_name: String,
+    /// The subject prefix; the stream takes `<prefix>.>`.
+    pub subject_prefix: String,
+    /// Replicas of the stream: 1 on one server, 3 on the production cluster.
+    pub replicas: usize,
+    /// How long JetStream remembers a `Nats-Msg-Id` to drop a republished message.
+    pub duplicate_window: Duration,
+    /// How long messages are kept (consumers created later start from what is left).
+    pub max_age: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            stream_name: "LIFELINE_EVENTS".to_owned(),
+            subject_prefix: "lifeline.events".to_owned(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(30 * 24 * 60 * 60),
+        }
+    }
+}
+
+impl BusConfig {
+    /// The subject an event is published on: `<prefix>.<stream kind>.<event type>`, each token
+    /// reduced to `[A-Za-z0-9_-]` so that no stored value can form a wildcard or a new token.
+    pub fn subject_for(&self, event: &RecordedEvent) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            subject_token(event.stream_id.kind()),
+            subject_token(&event.event_type)
+        )
+    }
+
+    /// Every subject of the stream.
+    pub fn stream_subjects(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+
+    /// The stream's configuration (file storage, limits retention).
+    pub fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream_name.clone(),
+            subjects: vec![self.stream_subjects()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            num_replicas: self.replicas.max(1),
+            duplicate_window: self.duplicate_window,
+            max_age: self.max_age,
+            description: Some("Lifeline: thin notices of committed events".to_owned()),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the stream, or updates it to this configuration if it exists.
+    pub async fn ensure_stream(&self, jetstream: &jetstream::Context) -> Result<(), RuntimeError> {
+        jetstream
+            .create_or_update_stream(self.stream_config())
+            .await
+            .map_err(|error| RuntimeError::nats("create or update the event stream", error))?;
+        Ok(())
+    }
+}
+
+fn subject_token(value: &str) -> String {
+    let token: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if token.is_empty() {
+        "_".to_owned()
+    } else {
+        token
+    }
+}
+
+/// The thin message on the bus: which event was committed, where. No personal data: a consumer
+/// reads the event itself from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventNotice {
+    pub event_id: Uuid,
+    pub stream_id: String,
+    pub event_type: String,
+    pub position: i64,
+    pub transaction_id: i64,
+}
+
+impl EventNotice {
+    pub fn of(event: &RecordedEvent) -> Self {
+        Self {
+            event_id: event.event_id,
+            stream_id: event.stream_id.as_str().to_owned(),
+            event_type: event.event_type.clone(),
+            position: event.global_position.0,
+            transaction_id: event.transaction_id,
+        }
+    }
+}
+
+/// Connects to NATS and returns its JetStream context. The client reconnects by itself, for
+/// ever, when the server goes away; publishes and fetches fail meanwhile and are retried by the
+/// runtimes. `retry_on_initial_connect` is off so that a wrong url fails start-up loudly.
+pub async fn connect_nats(url: &str) -> Result<jetstream::Context, RuntimeError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("lifeline")
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|error| RuntimeError::nats("connect", error))?;
+    Ok(jetstream::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_tokens_cannot_form_wildcards_or_new_tokens() {
+        assert_eq!(subject_token("BirthRecorded"), "BirthRecorded");
+        assert_eq!(subject_token("a.b*>c d"), "a_b__c_d");
+        assert_eq!(subject_token(""), "_");
+    }
+}

@@ -1,0 +1,337 @@
+//! The JetStream policy consumers: one durable pull consumer per policy name (`policy-<name>`),
+//! explicit acks, each message's event read from the store and applied in a transaction, then
+//! double-acked; failures nak'd with an exponential delay, and after the configured attempts
+//! `PolicyFailed` is recorded and the message terminated.
+//!
+//! Any number of processes may run the same consumer: JetStream hands each message to one of
+//! them, and the handler's deterministic ids make a redelivery harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use lifeline_store::EventStore;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::bus::{BusConfig, EventNotice};
+use super::failures::record_failure;
+use super::{sleep_or_shutdown, RetryPolicy, RuntimeError};
+use crate::handler::PolicyHandler;
+
+/// How the policy consumers fetch, wait and retry.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Attempts and back-off between them (Nak delays).
+    pub retry: RetryPolicy,
+    /// How long JetStream waits for an ack before redelivering (a crashed worker's messages
+    /// come back after this).
+    pub ack_wait: Duration,
+    /// Messages per pull request.
+    pub fetch_batch: usize,
+    /// How long one pull request waits for messages; also bounds how long shutdown waits.
+    pub fetch_expires: Duration,
+    /// Most unacknowledged messages per consumer across all its processes.
+    pub max_ack_pending: i64,
+    /// The durable name is `<durable_prefix><policy>`.
+    pub durable_prefix: String,
+    /// Back-off bounds after a NATS or store failure.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            ack_wait: Duration::from_secs(30),
+            fetch_batch: 100,
+            fetch_expires: Duration::from_secs(1),
+            max_ack_pending: 1000,
+            durable_prefix: "policy-".to_owned(),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// The durable consumer name of `policy`.
+    pub fn durable_name(&self, policy: &str) -> String {
+        format!("{}{policy}", self.durable_prefix)
+    }
+
+    /// The consumer's configuration. `max_deliver` is one more than the attempts: the last
+    /// attempt records `PolicyFailed`, and if the process dies during it the spare delivery
+    /// records it instead of JetStream dropping the message silently. No filter subject: the
+    /// consumer takes every subject of the stream (one consumer per policy, `wants` decides).
+    pub fn consumer_config(&self, policy: &str) -> consumer::pull::Config {
+        let durable = self.durable_name(policy);
+        consumer::pull::Config {
+            durable_name: Some(durable),
+            description: Some(format!("Lifeline policy {policy}")),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: i64::from(self.retry.attempts()) + 1,
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs one consumer per policy of `handler` until `shutdown`; returns when all have stopped.
+pub async fn run_policy_consumers(
+    store: EventStore,
+    jetstream: jetstream::Context,
+    bus: BusConfig,
+    options: ConsumerOptions,
+    handler: Arc<dyn PolicyHandler>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for policy in handler.policy_names() {
+        tasks.spawn(run_policy_consumer(
+            store.clone(),
+            jetstream.clone(),
+            bus.clone(),
+            options.clone(),
+            Arc::clone(&handler),
+            policy.to_owned(),
+            shutdown.clone(),
+        ));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "a policy consumer task ended abnormally");
+        }
+    }
+}
+
+/// Runs the durable consumer of `policy` until `shutdown`: creates it if missing (and the
+/// stream too), pulls batches, handles each message. NATS and store failures are logged and
+/// retried with backoff; never returns an error.
+pub async fn run_policy_consumer(
+    store: EventStore,
+    jetstream: jetstream::Context,
+    bus: BusConfig,
+    options: ConsumerOptions,
+    handler: Arc<dyn PolicyHandler>,
+    policy: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let worker = Worker {
+        store,
+        handler,
+        options,
+        policy,
+    };
+    tracing::info!(policy = %worker.policy, "policy consumer starting");
+    let mut backoff = worker.options.min_backoff;
+    let mut pull: Option<consumer::PullConsumer> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let consumer = match &pull {
+            Some(consumer) => consumer.clone(),
+            None => match worker.bind(&jetstream, &bus).await {
+                Ok(consumer) => {
+                    pull = Some(consumer.clone());
+                    consumer
+                }
+                Err(error) => {
+                    tracing::warn!(policy = %worker.policy, %error, ?backoff, "cannot bind the consumer; retrying");
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(worker.options.max_backoff);
+                    continue;
+                }
+            },
+        };
+        match worker.pull_batch(&consumer, &mut shutdown).await {
+            Ok(()) => backoff = worker.options.min_backoff,
+            Err(error) => {
+                tracing::warn!(policy = %worker.policy, %error, ?backoff, "pull failed; retrying");
+                // The consumer (or its stream) may have been deleted: bind again.
+                pull = None;
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(worker.options.max_backoff);
+            }
+        }
+    }
+    tracing::info!(policy = %worker.policy, "policy consumer stopped");
+}
+
+struct Worker {
+    store: EventStore,
+    handler: Arc<dyn PolicyHandler>,
+    options: ConsumerOptions,
+    policy: String,
+}
+
+/// What became of one message.
+enum Outcome {
+    Done,
+    Retry { attempt: u32, error: String },
+    GaveUp,
+}
+
+impl Worker {
+    async fn bind(
+        &self,
+        jetstream: &jetstream::Context,
+        bus: &BusConfig,
+    ) -> Result<consumer::PullConsumer, RuntimeError> {
+        bus.ensure_stream(jetstream).await?;
+        let stream = jetstream
+            .get_stream(&bus.stream_name)
+            .await
+            .map_err(|error| RuntimeError::nats("get the event stream", error))?;
+        stream
+            .get_or_create_consumer(
+                &self.options.durable_name(&self.policy),
+                self.options.consumer_config(&self.policy),
+            )
+            .await
+            .map_err(|error| RuntimeError::nats("create the policy consumer", error))
+    }
+
+    /// One pull request: handles every message it brings. After shutdown, messages still
+    /// arriving in this pull are nak'd at once so another process takes them.
+    async fn pull_batch(
+        &self,
+        consumer: &consumer::PullConsumer,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), RuntimeError> {
+        let mut messages = consumer
+            .batch()
+            .max_messages(self.options.fetch_batch.max(1))
+            .expires(self.options.fetch_expires)
+            .messages()
+            .await
+            .map_err(|error| RuntimeError::nats("pull messages", error))?;
+        while let Some(message) = messages.next().await {
+            let message =
+                message.map_err(|error| RuntimeError::nats("receive a message", error))?;
+            if *shutdown.borrow() {
+                if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(%error, "cannot nak a message at shutdown");
+                }
+                continue;
+            }
+            self.handle_message(&message).await;
+        }
+        Ok(())
+    }
+
+    async fn handle_message(&self, message: &jetstream::Message) {
+        let delivered = match message.info() {
+            Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            Err(error) => {
+                tracing::error!(policy = %self.policy, %error, "message without JetStream metadata; terminated");
+                self.finish(message, AckKind::Term).await;
+                return;
+            }
+        };
+        let notice: EventNotice = match serde_json::from_slice(&message.payload) {
+            Ok(notice) => notice,
+            Err(error) => {
+                tracing::error!(policy = %self.policy, subject = %message.subject, %error, "malformed event notice; terminated");
+                self.finish(message, AckKind::Term).await;
+                return;
+            }
+        };
+        if !self.handler.wants(&self.policy, &notice.event_type) {
+            self.finish(message, AckKind::Ack).await;
+            return;
+        }
+        match self.run_policy(&notice, delivered).await {
+            Outcome::Done => self.finish(message, AckKind::Ack).await,
+            Outcome::GaveUp => self.finish(message, AckKind::Term).await,
+            Outcome::Retry { attempt, error } => {
+                let delay = self.options.retry.delay_after(attempt);
+                tracing::warn!(policy = %self.policy, event_id = %notice.event_id, attempt, ?delay, %error, "policy failed; will retry");
+                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                    tracing::warn!(policy = %self.policy, %error, "cannot nak; the message comes back after ack_wait");
+                }
+            }
+        }
+    }
+
+    /// Applies the policy; on the last attempt records `PolicyFailed` instead of retrying.
+    async fn run_policy(&self, notice: &EventNotice, delivered: u32) -> Outcome {
+        let error = match self.apply(notice.event_id).await {
+            Ok(()) => return Outcome::Done,
+            Err(error) => error,
+        };
+        if delivered < self.options.retry.attempts() {
+            return Outcome::Retry {
+                attempt: delivered,
+                error,
+            };
+        }
+        match self.give_up(notice.event_id, &error, delivered).await {
+            Ok(()) => Outcome::GaveUp,
+            Err(record_error) => Outcome::Retry {
+                attempt: delivered,
+                error: format!("{error}; and recording PolicyFailed failed: {record_error}"),
+            },
+        }
+    }
+
+    async fn apply(&self, event_id: Uuid) -> Result<(), String> {
+        let mut tx = self
+            .store
+            .begin()
+            .await
+            .map_err(|error| error.to_string())?;
+        let event = tx
+            .event_by_id(event_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| RuntimeError::EventMissing { event_id }.to_string())?;
+        self.handler
+            .apply(&self.policy, &mut tx, &event)
+            .await
+            .map_err(|error| error.to_string())?;
+        tx.commit().await.map_err(|error| error.to_string())
+    }
+
+    async fn give_up(
+        &self,
+        event_id: Uuid,
+        error: &str,
+        delivered: u32,
+    ) -> Result<(), RuntimeError> {
+        let event = self.store.event_by_id(event_id).await?;
+        let mut tx = self.store.begin().await?;
+        record_failure(
+            &mut tx,
+            &self.policy,
+            event_id,
+            event.as_ref(),
+            error,
+            delivered,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Acks (waiting for the server's confirmation) or terminates. A lost ack only means a
+    /// redelivery, which the handler's idempotence absorbs.
+    async fn finish(&self, message: &jetstream::Message, kind: AckKind) {
+        let result = match kind {
+            AckKind::Ack => message.double_ack().await,
+            other => message.double_ack_with(other).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(policy = %self.policy, %error, "acknowledgement not confirmed; the message may be redelivered");
+        }
+    }
+}

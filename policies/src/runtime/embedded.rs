@@ -1,0 +1,149 @@
+//! The embedded runtime: the very same [`PolicyHandler`] fed by store subscriptions, one
+//! [`PolicySubscriber`] per policy (checkpoint `policy:<name>`), no NATS.
+//!
+//! A failing event rolls its batch back ([`run_subscription`] resumes from the checkpoint);
+//! the runner retries with backoff up to the configured attempts, then marks the event as given
+//! up: the next run records `PolicyFailed` for it, in the batch's transaction, instead of
+//! applying the policy, and the checkpoint moves past it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lifeline_model::envelope::RecordedEvent;
+use lifeline_store::{
+    run_subscription_with, EventStore, StoreTransaction, Subscriber, SubscriberError,
+    SubscriptionError, SubscriptionOptions,
+};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::failures::record_failure;
+use super::{sleep_or_shutdown, RetryPolicy};
+use crate::handler::PolicyHandler;
+
+/// How the embedded policies read and retry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbeddedOptions {
+    pub retry: RetryPolicy,
+    pub subscription: SubscriptionOptions,
+}
+
+/// One policy of a handler as a store [`Subscriber`] named `policy:<name>`.
+pub struct PolicySubscriber {
+    handler: Arc<dyn PolicyHandler>,
+    policy: String,
+    name: String,
+    /// Events given up on, with the last error and the attempts made: recorded as
+    /// `PolicyFailed` when next met.
+    given_up: HashMap<Uuid, (String, u32)>,
+}
+
+impl PolicySubscriber {
+    pub fn new(handler: Arc<dyn PolicyHandler>, policy: &str) -> Self {
+        Self {
+            handler,
+            policy: policy.to_owned(),
+            name: format!("policy:{policy}"),
+            given_up: HashMap::new(),
+        }
+    }
+
+    /// Runs the subscription until `shutdown`, retrying a failing event in-process with
+    /// backoff up to `options.retry.max_attempts`, then recording `PolicyFailed` and moving on.
+    pub async fn run(
+        mut self,
+        store: EventStore,
+        options: EmbeddedOptions,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut attempts: HashMap<Uuid, u32> = HashMap::new();
+        loop {
+            let result =
+                run_subscription_with(&store, &mut self, shutdown.clone(), options.subscription)
+                    .await;
+            let delay = match result {
+                Ok(()) => break,
+                Err(SubscriptionError::Handler {
+                    event_id, source, ..
+                }) => {
+                    let attempt = attempts.entry(event_id).or_insert(0);
+                    *attempt += 1;
+                    let attempt = *attempt;
+                    if attempt >= options.retry.attempts() {
+                        attempts.remove(&event_id);
+                        self.given_up
+                            .insert(event_id, (source.to_string(), attempt));
+                        continue;
+                    }
+                    let delay = options.retry.delay_after(attempt);
+                    tracing::warn!(subscriber = %self.name, %event_id, attempt, ?delay, error = %source, "policy failed; will retry");
+                    delay
+                }
+                Err(SubscriptionError::Store(error)) => {
+                    let delay = options.retry.max_delay.min(options.retry.base_delay * 4);
+                    tracing::warn!(subscriber = %self.name, %error, ?delay, "store failed; will retry");
+                    delay
+                }
+            };
+            if sleep_or_shutdown(delay, &mut shutdown).await {
+                break;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for PolicySubscriber {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        if !self.handler.wants(&self.policy, &event.event_type) {
+            return Ok(());
+        }
+        if let Some((error, attempts)) = self.given_up.get(&event.event_id) {
+            record_failure(
+                tx,
+                &self.policy,
+                event.event_id,
+                Some(event),
+                error,
+                *attempts,
+            )
+            .await
+            .map_err(SubscriberError::failed)?;
+            // Kept: if this batch rolls back, the next run records it again (a second
+            // recording of a committed one is a no-op: the event id is deterministic).
+            return Ok(());
+        }
+        self.handler
+            .apply(&self.policy, tx, event)
+            .await
+            .map_err(SubscriberError::failed)
+    }
+}
+
+/// Runs one [`PolicySubscriber`] per policy of `handler` until `shutdown`.
+pub async fn run_embedded_policies(
+    store: EventStore,
+    handler: Arc<dyn PolicyHandler>,
+    options: EmbeddedOptions,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for policy in handler.policy_names() {
+        let subscriber = PolicySubscriber::new(Arc::clone(&handler), policy);
+        tasks.spawn(subscriber.run(store.clone(), options, shutdown.clone()));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "a policy subscription task ended abnormally");
+        }
+    }
+}

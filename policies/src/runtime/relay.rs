@@ -1,0 +1,176 @@
+//! The relay: reads the store's gap-free global log from its checkpoint and publishes a thin
+//! [`EventNotice`] per event to JetStream; the checkpoint moves only after JetStream
+//! acknowledged every message of the batch.
+//!
+//! A crash anywhere republishes at most the last batch: JetStream drops it within the
+//! duplicate window (`Nats-Msg-Id` = event id), and consumers are idempotent past it. When NATS
+//! is away, publishes fail (the client reconnects by itself) and the relay backs off and resumes
+//! from its checkpoint.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use lifeline_model::envelope::{LogCursor, RecordedEvent};
+use lifeline_store::EventStore;
+use tokio::sync::watch;
+
+use super::bus::{BusConfig, EventNotice};
+use super::{sleep_or_shutdown, RuntimeError};
+
+/// How the relay reads, waits and backs off.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// The relay's checkpoint name in the store.
+    pub checkpoint: String,
+    /// Events published (pipelined) per batch; the checkpoint moves once per batch.
+    pub batch_size: usize,
+    /// How long to wait, when caught up, before reading again.
+    pub poll_interval: Duration,
+    /// How long to wait for each publish acknowledgement.
+    pub ack_timeout: Duration,
+    /// First and longest back-off after a failure.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint: "relay".to_owned(),
+            batch_size: 500,
+            poll_interval: Duration::from_millis(100),
+            ack_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Publishes the store's log to JetStream.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: EventStore,
+    jetstream: jetstream::Context,
+    bus: BusConfig,
+    options: RelayOptions,
+}
+
+impl Relay {
+    pub fn new(
+        store: EventStore,
+        jetstream: jetstream::Context,
+        bus: BusConfig,
+        options: RelayOptions,
+    ) -> Self {
+        Self {
+            store,
+            jetstream,
+            bus,
+            options,
+        }
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped): makes sure the stream
+    /// exists, then relays batch after batch; on any failure logs it, backs off (doubling up to
+    /// `max_backoff`) and resumes from the stored checkpoint. Never returns an error.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.options.min_backoff;
+        let mut stream_ready = false;
+        let mut cursor: Option<LogCursor> = None;
+        tracing::info!(checkpoint = %self.options.checkpoint, stream = %self.bus.stream_name, "relay starting");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let step = async {
+                if !stream_ready {
+                    self.bus.ensure_stream(&self.jetstream).await?;
+                    stream_ready = true;
+                }
+                let from = match cursor {
+                    Some(cursor) => cursor,
+                    None => self.store.load_checkpoint(&self.options.checkpoint).await?,
+                };
+                let published = self.relay_batch(from).await?;
+                Ok::<_, RuntimeError>((from, published))
+            }
+            .await;
+            match step {
+                Ok((from, None)) => {
+                    cursor = Some(from);
+                    backoff = self.options.min_backoff;
+                    if sleep_or_shutdown(self.options.poll_interval, &mut shutdown).await {
+                        break;
+                    }
+                }
+                Ok((_, Some(next))) => {
+                    cursor = Some(next);
+                    backoff = self.options.min_backoff;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "relay failed; retrying from its checkpoint");
+                    cursor = None;
+                    if matches!(error, RuntimeError::Nats { .. }) {
+                        // The stream may be gone (deleted, or a server that lost its store).
+                        stream_ready = false;
+                    }
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+            }
+        }
+        tracing::info!(checkpoint = %self.options.checkpoint, "relay stopped");
+    }
+
+    /// Publishes one batch after `from` and, once every message is acknowledged, saves the
+    /// checkpoint. Answers the new cursor, or `None` if there was nothing to publish.
+    pub async fn relay_batch(&self, from: LogCursor) -> Result<Option<LogCursor>, RuntimeError> {
+        let batch = self
+            .store
+            .read_all(from, self.options.batch_size.max(1))
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        let next = last.cursor();
+        let mut acks = Vec::with_capacity(batch.len());
+        for event in &batch {
+            acks.push((event, self.publish(event).await?));
+        }
+        let mut duplicates = 0_usize;
+        for (event, ack) in acks {
+            let ack = tokio::time::timeout(self.options.ack_timeout, ack)
+                .await
+                .map_err(|elapsed| RuntimeError::nats("get a publish acknowledgement", elapsed))?
+                .map_err(|error| RuntimeError::nats("publish an event notice", error))?;
+            if ack.duplicate {
+                duplicates += 1;
+                tracing::debug!(event_id = %event.event_id, "notice was already on the stream");
+            }
+        }
+        self.store
+            .save_checkpoint(&self.options.checkpoint, next)
+            .await?;
+        tracing::debug!(
+            published = batch.len(),
+            duplicates,
+            ?next,
+            "relayed a batch"
+        );
+        Ok(Some(next))
+    }
+
+    async fn publish(&self, event: &RecordedEvent) -> Result<PublishAckFuture, RuntimeError> {
+        let payload = serde_json::to_vec(&EventNotice::of(event)).map_err(RuntimeError::Encode)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+        self.jetstream
+            .publish_with_headers(self.bus.subject_for(event), headers, Bytes::from(payload))
+            .await
+            .map_err(|error| RuntimeError::nats("publish an event notice", error))
+    }
+}

@@ -1,0 +1,149 @@
+//! The roles a `lifeline` process runs: `relay`, `worker` (policy consumers and the given
+//! store subscribers), `embedded` (policies and subscribers fed by the store, no NATS); all
+//! stop on one shutdown watch channel.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use lifeline_store::{run_subscription, EventStore, Subscriber};
+use tokio::sync::watch;
+
+use super::bus::BusConfig;
+use super::consumer::{run_policy_consumers, ConsumerOptions};
+use super::embedded::{run_embedded_policies, EmbeddedOptions};
+use super::relay::{Relay, RelayOptions};
+use super::{sleep_or_shutdown, RuntimeError};
+use crate::handler::PolicyHandler;
+
+/// A runtime role of a `lifeline` process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Publishes the store's log to JetStream.
+    Relay,
+    /// Runs every policy consumer (JetStream) and the given store subscribers (projections).
+    Worker,
+    /// Runs every policy and the given store subscribers from the store: no NATS.
+    Embedded,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Relay => "relay",
+            Role::Worker => "worker",
+            Role::Embedded => "embedded",
+        }
+    }
+}
+
+/// The settings of every role.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    pub bus: BusConfig,
+    pub relay: RelayOptions,
+    pub consumer: ConsumerOptions,
+    pub embedded: EmbeddedOptions,
+}
+
+/// Runs `roles` until `shutdown` turns true (or its sender is dropped), then waits for every
+/// runtime to stop. `jetstream` is required by `Relay` and `Worker` (see
+/// [`super::connect_nats`]). `subscribers` (projections) run under `Worker` or `Embedded`, each
+/// restarted with backoff if it fails; with neither role they are not run.
+///
+/// Errors only at start-up (a role that needs NATS without a connection); afterwards faults are
+/// logged and retried.
+pub async fn run_roles(
+    store: EventStore,
+    jetstream: Option<jetstream::Context>,
+    roles: &[Role],
+    handler: Arc<dyn PolicyHandler>,
+    subscribers: Vec<Box<dyn Subscriber>>,
+    settings: RuntimeSettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
+    let needs_nats = roles
+        .iter()
+        .find(|role| matches!(role, Role::Relay | Role::Worker));
+    if let (Some(role), None) = (needs_nats, &jetstream) {
+        return Err(RuntimeError::NatsRequired {
+            role: role.as_str(),
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut run_subscribers = false;
+    for role in roles {
+        match (role, &jetstream) {
+            (Role::Relay, Some(jetstream)) => {
+                let relay = Relay::new(
+                    store.clone(),
+                    jetstream.clone(),
+                    settings.bus.clone(),
+                    settings.relay.clone(),
+                );
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move { relay.run(shutdown).await });
+            }
+            (Role::Worker, Some(jetstream)) => {
+                run_subscribers = true;
+                tasks.spawn(run_policy_consumers(
+                    store.clone(),
+                    jetstream.clone(),
+                    settings.bus.clone(),
+                    settings.consumer.clone(),
+                    Arc::clone(&handler),
+                    shutdown.clone(),
+                ));
+            }
+            (Role::Embedded, _) => {
+                run_subscribers = true;
+                tasks.spawn(run_embedded_policies(
+                    store.clone(),
+                    Arc::clone(&handler),
+                    settings.embedded,
+                    shutdown.clone(),
+                ));
+            }
+            (Role::Relay | Role::Worker, None) => {}
+        }
+    }
+    if run_subscribers {
+        for subscriber in subscribers {
+            tasks.spawn(run_subscriber(
+                store.clone(),
+                subscriber,
+                settings.embedded,
+                shutdown.clone(),
+            ));
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "a runtime task ended abnormally");
+        }
+    }
+    Ok(())
+}
+
+/// Runs one store subscriber until shutdown, restarting it with backoff after a failure (it
+/// resumes from its checkpoint, so nothing is doubled).
+async fn run_subscriber(
+    store: EventStore,
+    mut subscriber: Box<dyn Subscriber>,
+    options: EmbeddedOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt = 0_u32;
+    loop {
+        match run_subscription(&store, subscriber.as_mut(), shutdown.clone()).await {
+            Ok(()) => break,
+            Err(error) => {
+                attempt = attempt.saturating_add(1);
+                let delay = options.retry.delay_after(attempt);
+                tracing::error!(subscriber = %subscriber.name(), %error, ?delay, "subscriber failed; restarting");
+                if sleep_or_shutdown(delay, &mut shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+}
