@@ -43,6 +43,31 @@ pub struct TaskCreated {
     /// The event that caused the task (the idempotency source of its id).
     pub source_event_id: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Set when the task follows up an earlier, completed task of the same procedure after the
+    /// record was corrected (re-issue) or voided (reversal). Absent on ordinary tasks and on
+    /// events stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<FollowUp>,
+}
+
+/// Why a task repeats or undoes a completed one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowUp {
+    pub kind: FollowUpKind,
+    /// The completed task this one follows up.
+    pub follows: Uuid,
+    /// The registrar's reason for the correction or the void.
+    pub reason: String,
+}
+
+/// What a follow-up task asks of the agency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUpKind {
+    /// The record was corrected: issue the document or decision again with the new data.
+    Reissue,
+    /// The record was voided: revoke what the completed task produced.
+    Reversal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,6 +436,7 @@ impl Task {
                 due_at,
                 source_event_id,
                 created_at: at,
+                follow_up: None,
             })]);
         }
         let (task_id, procedure) = self.open_task()?;

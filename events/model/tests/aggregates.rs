@@ -260,6 +260,7 @@ fn created(procedure: ProcedureId) -> TaskEvent {
         due_at: time("2026-11-24T17:00:00+07:00"),
         source_event_id: Uuid::nil(),
         created_at: time("2026-11-21T09:00:00+07:00"),
+        follow_up: None,
     })
 }
 

@@ -1,0 +1,283 @@
+//! The identity allocator: assigns a child's 12-digit personal ID number when birth
+//! registration completes. In production this is the national population database behind a
+//! connector; [`StoreAllocator`] is Lifeline's own, whose uniqueness the store enforces.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use lifeline_model::codec::{decode_recorded, to_new_event, DecodeError};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, StreamId};
+use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
+use lifeline_model::values::{province_name, FullName, OfficeCode, PersonalId, Sex};
+use lifeline_store::{AppendError, StoreError, StoreTransaction};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use uuid::Uuid;
+
+use crate::engine::deterministic_id;
+
+/// The stream kind holding the one `PersonalIdAssigned` of each number: `pin-<pin>`.
+pub const PIN_STREAM_KIND: &str = "pin";
+
+/// How many numbers [`StoreAllocator`] draws before it gives up on collisions.
+pub const MAX_DRAWS: u32 = 32;
+
+/// Who needs a number, and what was recorded about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRequest {
+    pub life_event_id: Uuid,
+    /// The birth-registration task whose completion asks for the number.
+    pub task_id: Option<Uuid>,
+    /// The registering office: its province gives digits 1-3.
+    pub office: OfficeCode,
+    pub full_name: FullName,
+    pub date_of_birth: NaiveDate,
+    pub sex: Sex,
+    /// The event that asks (the completion): causation of the assignment.
+    pub cause: Uuid,
+    pub correlation_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// Why no number could be assigned.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("office {office} is in a province without a personal ID province code")]
+    UnknownProvince { office: String },
+    #[error("cannot build a personal ID number: {0}")]
+    Invalid(#[from] lifeline_model::values::PersonalIdError),
+    #[error("the earlier assignment for life event {life_event_id} cannot be read: {source}")]
+    Decode {
+        life_event_id: Uuid,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("no free personal ID number after {0} draws")]
+    Exhausted(u32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Append(AppendError),
+}
+
+/// Assigns personal ID numbers. Assigning twice for the same life event answers the first
+/// assignment; a number is never given to two people.
+#[async_trait]
+pub trait IdentityAllocator: Send + Sync {
+    async fn assign(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        request: &PinRequest,
+    ) -> Result<PersonalIdAssigned, IdentityError>;
+}
+
+/// The event id of the one assignment of a life event: a redelivery finds it.
+pub fn assignment_event_id(life_event_id: Uuid) -> Uuid {
+    deterministic_id(&format!("identity/{life_event_id}"))
+}
+
+/// The 3-digit personal ID province code of an office (`79-26734` -> `079`).
+pub fn pin_province_code(office: &OfficeCode) -> Option<String> {
+    let code = format!("0{}", office.province());
+    province_name(&code).map(|_| code)
+}
+
+/// Digit 4 of the number: century of birth and sex (1900s 0/1, 2000s 2/3, ... 2300s 8/9).
+pub fn century_sex_digit(date_of_birth: NaiveDate, sex: Sex) -> Option<u32> {
+    let year = date_of_birth.year();
+    if !(1900..2400).contains(&year) {
+        return None;
+    }
+    let century = u32::try_from(year / 100 - 19).ok()?;
+    Some(century * 2 + u32::from(sex == Sex::Female))
+}
+
+/// The number for `request` with the six random digits `random` (0..1_000_000).
+pub fn compose_pin(request: &PinRequest, random: u32) -> Result<PersonalId, IdentityError> {
+    let province =
+        pin_province_code(&request.office).ok_or_else(|| IdentityError::UnknownProvince {
+            office: request.office.to_string(),
+        })?;
+    let digit = century_sex_digit(request.date_of_birth, request.sex).ok_or(
+        lifeline_model::values::PersonalIdError::CenturyOutOfRange(request.date_of_birth.year()),
+    )?;
+    let year = request.date_of_birth.year() % 100;
+    let pin = PersonalId::parse_for_holder(
+        &format!("{province}{digit}{year:02}{:06}", random % 1_000_000),
+        Some(request.date_of_birth),
+        Some(request.sex),
+    )?;
+    Ok(pin)
+}
+
+/// Lifeline's own allocator: draws the random digits, and lets the store refuse a number in
+/// use (`pin-<pin>` appended with "stream must not exist"; a conflict draws again).
+pub struct StoreAllocator {
+    rng: Mutex<Box<dyn RngCore + Send>>,
+}
+
+impl std::fmt::Debug for StoreAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAllocator").finish_non_exhaustive()
+    }
+}
+
+impl Default for StoreAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoreAllocator {
+    /// Draws from an operating-system-seeded generator.
+    pub fn new() -> Self {
+        Self::with_rng(StdRng::from_entropy())
+    }
+
+    /// Draws from `rng` (tests inject a seeded one).
+    pub fn with_rng(rng: impl RngCore + Send + 'static) -> Self {
+        Self {
+            rng: Mutex::new(Box::new(rng)),
+        }
+    }
+
+    fn draw(&self) -> u32 {
+        match self.rng.lock() {
+            Ok(mut rng) => rng.gen_range(0..1_000_000),
+            Err(poisoned) => poisoned.into_inner().gen_range(0..1_000_000),
+        }
+    }
+
+    async fn earlier(
+        tx: &mut StoreTransaction<'_>,
+        life_event_id: Uuid,
+    ) -> Result<Option<PersonalIdAssigned>, IdentityError> {
+        let Some(recorded) = tx.event_by_id(assignment_event_id(life_event_id)).await? else {
+            return Ok(None);
+        };
+        match decode_recorded::<SystemEvent>(&recorded) {
+            Ok(SystemEvent::PersonalIdAssigned(assigned)) => Ok(Some(assigned)),
+            Ok(_) => Err(IdentityError::Decode {
+                life_event_id,
+                source: DecodeError::UnknownEventType {
+                    event_type: recorded.event_type,
+                },
+            }),
+            Err(source) => Err(IdentityError::Decode {
+                life_event_id,
+                source,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl IdentityAllocator for StoreAllocator {
+    async fn assign(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        request: &PinRequest,
+    ) -> Result<PersonalIdAssigned, IdentityError> {
+        if let Some(assigned) = Self::earlier(tx, request.life_event_id).await? {
+            return Ok(assigned);
+        }
+        let event_id = assignment_event_id(request.life_event_id);
+        for _ in 0..MAX_DRAWS {
+            let pin = compose_pin(request, self.draw())?;
+            let assigned = PersonalIdAssigned::new(
+                pin.clone(),
+                request.life_event_id,
+                request.task_id,
+                request.full_name.clone(),
+                request.date_of_birth,
+                request.sex,
+                request.at,
+            )?;
+            let stream = StreamId::for_kind(PIN_STREAM_KIND, pin.as_str()).map_err(|error| {
+                IdentityError::Append(AppendError::Store(StoreError::Corrupt {
+                    global_position: 0,
+                    reason: error.to_string(),
+                }))
+            })?;
+            let metadata = EventMetadata {
+                office: Some(request.office.to_string()),
+                ..EventMetadata::system(
+                    "policy:identity",
+                    request.correlation_id,
+                    Some(request.cause),
+                    request.at,
+                )
+            };
+            let event = to_new_event(
+                &SystemEvent::PersonalIdAssigned(assigned.clone()),
+                event_id,
+                metadata,
+            );
+            match tx
+                .append(&stream, ExpectedVersion::NoStream, &[event])
+                .await
+            {
+                Ok(_) => return Ok(assigned),
+                // The number is someone else's: draw again.
+                Err(AppendError::Conflict { .. }) => continue,
+                // A concurrent assignment for this life event won: answer it.
+                Err(AppendError::EventIdMismatch { .. }) => {
+                    if let Some(assigned) = Self::earlier(tx, request.life_event_id).await? {
+                        return Ok(assigned);
+                    }
+                    return Err(IdentityError::Exhausted(MAX_DRAWS));
+                }
+                Err(error) => return Err(IdentityError::Append(error)),
+            }
+        }
+        Err(IdentityError::Exhausted(MAX_DRAWS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(sex: Sex, born: &str, office: &str) -> PinRequest {
+        PinRequest {
+            life_event_id: Uuid::nil(),
+            task_id: None,
+            office: OfficeCode::parse(office).unwrap(),
+            full_name: FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
+            date_of_birth: NaiveDate::parse_from_str(born, "%Y-%m-%d").unwrap(),
+            sex,
+            cause: Uuid::nil(),
+            correlation_id: Uuid::nil(),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn numbers_follow_decree_137() {
+        let pin = compose_pin(&request(Sex::Female, "2026-11-20", "79-26734"), 42).unwrap();
+        assert_eq!(pin.as_str(), "079326000042");
+        let pin = compose_pin(&request(Sex::Male, "2026-01-02", "01-00004"), 987_654).unwrap();
+        assert_eq!(pin.as_str(), "001226987654");
+        let pin = compose_pin(&request(Sex::Male, "1999-12-31", "48-20194"), 1).unwrap();
+        assert_eq!(pin.as_str(), "048099000001");
+        assert_eq!(
+            century_sex_digit(NaiveDate::from_ymd_opt(2101, 1, 1).unwrap(), Sex::Female),
+            Some(5)
+        );
+        assert_eq!(
+            century_sex_digit(NaiveDate::from_ymd_opt(1899, 1, 1).unwrap(), Sex::Male),
+            None
+        );
+    }
+
+    #[test]
+    fn the_same_life_event_always_has_the_same_assignment_id() {
+        let id = Uuid::from_u128(7);
+        assert_eq!(assignment_event_id(id), assignment_event_id(id));
+        assert_ne!(
+            assignment_event_id(id),
+            assignment_event_id(Uuid::from_u128(8))
+        );
+    }
+}
