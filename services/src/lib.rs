@@ -6,8 +6,14 @@
 //! - [`telemetry`]: tracing set-up.
 //! - [`registry`]: the registrar's commands on the life-event aggregate (cqrs-es).
 //! - [`demo`]: `lifeline demo` on the embedded store.
+//! - [`auth`]: bearer tokens (`TokenVerifier`, `issue_token`) and the one authorisation table.
+//! - [`tasks`]: the agency officers' commands on the task aggregate (cqrs-es).
+//! - [`http`]: the axum API (`app`, `Application`), its error format, metrics and OpenAPI.
 
+pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod registry;
+pub mod tasks;
 pub mod telemetry;

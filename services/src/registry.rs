@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateError, CqrsFramework};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore as _};
 use lifeline_model::codec;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput, Declaration,
 };
-use lifeline_model::envelope::{GlobalPosition, Role, StreamId};
+use lifeline_model::envelope::{GlobalPosition, RecordedEvent, Role, StreamId, StreamVersion};
 use lifeline_model::error::DomainError;
-use lifeline_model::life_event::{LifeEvent, LifeEventCommand, Reference};
+use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent, Reference};
 use lifeline_model::validation::ValidationErrors;
 use lifeline_store::{EventStore, LifelineRepository, StoreError};
 use uuid::Uuid;
@@ -39,6 +40,8 @@ pub struct Recorded {
     pub stream_id: StreamId,
     pub reference: Reference,
     pub position: GlobalPosition,
+    /// A retried request (same idempotency key, same declaration): nothing new was appended.
+    pub replayed: bool,
 }
 
 /// Why a registrar's command did not go through.
@@ -55,6 +58,9 @@ pub enum RegistryError {
     Conflict,
     #[error("no life event {0}")]
     NotFound(Uuid),
+    /// The `Idempotency-Key` was used before with a different declaration.
+    #[error("the idempotency key was used for a different declaration")]
+    IdempotencyKeyReused,
     /// The store failed: retry later.
     #[error("store failure: {0}")]
     Fault(String),
@@ -77,10 +83,24 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+/// A life event record as its stream tells it.
+#[derive(Debug, Clone)]
+pub struct LoadedLifeEvent {
+    pub stream_id: StreamId,
+    pub state: LifeEvent,
+    /// The stream version the state was rebuilt at.
+    pub version: StreamVersion,
+    /// The stored events, in order.
+    pub events: Vec<RecordedEvent>,
+}
+
 /// The registrar's side of Lifeline.
 pub struct Registry {
     store: EventStore,
     life_events: LifeEventFramework,
+    /// The same cqrs-es store the framework runs on, for commands whose content depends on the
+    /// state they are decided on (corrections): load, decide and commit against one version.
+    event_store: PersistedEventStore<LifelineRepository, LifeEvent>,
 }
 
 impl Registry {
@@ -88,9 +108,12 @@ impl Registry {
         let event_store =
             PersistedEventStore::new_event_store(LifelineRepository::new(store.clone()))
                 .with_upcasters(codec::upcasters());
+        let direct = PersistedEventStore::new_event_store(LifelineRepository::new(store.clone()))
+            .with_upcasters(codec::upcasters());
         Self {
             store,
             life_events: CqrsFramework::new(event_store, vec![], ()),
+            event_store: direct,
         }
     }
 
@@ -106,11 +129,16 @@ impl Registry {
         let stream_id = stream_for("birth", life_event_id)?;
         let command = LifeEventCommand::RecordBirth {
             life_event_id,
-            declaration,
+            declaration: declaration.clone(),
             recorded_on: today,
         };
-        self.execute(actor, &stream_id, command).await?;
-        self.recorded(life_event_id, stream_id).await
+        let replayed = self.execute(actor, &stream_id, command).await?;
+        let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
+        if actor.idempotency_key.is_some() {
+            self.same_declaration(&recorded, &Declaration::Birth(declaration))
+                .await?;
+        }
+        Ok(recorded)
     }
 
     /// Validates and records a death with the procedures the declarant chose.
@@ -125,11 +153,16 @@ impl Registry {
         let stream_id = stream_for("death", life_event_id)?;
         let command = LifeEventCommand::RecordDeath {
             life_event_id,
-            declaration,
+            declaration: declaration.clone(),
             recorded_on: today,
         };
-        self.execute(actor, &stream_id, command).await?;
-        self.recorded(life_event_id, stream_id).await
+        let replayed = self.execute(actor, &stream_id, command).await?;
+        let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
+        if actor.idempotency_key.is_some() {
+            self.same_declaration(&recorded, &Declaration::Death(declaration))
+                .await?;
+        }
+        Ok(recorded)
     }
 
     /// Replaces a record's declaration with a corrected one, giving the reason.
@@ -146,7 +179,79 @@ impl Registry {
             reason,
             recorded_on: today,
         };
-        self.execute(actor, stream_id, command).await
+        self.execute(actor, stream_id, command).await.map(|_| ())
+    }
+
+    /// Corrects a record with a declaration built from its current state by `build` (e.g. a
+    /// patch merged over the current declaration). Loading, deciding and committing happen
+    /// against one stream version, so a concurrent change is [`RegistryError::Conflict`], never
+    /// a lost update.
+    ///
+    /// `build` may refuse with its own error `E`: the answer is then `Ok(Err(e))` and nothing
+    /// is stored.
+    pub async fn correct_with<F, E>(
+        &self,
+        actor: &Actor,
+        stream_id: &StreamId,
+        reason: String,
+        today: NaiveDate,
+        build: F,
+    ) -> Result<Result<(), E>, RegistryError>
+    where
+        F: FnOnce(&LifeEvent) -> Result<Declaration, E>,
+    {
+        let mut context = self
+            .event_store
+            .load_aggregate(stream_id.as_str())
+            .await
+            .map_err(RegistryError::from)?;
+        let declaration = match build(context.aggregate()) {
+            Ok(declaration) => declaration,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let command = LifeEventCommand::Correct {
+            declaration,
+            reason,
+            recorded_on: today,
+        };
+        let sink: EventSink<LifeEvent> = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
+        let events = sink.collect().await;
+        self.event_store
+            .commit(events, context, self.metadata(actor, stream_id))
+            .await
+            .map_err(RegistryError::from)?;
+        Ok(Ok(()))
+    }
+
+    /// The record of `life_event_id` (a birth or a death), rebuilt from its stream.
+    pub async fn load(
+        &self,
+        life_event_id: Uuid,
+    ) -> Result<Option<LoadedLifeEvent>, RegistryError> {
+        for kind in ["birth", "death"] {
+            let stream_id = stream_for(kind, life_event_id)?;
+            let events = self.store.read_stream(&stream_id).await?;
+            let Some(last) = events.last() else { continue };
+            let version = last.stream_version;
+            let mut state = LifeEvent::default();
+            for event in &events {
+                let decoded: LifeEventEvent = codec::decode_recorded(event)
+                    .map_err(|error| RegistryError::Fault(error.to_string()))?;
+                state.apply(decoded);
+            }
+            return Ok(Some(LoadedLifeEvent {
+                stream_id,
+                state,
+                version,
+                events,
+            }));
+        }
+        Ok(None)
     }
 
     /// Voids a record made in error, giving the reason.
@@ -161,7 +266,7 @@ impl Registry {
             reason,
             recorded_on: today,
         };
-        self.execute(actor, stream_id, command).await
+        self.execute(actor, stream_id, command).await.map(|_| ())
     }
 
     /// The id of a new record: derived from the idempotency key when there is one, so that a
@@ -181,12 +286,7 @@ impl Registry {
         }
     }
 
-    async fn execute(
-        &self,
-        actor: &Actor,
-        stream_id: &StreamId,
-        command: LifeEventCommand,
-    ) -> Result<(), RegistryError> {
+    fn metadata(&self, actor: &Actor, stream_id: &StreamId) -> HashMap<String, String> {
         let mut metadata = HashMap::from([
             ("actor".to_owned(), actor.id.clone()),
             ("role".to_owned(), role_name(actor.role).to_owned()),
@@ -206,18 +306,29 @@ impl Registry {
             );
             metadata.insert("command_id".to_owned(), command_id.to_string());
         }
+        metadata
+    }
+
+    async fn execute(
+        &self,
+        actor: &Actor,
+        stream_id: &StreamId,
+        command: LifeEventCommand,
+    ) -> Result<bool, RegistryError> {
+        let metadata = self.metadata(actor, stream_id);
         match self
             .life_events
             .execute_with_metadata(stream_id.as_str(), command, metadata)
             .await
         {
+            Ok(()) => Ok(false),
             // A retried request (same idempotency key) finds its record already made.
             Err(AggregateError::UserError(DomainError::AlreadyRecorded))
                 if actor.idempotency_key.is_some() =>
             {
-                Ok(())
+                Ok(true)
             }
-            other => other.map_err(RegistryError::from),
+            Err(error) => Err(RegistryError::from(error)),
         }
     }
 
@@ -225,6 +336,7 @@ impl Registry {
         &self,
         life_event_id: Uuid,
         stream_id: StreamId,
+        replayed: bool,
     ) -> Result<Recorded, RegistryError> {
         let events = self.store.read_stream(&stream_id).await?;
         let first = events
@@ -235,7 +347,40 @@ impl Registry {
             reference: Reference::for_life_event(life_event_id),
             position: first.global_position,
             stream_id,
+            replayed,
         })
+    }
+}
+
+impl Registry {
+    /// A retried request (same idempotency key) must carry the declaration first recorded under
+    /// the key: the stored first event is compared with the one just parsed. Comparing the
+    /// validated declarations (not raw bytes) treats re-encoded but equal bodies as the same.
+    async fn same_declaration(
+        &self,
+        recorded: &Recorded,
+        declaration: &Declaration,
+    ) -> Result<(), RegistryError> {
+        let events = self.store.read_stream(&recorded.stream_id).await?;
+        let first = events
+            .first()
+            .ok_or(RegistryError::NotFound(recorded.life_event_id))?;
+        let stored: LifeEventEvent = codec::decode_recorded(first)
+            .map_err(|error| RegistryError::Fault(error.to_string()))?;
+        let same = match (stored, declaration) {
+            (LifeEventEvent::BirthRecorded(stored), Declaration::Birth(given)) => {
+                stored.declaration == *given
+            }
+            (LifeEventEvent::DeathRecorded(stored), Declaration::Death(given)) => {
+                stored.declaration == *given
+            }
+            _ => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(RegistryError::IdempotencyKeyReused)
+        }
     }
 }
 

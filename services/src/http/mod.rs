@@ -1,0 +1,333 @@
+//! The HTTP API (axum): registrar, agency, citizen-status and operations routes, the layers
+//! every request passes (request id, tracing, metrics, body limit, timeout, one error format),
+//! and [`Application`], the server bound to a port with graceful shutdown.
+//!
+//! # Layout
+//! - [`error`]: `ApiError`, the one error body.
+//! - [`extract`]: `ApiJson` (bodies), `Principal` (bearer tokens), `RequestContext` (ids).
+//! - [`registrar`]: births, deaths, life events, corrections, voids.
+//! - [`agency`]: inboxes and the task commands.
+//! - [`citizen`]: status by reference.
+//! - [`ops`]: health, readiness, metrics.
+//! - [`metrics`]: the hand-rolled Prometheus registry.
+//! - [`openapi`]: the OpenAPI document generated from the route and payload types.
+
+pub mod agency;
+pub mod citizen;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod registrar;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
+use lifeline_store::EventStore;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::TokenVerifier;
+use crate::registry::Registry;
+use crate::tasks::TaskDesk;
+use error::ApiError;
+use metrics::Metrics;
+
+/// A readiness check of a dependency (e.g. NATS): `Ok` when reachable, else why not.
+pub type ReadinessProbe =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// The clock handlers read "now" from (tests pin it).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// The largest request body accepted (413 beyond).
+    pub body_limit: usize,
+    /// How long a request may take (408 beyond).
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub registry: Arc<Registry>,
+    pub tasks: Arc<TaskDesk>,
+    pub verifier: Arc<TokenVerifier>,
+    pub metrics: Arc<Metrics>,
+    /// The registry offices known from reference data; `None`: any well-formed office code of a
+    /// known province is accepted (the model's own check).
+    pub offices: Option<Arc<BTreeSet<String>>>,
+    /// Checks `/readyz` runs besides the store's (NATS when configured), by name.
+    pub readiness: Arc<Vec<(String, ReadinessProbe)>>,
+    pub clock: Clock,
+    pub settings: HttpSettings,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state over `store`, verifying tokens with `verifier`; the wall clock, no office
+    /// list, no extra readiness checks, default limits.
+    pub fn new(store: EventStore, verifier: TokenVerifier) -> Self {
+        Self {
+            registry: Arc::new(Registry::new(store.clone())),
+            tasks: Arc::new(TaskDesk::new(store.clone())),
+            store,
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(Metrics::new()),
+            offices: None,
+            readiness: Arc::new(Vec::new()),
+            clock: Arc::new(Utc::now),
+            settings: HttpSettings::default(),
+        }
+    }
+
+    /// Only these office codes are known (from routing/reference data).
+    #[must_use]
+    pub fn with_offices(mut self, offices: impl IntoIterator<Item = String>) -> Self {
+        self.offices = Some(Arc::new(offices.into_iter().collect()));
+        self
+    }
+
+    /// Adds a readiness check (e.g. `"nats"`).
+    #[must_use]
+    pub fn with_readiness_probe(mut self, name: &str, probe: ReadinessProbe) -> Self {
+        let mut probes: Vec<(String, ReadinessProbe)> = self.readiness.iter().cloned().collect();
+        probes.push((name.to_owned(), probe));
+        self.readiness = Arc::new(probes);
+        self
+    }
+
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Shares a metrics registry (the runtime registers its collectors on the same one).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    #[must_use]
+    pub fn with_settings(mut self, settings: HttpSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Today in Vietnam (+07:00), the date declarations are checked against.
+    pub fn today(&self) -> NaiveDate {
+        let vietnam = FixedOffset::east_opt(7 * 3600).unwrap_or(Utc.fix());
+        self.now().with_timezone(&vietnam).date_naive()
+    }
+}
+
+/// The whole API as a router, for [`Application`] and for tests (`oneshot`).
+pub fn app(state: AppState) -> Router {
+    let settings = state.settings;
+    let api = Router::new()
+        .route("/v1/births", post(registrar::record_birth))
+        .route("/v1/deaths", post(registrar::record_death))
+        .route("/v1/life-events/{id}", get(registrar::get_life_event))
+        .route(
+            "/v1/life-events/{id}/corrections",
+            post(registrar::correct_life_event),
+        )
+        .route(
+            "/v1/life-events/{id}/void",
+            post(registrar::void_life_event),
+        )
+        .route("/v1/agencies/{agency}/tasks", get(agency::list_tasks))
+        .route("/v1/tasks/{id}", get(agency::get_task))
+        .route("/v1/tasks/{id}/claim", post(agency::claim_task))
+        .route("/v1/tasks/{id}/complete", post(agency::complete_task))
+        .route("/v1/tasks/{id}/reject", post(agency::reject_task))
+        .route("/v1/status/{reference}", get(citizen::status))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found);
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(make_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                record_metrics,
+            ))
+            .layer(middleware::from_fn(uniform_errors))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                settings.request_timeout,
+            ))
+            .layer(DefaultBodyLimit::max(settings.body_limit)),
+    )
+    .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::for_status(StatusCode::NOT_FOUND)
+}
+
+fn make_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route,
+        request_id,
+        subject = tracing::field::Empty,
+    )
+}
+
+/// Counts every answer by route template (never the raw path: ids would explode the labels).
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Error responses made outside the handlers (a layer's 408 or 413, axum's 405...) get the
+/// API's error body too.
+async fn uniform_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value == HeaderValue::from_static("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut replaced = ApiError::for_status(status).into_response();
+        for (name, value) in response.headers() {
+            if name == header::ALLOW {
+                replaced.headers_mut().insert(name, value.clone());
+            }
+        }
+        return replaced;
+    }
+    response
+}
+
+/// The API server: a bound listener and the router.
+#[derive(Debug)]
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    address: SocketAddr,
+}
+
+impl Application {
+    /// Binds `address` (port 0: any free port, for tests).
+    pub async fn build(address: SocketAddr, state: AppState) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            router: app(state),
+            address,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(address = %self.address, "http api listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM: the usual `shutdown` for [`Application::run_until_stopped`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
