@@ -3,10 +3,22 @@
 //!
 //! # Layout
 //! - [`handler`]: [`PolicyHandler`], the seam between rules and runtimes, and [`PolicyError`].
+//! - [`reference`]: configuration the rules read: date-effective parameters, routing, the
+//!   holiday calendar and working days, reference registers (defaults in `policies/data/`).
+//! - [`identity`]: [`identity::IdentityAllocator`] and Lifeline's own store-backed allocator of
+//!   personal ID numbers.
+//! - [`facts`]: what a rule decides on (source, life event, tasks, person), built from events.
+//! - [`rules`]: the pure rules, one module per policy, and the [`rules::Command`]s they answer.
+//! - [`engine`]: deterministic ids (UUIDv5) of exactly-once effects; `PolicyEngine` to come.
 //! - [`runtime`]: what feeds the handler: the relay (store -> JetStream), the JetStream policy
 //!   consumers, the embedded store subscriptions, failed-run tools, and the process roles.
 
+pub mod engine;
+pub mod facts;
 pub mod handler;
+pub mod identity;
+pub mod reference;
+pub mod rules;
 pub mod runtime;
 
 pub use handler::{PolicyError, PolicyHandler};
