@@ -1,0 +1,495 @@
+//! Registrar routes over HTTP: a table of bad requests (each with its status, code and named
+//! field, and no event appended), idempotent recording, reading, correcting and voiding.
+
+mod http_common;
+
+use axum::http::{Method, StatusCode};
+use http_common::*;
+use serde_json::{json, Value};
+
+/// One bad request of the table.
+struct Case {
+    name: &'static str,
+    path: &'static str,
+    token: Option<String>,
+    body: Vec<u8>,
+    content_type: &'static str,
+    status: StatusCode,
+    code: &'static str,
+    /// (field, field code) that must be named; field code "" = any.
+    fields: Vec<(&'static str, &'static str)>,
+}
+
+fn birth_with(change: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut body = birth_body();
+    change(&mut body);
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn death_with(change: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut body = death_body();
+    change(&mut body);
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn case(
+    name: &'static str,
+    body: Vec<u8>,
+    status: StatusCode,
+    code: &'static str,
+    fields: Vec<(&'static str, &'static str)>,
+) -> Case {
+    Case {
+        name,
+        path: "/v1/births",
+        token: Some(registrar(HCM_OFFICE)),
+        body,
+        content_type: "application/json",
+        status,
+        code,
+        fields,
+    }
+}
+
+fn pin_case(name: &'static str, pin: &'static str, field_code: &'static str) -> Case {
+    case(
+        name,
+        birth_with(|body| body["mother"]["personal_id"] = json!(pin)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        vec![("mother.personal_id", field_code)],
+    )
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
+    let app = TestApp::new().await;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    let cases = vec![
+        case(
+            "malformed json",
+            b"{\"office\": \"79-26734\", ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            vec![],
+        ),
+        case(
+            "wrong type",
+            birth_with(|body| body["child"]["full_name"] = json!(5)),
+            unprocessable,
+            "invalid_field",
+            vec![("child.full_name", "invalid_type")],
+        ),
+        case(
+            "unknown field",
+            birth_with(|body| body["child"]["nickname"] = json!("An")),
+            unprocessable,
+            "invalid_field",
+            vec![("child.nickname", "unknown_field")],
+        ),
+        case(
+            "missing fields",
+            b"{}".to_vec(),
+            unprocessable,
+            "validation_failed",
+            vec![
+                ("office", "required"),
+                ("child", "required"),
+                ("residence", "required"),
+                ("declarant", "required"),
+            ],
+        ),
+        case(
+            "unknown procedure",
+            birth_with(|body| body["procedures"] = json!(["birth-registration", "passport"])),
+            unprocessable,
+            "validation_failed",
+            vec![("procedures[1]", "unknown_procedure")],
+        ),
+        pin_case("pin too short", "07919000123", "length"),
+        pin_case("pin not digits", "07919000123x", "non_digit"),
+        pin_case("pin unknown province", "999190001234", "unknown_province"),
+        pin_case(
+            "pin century and sex",
+            "079090001234",
+            "century_sex_mismatch",
+        ),
+        pin_case("pin year of birth", "079191001234", "year_mismatch"),
+        case(
+            "pin century out of range",
+            birth_with(|body| body["mother"]["date_of_birth"] = json!("1850-01-01")),
+            unprocessable,
+            "validation_failed",
+            vec![("mother.personal_id", "century_out_of_range")],
+        ),
+        case(
+            "birth in the future",
+            birth_with(|body| {
+                body["child"]["date_of_birth"] = json!("2026-11-22");
+                body["birth_notice"]["date"] = Value::Null;
+            }),
+            unprocessable,
+            "validation_failed",
+            vec![("child.date_of_birth", "in_future")],
+        ),
+        Case {
+            path: "/v1/deaths",
+            token: Some(registrar(HANOI_OFFICE)),
+            ..case(
+                "death before birth",
+                death_with(|body| {
+                    body["death"]["at"] = json!("1950-01-01T00:00:00+07:00");
+                    body["death"]["notice"]["date"] = Value::Null;
+                }),
+                unprocessable,
+                "validation_failed",
+                vec![("death.at", "before_birth")],
+            )
+        },
+        case(
+            "oversized body",
+            birth_with(|body| body["child"]["place_of_birth"] = json!("x".repeat(70 * 1024))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            vec![],
+        ),
+        Case {
+            content_type: "text/plain",
+            ..case(
+                "not json",
+                birth_with(|_| {}),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                vec![],
+            )
+        },
+        Case {
+            token: Some(registrar("79-99999")),
+            ..case(
+                "unknown office",
+                birth_with(|body| body["office"] = json!("79-99999")),
+                unprocessable,
+                "validation_failed",
+                vec![("office", "unknown_office")],
+            )
+        },
+        case(
+            "malformed office",
+            birth_with(|body| body["office"] = json!("7926734")),
+            unprocessable,
+            "validation_failed",
+            vec![("office", "invalid_office")],
+        ),
+        Case {
+            token: Some(registrar(HANOI_OFFICE)),
+            ..case(
+                "another office's registrar",
+                birth_with(|_| {}),
+                StatusCode::FORBIDDEN,
+                "forbidden_scope",
+                vec![],
+            )
+        },
+        Case {
+            token: None,
+            ..case(
+                "no token",
+                birth_with(|_| {}),
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                vec![],
+            )
+        },
+        Case {
+            token: Some(expired_registrar(HCM_OFFICE)),
+            ..case(
+                "expired token",
+                birth_with(|_| {}),
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                vec![],
+            )
+        },
+        Case {
+            token: Some("not.a.token".to_owned()),
+            ..case(
+                "garbage token",
+                birth_with(|_| {}),
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                vec![],
+            )
+        },
+        Case {
+            token: Some(officer(
+                "officer-1",
+                lifeline_model::procedure::AgencyId::Police,
+            )),
+            ..case(
+                "wrong role",
+                birth_with(|_| {}),
+                StatusCode::FORBIDDEN,
+                "forbidden_role",
+                vec![],
+            )
+        },
+        Case {
+            token: Some(auditor()),
+            ..case(
+                "auditors write nothing",
+                birth_with(|_| {}),
+                StatusCode::FORBIDDEN,
+                "forbidden_role",
+                vec![],
+            )
+        },
+    ];
+    let before = app.log_len().await;
+    let mut failures = Vec::new();
+    for case in cases {
+        let (status, body, headers) = app
+            .call_raw(
+                Method::POST,
+                case.path,
+                case.token.as_deref(),
+                Some(case.body),
+                &[("content-type", case.content_type)],
+            )
+            .await;
+        let error = &body["error"];
+        let mut problems = Vec::new();
+        if status != case.status {
+            problems.push(format!("status {status}, expected {}", case.status));
+        }
+        if error["code"] != case.code {
+            problems.push(format!("code {}, expected {}", error["code"], case.code));
+        }
+        if !error["message"].is_string() || !error["fields"].is_object() {
+            problems.push("not the error format".to_owned());
+        }
+        for (field, field_code) in &case.fields {
+            if !error["fields"][field].is_string() {
+                problems.push(format!("field {field} not named"));
+            } else if !field_code.is_empty() && error["field_codes"][field] != *field_code {
+                problems.push(format!(
+                    "field {field} has code {}, expected {field_code}",
+                    error["field_codes"][field]
+                ));
+            }
+        }
+        if headers.get("x-request-id").is_none() {
+            problems.push("no x-request-id".to_owned());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {} in {body}", case.name, problems.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        app.log_len().await,
+        before,
+        "a bad request appended an event"
+    );
+}
+
+#[tokio::test]
+async fn the_design_examples_are_recorded() {
+    let app = TestApp::new().await;
+    let (status, body, headers) = app
+        .call(
+            Method::POST,
+            "/v1/deaths",
+            Some(&registrar(HANOI_OFFICE)),
+            Some(death_body()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body["reference"].as_str().unwrap().starts_with("LL-"));
+    assert!(body["position"].as_i64().unwrap() >= 1);
+    let id = body["life_event_id"].as_str().unwrap();
+    assert_eq!(
+        headers.get("location").unwrap(),
+        &format!("/v1/life-events/{id}")
+    );
+    let birth = record_birth(&app).await;
+    assert_ne!(birth, id);
+    assert_eq!(app.log_len().await, 2);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_the_same_and_refuses_another_body() {
+    let app = TestApp::new().await;
+    let token = registrar(HCM_OFFICE);
+    let send = |body: Value, key: &'static str| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            app.call_raw(
+                Method::POST,
+                "/v1/births",
+                Some(&token),
+                Some(serde_json::to_vec(&body).unwrap()),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let (first_status, first, _) = send(birth_body(), "key-1").await;
+    assert_eq!(first_status, StatusCode::CREATED, "{first}");
+    let (again_status, again, _) = send(birth_body(), "key-1").await;
+    assert_eq!(again_status, StatusCode::CREATED, "{again}");
+    assert_eq!(first, again, "the same key and body answer the same");
+    assert_eq!(app.log_len().await, 1, "a retried request appends nothing");
+
+    let mut other = birth_body();
+    other["child"]["full_name"] = json!("Nguyễn Minh Anh");
+    let (status, body, _) = send(other, "key-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.log_len().await, 1);
+
+    let (status, body, _) = send(birth_body(), "key-2").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(body["life_event_id"], first["life_event_id"]);
+    assert_eq!(app.log_len().await, 2);
+}
+
+#[tokio::test]
+async fn a_life_event_is_read_corrected_and_voided() {
+    let app = TestApp::new().await;
+    let id = record_birth(&app).await;
+    let token = registrar(HCM_OFFICE);
+    let path = format!("/v1/life-events/{id}");
+
+    let (status, record, _) = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["kind"], "birth");
+    assert_eq!(record["version"], 1);
+    assert_eq!(record["procedures"].as_array().unwrap().len(), 3);
+    assert_eq!(record["procedures"][0]["procedure"], "birth-registration");
+    assert_eq!(record["procedures"][0]["state"], "pending");
+    assert_eq!(record["history"][0]["event_type"], "BirthRecorded");
+
+    for (token, status) in [
+        (registrar(HANOI_OFFICE), StatusCode::FORBIDDEN),
+        (operator(), StatusCode::FORBIDDEN),
+        (auditor(), StatusCode::OK),
+    ] {
+        let (got, body, _) = app.call(Method::GET, &path, Some(&token), None).await;
+        assert_eq!(got, status, "{body}");
+    }
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            "/v1/life-events/7a1e3c9e-0000-4000-8000-000000000000",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let corrections = format!("{path}/corrections");
+    let change = json!({ "reason": "typo in the name", "changes": { "child": { "full_name": "Nguyễn Minh Anh" } } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &corrections,
+            Some(&token),
+            Some(change.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["corrections"], 1);
+    assert_eq!(body["declaration"]["child"]["full_name"], "Nguyễn Minh Anh");
+    assert_eq!(body["version"], 2);
+
+    let before = app.log_len().await;
+    let (status, body, _) = app
+        .call(Method::POST, &corrections, Some(&token), Some(change))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "nothing_changed");
+
+    let stale = json!({ "reason": "again", "expected_version": 1,
+                        "changes": { "child": { "hometown": "Bình Dương" } } });
+    let (status, body, _) = app
+        .call(Method::POST, &corrections, Some(&token), Some(stale))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "concurrent_change");
+
+    let invalid = json!({ "reason": "date", "changes": { "child": { "date_of_birth": "2027-01-01", "sex": 3 } } });
+    let (status, body, _) = app
+        .call(Method::POST, &corrections, Some(&token), Some(invalid))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["fields"]["changes.child.sex"].is_string(),
+        "{body}"
+    );
+
+    let invalid =
+        json!({ "reason": "date", "changes": { "child": { "date_of_birth": "2027-01-01" } } });
+    let (status, body, _) = app
+        .call(Method::POST, &corrections, Some(&token), Some(invalid))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["field_codes"]["changes.child.date_of_birth"], "in_future",
+        "{body}"
+    );
+
+    let moved = json!({ "reason": "office", "changes": { "office": "01-00004" } });
+    let (status, body, _) = app
+        .call(Method::POST, &corrections, Some(&token), Some(moved))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &corrections,
+            Some(&token),
+            Some(json!({ "changes": {} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["fields"]["reason"].is_string());
+    assert_eq!(
+        app.log_len().await,
+        before,
+        "refused corrections append nothing"
+    );
+
+    let void = format!("{path}/void");
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &void,
+            Some(&registrar(HANOI_OFFICE)),
+            Some(json!({ "reason": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &void,
+            Some(&token),
+            Some(json!({ "reason": "entered twice" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["voided"], true);
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &void,
+            Some(&token),
+            Some(json!({ "reason": "entered twice" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "voided");
+    assert_eq!(app.log_len().await, before + 1);
+}
