@@ -123,6 +123,14 @@ impl PersistedEventRepository for LifelineRepository {
         match self.store.append(&stream, expected, &new_events).await {
             Ok(_) => Ok(()),
             Err(AppendError::Conflict { .. }) => Err(PersistenceError::OptimisticLockError),
+            // Every event id of the batch is stored in this stream already: the command (same
+            // command id) was applied before and is being retried; it changes nothing.
+            Err(AppendError::EventIdMismatch {
+                stored_stream,
+                stored_count,
+                batch_len,
+                ..
+            }) if stored_stream == stream && stored_count == batch_len => Ok(()),
             Err(AppendError::Store(error)) => Err(store_error(error)),
             Err(error) => Err(unknown(error)),
         }

@@ -1,0 +1,636 @@
+//! The projections (agency inbox, person registry, life-event status) and the overdue watcher,
+//! on PostgreSQL and SQLite: realistic birth and death chains appended with the model's types,
+//! the live projections run until caught up, rows checked; a rebuild equals the live result; a
+//! restarted projection doubles nothing; two concurrent watchers mark a late task exactly once.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use lifeline_model::codec::{self, EventFamily};
+use lifeline_model::declaration::{
+    parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, DeathDeclaration,
+    DeathDeclarationInput, Declaration,
+};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, LogCursor, StreamId};
+use lifeline_model::life_event::{
+    BirthRecorded, DeathRecorded, LifeEventCorrected, LifeEventEvent, LifeEventVoided, Reference,
+};
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, SystemEvent};
+use lifeline_model::task::{
+    Application, TaskClaimed, TaskCompleted, TaskCreated, TaskEvent, TaskOutcome, TaskStatus,
+};
+use lifeline_model::values::{FullName, PersonalId, Sex};
+use lifeline_policies::projections::{
+    rebuild_projections, rebuild_projections_until, PROJECTION_NAMES,
+};
+use lifeline_policies::watcher::check_overdue_once;
+use lifeline_store::projections::{
+    self, InboxFilter, LifeEventStatusRow, Page, PersonRole, PersonRow, ProcedureState, TaskRow,
+    VitalStatus,
+};
+use lifeline_store::{run_subscription, EventStore};
+use lifeline_tests::backend_tests;
+use serde_json::json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+backend_tests!(
+    projections_follow_a_birth_and_a_death,
+    rebuild_equals_live_and_as_of_replays_a_prefix,
+    restarted_projections_double_nothing,
+    watcher_marks_a_late_task_exactly_once,
+);
+
+const MOTHER: &str = "079190001234";
+const FATHER: &str = "079088004321";
+const CHILD: &str = "079326000123";
+const DECEASED: &str = "001052000111";
+const DECLARANT_SON: &str = "001080000222";
+const WRONGLY_DECEASED: &str = "001050000999";
+
+fn at(day: u32, hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap()
+}
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()
+}
+
+fn birth_declaration(hometown: &str) -> BirthDeclaration {
+    let input: BirthDeclarationInput = serde_json::from_value(json!({
+        "office": "79-26734",
+        "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
+                   "place_of_birth": "Bệnh viện Từ Dũ, TP. Hồ Chí Minh", "hometown": hometown,
+                   "ethnicity": "Kinh", "nationality": "VN" },
+        "mother": { "full_name": "Trần Thị Bích", "personal_id": MOTHER, "date_of_birth": "1990-04-02",
+                    "ethnicity": "Kinh", "nationality": "VN" },
+        "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": FATHER, "date_of_birth": "1988-07-09",
+                    "ethnicity": "Kinh", "nationality": "VN" },
+        "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+        "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": "2026-11-20" },
+        "declarant": { "full_name": "Trần Thị Bích", "personal_id": MOTHER, "relationship": "mother",
+                       "phone": "+84901234567" },
+        "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
+    }))
+    .unwrap();
+    parse_birth(&input, today()).unwrap()
+}
+
+fn death_declaration(deceased_pin: &str) -> DeathDeclaration {
+    let input: DeathDeclarationInput = serde_json::from_value(json!({
+        "office": "01-00004",
+        "deceased": { "full_name": "Lê Văn Cường", "personal_id": deceased_pin, "date_of_birth": "1952-03-15",
+                      "sex": "male",
+                      "residence": { "province": "01", "commune": "00004", "address": "5 Hàng Bông" } },
+        "death": { "at": "2026-11-18T06:30:00+07:00", "place": "Nhà riêng, 5 Hàng Bông, Hà Nội",
+                   "cause": "tuổi cao", "notice": { "number": "BV-2026-5531", "issuer": "Trạm y tế phường", "date": "2026-11-18" } },
+        "declarant": { "full_name": "Lê Văn Dũng", "personal_id": DECLARANT_SON, "relationship": "son",
+                       "email": "dung@example.vn" },
+        "procedures": ["death-registration", "residence-deregistration", "burial-allowance", "funeral-support"]
+    }))
+    .unwrap();
+    parse_death(&input, today()).unwrap()
+}
+
+fn pin(raw: &str) -> PersonalId {
+    PersonalId::parse(raw).unwrap()
+}
+
+/// Appends one event of any family to `stream`, recorded at `recorded_at`.
+async fn append<E: EventFamily>(
+    store: &EventStore,
+    stream: &StreamId,
+    event: &E,
+    recorded_at: DateTime<Utc>,
+) -> Uuid {
+    let event_id = Uuid::now_v7();
+    let metadata = EventMetadata::system("test", Uuid::new_v4(), None, recorded_at);
+    let new_event = codec::to_new_event(event, event_id, metadata);
+    store
+        .append(stream, ExpectedVersion::Any, &[new_event])
+        .await
+        .unwrap();
+    event_id
+}
+
+fn stream(kind: &str, id: impl std::fmt::Display) -> StreamId {
+    StreamId::for_kind(kind, id).unwrap()
+}
+
+async fn append_task(store: &EventStore, event: TaskEvent, recorded_at: DateTime<Utc>) {
+    let task_id = lifeline_policies::projections::task_id_of(&event);
+    append(store, &stream("task", task_id), &event, recorded_at).await;
+}
+
+fn task_created(
+    task_id: Uuid,
+    procedure: ProcedureId,
+    life_event_id: Uuid,
+    declaration: &Declaration,
+    extra: &[(&str, serde_json::Value)],
+    created_at: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+) -> TaskEvent {
+    let mut facts = declaration.flatten();
+    for (field, value) in extra {
+        facts.insert((*field).to_owned(), value.clone());
+    }
+    TaskEvent::TaskCreated(TaskCreated {
+        task_id,
+        procedure,
+        agency: procedure.agency(),
+        life_event_id,
+        office: declaration.office().clone(),
+        application: Application::for_procedure(procedure, &facts),
+        due_at,
+        source_event_id: Uuid::new_v4(),
+        created_at,
+        follow_up: None,
+    })
+}
+
+/// What the scenario recorded: ids to look rows up by.
+struct Scenario {
+    birth_id: Uuid,
+    death_id: Uuid,
+    voided_death_id: Uuid,
+    registration_task: Uuid,
+    residence_task: Uuid,
+    insurance_task: Uuid,
+    death_task: Uuid,
+}
+
+/// A birth with its three procedures (registration completed, the child's number assigned, a
+/// card issued, residence open), corrected once; a death (registration open and late, funeral
+/// support found not eligible); a second death recorded in error and voided.
+async fn record_scenario(store: &EventStore) -> Scenario {
+    let birth_id = Uuid::now_v7();
+    let birth = birth_declaration("TP. Hồ Chí Minh");
+    let birth_decl = Declaration::Birth(birth.clone());
+    append(
+        store,
+        &stream("birth", birth_id),
+        &LifeEventEvent::BirthRecorded(BirthRecorded {
+            life_event_id: birth_id,
+            reference: Reference::for_life_event(birth_id),
+            recorded_on: today(),
+            late: false,
+            declaration: birth,
+        }),
+        at(21, 1),
+    )
+    .await;
+    let registration_task = Uuid::now_v7();
+    append_task(
+        store,
+        task_created(registration_task, ProcedureId::BirthRegistration, birth_id, &birth_decl, &[], at(21, 2), at(22, 10)),
+        at(21, 2),
+    )
+    .await;
+    append_task(
+        store,
+        TaskEvent::TaskClaimed(TaskClaimed { task_id: registration_task, by: "officer-1".into(), at: at(21, 3) }),
+        at(21, 3),
+    )
+    .await;
+    append_task(
+        store,
+        TaskEvent::TaskCompleted(TaskCompleted {
+            task_id: registration_task,
+            by: "officer-1".into(),
+            outcome: TaskOutcome::BirthRegistered { certificate_number: "KS-2026-0001".into() },
+            at: at(21, 4),
+        }),
+        at(21, 4),
+    )
+    .await;
+    append(
+        store,
+        &stream("person", CHILD),
+        &SystemEvent::PersonalIdAssigned(
+            PersonalIdAssigned::new(
+                pin(CHILD),
+                birth_id,
+                Some(registration_task),
+                FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
+                NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+                Sex::Female,
+                at(21, 4),
+            )
+            .unwrap(),
+        ),
+        at(21, 4),
+    )
+    .await;
+    let child_facts = [
+        ("child.personal_id", json!(CHILD)),
+        ("birth_certificate_number", json!("KS-2026-0001")),
+    ];
+    let residence_task = Uuid::now_v7();
+    let insurance_task = Uuid::now_v7();
+    append_task(
+        store,
+        task_created(residence_task, ProcedureId::ResidenceRegistration, birth_id, &birth_decl, &child_facts, at(21, 5), at(23, 10)),
+        at(21, 5),
+    )
+    .await;
+    append_task(
+        store,
+        task_created(insurance_task, ProcedureId::ChildHealthInsurance, birth_id, &birth_decl, &child_facts, at(21, 5), at(23, 10)),
+        at(21, 5),
+    )
+    .await;
+    append_task(
+        store,
+        TaskEvent::TaskCompleted(TaskCompleted {
+            task_id: insurance_task,
+            by: "bhxh-1".into(),
+            outcome: TaskOutcome::InsuranceCardIssued {
+                card_number: "TE1797926000123".into(),
+                valid_until: NaiveDate::from_ymd_opt(2032, 11, 19).unwrap(),
+            },
+            at: at(21, 6),
+        }),
+        at(21, 6),
+    )
+    .await;
+    let corrected = birth_declaration("Đồng Nai");
+    append(
+        store,
+        &stream("birth", birth_id),
+        &LifeEventEvent::LifeEventCorrected(LifeEventCorrected {
+            life_event_id: birth_id,
+            reason: "hometown misread".into(),
+            recorded_on: today(),
+            changed_fields: vec!["child.hometown".into()],
+            declaration: Declaration::Birth(corrected),
+        }),
+        at(21, 7),
+    )
+    .await;
+
+    let death_id = Uuid::now_v7();
+    let death = death_declaration(DECEASED);
+    let death_decl = Declaration::Death(death.clone());
+    append(
+        store,
+        &stream("death", death_id),
+        &LifeEventEvent::DeathRecorded(DeathRecorded {
+            life_event_id: death_id,
+            reference: Reference::for_life_event(death_id),
+            recorded_on: today(),
+            late: false,
+            declaration: death,
+        }),
+        at(21, 8),
+    )
+    .await;
+    append(
+        store,
+        &stream("eligibility", death_id),
+        &SystemEvent::EligibilityDecided(EligibilityDecided {
+            life_event_id: death_id,
+            procedure: ProcedureId::FuneralSupport,
+            eligible: false,
+            reason: "not a social-protection beneficiary".into(),
+            rule_version: "funeral-support/2025-1".into(),
+            parameters: json!({ "assistance_standard_vnd": 500_000 }),
+            amount_vnd: None,
+            decided_at: at(21, 8),
+        }),
+        at(21, 8),
+    )
+    .await;
+    let death_task = Uuid::now_v7();
+    // Due yesterday: the watcher's candidate.
+    append_task(
+        store,
+        task_created(death_task, ProcedureId::DeathRegistration, death_id, &death_decl, &[], at(21, 9), at(20, 10)),
+        at(21, 9),
+    )
+    .await;
+
+    let voided_death_id = Uuid::now_v7();
+    let wrong = death_declaration(WRONGLY_DECEASED);
+    append(
+        store,
+        &stream("death", voided_death_id),
+        &LifeEventEvent::DeathRecorded(DeathRecorded {
+            life_event_id: voided_death_id,
+            reference: Reference::for_life_event(voided_death_id),
+            recorded_on: today(),
+            late: false,
+            declaration: wrong,
+        }),
+        at(21, 10),
+    )
+    .await;
+    append(
+        store,
+        &stream("death", voided_death_id),
+        &LifeEventEvent::LifeEventVoided(LifeEventVoided {
+            life_event_id: voided_death_id,
+            reason: "recorded for the wrong person".into(),
+            recorded_on: today(),
+        }),
+        at(21, 11),
+    )
+    .await;
+    Scenario {
+        birth_id,
+        death_id,
+        voided_death_id,
+        registration_task,
+        residence_task,
+        insurance_task,
+        death_task,
+    }
+}
+
+/// The cursor of the last event readable now.
+async fn log_head(store: &EventStore) -> LogCursor {
+    let mut cursor = LogCursor::START;
+    loop {
+        let batch = store.read_all(cursor, 1000).await.unwrap();
+        match batch.last() {
+            Some(last) => cursor = last.cursor(),
+            None => return cursor,
+        }
+    }
+}
+
+/// The live projections, each in its own `run_subscription`, until `stop`.
+struct Running {
+    shutdown: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn start_projections(store: &EventStore) -> Running {
+    let (shutdown, receiver) = watch::channel(false);
+    let handles = lifeline_policies::projections::projection_subscribers()
+        .into_iter()
+        .map(|mut subscriber| {
+            let store = store.clone();
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                run_subscription(&store, subscriber.as_mut(), receiver)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    Running { shutdown, handles }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.send(true).unwrap();
+        for handle in self.handles {
+            handle.await.unwrap();
+        }
+    }
+}
+
+/// Polls (with a deadline) until every projection's checkpoint is at the head of the log.
+async fn caught_up(store: &EventStore) {
+    let head = log_head(store).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut all = true;
+        for name in PROJECTION_NAMES {
+            if store.load_checkpoint(name).await.unwrap() < head {
+                all = false;
+            }
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "projections did not catch up with {head:?}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every row the scenario's ids reach, for comparing two builds.
+async fn snapshot(
+    store: &EventStore,
+    scenario: &Scenario,
+) -> (Vec<TaskRow>, Vec<Option<PersonRow>>, Vec<Option<LifeEventStatusRow>>) {
+    let mut tasks = Vec::new();
+    for agency in AgencyId::ALL {
+        tasks.extend(
+            projections::inbox(store, agency, &InboxFilter::default(), Page { after: None, limit: 100 })
+                .await
+                .unwrap(),
+        );
+    }
+    let mut persons = Vec::new();
+    for raw in [MOTHER, FATHER, CHILD, DECEASED, DECLARANT_SON, WRONGLY_DECEASED] {
+        persons.push(projections::person(store, &pin(raw)).await.unwrap());
+    }
+    let mut statuses = Vec::new();
+    for id in [scenario.birth_id, scenario.death_id, scenario.voided_death_id] {
+        statuses.push(projections::life_event_status(store, id).await.unwrap());
+    }
+    (tasks, persons, statuses)
+}
+
+async fn projections_follow_a_birth_and_a_death(store: EventStore) {
+    let running = start_projections(&store);
+    let scenario = record_scenario(&store).await;
+    caught_up(&store).await;
+    running.stop().await;
+
+    // The inbox.
+    let civil = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page::default())
+        .await
+        .unwrap();
+    assert_eq!(civil.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task, scenario.registration_task], "ordered by due time");
+    let registration = projections::task(&store, scenario.registration_task).await.unwrap().unwrap();
+    assert_eq!(registration.status, TaskStatus::Completed);
+    assert_eq!(registration.claimed_by.as_deref(), Some("officer-1"));
+    assert_eq!(registration.created_at, at(21, 2));
+    assert_eq!(registration.updated_at, at(21, 4));
+    assert_eq!(registration.outcome, Some(TaskOutcome::BirthRegistered { certificate_number: "KS-2026-0001".into() }));
+    assert_eq!(registration.application.get("child.full_name"), Some(&json!("Nguyễn Minh An")));
+    let open_only = InboxFilter { status: Some(TaskStatus::Open), ..InboxFilter::default() };
+    let open = projections::inbox(&store, AgencyId::CivilRegistry, &open_only, Page::default()).await.unwrap();
+    assert_eq!(open.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task]);
+    let first = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: None, limit: 1 }).await.unwrap();
+    let second = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: Some(first[0].key()), limit: 1 }).await.unwrap();
+    let third = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: Some(second[0].key()), limit: 1 }).await.unwrap();
+    assert_eq!((first[0].task_id, second[0].task_id, third.len()), (scenario.death_task, scenario.registration_task, 0));
+    let social = projections::inbox(
+        &store,
+        AgencyId::SocialSecurity,
+        &InboxFilter { procedure: Some(ProcedureId::ChildHealthInsurance), due_before: Some(at(24, 0)), ..InboxFilter::default() },
+        Page::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(social.len(), 1);
+    assert_eq!(social[0].status, TaskStatus::Completed);
+    let of_birth = projections::tasks_of_life_event(&store, scenario.birth_id).await.unwrap();
+    assert_eq!(of_birth.len(), 3);
+    let mut tx = store.begin().await.unwrap();
+    let in_tx = projections::tasks_of_life_event_in_tx(&mut tx, scenario.birth_id).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(in_tx, of_birth);
+    let due = projections::open_tasks_due_before(&store, at(22, 0), 10).await.unwrap();
+    assert_eq!(due.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task]);
+
+    // The person registry.
+    let child = projections::person(&store, &pin(CHILD)).await.unwrap().unwrap();
+    assert_eq!(child.full_name, "Nguyễn Minh An");
+    assert_eq!(child.sex, Some(Sex::Female));
+    assert_eq!(child.vital_status, VitalStatus::Alive);
+    assert_eq!(child.residence.as_ref().map(|r| r.address.as_str()), Some("12 Lê Lợi"));
+    let insurance = child.insurance.clone().expect("the child is insured");
+    assert_eq!(insurance.card_number, "TE1797926000123");
+    assert_eq!(child.facts.len(), 1);
+    assert_eq!(child.life_events.len(), 1);
+    assert_eq!(child.life_events[0].role, PersonRole::Child);
+    let mother = projections::person(&store, &pin(MOTHER)).await.unwrap().unwrap();
+    let roles: Vec<PersonRole> = mother.life_events.iter().map(|link| link.role).collect();
+    assert_eq!(roles, [PersonRole::Mother, PersonRole::Declarant], "linked once each, corrections do not repeat links");
+    assert_eq!(mother.date_of_birth, NaiveDate::from_ymd_opt(1990, 4, 2));
+    let deceased = projections::person(&store, &pin(DECEASED)).await.unwrap().unwrap();
+    assert_eq!(deceased.vital_status, VitalStatus::Deceased);
+    assert_eq!(deceased.date_of_death, NaiveDate::from_ymd_opt(2026, 11, 18));
+    assert_eq!(deceased.death_life_event_id, Some(scenario.death_id));
+    let wrongly = projections::person(&store, &pin(WRONGLY_DECEASED)).await.unwrap().unwrap();
+    assert_eq!(wrongly.vital_status, VitalStatus::Alive, "the void undid the death");
+    assert!(wrongly.life_events.iter().all(|link| link.voided));
+
+    // The life-event status.
+    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    assert_eq!(birth.corrections, 1);
+    assert!(!birth.voided);
+    let states: Vec<(ProcedureId, ProcedureState)> = birth.procedures.iter().map(|p| (p.procedure, p.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (ProcedureId::BirthRegistration, ProcedureState::Completed),
+            (ProcedureId::ResidenceRegistration, ProcedureState::Open),
+            (ProcedureId::ChildHealthInsurance, ProcedureState::Completed),
+        ]
+    );
+    let residence = birth.procedure(ProcedureId::ResidenceRegistration).unwrap();
+    assert_eq!((residence.task_id, residence.due_at), (Some(scenario.residence_task), Some(at(23, 10))));
+    assert_eq!(birth.procedure(ProcedureId::ChildHealthInsurance).unwrap().task_id, Some(scenario.insurance_task));
+    let by_reference = projections::life_event_status_by_reference(&store, &Reference::for_life_event(scenario.death_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let states: Vec<(ProcedureId, ProcedureState)> = by_reference.procedures.iter().map(|p| (p.procedure, p.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (ProcedureId::DeathRegistration, ProcedureState::Open),
+            (ProcedureId::ResidenceDeregistration, ProcedureState::Pending),
+            (ProcedureId::BurialAllowance, ProcedureState::Pending),
+            (ProcedureId::FuneralSupport, ProcedureState::NotEligible),
+        ]
+    );
+    let voided = projections::life_event_status(&store, scenario.voided_death_id).await.unwrap().unwrap();
+    assert!(voided.voided);
+}
+
+async fn rebuild_equals_live_and_as_of_replays_a_prefix(store: EventStore) {
+    let running = start_projections(&store);
+    let scenario = record_scenario(&store).await;
+    caught_up(&store).await;
+    running.stop().await;
+    let live = snapshot(&store, &scenario).await;
+
+    let started = Instant::now();
+    let report = rebuild_projections(&store).await.unwrap();
+    tracing::info!(elapsed = ?started.elapsed(), ?report, "rebuilt");
+    assert_eq!(report.events_per_projection.len(), 3);
+    assert_eq!(snapshot(&store, &scenario).await, live, "a rebuild equals the live projections");
+    caught_up(&store).await;
+
+    // As of the moment before the birth's correction and the deaths: the correction is not
+    // counted, no death is known, the insurance card is.
+    rebuild_projections_until(&store, at(21, 7)).await.unwrap();
+    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    assert_eq!(birth.corrections, 0);
+    assert!(projections::life_event_status(&store, scenario.death_id).await.unwrap().is_none());
+    assert!(projections::person(&store, &pin(DECEASED)).await.unwrap().is_none());
+    assert!(projections::person(&store, &pin(CHILD)).await.unwrap().unwrap().insurance.is_some());
+
+    // The live projections resume from the as-of checkpoints and end where they were.
+    let running = start_projections(&store);
+    caught_up(&store).await;
+    running.stop().await;
+    assert_eq!(snapshot(&store, &scenario).await, live);
+}
+
+async fn restarted_projections_double_nothing(store: EventStore) {
+    let running = start_projections(&store);
+    let scenario = record_scenario(&store).await;
+    caught_up(&store).await;
+    running.stop().await;
+    let before = snapshot(&store, &scenario).await;
+
+    // Restart with nothing new: nothing changes.
+    let running = start_projections(&store);
+    caught_up(&store).await;
+    running.stop().await;
+    assert_eq!(snapshot(&store, &scenario).await, before);
+
+    // New events while stopped: a restart takes them once.
+    append_task(
+        &store,
+        TaskEvent::TaskClaimed(TaskClaimed { task_id: scenario.residence_task, by: "police-7".into(), at: at(22, 1) }),
+        at(22, 1),
+    )
+    .await;
+    let running = start_projections(&store);
+    caught_up(&store).await;
+    running.stop().await;
+    let residence = projections::task(&store, scenario.residence_task).await.unwrap().unwrap();
+    assert_eq!((residence.status, residence.claimed_by.as_deref()), (TaskStatus::Claimed, Some("police-7")));
+    let child = projections::person(&store, &pin(CHILD)).await.unwrap().unwrap();
+    assert_eq!((child.facts.len(), child.life_events.len()), (1, 1));
+    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    assert_eq!(birth.corrections, 1);
+    assert_eq!(birth.procedure(ProcedureId::ResidenceRegistration).unwrap().state, ProcedureState::Claimed);
+}
+
+async fn watcher_marks_a_late_task_exactly_once(store: EventStore) {
+    let running = start_projections(&store);
+    let scenario = record_scenario(&store).await;
+    caught_up(&store).await;
+
+    let now = at(21, 12);
+    let (first, second) = tokio::join!(check_overdue_once(&store, now), check_overdue_once(&store, now));
+    assert_eq!(first.unwrap() + second.unwrap(), 1, "two watchers mark the task once");
+    assert_eq!(check_overdue_once(&store, now).await.unwrap(), 0, "a task marked by a lagging inbox is not marked again");
+    let overdue: Vec<_> = store
+        .read_stream(&stream("task", scenario.death_task))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.event_type == "TaskOverdue")
+        .collect();
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].event_id, lifeline_policies::watcher::overdue_event_id(scenario.death_task));
+    // Tasks due later (residence, due on the 23rd) are not touched.
+    assert!(store
+        .read_stream(&stream("task", scenario.residence_task))
+        .await
+        .unwrap()
+        .iter()
+        .all(|event| event.event_type != "TaskOverdue"));
+
+    caught_up(&store).await;
+    running.stop().await;
+    let task = projections::task(&store, scenario.death_task).await.unwrap().unwrap();
+    assert!(task.overdue);
+    let death = projections::life_event_status(&store, scenario.death_id).await.unwrap().unwrap();
+    assert!(death.procedure(ProcedureId::DeathRegistration).unwrap().overdue);
+    assert!(projections::open_tasks_due_before(&store, now, 10).await.unwrap().is_empty());
+    assert_eq!(check_overdue_once(&store, now).await.unwrap(), 0);
+}

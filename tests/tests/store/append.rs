@@ -1,0 +1,416 @@
+//! Appends: expected versions, conflicts under concurrency, idempotency by event id, reads.
+
+use std::sync::Arc;
+
+use lifeline_model::envelope::{ExpectedVersion, LogCursor, StreamVersion};
+use lifeline_store::{AppendError, EventStore, TransactionConnection};
+use lifeline_tests::{backend_tests, new_event, new_stream};
+use serde_json::json;
+use tokio::sync::Barrier;
+
+backend_tests!(
+    concurrent_appends_at_one_version_let_exactly_one_win,
+    reappending_stored_event_ids_returns_the_original_positions,
+    concurrent_appends_of_one_event_id_store_it_once,
+    expected_versions_are_checked,
+    streams_and_the_global_log_read_in_order,
+    event_rows_cannot_be_updated_or_deleted,
+);
+
+async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
+    for expected in [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(StreamVersion(1)),
+    ] {
+        let stream = new_stream("race");
+        if expected != ExpectedVersion::NoStream {
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    &[new_event("Opened", json!({}))],
+                )
+                .await
+                .unwrap();
+        }
+        let barrier = Arc::new(Barrier::new(32));
+        let tasks: Vec<_> = (0..32)
+            .map(|writer| {
+                let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let event = new_event("Raced", json!({ "writer": writer }));
+                    store.append(&stream, expected, &[event]).await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        let mut conflicts = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(outcome) => {
+                    assert!(!outcome.already_stored);
+                    wins += 1;
+                }
+                Err(AppendError::Conflict {
+                    stream: conflicted,
+                    expected: seen_expected,
+                    actual,
+                }) => {
+                    assert_eq!(conflicted, stream);
+                    assert_eq!(seen_expected, expected);
+                    assert!(actual.is_some(), "the stream exists once one append won");
+                    conflicts += 1;
+                }
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+        assert_eq!((wins, conflicts), (1, 31), "expected {expected:?}");
+        let events = store.read_stream(&stream).await.unwrap();
+        let versions: Vec<i64> = events.iter().map(|event| event.stream_version.0).collect();
+        let expected_versions: Vec<i64> = (1..=i64::try_from(events.len()).unwrap()).collect();
+        assert_eq!(
+            versions, expected_versions,
+            "no gap in the stream's versions"
+        );
+        assert_eq!(
+            store.stream_version(&stream).await.unwrap(),
+            Some(StreamVersion(i64::try_from(events.len()).unwrap()))
+        );
+    }
+}
+
+async fn reappending_stored_event_ids_returns_the_original_positions(store: EventStore) {
+    let stream = new_stream("idem");
+    let single = [new_event("One", json!({ "n": 1 }))];
+    let first = store
+        .append(&stream, ExpectedVersion::NoStream, &single)
+        .await
+        .unwrap();
+    assert!(!first.already_stored);
+    assert_eq!(first.first_position, first.last_position);
+    // The same event id again, even with an expected version that no longer holds: a no-op.
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+        let again = store.append(&stream, expected, &single).await.unwrap();
+        assert!(again.already_stored);
+        assert_eq!(again.first_position, first.first_position);
+        assert_eq!(again.stream_version, StreamVersion(1));
+    }
+
+    let batch = [
+        new_event("Two", json!({ "n": 2 })),
+        new_event("Three", json!({ "n": 3 })),
+        new_event("Four", json!({ "n": 4 })),
+    ];
+    let stored = store
+        .append(&stream, ExpectedVersion::Exact(StreamVersion(1)), &batch)
+        .await
+        .unwrap();
+    assert_eq!(stored.stream_version, StreamVersion(4));
+    let again = store
+        .append(&stream, ExpectedVersion::Exact(StreamVersion(1)), &batch)
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!(
+        (
+            again.first_position,
+            again.last_position,
+            again.stream_version
+        ),
+        (
+            stored.first_position,
+            stored.last_position,
+            stored.stream_version
+        )
+    );
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 4);
+
+    // Part of a batch stored, or stored elsewhere: not a no-op.
+    let partial = [batch[0].clone(), new_event("Five", json!({}))];
+    let error = store
+        .append(&stream, ExpectedVersion::Any, &partial)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AppendError::EventIdMismatch {
+                stored_count: 1,
+                batch_len: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let elsewhere = store
+        .append(&new_stream("other"), ExpectedVersion::Any, &single)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(elsewhere, AppendError::EventIdMismatch { .. }),
+        "{elsewhere}"
+    );
+    let reordered = [batch[1].clone(), batch[0].clone()];
+    let error = store
+        .append(&stream, ExpectedVersion::Any, &reordered)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AppendError::EventIdMismatch { .. }),
+        "{error}"
+    );
+
+    assert!(matches!(
+        store.append(&stream, ExpectedVersion::Any, &[]).await,
+        Err(AppendError::EmptyBatch)
+    ));
+    let twice = [single[0].clone(), single[0].clone()];
+    assert!(matches!(
+        store.append(&new_stream("dup"), ExpectedVersion::Any, &twice).await,
+        Err(AppendError::DuplicateEventInBatch(id)) if id == single[0].event_id
+    ));
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 4);
+}
+
+async fn concurrent_appends_of_one_event_id_store_it_once(store: EventStore) {
+    for round in 0..20 {
+        let expected = if round % 2 == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Any
+        };
+        let stream = new_stream("twin");
+        let event = new_event("Twin", json!({ "round": round }));
+        let batch = [event.clone(), new_event("TwinTail", json!({}))];
+        let barrier = Arc::new(Barrier::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, stream, barrier, batch) = (
+                    store.clone(),
+                    stream.clone(),
+                    barrier.clone(),
+                    batch.clone(),
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.append(&stream, expected, &batch).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        outcomes.sort_by_key(|outcome| outcome.already_stored);
+        assert!(
+            !outcomes[0].already_stored,
+            "round {round}: one append stores"
+        );
+        assert!(
+            outcomes[1].already_stored,
+            "round {round}: the other finds it"
+        );
+        assert_eq!(outcomes[0].first_position, outcomes[1].first_position);
+        assert_eq!(outcomes[0].last_position, outcomes[1].last_position);
+        assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
+        let stored = store.event_by_id(event.event_id).await.unwrap().unwrap();
+        assert_eq!(stored.global_position, outcomes[0].first_position);
+    }
+}
+
+async fn expected_versions_are_checked(store: EventStore) {
+    let missing = new_stream("missing");
+    assert_eq!(store.stream_version(&missing).await.unwrap(), None);
+    let error = store
+        .append(
+            &missing,
+            ExpectedVersion::Exact(StreamVersion(3)),
+            &[new_event("X", json!({}))],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AppendError::Conflict { actual: None, .. }),
+        "{error}"
+    );
+
+    let stream = new_stream("versions");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(StreamVersion(0)),
+            &[new_event("Created", json!({}))],
+        )
+        .await
+        .unwrap();
+    let error = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[new_event("X", json!({}))],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            AppendError::Conflict {
+                actual: Some(StreamVersion(1)),
+                expected: ExpectedVersion::NoStream,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(StreamVersion(5)),
+            &[new_event("X", json!({}))],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AppendError::Conflict {
+                actual: Some(StreamVersion(1)),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let outcome = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(StreamVersion(1)),
+            &[new_event("Y", json!({})), new_event("Z", json!({}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(3));
+    let outcome = store
+        .append(&stream, ExpectedVersion::Any, &[new_event("W", json!({}))])
+        .await
+        .unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(4));
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        Some(StreamVersion(4))
+    );
+}
+
+async fn streams_and_the_global_log_read_in_order(store: EventStore) {
+    let streams = [new_stream("a"), new_stream("b"), new_stream("c")];
+    let mut appended = Vec::new();
+    for round in 0..5 {
+        for stream in &streams {
+            let event = new_event("Step", json!({ "round": round }));
+            appended.push(event.event_id);
+            store
+                .append(stream, ExpectedVersion::Any, &[event])
+                .await
+                .unwrap();
+        }
+    }
+    for stream in &streams {
+        let events = store.read_stream(stream).await.unwrap();
+        let rounds: Vec<i64> = events
+            .iter()
+            .map(|event| event.payload["round"].as_i64().unwrap())
+            .collect();
+        assert_eq!(rounds, vec![0, 1, 2, 3, 4]);
+        assert!(events.iter().all(|event| event.stream_id == *stream));
+        let versions: Vec<i64> = events.iter().map(|event| event.stream_version.0).collect();
+        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+        let tail = store
+            .read_stream_after(stream, StreamVersion(3))
+            .await
+            .unwrap();
+        assert_eq!(tail.len(), 2);
+    }
+
+    // On PostgreSQL the global reader can be held back for a while by transactions still
+    // running (also other tests'): an empty page means "nothing more for now".
+    let mut cursor = LogCursor::START;
+    let mut read = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read.len() < appended.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log did not become readable"
+        );
+        let page = store.read_all(cursor, 4).await.unwrap();
+        let Some(last) = page.last() else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        assert!(page.len() <= 4);
+        for event in &page {
+            assert!(event.cursor() > cursor, "cursors strictly increase");
+            cursor = event.cursor();
+            read.push(event.event_id);
+        }
+        assert_eq!(cursor, last.cursor());
+    }
+    assert_eq!(
+        read, appended,
+        "the global log in commit order, each event once"
+    );
+    assert!(store.read_all(cursor, 10).await.unwrap().is_empty());
+
+    let first = store.event_by_id(appended[0]).await.unwrap().unwrap();
+    assert_eq!(first.stream_id, streams[0]);
+    assert_eq!(first.metadata.actor, "test");
+    assert!(store
+        .event_by_id(uuid::Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
+
+    assert_eq!(
+        store.load_checkpoint("reader").await.unwrap(),
+        LogCursor::START
+    );
+    store
+        .save_checkpoint("reader", first.cursor())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint("reader").await.unwrap(),
+        first.cursor()
+    );
+}
+
+async fn event_rows_cannot_be_updated_or_deleted(store: EventStore) {
+    let stream = new_stream("immutable");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[new_event("Fixed", json!({}))],
+        )
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE events SET event_type = 'Changed'",
+        "DELETE FROM events",
+    ] {
+        let mut tx = store.begin().await.unwrap();
+        let result = match tx.connection() {
+            TransactionConnection::Postgres(connection) => {
+                sqlx::query(sql).execute(connection).await.map(|_| ())
+            }
+            TransactionConnection::Sqlite(connection) => {
+                sqlx::query(sql).execute(connection).await.map(|_| ())
+            }
+        };
+        let error = result.expect_err("the log is append-only");
+        assert!(error.to_string().contains("append-only"), "{error}");
+        tx.rollback().await.unwrap();
+    }
+    let events = store.read_stream(&stream).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "Fixed");
+}
