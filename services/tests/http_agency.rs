@@ -1,0 +1,314 @@
+//! Agency routes over HTTP: one agency's inbox, a task with only its procedure's fields, and
+//! claim / complete / reject, with 409 for a second officer and 403 across agencies.
+
+mod http_common;
+
+use axum::http::{Method, StatusCode};
+use chrono::Duration;
+use http_common::*;
+use lifeline::registry::Actor;
+use lifeline_model::declaration::{parse_birth, Declaration};
+use lifeline_model::envelope::Role;
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::task::{Application, TaskCommand, TaskStatus};
+use lifeline_model::values::OfficeCode;
+use lifeline_store::projections::{self, TaskRow};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Creates a task of `procedure` for the example birth, as a policy would, and puts it in the
+/// inbox projection.
+async fn create_task(app: &TestApp, procedure: ProcedureId) -> Uuid {
+    let input = serde_json::from_value(birth_body()).unwrap();
+    let declaration = Declaration::Birth(parse_birth(&input, now().date_naive()).unwrap());
+    let application = Application::for_procedure(procedure, &declaration.flatten());
+    let task_id = Uuid::now_v7();
+    let actor = Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    let office = OfficeCode::parse(HCM_OFFICE).unwrap();
+    let due_at = now() + Duration::days(2);
+    app.state
+        .tasks
+        .execute(
+            &actor,
+            task_id,
+            TaskCommand::Create {
+                task_id,
+                procedure,
+                life_event_id: Uuid::now_v7(),
+                office: office.clone(),
+                application: application.clone(),
+                due_at,
+                source_event_id: Uuid::now_v7(),
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let row = TaskRow {
+        task_id,
+        procedure,
+        agency: procedure.agency(),
+        office,
+        life_event_id: Uuid::now_v7(),
+        status: TaskStatus::Open,
+        claimed_by: None,
+        due_at,
+        overdue: false,
+        created_at: now(),
+        updated_at: now(),
+        application,
+        outcome: None,
+        reason: None,
+    };
+    let mut tx = app.store.begin().await.unwrap();
+    projections::save_task(&mut tx, &row).await.unwrap();
+    tx.commit().await.unwrap();
+    task_id
+}
+
+#[tokio::test]
+async fn officers_claim_complete_and_reject_one_at_a_time() {
+    let app = TestApp::new().await;
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let path = format!("/v1/tasks/{task}");
+    let alice = officer("police-alice", AgencyId::Police);
+    let bob = officer("police-bob", AgencyId::Police);
+    let insurer = officer("ss-carol", AgencyId::SocialSecurity);
+
+    let (status, body, _) = app.call(Method::GET, &path, Some(&alice), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "open");
+    let application = body["application"].as_object().unwrap();
+    assert!(application.contains_key("mother.personal_id"));
+    for field in application.keys() {
+        assert!(
+            ProcedureId::ResidenceRegistration.receives(field),
+            "{field} leaked to the police"
+        );
+    }
+    assert!(!application.contains_key("declarant.phone"));
+
+    for (token, method, suffix) in [
+        (insurer.clone(), Method::GET, ""),
+        (insurer.clone(), Method::POST, "/claim"),
+        (registrar(HCM_OFFICE), Method::POST, "/claim"),
+    ] {
+        let (status, body, _) = app
+            .call(method, &format!("{path}{suffix}"), Some(&token), None)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let (status, _, _) = app.call(Method::GET, &path, Some(&auditor()), None).await;
+    assert_eq!(status, StatusCode::OK, "auditors read tasks");
+
+    let before = app.log_len().await;
+    let (status, body, _) = app
+        .call(Method::POST, &format!("{path}/claim"), Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "claimed");
+    assert_eq!(body["claimed_by"], "police-alice");
+    let (status, _, _) = app
+        .call(Method::POST, &format!("{path}/claim"), Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "claiming again is a no-op");
+    assert_eq!(app.log_len().await, before + 1);
+
+    let (status, body, _) = app
+        .call(Method::POST, &format!("{path}/claim"), Some(&bob), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "claimed_by_other");
+    let outcome = json!({ "outcome": { "kind": "residence_registered", "entry_number": "HK-1" } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("{path}/complete"),
+            Some(&bob),
+            Some(outcome.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let complete = format!("{path}/complete");
+    for (bad, field, code) in [
+        (
+            json!({ "outcome": { "kind": "birth_registered", "certificate_number": "1" } }),
+            "outcome.kind",
+            "outcome_not_for_procedure",
+        ),
+        (
+            json!({ "outcome": { "kind": "residence_registered" } }),
+            "outcome.entry_number",
+            "required",
+        ),
+        (
+            json!({ "outcome": { "kind": "residence_registered", "entry_number": "  " } }),
+            "outcome.entry_number",
+            "",
+        ),
+        (
+            json!({ "outcome": { "kind": "teleported" } }),
+            "outcome.kind",
+            "unknown_outcome",
+        ),
+        (json!({}), "outcome", "required"),
+    ] {
+        let (status, body, _) = app
+            .call(Method::POST, &complete, Some(&alice), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body["error"]["fields"][field].is_string(),
+            "{field} not named in {body}"
+        );
+        if !code.is_empty() {
+            assert_eq!(body["error"]["field_codes"][field], code, "{body}");
+        }
+    }
+    assert_eq!(app.log_len().await, before + 1, "refusals append nothing");
+
+    let (status, body, _) = app
+        .call(Method::POST, &complete, Some(&alice), Some(outcome))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["outcome"]["entry_number"], "HK-1");
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("{path}/reject"),
+            Some(&alice),
+            Some(json!({ "reason": "late" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "task_closed");
+
+    let other = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let reject = format!("/v1/tasks/{other}/reject");
+    let (status, body, _) = app
+        .call(Method::POST, &reject, Some(&bob), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["fields"]["reason"].is_string());
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &reject,
+            Some(&bob),
+            Some(json!({ "reason": "not our commune" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "rejected");
+
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/tasks/{}", Uuid::now_v7()),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_inbox_shows_only_its_own_agency() {
+    let app = TestApp::new().await;
+    let police_task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let _insurance_task = create_task(&app, ProcedureId::ChildHealthInsurance).await;
+    let second_police_task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let alice = officer("police-alice", AgencyId::Police);
+
+    let (status, body, _) = app
+        .call(Method::GET, "/v1/agencies/police/tasks", Some(&alice), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&police_task.to_string().as_str()));
+    assert!(
+        body["tasks"][0].get("application").is_none(),
+        "no personal data in a list"
+    );
+
+    let (status, page, _) = app
+        .call(
+            Method::GET,
+            "/v1/agencies/police/tasks?limit=1&status=open",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/agencies/police/tasks?limit=1&cursor={cursor}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(next["tasks"].as_array().unwrap().len(), 1, "{next}");
+    assert_ne!(next["tasks"][0]["task_id"], page["tasks"][0]["task_id"]);
+    let seen = [&page["tasks"][0]["task_id"], &next["tasks"][0]["task_id"]];
+    assert!(seen.contains(&&json!(second_police_task.to_string())));
+
+    let (status, body, _) = app
+        .call(
+            Method::GET,
+            "/v1/agencies/social-security/tasks",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            "/v1/agencies/social-security/tasks",
+            Some(&auditor()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            "/v1/agencies/ministry-of-magic/tasks",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body, _) = app
+        .call(
+            Method::GET,
+            "/v1/agencies/police/tasks?status=lost&procedure=passport&due_before=soon&limit=0&cursor=zz",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for field in ["status", "procedure", "due_before", "limit", "cursor"] {
+        assert!(
+            body["error"]["fields"][field].is_string(),
+            "{field} not named in {body}"
+        );
+    }
+}
