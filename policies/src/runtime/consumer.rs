@@ -187,9 +187,9 @@ impl Worker {
         jetstream: &jetstream::Context,
         bus: &BusConfig,
     ) -> Result<consumer::PullConsumer, RuntimeError> {
-        bus.ensure_stream(jetstream).await?;
+        // The relay owns the stream's configuration; a consumer only creates it if missing.
         let stream = jetstream
-            .get_stream(&bus.stream_name)
+            .get_or_create_stream(bus.stream_config())
             .await
             .map_err(|error| RuntimeError::nats("get the event stream", error))?;
         stream

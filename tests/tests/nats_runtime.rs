@@ -1,0 +1,562 @@
+//! The runtimes against real PostgreSQL and real NATS JetStream: relay and policy consumers end
+//! to end, duplicate deliveries, a NATS outage, a poison event, embedded vs NATS mode, and a
+//! worker process killed with SIGKILL.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use lifeline_model::envelope::{ExpectedVersion, NewEvent, StreamId};
+use lifeline_policies::runtime::{
+    list_failed, retry_failed, run_embedded_policies, run_policy_consumers, BusConfig,
+    ConsumerOptions, EventNotice, Relay, RelayOptions, RetryFilter,
+};
+use lifeline_policies::PolicyHandler;
+use lifeline_store::EventStore;
+use lifeline_tests::nats::{
+    append_one, append_sources, connect, delete_stream, effects, expected_effects, postgres_url_of,
+    shared_nats, shared_nats_url, test_consumer_options, test_embedded_options, unique_bus,
+    EffectHandler, PrivateNats, ALPHA, BETA, POISON_TYPE, SOURCE_TYPE,
+};
+use lifeline_tests::{eventually, new_event, new_stream, postgres_store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A relay and the policy consumers of one test, stopped by [`Running::stop`].
+struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(
+        store: &EventStore,
+        jetstream: &jetstream::Context,
+        bus: &BusConfig,
+        handler: Arc<dyn PolicyHandler>,
+        options: ConsumerOptions,
+        with_relay: bool,
+    ) -> Self {
+        let (stop, shutdown) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if with_relay {
+            let relay = Relay::new(
+                store.clone(),
+                jetstream.clone(),
+                bus.clone(),
+                test_relay_options(),
+            );
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move { relay.run(shutdown).await }));
+        }
+        tasks.push(tokio::spawn(run_policy_consumers(
+            store.clone(),
+            jetstream.clone(),
+            bus.clone(),
+            options,
+            handler,
+            shutdown,
+        )));
+        Self { stop, tasks }
+    }
+
+    /// Signals shutdown and waits (with a deadline) for every task to stop.
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("runtime stops within 10s of shutdown")
+                .unwrap();
+        }
+    }
+}
+
+fn test_relay_options() -> RelayOptions {
+    RelayOptions {
+        batch_size: 100,
+        poll_interval: Duration::from_millis(50),
+        ack_timeout: Duration::from_secs(2),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        ..RelayOptions::default()
+    }
+}
+
+async fn wait_for_effects(store: &EventStore, expected: &HashMap<(String, Uuid), usize>) {
+    eventually(DEADLINE, "every expected effect", || async {
+        let found = effects(store).await;
+        expected.keys().all(|key| found.contains_key(key))
+    })
+    .await;
+}
+
+fn assert_exactly(
+    found: &HashMap<(String, Uuid), usize>,
+    expected: &HashMap<(String, Uuid), usize>,
+) {
+    let doubled: Vec<_> = found.iter().filter(|(_, count)| **count != 1).collect();
+    assert!(doubled.is_empty(), "effects not exactly once: {doubled:?}");
+    assert_eq!(found.len(), expected.len(), "unexpected or missing effects");
+    for key in expected.keys() {
+        assert_eq!(found.get(key), Some(&1), "effect {key:?}");
+    }
+}
+
+/// Waits until `policy`'s durable consumer has nothing pending and nothing unacknowledged.
+async fn wait_consumer_drained(
+    jetstream: &jetstream::Context,
+    bus: &BusConfig,
+    options: &ConsumerOptions,
+    policy: &str,
+) {
+    let durable = options.durable_name(policy);
+    eventually(DEADLINE, &format!("consumer {durable} drained"), || async {
+        let Ok(stream) = jetstream.get_stream(&bus.stream_name).await else {
+            return false;
+        };
+        let Ok(info) = stream.consumer_info(&durable).await else {
+            return false;
+        };
+        info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_and_consumers_apply_every_event_exactly_once() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let handler = Arc::new(EffectHandler::new(0));
+    let sources = append_sources(&store, 200).await;
+    let expected = expected_effects(&sources, &[]);
+
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler,
+        test_consumer_options(3),
+        true,
+    );
+    wait_for_effects(&store, &expected).await;
+    // One notice per event of the log: the sources and the effects the policies appended.
+    eventually(DEADLINE, "a notice of every event", || async {
+        let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+        stream.get_info().await.unwrap().state.messages >= 200 + 400
+    })
+    .await;
+    running.stop().await;
+
+    assert_exactly(&effects(&store).await, &expected);
+    let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 200 + 400);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_deliveries_and_a_replayed_consumer_double_nothing() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = test_consumer_options(3);
+    let handler = Arc::new(EffectHandler::new(0));
+    let sources = append_sources(&store, 50).await;
+    let expected = expected_effects(&sources, &[]);
+
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    wait_for_effects(&store, &expected).await;
+    running.stop().await;
+    let applied_first = handler.applied();
+
+    // The same notice again, past deduplication (another Nats-Msg-Id).
+    let event = store.event_by_id(sources[0]).await.unwrap().unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
+    let payload = serde_json::to_vec(&EventNotice::of(&event)).unwrap();
+    let ack = jetstream
+        .publish_with_headers(bus.subject_for(&event), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!ack.duplicate);
+    // And both consumers replay the whole stream: deleted, recreated with DeliverPolicy::All.
+    let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+    for policy in [ALPHA, BETA] {
+        stream
+            .delete_consumer(&options.durable_name(policy))
+            .await
+            .unwrap();
+    }
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        false,
+    );
+    for policy in [ALPHA, BETA] {
+        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
+    }
+    running.stop().await;
+
+    assert!(
+        handler.applied() >= applied_first + 2 * 50 + 2,
+        "the replay ran the handler again ({} then {})",
+        applied_first,
+        handler.applied()
+    );
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_outage_while_appending_loses_nothing() {
+    let store = postgres_store().await;
+    let mut nats = PrivateNats::start().await;
+    let jetstream = connect(&nats.url()).await;
+    let bus = unique_bus();
+    let handler = Arc::new(EffectHandler::new(0));
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler,
+        test_consumer_options(3),
+        true,
+    );
+
+    let appender = {
+        let store = store.store().clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for index in 0..500 {
+                ids.push(append_one(&store, SOURCE_TYPE, index).await);
+                // Spread the appends over the outage below.
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            ids
+        })
+    };
+    eventually(DEADLINE, "some effects before the outage", || async {
+        effects(&store).await.len() >= 50
+    })
+    .await;
+    nats.stop();
+    // The outage itself: NATS is away for 5 seconds while appends go on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nats.restart().await;
+    let sources = appender.await.unwrap();
+    let expected = expected_effects(&sources, &[]);
+    wait_for_effects(&store, &expected).await;
+    running.stop().await;
+
+    assert_exactly(&effects(&store).await, &expected);
+    let relay_checkpoint = store.load_checkpoint("relay").await.unwrap();
+    let last = store
+        .event_by_id(*sources.last().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        relay_checkpoint >= last.cursor(),
+        "the relay resumed by itself"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_is_recorded_once_and_retried_after_the_fix() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = test_consumer_options(3);
+    let handler = Arc::new(EffectHandler::new(u32::MAX));
+    let mut sources = append_sources(&store, 20).await;
+    let poison = append_one(&store, POISON_TYPE, 20).await;
+    sources.extend(append_sources(&store, 20).await);
+
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let flowing = expected_effects(&sources, &[]);
+    wait_for_effects(&store, &flowing).await;
+    eventually(DEADLINE, "PolicyFailed of the poison event", || async {
+        !list_failed(&store).await.unwrap().is_empty()
+    })
+    .await;
+    for policy in [ALPHA, BETA] {
+        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
+    }
+    running.stop().await;
+
+    let failed = list_failed(&store).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (failed[0].policy.as_str(), failed[0].event_id),
+        (ALPHA, poison)
+    );
+    assert_eq!(failed[0].deliveries, 3);
+    let recorded = store
+        .read_stream(&StreamId::parse("policyfailures-log").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "PolicyFailed recorded exactly once");
+    assert_exactly(&effects(&store).await, &flowing);
+
+    handler.fix();
+    let report = retry_failed(&store, handler.as_ref(), &RetryFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(report.succeeded.len(), 1);
+    assert!(report.failed.is_empty());
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    // The reader is gap-free: a commit becomes readable once older transactions (of any test on
+    // this server) have ended.
+    let all = expected_effects(&sources, &[poison]);
+    wait_for_effects(&store, &all).await;
+    assert_exactly(&effects(&store).await, &all);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
+/// The same inputs (same event ids and streams) for two stores.
+fn fixed_inputs() -> Vec<(StreamId, NewEvent)> {
+    let mut inputs = Vec::new();
+    for index in 0..60 {
+        let event_type = if index == 30 {
+            POISON_TYPE
+        } else {
+            SOURCE_TYPE
+        };
+        inputs.push((
+            new_stream("source"),
+            new_event(event_type, serde_json::json!({ "index": index })),
+        ));
+    }
+    inputs.push((
+        new_stream("other"),
+        new_event("TestIgnored", serde_json::json!({})),
+    ));
+    inputs
+}
+
+async fn append_inputs(store: &EventStore, inputs: &[(StreamId, NewEvent)]) {
+    for (stream, event) in inputs {
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(event),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_and_nats_modes_produce_the_same_effects() {
+    let inputs = fixed_inputs();
+    let sources: Vec<Uuid> = inputs
+        .iter()
+        .filter(|(_, event)| event.event_type == SOURCE_TYPE)
+        .map(|(_, event)| event.event_id)
+        .collect();
+    let poison = inputs
+        .iter()
+        .find(|(_, event)| event.event_type == POISON_TYPE)
+        .map(|(_, event)| event.event_id)
+        .unwrap();
+    let expected = expected_effects(&sources, &[poison]);
+
+    // NATS mode: the poison event fails twice, then succeeds on the third of three attempts.
+    let nats_store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    append_inputs(&nats_store, &inputs).await;
+    let running = Running::start(
+        &nats_store,
+        &jetstream,
+        &bus,
+        Arc::new(EffectHandler::new(2)),
+        test_consumer_options(3),
+        true,
+    );
+    wait_for_effects(&nats_store, &expected).await;
+    running.stop().await;
+
+    // Embedded mode: the same.
+    let embedded_store = postgres_store().await;
+    append_inputs(&embedded_store, &inputs).await;
+    let (stop, shutdown) = watch::channel(false);
+    let embedded = tokio::spawn(run_embedded_policies(
+        embedded_store.store().clone(),
+        Arc::new(EffectHandler::new(2)),
+        test_embedded_options(3),
+        shutdown,
+    ));
+    wait_for_effects(&embedded_store, &expected).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), embedded)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let nats_effects = effects(&nats_store).await;
+    let embedded_effects = effects(&embedded_store).await;
+    assert_exactly(&nats_effects, &expected);
+    assert_eq!(nats_effects, embedded_effects);
+    // Same effect events, same ids, in both logs.
+    for key in expected.keys() {
+        let (stream, id) = EffectHandler::effect_of(&key.0, key.1);
+        for store in [&nats_store, &embedded_store] {
+            let events = store.read_stream(&stream).await.unwrap();
+            assert_eq!(
+                events
+                    .iter()
+                    .map(|event| event.event_id)
+                    .collect::<Vec<_>>(),
+                vec![id]
+            );
+        }
+    }
+    assert!(list_failed(&nats_store).await.unwrap().is_empty());
+    assert!(list_failed(&embedded_store).await.unwrap().is_empty());
+    delete_stream(&jetstream, &bus).await;
+    nats_store.close().await;
+    embedded_store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_mode_records_a_poison_event_and_moves_on() {
+    let store = postgres_store().await;
+    let mut sources = append_sources(&store, 10).await;
+    let poison = append_one(&store, POISON_TYPE, 10).await;
+    sources.extend(append_sources(&store, 10).await);
+    let (stop, shutdown) = watch::channel(false);
+    let handler = Arc::new(EffectHandler::new(u32::MAX));
+    let embedded = tokio::spawn(run_embedded_policies(
+        store.store().clone(),
+        handler.clone(),
+        test_embedded_options(3),
+        shutdown,
+    ));
+    wait_for_effects(&store, &expected_effects(&sources, &[])).await;
+    eventually(DEADLINE, "PolicyFailed in embedded mode", || async {
+        !list_failed(&store).await.unwrap().is_empty()
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), embedded)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let failed = list_failed(&store).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (
+            failed[0].policy.as_str(),
+            failed[0].event_id,
+            failed[0].deliveries
+        ),
+        (ALPHA, poison, 3)
+    );
+    handler.fix();
+    let filter = RetryFilter {
+        policy: Some(ALPHA.to_owned()),
+        event_id: Some(poison),
+    };
+    let report = retry_failed(&store, handler.as_ref(), &filter)
+        .await
+        .unwrap();
+    assert_eq!(report.succeeded.len(), 1);
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    // The reader is gap-free: a commit becomes readable once older transactions (of any test on
+    // this server) have ended.
+    let all = expected_effects(&sources, &[poison]);
+    wait_for_effects(&store, &all).await;
+    assert_exactly(&effects(&store).await, &all);
+    store.close().await;
+}
+
+fn spawn_worker(database_url: &str, nats_url: &str, bus: &BusConfig) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_test_worker"))
+        .env("LIFELINE_DATABASE_URL", database_url)
+        .env("LIFELINE_NATS_URL", nats_url)
+        .env("TEST_STREAM", &bus.stream_name)
+        .env("TEST_SUBJECT_PREFIX", &bus.subject_prefix)
+        .env("TEST_MAX_ATTEMPTS", "3")
+        .env("TEST_APPLY_DELAY_MS", "5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the test worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_run_and_restarted_applies_every_event_exactly_once() {
+    let store = postgres_store().await;
+    let database_url = postgres_url_of(&store).expect("a PostgreSQL store");
+    let nats_url = shared_nats_url();
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let sources = append_sources(&store, 300).await;
+    let expected = expected_effects(&sources, &[]);
+    let (stop_relay, shutdown) = watch::channel(false);
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        test_relay_options(),
+    );
+    let relay = tokio::spawn(async move { relay.run(shutdown).await });
+
+    let mut worker = spawn_worker(&database_url, &nats_url, &bus);
+    eventually(DEADLINE, "part of the effects before the kill", || async {
+        effects(&store).await.len() >= expected.len() / 4
+    })
+    .await;
+    worker.kill().expect("SIGKILL the worker");
+    worker.wait().unwrap();
+    let at_kill = effects(&store).await.len();
+    assert!(
+        at_kill < expected.len(),
+        "killed mid-run ({at_kill} of {})",
+        expected.len()
+    );
+
+    let mut worker = spawn_worker(&database_url, &nats_url, &bus);
+    wait_for_effects(&store, &expected).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    stop_relay.send(true).unwrap();
+    relay.await.unwrap();
+
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
