@@ -29,6 +29,10 @@ use crate::error::{AppendError, StoreError};
 use crate::store::EventStore;
 
 /// The cqrs-es `PersistedEventRepository` of Lifeline.
+///
+/// cqrs-es serialises an event enum externally tagged (`{"<variant>": body}`); the log stores
+/// the bare body, whichever path appended the event, and the tag is put back on read. So an
+/// aggregate's event variants must be named like their `event_type()` (Lifeline's all are).
 #[derive(Debug, Clone)]
 pub struct LifelineRepository {
     store: EventStore,
@@ -193,7 +197,8 @@ fn to_serialized<A: Aggregate>(event: &RecordedEvent) -> Result<SerializedEvent,
         aggregate_type: A::TYPE.to_owned(),
         event_type: event.event_type.clone(),
         event_version: event.schema_version.to_string(),
-        payload: event.payload.clone(),
+        // cqrs-es deserialises the externally tagged form `{"<event type>": body}`.
+        payload: tagged_payload(&event.event_type, event.payload.clone()),
         metadata: metadata_to_map(event),
     })
 }
@@ -274,9 +279,34 @@ fn to_new_event(index: usize, event: &SerializedEvent) -> Result<NewEvent, Persi
         event_id,
         event_type: event.event_type.clone(),
         schema_version: parse_event_version(&event.event_version)?,
-        payload: event.payload.clone(),
+        // The log holds the bare body, the same whichever path appended the event.
+        payload: bare_payload(&event.event_type, event.payload.clone()),
         metadata,
     })
+}
+
+/// The body the log stores for a cqrs-es payload: the value inside the `{"<event type>": body}`
+/// tag, or null for a unit variant (serialised as the bare string `"<event type>"`).
+fn bare_payload(event_type: &str, payload: Value) -> Value {
+    match payload {
+        Value::Object(mut tagged) if tagged.len() == 1 && tagged.contains_key(event_type) => {
+            tagged.remove(event_type).unwrap_or(Value::Null)
+        }
+        Value::String(name) if name == event_type => Value::Null,
+        other => other,
+    }
+}
+
+/// The cqrs-es form of a stored body: the inverse of [`bare_payload`].
+fn tagged_payload(event_type: &str, body: Value) -> Value {
+    match body {
+        Value::Null => Value::String(event_type.to_owned()),
+        body => {
+            let mut tagged = serde_json::Map::new();
+            tagged.insert(event_type.to_owned(), body);
+            Value::Object(tagged)
+        }
+    }
 }
 
 fn parse_event_version(event_version: &str) -> Result<u32, PersistenceError> {
