@@ -236,6 +236,13 @@ pub enum Action {
     WorkTask,
     /// `GET /v1/status/{reference}`: procedure names, states and dates only.
     ReadCitizenStatus,
+    /// `GET /v1/audit/events`, `/v1/audit/streams/{id}`, `/v1/audit/persons/{pin}/timeline`:
+    /// the log as stored (personal data).
+    ReadLog,
+    /// `GET /v1/audit/replay`: the person registry and life-event status as of a moment.
+    ReplayViews,
+    /// `GET /v1/audit/export`: the whole log as NDJSON.
+    ExportLog,
 }
 
 /// Which resources a permitted role may touch.
@@ -273,6 +280,9 @@ pub const AUTHORISATION: &[(Role, Action, ScopeRule)] = &[
     (Role::Auditor, Action::ListTasks, ScopeRule::Any),
     (Role::Auditor, Action::ReadTask, ScopeRule::Any),
     (Role::Auditor, Action::ReadCitizenStatus, ScopeRule::Any),
+    (Role::Auditor, Action::ReadLog, ScopeRule::Any),
+    (Role::Auditor, Action::ReplayViews, ScopeRule::Any),
+    (Role::Auditor, Action::ExportLog, ScopeRule::Any),
     (Role::Operator, Action::ReadCitizenStatus, ScopeRule::Any),
 ];
 

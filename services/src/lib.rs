@@ -8,12 +8,17 @@
 //! - [`demo`]: `lifeline demo` on the embedded store.
 //! - [`auth`]: bearer tokens (`TokenVerifier`, `issue_token`) and the one authorisation table.
 //! - [`tasks`]: the agency officers' commands on the task aggregate (cqrs-es).
+//! - [`connector`]: agencies as external systems: configuration, signatures, and the outbound
+//!   delivery worker (the inbound callback is `http::connectors`).
+//! - [`replay`]: the person registry and life-event status folded in memory as of a moment.
 //! - [`http`]: the axum API (`app`, `Application`), its error format, metrics and OpenAPI.
 
 pub mod auth;
 pub mod config;
+pub mod connector;
 pub mod demo;
 pub mod http;
 pub mod registry;
+pub mod replay;
 pub mod tasks;
 pub mod telemetry;

@@ -500,7 +500,7 @@ fn decode_cursor(raw: &str) -> Result<TaskKey, FieldError> {
 
 /// The HTTP outcome as the model's, naming `outcome.<field>` for what is missing; the
 /// procedure-specific checks are `TaskOutcome::validate`'s, run by the aggregate.
-fn outcome_of(
+pub(crate) fn outcome_of(
     body: Option<OutcomeBody>,
     procedure: ProcedureId,
     _on: NaiveDate,

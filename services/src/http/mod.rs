@@ -8,12 +8,16 @@
 //! - [`registrar`]: births, deaths, life events, corrections, voids.
 //! - [`agency`]: inboxes and the task commands.
 //! - [`citizen`]: status by reference.
+//! - [`connectors`]: the signed callback of agency systems.
+//! - [`audit`]: the auditors' read-only routes (log, streams, timelines, replay, export).
 //! - [`ops`]: health, readiness, metrics.
 //! - [`metrics`]: the hand-rolled Prometheus registry.
 //! - [`openapi`]: the OpenAPI document generated from the route and payload types.
 
 pub mod agency;
+pub mod audit;
 pub mod citizen;
+pub mod connectors;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -42,6 +46,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::TokenVerifier;
+use crate::connector::ConnectorsConfig;
 use crate::registry::Registry;
 use crate::tasks::TaskDesk;
 use error::ApiError;
@@ -87,6 +92,8 @@ pub struct AppState {
     pub readiness: Arc<Vec<(String, ReadinessProbe)>>,
     pub clock: Clock,
     pub settings: HttpSettings,
+    /// The agencies that are external systems (their callback secrets); empty: none.
+    pub connectors: Arc<ConnectorsConfig>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -111,7 +118,15 @@ impl AppState {
             readiness: Arc::new(Vec::new()),
             clock: Arc::new(Utc::now),
             settings: HttpSettings::default(),
+            connectors: Arc::new(ConnectorsConfig::default()),
         }
+    }
+
+    /// The agencies that are external systems: their callbacks are accepted.
+    #[must_use]
+    pub fn with_connectors(mut self, connectors: Arc<ConnectorsConfig>) -> Self {
+        self.connectors = connectors;
+        self
     }
 
     /// Only these office codes are known (from routing/reference data).
@@ -180,6 +195,18 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/{id}/claim", post(agency::claim_task))
         .route("/v1/tasks/{id}/complete", post(agency::complete_task))
         .route("/v1/tasks/{id}/reject", post(agency::reject_task))
+        .route(
+            "/v1/connectors/{agency}/callback",
+            post(connectors::callback),
+        )
+        .route("/v1/audit/events", get(audit::events))
+        .route("/v1/audit/streams/{stream_id}", get(audit::stream))
+        .route(
+            "/v1/audit/persons/{pin}/timeline",
+            get(audit::person_timeline),
+        )
+        .route("/v1/audit/replay", get(audit::replay))
+        .route("/v1/audit/export", get(audit::export))
         .route("/v1/status/{reference}", get(citizen::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agency, citizen, error, ops, registrar};
+use super::{agency, audit, citizen, connectors, error, ops, registrar};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +28,12 @@ use super::{agency, citizen, error, ops, registrar};
         agency::claim_task,
         agency::complete_task,
         agency::reject_task,
+        connectors::callback,
+        audit::events,
+        audit::stream,
+        audit::person_timeline,
+        audit::replay,
+        audit::export,
         citizen::status,
         ops::healthz,
         ops::readyz,
@@ -38,6 +44,7 @@ use super::{agency, citizen, error, ops, registrar};
     tags(
         (name = "registrar", description = "record, read, correct and void life events"),
         (name = "agency", description = "inboxes and task commands"),
+        (name = "audit", description = "read-only history, replay and export; X-Purpose required"),
         (name = "citizen", description = "status by reference, through the portal"),
         (name = "operations", description = "health, readiness, metrics"),
     )

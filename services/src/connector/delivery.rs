@@ -1,0 +1,490 @@
+//! [`DeliveryWorker`]: reads the log from its own checkpoint (`connector:<agency>`), and for each
+//! `TaskCreated`, `TaskAmended` or `TaskCancelled` of its agency POSTs the signed
+//! [`DeliveryMessage`], retrying 5xx, timeouts and connection errors with exponential back-off
+//! and jitter; then applies the agency's synchronous answer (if any), appends the outcome event
+//! to `delivery-<task_id>`, and only then advances the checkpoint.
+//!
+//! No HTTP call runs inside a database transaction. Deliveries are sequential. The outcome
+//! event's id is fixed per (agency, task event), so after a crash at most the one delivery in
+//! flight is sent again: receivers must be idempotent by `delivery_id` / `task_id`. Run one
+//! worker per agency (two would both deliver).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lifeline_model::codec;
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent};
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::task::{Application, TaskEvent};
+use lifeline_store::{EventStore, StoreError};
+use rand::Rng;
+use uuid::Uuid;
+
+use super::config::AgencyConnector;
+use super::events::{
+    delivery_stream, outcome_event, outcome_event_id, ConnectorDelivered, ConnectorDeliveryFailed,
+    DeliveryKind, DeliveryMessage, DELIVERED, DELIVERY_FAILED,
+};
+use super::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::http::connectors::{apply_agency_result, AgencyResult};
+use crate::tasks::TaskDesk;
+
+/// The largest answer body read from an agency system.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Events read from the log per batch.
+const READ_BATCH: usize = 200;
+
+/// The checkpoint of `agency`'s worker: `connector:<agency>`.
+pub fn checkpoint_name(agency: AgencyId) -> String {
+    format!("connector:{agency}")
+}
+
+/// A fault that stops a pass of the worker; the next pass starts again at the checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot append the delivery outcome of task {task_id}: {reason}")]
+    Append { task_id: Uuid, reason: String },
+    #[error("cannot build the http client: {0}")]
+    Client(String),
+    #[error("event {event_id} cannot be decoded: {reason}")]
+    Decode { event_id: Uuid, reason: String },
+    #[error("cannot apply the agency's answer to task {task_id}: {reason}")]
+    Task { task_id: Uuid, reason: String },
+}
+
+/// What the attempts at one delivery came to.
+#[derive(Debug)]
+enum Attempts {
+    Accepted {
+        status: u16,
+        attempts: u32,
+        answer: Vec<u8>,
+    },
+    Failed {
+        attempts: u32,
+        last_status: Option<u16>,
+        reason: &'static str,
+        permanent: bool,
+    },
+}
+
+/// The outbound side of one agency's connector.
+pub struct DeliveryWorker {
+    store: EventStore,
+    tasks: Arc<TaskDesk>,
+    agency: AgencyId,
+    connector: AgencyConnector,
+    client: reqwest::Client,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for DeliveryWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryWorker")
+            .field("agency", &self.agency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliveryWorker {
+    pub fn new(
+        store: EventStore,
+        tasks: Arc<TaskDesk>,
+        agency: AgencyId,
+        connector: AgencyConnector,
+    ) -> Result<Self, DeliveryError> {
+        let client = reqwest::Client::builder()
+            .timeout(connector.timeout)
+            .connect_timeout(connector.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|error| DeliveryError::Client(error.to_string()))?;
+        Ok(Self {
+            store,
+            tasks,
+            agency,
+            connector,
+            client,
+            poll_interval: Duration::from_secs(1),
+        })
+    }
+
+    /// How long [`DeliveryWorker::run`] waits when the log has nothing new (default 1 s).
+    #[must_use]
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    pub fn agency(&self) -> AgencyId {
+        self.agency
+    }
+
+    /// Delivers until `shutdown` completes; a failed pass is logged and retried after the poll
+    /// interval. Stopping mid-delivery is safe: the delivery is sent again on restart.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                result = self.run_once() => {
+                    if let Err(error) = result {
+                        tracing::error!(agency = %self.agency, %error, "connector pass failed; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One pass: from the checkpoint to the end of the log as it is now. Answers how many
+    /// deliveries were made (accepted or failed).
+    pub async fn run_once(&self) -> Result<usize, DeliveryError> {
+        let name = checkpoint_name(self.agency);
+        let mut cursor = self.store.load_checkpoint(&name).await?;
+        let mut deliveries = 0;
+        loop {
+            let batch = self.store.read_all(cursor, READ_BATCH).await?;
+            let Some(last) = batch.last() else {
+                return Ok(deliveries);
+            };
+            let end = last.cursor();
+            for event in &batch {
+                if let Some(message) = self.due(event).await? {
+                    self.deliver_and_record(event, message).await?;
+                    deliveries += 1;
+                    // The outcome is appended: move past it before the next HTTP call.
+                    self.store.save_checkpoint(&name, event.cursor()).await?;
+                }
+            }
+            self.store.save_checkpoint(&name, end).await?;
+            cursor = end;
+        }
+    }
+
+    /// The message to send for `event`, if it is a task change of this agency not delivered yet.
+    async fn due(&self, event: &RecordedEvent) -> Result<Option<DeliveryMessage>, DeliveryError> {
+        if event.stream_id.kind() != "task"
+            || !matches!(
+                event.event_type.as_str(),
+                "TaskCreated" | "TaskAmended" | "TaskCancelled"
+            )
+        {
+            return Ok(None);
+        }
+        let decoded: TaskEvent =
+            codec::decode_recorded(event).map_err(|error| DeliveryError::Decode {
+                event_id: event.event_id,
+                reason: error.to_string(),
+            })?;
+        let message = match decoded {
+            TaskEvent::TaskCreated(created) => {
+                if created.agency != self.agency {
+                    return Ok(None);
+                }
+                DeliveryMessage {
+                    delivery_id: event.event_id,
+                    kind: DeliveryKind::Created,
+                    task_id: created.task_id,
+                    procedure: created.procedure.as_str().to_owned(),
+                    office: Some(created.office.to_string()),
+                    due_at: Some(created.due_at),
+                    application: minimised(created.procedure, &created.application),
+                    changed_fields: Vec::new(),
+                }
+            }
+            TaskEvent::TaskAmended(amended) => {
+                let Some((procedure, office, due_at)) =
+                    self.task_of_agency(amended.task_id).await?
+                else {
+                    return Ok(None);
+                };
+                DeliveryMessage {
+                    delivery_id: event.event_id,
+                    kind: DeliveryKind::Amended,
+                    task_id: amended.task_id,
+                    procedure: procedure.as_str().to_owned(),
+                    office,
+                    due_at,
+                    application: minimised(procedure, &amended.application),
+                    changed_fields: amended.changed_fields,
+                }
+            }
+            TaskEvent::TaskCancelled(cancelled) => {
+                let Some((procedure, office, due_at)) =
+                    self.task_of_agency(cancelled.task_id).await?
+                else {
+                    return Ok(None);
+                };
+                DeliveryMessage {
+                    delivery_id: event.event_id,
+                    kind: DeliveryKind::Cancelled,
+                    task_id: cancelled.task_id,
+                    procedure: procedure.as_str().to_owned(),
+                    office,
+                    due_at,
+                    application: Default::default(),
+                    changed_fields: Vec::new(),
+                }
+            }
+            _ => return Ok(None),
+        };
+        let done = outcome_event_id(self.agency.as_str(), event.event_id);
+        if self.store.event_by_id(done).await?.is_some() {
+            // Delivered before a restart that came ahead of the checkpoint.
+            return Ok(None);
+        }
+        Ok(Some(message))
+    }
+
+    /// The procedure, office and due time of `task_id` if it belongs to this agency.
+    async fn task_of_agency(
+        &self,
+        task_id: Uuid,
+    ) -> Result<Option<(ProcedureId, Option<String>, Option<chrono::DateTime<Utc>>)>, DeliveryError>
+    {
+        let loaded = self
+            .tasks
+            .load(task_id)
+            .await
+            .map_err(|error| DeliveryError::Task {
+                task_id,
+                reason: error.to_string(),
+            })?;
+        Ok(loaded.and_then(|loaded| {
+            let procedure = loaded.state.procedure?;
+            (procedure.agency() == self.agency).then(|| {
+                (
+                    procedure,
+                    loaded.state.office.as_ref().map(ToString::to_string),
+                    loaded.state.due_at,
+                )
+            })
+        }))
+    }
+
+    async fn deliver_and_record(
+        &self,
+        event: &RecordedEvent,
+        message: DeliveryMessage,
+    ) -> Result<(), DeliveryError> {
+        let task_id = message.task_id;
+        let body = serde_json::to_vec(&message).map_err(|error| DeliveryError::Append {
+            task_id,
+            reason: error.to_string(),
+        })?;
+        let attempts = self.deliver(task_id, &body).await;
+        let at = Utc::now();
+        let agency = self.agency.as_str().to_owned();
+        let (event_type, payload) = match attempts {
+            Attempts::Accepted {
+                status,
+                attempts,
+                answer,
+            } => {
+                let answer = if message.kind == DeliveryKind::Cancelled {
+                    "none".to_owned()
+                } else {
+                    self.apply_answer(task_id, &answer).await?
+                };
+                tracing::info!(agency = %self.agency, %task_id, status, attempts, answer, "delivered to the agency system");
+                let body = ConnectorDelivered {
+                    task_id,
+                    agency,
+                    source_event_id: event.event_id,
+                    kind: message.kind,
+                    attempts,
+                    status,
+                    answer,
+                    at,
+                };
+                (DELIVERED, serde_json::to_value(body))
+            }
+            Attempts::Failed {
+                attempts,
+                last_status,
+                reason,
+                permanent,
+            } => {
+                tracing::warn!(agency = %self.agency, %task_id, attempts, ?last_status, reason, permanent,
+                    "delivery failed; the task needs manual handling");
+                let body = ConnectorDeliveryFailed {
+                    task_id,
+                    agency,
+                    source_event_id: event.event_id,
+                    kind: message.kind,
+                    attempts,
+                    last_status,
+                    reason: reason.to_owned(),
+                    permanent,
+                    manual_handling: true,
+                    at,
+                };
+                (DELIVERY_FAILED, serde_json::to_value(body))
+            }
+        };
+        let append_error = |reason: String| DeliveryError::Append { task_id, reason };
+        let payload = payload.map_err(|error| append_error(error.to_string()))?;
+        let metadata = EventMetadata::system(
+            checkpoint_name(self.agency),
+            event.metadata.correlation_id,
+            Some(event.event_id),
+            at,
+        );
+        let new_event = outcome_event(
+            event_type,
+            &payload,
+            outcome_event_id(self.agency.as_str(), event.event_id),
+            metadata,
+        )
+        .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
+        let stream =
+            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?;
+        self.store
+            .append(&stream, ExpectedVersion::Any, &[new_event])
+            .await
+            .map_err(|error| append_error(error.to_string()))?;
+        Ok(())
+    }
+
+    /// Sends `body` until it is accepted, refused for good, or the attempts run out.
+    async fn deliver(&self, task_id: Uuid, body: &[u8]) -> Attempts {
+        let max_attempts = self.connector.max_attempts.max(1);
+        let mut last_status = None;
+        let mut reason = "connection";
+        for attempt in 1..=max_attempts {
+            let timestamp = Utc::now().timestamp();
+            let signature = sign(self.connector.secret.expose(), timestamp, body);
+            let sent = self
+                .client
+                .post(&self.connector.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(SIGNATURE_HEADER, signature)
+                .body(body.to_vec())
+                .send()
+                .await;
+            match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    last_status = Some(status.as_u16());
+                    if status.is_success() {
+                        let answer = read_bounded(response).await;
+                        return Attempts::Accepted {
+                            status: status.as_u16(),
+                            attempts: attempt,
+                            answer,
+                        };
+                    }
+                    let retryable = status.is_server_error()
+                        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable {
+                        return Attempts::Failed {
+                            attempts: attempt,
+                            last_status,
+                            reason: "refused",
+                            permanent: true,
+                        };
+                    }
+                    reason = "server_error";
+                }
+                Err(error) if error.is_timeout() => {
+                    last_status = None;
+                    reason = "timeout";
+                }
+                Err(_) => {
+                    last_status = None;
+                    reason = "connection";
+                }
+            }
+            tracing::info!(agency = %self.agency, %task_id, attempt, reason, ?last_status, "delivery attempt failed");
+            if attempt < max_attempts {
+                tokio::time::sleep(self.wait_after(attempt)).await;
+            }
+        }
+        Attempts::Failed {
+            attempts: max_attempts,
+            last_status,
+            reason,
+            permanent: false,
+        }
+    }
+
+    /// Exponential back-off plus up to 50% jitter.
+    fn wait_after(&self, attempt: u32) -> Duration {
+        let base = self.connector.backoff(attempt);
+        let jitter_ms = u64::try_from(base.as_millis() / 2).unwrap_or(u64::MAX);
+        let jitter = if jitter_ms == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..=jitter_ms)
+        };
+        base.saturating_add(Duration::from_millis(jitter))
+    }
+
+    /// Applies a synchronous answer (`{"result": "completed", "outcome": {..}}` or
+    /// `{"result": "rejected", "reason": ".."}`); an empty or result-less body is `none`.
+    async fn apply_answer(&self, task_id: Uuid, answer: &[u8]) -> Result<String, DeliveryError> {
+        if answer.iter().all(u8::is_ascii_whitespace) {
+            return Ok("none".to_owned());
+        }
+        let Ok(result) = serde_json::from_slice::<AgencyResult>(answer) else {
+            tracing::warn!(agency = %self.agency, %task_id, "the agency's answer is not a result; ignored");
+            return Ok("none".to_owned());
+        };
+        let Some(kind) = result.result.clone() else {
+            return Ok("none".to_owned());
+        };
+        match apply_agency_result(&self.tasks, self.agency, task_id, result, Utc::now()).await {
+            Ok(_) => Ok(kind),
+            Err(error) if error.status.is_server_error() => Err(DeliveryError::Task {
+                task_id,
+                reason: error.code.to_owned(),
+            }),
+            Err(error) => {
+                let fields: Vec<&str> = error.fields.keys().map(String::as_str).collect();
+                tracing::warn!(agency = %self.agency, %task_id, code = error.code, ?fields,
+                    "the agency's answer was refused; the task stays as it was");
+                Ok("refused".to_owned())
+            }
+        }
+    }
+}
+
+/// Only what the procedure's agency receives, whatever the stored application holds.
+fn minimised(
+    procedure: ProcedureId,
+    application: &Application,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    application
+        .0
+        .iter()
+        .filter(|(field, _)| procedure.receives(field))
+        .map(|(field, value)| (field.clone(), value.clone()))
+        .collect()
+}
+
+/// The body of an answer, at most [`MAX_ANSWER_BYTES`]; what cannot be read counts as empty.
+async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Vec::new();
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return body,
+            Err(_) => return Vec::new(),
+        }
+    }
+}

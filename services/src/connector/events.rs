@@ -1,0 +1,114 @@
+//! What a connector sends (the [`DeliveryMessage`]: a task's application, nothing else) and
+//! what it records about each delivery: [`ConnectorDelivered`] or [`ConnectorDeliveryFailed`],
+//! schema version 1, in the stream `delivery-<task_id>`.
+//!
+//! These are services' own events, appended through the store API: no model change, no SQL.
+//! A `ConnectorDeliveryFailed` with `manual_handling` is the mark an operator looks for: the
+//! agency refused the application (4xx) or never answered, and the task needs a person.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use lifeline_model::envelope::{EventMetadata, NewEvent, StreamId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The event type of a successful delivery.
+pub const DELIVERED: &str = "ConnectorDelivered";
+/// The event type of a delivery given up on.
+pub const DELIVERY_FAILED: &str = "ConnectorDeliveryFailed";
+/// The schema version of both.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which change of a task a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    Created,
+    Amended,
+    Cancelled,
+}
+
+/// The JSON body POSTed to an agency system. Receivers must be idempotent by `delivery_id`
+/// (and, for `created`, by `task_id`): after a crash Lifeline may send one delivery again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryMessage {
+    /// The log event this delivery carries; the same on every retry.
+    pub delivery_id: Uuid,
+    pub kind: DeliveryKind,
+    pub task_id: Uuid,
+    pub procedure: String,
+    pub office: Option<String>,
+    pub due_at: Option<DateTime<Utc>>,
+    /// Only the fields the procedure's agency receives (dotted paths); empty on `cancelled`.
+    pub application: BTreeMap<String, Value>,
+    /// The fields an amendment changed (names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_fields: Vec<String>,
+}
+
+/// The agency system accepted a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorDelivered {
+    pub task_id: Uuid,
+    pub agency: String,
+    /// The task event delivered.
+    pub source_event_id: Uuid,
+    pub kind: DeliveryKind,
+    pub attempts: u32,
+    pub status: u16,
+    /// What the agency answered with its 2xx: `none`, `completed`, `rejected`, or `refused`
+    /// (a result Lifeline could not apply, e.g. an invalid outcome: the task stays open).
+    pub answer: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A delivery given up on: a permanent refusal (4xx) or every attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorDeliveryFailed {
+    pub task_id: Uuid,
+    pub agency: String,
+    pub source_event_id: Uuid,
+    pub kind: DeliveryKind,
+    pub attempts: u32,
+    /// The last HTTP status, if any answer came.
+    pub last_status: Option<u16>,
+    /// `refused` (4xx), `server_error`, `timeout` or `connection`.
+    pub reason: String,
+    /// True when the agency refused the application itself: retrying will not help.
+    pub permanent: bool,
+    /// The task needs a person (always true today).
+    pub manual_handling: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// `delivery-<task_id>`.
+pub fn delivery_stream(task_id: Uuid) -> Option<StreamId> {
+    StreamId::for_kind("delivery", task_id).ok()
+}
+
+/// The id of the outcome event of delivering `source_event_id` by `agency`'s connector: the
+/// same for every run, so a restart appends it at most once and can tell a delivery is done.
+pub fn outcome_event_id(agency: &str, source_event_id: Uuid) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("lifeline:connector:{agency}:{source_event_id}").as_bytes(),
+    )
+}
+
+/// An outcome ready to append.
+pub(crate) fn outcome_event<T: Serialize>(
+    event_type: &str,
+    body: &T,
+    event_id: Uuid,
+    metadata: EventMetadata,
+) -> Option<NewEvent> {
+    Some(NewEvent {
+        event_id,
+        event_type: event_type.to_owned(),
+        schema_version: SCHEMA_VERSION,
+        payload: serde_json::to_value(body).ok()?,
+        metadata,
+    })
+}

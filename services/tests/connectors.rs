@@ -1,0 +1,533 @@
+//! Connectors against wiremock agency systems: the signed application (signature checked here
+//! independently), retries on 5xx and timeouts, a permanent 4xx marked for manual handling, a
+//! synchronous result, and the signed callback (401 and no change when the signature is bad).
+
+mod http_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use hmac::{Hmac, KeyInit, Mac};
+use http_common::*;
+use lifeline::connector::{
+    checkpoint_name, AgencyConnector, ConnectorSecret, ConnectorsConfig, DeliveryWorker,
+};
+use lifeline::registry::Actor;
+use lifeline_model::declaration::{parse_birth, Declaration};
+use lifeline_model::envelope::{Role, StreamId};
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::task::{Application, TaskCommand, TaskStatus};
+use lifeline_model::values::OfficeCode;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const CONNECTOR_SECRET: &[u8] = b"police-connector-secret-0123456789abcdef";
+
+/// Creates a task of `procedure` for the example birth, as a policy would.
+async fn create_task(app: &TestApp, procedure: ProcedureId) -> Uuid {
+    let input = serde_json::from_value(birth_body()).unwrap();
+    let declaration = Declaration::Birth(parse_birth(&input, now().date_naive()).unwrap());
+    let application = Application::for_procedure(procedure, &declaration.flatten());
+    let task_id = Uuid::now_v7();
+    let actor = Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    app.state
+        .tasks
+        .execute(
+            &actor,
+            task_id,
+            TaskCommand::Create {
+                task_id,
+                procedure,
+                life_event_id: Uuid::now_v7(),
+                office: OfficeCode::parse(HCM_OFFICE).unwrap(),
+                application,
+                due_at: now() + chrono::Duration::days(5),
+                source_event_id: Uuid::now_v7(),
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    task_id
+}
+
+fn connector(server: &MockServer) -> AgencyConnector {
+    let mut connector = AgencyConnector::new(
+        format!("{}/applications", server.uri()),
+        ConnectorSecret::new(CONNECTOR_SECRET).unwrap(),
+    );
+    connector.timeout = Duration::from_millis(300);
+    connector.max_attempts = 3;
+    connector.backoff_base = Duration::from_millis(10);
+    connector.backoff_max = Duration::from_millis(50);
+    connector
+}
+
+fn worker(app: &TestApp, server: &MockServer) -> DeliveryWorker {
+    DeliveryWorker::new(
+        app.store.clone(),
+        Arc::clone(&app.state.tasks),
+        AgencyId::Police,
+        connector(server),
+    )
+    .unwrap()
+}
+
+/// The recorded outcome events of a task's deliveries: (event type, payload).
+async fn outcomes(app: &TestApp, task_id: Uuid) -> Vec<(String, Value)> {
+    let stream = StreamId::for_kind("delivery", task_id).unwrap();
+    app.store
+        .read_stream(&stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.event_type, event.payload))
+        .collect()
+}
+
+/// Checks the signature the way an agency system would, with its own HMAC code.
+fn assert_signed(request: &Request) {
+    let timestamp = request.headers["x-lifeline-timestamp"].to_str().unwrap();
+    let signature = request.headers["x-lifeline-signature"].to_str().unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(CONNECTOR_SECRET).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&request.body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(signature, expected);
+    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().unwrap();
+    assert!(age.abs() < 60);
+}
+
+#[tokio::test]
+async fn a_connector_agency_receives_the_signed_application_only() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/applications"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    // A task of another agency is not delivered.
+    create_task(&app, ProcedureId::ChildHealthInsurance).await;
+
+    let worker = worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        0,
+        "nothing is delivered twice"
+    );
+
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.headers["content-type"], "application/json");
+    assert_signed(request);
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["kind"], "created");
+    assert_eq!(body["task_id"], task_id.to_string());
+    assert_eq!(body["procedure"], "residence-registration");
+    assert_eq!(body["office"], HCM_OFFICE);
+    assert!(body["due_at"].is_string());
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "application",
+            "delivery_id",
+            "due_at",
+            "kind",
+            "office",
+            "procedure",
+            "task_id"
+        ]
+    );
+    let application = body["application"].as_object().unwrap();
+    assert!(!application.is_empty());
+    for field in application.keys() {
+        assert!(
+            ProcedureId::ResidenceRegistration.receives(field),
+            "{field} must not leave the log"
+        );
+    }
+
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].0, "ConnectorDelivered");
+    assert_eq!(recorded[0].1["attempts"], 1);
+    assert_eq!(recorded[0].1["status"], 202);
+    assert_eq!(recorded[0].1["answer"], "none");
+    let checkpoint = app
+        .store
+        .load_checkpoint(&checkpoint_name(AgencyId::Police))
+        .await
+        .unwrap();
+    assert!(checkpoint > lifeline_model::envelope::LogCursor::START);
+}
+
+#[tokio::test]
+async fn two_server_errors_then_success_is_delivered_on_the_third_attempt() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 1);
+
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    // Every attempt is signed afresh and carries the same delivery.
+    for request in &requests {
+        assert_signed(request);
+        assert_eq!(request.body, requests[0].body);
+    }
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].0, "ConnectorDelivered");
+    assert_eq!(recorded[0].1["attempts"], 3);
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 1);
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded[0].0, "ConnectorDelivered");
+    assert_eq!(recorded[0].1["attempts"], 2);
+
+    // Every attempt timing out: recorded as failed after max_attempts, for manual handling.
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 1);
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded[0].0, "ConnectorDeliveryFailed");
+    assert_eq!(recorded[0].1["attempts"], 3);
+    assert_eq!(recorded[0].1["reason"], "timeout");
+    assert_eq!(recorded[0].1["permanent"], false);
+    assert_eq!(recorded[0].1["manual_handling"], true);
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_marks_the_task_for_manual_handling() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(422).set_body_string("bad application"))
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let worker = worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "4xx is not retried"
+    );
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].0, "ConnectorDeliveryFailed");
+    assert_eq!(recorded[0].1["permanent"], true);
+    assert_eq!(recorded[0].1["manual_handling"], true);
+    assert_eq!(recorded[0].1["last_status"], 422);
+    assert_eq!(recorded[0].1["reason"], "refused");
+    // The task itself stays open for a person; the next pass does not deliver again.
+    let task = app.state.tasks.load(task_id).await.unwrap().unwrap();
+    assert_eq!(task.state.status, TaskStatus::Open);
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_synchronous_result_completes_the_task_and_a_cancellation_is_delivered() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "result": "completed",
+            "outcome": { "kind": "residence_registered", "entry_number": "CT-2026-0001" }
+        })))
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 1);
+    let task = app.state.tasks.load(task_id).await.unwrap().unwrap();
+    assert_eq!(task.state.status, TaskStatus::Completed);
+    assert_eq!(task.state.claimed_by.as_deref(), Some("connector:police"));
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(recorded[0].1["answer"], "completed");
+
+    // A cancelled task is delivered as `cancelled`, without application fields.
+    let other = create_task(&app, ProcedureId::ResidenceDeregistration).await;
+    let worker = worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(outcomes(&app, other).await[0].1["answer"], "refused");
+    let actor = Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    app.state
+        .tasks
+        .execute(
+            &actor,
+            other,
+            TaskCommand::Cancel {
+                reason: "the record was voided".to_owned(),
+                cause: None,
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let requests = server.received_requests().await.unwrap();
+    let last: Value = serde_json::from_slice(&requests.last().unwrap().body).unwrap();
+    assert_eq!(last["kind"], "cancelled");
+    assert_eq!(last["task_id"], other.to_string());
+    assert_eq!(last["application"], json!({}));
+}
+
+fn signed_headers(body: &[u8], secret: &[u8]) -> (String, String) {
+    let timestamp = now().timestamp();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    (
+        timestamp.to_string(),
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+    )
+}
+
+fn with_police_connector(app: &mut TestApp) {
+    let mut config = ConnectorsConfig::default();
+    config.agencies.insert(
+        AgencyId::Police,
+        AgencyConnector::new(
+            "https://police.invalid/applications",
+            ConnectorSecret::new(CONNECTOR_SECRET).unwrap(),
+        ),
+    );
+    app.state = app.state.clone().with_connectors(Arc::new(config));
+}
+
+#[tokio::test]
+async fn a_callback_with_a_bad_signature_is_refused_and_changes_nothing() {
+    let mut app = TestApp::new().await;
+    with_police_connector(&mut app);
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let body = serde_json::to_vec(&json!({
+        "task_id": task_id, "result": "completed",
+        "outcome": { "kind": "residence_registered", "entry_number": "CT-1" }
+    }))
+    .unwrap();
+    let uri = "/v1/connectors/police/callback";
+    let before = app.log_len().await;
+
+    let (timestamp, _) = signed_headers(&body, CONNECTOR_SECRET);
+    let (_, wrong) = signed_headers(&body, b"another-secret-another-secret-0123456789");
+    let stale = (now().timestamp() - 600).to_string();
+    let (_, good_signature) = signed_headers(&body, CONNECTOR_SECRET);
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let cases: Vec<(Vec<u8>, Vec<(&str, &str)>)> = vec![
+        (body.clone(), vec![]),
+        (
+            body.clone(),
+            vec![
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &wrong),
+            ],
+        ),
+        (
+            body.clone(),
+            vec![
+                ("x-lifeline-timestamp", &stale),
+                ("x-lifeline-signature", &good_signature),
+            ],
+        ),
+        (
+            tampered,
+            vec![
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &good_signature),
+            ],
+        ),
+        (
+            body.clone(),
+            vec![
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", "sha256=zz"),
+            ],
+        ),
+    ];
+    for (body, headers) in cases {
+        let (status, answer, _) = app
+            .call_raw(Method::POST, uri, None, Some(body), &headers)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_signature");
+    }
+    assert_eq!(app.log_len().await, before);
+    let task = app.state.tasks.load(task_id).await.unwrap().unwrap();
+    assert_eq!(task.state.status, TaskStatus::Open);
+
+    // An agency that is not a connector has no callback.
+    let (status, _, _) = app
+        .call_raw(
+            Method::POST,
+            "/v1/connectors/social-security/callback",
+            None,
+            Some(body),
+            &[
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &good_signature),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_good_callback_completes_the_task_and_outcomes_are_validated() {
+    let mut app = TestApp::new().await;
+    with_police_connector(&mut app);
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let uri = "/v1/connectors/police/callback";
+    let send = |body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let (timestamp, signature) = signed_headers(&bytes, CONNECTOR_SECRET);
+        (bytes, timestamp, signature)
+    };
+
+    // An outcome of the wrong shape: 422 naming the field, nothing appended.
+    let before = app.log_len().await;
+    let (bytes, timestamp, signature) = send(json!({
+        "task_id": task_id, "result": "completed", "outcome": { "kind": "residence_registered" }
+    }));
+    let (status, answer, _) = app
+        .call_raw(
+            Method::POST,
+            uri,
+            None,
+            Some(bytes),
+            &[
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &signature),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]["fields"]["outcome.entry_number"].is_string(),
+        "{answer}"
+    );
+    let (bytes, timestamp, signature) = send(json!({
+        "task_id": task_id, "result": "completed",
+        "outcome": { "kind": "death_registered", "extract_number": "X" }
+    }));
+    let (status, answer, _) = app
+        .call_raw(
+            Method::POST,
+            uri,
+            None,
+            Some(bytes),
+            &[
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &signature),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        answer["error"]["fields"]["outcome.kind"].is_string(),
+        "{answer}"
+    );
+    assert_eq!(app.log_len().await, before);
+
+    // A task of another agency is not found through the police connector.
+    let foreign = create_task(&app, ProcedureId::ChildHealthInsurance).await;
+    let (bytes, timestamp, signature) = send(json!({
+        "task_id": foreign, "result": "rejected", "reason": "not ours"
+    }));
+    let (status, _, _) = app
+        .call_raw(
+            Method::POST,
+            uri,
+            None,
+            Some(bytes),
+            &[
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &signature),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (bytes, timestamp, signature) = send(json!({
+        "task_id": task_id, "result": "completed",
+        "outcome": { "kind": "residence_registered", "entry_number": "CT-2026-0042" }
+    }));
+    let (status, answer, _) = app
+        .call_raw(
+            Method::POST,
+            uri,
+            None,
+            Some(bytes),
+            &[
+                ("x-lifeline-timestamp", &timestamp),
+                ("x-lifeline-signature", &signature),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "completed");
+    let task = app.state.tasks.load(task_id).await.unwrap().unwrap();
+    assert_eq!(task.state.status, TaskStatus::Completed);
+    assert_eq!(task.state.claimed_by.as_deref(), Some("connector:police"));
+}
