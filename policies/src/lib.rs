@@ -12,13 +12,18 @@
 //! - [`engine`]: deterministic ids (UUIDv5) of exactly-once effects; `PolicyEngine` to come.
 //! - [`runtime`]: what feeds the handler: the relay (store -> JetStream), the JetStream policy
 //!   consumers, the embedded store subscriptions, failed-run tools, and the process roles.
+//! - [`projections`]: the projection subscribers (agency inbox, person registry, life-event
+//!   status) folding events into the store's projection tables; rebuild from the log.
+//! - [`watcher`]: the overdue watcher, recording `TaskOverdue` once per late task.
 
 pub mod engine;
 pub mod facts;
 pub mod handler;
 pub mod identity;
+pub mod projections;
 pub mod reference;
 pub mod rules;
 pub mod runtime;
+pub mod watcher;
 
 pub use handler::{PolicyError, PolicyHandler};

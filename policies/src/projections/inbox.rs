@@ -1,0 +1,107 @@
+//! The agency inbox projection: one row per task, folded from the task's events.
+
+use async_trait::async_trait;
+use lifeline_model::envelope::RecordedEvent;
+use lifeline_model::task::{TaskEvent, TaskStatus};
+use lifeline_store::projections::{self, TaskRow};
+use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
+
+use super::{decode_event, task_id_of, DecodedEvent};
+
+/// The checkpoint name of the inbox projection.
+pub const INBOX_PROJECTION: &str = "projection-inbox";
+
+/// Keeps `projection_tasks` up to date.
+#[derive(Debug, Default)]
+pub struct InboxProjection;
+
+impl InboxProjection {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+#[async_trait]
+impl Subscriber for InboxProjection {
+    fn name(&self) -> &str {
+        INBOX_PROJECTION
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        let Some(DecodedEvent::Task(task_event)) =
+            decode_event(event).map_err(SubscriberError::failed)?
+        else {
+            return Ok(());
+        };
+        let task_id = task_id_of(&task_event);
+        let row = projections::load_task(tx, task_id).await?;
+        match apply_task_event(row, &task_event) {
+            Some(row) => projections::save_task(tx, &row).await?,
+            None => {
+                tracing::warn!(%task_id, event_id = %event.event_id, event_type = %event.event_type,
+                    "task event for a task the inbox does not know; skipped");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one task event does to the task's inbox row. Pure. `None`: the row does not exist and
+/// the event does not create it (an event of a task whose creation was never seen).
+pub fn apply_task_event(row: Option<TaskRow>, event: &TaskEvent) -> Option<TaskRow> {
+    if let TaskEvent::TaskCreated(created) = event {
+        return Some(TaskRow {
+            task_id: created.task_id,
+            procedure: created.procedure,
+            agency: created.agency,
+            office: created.office.clone(),
+            life_event_id: created.life_event_id,
+            status: TaskStatus::Open,
+            claimed_by: None,
+            due_at: created.due_at,
+            overdue: false,
+            created_at: created.created_at,
+            updated_at: created.created_at,
+            application: created.application.clone(),
+            outcome: None,
+            reason: None,
+        });
+    }
+    let mut row = row?;
+    match event {
+        TaskEvent::TaskCreated(_) => {}
+        TaskEvent::TaskClaimed(claimed) => {
+            row.status = TaskStatus::Claimed;
+            row.claimed_by = Some(claimed.by.clone());
+            row.updated_at = claimed.at;
+        }
+        TaskEvent::TaskCompleted(completed) => {
+            row.status = TaskStatus::Completed;
+            row.outcome = Some(completed.outcome.clone());
+            row.updated_at = completed.at;
+        }
+        TaskEvent::TaskRejected(rejected) => {
+            row.status = TaskStatus::Rejected;
+            row.reason = Some(rejected.reason.clone());
+            row.updated_at = rejected.at;
+        }
+        TaskEvent::TaskCancelled(cancelled) => {
+            row.status = TaskStatus::Cancelled;
+            row.reason = Some(cancelled.reason.clone());
+            row.updated_at = cancelled.at;
+        }
+        TaskEvent::TaskAmended(amended) => {
+            row.application = amended.application.clone();
+            row.updated_at = amended.at;
+        }
+        TaskEvent::TaskOverdue(overdue) => {
+            row.overdue = true;
+            row.updated_at = overdue.at;
+        }
+    }
+    Some(row)
+}

@@ -1,0 +1,228 @@
+//! The life-event status projection: each life event (kind, reference, office, late, voided,
+//! corrections) and where each procedure of its group stands.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lifeline_model::declaration::Declaration;
+use lifeline_model::envelope::RecordedEvent;
+use lifeline_model::life_event::LifeEventEvent;
+use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
+use lifeline_model::system_events::SystemEvent;
+use lifeline_model::task::TaskEvent;
+use lifeline_store::projections::{self, LifeEventStatusRow, ProcedureState, ProcedureStatusRow};
+use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
+use uuid::Uuid;
+
+use super::{decode_event, task_id_of, DecodedEvent};
+
+/// The checkpoint name of the life-event status projection.
+pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
+
+/// Keeps `projection_life_events` and `projection_life_event_procedures` up to date.
+#[derive(Debug, Default)]
+pub struct LifeEventStatusProjection;
+
+impl LifeEventStatusProjection {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+#[async_trait]
+impl Subscriber for LifeEventStatusProjection {
+    fn name(&self) -> &str {
+        LIFE_EVENT_STATUS_PROJECTION
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        let Some(decoded) = decode_event(event).map_err(SubscriberError::failed)? else {
+            return Ok(());
+        };
+        let life_event_id = match &decoded {
+            DecodedEvent::LifeEvent(life_event) => Some(life_event.life_event_id()),
+            DecodedEvent::Task(TaskEvent::TaskCreated(created)) => Some(created.life_event_id),
+            DecodedEvent::Task(task_event) => {
+                projections::life_event_of_task(tx, task_id_of(task_event)).await?
+            }
+            DecodedEvent::System(SystemEvent::EligibilityDecided(decided)) => {
+                Some(decided.life_event_id)
+            }
+            DecodedEvent::System(_) => None,
+        };
+        let Some(life_event_id) = life_event_id else {
+            return Ok(());
+        };
+        let row = projections::load_life_event_status(tx, life_event_id).await?;
+        let recorded_at = event.metadata.recorded_at;
+        if let Some(row) = apply_to_life_event_status(row, &decoded, recorded_at) {
+            projections::save_life_event_status(tx, &row).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one event does to a life event's status row. Pure. `None`: nothing to save (the event
+/// concerns a life event this projection has not seen recorded).
+pub fn apply_to_life_event_status(
+    row: Option<LifeEventStatusRow>,
+    event: &DecodedEvent,
+    recorded_at: DateTime<Utc>,
+) -> Option<LifeEventStatusRow> {
+    match event {
+        DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => Some(recorded_row(
+            birth.life_event_id,
+            ProcedureGroup::Birth,
+            birth.reference.clone(),
+            &Declaration::Birth(birth.declaration.clone()),
+            birth.recorded_on,
+            birth.late,
+            recorded_at,
+        )),
+        DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => Some(recorded_row(
+            death.life_event_id,
+            ProcedureGroup::Death,
+            death.reference.clone(),
+            &Declaration::Death(death.declaration.clone()),
+            death.recorded_on,
+            death.late,
+            recorded_at,
+        )),
+        DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
+            let mut row = row?;
+            row.corrections += 1;
+            row.office = corrected.declaration.office().clone();
+            let chosen = corrected.declaration.procedures();
+            for procedure in &mut row.procedures {
+                // Only procedures without a task follow a change of the declarant's choice.
+                match procedure.state {
+                    ProcedureState::Pending | ProcedureState::NotChosen => {
+                        procedure.state = if chosen.contains(&procedure.procedure) {
+                            ProcedureState::Pending
+                        } else {
+                            ProcedureState::NotChosen
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            row.updated_at = recorded_at;
+            Some(row)
+        }
+        DecodedEvent::LifeEvent(LifeEventEvent::LifeEventVoided(_)) => {
+            let mut row = row?;
+            row.voided = true;
+            row.updated_at = recorded_at;
+            Some(row)
+        }
+        DecodedEvent::System(SystemEvent::EligibilityDecided(decided)) => {
+            let mut row = row?;
+            let procedure = row.procedure_mut(decided.procedure)?;
+            if procedure.state == ProcedureState::Pending && !decided.eligible {
+                procedure.state = ProcedureState::NotEligible;
+            }
+            procedure.detail = Some(decided.reason.clone());
+            row.updated_at = recorded_at;
+            Some(row)
+        }
+        DecodedEvent::System(_) => row,
+        DecodedEvent::Task(task_event) => {
+            let mut row = row?;
+            apply_task_event(&mut row, task_event)?;
+            row.updated_at = recorded_at;
+            Some(row)
+        }
+    }
+}
+
+fn recorded_row(
+    life_event_id: Uuid,
+    kind: ProcedureGroup,
+    reference: lifeline_model::life_event::Reference,
+    declaration: &Declaration,
+    recorded_on: chrono::NaiveDate,
+    late: bool,
+    recorded_at: DateTime<Utc>,
+) -> LifeEventStatusRow {
+    let chosen = declaration.procedures();
+    LifeEventStatusRow {
+        life_event_id,
+        kind,
+        reference,
+        office: declaration.office().clone(),
+        recorded_on,
+        late,
+        voided: false,
+        corrections: 0,
+        updated_at: recorded_at,
+        procedures: kind
+            .procedures()
+            .iter()
+            .map(|procedure| ProcedureStatusRow {
+                procedure: *procedure,
+                state: if chosen.contains(procedure) {
+                    ProcedureState::Pending
+                } else {
+                    ProcedureState::NotChosen
+                },
+                task_id: None,
+                opened_at: None,
+                closed_at: None,
+                due_at: None,
+                overdue: false,
+                detail: None,
+            })
+            .collect(),
+    }
+}
+
+/// Applies a task event to the procedure row it belongs to; `None` if no procedure row names
+/// the task (an older task of the procedure, superseded by a follow-up: left as it was).
+fn apply_task_event(row: &mut LifeEventStatusRow, event: &TaskEvent) -> Option<()> {
+    if let TaskEvent::TaskCreated(created) = event {
+        let procedure = procedure_row(row, created.procedure)?;
+        procedure.state = ProcedureState::Open;
+        procedure.task_id = Some(created.task_id);
+        procedure.opened_at = Some(created.created_at);
+        procedure.closed_at = None;
+        procedure.due_at = Some(created.due_at);
+        procedure.overdue = false;
+        procedure.detail = None;
+        return Some(());
+    }
+    let task_id = task_id_of(event);
+    let procedure = row
+        .procedures
+        .iter_mut()
+        .find(|procedure| procedure.task_id == Some(task_id))?;
+    match event {
+        TaskEvent::TaskCreated(_) | TaskEvent::TaskAmended(_) => {}
+        TaskEvent::TaskClaimed(_) => procedure.state = ProcedureState::Claimed,
+        TaskEvent::TaskCompleted(completed) => {
+            procedure.state = ProcedureState::Completed;
+            procedure.closed_at = Some(completed.at);
+        }
+        TaskEvent::TaskRejected(rejected) => {
+            procedure.state = ProcedureState::Rejected;
+            procedure.closed_at = Some(rejected.at);
+            procedure.detail = Some(rejected.reason.clone());
+        }
+        TaskEvent::TaskCancelled(cancelled) => {
+            procedure.state = ProcedureState::Cancelled;
+            procedure.closed_at = Some(cancelled.at);
+            procedure.detail = Some(cancelled.reason.clone());
+        }
+        TaskEvent::TaskOverdue(_) => procedure.overdue = true,
+    }
+    Some(())
+}
+
+fn procedure_row(
+    row: &mut LifeEventStatusRow,
+    procedure: ProcedureId,
+) -> Option<&mut ProcedureStatusRow> {
+    row.procedure_mut(procedure)
+}

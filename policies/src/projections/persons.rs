@@ -1,0 +1,483 @@
+//! The person registry projection: what Lifeline's own events say about each person, by personal
+//! ID number: name, birth, sex, alive or deceased, registered residence, insurance and other facts
+//! learned from completed tasks, and the life events naming the person.
+//!
+//! Sources: `BirthRecorded` (the parents and the declarant), `PersonalIdAssigned` (the child),
+//! `DeathRecorded` (the deceased and the declarant), `TaskCompleted` (cards, residence entries,
+//! payments), corrections (the declaration is applied again; a deceased replaced by a correction
+//! is alive again) and voids (the record's links are marked voided; a death voided is undone).
+//! What an event needs beyond itself (the task a completion belongs to, the declaration a void
+//! undoes) is read from the log in the subscription's transaction, as of the event being handled.
+//! Known gap: voiding a birth does not yet mark the child's link (the child's number is not in
+//! the birth's stream).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lifeline_model::codec;
+use lifeline_model::declaration::{Declaration, Residence};
+use lifeline_model::envelope::{RecordedEvent, StreamId};
+use lifeline_model::life_event::{LifeEvent, LifeEventEvent};
+use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
+use lifeline_model::system_events::SystemEvent;
+use lifeline_model::task::{Application, TaskEvent, TaskOutcome};
+use lifeline_model::values::PersonalId;
+use lifeline_store::projections::{
+    self, Insurance, PersonFact, PersonLifeEvent, PersonRole, PersonRow, VitalStatus,
+};
+use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
+use uuid::Uuid;
+
+use super::{decode_event, DecodedEvent};
+
+/// The checkpoint name of the person registry projection.
+pub const PERSON_PROJECTION: &str = "projection-persons";
+
+/// Keeps `projection_persons` up to date.
+#[derive(Debug, Default)]
+pub struct PersonProjection;
+
+impl PersonProjection {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// What is known of a person from one life event's declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPerson {
+    pub personal_id: PersonalId,
+    pub full_name: String,
+    pub date_of_birth: Option<chrono::NaiveDate>,
+    pub residence: Option<Residence>,
+    pub role: PersonRole,
+}
+
+/// Everyone a declaration names with a personal ID number.
+pub fn named_persons(declaration: &Declaration) -> Vec<NamedPerson> {
+    let mut named = Vec::new();
+    match declaration {
+        Declaration::Birth(birth) => {
+            for (parent, role) in [
+                (&birth.mother, PersonRole::Mother),
+                (&birth.father, PersonRole::Father),
+            ] {
+                if let Some(parent) = parent {
+                    if let Some(personal_id) = &parent.personal_id {
+                        named.push(NamedPerson {
+                            personal_id: personal_id.clone(),
+                            full_name: parent.full_name.as_str().to_owned(),
+                            date_of_birth: parent.date_of_birth,
+                            residence: parent.residence.clone(),
+                            role,
+                        });
+                    }
+                }
+            }
+            named.push(declarant(&birth.declarant));
+        }
+        Declaration::Death(death) => {
+            if let Some(personal_id) = &death.deceased.personal_id {
+                named.push(NamedPerson {
+                    personal_id: personal_id.clone(),
+                    full_name: death.deceased.full_name.as_str().to_owned(),
+                    date_of_birth: death.deceased.date_of_birth,
+                    residence: death.deceased.residence.clone(),
+                    role: PersonRole::Deceased,
+                });
+            }
+            named.push(declarant(&death.declarant));
+        }
+    }
+    named
+}
+
+fn declarant(declarant: &lifeline_model::declaration::Declarant) -> NamedPerson {
+    NamedPerson {
+        personal_id: declarant.personal_id.clone(),
+        full_name: declarant.full_name.as_str().to_owned(),
+        date_of_birth: None,
+        residence: None,
+        role: PersonRole::Declarant,
+    }
+}
+
+/// A new registry row for someone first seen now.
+pub fn new_person(personal_id: &PersonalId, full_name: &str, at: DateTime<Utc>) -> PersonRow {
+    PersonRow {
+        personal_id: personal_id.clone(),
+        full_name: full_name.to_owned(),
+        date_of_birth: None,
+        sex: Some(personal_id.sex()),
+        vital_status: VitalStatus::Alive,
+        date_of_death: None,
+        death_life_event_id: None,
+        residence: None,
+        insurance: None,
+        facts: Vec::new(),
+        life_events: Vec::new(),
+        updated_at: at,
+    }
+}
+
+/// Applies what a declaration says of `named` to their row. Pure. The declarant's own data
+/// (name only) does not overwrite what a record about the person said.
+pub fn apply_named(
+    row: Option<PersonRow>,
+    named: &NamedPerson,
+    life_event_id: Uuid,
+    kind: ProcedureGroup,
+    death_date: Option<chrono::NaiveDate>,
+    at: DateTime<Utc>,
+) -> PersonRow {
+    let mut row = row.unwrap_or_else(|| new_person(&named.personal_id, &named.full_name, at));
+    if named.role != PersonRole::Declarant {
+        row.full_name = named.full_name.clone();
+        if named.date_of_birth.is_some() {
+            row.date_of_birth = named.date_of_birth;
+        }
+        if named.residence.is_some() {
+            row.residence = named.residence.clone();
+        }
+    }
+    if named.role == PersonRole::Deceased {
+        row.vital_status = VitalStatus::Deceased;
+        row.date_of_death = death_date;
+        row.death_life_event_id = Some(life_event_id);
+    }
+    link(&mut row, life_event_id, kind, named.role);
+    row.updated_at = at;
+    row
+}
+
+fn link(row: &mut PersonRow, life_event_id: Uuid, kind: ProcedureGroup, role: PersonRole) {
+    let linked = row
+        .life_events
+        .iter()
+        .any(|link| link.life_event_id == life_event_id && link.role == role);
+    if !linked {
+        row.life_events.push(PersonLifeEvent {
+            life_event_id,
+            kind,
+            role,
+            voided: false,
+        });
+    }
+}
+
+/// Undoes what a record said of a person it no longer names (after a correction) or no longer
+/// counts (after a void): a death it recorded, and, for a void, marks the link voided. Pure.
+pub fn apply_unnamed(
+    mut row: PersonRow,
+    life_event_id: Uuid,
+    voided: bool,
+    at: DateTime<Utc>,
+) -> PersonRow {
+    if row.death_life_event_id == Some(life_event_id) {
+        row.vital_status = VitalStatus::Alive;
+        row.date_of_death = None;
+        row.death_life_event_id = None;
+    }
+    if voided {
+        for link in &mut row.life_events {
+            if link.life_event_id == life_event_id {
+                link.voided = true;
+            }
+        }
+    } else {
+        row.life_events
+            .retain(|link| link.life_event_id != life_event_id);
+    }
+    row.updated_at = at;
+    row
+}
+
+/// Applies a completed task's outcome to the person it concerns. Pure.
+pub fn apply_outcome(
+    mut row: PersonRow,
+    procedure: ProcedureId,
+    task_id: Uuid,
+    application: &Application,
+    outcome: &TaskOutcome,
+    at: DateTime<Utc>,
+) -> PersonRow {
+    match outcome {
+        TaskOutcome::InsuranceCardIssued {
+            card_number,
+            valid_until,
+        } => {
+            row.insurance = Some(Insurance {
+                card_number: card_number.clone(),
+                valid_until: *valid_until,
+            });
+        }
+        TaskOutcome::ResidenceRegistered { .. } => {
+            let field = |name: &str| {
+                application
+                    .get(&format!("residence.{name}"))
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            if let (Some(province), Some(commune), Some(address)) =
+                (field("province"), field("commune"), field("address"))
+            {
+                row.residence = Some(Residence {
+                    province,
+                    commune,
+                    address,
+                });
+            }
+        }
+        TaskOutcome::ResidenceClosed { .. } => row.residence = None,
+        TaskOutcome::BirthRegistered { .. }
+        | TaskOutcome::DeathRegistered { .. }
+        | TaskOutcome::PaymentDecided { .. } => {}
+    }
+    row.facts.push(PersonFact {
+        kind: outcome.kind().to_owned(),
+        procedure,
+        task_id,
+        details: serde_json::to_value(outcome).unwrap_or(serde_json::Value::Null),
+        at,
+    });
+    row.updated_at = at;
+    row
+}
+
+/// The application field naming the person a procedure's outcome is about.
+fn subject_field(procedure: ProcedureId) -> Option<(&'static str, &'static str)> {
+    match procedure {
+        ProcedureId::ResidenceRegistration | ProcedureId::ChildHealthInsurance => {
+            Some(("child.personal_id", "child.full_name"))
+        }
+        ProcedureId::DeathRegistration
+        | ProcedureId::ResidenceDeregistration
+        | ProcedureId::BurialAllowance
+        | ProcedureId::FuneralSupport => Some(("deceased.personal_id", "deceased.full_name")),
+        ProcedureId::BirthRegistration => None,
+    }
+}
+
+#[async_trait]
+impl Subscriber for PersonProjection {
+    fn name(&self) -> &str {
+        PERSON_PROJECTION
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        let Some(decoded) = decode_event(event).map_err(SubscriberError::failed)? else {
+            return Ok(());
+        };
+        let at = event.metadata.recorded_at;
+        match decoded {
+            DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
+                let declaration = Declaration::Birth(birth.declaration);
+                apply_declaration(tx, &declaration, birth.life_event_id, at).await?;
+            }
+            DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => {
+                let declaration = Declaration::Death(death.declaration);
+                apply_declaration(tx, &declaration, death.life_event_id, at).await?;
+            }
+            DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
+                let before = life_event_before(tx, event, corrected.life_event_id).await?;
+                let now_named: Vec<PersonalId> = named_persons(&corrected.declaration)
+                    .into_iter()
+                    .map(|named| named.personal_id)
+                    .collect();
+                if let Some(before) = before.declaration {
+                    for named in named_persons(&before) {
+                        if !now_named.contains(&named.personal_id) {
+                            undo(tx, &named.personal_id, corrected.life_event_id, false, at)
+                                .await?;
+                        }
+                    }
+                }
+                apply_declaration(tx, &corrected.declaration, corrected.life_event_id, at).await?;
+            }
+            DecodedEvent::LifeEvent(LifeEventEvent::LifeEventVoided(voided)) => {
+                let before = life_event_before(tx, event, voided.life_event_id).await?;
+                if let Some(before) = before.declaration {
+                    for named in named_persons(&before) {
+                        undo(tx, &named.personal_id, voided.life_event_id, true, at).await?;
+                    }
+                }
+            }
+            DecodedEvent::System(SystemEvent::PersonalIdAssigned(assigned)) => {
+                let birth = life_event_before(tx, event, assigned.life_event_id).await?;
+                let residence = match birth.declaration {
+                    Some(Declaration::Birth(birth)) => Some(birth.residence),
+                    _ => None,
+                };
+                let row = projections::load_person(tx, &assigned.personal_id).await?;
+                let mut row = row.unwrap_or_else(|| {
+                    new_person(&assigned.personal_id, assigned.full_name.as_str(), at)
+                });
+                row.full_name = assigned.full_name.as_str().to_owned();
+                row.date_of_birth = Some(assigned.date_of_birth);
+                row.sex = Some(assigned.sex);
+                if residence.is_some() && row.residence.is_none() {
+                    row.residence = residence;
+                }
+                link(
+                    &mut row,
+                    assigned.life_event_id,
+                    ProcedureGroup::Birth,
+                    PersonRole::Child,
+                );
+                row.updated_at = at;
+                projections::save_person(tx, &row).await?;
+            }
+            DecodedEvent::Task(TaskEvent::TaskCompleted(completed)) => {
+                let Some(created) = task_created(tx, event, completed.task_id).await? else {
+                    return Ok(());
+                };
+                let Some((id_field, name_field)) = subject_field(created.procedure) else {
+                    return Ok(());
+                };
+                let Some(personal_id) = created
+                    .application
+                    .get(id_field)
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|raw| PersonalId::parse(raw).ok())
+                else {
+                    return Ok(());
+                };
+                let row = match projections::load_person(tx, &personal_id).await? {
+                    Some(row) => row,
+                    None => {
+                        let name = created
+                            .application
+                            .get(name_field)
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default();
+                        new_person(&personal_id, name, at)
+                    }
+                };
+                let row = apply_outcome(
+                    row,
+                    created.procedure,
+                    completed.task_id,
+                    &created.application,
+                    &completed.outcome,
+                    at,
+                );
+                projections::save_person(tx, &row).await?;
+            }
+            DecodedEvent::Task(_) | DecodedEvent::System(_) => {}
+        }
+        Ok(())
+    }
+}
+
+async fn apply_declaration(
+    tx: &mut StoreTransaction<'_>,
+    declaration: &Declaration,
+    life_event_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), SubscriberError> {
+    let death_date = match declaration {
+        Declaration::Death(death) => Some(death.death.date()),
+        Declaration::Birth(_) => None,
+    };
+    // One person may be named twice (the mother who declares): fold both into one row.
+    let mut rows: BTreeMap<String, PersonRow> = BTreeMap::new();
+    for named in named_persons(declaration) {
+        let key = named.personal_id.as_str().to_owned();
+        let row = match rows.remove(&key) {
+            Some(row) => Some(row),
+            None => projections::load_person(tx, &named.personal_id).await?,
+        };
+        let row = apply_named(
+            row,
+            &named,
+            life_event_id,
+            declaration.group(),
+            death_date,
+            at,
+        );
+        rows.insert(key, row);
+    }
+    for row in rows.values() {
+        projections::save_person(tx, row).await?;
+    }
+    Ok(())
+}
+
+async fn undo(
+    tx: &mut StoreTransaction<'_>,
+    personal_id: &PersonalId,
+    life_event_id: Uuid,
+    voided: bool,
+    at: DateTime<Utc>,
+) -> Result<(), SubscriberError> {
+    if let Some(row) = projections::load_person(tx, personal_id).await? {
+        let row = apply_unnamed(row, life_event_id, voided, at);
+        projections::save_person(tx, &row).await?;
+    }
+    Ok(())
+}
+
+/// The life event as its stream stood before `event` (in commit order).
+async fn life_event_before(
+    tx: &mut StoreTransaction<'_>,
+    event: &RecordedEvent,
+    life_event_id: Uuid,
+) -> Result<LifeEvent, SubscriberError> {
+    let mut state = LifeEvent::default();
+    for kind in ["birth", "death"] {
+        let stream = StreamId::for_kind(kind, life_event_id).map_err(SubscriberError::failed)?;
+        for stored in tx.read_stream(&stream).await? {
+            if stored.cursor() >= event.cursor() {
+                break;
+            }
+            let life_event: LifeEventEvent =
+                codec::decode_recorded(&stored).map_err(SubscriberError::failed)?;
+            fold_life_event(&mut state, life_event);
+        }
+    }
+    Ok(state)
+}
+
+/// The life event's state after `event` (the declaration is what the projection needs).
+fn fold_life_event(state: &mut LifeEvent, event: LifeEventEvent) {
+    match event {
+        LifeEventEvent::BirthRecorded(birth) => {
+            state.life_event_id = Some(birth.life_event_id);
+            state.declaration = Some(Declaration::Birth(birth.declaration));
+        }
+        LifeEventEvent::DeathRecorded(death) => {
+            state.life_event_id = Some(death.life_event_id);
+            state.declaration = Some(Declaration::Death(death.declaration));
+        }
+        LifeEventEvent::LifeEventCorrected(corrected) => {
+            state.declaration = Some(corrected.declaration);
+            state.corrections += 1;
+        }
+        LifeEventEvent::LifeEventVoided(_) => state.voided = true,
+    }
+}
+
+/// The `TaskCreated` of a task, read from its stream.
+async fn task_created(
+    tx: &mut StoreTransaction<'_>,
+    event: &RecordedEvent,
+    task_id: Uuid,
+) -> Result<Option<lifeline_model::task::TaskCreated>, SubscriberError> {
+    let stream = StreamId::for_kind("task", task_id).map_err(SubscriberError::failed)?;
+    for stored in tx.read_stream(&stream).await? {
+        if stored.cursor() >= event.cursor() {
+            break;
+        }
+        if let TaskEvent::TaskCreated(created) =
+            codec::decode_recorded(&stored).map_err(SubscriberError::failed)?
+        {
+            return Ok(Some(created));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,132 @@
+//! Rebuilding the projections from the log: empty the tables, forget the checkpoints, replay
+//! every event (or every event recorded before a time) through the live subscribers' code.
+
+use chrono::{DateTime, Utc};
+use lifeline_model::envelope::RecordedEvent;
+use lifeline_store::projections::{self, ProjectionError};
+use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
+
+use super::{projection_subscribers, PROJECTION_NAMES};
+
+/// Events read and handled per transaction while catching up.
+const CATCH_UP_BATCH: usize = 500;
+
+/// Why a rebuild or a catch-up stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("projection {subscriber} failed on event {event_id}: {source}")]
+    Handler {
+        subscriber: String,
+        event_id: uuid::Uuid,
+        #[source]
+        source: SubscriberError,
+    },
+    #[error("projection {subscriber} was moved by another runner while catching up: stop the projections before rebuilding")]
+    CheckpointMoved { subscriber: String },
+}
+
+/// How many events each projection replayed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events_per_projection: Vec<(String, u64)>,
+}
+
+/// Runs `subscriber` from its checkpoint until it is caught up (the gap-free reader has nothing
+/// more for now), or until the first event recorded at or after `recorded_before`, if given:
+/// events stop there in commit order, so the result is a prefix of the log. Returns the number
+/// of events handled. Each batch commits its rows with its checkpoint, like
+/// [`lifeline_store::run_subscription`].
+pub async fn catch_up<S: Subscriber + ?Sized>(
+    store: &EventStore,
+    subscriber: &mut S,
+    recorded_before: Option<DateTime<Utc>>,
+) -> Result<u64, ProjectionsError> {
+    let name = subscriber.name().to_owned();
+    let mut cursor = store.load_checkpoint(&name).await?;
+    let mut handled = 0_u64;
+    loop {
+        let mut batch = store.read_all(cursor, CATCH_UP_BATCH).await?;
+        let mut reached_cutoff = false;
+        if let Some(cutoff) = recorded_before {
+            if let Some(first_late) = batch
+                .iter()
+                .position(|event: &RecordedEvent| event.metadata.recorded_at >= cutoff)
+            {
+                batch.truncate(first_late);
+                reached_cutoff = true;
+            }
+        }
+        let Some(last) = batch.last() else {
+            return Ok(handled);
+        };
+        let next = last.cursor();
+        let mut tx = store.begin().await?;
+        for event in &batch {
+            if let Err(source) = subscriber.handle(&mut tx, event).await {
+                tx.rollback().await?;
+                return Err(ProjectionsError::Handler {
+                    subscriber: name,
+                    event_id: event.event_id,
+                    source,
+                });
+            }
+        }
+        if !tx.advance_checkpoint(&name, cursor, next).await? {
+            tx.rollback().await?;
+            return Err(ProjectionsError::CheckpointMoved { subscriber: name });
+        }
+        tx.commit().await?;
+        handled += batch.len() as u64;
+        cursor = next;
+        if reached_cutoff {
+            return Ok(handled);
+        }
+    }
+}
+
+/// Empties every projection table, forgets the projections' checkpoints and replays the whole
+/// log through each projection; the result equals what the live projections build.
+///
+/// Run it with the projections stopped (no `run_subscription` of any of them, in any process):
+/// a running projection would keep writing from its old cursor. Other subscribers (policies, the
+/// relay) are untouched. If it fails midway, the tables and checkpoints stay consistent with each
+/// other: starting the projections (or running this again) completes the work.
+pub async fn rebuild_projections(store: &EventStore) -> Result<RebuildReport, ProjectionsError> {
+    rebuild(store, None).await
+}
+
+/// Like [`rebuild_projections`], replaying only the events recorded before `recorded_before`
+/// (stopping at the first later one in commit order): the projections as of that moment.
+/// Starting the live projections afterwards brings them up to date again.
+pub async fn rebuild_projections_until(
+    store: &EventStore,
+    recorded_before: DateTime<Utc>,
+) -> Result<RebuildReport, ProjectionsError> {
+    rebuild(store, Some(recorded_before)).await
+}
+
+async fn rebuild(
+    store: &EventStore,
+    recorded_before: Option<DateTime<Utc>>,
+) -> Result<RebuildReport, ProjectionsError> {
+    let mut tx = store.begin().await?;
+    projections::clear_projections(&mut tx, &PROJECTION_NAMES).await?;
+    tx.commit().await?;
+    let mut report = RebuildReport::default();
+    for mut subscriber in projection_subscribers() {
+        let handled = catch_up(store, subscriber.as_mut(), recorded_before).await?;
+        tracing::info!(
+            projection = subscriber.name(),
+            handled,
+            "projection rebuilt"
+        );
+        report
+            .events_per_projection
+            .push((subscriber.name().to_owned(), handled));
+    }
+    Ok(report)
+}
