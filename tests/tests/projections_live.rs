@@ -47,7 +47,7 @@ const FATHER: &str = "079088004321";
 const CHILD: &str = "079326000123";
 const DECEASED: &str = "001052000111";
 const DECLARANT_SON: &str = "001080000222";
-const WRONGLY_DECEASED: &str = "001050000999";
+const WRONGLY_DECEASED: &str = "001052000999";
 
 fn at(day: u32, hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap()
@@ -103,24 +103,25 @@ async fn append<E: EventFamily>(
     stream: &StreamId,
     event: &E,
     recorded_at: DateTime<Utc>,
-) -> Uuid {
+) -> i64 {
     let event_id = Uuid::now_v7();
     let metadata = EventMetadata::system("test", Uuid::new_v4(), None, recorded_at);
     let new_event = codec::to_new_event(event, event_id, metadata);
     store
         .append(stream, ExpectedVersion::Any, &[new_event])
         .await
-        .unwrap();
-    event_id
+        .unwrap()
+        .last_position
+        .0
 }
 
 fn stream(kind: &str, id: impl std::fmt::Display) -> StreamId {
     StreamId::for_kind(kind, id).unwrap()
 }
 
-async fn append_task(store: &EventStore, event: TaskEvent, recorded_at: DateTime<Utc>) {
+async fn append_task(store: &EventStore, event: TaskEvent, recorded_at: DateTime<Utc>) -> i64 {
     let task_id = lifeline_policies::projections::task_id_of(&event);
-    append(store, &stream("task", task_id), &event, recorded_at).await;
+    append(store, &stream("task", task_id), &event, recorded_at).await
 }
 
 fn task_created(
@@ -159,6 +160,8 @@ struct Scenario {
     residence_task: Uuid,
     insurance_task: Uuid,
     death_task: Uuid,
+    /// The global position of the scenario's last event.
+    last_position: i64,
 }
 
 /// A birth with its three procedures (registration completed, the child's number assigned, a
@@ -184,13 +187,25 @@ async fn record_scenario(store: &EventStore) -> Scenario {
     let registration_task = Uuid::now_v7();
     append_task(
         store,
-        task_created(registration_task, ProcedureId::BirthRegistration, birth_id, &birth_decl, &[], at(21, 2), at(22, 10)),
+        task_created(
+            registration_task,
+            ProcedureId::BirthRegistration,
+            birth_id,
+            &birth_decl,
+            &[],
+            at(21, 2),
+            at(22, 10),
+        ),
         at(21, 2),
     )
     .await;
     append_task(
         store,
-        TaskEvent::TaskClaimed(TaskClaimed { task_id: registration_task, by: "officer-1".into(), at: at(21, 3) }),
+        TaskEvent::TaskClaimed(TaskClaimed {
+            task_id: registration_task,
+            by: "officer-1".into(),
+            at: at(21, 3),
+        }),
         at(21, 3),
     )
     .await;
@@ -199,7 +214,9 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         TaskEvent::TaskCompleted(TaskCompleted {
             task_id: registration_task,
             by: "officer-1".into(),
-            outcome: TaskOutcome::BirthRegistered { certificate_number: "KS-2026-0001".into() },
+            outcome: TaskOutcome::BirthRegistered {
+                certificate_number: "KS-2026-0001".into(),
+            },
             at: at(21, 4),
         }),
         at(21, 4),
@@ -231,13 +248,29 @@ async fn record_scenario(store: &EventStore) -> Scenario {
     let insurance_task = Uuid::now_v7();
     append_task(
         store,
-        task_created(residence_task, ProcedureId::ResidenceRegistration, birth_id, &birth_decl, &child_facts, at(21, 5), at(23, 10)),
+        task_created(
+            residence_task,
+            ProcedureId::ResidenceRegistration,
+            birth_id,
+            &birth_decl,
+            &child_facts,
+            at(21, 5),
+            at(23, 10),
+        ),
         at(21, 5),
     )
     .await;
     append_task(
         store,
-        task_created(insurance_task, ProcedureId::ChildHealthInsurance, birth_id, &birth_decl, &child_facts, at(21, 5), at(23, 10)),
+        task_created(
+            insurance_task,
+            ProcedureId::ChildHealthInsurance,
+            birth_id,
+            &birth_decl,
+            &child_facts,
+            at(21, 5),
+            at(23, 10),
+        ),
         at(21, 5),
     )
     .await;
@@ -306,7 +339,15 @@ async fn record_scenario(store: &EventStore) -> Scenario {
     // Due yesterday: the watcher's candidate.
     append_task(
         store,
-        task_created(death_task, ProcedureId::DeathRegistration, death_id, &death_decl, &[], at(21, 9), at(20, 10)),
+        task_created(
+            death_task,
+            ProcedureId::DeathRegistration,
+            death_id,
+            &death_decl,
+            &[],
+            at(21, 9),
+            at(20, 10),
+        ),
         at(21, 9),
     )
     .await;
@@ -326,7 +367,7 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         at(21, 10),
     )
     .await;
-    append(
+    let last_position = append(
         store,
         &stream("death", voided_death_id),
         &LifeEventEvent::LifeEventVoided(LifeEventVoided {
@@ -345,6 +386,7 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         residence_task,
         insurance_task,
         death_task,
+        last_position,
     }
 }
 
@@ -392,12 +434,14 @@ impl Running {
     }
 }
 
-/// Polls (with a deadline) until every projection's checkpoint is at the head of the log.
-async fn caught_up(store: &EventStore) {
-    let head = log_head(store).await;
+/// Polls (with a deadline) until the event at `last_position` is readable and every
+/// projection's checkpoint is at the head of the log. (On PostgreSQL the gap-free reader hides
+/// events while any older transaction of the server is still running, other tests' included.)
+async fn caught_up(store: &EventStore, last_position: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut all = true;
+        let head = log_head(store).await;
+        let mut all = head.global_position >= last_position;
         for name in PROJECTION_NAMES {
             if store.load_checkpoint(name).await.unwrap() < head {
                 all = false;
@@ -406,7 +450,10 @@ async fn caught_up(store: &EventStore) {
         if all {
             return;
         }
-        assert!(Instant::now() < deadline, "projections did not catch up with {head:?}");
+        assert!(
+            Instant::now() < deadline,
+            "projections did not catch up with {head:?}"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -416,21 +463,44 @@ async fn caught_up(store: &EventStore) {
 async fn snapshot(
     store: &EventStore,
     scenario: &Scenario,
-) -> (Vec<TaskRow>, Vec<Option<PersonRow>>, Vec<Option<LifeEventStatusRow>>) {
+) -> (
+    Vec<TaskRow>,
+    Vec<Option<PersonRow>>,
+    Vec<Option<LifeEventStatusRow>>,
+) {
     let mut tasks = Vec::new();
     for agency in AgencyId::ALL {
         tasks.extend(
-            projections::inbox(store, agency, &InboxFilter::default(), Page { after: None, limit: 100 })
-                .await
-                .unwrap(),
+            projections::inbox(
+                store,
+                agency,
+                &InboxFilter::default(),
+                Page {
+                    after: None,
+                    limit: 100,
+                },
+            )
+            .await
+            .unwrap(),
         );
     }
     let mut persons = Vec::new();
-    for raw in [MOTHER, FATHER, CHILD, DECEASED, DECLARANT_SON, WRONGLY_DECEASED] {
+    for raw in [
+        MOTHER,
+        FATHER,
+        CHILD,
+        DECEASED,
+        DECLARANT_SON,
+        WRONGLY_DECEASED,
+    ] {
         persons.push(projections::person(store, &pin(raw)).await.unwrap());
     }
     let mut statuses = Vec::new();
-    for id in [scenario.birth_id, scenario.death_id, scenario.voided_death_id] {
+    for id in [
+        scenario.birth_id,
+        scenario.death_id,
+        scenario.voided_death_id,
+    ] {
         statuses.push(projections::life_event_status(store, id).await.unwrap());
     }
     (tasks, persons, statuses)
@@ -439,75 +509,182 @@ async fn snapshot(
 async fn projections_follow_a_birth_and_a_death(store: EventStore) {
     let running = start_projections(&store);
     let scenario = record_scenario(&store).await;
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
     running.stop().await;
 
     // The inbox.
-    let civil = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page::default())
+    let civil = projections::inbox(
+        &store,
+        AgencyId::CivilRegistry,
+        &InboxFilter::default(),
+        Page::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        civil.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        [scenario.death_task, scenario.registration_task],
+        "ordered by due time"
+    );
+    let registration = projections::task(&store, scenario.registration_task)
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(civil.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task, scenario.registration_task], "ordered by due time");
-    let registration = projections::task(&store, scenario.registration_task).await.unwrap().unwrap();
     assert_eq!(registration.status, TaskStatus::Completed);
     assert_eq!(registration.claimed_by.as_deref(), Some("officer-1"));
     assert_eq!(registration.created_at, at(21, 2));
     assert_eq!(registration.updated_at, at(21, 4));
-    assert_eq!(registration.outcome, Some(TaskOutcome::BirthRegistered { certificate_number: "KS-2026-0001".into() }));
-    assert_eq!(registration.application.get("child.full_name"), Some(&json!("Nguyễn Minh An")));
-    let open_only = InboxFilter { status: Some(TaskStatus::Open), ..InboxFilter::default() };
-    let open = projections::inbox(&store, AgencyId::CivilRegistry, &open_only, Page::default()).await.unwrap();
-    assert_eq!(open.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task]);
-    let first = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: None, limit: 1 }).await.unwrap();
-    let second = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: Some(first[0].key()), limit: 1 }).await.unwrap();
-    let third = projections::inbox(&store, AgencyId::CivilRegistry, &InboxFilter::default(), Page { after: Some(second[0].key()), limit: 1 }).await.unwrap();
-    assert_eq!((first[0].task_id, second[0].task_id, third.len()), (scenario.death_task, scenario.registration_task, 0));
+    assert_eq!(
+        registration.outcome,
+        Some(TaskOutcome::BirthRegistered {
+            certificate_number: "KS-2026-0001".into()
+        })
+    );
+    assert_eq!(
+        registration.application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh An"))
+    );
+    let open_only = InboxFilter {
+        status: Some(TaskStatus::Open),
+        ..InboxFilter::default()
+    };
+    let open = projections::inbox(&store, AgencyId::CivilRegistry, &open_only, Page::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        open.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        [scenario.death_task]
+    );
+    let first = projections::inbox(
+        &store,
+        AgencyId::CivilRegistry,
+        &InboxFilter::default(),
+        Page {
+            after: None,
+            limit: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let second = projections::inbox(
+        &store,
+        AgencyId::CivilRegistry,
+        &InboxFilter::default(),
+        Page {
+            after: Some(first[0].key()),
+            limit: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let third = projections::inbox(
+        &store,
+        AgencyId::CivilRegistry,
+        &InboxFilter::default(),
+        Page {
+            after: Some(second[0].key()),
+            limit: 1,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (first[0].task_id, second[0].task_id, third.len()),
+        (scenario.death_task, scenario.registration_task, 0)
+    );
     let social = projections::inbox(
         &store,
         AgencyId::SocialSecurity,
-        &InboxFilter { procedure: Some(ProcedureId::ChildHealthInsurance), due_before: Some(at(24, 0)), ..InboxFilter::default() },
+        &InboxFilter {
+            procedure: Some(ProcedureId::ChildHealthInsurance),
+            due_before: Some(at(24, 0)),
+            ..InboxFilter::default()
+        },
         Page::default(),
     )
     .await
     .unwrap();
     assert_eq!(social.len(), 1);
     assert_eq!(social[0].status, TaskStatus::Completed);
-    let of_birth = projections::tasks_of_life_event(&store, scenario.birth_id).await.unwrap();
+    let of_birth = projections::tasks_of_life_event(&store, scenario.birth_id)
+        .await
+        .unwrap();
     assert_eq!(of_birth.len(), 3);
     let mut tx = store.begin().await.unwrap();
-    let in_tx = projections::tasks_of_life_event_in_tx(&mut tx, scenario.birth_id).await.unwrap();
+    let in_tx = projections::tasks_of_life_event_in_tx(&mut tx, scenario.birth_id)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(in_tx, of_birth);
-    let due = projections::open_tasks_due_before(&store, at(22, 0), 10).await.unwrap();
-    assert_eq!(due.iter().map(|t| t.task_id).collect::<Vec<_>>(), [scenario.death_task]);
+    let due = projections::open_tasks_due_before(&store, at(22, 0), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        [scenario.death_task]
+    );
 
     // The person registry.
-    let child = projections::person(&store, &pin(CHILD)).await.unwrap().unwrap();
+    let child = projections::person(&store, &pin(CHILD))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(child.full_name, "Nguyễn Minh An");
     assert_eq!(child.sex, Some(Sex::Female));
     assert_eq!(child.vital_status, VitalStatus::Alive);
-    assert_eq!(child.residence.as_ref().map(|r| r.address.as_str()), Some("12 Lê Lợi"));
+    assert_eq!(
+        child.residence.as_ref().map(|r| r.address.as_str()),
+        Some("12 Lê Lợi")
+    );
     let insurance = child.insurance.clone().expect("the child is insured");
     assert_eq!(insurance.card_number, "TE1797926000123");
     assert_eq!(child.facts.len(), 1);
     assert_eq!(child.life_events.len(), 1);
     assert_eq!(child.life_events[0].role, PersonRole::Child);
-    let mother = projections::person(&store, &pin(MOTHER)).await.unwrap().unwrap();
+    let mother = projections::person(&store, &pin(MOTHER))
+        .await
+        .unwrap()
+        .unwrap();
     let roles: Vec<PersonRole> = mother.life_events.iter().map(|link| link.role).collect();
-    assert_eq!(roles, [PersonRole::Mother, PersonRole::Declarant], "linked once each, corrections do not repeat links");
+    assert_eq!(
+        roles,
+        [PersonRole::Mother, PersonRole::Declarant],
+        "linked once each, corrections do not repeat links"
+    );
     assert_eq!(mother.date_of_birth, NaiveDate::from_ymd_opt(1990, 4, 2));
-    let deceased = projections::person(&store, &pin(DECEASED)).await.unwrap().unwrap();
+    let deceased = projections::person(&store, &pin(DECEASED))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(deceased.vital_status, VitalStatus::Deceased);
-    assert_eq!(deceased.date_of_death, NaiveDate::from_ymd_opt(2026, 11, 18));
+    assert_eq!(
+        deceased.date_of_death,
+        NaiveDate::from_ymd_opt(2026, 11, 18)
+    );
     assert_eq!(deceased.death_life_event_id, Some(scenario.death_id));
-    let wrongly = projections::person(&store, &pin(WRONGLY_DECEASED)).await.unwrap().unwrap();
-    assert_eq!(wrongly.vital_status, VitalStatus::Alive, "the void undid the death");
+    let wrongly = projections::person(&store, &pin(WRONGLY_DECEASED))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        wrongly.vital_status,
+        VitalStatus::Alive,
+        "the void undid the death"
+    );
     assert!(wrongly.life_events.iter().all(|link| link.voided));
 
     // The life-event status.
-    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    let birth = projections::life_event_status(&store, scenario.birth_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(birth.corrections, 1);
     assert!(!birth.voided);
-    let states: Vec<(ProcedureId, ProcedureState)> = birth.procedures.iter().map(|p| (p.procedure, p.state)).collect();
+    let states: Vec<(ProcedureId, ProcedureState)> = birth
+        .procedures
+        .iter()
+        .map(|p| (p.procedure, p.state))
+        .collect();
     assert_eq!(
         states,
         [
@@ -517,30 +694,52 @@ async fn projections_follow_a_birth_and_a_death(store: EventStore) {
         ]
     );
     let residence = birth.procedure(ProcedureId::ResidenceRegistration).unwrap();
-    assert_eq!((residence.task_id, residence.due_at), (Some(scenario.residence_task), Some(at(23, 10))));
-    assert_eq!(birth.procedure(ProcedureId::ChildHealthInsurance).unwrap().task_id, Some(scenario.insurance_task));
-    let by_reference = projections::life_event_status_by_reference(&store, &Reference::for_life_event(scenario.death_id))
-        .await
-        .unwrap()
-        .unwrap();
-    let states: Vec<(ProcedureId, ProcedureState)> = by_reference.procedures.iter().map(|p| (p.procedure, p.state)).collect();
+    assert_eq!(
+        (residence.task_id, residence.due_at),
+        (Some(scenario.residence_task), Some(at(23, 10)))
+    );
+    assert_eq!(
+        birth
+            .procedure(ProcedureId::ChildHealthInsurance)
+            .unwrap()
+            .task_id,
+        Some(scenario.insurance_task)
+    );
+    let by_reference = projections::life_event_status_by_reference(
+        &store,
+        &Reference::for_life_event(scenario.death_id),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let states: Vec<(ProcedureId, ProcedureState)> = by_reference
+        .procedures
+        .iter()
+        .map(|p| (p.procedure, p.state))
+        .collect();
     assert_eq!(
         states,
         [
             (ProcedureId::DeathRegistration, ProcedureState::Open),
-            (ProcedureId::ResidenceDeregistration, ProcedureState::Pending),
+            (
+                ProcedureId::ResidenceDeregistration,
+                ProcedureState::Pending
+            ),
             (ProcedureId::BurialAllowance, ProcedureState::Pending),
             (ProcedureId::FuneralSupport, ProcedureState::NotEligible),
         ]
     );
-    let voided = projections::life_event_status(&store, scenario.voided_death_id).await.unwrap().unwrap();
+    let voided = projections::life_event_status(&store, scenario.voided_death_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(voided.voided);
 }
 
 async fn rebuild_equals_live_and_as_of_replays_a_prefix(store: EventStore) {
     let running = start_projections(&store);
     let scenario = record_scenario(&store).await;
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
     running.stop().await;
     let live = snapshot(&store, &scenario).await;
 
@@ -548,21 +747,39 @@ async fn rebuild_equals_live_and_as_of_replays_a_prefix(store: EventStore) {
     let report = rebuild_projections(&store).await.unwrap();
     tracing::info!(elapsed = ?started.elapsed(), ?report, "rebuilt");
     assert_eq!(report.events_per_projection.len(), 3);
-    assert_eq!(snapshot(&store, &scenario).await, live, "a rebuild equals the live projections");
-    caught_up(&store).await;
+    assert_eq!(
+        snapshot(&store, &scenario).await,
+        live,
+        "a rebuild equals the live projections"
+    );
+    caught_up(&store, scenario.last_position).await;
 
     // As of the moment before the birth's correction and the deaths: the correction is not
     // counted, no death is known, the insurance card is.
     rebuild_projections_until(&store, at(21, 7)).await.unwrap();
-    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    let birth = projections::life_event_status(&store, scenario.birth_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(birth.corrections, 0);
-    assert!(projections::life_event_status(&store, scenario.death_id).await.unwrap().is_none());
-    assert!(projections::person(&store, &pin(DECEASED)).await.unwrap().is_none());
-    assert!(projections::person(&store, &pin(CHILD)).await.unwrap().unwrap().insurance.is_some());
+    assert!(projections::life_event_status(&store, scenario.death_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(projections::person(&store, &pin(DECEASED))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(projections::person(&store, &pin(CHILD))
+        .await
+        .unwrap()
+        .unwrap()
+        .insurance
+        .is_some());
 
     // The live projections resume from the as-of checkpoints and end where they were.
     let running = start_projections(&store);
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
     running.stop().await;
     assert_eq!(snapshot(&store, &scenario).await, live);
 }
@@ -570,44 +787,77 @@ async fn rebuild_equals_live_and_as_of_replays_a_prefix(store: EventStore) {
 async fn restarted_projections_double_nothing(store: EventStore) {
     let running = start_projections(&store);
     let scenario = record_scenario(&store).await;
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
     running.stop().await;
     let before = snapshot(&store, &scenario).await;
 
     // Restart with nothing new: nothing changes.
     let running = start_projections(&store);
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
     running.stop().await;
     assert_eq!(snapshot(&store, &scenario).await, before);
 
     // New events while stopped: a restart takes them once.
-    append_task(
+    let claimed_position = append_task(
         &store,
-        TaskEvent::TaskClaimed(TaskClaimed { task_id: scenario.residence_task, by: "police-7".into(), at: at(22, 1) }),
+        TaskEvent::TaskClaimed(TaskClaimed {
+            task_id: scenario.residence_task,
+            by: "police-7".into(),
+            at: at(22, 1),
+        }),
         at(22, 1),
     )
     .await;
     let running = start_projections(&store);
-    caught_up(&store).await;
+    caught_up(&store, claimed_position).await;
     running.stop().await;
-    let residence = projections::task(&store, scenario.residence_task).await.unwrap().unwrap();
-    assert_eq!((residence.status, residence.claimed_by.as_deref()), (TaskStatus::Claimed, Some("police-7")));
-    let child = projections::person(&store, &pin(CHILD)).await.unwrap().unwrap();
+    let residence = projections::task(&store, scenario.residence_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (residence.status, residence.claimed_by.as_deref()),
+        (TaskStatus::Claimed, Some("police-7"))
+    );
+    let child = projections::person(&store, &pin(CHILD))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((child.facts.len(), child.life_events.len()), (1, 1));
-    let birth = projections::life_event_status(&store, scenario.birth_id).await.unwrap().unwrap();
+    let birth = projections::life_event_status(&store, scenario.birth_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(birth.corrections, 1);
-    assert_eq!(birth.procedure(ProcedureId::ResidenceRegistration).unwrap().state, ProcedureState::Claimed);
+    assert_eq!(
+        birth
+            .procedure(ProcedureId::ResidenceRegistration)
+            .unwrap()
+            .state,
+        ProcedureState::Claimed
+    );
 }
 
 async fn watcher_marks_a_late_task_exactly_once(store: EventStore) {
     let running = start_projections(&store);
     let scenario = record_scenario(&store).await;
-    caught_up(&store).await;
+    caught_up(&store, scenario.last_position).await;
 
     let now = at(21, 12);
-    let (first, second) = tokio::join!(check_overdue_once(&store, now), check_overdue_once(&store, now));
-    assert_eq!(first.unwrap() + second.unwrap(), 1, "two watchers mark the task once");
-    assert_eq!(check_overdue_once(&store, now).await.unwrap(), 0, "a task marked by a lagging inbox is not marked again");
+    let (first, second) = tokio::join!(
+        check_overdue_once(&store, now),
+        check_overdue_once(&store, now)
+    );
+    assert_eq!(
+        first.unwrap() + second.unwrap(),
+        1,
+        "two watchers mark the task once"
+    );
+    assert_eq!(
+        check_overdue_once(&store, now).await.unwrap(),
+        0,
+        "a task marked by a lagging inbox is not marked again"
+    );
     let overdue: Vec<_> = store
         .read_stream(&stream("task", scenario.death_task))
         .await
@@ -616,7 +866,10 @@ async fn watcher_marks_a_late_task_exactly_once(store: EventStore) {
         .filter(|event| event.event_type == "TaskOverdue")
         .collect();
     assert_eq!(overdue.len(), 1);
-    assert_eq!(overdue[0].event_id, lifeline_policies::watcher::overdue_event_id(scenario.death_task));
+    assert_eq!(
+        overdue[0].event_id,
+        lifeline_policies::watcher::overdue_event_id(scenario.death_task)
+    );
     // Tasks due later (residence, due on the 23rd) are not touched.
     assert!(store
         .read_stream(&stream("task", scenario.residence_task))
@@ -625,12 +878,26 @@ async fn watcher_marks_a_late_task_exactly_once(store: EventStore) {
         .iter()
         .all(|event| event.event_type != "TaskOverdue"));
 
-    caught_up(&store).await;
+    caught_up(&store, overdue[0].global_position.0).await;
     running.stop().await;
-    let task = projections::task(&store, scenario.death_task).await.unwrap().unwrap();
+    let task = projections::task(&store, scenario.death_task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(task.overdue);
-    let death = projections::life_event_status(&store, scenario.death_id).await.unwrap().unwrap();
-    assert!(death.procedure(ProcedureId::DeathRegistration).unwrap().overdue);
-    assert!(projections::open_tasks_due_before(&store, now, 10).await.unwrap().is_empty());
+    let death = projections::life_event_status(&store, scenario.death_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        death
+            .procedure(ProcedureId::DeathRegistration)
+            .unwrap()
+            .overdue
+    );
+    assert!(projections::open_tasks_due_before(&store, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(check_overdue_once(&store, now).await.unwrap(), 0);
 }
