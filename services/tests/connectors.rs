@@ -25,6 +25,9 @@ use uuid::Uuid;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+/// A callback body and its signature headers.
+type SignedCase<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>);
+
 const CONNECTOR_SECRET: &[u8] = b"police-connector-secret-0123456789abcdef";
 
 /// Creates a task of `procedure` for the example birth, as a policy would.
@@ -375,7 +378,7 @@ async fn a_callback_with_a_bad_signature_is_refused_and_changes_nothing() {
     let (_, good_signature) = signed_headers(&body, CONNECTOR_SECRET);
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
-    let cases: Vec<(Vec<u8>, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<SignedCase<'_>> = vec![
         (body.clone(), vec![]),
         (
             body.clone(),
