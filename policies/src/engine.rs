@@ -1,11 +1,67 @@
 //! The policy engine: implements [`crate::PolicyHandler`] by decoding each event, looking up the
 //! facts its rule needs inside the runtime's transaction, running the pure rule, and appending
 //! the result with deterministic ids so that a redelivery changes nothing.
+//!
+//! What each policy appends (every event with role `System`, actor `policy:<name>`, the source
+//! event's correlation id, the source event as causation):
+//! - `birth-registration` (on `BirthRecorded`), `death-registration` (on `DeathRecorded`): one
+//!   `TaskCreated` to `task-<task_id(policy, source, procedure)>`.
+//! - `birth-followups` (on `TaskCompleted` of an original birth registration with a
+//!   certificate): the child's `PersonalIdAssigned` (through the [`IdentityAllocator`], to
+//!   `pin-<pin>`), then a `TaskCreated` per chosen follow-up procedure.
+//! - `death-followups` (on `TaskCompleted` of an original death registration): an
+//!   `EligibilityDecided` per chosen follow-up procedure to `eligibility-<task id it would
+//!   have>`, and a `TaskCreated` for each eligible one.
+//! - `corrections` (on `LifeEventCorrected`, `LifeEventVoided`): `TaskAmended` or
+//!   `TaskCancelled` to open tasks at the version read, re-issue or reversal tasks for completed
+//!   ones.
+//!
+//! A new stream is appended with "stream must not exist" and the event id
+//! [`task_created_event_id`] or [`eligibility_event_id`]; an update with the version read and the
+//! rule's event id. An event id already stored means the work was done: nothing is appended.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use lifeline_model::codec::{decode_recorded, to_new_event, EventFamily};
+use lifeline_model::declaration::Declaration;
+use lifeline_model::envelope::{
+    EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamId, StreamVersion,
+};
+use lifeline_model::life_event::LifeEventEvent;
+use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
+use lifeline_model::system_events::SystemEvent;
+use lifeline_model::task::{TaskCompleted, TaskEvent};
+use lifeline_store::{AppendError, StoreTransaction};
 use uuid::Uuid;
+
+use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
+use crate::handler::{PolicyError, PolicyHandler};
+use crate::identity::{IdentityAllocator, IdentityError, PinRequest, StoreAllocator};
+use crate::reference::{ReferenceData, ReferenceError};
+use crate::rules::{
+    self, Command, BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS,
+    DEATH_REGISTRATION,
+};
 
 /// The namespace of every id Lifeline derives (UUIDv5) for exactly-once effects.
 pub const LIFELINE_NAMESPACE: Uuid = Uuid::from_u128(0x6c69_6665_6c69_6e65_8000_0000_0000_0001);
+
+/// Every policy the engine runs, in chain order.
+pub const POLICY_NAMES: [&str; 5] = [
+    BIRTH_REGISTRATION,
+    BIRTH_FOLLOWUPS,
+    DEATH_REGISTRATION,
+    DEATH_FOLLOWUPS,
+    CORRECTIONS,
+];
+
+/// The stream kind of tasks: `task-<task id>`.
+pub const TASK_STREAM_KIND: &str = "task";
+
+/// The stream kind of eligibility decisions: `eligibility-<key>`.
+pub const ELIGIBILITY_STREAM_KIND: &str = "eligibility";
 
 /// A UUIDv5 of `name` in Lifeline's namespace.
 pub fn deterministic_id(name: &str) -> Uuid {
@@ -20,4 +76,514 @@ pub fn task_id(
     procedure: lifeline_model::procedure::ProcedureId,
 ) -> Uuid {
     deterministic_id(&format!("{policy}/{source}/{procedure}"))
+}
+
+/// The event id of a task's `TaskCreated`: UUIDv5 of `"task-created/<task id>"`.
+pub fn task_created_event_id(task_id: Uuid) -> Uuid {
+    deterministic_id(&format!("task-created/{task_id}"))
+}
+
+/// The event id of the eligibility decision under `key`: UUIDv5 of `"eligibility/<key>"`.
+pub fn eligibility_event_id(key: Uuid) -> Uuid {
+    deterministic_id(&format!("eligibility/{key}"))
+}
+
+/// The stream of a task.
+pub fn task_stream(task_id: Uuid) -> Result<StreamId, lifeline_model::envelope::InvalidStreamId> {
+    StreamId::for_kind(TASK_STREAM_KIND, task_id)
+}
+
+/// The stream of a life event: `birth-<id>` or `death-<id>`.
+pub fn life_event_stream(
+    group: ProcedureGroup,
+    life_event_id: Uuid,
+) -> Result<StreamId, lifeline_model::envelope::InvalidStreamId> {
+    let kind = match group {
+        ProcedureGroup::Birth => "birth",
+        ProcedureGroup::Death => "death",
+    };
+    StreamId::for_kind(kind, life_event_id)
+}
+
+/// The [`PolicyHandler`] running Lifeline's rules.
+pub struct PolicyEngine {
+    reference: ReferenceData,
+    allocator: Arc<dyn IdentityAllocator>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").finish_non_exhaustive()
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(reference: ReferenceData, allocator: Arc<dyn IdentityAllocator>) -> Self {
+        Self {
+            reference,
+            allocator,
+        }
+    }
+
+    /// The embedded reference data (`policies/data/`) and Lifeline's own store allocator.
+    pub fn embedded() -> Result<Self, ReferenceError> {
+        Ok(Self::new(
+            ReferenceData::embedded()?,
+            Arc::new(StoreAllocator::new()),
+        ))
+    }
+
+    pub fn reference(&self) -> &ReferenceData {
+        &self.reference
+    }
+}
+
+#[async_trait]
+impl PolicyHandler for PolicyEngine {
+    fn policy_names(&self) -> Vec<&'static str> {
+        POLICY_NAMES.to_vec()
+    }
+
+    fn wants(&self, policy: &str, event_type: &str) -> bool {
+        matches!(
+            (policy, event_type),
+            (BIRTH_REGISTRATION, "BirthRecorded")
+                | (DEATH_REGISTRATION, "DeathRecorded")
+                | (BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS, "TaskCompleted")
+                | (CORRECTIONS, "LifeEventCorrected" | "LifeEventVoided")
+        )
+    }
+
+    #[tracing::instrument(skip_all, fields(policy, event_id = %event.event_id, stream = %event.stream_id))]
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), PolicyError> {
+        let run = Run {
+            policy,
+            event,
+            context: Context {
+                source: Source::of(event),
+                now: Utc::now(),
+                reference: &self.reference,
+            },
+        };
+        if !POLICY_NAMES.contains(&policy) {
+            return Err(run.refused(format!("unknown policy {policy:?}")));
+        }
+        if !self.wants(policy, &event.event_type) {
+            return Ok(());
+        }
+        let commands = match policy {
+            BIRTH_REGISTRATION | DEATH_REGISTRATION => run.registration()?,
+            BIRTH_FOLLOWUPS => run.birth_followups(tx, self.allocator.as_ref()).await?,
+            DEATH_FOLLOWUPS => run.death_followups(tx).await?,
+            _ => run.corrections(tx).await?,
+        };
+        let mut appended = 0_usize;
+        for command in commands {
+            if run.execute(tx, command).await? {
+                appended += 1;
+            }
+        }
+        tracing::debug!(appended, "policy applied");
+        Ok(())
+    }
+}
+
+/// One policy run on one event.
+struct Run<'a> {
+    policy: &'a str,
+    event: &'a RecordedEvent,
+    context: Context<'a>,
+}
+
+impl Run<'_> {
+    fn refused(&self, message: impl Into<String>) -> PolicyError {
+        PolicyError::Refused {
+            policy: self.policy.to_owned(),
+            event_id: self.event.event_id,
+            message: message.into(),
+        }
+    }
+
+    fn decode<E: EventFamily>(&self) -> Result<E, PolicyError> {
+        decode_recorded(self.event).map_err(|error| {
+            self.refused(format!("cannot decode {}: {error}", self.event.event_type))
+        })
+    }
+
+    fn rule<T>(&self, result: Result<T, rules::RuleError>) -> Result<T, PolicyError> {
+        result.map_err(|error| self.refused(error.to_string()))
+    }
+
+    fn metadata(&self) -> EventMetadata {
+        EventMetadata::system(
+            format!("policy:{}", self.policy),
+            self.context.source.correlation_id,
+            Some(self.context.source.event_id),
+            self.context.now,
+        )
+    }
+
+    fn registration(&self) -> Result<Vec<Command>, PolicyError> {
+        match self.decode::<LifeEventEvent>()? {
+            LifeEventEvent::BirthRecorded(birth) if self.policy == BIRTH_REGISTRATION => {
+                self.rule(rules::birth_registration::react(&birth, &self.context))
+            }
+            LifeEventEvent::DeathRecorded(death) if self.policy == DEATH_REGISTRATION => {
+                self.rule(rules::death_registration::react(&death, &self.context))
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// The completion and its task, if the event is a `TaskCompleted` of a task of `procedure`.
+    async fn completed_task(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        procedure: ProcedureId,
+    ) -> Result<Option<(TaskCompleted, TaskFacts)>, PolicyError> {
+        let TaskEvent::TaskCompleted(completed) = self.decode::<TaskEvent>()? else {
+            return Ok(None);
+        };
+        let Some((_, task)) = self.find_task(tx, completed.task_id).await? else {
+            return Err(self.refused(format!("task {} has no TaskCreated", completed.task_id)));
+        };
+        if task.created.procedure != procedure {
+            return Ok(None);
+        }
+        Ok(Some((completed, task)))
+    }
+
+    async fn life_event(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        group: ProcedureGroup,
+        life_event_id: Uuid,
+    ) -> Result<LifeEventFacts, PolicyError> {
+        let stream = self.stream(life_event_stream(group, life_event_id))?;
+        let events = tx.read_stream(&stream).await?;
+        let facts = self.fold_life_event(&events, None)?;
+        facts.ok_or_else(|| self.refused(format!("life event {life_event_id} is not recorded")))
+    }
+
+    /// Folds a life event's events, up to and including version `until` if given.
+    fn fold_life_event(
+        &self,
+        events: &[RecordedEvent],
+        until: Option<StreamVersion>,
+    ) -> Result<Option<LifeEventFacts>, PolicyError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for recorded in events {
+            if until.is_some_and(|until| recorded.stream_version > until) {
+                break;
+            }
+            let event = decode_recorded::<LifeEventEvent>(recorded).map_err(|error| {
+                self.refused(format!(
+                    "cannot decode {} of {}: {error}",
+                    recorded.event_type, recorded.stream_id
+                ))
+            })?;
+            decoded.push((recorded.event_id, event));
+        }
+        Ok(LifeEventFacts::from_events(&decoded))
+    }
+
+    async fn birth_followups(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        allocator: &dyn IdentityAllocator,
+    ) -> Result<Vec<Command>, PolicyError> {
+        let Some((completed, task)) = self
+            .completed_task(tx, ProcedureId::BirthRegistration)
+            .await?
+        else {
+            return Ok(vec![]);
+        };
+        if rules::birth_followups::certificate_number(&completed, &task).is_none() {
+            return Ok(vec![]);
+        }
+        let life_event = self
+            .life_event(tx, ProcedureGroup::Birth, task.created.life_event_id)
+            .await?;
+        let Declaration::Birth(declaration) = &life_event.declaration else {
+            return Err(self.refused("a birth-registration task of a death record"));
+        };
+        if life_event.voided {
+            return Ok(vec![]);
+        }
+        let request = PinRequest {
+            life_event_id: life_event.life_event_id,
+            task_id: Some(task.task_id()),
+            office: declaration.office.clone(),
+            full_name: declaration.child.full_name.clone(),
+            date_of_birth: declaration.child.date_of_birth,
+            sex: declaration.child.sex,
+            cause: self.event.event_id,
+            correlation_id: self.context.source.correlation_id,
+            at: self.context.now,
+        };
+        let assigned = allocator
+            .assign(tx, &request)
+            .await
+            .map_err(|error| match error {
+                IdentityError::Store(error) => PolicyError::Store(error),
+                IdentityError::Append(error) => PolicyError::Append(error),
+                other => self.refused(format!("no personal ID number: {other}")),
+            })?;
+        self.rule(rules::birth_followups::react(
+            &completed,
+            &task,
+            &life_event,
+            &assigned.personal_id,
+            &self.context,
+        ))
+    }
+
+    async fn death_followups(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+    ) -> Result<Vec<Command>, PolicyError> {
+        let Some((completed, task)) = self
+            .completed_task(tx, ProcedureId::DeathRegistration)
+            .await?
+        else {
+            return Ok(vec![]);
+        };
+        if rules::death_followups::extract_number(&completed, &task).is_none() {
+            return Ok(vec![]);
+        }
+        let life_event = self
+            .life_event(tx, ProcedureGroup::Death, task.created.life_event_id)
+            .await?;
+        let Declaration::Death(declaration) = &life_event.declaration else {
+            return Err(self.refused("a death-registration task of a birth record"));
+        };
+        let personal_id = declaration.deceased.personal_id.as_ref();
+        let registers = &self.context.reference.registers;
+        // The disaster is looked up by the province the deceased lived in, else the office's.
+        let province = declaration
+            .deceased
+            .residence
+            .as_ref()
+            .map(|residence| residence.province.clone())
+            .or_else(|| {
+                personal_id
+                    .and_then(|id| registers.residences.get(id))
+                    .map(|residence| residence.province.clone())
+            })
+            .unwrap_or_else(|| declaration.office.province().to_owned());
+        let person = PersonFacts::lookup(
+            self.context.reference,
+            personal_id,
+            Some(&province),
+            declaration.death.date(),
+        );
+        self.rule(rules::death_followups::react(
+            &completed,
+            &task,
+            &life_event,
+            &person,
+            &self.context,
+        ))
+    }
+
+    async fn corrections(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+    ) -> Result<Vec<Command>, PolicyError> {
+        let source = self.decode::<LifeEventEvent>()?;
+        // The record as it stood right after this event: a redelivery after later corrections
+        // sees what the first delivery saw.
+        let events = tx.read_stream(&self.event.stream_id).await?;
+        let Some(life_event) = self.fold_life_event(&events, Some(self.event.stream_version))?
+        else {
+            return Err(self.refused(format!(
+                "life event {} is not recorded",
+                source.life_event_id()
+            )));
+        };
+        let tasks = self.tasks_of(tx, &life_event).await?;
+        match source {
+            LifeEventEvent::LifeEventCorrected(corrected) => self.rule(
+                rules::corrections::react_corrected(&corrected, &life_event, &tasks, &self.context),
+            ),
+            LifeEventEvent::LifeEventVoided(voided) => self.rule(rules::corrections::react_voided(
+                &voided,
+                &life_event,
+                &tasks,
+                &self.context,
+            )),
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// Every task the policies created for the life event because of events before this one,
+    /// found by their deterministic ids (the inbox projection may lag), in log order.
+    async fn tasks_of(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        life_event: &LifeEventFacts,
+    ) -> Result<Vec<TaskFacts>, PolicyError> {
+        let group = life_event.declaration.group();
+        let (registration_policy, registration, followups_policy) = match group {
+            ProcedureGroup::Birth => (
+                BIRTH_REGISTRATION,
+                ProcedureId::BirthRegistration,
+                BIRTH_FOLLOWUPS,
+            ),
+            ProcedureGroup::Death => (
+                DEATH_REGISTRATION,
+                ProcedureId::DeathRegistration,
+                DEATH_FOLLOWUPS,
+            ),
+        };
+        let mut found: Vec<(i64, TaskFacts)> = Vec::new();
+        let registration_id = task_id(
+            registration_policy,
+            life_event.record_event_id,
+            registration,
+        );
+        if let Some(task) = self.find_task(tx, registration_id).await? {
+            let completed_event_id = task.1.completed_event_id;
+            found.push(task);
+            if let Some(completed) = completed_event_id {
+                for &procedure in group.procedures() {
+                    if procedure == registration {
+                        continue;
+                    }
+                    let id = task_id(followups_policy, completed, procedure);
+                    if let Some(task) = self.find_task(tx, id).await? {
+                        found.push(task);
+                    }
+                }
+            }
+        }
+        for &amendment in &life_event.amendment_event_ids {
+            if amendment == self.event.event_id {
+                continue;
+            }
+            for &procedure in group.procedures() {
+                if let Some(task) = self
+                    .find_task(tx, task_id(CORRECTIONS, amendment, procedure))
+                    .await?
+                {
+                    found.push(task);
+                }
+            }
+        }
+        found.sort_by_key(|(position, _)| *position);
+        Ok(found.into_iter().map(|(_, task)| task).collect())
+    }
+
+    /// A task and the global position of its creation, if it exists.
+    async fn find_task(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        task_id: Uuid,
+    ) -> Result<Option<(i64, TaskFacts)>, PolicyError> {
+        let stream = self.stream(task_stream(task_id))?;
+        let events = tx.read_stream(&stream).await?;
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
+        let position = first.global_position.0;
+        Ok(self.fold_task(&events)?.map(|task| (position, task)))
+    }
+
+    fn fold_task(&self, events: &[RecordedEvent]) -> Result<Option<TaskFacts>, PolicyError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for recorded in events {
+            let event = decode_recorded::<TaskEvent>(recorded).map_err(|error| {
+                self.refused(format!(
+                    "cannot decode {} of {}: {error}",
+                    recorded.event_type, recorded.stream_id
+                ))
+            })?;
+            decoded.push((recorded.event_id, event));
+        }
+        let version = events
+            .last()
+            .map_or(StreamVersion(0), |event| event.stream_version);
+        Ok(TaskFacts::from_events(&decoded, version))
+    }
+
+    fn stream(
+        &self,
+        stream: Result<StreamId, lifeline_model::envelope::InvalidStreamId>,
+    ) -> Result<StreamId, PolicyError> {
+        stream.map_err(|error| self.refused(error.to_string()))
+    }
+
+    /// Appends what `command` says; false if it was appended before (nothing new).
+    async fn execute(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        command: Command,
+    ) -> Result<bool, PolicyError> {
+        let metadata = self.metadata();
+        let (stream, expected, event) = match command {
+            Command::CreateTask(task) => {
+                task.application
+                    .check(task.procedure)
+                    .map_err(|error| self.refused(error.to_string()))?;
+                let stream = self.stream(task_stream(task.task_id))?;
+                let event_id = task_created_event_id(task.task_id);
+                let event = to_new_event(&TaskEvent::TaskCreated(task), event_id, metadata);
+                (stream, ExpectedVersion::NoStream, event)
+            }
+            Command::DecideEligibility { key, decision } => {
+                let stream = self.stream(StreamId::for_kind(ELIGIBILITY_STREAM_KIND, key))?;
+                let event = to_new_event(
+                    &SystemEvent::EligibilityDecided(decision),
+                    eligibility_event_id(key),
+                    metadata,
+                );
+                (stream, ExpectedVersion::NoStream, event)
+            }
+            Command::UpdateTask {
+                task_id,
+                expected_version,
+                event_id,
+                event,
+            } => {
+                let stream = self.stream(task_stream(task_id))?;
+                let event = to_new_event(&event, event_id, metadata);
+                (
+                    stream,
+                    ExpectedVersion::Exact(StreamVersion(expected_version)),
+                    event,
+                )
+            }
+        };
+        append_once(tx, &stream, expected, event).await
+    }
+}
+
+/// Appends one event unless its (deterministic) id is stored already; true if it appended.
+/// A conflict or an id mismatch where the id turns out to be stored is a duplicate too.
+async fn append_once(
+    tx: &mut StoreTransaction<'_>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    event: NewEvent,
+) -> Result<bool, PolicyError> {
+    let event_id = event.event_id;
+    if tx.event_by_id(event_id).await?.is_some() {
+        return Ok(false);
+    }
+    match tx.append(stream, expected, &[event]).await {
+        Ok(outcome) => Ok(!outcome.already_stored),
+        Err(error @ (AppendError::Conflict { .. } | AppendError::EventIdMismatch { .. })) => {
+            if tx.event_by_id(event_id).await?.is_some() {
+                Ok(false)
+            } else {
+                Err(PolicyError::Append(error))
+            }
+        }
+        Err(error) => Err(PolicyError::Append(error)),
+    }
 }

@@ -9,7 +9,7 @@
 //!   personal ID numbers.
 //! - [`facts`]: what a rule decides on (source, life event, tasks, person), built from events.
 //! - [`rules`]: the pure rules, one module per policy, and the [`rules::Command`]s they answer.
-//! - [`engine`]: deterministic ids (UUIDv5) of exactly-once effects; `PolicyEngine` to come.
+//! - [`engine`]: [`engine::PolicyEngine`], the [`PolicyHandler`] running the rules; deterministic ids.
 //! - [`runtime`]: what feeds the handler: the relay (store -> JetStream), the JetStream policy
 //!   consumers, the embedded store subscriptions, failed-run tools, and the process roles.
 //! - [`projections`]: the projection subscribers (agency inbox, person registry, life-event
@@ -26,4 +26,5 @@ pub mod rules;
 pub mod runtime;
 pub mod watcher;
 
+pub use engine::PolicyEngine;
 pub use handler::{PolicyError, PolicyHandler};
