@@ -560,3 +560,44 @@ async fn a_worker_killed_mid_run_and_restarted_applies_every_event_exactly_once(
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_on_the_same_consumers_apply_every_event_exactly_once() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let sources = append_sources(&store, 200).await;
+    let expected = expected_effects(&sources, &[]);
+    let first_handler = Arc::new(EffectHandler::new(0));
+    let second_handler = Arc::new(EffectHandler::new(0));
+
+    let first = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        first_handler.clone(),
+        test_consumer_options(3),
+        true,
+    );
+    let second = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        second_handler.clone(),
+        test_consumer_options(3),
+        false,
+    );
+    wait_for_effects(&store, &expected).await;
+    first.stop().await;
+    second.stop().await;
+
+    assert_exactly(&effects(&store).await, &expected);
+    assert!(
+        first_handler.applied() > 0 && second_handler.applied() > 0,
+        "both workers took part ({} and {})",
+        first_handler.applied(),
+        second_handler.applied()
+    );
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}

@@ -13,6 +13,14 @@ use super::RuntimeError;
 /// Where events travel on NATS. Defaults: stream `LIFELINE_EVENTS`, subjects
 /// `lifeline.events.<stream kind>.<event type>`, file storage, one replica, a 2-minute
 /// duplicate window, 30 days of retention.
+///
+/// Durability: JetStream acknowledges a publish before it is fsynced, and nats-server 2.9 has
+/// no `sync_interval` (2.10 added it); its file store writes each message to the OS at once and
+/// fsyncs periodically. A killed server loses nothing the OS holds; a power loss of a single
+/// server can lose the last acknowledged notices. The PostgreSQL log stays the source of truth:
+/// such notices can be republished by moving the relay's checkpoint back (Nats-Msg-Id
+/// deduplicates what is still there). In production: `replicas: 3` on the three-node cluster,
+/// where an ack means a majority holds the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusConfig {
     /// The JetStream stream name (no `.`, `*`, `>` or whitespace).

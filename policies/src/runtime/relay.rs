@@ -19,12 +19,16 @@ use tokio::sync::watch;
 use super::bus::{BusConfig, EventNotice};
 use super::{sleep_or_shutdown, RuntimeError};
 
+/// The largest batch the relay publishes before awaiting the acknowledgements.
+const MAX_BATCH: usize = 1000;
+
 /// How the relay reads, waits and backs off.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     /// The relay's checkpoint name in the store.
     pub checkpoint: String,
-    /// Events published (pipelined) per batch; the checkpoint moves once per batch.
+    /// Events published (pipelined) per batch, at most 1000; the checkpoint moves once per
+    /// batch.
     pub batch_size: usize,
     /// How long to wait, when caught up, before reading again.
     pub poll_interval: Duration,
@@ -129,10 +133,10 @@ impl Relay {
     /// Publishes one batch after `from` and, once every message is acknowledged, saves the
     /// checkpoint. Answers the new cursor, or `None` if there was nothing to publish.
     pub async fn relay_batch(&self, from: LogCursor) -> Result<Option<LogCursor>, RuntimeError> {
-        let batch = self
-            .store
-            .read_all(from, self.options.batch_size.max(1))
-            .await?;
+        // Every publish of a batch holds one of the JetStream context's in-flight permits
+        // (5000 by default) until its ack is awaited: a batch must stay well below that.
+        let batch_size = self.options.batch_size.clamp(1, MAX_BATCH);
+        let batch = self.store.read_all(from, batch_size).await?;
         let Some(last) = batch.last() else {
             return Ok(None);
         };
