@@ -601,3 +601,66 @@ async fn two_workers_on_the_same_consumers_apply_every_event_exactly_once() {
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_aborted_mid_run_resumes_without_duplicate_notices() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let sources = append_sources(&store, 300).await;
+    let relay_options = RelayOptions {
+        batch_size: 40,
+        ..test_relay_options()
+    };
+    let messages = || async {
+        let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+        stream.get_info().await.unwrap().state.messages
+    };
+
+    let (_stop, shutdown) = watch::channel(false);
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        relay_options.clone(),
+    );
+    let first = tokio::spawn(async move { relay.run(shutdown).await });
+    eventually(DEADLINE, "part of the notices", || async {
+        jetstream.get_stream(&bus.stream_name).await.is_ok() && messages().await >= 100
+    })
+    .await;
+    // A crash at whatever await point the relay is at: between publishes, acks or checkpoint.
+    first.abort();
+    let _ = first.await;
+    let published_at_crash = messages().await;
+    assert!(published_at_crash < 300, "aborted mid-run");
+
+    let (stop, shutdown) = watch::channel(false);
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        relay_options,
+    );
+    let second = tokio::spawn(async move { relay.run(shutdown).await });
+    let last = store
+        .event_by_id(*sources.last().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(
+        DEADLINE,
+        "the relay's checkpoint at the last event",
+        || async { store.load_checkpoint("relay").await.unwrap() >= last.cursor() },
+    )
+    .await;
+    stop.send(true).unwrap();
+    second.await.unwrap();
+    assert_eq!(
+        messages().await,
+        300,
+        "one notice per event, republished ones dropped"
+    );
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
