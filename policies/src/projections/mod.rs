@@ -48,6 +48,9 @@ pub const PROJECTION_NAMES: [&str; 3] = [
 ];
 
 /// A stored event read back as one of Lifeline's event enums.
+// Not boxed: one value lives per event handled, and plain variants keep matching simple (as the
+// model's `Declaration` does).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum DecodedEvent {
     LifeEvent(LifeEventEvent),
