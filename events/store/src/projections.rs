@@ -252,7 +252,9 @@ pub struct LifeEventStatusRow {
 
 impl LifeEventStatusRow {
     pub fn procedure(&self, procedure: ProcedureId) -> Option<&ProcedureStatusRow> {
-        self.procedures.iter().find(|row| row.procedure == procedure)
+        self.procedures
+            .iter()
+            .find(|row| row.procedure == procedure)
     }
 
     pub fn procedure_mut(&mut self, procedure: ProcedureId) -> Option<&mut ProcedureStatusRow> {
@@ -302,21 +304,41 @@ pub async fn inbox(
         sql.push_str(&condition.replace('#', &format!("${n}")));
     };
     if let Some(status) = filter.status {
-        next(&mut sql, " AND status = #", Param::Text(status_str(status).to_owned()));
+        next(
+            &mut sql,
+            " AND status = #",
+            Param::Text(status_str(status).to_owned()),
+        );
     }
     if let Some(procedure) = filter.procedure {
-        next(&mut sql, " AND procedure = #", Param::Text(procedure.as_str().to_owned()));
+        next(
+            &mut sql,
+            " AND procedure = #",
+            Param::Text(procedure.as_str().to_owned()),
+        );
     }
     if let Some(due_before) = filter.due_before {
         next(&mut sql, " AND due_at < #", Param::Time(Some(due_before)));
     }
     if let Some(office) = &filter.office {
-        next(&mut sql, " AND office = #", Param::Text(office.as_str().to_owned()));
+        next(
+            &mut sql,
+            " AND office = #",
+            Param::Text(office.as_str().to_owned()),
+        );
     }
     if let Some(after) = page.after {
-        next(&mut sql, " AND (due_at > #", Param::Time(Some(after.due_at)));
+        next(
+            &mut sql,
+            " AND (due_at > #",
+            Param::Time(Some(after.due_at)),
+        );
         next(&mut sql, " OR (due_at = #", Param::Time(Some(after.due_at)));
-        next(&mut sql, " AND task_id > #))", Param::Uuid(Some(after.task_id)));
+        next(
+            &mut sql,
+            " AND task_id > #))",
+            Param::Uuid(Some(after.task_id)),
+        );
     }
     next(
         &mut sql,
@@ -390,7 +412,10 @@ pub async fn life_event_status_by_reference(
     let sql = "SELECT life_event_id FROM projection_life_events WHERE reference = $1".to_owned();
     let params = vec![Param::Text(reference.as_str().to_owned())];
     let mut tx = store.begin().await?;
-    let found = fetch(tx.connection(), sql, params, |row| row.uuid("life_event_id")).await?;
+    let found = fetch(tx.connection(), sql, params, |row| {
+        row.uuid("life_event_id")
+    })
+    .await?;
     let status = match found.first() {
         Some(life_event_id) => load_life_event_on(tx.connection(), *life_event_id).await?,
         None => None,
@@ -410,7 +435,10 @@ pub async fn load_task(
 }
 
 /// Inserts or replaces the row of `row.task_id`.
-pub async fn save_task(tx: &mut StoreTransaction<'_>, row: &TaskRow) -> Result<(), ProjectionError> {
+pub async fn save_task(
+    tx: &mut StoreTransaction<'_>,
+    row: &TaskRow,
+) -> Result<(), ProjectionError> {
     let sql = format!(
         "INSERT INTO projection_tasks ({TASK_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
@@ -501,11 +529,14 @@ pub async fn life_event_of_task(
     tx: &mut StoreTransaction<'_>,
     task_id: Uuid,
 ) -> Result<Option<Uuid>, ProjectionError> {
-    let sql = "SELECT life_event_id FROM projection_life_event_procedures WHERE task_id = $1"
-        .to_owned();
-    let found = fetch(tx.connection(), sql, vec![Param::Uuid(Some(task_id))], |row| {
-        row.uuid("life_event_id")
-    })
+    let sql =
+        "SELECT life_event_id FROM projection_life_event_procedures WHERE task_id = $1".to_owned();
+    let found = fetch(
+        tx.connection(),
+        sql,
+        vec![Param::Uuid(Some(task_id))],
+        |row| row.uuid("life_event_id"),
+    )
     .await?;
     Ok(found.first().copied())
 }
@@ -610,7 +641,13 @@ async fn tasks_of_life_event_on(
         "SELECT {TASK_COLUMNS} FROM projection_tasks WHERE life_event_id = $1 \
          ORDER BY created_at, task_id"
     );
-    fetch(conn, sql, vec![Param::Uuid(Some(life_event_id))], decode_task).await
+    fetch(
+        conn,
+        sql,
+        vec![Param::Uuid(Some(life_event_id))],
+        decode_task,
+    )
+    .await
 }
 
 fn decode_task(row: &dyn Columns) -> Result<TaskRow, ProjectionError> {
@@ -1046,7 +1083,8 @@ impl Columns for SqliteRow {
     }
 
     fn describe(&self) -> String {
-        self.try_get::<String, _>(0).unwrap_or_else(|_| "?".to_owned())
+        self.try_get::<String, _>(0)
+            .unwrap_or_else(|_| "?".to_owned())
     }
 }
 
