@@ -1,0 +1,852 @@
+//! The policy engine on a real SQLite store: a tiny driver applies every policy that wants an
+//! event to each new event of the log, in commit order, while a simulated agency completes
+//! tasks through the task aggregate. Birth and death chains, exactly-once effects under
+//! redelivery, personal ID collisions, corrections and voids.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
+use cqrs_es::Aggregate;
+use lifeline_model::codec::{decode_recorded, to_new_event};
+use lifeline_model::declaration::{
+    parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput, Declaration,
+};
+use lifeline_model::envelope::{
+    EventMetadata, ExpectedVersion, LogCursor, RecordedEvent, Role, StreamId, StreamVersion,
+};
+use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
+use lifeline_model::procedure::ProcedureId;
+use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, SystemEvent};
+use lifeline_model::task::{TaskCommand, TaskCreated, TaskEvent, TaskOutcome, TaskStatus};
+use lifeline_model::values::FullName;
+use lifeline_policies::engine::{task_id, task_stream};
+use lifeline_policies::facts::{declaration_facts, TaskFacts};
+use lifeline_policies::identity::{StoreAllocator, PIN_STREAM_KIND};
+use lifeline_policies::reference::ReferenceData;
+use lifeline_policies::rules::{
+    BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS, DEATH_REGISTRATION,
+};
+use lifeline_policies::{PolicyEngine, PolicyHandler};
+use lifeline_store::EventStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+struct Harness {
+    store: EventStore,
+    _directory: tempfile::TempDir,
+    cursor: LogCursor,
+    /// How many times the driver applies each policy to each event (2: every delivery twice).
+    deliveries: usize,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", directory.path().join("lifeline.db").display());
+        let store = EventStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Self {
+            store,
+            _directory: directory,
+            cursor: LogCursor::START,
+            deliveries: 1,
+        }
+    }
+
+    /// Applies every policy of `engine` that wants it to each event after the cursor, each in a
+    /// transaction of its own, until the log has nothing new.
+    async fn drain(&mut self, engine: &PolicyEngine) {
+        loop {
+            let batch = self.store.read_all(self.cursor, 100).await.unwrap();
+            if batch.is_empty() {
+                return;
+            }
+            for event in batch {
+                for policy in engine.policy_names() {
+                    if !engine.wants(policy, &event.event_type) {
+                        continue;
+                    }
+                    for _ in 0..self.deliveries {
+                        let mut tx = self.store.begin().await.unwrap();
+                        engine
+                            .apply(policy, &mut tx, &event)
+                            .await
+                            .unwrap_or_else(|error| panic!("{policy} on {event:?}: {error}"));
+                        tx.commit().await.unwrap();
+                    }
+                }
+                self.cursor = event.cursor();
+            }
+        }
+    }
+
+    /// Every event of the log, in commit order.
+    async fn log(&self) -> Vec<RecordedEvent> {
+        let mut events = Vec::new();
+        let mut cursor = LogCursor::START;
+        loop {
+            let batch = self.store.read_all(cursor, 500).await.unwrap();
+            let Some(last) = batch.last() else {
+                return events;
+            };
+            cursor = last.cursor();
+            events.extend(batch);
+        }
+    }
+
+    /// Records a life event as a registrar would: the aggregate decides, the codec encodes.
+    async fn record(&self, kind: &str, command: LifeEventCommand) -> (Uuid, RecordedEvent) {
+        let life_event_id = match &command {
+            LifeEventCommand::RecordBirth { life_event_id, .. }
+            | LifeEventCommand::RecordDeath { life_event_id, .. } => *life_event_id,
+            _ => unreachable!(),
+        };
+        let stream = StreamId::for_kind(kind, life_event_id).unwrap();
+        let events = LifeEvent::default().decide(command).unwrap();
+        let recorded = self
+            .append_life_event(&stream, ExpectedVersion::NoStream, events)
+            .await;
+        (life_event_id, recorded)
+    }
+
+    /// Corrects or voids a recorded life event.
+    async fn amend(&self, stream: &StreamId, command: LifeEventCommand) -> RecordedEvent {
+        let stored = self.store.read_stream(stream).await.unwrap();
+        let mut state = LifeEvent::default();
+        for event in &stored {
+            state.apply(decode_recorded::<LifeEventEvent>(event).unwrap());
+        }
+        let events = state.decide(command).unwrap();
+        let version = stored.last().unwrap().stream_version;
+        self.append_life_event(stream, ExpectedVersion::Exact(version), events)
+            .await
+    }
+
+    async fn append_life_event(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<LifeEventEvent>,
+    ) -> RecordedEvent {
+        let metadata = EventMetadata {
+            actor: "registrar-79-26734".into(),
+            role: Role::Registrar,
+            office: Some("79-26734".into()),
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+            recorded_at: Utc::now(),
+            idempotency_key: None,
+        };
+        let new: Vec<_> = events
+            .iter()
+            .map(|event| to_new_event(event, Uuid::new_v4(), metadata.clone()))
+            .collect();
+        self.store.append(stream, expected, &new).await.unwrap();
+        self.store.read_stream(stream).await.unwrap().pop().unwrap()
+    }
+
+    async fn task(&self, task_id: Uuid) -> Option<TaskFacts> {
+        let events = self
+            .store
+            .read_stream(&task_stream(task_id).unwrap())
+            .await
+            .unwrap();
+        let version = events.last()?.stream_version;
+        let decoded: Vec<_> = events
+            .iter()
+            .map(|event| (event.event_id, decode_recorded::<TaskEvent>(event).unwrap()))
+            .collect();
+        TaskFacts::from_events(&decoded, version)
+    }
+
+    /// The agency completes the task through the task aggregate.
+    async fn complete(&self, task_id: Uuid, outcome: TaskOutcome) -> Uuid {
+        let task = self.task(task_id).await.expect("the task exists");
+        let events = task
+            .state
+            .decide(TaskCommand::Complete {
+                by: "officer-1".into(),
+                outcome,
+                at: Utc::now(),
+            })
+            .unwrap();
+        let metadata = EventMetadata {
+            actor: "officer-1".into(),
+            role: Role::Agency,
+            office: Some(task.created.office.to_string()),
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+            recorded_at: Utc::now(),
+            idempotency_key: None,
+        };
+        let new: Vec<_> = events
+            .iter()
+            .map(|event| to_new_event(event, Uuid::new_v4(), metadata.clone()))
+            .collect();
+        self.store
+            .append(
+                &task_stream(task_id).unwrap(),
+                ExpectedVersion::Exact(task.version),
+                &new,
+            )
+            .await
+            .unwrap();
+        new.last().unwrap().event_id
+    }
+
+    /// Every `TaskCreated` of the log.
+    async fn created_tasks(&self) -> Vec<TaskCreated> {
+        self.log()
+            .await
+            .iter()
+            .filter_map(|event| match decode_recorded::<TaskEvent>(event) {
+                Ok(TaskEvent::TaskCreated(created)) => Some(created),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn pins(&self) -> Vec<PersonalIdAssigned> {
+        self.log()
+            .await
+            .iter()
+            .filter(|event| event.stream_id.kind() == PIN_STREAM_KIND)
+            .map(
+                |event| match decode_recorded::<SystemEvent>(event).unwrap() {
+                    SystemEvent::PersonalIdAssigned(assigned) => assigned,
+                    other => panic!("{other:?} in a pin stream"),
+                },
+            )
+            .collect()
+    }
+
+    async fn decisions(&self) -> Vec<(StreamId, EligibilityDecided)> {
+        self.log()
+            .await
+            .iter()
+            .filter_map(|event| match decode_recorded::<SystemEvent>(event) {
+                Ok(SystemEvent::EligibilityDecided(decided)) => {
+                    Some((event.stream_id.clone(), decided))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn engine_with_seed(seed: u64) -> PolicyEngine {
+    PolicyEngine::new(
+        ReferenceData::embedded().unwrap(),
+        Arc::new(StoreAllocator::with_rng(StdRng::seed_from_u64(seed))),
+    )
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn birth_body() -> Value {
+    json!({
+      "office": "79-26734",
+      "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
+                 "place_of_birth": "Bệnh viện Từ Dũ, TP. Hồ Chí Minh", "hometown": "TP. Hồ Chí Minh",
+                 "ethnicity": "Kinh", "nationality": "VN" },
+      "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "date_of_birth": "1990-04-02",
+                  "ethnicity": "Kinh", "nationality": "VN" },
+      "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": "079088004321", "date_of_birth": "1988-07-09",
+                  "ethnicity": "Kinh", "nationality": "VN" },
+      "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+      "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": "2026-11-20" },
+      "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "relationship": "mother",
+                     "phone": "+84901234567" },
+      "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
+    })
+}
+
+/// A death whose deceased (`001052000111`) is a pensioner with a registered residence and no
+/// social-protection record (see `policies/data/*.csv`).
+fn death_body(procedures: &[&str]) -> Value {
+    json!({
+      "office": "01-00004",
+      "deceased": { "full_name": "Lê Văn Cường", "personal_id": "001052000111", "date_of_birth": "1952-03-15",
+                    "sex": "male" },
+      "death": { "at": "2026-11-18T06:30:00+07:00", "place": "Nhà riêng, 5 Hàng Bông, Hà Nội",
+                 "cause": "tuổi cao", "notice": { "number": "BV-2026-5531", "issuer": "Trạm y tế phường", "date": "2026-11-18" } },
+      "declarant": { "full_name": "Lê Văn Dũng", "personal_id": "001080000222", "relationship": "son",
+                     "email": "dung@example.vn" },
+      "procedures": procedures
+    })
+}
+
+fn record_birth(body: Value) -> LifeEventCommand {
+    let input: BirthDeclarationInput = serde_json::from_value(body).unwrap();
+    LifeEventCommand::RecordBirth {
+        life_event_id: Uuid::new_v4(),
+        declaration: parse_birth(&input, today()).unwrap(),
+        recorded_on: today(),
+    }
+}
+
+fn record_death(body: Value) -> LifeEventCommand {
+    let input: DeathDeclarationInput = serde_json::from_value(body).unwrap();
+    LifeEventCommand::RecordDeath {
+        life_event_id: Uuid::new_v4(),
+        declaration: parse_death(&input, today()).unwrap(),
+        recorded_on: today(),
+    }
+}
+
+fn certificate(number: &str) -> TaskOutcome {
+    TaskOutcome::BirthRegistered {
+        certificate_number: number.into(),
+    }
+}
+
+/// A birth recorded and registered: (life event id, BirthRecorded, TaskCompleted event id).
+async fn registered_birth(
+    harness: &mut Harness,
+    engine: &PolicyEngine,
+    body: Value,
+    certificate_number: &str,
+) -> (Uuid, RecordedEvent, Uuid) {
+    let (life_event_id, recorded) = harness.record("birth", record_birth(body)).await;
+    harness.drain(engine).await;
+    let registration = task_id(
+        BIRTH_REGISTRATION,
+        recorded.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let completed = harness
+        .complete(registration, certificate(certificate_number))
+        .await;
+    harness.drain(engine).await;
+    (life_event_id, recorded, completed)
+}
+
+/// Every event a policy appended is the system's, correlated with and caused by its source.
+fn assert_policy_metadata(log: &[RecordedEvent]) {
+    let by_id: BTreeMap<Uuid, &RecordedEvent> =
+        log.iter().map(|event| (event.event_id, event)).collect();
+    for event in log
+        .iter()
+        .filter(|event| event.metadata.role == Role::System)
+    {
+        assert!(event.metadata.actor.starts_with("policy:"), "{event:?}");
+        let cause = by_id[&event.metadata.causation_id.expect("a causation id")];
+        assert_eq!(event.metadata.correlation_id, cause.metadata.correlation_id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn a_birth_goes_through_the_whole_chain_prefilled_from_the_declaration() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(1);
+    let (life_event_id, recorded) = harness.record("birth", record_birth(birth_body())).await;
+    harness.drain(&engine).await;
+
+    // BirthRecorded -> one birth-registration task at the registering office.
+    let tasks = harness.created_tasks().await;
+    assert_eq!(tasks.len(), 1);
+    let registration = &tasks[0];
+    assert_eq!(registration.procedure, ProcedureId::BirthRegistration);
+    assert_eq!(
+        registration.task_id,
+        task_id(
+            BIRTH_REGISTRATION,
+            recorded.event_id,
+            ProcedureId::BirthRegistration
+        )
+    );
+    assert_eq!(registration.office.as_str(), "79-26734");
+    assert!(harness.pins().await.is_empty());
+
+    // The civil registry completes it with a certificate number.
+    let completed = harness
+        .complete(registration.task_id, certificate("KS-2026-001"))
+        .await;
+    harness.drain(&engine).await;
+
+    // -> the child's personal ID number, then the two chosen follow-up tasks.
+    let pins = harness.pins().await;
+    assert_eq!(pins.len(), 1);
+    let pin = pins[0].personal_id.as_str().to_owned();
+    assert!(pin.starts_with("079326"), "{pin}");
+    assert_eq!(pins[0].life_event_id, life_event_id);
+    assert_eq!(pins[0].task_id, Some(registration.task_id));
+
+    let LifeEventEvent::BirthRecorded(birth) = decode_recorded(&recorded).unwrap() else {
+        panic!()
+    };
+    let declared = declaration_facts(&Declaration::Birth(birth.declaration.clone()), birth.late);
+    let tasks = harness.created_tasks().await;
+    assert_eq!(tasks.len(), 3);
+    for (task, procedure) in tasks[1..].iter().zip([
+        ProcedureId::ResidenceRegistration,
+        ProcedureId::ChildHealthInsurance,
+    ]) {
+        assert_eq!(task.procedure, procedure);
+        assert_eq!(task.task_id, task_id(BIRTH_FOLLOWUPS, completed, procedure));
+        assert_eq!(task.life_event_id, life_event_id);
+        assert_eq!(task.source_event_id, completed);
+        // Field by field: every field the procedure receives, equal to the declaration...
+        let mut expected: BTreeMap<String, Value> = declared
+            .iter()
+            .filter(|(field, _)| procedure.receives(field))
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect();
+        // ...plus the number and the certificate, and nothing else.
+        expected.insert("child.personal_id".into(), json!(pin));
+        expected.insert("birth_certificate_number".into(), json!("KS-2026-001"));
+        expected.retain(|field, _| procedure.receives(field));
+        assert_eq!(task.application.0, expected, "{procedure}");
+        assert_eq!(
+            task.application.get("child.full_name"),
+            Some(&json!("Nguyễn Minh An"))
+        );
+    }
+    // Data minimisation: the insurance agency gets no declarant phone and no parent.
+    let insurance = &tasks[2];
+    assert!(insurance.application.get("declarant.phone").is_none());
+    assert!(insurance
+        .application
+        .0
+        .keys()
+        .all(|field| !field.starts_with("mother.") && !field.starts_with("declarant.")));
+    assert_eq!(insurance.office.as_str(), "79-00000");
+    assert_eq!(
+        tasks[1].application.get("mother.personal_id"),
+        Some(&json!("079190001234"))
+    );
+
+    assert_policy_metadata(&harness.log().await);
+}
+
+#[tokio::test]
+async fn only_the_chosen_birth_followups_are_created() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(2);
+    let mut body = birth_body();
+    body["procedures"] = json!(["birth-registration", "child-health-insurance"]);
+    registered_birth(&mut harness, &engine, body, "KS-2026-002").await;
+    let procedures: Vec<_> = harness
+        .created_tasks()
+        .await
+        .iter()
+        .map(|task| task.procedure)
+        .collect();
+    assert_eq!(
+        procedures,
+        [
+            ProcedureId::BirthRegistration,
+            ProcedureId::ChildHealthInsurance
+        ]
+    );
+    // The child still gets its number.
+    assert_eq!(harness.pins().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_death_gets_eligibility_decisions_and_only_eligible_tasks() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(3);
+    // 3 of 4: no residence deregistration asked for.
+    let (life_event_id, recorded) = harness
+        .record(
+            "death",
+            record_death(death_body(&[
+                "death-registration",
+                "burial-allowance",
+                "funeral-support",
+            ])),
+        )
+        .await;
+    harness.drain(&engine).await;
+    let registration = task_id(
+        DEATH_REGISTRATION,
+        recorded.event_id,
+        ProcedureId::DeathRegistration,
+    );
+    assert_eq!(
+        harness
+            .task(registration)
+            .await
+            .unwrap()
+            .created
+            .office
+            .as_str(),
+        "01-00004"
+    );
+    let completed = harness
+        .complete(
+            registration,
+            TaskOutcome::DeathRegistered {
+                extract_number: "TK-2026-77".into(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+
+    let decisions = harness.decisions().await;
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    let (burial_stream, burial) = &decisions[0];
+    let (funeral_stream, funeral) = &decisions[1];
+    let burial_key = task_id(DEATH_FOLLOWUPS, completed, ProcedureId::BurialAllowance);
+    assert_eq!(burial_stream.as_str(), format!("eligibility-{burial_key}"));
+    assert_eq!(burial.procedure, ProcedureId::BurialAllowance);
+    assert!(burial.eligible);
+    assert_eq!(burial.reason, "pensioner");
+    assert_eq!(burial.life_event_id, life_event_id);
+    // 10 x the base salary in force on 2026-11-18 (2,340,000 VND).
+    assert_eq!(burial.amount_vnd, Some(23_400_000));
+    assert_eq!(
+        lifeline_policies::rules::death_followups::recompute(burial),
+        burial.amount_vnd
+    );
+    assert_eq!(
+        funeral_stream.as_str(),
+        format!(
+            "eligibility-{}",
+            task_id(DEATH_FOLLOWUPS, completed, ProcedureId::FuneralSupport)
+        )
+    );
+    assert!(!funeral.eligible);
+    assert_eq!(funeral.amount_vnd, None);
+
+    let tasks = harness.created_tasks().await;
+    let procedures: Vec<_> = tasks.iter().map(|task| task.procedure).collect();
+    assert_eq!(
+        procedures,
+        [ProcedureId::DeathRegistration, ProcedureId::BurialAllowance]
+    );
+    let burial_task = &tasks[1];
+    assert_eq!(burial_task.task_id, burial_key);
+    assert_eq!(burial_task.office.as_str(), "01-00000");
+    assert_eq!(
+        burial_task.application.get("eligibility.amount_vnd"),
+        Some(&json!(23_400_000))
+    );
+    assert_eq!(
+        burial_task.application.get("death_extract_number"),
+        Some(&json!("TK-2026-77"))
+    );
+    assert!(harness.pins().await.is_empty());
+    assert_policy_metadata(&harness.log().await);
+}
+
+/// What the log holds, independent of order: (stream, version, event id, event type).
+async fn snapshot(harness: &Harness) -> BTreeSet<(String, i64, Uuid, String)> {
+    harness
+        .log()
+        .await
+        .into_iter()
+        .map(|event| {
+            (
+                event.stream_id.to_string(),
+                event.stream_version.0,
+                event.event_id,
+                event.event_type,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_policy_applied_twice_to_every_event_has_the_effect_of_once() {
+    let mut harness = Harness::new().await;
+    harness.deliveries = 2;
+    let engine = engine_with_seed(4);
+    let (_, birth, _) = registered_birth(&mut harness, &engine, birth_body(), "KS-2026-004").await;
+    let (_, death) = harness
+        .record(
+            "death",
+            record_death(death_body(&[
+                "death-registration",
+                "residence-deregistration",
+                "burial-allowance",
+                "funeral-support",
+            ])),
+        )
+        .await;
+    harness.drain(&engine).await;
+    harness
+        .complete(
+            task_id(
+                DEATH_REGISTRATION,
+                death.event_id,
+                ProcedureId::DeathRegistration,
+            ),
+            TaskOutcome::DeathRegistered {
+                extract_number: "TK-2026-78".into(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+    // A correction and a void too.
+    let mut corrected = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    corrected.child.full_name =
+        FullName::parse_field("Nguyễn Minh Anh", "child.full_name").unwrap();
+    harness
+        .amend(
+            &birth.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(corrected),
+                reason: "sai chính tả".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+    harness
+        .amend(
+            &death.stream_id,
+            LifeEventCommand::Void {
+                reason: "nhập nhầm".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+
+    // One task per (policy, source, procedure), one number, one decision per procedure.
+    let tasks = harness.created_tasks().await;
+    // birth: registration, residence, insurance, re-issue of the registration;
+    // death: registration, residence deregistration, burial allowance, then the void reverses
+    // the completed registration.
+    assert_eq!(tasks.len(), 8, "{tasks:#?}");
+    let ids: BTreeSet<_> = tasks.iter().map(|task| task.task_id).collect();
+    assert_eq!(ids.len(), tasks.len());
+    assert_eq!(harness.pins().await.len(), 1);
+    assert_eq!(harness.decisions().await.len(), 3);
+
+    // Redeliver everything once more, to the end of the log: nothing changes.
+    let before = snapshot(&harness).await;
+    harness.cursor = LogCursor::START;
+    harness.drain(&engine).await;
+    assert_eq!(snapshot(&harness).await, before);
+    assert_policy_metadata(&harness.log().await);
+}
+
+#[tokio::test]
+async fn a_personal_id_number_in_use_is_drawn_again() {
+    let mut harness = Harness::new().await;
+    // Two allocators with the same seed draw the same numbers in the same order.
+    let first = engine_with_seed(7);
+    let second = engine_with_seed(7);
+    let mut draws = StdRng::seed_from_u64(7);
+    let expected: Vec<String> = (0..2)
+        .map(|_| format!("079326{:06}", draws.gen_range(0..1_000_000_u32)))
+        .collect();
+
+    let (one, _, _) = registered_birth(&mut harness, &first, birth_body(), "KS-2026-007").await;
+    let (two, _, _) = registered_birth(&mut harness, &second, birth_body(), "KS-2026-008").await;
+    let pins = harness.pins().await;
+    let by_life_event: BTreeMap<Uuid, String> = pins
+        .iter()
+        .map(|pin| (pin.life_event_id, pin.personal_id.as_str().to_owned()))
+        .collect();
+    assert_eq!(by_life_event.len(), 2);
+    assert_eq!(by_life_event[&one], expected[0]);
+    // The second allocator's first draw was taken: it drew again.
+    assert_eq!(by_life_event[&two], expected[1]);
+    // The second child's tasks carry its own number.
+    let tasks = harness.created_tasks().await;
+    let residence_two = tasks
+        .iter()
+        .find(|task| {
+            task.life_event_id == two && task.procedure == ProcedureId::ResidenceRegistration
+        })
+        .unwrap();
+    assert_eq!(
+        residence_two.application.get("child.personal_id"),
+        Some(&json!(expected[1]))
+    );
+}
+
+#[tokio::test]
+async fn a_correction_amends_open_tasks_and_a_void_cancels_them() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(8);
+    let (_, birth, completed) =
+        registered_birth(&mut harness, &engine, birth_body(), "KS-2026-009").await;
+    let residence = task_id(
+        BIRTH_FOLLOWUPS,
+        completed,
+        ProcedureId::ResidenceRegistration,
+    );
+    let insurance = task_id(
+        BIRTH_FOLLOWUPS,
+        completed,
+        ProcedureId::ChildHealthInsurance,
+    );
+    let registration = task_id(
+        BIRTH_REGISTRATION,
+        birth.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let pin = harness.pins().await[0].personal_id.as_str().to_owned();
+
+    let mut declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    declaration.child.full_name =
+        FullName::parse_field("Nguyễn Minh Anh", "child.full_name").unwrap();
+    let correction = harness
+        .amend(
+            &birth.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(declaration),
+                reason: "sai chính tả".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+
+    // Both open follow-ups are amended: the new name, the child's number kept.
+    for task_id in [residence, insurance] {
+        let task = harness.task(task_id).await.unwrap();
+        assert_eq!(task.state.status, TaskStatus::Open);
+        assert_eq!(task.version, StreamVersion(2));
+        assert_eq!(
+            task.state.application.get("child.full_name"),
+            Some(&json!("Nguyễn Minh Anh"))
+        );
+        assert_eq!(
+            task.state.application.get("child.personal_id"),
+            Some(&json!(pin))
+        );
+    }
+    let amended = harness
+        .store
+        .read_stream(&task_stream(residence).unwrap())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(amended.event_type, "TaskAmended");
+    assert_eq!(amended.metadata.actor, format!("policy:{CORRECTIONS}"));
+    assert_eq!(amended.metadata.causation_id, Some(correction.event_id));
+    let TaskEvent::TaskAmended(amendment) = decode_recorded(&amended).unwrap() else {
+        panic!()
+    };
+    assert_eq!(amendment.changed_fields, ["child.full_name"]);
+    // The completed registration gets a re-issue task with the new name.
+    let reissue = task_id(
+        CORRECTIONS,
+        correction.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let reissue_task = harness.task(reissue).await.expect("a re-issue task");
+    let follow_up = reissue_task.created.follow_up.clone().unwrap();
+    assert_eq!(follow_up.follows, registration);
+    assert_eq!(
+        reissue_task.state.application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh Anh"))
+    );
+    // The registration itself is untouched.
+    assert_eq!(
+        harness.task(registration).await.unwrap().state.status,
+        TaskStatus::Completed
+    );
+
+    // Void: every open task is cancelled, the completed registration reversed.
+    let void = harness
+        .amend(
+            &birth.stream_id,
+            LifeEventCommand::Void {
+                reason: "nhập nhầm".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+    for task_id in [residence, insurance, reissue] {
+        let task = harness.task(task_id).await.unwrap();
+        assert_eq!(task.state.status, TaskStatus::Cancelled, "{task:?}");
+    }
+    let reversal = harness
+        .task(task_id(
+            CORRECTIONS,
+            void.event_id,
+            ProcedureId::BirthRegistration,
+        ))
+        .await
+        .expect("a reversal task");
+    assert_eq!(
+        reversal.created.follow_up.unwrap().kind,
+        lifeline_model::task::FollowUpKind::Reversal
+    );
+    assert_eq!(reversal.state.status, TaskStatus::Open);
+    assert_policy_metadata(&harness.log().await);
+}
+
+#[tokio::test]
+async fn an_event_it_cannot_read_is_refused_and_others_are_ignored() {
+    let harness = Harness::new().await;
+    let engine = engine_with_seed(9);
+    let stream = StreamId::for_kind("birth", Uuid::new_v4()).unwrap();
+    let broken = lifeline_model::envelope::NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "BirthRecorded".into(),
+        schema_version: 2,
+        payload: json!({ "life_event_id": "not a uuid" }),
+        metadata: EventMetadata::system("test", Uuid::new_v4(), None, Utc::now()),
+    };
+    harness
+        .store
+        .append(&stream, ExpectedVersion::NoStream, &[broken])
+        .await
+        .unwrap();
+    let event = harness
+        .store
+        .read_stream(&stream)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut tx = harness.store.begin().await.unwrap();
+    let error = engine
+        .apply(BIRTH_REGISTRATION, &mut tx, &event)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, lifeline_policies::PolicyError::Refused { .. }),
+        "{error}"
+    );
+    // A policy handed an event it does not want appends nothing.
+    engine.apply(CORRECTIONS, &mut tx, &event).await.unwrap();
+    assert!(engine
+        .apply("no-such-policy", &mut tx, &event)
+        .await
+        .is_err());
+    tx.rollback().await.unwrap();
+    assert_eq!(harness.log().await.len(), 1);
+    assert_eq!(
+        engine.policy_names(),
+        [
+            BIRTH_REGISTRATION,
+            BIRTH_FOLLOWUPS,
+            DEATH_REGISTRATION,
+            DEATH_FOLLOWUPS,
+            CORRECTIONS
+        ]
+    );
+    assert!(engine.wants(BIRTH_FOLLOWUPS, "TaskCompleted"));
+    assert!(engine.wants(DEATH_FOLLOWUPS, "TaskCompleted"));
+    assert!(engine.wants(CORRECTIONS, "LifeEventVoided"));
+    assert!(!engine.wants(BIRTH_REGISTRATION, "DeathRecorded"));
+    assert!(!engine.wants(CORRECTIONS, "TaskCompleted"));
+}
