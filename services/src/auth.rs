@@ -206,6 +206,39 @@ pub fn secret_from_env() -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// The secret of a development set-up with none configured: `<data_dir>/token-secret`, made
+/// with 32 random bytes (hex) on first use and readable by its owner only, so that
+/// `lifeline token` and `lifeline serve` on one machine agree. Production sets
+/// `LIFELINE_TOKEN_SECRET` or `LIFELINE_TOKEN_SECRET_FILE`.
+pub fn development_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let path = data_dir.join("token-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = [0_u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    let secret = hex::encode(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, secret.as_bytes())?;
+            Ok(secret.into_bytes())
+        }
+        // Another process made it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().as_bytes().to_vec())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 pub(crate) fn role_name(role: Role) -> &'static str {
     match role {
         Role::Registrar => "registrar",

@@ -1,15 +1,27 @@
-//! `lifeline demo`: records realistic births and deaths on the embedded store and prints the log.
+//! `lifeline demo`: records realistic births and deaths on the embedded store, runs every linked
+//! procedure with simulated agencies, and prints each step and the final state.
 
 use std::io::Write;
+use std::sync::Arc;
 
-use chrono::{Duration, NaiveDate};
+use anyhow::Context;
+use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
 use lifeline_model::declaration::{BirthDeclarationInput, DeathDeclarationInput};
 use lifeline_model::envelope::{LogCursor, RecordedEvent, Role};
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::task::{TaskCommand, TaskOutcome, TaskStatus};
+use lifeline_policies::handler::PolicyHandler;
+use lifeline_policies::projections::projection_subscribers;
+use lifeline_policies::projections::rebuild::catch_up;
+use lifeline_policies::reference::{vietnam_offset, ReferenceData};
+use lifeline_policies::runtime::embedded::PolicySubscriber;
+use lifeline_store::projections::{inbox, life_event_status, InboxFilter, Page, TaskRow};
 use lifeline_store::EventStore;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::registry::{Actor, Recorded, Registry};
+use crate::tasks::TaskDesk;
 
 /// Records the sample births and deaths (dates relative to `today`) and returns what was recorded.
 pub async fn record_samples(
@@ -28,37 +40,264 @@ pub async fn record_samples(
     Ok(recorded)
 }
 
-/// Runs the demo on `store` and writes what happened to `out`.
-pub async fn run(store: &EventStore, today: NaiveDate, out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs the demo on `store` and writes what happened to `out`: the samples are recorded, the
+/// policies and projections run off the store's subscription (the embedded runtime, no NATS),
+/// simulated agencies claim and complete every task they receive, until nothing moves.
+pub async fn run(store: &EventStore, out: &mut impl Write) -> anyhow::Result<()> {
+    let today = Utc::now().with_timezone(&vietnam_offset()).date_naive();
     let registry = Registry::new(store.clone());
+    let desk = TaskDesk::new(store.clone());
+    let engine: Arc<dyn PolicyHandler> = Arc::new(crate::serve::policy_engine(
+        ReferenceData::embedded().context("loading the embedded reference data")?,
+    ));
+    let mut policies: Vec<PolicySubscriber> = engine
+        .policy_names()
+        .into_iter()
+        .map(|name| PolicySubscriber::new(Arc::clone(&engine), name))
+        .collect();
+    let mut projections = projection_subscribers();
+
     let recorded = record_samples(&registry, today).await?;
-    writeln!(out, "Recorded {} life events on {today}:", recorded.len())?;
+    writeln!(
+        out,
+        "1. Registrars record {} life events on {today}:",
+        recorded.len()
+    )?;
     for record in &recorded {
         writeln!(
             out,
-            "  {}  reference {}  position {}",
-            record.stream_id,
-            record.reference,
-            record.global_position()
+            "   {}  reference {}",
+            record.stream_id, record.reference
         )?;
     }
-    writeln!(out)?;
-    writeln!(out, "The log, in commit order:")?;
+
     let mut cursor = LogCursor::START;
+    let mut round = 1;
     loop {
-        let page = store.read_all(cursor, 500).await?;
-        let Some(last) = page.last() else { break };
-        cursor = last.cursor();
-        for event in &page {
-            writeln!(out, "  {}", describe(event))?;
+        // Policies and projections catch up with the log (each policy, then each projection).
+        for policy in &mut policies {
+            catch_up(store, policy, None)
+                .await
+                .context("running a policy")?;
+        }
+        for projection in &mut projections {
+            catch_up(store, projection.as_mut(), None)
+                .await
+                .context("running a projection")?;
+        }
+        round += 1;
+        writeln!(out)?;
+        writeln!(out, "{round}. What the log gained:")?;
+        cursor = print_log_since(store, cursor, out).await?;
+
+        // Each agency works its open tasks.
+        let mut completed = 0;
+        for agency in AgencyId::ALL {
+            let open = inbox(
+                store,
+                agency,
+                &InboxFilter {
+                    status: Some(TaskStatus::Open),
+                    ..InboxFilter::default()
+                },
+                Page {
+                    after: None,
+                    limit: 500,
+                },
+            )
+            .await
+            .context("reading an inbox")?;
+            for task in open {
+                let officer = Actor {
+                    id: format!("officer@{}", task.office),
+                    role: Role::Agency,
+                    office: Some(task.office.to_string()),
+                    correlation_id: Uuid::now_v7(),
+                    idempotency_key: None,
+                };
+                let outcome = simulated_outcome(&task, completed)?;
+                let at = Utc::now();
+                desk.execute(
+                    &officer,
+                    task.task_id,
+                    TaskCommand::Claim {
+                        by: officer.id.clone(),
+                        at,
+                    },
+                )
+                .await?;
+                desk.execute(
+                    &officer,
+                    task.task_id,
+                    TaskCommand::Complete {
+                        by: officer.id.clone(),
+                        outcome: outcome.clone(),
+                        at,
+                    },
+                )
+                .await?;
+                writeln!(
+                    out,
+                    "   {agency} office {} completes {}: {}",
+                    task.office,
+                    task.procedure,
+                    describe_outcome(&outcome)
+                )?;
+                completed += 1;
+            }
+        }
+        if completed == 0 {
+            break;
         }
     }
+
+    writeln!(out)?;
+    writeln!(out, "Final state of every linked procedure:")?;
+    for record in &recorded {
+        let Some(status) = life_event_status(store, record.life_event_id)
+            .await
+            .context("reading a life event's status")?
+        else {
+            continue;
+        };
+        writeln!(
+            out,
+            "   {} {} ({:?}{}):",
+            record.reference,
+            record.stream_id,
+            status.kind,
+            if status.late { ", declared late" } else { "" }
+        )?;
+        for procedure in &status.procedures {
+            writeln!(
+                out,
+                "      {:<26} {:<13} {}",
+                procedure.procedure.as_str(),
+                procedure.state.as_str(),
+                procedure.detail.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    let total = store
+        .read_all(LogCursor::START, usize::MAX >> 1)
+        .await?
+        .len();
+    writeln!(out)?;
+    writeln!(out, "{total} events in the log; replay or audit them with `lifeline export` / `lifeline replay`.")?;
     Ok(())
 }
 
-impl Recorded {
-    fn global_position(&self) -> i64 {
-        self.position.0
+/// Prints every event after `cursor` and answers the new cursor.
+async fn print_log_since(
+    store: &EventStore,
+    mut cursor: LogCursor,
+    out: &mut impl Write,
+) -> anyhow::Result<LogCursor> {
+    loop {
+        let page = store.read_all(cursor, 500).await?;
+        let Some(last) = page.last() else {
+            return Ok(cursor);
+        };
+        cursor = last.cursor();
+        for event in &page {
+            writeln!(out, "   {}", describe(event))?;
+        }
+    }
+}
+
+/// What a simulated agency answers for a task: numbers in each agency's style, the card valid
+/// until the child's 72nd month, the payment the eligibility decision computed.
+fn simulated_outcome(task: &TaskRow, serial: usize) -> anyhow::Result<TaskOutcome> {
+    let year = Utc::now().with_timezone(&vietnam_offset()).year();
+    let number = |prefix: &str| {
+        format!(
+            "{prefix}-{}-{year}-{:06}",
+            task.office.province(),
+            serial + 1
+        )
+    };
+    Ok(match task.procedure {
+        ProcedureId::BirthRegistration => TaskOutcome::BirthRegistered {
+            certificate_number: number("KS"),
+        },
+        ProcedureId::ResidenceRegistration => TaskOutcome::ResidenceRegistered {
+            entry_number: number("CT"),
+        },
+        ProcedureId::ChildHealthInsurance => {
+            let born = task
+                .application
+                .date("child.date_of_birth")
+                .context("the insurance task has the child's date of birth")?;
+            let valid_until = born
+                .checked_add_months(Months::new(72))
+                .and_then(|date| date.pred_opt())
+                .context("the card's validity")?;
+            TaskOutcome::InsuranceCardIssued {
+                card_number: number("TE1"),
+                valid_until,
+            }
+        }
+        ProcedureId::DeathRegistration => TaskOutcome::DeathRegistered {
+            extract_number: number("KT"),
+        },
+        ProcedureId::ResidenceDeregistration => TaskOutcome::ResidenceClosed {
+            entry_number: number("XT"),
+        },
+        ProcedureId::BurialAllowance | ProcedureId::FuneralSupport => {
+            let amount_vnd = task
+                .application
+                .get("eligibility.amount_vnd")
+                .and_then(serde_json::Value::as_i64)
+                .context("the payment task carries the decided amount")?;
+            TaskOutcome::PaymentDecided {
+                decision_number: number("QD"),
+                amount_vnd,
+            }
+        }
+    })
+}
+
+fn describe_outcome(outcome: &TaskOutcome) -> String {
+    match outcome {
+        TaskOutcome::BirthRegistered { certificate_number } => {
+            format!("birth certificate {certificate_number}")
+        }
+        TaskOutcome::ResidenceRegistered { entry_number } => {
+            format!("residence entry {entry_number}")
+        }
+        TaskOutcome::InsuranceCardIssued {
+            card_number,
+            valid_until,
+        } => format!("health-insurance card {card_number}, valid until {valid_until}"),
+        TaskOutcome::DeathRegistered { extract_number } => {
+            format!("death extract {extract_number}")
+        }
+        TaskOutcome::ResidenceClosed { entry_number } => {
+            format!("residence closed, entry {entry_number}")
+        }
+        TaskOutcome::PaymentDecided {
+            decision_number,
+            amount_vnd,
+        } => format!(
+            "decision {decision_number}: {} VND",
+            group_thousands(*amount_vnd)
+        ),
+    }
+}
+
+fn group_thousands(amount: i64) -> String {
+    let digits = amount.unsigned_abs().to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    if amount < 0 {
+        format!("-{grouped}")
+    } else {
+        grouped
     }
 }
 

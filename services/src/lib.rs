@@ -10,6 +10,7 @@
 //! - [`tasks`]: the agency officers' commands on the task aggregate (cqrs-es).
 //! - [`connector`]: agencies as external systems: configuration, signatures, and the outbound
 //!   delivery worker (the inbound callback is `http::connectors`).
+//! - [`serve`]: `lifeline serve`: the roles of one process assembled from the configuration.
 //! - [`replay`]: the person registry and life-event status folded in memory as of a moment.
 //! - [`http`]: the axum API (`app`, `Application`), its error format, metrics and OpenAPI.
 
@@ -20,5 +21,6 @@ pub mod demo;
 pub mod http;
 pub mod registry;
 pub mod replay;
+pub mod serve;
 pub mod tasks;
 pub mod telemetry;

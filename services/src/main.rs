@@ -1,13 +1,23 @@
 //! The `lifeline` binary: parses the command line and runs one command.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use lifeline::config::{redact_url, Config};
+use lifeline::auth::{development_secret, issue_token, secret_from_env, Scope};
+use lifeline::config::{redact_url, Config, DEFAULT_DATA_DIR};
+use lifeline::serve::{load_reference, policy_engine, serve, ServeRole};
 use lifeline::{demo, telemetry};
+use lifeline_model::envelope::{LogCursor, Role};
+use lifeline_model::procedure::AgencyId;
+use lifeline_model::values::OfficeCode;
+use lifeline_policies::projections::rebuild::rebuild_projections;
+use lifeline_policies::runtime::failures::{list_failed, retry_failed, RetryFilter};
 use lifeline_store::EventStore;
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,12 +37,70 @@ struct Cli {
 enum Command {
     /// Apply the store's migrations to the configured database.
     Migrate,
-    /// Record sample births and deaths on the embedded store and print the log.
+    /// Record sample births and deaths on the embedded store, let simulated agencies work every
+    /// linked procedure, and print each step and the final state.
     Demo {
         /// Database for the demo (default: a fresh SQLite file under ./lifeline-data).
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Serve: the HTTP API and/or the runtime roles.
+    Serve {
+        /// Roles of this process (repeat or comma-separate): api, relay, worker, all.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+        role: Vec<ServeRole>,
+    },
+    /// Issue a development token for a role; the token is alone on the last line.
+    Token {
+        #[arg(long, value_parser = ["registrar", "agency", "auditor", "operator"])]
+        role: String,
+        /// The registrar's office, e.g. 79-26734.
+        #[arg(long)]
+        office: Option<String>,
+        /// The agency officer's agency, e.g. police.
+        #[arg(long)]
+        agency: Option<String>,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 12)]
+        hours: u64,
+    },
+    /// Policy runs that gave up (PolicyFailed) and their retry.
+    Policies {
+        #[command(subcommand)]
+        command: PoliciesCommand,
+    },
+    /// The projections (agency inbox, person registry, life-event status).
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// The person registry and life-event status as of a moment, rebuilt from the log (JSON).
+    Replay {
+        /// RFC 3339 time, e.g. 2026-11-20T12:00:00+07:00.
+        #[arg(long)]
+        as_of: DateTime<chrono::FixedOffset>,
+    },
+    /// The whole log as NDJSON, in commit order.
+    Export,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoliciesCommand {
+    /// List the policy runs that gave up and were not retried successfully since.
+    Failed,
+    /// Re-run failed policy runs (all, or those of one policy or one event).
+    Retry {
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        event_id: Option<Uuid>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Clear the projection tables and replay them from the log. Run it with the workers stopped.
+    Rebuild,
 }
 
 #[tokio::main]
@@ -51,6 +119,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     telemetry::init(config.log_json);
+    let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Migrate => {
             let store = connect(&config.database_url).await?;
@@ -59,26 +128,156 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { database_url } => {
-            let url = match database_url {
-                Some(url) => url,
-                None => {
-                    let file = format!(
-                        "{}/demo-{}.sqlite",
-                        lifeline::config::DEFAULT_DATA_DIR,
-                        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")
-                    );
-                    format!("sqlite:{file}")
-                }
-            };
+            let url = database_url.unwrap_or_else(|| {
+                format!(
+                    "sqlite:{DEFAULT_DATA_DIR}/demo-{}.sqlite",
+                    Utc::now().format("%Y%m%dT%H%M%S%.3f")
+                )
+            });
             let store = connect(&url).await?;
             store.migrate().await.context("applying migrations")?;
-            let today = chrono::Utc::now()
-                .with_timezone(&chrono::FixedOffset::east_opt(7 * 3600).context("vietnam offset")?)
-                .date_naive();
-            let mut out = std::io::stdout().lock();
             writeln!(out, "Lifeline demo on {}", redact_url(&url))?;
-            demo::run(&store, today, &mut out).await
+            demo::run(&store, &mut out).await
         }
+        Command::Serve { role } => serve(&config, &role, cli.config.as_deref()).await,
+        Command::Token {
+            role,
+            office,
+            agency,
+            hours,
+        } => {
+            let (role, scope) = token_scope(&role, office.as_deref(), agency.as_deref())?;
+            let secret = match secret_from_env().context("reading the token secret")? {
+                Some(secret) => secret,
+                None => development_secret(Path::new(DEFAULT_DATA_DIR))
+                    .context("reading the development token secret")?,
+            };
+            let token = issue_token(
+                &secret,
+                role,
+                scope,
+                Duration::from_secs(hours.saturating_mul(3600)),
+            )
+            .context("issuing the token")?;
+            writeln!(out, "{token}")?;
+            Ok(())
+        }
+        Command::Policies { command } => {
+            let store = connect_migrated(&config.database_url).await?;
+            match command {
+                PoliciesCommand::Failed => {
+                    let failed = list_failed(&store)
+                        .await
+                        .context("listing failed policy runs")?;
+                    writeln!(out, "{} failed policy run(s)", failed.len())?;
+                    for run in failed {
+                        writeln!(
+                            out,
+                            "{}  policy {}  event {}  after {} deliveries: {}",
+                            run.failed_at.to_rfc3339(),
+                            run.policy,
+                            run.event_id,
+                            run.deliveries,
+                            run.error
+                        )?;
+                    }
+                    Ok(())
+                }
+                PoliciesCommand::Retry { policy, event_id } => {
+                    let engine = policy_engine(load_reference()?);
+                    let report = retry_failed(&store, &engine, &RetryFilter { policy, event_id })
+                        .await
+                        .context("retrying failed policy runs")?;
+                    for run in &report.succeeded {
+                        writeln!(out, "retried: policy {} event {}", run.policy, run.event_id)?;
+                    }
+                    for (run, error) in &report.failed {
+                        writeln!(
+                            out,
+                            "still failing: policy {} event {}: {error}",
+                            run.policy, run.event_id
+                        )?;
+                    }
+                    writeln!(
+                        out,
+                        "{} succeeded, {} still failing",
+                        report.succeeded.len(),
+                        report.failed.len()
+                    )?;
+                    if report.failed.is_empty() {
+                        Ok(())
+                    } else {
+                        anyhow::bail!("{} policy run(s) still fail", report.failed.len())
+                    }
+                }
+            }
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild,
+        } => {
+            let store = connect_migrated(&config.database_url).await?;
+            let report = rebuild_projections(&store)
+                .await
+                .context("rebuilding the projections")?;
+            for (projection, events) in &report.events_per_projection {
+                writeln!(out, "{projection}: {events} events replayed")?;
+            }
+            Ok(())
+        }
+        Command::Replay { as_of } => {
+            let store = connect_migrated(&config.database_url).await?;
+            let view = lifeline::replay::replay_until(&store, Some(as_of.with_timezone(&Utc)))
+                .await
+                .context("replaying the log")?;
+            serde_json::to_writer_pretty(&mut out, &view)?;
+            writeln!(out)?;
+            Ok(())
+        }
+        Command::Export => {
+            let store = connect_migrated(&config.database_url).await?;
+            let mut cursor = LogCursor::START;
+            loop {
+                let page = store
+                    .read_all(cursor, 1000)
+                    .await
+                    .context("reading the log")?;
+                let Some(last) = page.last() else { break };
+                cursor = last.cursor();
+                for event in &page {
+                    serde_json::to_writer(&mut out, event)?;
+                    writeln!(out)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn token_scope(
+    role: &str,
+    office: Option<&str>,
+    agency: Option<&str>,
+) -> anyhow::Result<(Role, Scope)> {
+    match (role, office, agency) {
+        ("registrar", Some(office), None) => Ok((
+            Role::Registrar,
+            Scope::Office(
+                OfficeCode::parse(office).map_err(|error| anyhow::anyhow!("--office: {error}"))?,
+            ),
+        )),
+        ("registrar", _, _) => anyhow::bail!("a registrar token needs --office (and no --agency)"),
+        ("agency", None, Some(agency)) => Ok((
+            Role::Agency,
+            Scope::Agency(
+                agency
+                    .parse::<AgencyId>()
+                    .map_err(|error| anyhow::anyhow!("--agency: {error}"))?,
+            ),
+        )),
+        ("agency", _, _) => anyhow::bail!("an agency token needs --agency (and no --office)"),
+        ("auditor", None, None) => Ok((Role::Auditor, Scope::Unscoped)),
+        ("operator", None, None) => Ok((Role::Operator, Scope::Unscoped)),
+        (other, _, _) => anyhow::bail!("a {other} token takes neither --office nor --agency"),
     }
 }
 
@@ -86,4 +285,10 @@ async fn connect(url: &str) -> anyhow::Result<EventStore> {
     EventStore::connect(url)
         .await
         .with_context(|| format!("connecting to {}", redact_url(url)))
+}
+
+async fn connect_migrated(url: &str) -> anyhow::Result<EventStore> {
+    let store = connect(url).await?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
 }

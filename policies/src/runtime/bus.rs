@@ -161,3 +161,12 @@ mod tests {
         assert_eq!(subject_token(""), "_");
     }
 }
+
+/// Whether the NATS connection behind `jetstream` is up: the readiness probe of a process that
+/// needs the bus.
+pub fn nats_connected(jetstream: &jetstream::Context) -> Result<(), String> {
+    match jetstream.client().connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("nats is {other}")),
+    }
+}

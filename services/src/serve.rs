@@ -1,0 +1,239 @@
+//! `lifeline serve`: assembles the roles of one process (HTTP API, relay, policy workers,
+//! projections, overdue watcher, connectors) from the configuration and runs them until SIGTERM
+//! or ctrl-c.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lifeline_policies::engine::PolicyEngine;
+use lifeline_policies::handler::PolicyHandler;
+use lifeline_policies::identity::StoreAllocator;
+use lifeline_policies::projections::projection_subscribers;
+use lifeline_policies::reference::ReferenceData;
+use lifeline_policies::runtime::bus::{connect_nats, nats_connected};
+use lifeline_policies::runtime::roles::{run_roles, Role as RuntimeRole, RuntimeSettings};
+use lifeline_policies::watcher::{run_overdue_watcher, SystemClock};
+use lifeline_store::EventStore;
+use tokio::sync::watch;
+
+use crate::auth::TokenVerifier;
+use crate::config::{redact_url, Config};
+use crate::connector::{ConnectorsConfig, DeliveryWorker};
+use crate::http::{AppState, Application};
+
+/// What one `lifeline serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    /// The HTTP API only.
+    Api,
+    /// The relay from the store to JetStream only (needs NATS).
+    Relay,
+    /// Policy consumers, projections, the overdue watcher and the connectors.
+    Worker,
+    /// Everything: with NATS configured, api + relay + worker; without, api + the embedded
+    /// runtime (policies fed by the store's own subscription).
+    All,
+}
+
+/// How often the overdue watcher looks for tasks past their due time.
+const OVERDUE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs `roles` until a shutdown signal, then stops every part gracefully: in-flight HTTP
+/// requests finish, consumers ack or nak what they hold, subscriptions commit their batch.
+pub async fn serve(
+    config: &Config,
+    roles: &[ServeRole],
+    config_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let store = EventStore::connect(&config.database_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
+    store.migrate().await.context("applying migrations")?;
+
+    let wants = |role: ServeRole| roles.contains(&role) || roles.contains(&ServeRole::All);
+    let nats = match &config.nats_url {
+        Some(url) => Some(
+            connect_nats(url)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", redact_url(url)))?,
+        ),
+        None => None,
+    };
+    let mut runtime_roles = Vec::new();
+    if wants(ServeRole::Relay) && (nats.is_some() || roles.contains(&ServeRole::Relay)) {
+        runtime_roles.push(RuntimeRole::Relay);
+    }
+    let runs_workers = wants(ServeRole::Worker);
+    if runs_workers {
+        runtime_roles.push(if nats.is_some() {
+            RuntimeRole::Worker
+        } else {
+            RuntimeRole::Embedded
+        });
+    }
+    if roles.contains(&ServeRole::Relay) && nats.is_none() {
+        anyhow::bail!("the relay role needs NATS: set LIFELINE_NATS_URL");
+    }
+    if roles.contains(&ServeRole::Worker) && nats.is_none() {
+        tracing::warn!("no NATS configured: the worker runs the embedded runtime off the store");
+    }
+
+    let reference = load_reference()?;
+    let handler: Arc<dyn PolicyHandler> = Arc::new(policy_engine(reference));
+
+    let connectors = Arc::new(load_connectors(config_file)?);
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let mut parts = tokio::task::JoinSet::new();
+
+    let mut api_state = None;
+    if wants(ServeRole::Api) || runs_workers {
+        let secret = crate::auth::secret_from_env()
+            .context("reading the token secret")?
+            .map_or_else(
+                || crate::auth::development_secret(Path::new(crate::config::DEFAULT_DATA_DIR)),
+                Ok,
+            )
+            .context("creating the development token secret")?;
+        let verifier = TokenVerifier::hs256(&secret).context("token secret")?;
+        let mut state =
+            AppState::new(store.clone(), verifier).with_connectors(Arc::clone(&connectors));
+        if let Some(jetstream) = &nats {
+            let jetstream = jetstream.clone();
+            state = state.with_readiness_probe(
+                "nats",
+                Arc::new(move || {
+                    let ready = nats_connected(&jetstream);
+                    Box::pin(async move { ready })
+                }),
+            );
+        }
+        api_state = Some(state);
+    }
+
+    if wants(ServeRole::Api) {
+        if let Some(state) = api_state.clone() {
+            let application = Application::build(config.http_addr, state)
+                .await
+                .with_context(|| format!("binding {}", config.http_addr))?;
+            tracing::info!(address = %application.address(), "http api listening");
+            let mut stop = shutdown.clone();
+            parts.spawn(async move {
+                application
+                    .run_until_stopped(async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    })
+                    .await
+                    .context("http api")
+            });
+        }
+    }
+
+    if !runtime_roles.is_empty() {
+        let store = store.clone();
+        let handler = Arc::clone(&handler);
+        let jetstream = nats.clone();
+        let subscribers = if runs_workers {
+            projection_subscribers()
+        } else {
+            Vec::new()
+        };
+        let shutdown = shutdown.clone();
+        parts.spawn(async move {
+            run_roles(
+                store,
+                jetstream,
+                &runtime_roles,
+                handler,
+                subscribers,
+                RuntimeSettings::default(),
+                shutdown,
+            )
+            .await
+            .context("runtime roles")
+        });
+    }
+
+    if runs_workers {
+        let store_for_watcher = store.clone();
+        let shutdown_for_watcher = shutdown.clone();
+        parts.spawn(async move {
+            run_overdue_watcher(
+                store_for_watcher,
+                OVERDUE_INTERVAL,
+                Arc::new(SystemClock),
+                shutdown_for_watcher,
+            )
+            .await
+            .context("overdue watcher")
+        });
+        if let Some(state) = &api_state {
+            for (agency, connector) in &connectors.agencies {
+                let worker = DeliveryWorker::new(
+                    store.clone(),
+                    Arc::clone(&state.tasks),
+                    *agency,
+                    connector.clone(),
+                )
+                .with_context(|| format!("connector {agency}"))?;
+                let mut stop = shutdown.clone();
+                parts.spawn(async move {
+                    worker
+                        .run(async move {
+                            let _ = stop.wait_for(|stopped| *stopped).await;
+                        })
+                        .await;
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    tracing::info!(roles = ?roles, nats = nats.is_some(), "lifeline serving");
+    crate::http::shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_sender.send(true);
+    while let Some(joined) = parts.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = format!("{error:#}"), "a part stopped with an error")
+            }
+            Err(error) => tracing::error!(%error, "a part panicked"),
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// The `[connectors.*]` tables of the configuration file, if any.
+fn load_connectors(config_file: Option<&Path>) -> anyhow::Result<ConnectorsConfig> {
+    let path = config_file.map_or_else(
+        || Path::new("lifeline.toml").to_path_buf(),
+        Path::to_path_buf,
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(text) => ConnectorsConfig::from_toml(&text)
+            .with_context(|| format!("connectors in {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(ConnectorsConfig::default())
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The reference data (parameters, routing, calendar, registers): the embedded defaults, or the
+/// files of `LIFELINE_REFERENCE_DIR` where it has them.
+pub fn load_reference() -> anyhow::Result<ReferenceData> {
+    match std::env::var_os("LIFELINE_REFERENCE_DIR") {
+        Some(dir) => ReferenceData::load(Path::new(&dir))
+            .context("loading reference data from LIFELINE_REFERENCE_DIR"),
+        None => ReferenceData::embedded().context("loading the embedded reference data"),
+    }
+}
+
+/// The policy engine with Lifeline's own identity allocator (PINs made unique by the store).
+pub fn policy_engine(reference: ReferenceData) -> PolicyEngine {
+    PolicyEngine::new(reference, Arc::new(StoreAllocator::new()))
+}
