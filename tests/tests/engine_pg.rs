@@ -1,0 +1,242 @@
+//! The policy engine on PostgreSQL: a birth and a death through the whole chain, each
+//! delivery handed to two concurrent transactions (two consumers racing on a redelivery), then
+//! the whole log replayed once more: every effect exists exactly once.
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use cqrs_es::Aggregate;
+use lifeline_model::codec::{decode_recorded, to_new_event};
+use lifeline_model::declaration::{
+    parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput,
+};
+use lifeline_model::envelope::{
+    EventMetadata, ExpectedVersion, LogCursor, RecordedEvent, Role, StreamId,
+};
+use lifeline_model::life_event::{LifeEvent, LifeEventCommand};
+use lifeline_model::procedure::ProcedureId;
+use lifeline_model::system_events::SystemEvent;
+use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
+use lifeline_policies::engine::{task_id, task_stream};
+use lifeline_policies::facts::TaskFacts;
+use lifeline_policies::rules::{BIRTH_REGISTRATION, DEATH_REGISTRATION};
+use lifeline_policies::{PolicyEngine, PolicyHandler};
+use lifeline_store::EventStore;
+use serde_json::json;
+use uuid::Uuid;
+
+/// Applies every wanted policy to each event after `cursor`, each delivery twice at once.
+async fn drain_racing(store: &EventStore, engine: &PolicyEngine, cursor: &mut LogCursor) {
+    loop {
+        let batch = store.read_all(*cursor, 100).await.unwrap();
+        if batch.is_empty() {
+            return;
+        }
+        for event in batch {
+            for policy in engine.policy_names() {
+                if !engine.wants(policy, &event.event_type) {
+                    continue;
+                }
+                let deliver = || async {
+                    let mut tx = store.begin().await.unwrap();
+                    engine.apply(policy, &mut tx, &event).await?;
+                    tx.commit().await.unwrap();
+                    Ok::<_, lifeline_policies::PolicyError>(())
+                };
+                let (first, second) = futures::join!(deliver(), deliver());
+                first.unwrap_or_else(|error| panic!("{policy}: {error}"));
+                second.unwrap_or_else(|error| panic!("{policy} (racing): {error}"));
+            }
+            *cursor = event.cursor();
+        }
+    }
+}
+
+async fn log(store: &EventStore) -> Vec<RecordedEvent> {
+    let mut events = Vec::new();
+    let mut cursor = LogCursor::START;
+    loop {
+        let batch = store.read_all(cursor, 500).await.unwrap();
+        let Some(last) = batch.last() else {
+            return events;
+        };
+        cursor = last.cursor();
+        events.extend(batch);
+    }
+}
+
+fn metadata(role: Role) -> EventMetadata {
+    EventMetadata {
+        actor: "officer-1".into(),
+        role,
+        office: None,
+        correlation_id: Uuid::new_v4(),
+        causation_id: None,
+        recorded_at: Utc::now(),
+        idempotency_key: None,
+    }
+}
+
+async fn record(store: &EventStore, kind: &str, command: LifeEventCommand) -> RecordedEvent {
+    let events = LifeEvent::default().decide(command).unwrap();
+    let stream = StreamId::for_kind(kind, events[0].life_event_id()).unwrap();
+    let new = to_new_event(&events[0], Uuid::new_v4(), metadata(Role::Registrar));
+    store
+        .append(&stream, ExpectedVersion::NoStream, &[new])
+        .await
+        .unwrap();
+    store.read_stream(&stream).await.unwrap().pop().unwrap()
+}
+
+async fn complete(store: &EventStore, task_id: Uuid, outcome: TaskOutcome) {
+    let stream = task_stream(task_id).unwrap();
+    let events = store.read_stream(&stream).await.unwrap();
+    let decoded: Vec<_> = events
+        .iter()
+        .map(|event| (event.event_id, decode_recorded::<TaskEvent>(event).unwrap()))
+        .collect();
+    let task = TaskFacts::from_events(&decoded, events.last().unwrap().stream_version).unwrap();
+    let mut state = task.state.clone();
+    let new: Vec<_> = state
+        .decide(TaskCommand::Complete {
+            by: "officer-1".into(),
+            outcome,
+            at: Utc::now(),
+        })
+        .unwrap()
+        .into_iter()
+        .map(|event| {
+            let new = to_new_event(&event, Uuid::new_v4(), metadata(Role::Agency));
+            state.apply(event);
+            new
+        })
+        .collect();
+    store
+        .append(&stream, ExpectedVersion::Exact(task.version), &new)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let mut cursor = LogCursor::START;
+    let today = Utc::now().date_naive();
+
+    let birth: BirthDeclarationInput = serde_json::from_value(json!({
+      "office": "79-26734",
+      "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
+                 "place_of_birth": "Bệnh viện Từ Dũ", "nationality": "VN" },
+      "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234" },
+      "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+      "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234",
+                     "relationship": "mother", "phone": "+84901234567" },
+      "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
+    }))
+    .unwrap();
+    let birth = record(
+        store,
+        "birth",
+        LifeEventCommand::RecordBirth {
+            life_event_id: Uuid::new_v4(),
+            declaration: parse_birth(&birth, today).unwrap(),
+            recorded_on: today,
+        },
+    )
+    .await;
+    let death: DeathDeclarationInput = serde_json::from_value(json!({
+      "office": "01-00004",
+      "deceased": { "full_name": "Lê Văn Cường", "personal_id": "001052000111",
+                    "date_of_birth": "1952-03-15", "sex": "male" },
+      "death": { "at": "2026-11-18T06:30:00+07:00", "place": "Nhà riêng, 5 Hàng Bông, Hà Nội" },
+      "declarant": { "full_name": "Lê Văn Dũng", "personal_id": "001080000222",
+                     "relationship": "son" },
+      "procedures": ["death-registration", "burial-allowance", "funeral-support"]
+    }))
+    .unwrap();
+    let death = record(
+        store,
+        "death",
+        LifeEventCommand::RecordDeath {
+            life_event_id: Uuid::new_v4(),
+            declaration: parse_death(&death, today).unwrap(),
+            recorded_on: today,
+        },
+    )
+    .await;
+    drain_racing(store, &engine, &mut cursor).await;
+
+    complete(
+        store,
+        task_id(
+            BIRTH_REGISTRATION,
+            birth.event_id,
+            ProcedureId::BirthRegistration,
+        ),
+        TaskOutcome::BirthRegistered {
+            certificate_number: "KS-2026-001".into(),
+        },
+    )
+    .await;
+    complete(
+        store,
+        task_id(
+            DEATH_REGISTRATION,
+            death.event_id,
+            ProcedureId::DeathRegistration,
+        ),
+        TaskOutcome::DeathRegistered {
+            extract_number: "TK-2026-77".into(),
+        },
+    )
+    .await;
+    drain_racing(store, &engine, &mut cursor).await;
+
+    let events = log(store).await;
+    let mut procedures = Vec::new();
+    let mut pins = 0;
+    let mut decisions = Vec::new();
+    for event in &events {
+        if let Ok(TaskEvent::TaskCreated(created)) = decode_recorded::<TaskEvent>(event) {
+            procedures.push(created.procedure);
+        }
+        match decode_recorded::<SystemEvent>(event) {
+            Ok(SystemEvent::PersonalIdAssigned(_)) => pins += 1,
+            Ok(SystemEvent::EligibilityDecided(decided)) => {
+                decisions.push((decided.procedure, decided.eligible))
+            }
+            _ => {}
+        }
+    }
+    procedures.sort_by_key(|procedure| procedure.as_str());
+    let mut expected = vec![
+        ProcedureId::BirthRegistration,
+        ProcedureId::ResidenceRegistration,
+        ProcedureId::ChildHealthInsurance,
+        ProcedureId::DeathRegistration,
+        ProcedureId::BurialAllowance,
+    ];
+    expected.sort_by_key(|procedure| procedure.as_str());
+    assert_eq!(procedures, expected);
+    assert_eq!(pins, 1);
+    assert_eq!(
+        decisions,
+        [
+            (ProcedureId::BurialAllowance, true),
+            (ProcedureId::FuneralSupport, false)
+        ]
+    );
+
+    // Replay the whole log once more: nothing new.
+    let before: BTreeSet<Uuid> = events.iter().map(|event| event.event_id).collect();
+    let mut cursor = LogCursor::START;
+    drain_racing(store, &engine, &mut cursor).await;
+    let after: BTreeSet<Uuid> = log(store)
+        .await
+        .iter()
+        .map(|event| event.event_id)
+        .collect();
+    assert_eq!(after, before);
+}
