@@ -150,6 +150,15 @@ pub async fn connect_nats(url: &str) -> Result<jetstream::Context, RuntimeError>
     Ok(jetstream::new(client))
 }
 
+/// Whether the NATS connection behind `jetstream` is up: the readiness probe of a process that
+/// needs the bus.
+pub fn nats_connected(jetstream: &jetstream::Context) -> Result<(), String> {
+    match jetstream.client().connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("nats is {other}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,14 +168,5 @@ mod tests {
         assert_eq!(subject_token("BirthRecorded"), "BirthRecorded");
         assert_eq!(subject_token("a.b*>c d"), "a_b__c_d");
         assert_eq!(subject_token(""), "_");
-    }
-}
-
-/// Whether the NATS connection behind `jetstream` is up: the readiness probe of a process that
-/// needs the bus.
-pub fn nats_connected(jetstream: &jetstream::Context) -> Result<(), String> {
-    match jetstream.client().connection_state() {
-        async_nats::connection::State::Connected => Ok(()),
-        other => Err(format!("nats is {other}")),
     }
 }
