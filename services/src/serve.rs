@@ -2,6 +2,7 @@
 //! projections, overdue watcher, connectors) from the configuration and runs them until SIGTERM
 //! or ctrl-c.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,12 @@ pub async fn serve(
                 .await
                 .with_context(|| format!("binding {}", config.http_addr))?;
             tracing::info!(address = %application.address(), "http api listening");
+            // The one machine-readable line on stdout: scripts and tests started on port 0
+            // read the bound address from it.
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "listening on http://{}", application.address())
+                .and_then(|()| stdout.flush())
+                .context("announcing the http address on stdout")?;
             let mut stop = shutdown.clone();
             parts.spawn(async move {
                 application
@@ -147,7 +154,7 @@ pub async fn serve(
                 &runtime_roles,
                 handler,
                 subscribers,
-                RuntimeSettings::default(),
+                runtime_settings_from_env(),
                 shutdown,
             )
             .await
@@ -205,6 +212,21 @@ pub async fn serve(
     }
     store.close().await;
     Ok(())
+}
+
+/// The runtime settings: the defaults, with the JetStream stream name and subject prefix taken
+/// from `LIFELINE_NATS_STREAM` and `LIFELINE_NATS_SUBJECT_PREFIX` when set (several
+/// deployments, or tests, sharing one NATS server each need a stream of their own).
+fn runtime_settings_from_env() -> RuntimeSettings {
+    let mut settings = RuntimeSettings::default();
+    let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    if let Some(stream_name) = set("LIFELINE_NATS_STREAM") {
+        settings.bus.stream_name = stream_name;
+    }
+    if let Some(subject_prefix) = set("LIFELINE_NATS_SUBJECT_PREFIX") {
+        settings.bus.subject_prefix = subject_prefix;
+    }
+    settings
 }
 
 /// The `[connectors.*]` tables of the configuration file, if any.
