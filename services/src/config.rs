@@ -40,6 +40,10 @@ struct FileLayer {
     nats_url: Option<String>,
     http_addr: Option<String>,
     log_json: Option<bool>,
+    /// The `[connectors.<agency>]` tables, read by `connector::ConnectorsConfig`; accepted here
+    /// so that one file holds both.
+    #[serde(default, rename = "connectors")]
+    _connectors: Option<toml::Table>,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "lifeline-data";
@@ -85,6 +89,7 @@ impl Config {
                 Some(value) => Some(parse_bool("LIFELINE_LOG_JSON", &value)?),
                 None => None,
             },
+            _connectors: None,
         };
         config.apply(layer)?;
         Ok(config)
@@ -202,6 +207,24 @@ mod tests {
         assert!(
             !format!("{config:?}").contains("secret"),
             "the password is never printed"
+        );
+    }
+
+    #[test]
+    fn one_file_holds_the_settings_and_the_connectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lifeline.toml");
+        std::fs::write(
+            &file,
+            "http_addr = \"127.0.0.1:0\"\n[connectors.police]\nurl = \"https://police.example\"\n",
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&file), &[]).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:0");
+        std::fs::write(&file, "[conectors.police]\nurl = \"x\"\n").unwrap();
+        assert!(
+            Config::load_from(Some(&file), &[]).is_err(),
+            "a misspelt table is still refused"
         );
     }
 

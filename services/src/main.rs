@@ -119,7 +119,8 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     telemetry::init(config.log_json);
-    let mut out = std::io::stdout().lock();
+    // Not locked for the whole run: `serve` writes its address line from its own code.
+    let mut out = std::io::stdout();
     match cli.command {
         Command::Migrate => {
             let store = connect(&config.database_url).await?;
