@@ -142,6 +142,7 @@ impl Harness {
             causation_id: None,
             recorded_at: Utc::now(),
             idempotency_key: None,
+            office_signature: None,
         };
         let new: Vec<_> = events
             .iter()
@@ -184,6 +185,7 @@ impl Harness {
             causation_id: None,
             recorded_at: Utc::now(),
             idempotency_key: None,
+            office_signature: None,
         };
         let new: Vec<_> = events
             .iter()

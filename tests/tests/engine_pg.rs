@@ -74,6 +74,7 @@ fn metadata(role: Role) -> EventMetadata {
         causation_id: None,
         recorded_at: Utc::now(),
         idempotency_key: None,
+        office_signature: None,
     }
 }
 

@@ -149,6 +149,17 @@ pub struct EventMetadata {
     /// The client's `Idempotency-Key`, when the event came from an HTTP request that had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The recording office's Ed25519 signature of a life event (see
+    /// `integrity::office_message`); absent on every other event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub office_signature: Option<OfficeSignature>,
+}
+
+/// An office's signature of a life event: which key, and the signature in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfficeSignature {
+    pub key_id: String,
+    pub signature: String,
 }
 
 impl EventMetadata {
@@ -167,6 +178,7 @@ impl EventMetadata {
             causation_id: cause,
             recorded_at: at,
             idempotency_key: None,
+            office_signature: None,
         }
     }
 }

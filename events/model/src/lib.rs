@@ -16,12 +16,15 @@
 //! - [`task`]: the task aggregate (created, claimed, completed, rejected, cancelled, amended,
 //!   overdue), outcomes per procedure, prefilled applications.
 //! - [`system_events`]: `PersonalIdAssigned`, `EligibilityDecided`, `PolicyFailed`.
+//! - [`integrity`]: event hashes and chains, the Merkle tree, signed seals, inclusion proofs,
+//!   office signatures and the keyring (pure crypto, no I/O).
 //! - [`codec`]: event type and schema version of every event, encode, decode with upcasters.
 
 pub mod codec;
 pub mod declaration;
 pub mod envelope;
 pub mod error;
+pub mod integrity;
 pub mod life_event;
 pub mod procedure;
 pub mod system_events;

@@ -274,6 +274,7 @@ fn to_new_event(index: usize, event: &SerializedEvent) -> Result<NewEvent, Persi
         causation_id: parse_uuid("causation_id")?,
         recorded_at,
         idempotency_key: get("idempotency_key")?.map(str::to_owned),
+        office_signature: None,
     };
     Ok(NewEvent {
         event_id,
