@@ -382,7 +382,7 @@ impl Replay {
                     }
                 }
             }
-            SystemEvent::PolicyFailed(_) => {}
+            SystemEvent::PolicyFailed(_) | SystemEvent::PersonalDataRead(_) => {}
         }
     }
 

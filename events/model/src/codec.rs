@@ -87,6 +87,7 @@ event_family!(SystemEvent {
     PersonalIdAssigned => 1,
     EligibilityDecided => 1,
     PolicyFailed => 1,
+    PersonalDataRead => 1,
 });
 
 /// Every event type Lifeline stores, with its current schema version.

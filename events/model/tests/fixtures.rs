@@ -229,6 +229,13 @@ fn system_events() {
         (failed.policy.as_str(), failed.deliveries),
         ("create-linked-tasks", 5)
     );
+    let SystemEvent::PersonalDataRead(read) = system("PersonalDataRead", 1) else {
+        panic!()
+    };
+    assert_eq!(read.role, lifeline_model::envelope::Role::Agency);
+    assert_eq!(read.scope, "agency:police");
+    assert!(read.resource.task_id().is_some() && read.resource.life_event_id().is_some());
+    assert_eq!(read.personal_ids.len(), 2);
 }
 
 #[test]
