@@ -52,6 +52,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
     store.migrate().await.context("applying migrations")?;
+    // Concurrent appends (HTTP requests, policy workers) share transactions: one commit serves
+    // many, each append keeping its own version check and idempotency.
+    let store = store.with_group_commit();
 
     let wants = |role: ServeRole| roles.contains(&role) || roles.contains(&ServeRole::All);
     let nats = match &config.nats_url {
@@ -219,7 +222,11 @@ pub async fn serve(
 /// deployments, or tests, sharing one NATS server each need a stream of their own).
 fn runtime_settings_from_env() -> RuntimeSettings {
     let mut settings = RuntimeSettings::default();
-    let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let set = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
     if let Some(stream_name) = set("LIFELINE_NATS_STREAM") {
         settings.bus.stream_name = stream_name;
     }

@@ -179,7 +179,8 @@ where
 }
 
 /// Runs each named `async fn(EventStore)` of the calling module against both backends, as
-/// `postgres::<name>` and `sqlite::<name>`.
+/// `postgres::<name>` and `sqlite::<name>`, and once more on PostgreSQL with group commit, as
+/// `postgres_grouped::<name>`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($test:ident),+ $(,)?) => {
@@ -189,6 +190,16 @@ macro_rules! backend_tests {
                 async fn $test() {
                     let test_store = $crate::postgres_store().await;
                     super::$test(test_store.store().clone()).await;
+                    test_store.close().await;
+                }
+            )+
+        }
+        mod postgres_grouped {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let test_store = $crate::postgres_store().await;
+                    super::$test(test_store.store().clone().with_group_commit()).await;
                     test_store.close().await;
                 }
             )+

@@ -28,6 +28,10 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A grouped append's transaction did not commit (whether it did is unknown if the
+    /// connection broke during the commit): re-send with the same event ids, which is safe.
+    #[error("the append's transaction did not commit: {0}")]
+    CommitFailed(String),
     #[error("stored event at position {global_position} is malformed: {reason}")]
     Corrupt {
         global_position: i64,

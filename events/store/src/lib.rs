@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`store`]: [`EventStore`] (connect, migrate, append, reads, checkpoints) and
 //!   [`StoreTransaction`] (appends, reads and checkpoints committed together).
+//! - `group_commit`: concurrent appends gathered into one transaction (opt-in).
 //! - `append`: the append algorithm, once for both backends, run inside a caller's transaction.
 //! - `postgres`, `sqlite`: each backend's SQL, one function per primitive.
 //! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live.
@@ -21,6 +22,7 @@
 mod append;
 pub mod cqrs;
 pub mod error;
+mod group_commit;
 mod postgres;
 pub mod projections;
 mod sqlite;

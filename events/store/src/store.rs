@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::append::{self, AppendOutcome, TxAppendError, TxConnection};
 use crate::error::{AppendError, StoreError};
+use crate::group_commit::GroupCommitter;
 use crate::{postgres, sqlite};
 
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -39,6 +40,8 @@ pub struct EventStore {
     /// Bumped after every committed transaction that appended: the in-process wake-up of
     /// subscriptions (PostgreSQL also notifies other processes with `pg_notify`).
     appended: Arc<watch::Sender<u64>>,
+    /// Set by [`EventStore::with_group_commit`]: appends then share transactions.
+    group: Option<Arc<GroupCommitter>>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +135,28 @@ impl EventStore {
         Self {
             backend,
             appended: Arc::new(appended),
+            group: None,
         }
+    }
+
+    /// This store with group commit: concurrent [`EventStore::append`] calls are gathered
+    /// into one transaction (one commit, one WAL flush) of up to 128 appends, each in a savepoint
+    /// of its own, so each keeps its own expected-version check and idempotency; a lone append
+    /// goes alone. Needs a tokio runtime (the committer is a task). Clones share the committer.
+    pub fn with_group_commit(self) -> Self {
+        let committer_store = Self {
+            group: None,
+            ..self.clone()
+        };
+        Self {
+            group: Some(Arc::new(GroupCommitter::start(committer_store))),
+            ..self
+        }
+    }
+
+    /// Whether appends are grouped (see [`EventStore::with_group_commit`]).
+    pub fn groups_commits(&self) -> bool {
+        self.group.is_some()
     }
 
     /// Applies the migrations embedded from `migrations/postgres` or `migrations/sqlite`.
@@ -175,6 +199,19 @@ impl EventStore {
     /// append was still in flight; a batch that is only partly stored, or stored elsewhere, is
     /// [`AppendError::EventIdMismatch`]. The event id decides before the expected version does.
     pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, AppendError> {
+        match &self.group {
+            Some(group) => group.append(stream, expected, events).await,
+            None => self.append_ungrouped(stream, expected, events).await,
+        }
+    }
+
+    /// [`EventStore::append`] in a transaction of its own.
+    pub(crate) async fn append_ungrouped(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
