@@ -8,10 +8,13 @@
 //!   `postgres://postgres@127.0.0.1:5432/postgres`); an unreachable server fails the test.
 //! - [`sqlite_store`]: a migrated SQLite file in a temporary directory.
 //! - [`new_event`], [`new_stream`], [`eventually`]: small helpers.
+//! - [`chain`]: the birth and death chains with the real policies, the runtime roles of a
+//!   test, the `lifeline` binary for process tests.
 //! - [`nats`]: the shared NATS server and unique streams, a private `nats-server` to stop and
 //!   restart, the test policy handler; `src/bin/test_worker.rs`, a worker process to kill.
 //! - `tests/store/`: the suite (appends, reads, subscriptions, the cqrs-es repository).
 
+pub mod chain;
 pub mod nats;
 
 use std::future::Future;
