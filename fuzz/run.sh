@@ -44,10 +44,13 @@ seed() {
 
 mkdir -p logs
 cargo fuzz build -s none
+binaries=target/$(rustc -vV | sed -n 's/^host: //p')/release
 for name in "${targets[@]}"; do
     seed "$name"
+    mkdir -p "artifacts/$name"
     echo "== $name: ${seconds}s" | tee "logs/$name.log"
-    cargo fuzz run -s none "$name" "corpus/$name" -- \
+    # The binary itself, not `cargo fuzz run`: no rebuild while others edit the workspace.
+    "$binaries/$name" -artifact_prefix="artifacts/$name/" "corpus/$name" \
         -max_total_time="$seconds" -print_final_stats=1 \
         >>"logs/$name.log" 2>&1 || echo "== $name: exited $? (see artifacts/$name)" | tee -a "logs/$name.log"
 done
