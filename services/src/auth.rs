@@ -239,7 +239,7 @@ pub fn development_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>
     }
 }
 
-pub(crate) fn role_name(role: Role) -> &'static str {
+pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Registrar => "registrar",
         Role::Agency => "agency",
@@ -276,6 +276,13 @@ pub enum Action {
     ReplayViews,
     /// `GET /v1/audit/export`: the whole log as NDJSON.
     ExportLog,
+    /// `GET /v1/audit/access-log`: who read which personal data, when and why.
+    ReadAccessLog,
+    /// `GET /v1/operations/policies/failed`: policy runs that gave up (policy name, event id,
+    /// error, counts; no personal data).
+    ReadPolicyFailures,
+    /// `POST /v1/operations/policies/retry`: re-run policy runs that gave up.
+    RetryPolicies,
 }
 
 /// Which resources a permitted role may touch.
@@ -289,9 +296,21 @@ pub enum ScopeRule {
     OwnAgency,
 }
 
-/// The one authorisation table: role x action -> the scope rule; a pair not listed is refused.
-/// Auditors read everything and write nothing; operators (and the citizen portal, which calls
-/// with an operator token) see only citizen status; the reference is the citizen's capability.
+/// The one authorisation table: role x action -> the scope rule; a pair not listed is refused
+/// (403). Every handler decides through it ([`authorize_role`], [`authorize`]), and
+/// `services/tests/authz_table.rs` checks every route for every kind of caller against it.
+///
+/// - Registrars record, read and correct life events of their own office only.
+/// - Agency officers list, read and work the tasks of their own agency only; a task shows only
+///   its procedure's fields.
+/// - Auditors read everything (life events, tasks, the log, replays, exports, the access log,
+///   policy failures) and write nothing.
+/// - Operators retry and list failed policy runs; they read no personal data. `/healthz`,
+///   `/readyz`, `/metrics` and `/openapi.json` need no token at all.
+/// - Citizen status: any authenticated role (the citizen portal calls with an operator token);
+///   the reference is the citizen's capability, and the answer holds no personal data.
+/// - The connector callback is authenticated by the agency system's HMAC signature, not a token.
+#[rustfmt::skip]
 pub const AUTHORISATION: &[(Role, Action, ScopeRule)] = &[
     (
         Role::Registrar,
@@ -316,7 +335,11 @@ pub const AUTHORISATION: &[(Role, Action, ScopeRule)] = &[
     (Role::Auditor, Action::ReadLog, ScopeRule::Any),
     (Role::Auditor, Action::ReplayViews, ScopeRule::Any),
     (Role::Auditor, Action::ExportLog, ScopeRule::Any),
+    (Role::Auditor, Action::ReadAccessLog, ScopeRule::Any),
+    (Role::Auditor, Action::ReadPolicyFailures, ScopeRule::Any),
     (Role::Operator, Action::ReadCitizenStatus, ScopeRule::Any),
+    (Role::Operator, Action::ReadPolicyFailures, ScopeRule::Any),
+    (Role::Operator, Action::RetryPolicies, ScopeRule::Any),
 ];
 
 /// The office or agency a request touches, when known.

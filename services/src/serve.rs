@@ -101,8 +101,9 @@ pub async fn serve(
             )
             .context("creating the development token secret")?;
         let verifier = TokenVerifier::hs256(&secret).context("token secret")?;
-        let mut state =
-            AppState::new(store.clone(), verifier).with_connectors(Arc::clone(&connectors));
+        let mut state = AppState::new(store.clone(), verifier)
+            .with_connectors(Arc::clone(&connectors))
+            .with_policy_handler(Arc::clone(&handler));
         if let Some(jetstream) = &nats {
             let jetstream = jetstream.clone();
             state = state.with_readiness_probe(

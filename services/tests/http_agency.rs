@@ -105,6 +105,20 @@ async fn officers_claim_complete_and_reject_one_at_a_time() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     }
     let (status, _, _) = app.call(Method::GET, &path, Some(&auditor()), None).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "auditors say why they read"
+    );
+    let (status, _, _) = app
+        .call_raw(
+            Method::GET,
+            &path,
+            Some(&auditor()),
+            None,
+            &[("x-purpose", "quality review")],
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "auditors read tasks");
 
     let before = app.log_len().await;

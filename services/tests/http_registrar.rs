@@ -375,7 +375,15 @@ async fn a_life_event_is_read_corrected_and_voided() {
         (operator(), StatusCode::FORBIDDEN),
         (auditor(), StatusCode::OK),
     ] {
-        let (got, body, _) = app.call(Method::GET, &path, Some(&token), None).await;
+        let (got, body, _) = app
+            .call_raw(
+                Method::GET,
+                &path,
+                Some(&token),
+                None,
+                &[("x-purpose", "quality review")],
+            )
+            .await;
         assert_eq!(got, status, "{body}");
     }
     let (status, _, _) = app

@@ -4,11 +4,13 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_model::system_events::ReadResource;
 use lifeline_model::task::{TaskCommand, TaskOutcome, TaskStatus};
 use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_store::projections::{self, InboxFilter, Page, TaskKey, TaskRow};
@@ -19,6 +21,7 @@ use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::access::{self, personal_ids_in, record_read, Read};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, RequestContext};
 use super::registrar::actor;
@@ -166,13 +169,15 @@ pub async fn list_tasks(
 /// A task, with only its procedure's application fields.
 #[utoipa::path(
     get, path = "/v1/tasks/{id}", tag = "agency",
-    params(("id" = Uuid, Path, description = "the task id")),
+    params(("id" = Uuid, Path, description = "the task id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the task is read (auditors must say); recorded in the access log")),
     responses(
-        (status = 200, description = "the task", body = TaskBody),
+        (status = 200, description = "the task; the read is recorded in the access log", body = TaskBody),
+        (status = 400, description = "an auditor without X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another agency's task", body = ErrorBody),
         (status = 404, description = "no such task", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -180,16 +185,27 @@ pub async fn list_tasks(
 pub async fn get_task(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskBody>, ApiError> {
     authorize_role(&principal, Action::ReadTask)?;
-    let (_, loaded, procedure) = load_task(&state, &id).await?;
+    let purpose = access::purpose(&principal, &headers)?;
+    let (task_id, loaded, procedure) = load_task(&state, &id).await?;
     authorize(
         &principal,
         Action::ReadTask,
         Target::Agency(procedure.agency()),
     )?;
-    Ok(Json(task_body(&loaded, procedure)?))
+    let body = task_body(&loaded, procedure)?;
+    let resource = ReadResource::Task {
+        task_id,
+        life_event_id: body.life_event_id,
+    };
+    let read =
+        Read::new(resource, purpose).naming(body.application.values().flat_map(personal_ids_in));
+    record_read(&state, &principal, context.correlation_id, read).await?;
+    Ok(Json(body))
 }
 
 /// Claim a task: one officer at a time.

@@ -1,9 +1,8 @@
 //! Auditor routes, read-only: the whole log in commit order (paged by an opaque cursor), one
 //! stream's history, a person's timeline, a replay of the person registry and life-event status
 //! as of a moment, and an NDJSON export. Every route reads personal data, so every request
-//! names its purpose in `X-Purpose` (400 without it).
-
-use std::collections::BTreeSet;
+//! names its purpose in `X-Purpose` (400 without it), and every answered read is recorded in the
+//! access log (`super::access`) before it is served.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -15,17 +14,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{LogCursor, RecordedEvent, StreamId};
-use lifeline_model::procedure::ProcedureGroup;
+use lifeline_model::system_events::ReadResource;
 use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_model::values::PersonalId;
-use lifeline_store::{projections, EventStore};
+use lifeline_store::EventStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::access::{
+    self, personal_ids_in, reads_of_person, record_read, AccessEntry, PersonRefs, Read,
+    ACCESS_EVENT_TYPE,
+};
 use super::error::{ApiError, ErrorBody};
+use super::extract::RequestContext;
 use super::AppState;
 use crate::auth::{authorize, Action, Principal, Target};
 use crate::replay::{replay_until, ReplayError, ReplayView};
@@ -115,6 +119,9 @@ pub struct Timeline {
     /// registry) or `scan` (the whole log).
     pub source: String,
     pub events: Vec<AuditEvent>,
+    /// Who read this person's data (the reads naming the number, or a life event or task of
+    /// the person), in commit order; found by scanning the log: O(log).
+    pub accesses: Vec<AccessEntry>,
 }
 
 /// `GET /v1/audit/replay`.
@@ -161,10 +168,11 @@ pub struct ExportQuery {
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    audit_access(&principal, Action::ReadLog, &headers, "events")?;
+    let purpose = audit_access(&principal, Action::ReadLog, &headers, "events")?;
     let Query(query) = query.map_err(malformed_query)?;
     let mut errors = ValidationErrors::default();
     let after = query
@@ -193,6 +201,18 @@ pub async fn events(
         Some(last) => Some(encode_cursor(last.cursor())),
         None => after.map(encode_cursor),
     };
+    let resource = ReadResource::LogPage {
+        after,
+        last: events.last().map(RecordedEvent::cursor),
+        events: events.len() as u64,
+    };
+    record_read(
+        &state,
+        &principal,
+        context.correlation_id,
+        Read::new(resource, purpose),
+    )
+    .await?;
     Ok(Json(EventsPage {
         events: events.iter().map(AuditEvent::from).collect(),
         next_cursor,
@@ -218,15 +238,34 @@ pub async fn events(
 pub async fn stream(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
     headers: HeaderMap,
     Path(stream_id): Path<String>,
 ) -> Result<Json<StreamHistory>, ApiError> {
-    audit_access(&principal, Action::ReadLog, &headers, "stream")?;
+    let purpose = audit_access(&principal, Action::ReadLog, &headers, "stream")?;
     let stream_id = StreamId::parse(stream_id).map_err(|_| ApiError::not_found("stream"))?;
     let events = state.store.read_stream(&stream_id).await?;
     let Some(last) = events.last() else {
         return Err(ApiError::not_found("stream"));
     };
+    let read = Read::new(
+        ReadResource::Stream {
+            stream_id: stream_id.to_string(),
+        },
+        purpose,
+    )
+    .naming(
+        events
+            .iter()
+            .flat_map(|event| personal_ids_in(&event.payload))
+            .chain(
+                stream_id
+                    .as_str()
+                    .strip_prefix("person-")
+                    .and_then(|pin| PersonalId::parse(pin).ok()),
+            ),
+    );
+    record_read(&state, &principal, context.correlation_id, read).await?;
     Ok(Json(StreamHistory {
         stream_id: stream_id.to_string(),
         version: last.stream_version.0,
@@ -258,11 +297,12 @@ pub async fn stream(
 pub async fn person_timeline(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
     headers: HeaderMap,
     Path(pin): Path<String>,
     query: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Timeline>, ApiError> {
-    audit_access(&principal, Action::ReadLog, &headers, "person_timeline")?;
+    let purpose = audit_access(&principal, Action::ReadLog, &headers, "person_timeline")?;
     let Query(query) = query.map_err(malformed_query)?;
     let personal_id = PersonalId::parse(&pin).map_err(|error| {
         ApiError::validation(&ValidationErrors(vec![FieldError::new(
@@ -272,53 +312,39 @@ pub async fn person_timeline(
         )]))
     })?;
     let pin = personal_id.to_string();
-    let person = if query.scan.unwrap_or(false) {
-        None
-    } else {
-        projections::person(&state.store, &personal_id).await?
-    };
-    let (source, mut events) = match person {
-        Some(person) => {
-            let mut streams = BTreeSet::new();
-            if let Ok(stream) = StreamId::for_kind("person", &pin) {
-                streams.insert(stream);
-            }
-            for link in &person.life_events {
-                let kind = match link.kind {
-                    ProcedureGroup::Birth => "birth",
-                    ProcedureGroup::Death => "death",
-                };
-                if let Ok(stream) = StreamId::for_kind(kind, link.life_event_id) {
-                    streams.insert(stream);
-                }
-                for task in
-                    projections::tasks_of_life_event(&state.store, link.life_event_id).await?
-                {
-                    if let Ok(stream) = StreamId::for_kind("task", task.task_id) {
-                        streams.insert(stream);
-                    }
-                }
-            }
-            let mut events = Vec::new();
-            for stream in &streams {
-                events.extend(
-                    state
-                        .store
-                        .read_stream(stream)
-                        .await?
-                        .into_iter()
-                        .filter(|event| names(event, &pin)),
-                );
-            }
-            ("registry", events)
+    let refs = PersonRefs::load(&state.store, &personal_id).await?;
+    let known = !refs.streams.is_empty();
+    let (source, mut events) = if known && !query.scan.unwrap_or(false) {
+        let mut events = Vec::new();
+        for stream in &refs.streams {
+            events.extend(
+                state
+                    .store
+                    .read_stream(stream)
+                    .await?
+                    .into_iter()
+                    .filter(|event| names(event, &pin)),
+            );
         }
-        None => ("scan", scan_naming(&state.store, &pin).await?),
+        ("registry", events)
+    } else {
+        ("scan", scan_naming(&state.store, &pin).await?)
     };
     events.sort_by_key(RecordedEvent::cursor);
+    let accesses = reads_of_person(&state.store, &refs).await?;
+    let read = Read::new(
+        ReadResource::PersonTimeline {
+            personal_id: personal_id.clone(),
+        },
+        purpose,
+    )
+    .naming([personal_id]);
+    record_read(&state, &principal, context.correlation_id, read).await?;
     Ok(Json(Timeline {
         personal_id: pin,
         source: source.to_owned(),
         events: events.iter().map(AuditEvent::from).collect(),
+        accesses,
     }))
 }
 
@@ -340,10 +366,11 @@ pub async fn person_timeline(
 pub async fn replay(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, QueryRejection>,
 ) -> Result<Json<ReplayBody>, ApiError> {
-    audit_access(&principal, Action::ReplayViews, &headers, "replay")?;
+    let purpose = audit_access(&principal, Action::ReplayViews, &headers, "replay")?;
     let Query(query) = query.map_err(malformed_query)?;
     let as_of = match query.as_deref_as_of() {
         None => {
@@ -359,6 +386,13 @@ pub async fn replay(
             ReplayError::Store(error) => ApiError::from(error),
             other => ApiError::unavailable(other.to_string()),
         })?;
+    record_read(
+        &state,
+        &principal,
+        context.correlation_id,
+        Read::new(ReadResource::Replay { as_of }, purpose),
+    )
+    .await?;
     Ok(Json(ReplayBody { as_of, view }))
 }
 
@@ -388,10 +422,11 @@ impl ReplayQuery {
 pub async fn export(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    audit_access(&principal, Action::ExportLog, &headers, "export")?;
+    let purpose = audit_access(&principal, Action::ExportLog, &headers, "export")?;
     let Query(query) = query.map_err(malformed_query)?;
     let after = match query.cursor.as_deref() {
         Some(raw) => decode_cursor(raw)
@@ -403,6 +438,18 @@ pub async fn export(
         .as_deref()
         .map(|raw| parse_time(raw, "until"))
         .transpose()?;
+    // The export streams: it is recorded (by its range) before the first byte is sent.
+    let resource = ReadResource::Export {
+        after: query.cursor.is_some().then_some(after),
+        until,
+    };
+    record_read(
+        &state,
+        &principal,
+        context.correlation_id,
+        Read::new(resource, purpose),
+    )
+    .await?;
     let store = state.store.clone();
     let lines = futures::stream::try_unfold(
         (store, after, false),
@@ -446,23 +493,12 @@ fn audit_access(
     action: Action,
     headers: &HeaderMap,
     what: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     authorize(principal, action, Target::Nothing)?;
-    let purpose = headers
-        .get(PURPOSE_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|purpose| !purpose.is_empty() && purpose.chars().count() <= MAX_PURPOSE_CHARS);
-    if purpose.is_none() {
-        return Err(ApiError::bad_request(
-            "purpose_required",
-            "auditors must name the purpose of the read in X-Purpose",
-        )
-        .with_field("X-Purpose", "required", "1 to 500 characters saying why"));
-    }
+    let purpose = access::purpose(principal, headers)?;
     // The purpose text may itself name people: only its presence is logged.
     tracing::info!(subject = %principal.subject, read = what, "auditor read with a stated purpose");
-    Ok(())
+    Ok(purpose)
 }
 
 fn malformed_query(rejection: QueryRejection) -> ApiError {
@@ -490,7 +526,7 @@ pub fn encode_cursor(cursor: LogCursor) -> String {
     ))
 }
 
-fn decode_cursor(raw: &str) -> Result<LogCursor, FieldError> {
+pub(crate) fn decode_cursor(raw: &str) -> Result<LogCursor, FieldError> {
     let invalid = || {
         FieldError::new(
             "cursor",
@@ -530,6 +566,10 @@ async fn scan_naming(store: &EventStore, pin: &str) -> Result<Vec<RecordedEvent>
             return Ok(found);
         };
         cursor = last.cursor();
-        found.extend(batch.into_iter().filter(|event| names(event, pin)));
+        found.extend(
+            batch
+                .into_iter()
+                .filter(|event| event.event_type != ACCESS_EVENT_TYPE && names(event, pin)),
+        );
     }
 }

@@ -10,10 +10,14 @@
 //! - [`citizen`]: status by reference.
 //! - [`connectors`]: the signed callback of agency systems.
 //! - [`audit`]: the auditors' read-only routes (log, streams, timelines, replay, export).
+//! - [`access`]: the access log: every read of personal data recorded as `PersonalDataRead`,
+//!   and `GET /v1/audit/access-log`.
+//! - [`policies`]: operators list and retry policy runs that gave up.
 //! - [`ops`]: health, readiness, metrics.
 //! - [`metrics`]: the hand-rolled Prometheus registry.
 //! - [`openapi`]: the OpenAPI document generated from the route and payload types.
 
+pub mod access;
 pub mod agency;
 pub mod audit;
 pub mod citizen;
@@ -23,6 +27,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod policies;
 pub mod registrar;
 
 use std::collections::BTreeSet;
@@ -39,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
+use lifeline_policies::PolicyHandler;
 use lifeline_store::EventStore;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -94,6 +100,9 @@ pub struct AppState {
     pub settings: HttpSettings,
     /// The agencies that are external systems (their callback secrets); empty: none.
     pub connectors: Arc<ConnectorsConfig>,
+    /// The policy engine `POST /v1/operations/policies/retry` re-runs failed policies with;
+    /// `None` (tests, a process without it): that route answers 503.
+    pub policies: Option<Arc<dyn PolicyHandler>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,7 +128,15 @@ impl AppState {
             clock: Arc::new(Utc::now),
             settings: HttpSettings::default(),
             connectors: Arc::new(ConnectorsConfig::default()),
+            policies: None,
         }
+    }
+
+    /// The policy engine operators retry failed policy runs with.
+    #[must_use]
+    pub fn with_policy_handler(mut self, handler: Arc<dyn PolicyHandler>) -> Self {
+        self.policies = Some(handler);
+        self
     }
 
     /// The agencies that are external systems: their callbacks are accepted.
@@ -207,6 +224,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/audit/replay", get(audit::replay))
         .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/access-log", get(access::access_log))
+        .route("/v1/operations/policies/failed", get(policies::failed))
+        .route("/v1/operations/policies/retry", post(policies::retry))
         .route("/v1/status/{reference}", get(citizen::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

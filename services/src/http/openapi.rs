@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agency, audit, citizen, connectors, error, ops, registrar};
+use super::{access, agency, audit, citizen, connectors, error, ops, policies, registrar};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -34,10 +34,13 @@ use super::{agency, audit, citizen, connectors, error, ops, registrar};
         audit::person_timeline,
         audit::replay,
         audit::export,
+        access::access_log,
         citizen::status,
         ops::healthz,
         ops::readyz,
         ops::metrics,
+        policies::failed,
+        policies::retry,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -46,7 +49,7 @@ use super::{agency, audit, citizen, connectors, error, ops, registrar};
         (name = "agency", description = "inboxes and task commands"),
         (name = "audit", description = "read-only history, replay and export; X-Purpose required"),
         (name = "citizen", description = "status by reference, through the portal"),
-        (name = "operations", description = "health, readiness, metrics"),
+        (name = "operations", description = "health, readiness, metrics; failed policy runs and their retry"),
     )
 )]
 pub struct ApiDoc;

@@ -4,7 +4,7 @@
 //! model's declaration inputs.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -14,6 +14,7 @@ use lifeline_model::declaration::{
 };
 use lifeline_model::life_event::LifeEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
+use lifeline_model::system_events::ReadResource;
 use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_model::values::OfficeCode;
 use lifeline_store::projections::{self, ProcedureState};
@@ -23,6 +24,7 @@ use tracing::instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::access::{self, personal_ids_in, record_read, Read};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_json, ApiJson, RequestContext};
 use super::AppState;
@@ -391,13 +393,15 @@ pub async fn record_death(
 /// A life event: the record and the state of every linked procedure.
 #[utoipa::path(
     get, path = "/v1/life-events/{id}", tag = "registrar",
-    params(("id" = Uuid, Path, description = "the life event id")),
+    params(("id" = Uuid, Path, description = "the life event id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the record is read (auditors must say); recorded in the access log")),
     responses(
-        (status = 200, description = "the record", body = LifeEventBody),
+        (status = 200, description = "the record; the read is recorded in the access log", body = LifeEventBody),
+        (status = 400, description = "an auditor without X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -405,9 +409,12 @@ pub async fn record_death(
 pub async fn get_life_event(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<LifeEventBody>, ApiError> {
     authorize_role(&principal, Action::ReadLifeEvent)?;
+    let purpose = access::purpose(&principal, &headers)?;
     let loaded = load_record(&state, &id).await?;
     let declaration = current_declaration(&loaded.state)?;
     authorize(
@@ -415,8 +422,13 @@ pub async fn get_life_event(
         Action::ReadLifeEvent,
         Target::Office(declaration.office()),
     )?;
-    let status = projections::life_event_status(&state.store, life_event_id(&loaded)?).await?;
-    Ok(Json(life_event_body(&loaded, declaration, status)?))
+    let life_event_id = life_event_id(&loaded)?;
+    let status = projections::life_event_status(&state.store, life_event_id).await?;
+    let body = life_event_body(&loaded, declaration, status)?;
+    let read = Read::new(ReadResource::LifeEvent { life_event_id }, purpose)
+        .naming(personal_ids_in(&body.declaration));
+    record_read(&state, &principal, context.correlation_id, read).await?;
+    Ok(Json(body))
 }
 
 /// Correct a record: a merge patch over its declaration, with a reason.
