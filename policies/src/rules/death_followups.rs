@@ -245,6 +245,17 @@ pub fn react(
             continue;
         }
         let mut facts = life_event.application_facts();
+        // A declaration without the deceased's residence: the register's, which the task was
+        // routed by, so that the agency knows which entry to close.
+        if let (None, Some(residence)) = (&declaration.deceased.residence, &person.residence) {
+            for (field, value) in [
+                ("province", &residence.province),
+                ("commune", &residence.commune),
+                ("address", &residence.address),
+            ] {
+                facts.insert(format!("deceased.residence.{field}"), json!(value));
+            }
+        }
         facts.insert("death_extract_number".to_owned(), json!(extract));
         facts.insert("eligibility.reason".to_owned(), json!(decision.reason));
         facts.insert(
@@ -345,6 +356,14 @@ mod tests {
         assert_eq!(
             residence.application.get("death_extract_number"),
             Some(&json!("TK-2026-77"))
+        );
+        assert_eq!(
+            residence.application.get("deceased.residence.address"),
+            pensioner()
+                .residence
+                .map(|residence| json!(residence.address))
+                .as_ref(),
+            "the register's residence when the declaration has none"
         );
         assert!(residence
             .application
