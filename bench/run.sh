@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the peer baselines (../shared/peers) and Lifeline's benchmarks (W1..W5) in one run,
+# interleaved, ROUNDS times (default 3), then prints the medians and the target ratios and
+# writes bench/results/summary.md and bench/results/w3_latency.svg.
+#
+#   bench/run.sh [ROUNDS]
+#
+# Environment:
+#   PEERS_DIR          the peers' folder (default ../shared/peers); it may be read-only
+#   PEERS_TARGET_DIR   where the peers are built (default target/peers, outside PEERS_DIR)
+#   W3_SECONDS         seconds per W3 arrival rate (default 20)
+#   W4_EVENTS          log size rebuilt by W4 in every round (default 200000)
+#   W4_FULL_EVENTS     log size rebuilt once, after the rounds (default 1000000; 0 skips it)
+#   PEERS_ALL=1        also run the peers' cqrs-b, sqlx-batch and nats figures
+# Needs PostgreSQL on 127.0.0.1:5432 (users postgres and root, trust) and NATS with JetStream
+# on 127.0.0.1:4222 (deploy/services.sh starts them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${1:-3}
+PEERS_DIR=${PEERS_DIR:-../shared/peers}
+PEERS_TARGET_DIR=${PEERS_TARGET_DIR:-$ROOT/target/peers}
+W3_SECONDS=${W3_SECONDS:-20}
+W4_EVENTS=${W4_EVENTS:-200000}
+W4_FULL_EVENTS=${W4_FULL_EVENTS:-1000000}
+
+echo "== building (release)" >&2
+cargo build --release -q -p lifeline-bench -p lifeline
+(cd "$PEERS_DIR" && CARGO_TARGET_DIR="$PEERS_TARGET_DIR" cargo build --release -q)
+BENCH=$ROOT/target/release/lifeline-bench
+PEERS=$PEERS_TARGET_DIR/release/peers-bench
+
+mkdir -p bench/results
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=bench/results/raw-$STAMP.txt
+: > "$OUT"
+
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# One step: label, then the command; RESULT lines get the round number and the load average
+# at the start of the step, and go to the raw file.
+step() {
+  local round=$1; shift
+  local l; l=$(load | tr ' ' '/')
+  echo "== round $round: $* (load $l)" >&2
+  "$@" | sed -u "s/^RESULT /RESULT run=$round load=$l /" | tee -a "$OUT"
+}
+
+PEER_STEPS=(cqrs-a cqrs-c sqlx-single)
+if [ "${PEERS_ALL:-0}" = 1 ]; then PEER_STEPS+=(cqrs-b sqlx-batch nats); fi
+
+for r in $(seq 1 "$ROUNDS"); do
+  # Interleaved: a peer figure, then the Lifeline figure it is compared with, and so on.
+  step "$r" "$PEERS" cqrs-a
+  step "$r" "$BENCH" w1
+  step "$r" "$PEERS" sqlx-single
+  step "$r" "$BENCH" w2
+  step "$r" "$PEERS" cqrs-c
+  step "$r" "$BENCH" w4 "$W4_EVENTS"
+  step "$r" "$BENCH" w3 --seconds "$W3_SECONDS" 100 500 1000
+  step "$r" "$BENCH" w5 500 "$W3_SECONDS"
+  for extra in "${PEER_STEPS[@]:3}"; do step "$r" "$PEERS" "$extra"; done
+done
+if [ "$W4_FULL_EVENTS" != 0 ]; then
+  step full "$BENCH" w4 "$W4_FULL_EVENTS"
+fi
+
+python3 bench/summarize.py --svg bench/results/w3_latency.svg "$OUT" | tee bench/results/summary.md
+echo "raw: $OUT  summary: bench/results/summary.md  plot: bench/results/w3_latency.svg" >&2

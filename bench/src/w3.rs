@@ -1,0 +1,423 @@
+//! W3: end to end at fixed arrival rates (open loop). Births are posted on schedule to the
+//! in-process API; the relay (store -> JetStream), the policy workers (the real
+//! `PolicyEngine`) and the projection subscribers run in-process under `run_roles` on a
+//! JetStream stream of the run's own. A monitor follows the log (gap-free reader, woken by the
+//! store's `LISTEN/NOTIFY` channel) and the inbox projection, and a simulated agency completes
+//! each birth-registration task as soon as its inbox row exists (through `TaskDesk`).
+//!
+//! Latencies: `http` from each request's scheduled time to its 201; `first_log` / `first_inbox`
+//! from the 201 to the birth-registration `TaskCreated` being readable in the log / its inbox row
+//! existing; `second_log` / `second_inbox` from the completion's commit (the agency's own time
+//! excluded) to both second-step tasks (residence registration, child health insurance) being in
+//! the log / in the inbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use lifeline::registry::Actor;
+use lifeline::tasks::TaskDesk;
+use lifeline_model::codec::decode_recorded;
+use lifeline_model::envelope::{LogCursor, Role};
+use lifeline_model::procedure::ProcedureId;
+use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
+use lifeline_policies::projections::projection_subscribers;
+use lifeline_policies::runtime::{connect_nats, run_roles, Role as RuntimeRole, RuntimeSettings};
+use lifeline_policies::PolicyHandler;
+use lifeline_store::EventStore;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::common::{nats_url, Figure, FreshDatabase};
+use crate::w2::{bodies, client, post_birth, verifier, Api, SERVE_POOL};
+
+/// How long the monitor waits for a wake-up before reading anyway.
+const MONITOR_POLL: Duration = Duration::from_millis(2);
+/// How long, after the last arrival, the chains may take to finish.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Requests in flight beyond this are counted as dropped (the open loop must not exhaust memory).
+const MAX_IN_FLIGHT: usize = 4_096;
+
+pub(crate) async fn run(rates: &[u32], seconds: u64) -> anyhow::Result<()> {
+    let database = FreshDatabase::create().await?;
+    let result = run_on(&database, rates, seconds).await;
+    database.drop_now().await?;
+    result
+}
+
+async fn run_on(database: &FreshDatabase, rates: &[u32], seconds: u64) -> anyhow::Result<()> {
+    let store = database.store(SERVE_POOL).await?.with_group_commit();
+    let jetstream = connect_nats(&nats_url())
+        .await
+        .context("connecting to NATS (start it with deploy/services.sh)")?;
+    let run_id = Uuid::new_v4().simple().to_string();
+    let mut settings = RuntimeSettings::default();
+    settings.bus.stream_name = format!("BENCH_{run_id}");
+    settings.bus.subject_prefix = format!("bench.{run_id}");
+    let handler: Arc<dyn PolicyHandler> = Arc::new(lifeline::serve::policy_engine(
+        lifeline::serve::load_reference()?,
+    ));
+    let (stop_roles, roles_shutdown) = watch::channel(false);
+    let roles = tokio::spawn(run_roles(
+        store.clone(),
+        Some(jetstream.clone()),
+        &[RuntimeRole::Relay, RuntimeRole::Worker],
+        handler,
+        projection_subscribers(),
+        settings.clone(),
+        roles_shutdown,
+    ));
+    let api = Api::start(lifeline::http::AppState::new(store.clone(), verifier()?)).await?;
+    // The monitor and the agency use a store of their own (their reads must not queue on the
+    // application's pool), without group commit, like an agency's separate process.
+    let observer = database.store(6).await?;
+    let mut offset = 0;
+    for &rate in rates {
+        let figures = drive_chains(
+            &observer,
+            &api.base,
+            &api.registrar_token,
+            rate,
+            Duration::from_secs(seconds),
+            offset,
+            &format!("w3_r{rate}"),
+        )
+        .await?;
+        offset += rate as usize * seconds as usize;
+        for figure in figures {
+            figure.print();
+        }
+    }
+    api.stop().await?;
+    let _ = stop_roles.send(true);
+    let _ = roles.await;
+    let _ = jetstream.delete_stream(&settings.bus.stream_name).await;
+    observer.close().await;
+    store.close().await;
+    Ok(())
+}
+
+/// What the monitor learnt about one birth.
+#[derive(Default, Clone)]
+struct Chain {
+    created: Option<Instant>,
+    first_task: Option<Uuid>,
+    first_log: Option<Instant>,
+    first_inbox: Option<Instant>,
+    completed: Option<Instant>,
+    second_log: Vec<Instant>,
+    second_inbox: Vec<Instant>,
+}
+
+struct Shared {
+    chains: HashMap<Uuid, Chain>,
+    /// Inbox rows to look for: task id -> (life event, first step?).
+    pending_inbox: HashMap<Uuid, (Uuid, bool)>,
+}
+
+/// Posts births at `rate`/s for `duration` to `api_base` (open loop), follows every chain on
+/// `observer` (same database), completes each birth-registration task, and answers the figures.
+pub(crate) async fn drive_chains(
+    observer: &EventStore,
+    api_base: &str,
+    token: &str,
+    rate: u32,
+    duration: Duration,
+    offset: usize,
+    label: &str,
+) -> anyhow::Result<Vec<Figure>> {
+    let total = rate as usize * duration.as_secs() as usize;
+    let prepared = bodies(offset, total)?;
+    let shared = Arc::new(Mutex::new(Shared {
+        chains: HashMap::new(),
+        pending_inbox: HashMap::new(),
+    }));
+    let (stop_monitor, monitor_stop) = watch::channel(false);
+    let (to_agency, agency_inbox) = mpsc::unbounded_channel();
+    let start_cursor = log_end(observer).await?;
+    let monitor = tokio::spawn(monitor(
+        observer.clone(),
+        start_cursor,
+        Arc::clone(&shared),
+        to_agency,
+        monitor_stop,
+    ));
+    let agency = tokio::spawn(agency(observer.clone(), Arc::clone(&shared), agency_inbox));
+
+    let client = client()?;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut requests = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut dropped = 0_usize;
+    for (index, body) in prepared.into_iter().enumerate() {
+        let scheduled = started + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+            dropped += 1;
+            continue;
+        };
+        let client = client.clone();
+        let base = api_base.to_owned();
+        let token = token.to_owned();
+        let shared = Arc::clone(&shared);
+        requests.spawn(async move {
+            let answer = post_birth(&client, &base, &token, body).await;
+            let answered = Instant::now();
+            drop(permit);
+            let answer = answer?;
+            let life_event_id: Uuid = answer
+                .get("life_event_id")
+                .and_then(|id| id.as_str())
+                .context("201 without life_event_id")?
+                .parse()?;
+            let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            shared.chains.entry(life_event_id).or_default().created = Some(answered);
+            Ok::<_, anyhow::Error>(answered - scheduled)
+        });
+    }
+    let sending = started.elapsed();
+    let mut http = Vec::with_capacity(total);
+    let mut failed = 0_usize;
+    while let Some(joined) = requests.join_next().await {
+        match joined? {
+            Ok(latency) => http.push(latency),
+            Err(error) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("{label}: request failed: {error:#}");
+                }
+            }
+        }
+    }
+    let answered = started.elapsed();
+
+    // Wait (bounded) for every chain to reach its second step in the inbox.
+    let deadline = Instant::now() + DRAIN;
+    loop {
+        let done = {
+            let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            shared
+                .chains
+                .values()
+                .filter(|chain| chain.created.is_some())
+                .all(|chain| chain.second_inbox.len() >= 2)
+        };
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_monitor.send(true);
+    monitor.await??;
+    agency.abort();
+
+    let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut first_log = Vec::new();
+    let mut first_inbox = Vec::new();
+    let mut second_log = Vec::new();
+    let mut second_inbox = Vec::new();
+    let since = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(from), Some(to)) => Some(to.saturating_duration_since(from)),
+        _ => None,
+    };
+    for chain in shared.chains.values().filter(|chain| chain.created.is_some()) {
+        first_log.extend(since(chain.created, chain.first_log));
+        first_inbox.extend(since(chain.created, chain.first_inbox));
+        if chain.second_log.len() >= 2 {
+            second_log.extend(since(chain.completed, chain.second_log.iter().max().copied()));
+        }
+        if chain.second_inbox.len() >= 2 {
+            second_inbox.extend(since(
+                chain.completed,
+                chain.second_inbox.iter().max().copied(),
+            ));
+        }
+    }
+    let births = http.len();
+    let achieved = births as f64 / sending.as_secs_f64();
+    let note = format!(
+        "rate={rate} achieved_rate={achieved:.1} sent_s={:.2} answered_s={:.2} dropped={dropped} failed={failed}",
+        sending.as_secs_f64(),
+        answered.as_secs_f64()
+    );
+    let figure = |name: &str, latencies: Vec<Duration>| {
+        let complete = latencies.len();
+        Figure::new(format!("{label}_{name}"), complete, sending)
+            .latencies(latencies)
+            .extra(format!("{note} of={births}"))
+    };
+    Ok(vec![
+        figure("http_201", http),
+        figure("first_task_log", first_log),
+        figure("first_task_inbox", first_inbox),
+        figure("second_step_log", second_log),
+        figure("second_step_inbox", second_inbox),
+    ])
+}
+
+/// The cursor after the last event now readable: the monitor starts there.
+async fn log_end(store: &EventStore) -> anyhow::Result<LogCursor> {
+    let mut cursor = LogCursor::START;
+    loop {
+        let page = store.read_all(cursor, 5_000).await?;
+        let Some(last) = page.last() else {
+            return Ok(cursor);
+        };
+        cursor = last.cursor();
+    }
+}
+
+async fn monitor(
+    store: EventStore,
+    mut cursor: LogCursor,
+    shared: Arc<Mutex<Shared>>,
+    to_agency: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let pool = store
+        .postgres_pool()
+        .context("the bench runs on PostgreSQL")?
+        .clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener.listen("lifeline_events").await?;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        // Woken by an append's NOTIFY, or by the poll interval (inbox rows do not notify).
+        tokio::select! {
+            _ = listener.try_recv() => {}
+            () = tokio::time::sleep(MONITOR_POLL) => {}
+            _ = stop.changed() => {}
+        }
+        loop {
+            let page = store.read_all(cursor, 1_000).await?;
+            let now = Instant::now();
+            let Some(last) = page.last() else { break };
+            cursor = last.cursor();
+            let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for event in page.iter().filter(|event| event.event_type == "TaskCreated") {
+                let Ok(TaskEvent::TaskCreated(created)) = decode_recorded::<TaskEvent>(event)
+                else {
+                    continue;
+                };
+                let first = created.procedure == ProcedureId::BirthRegistration;
+                let chain = shared.chains.entry(created.life_event_id).or_default();
+                if first {
+                    chain.first_log.get_or_insert(now);
+                    chain.first_task = Some(created.task_id);
+                } else {
+                    chain.second_log.push(now);
+                }
+                shared
+                    .pending_inbox
+                    .insert(created.task_id, (created.life_event_id, first));
+            }
+        }
+        let pending: Vec<Uuid> = {
+            let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            shared.pending_inbox.keys().copied().collect()
+        };
+        if pending.is_empty() {
+            continue;
+        }
+        let found: Vec<Uuid> =
+            sqlx::query_scalar("SELECT task_id FROM projection_tasks WHERE task_id = ANY($1)")
+                .bind(&pending)
+                .fetch_all(&pool)
+                .await?;
+        let now = Instant::now();
+        let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for task_id in found {
+            let Some((life_event_id, first)) = shared.pending_inbox.remove(&task_id) else {
+                continue;
+            };
+            let chain = shared.chains.entry(life_event_id).or_default();
+            if first {
+                chain.first_inbox.get_or_insert(now);
+                let _ = to_agency.send((life_event_id, task_id));
+            } else {
+                chain.second_inbox.push(now);
+            }
+        }
+    }
+}
+
+/// The simulated agency: claims and completes each birth-registration task through `TaskDesk`
+/// (a few at a time), and records when each completion committed.
+async fn agency(
+    store: EventStore,
+    shared: Arc<Mutex<Shared>>,
+    mut inbox: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
+) -> anyhow::Result<()> {
+    let desk = Arc::new(TaskDesk::new(store));
+    let officers = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut serial = 0_u64;
+    while let Some((life_event_id, task_id)) = inbox.recv().await {
+        serial += 1;
+        let desk = Arc::clone(&desk);
+        let shared = Arc::clone(&shared);
+        let permit = Arc::clone(&officers).acquire_owned().await?;
+        tokio::spawn(async move {
+            let result = complete(&desk, task_id, serial).await;
+            let completed = Instant::now();
+            drop(permit);
+            match result {
+                Ok(()) => {
+                    if let Ok(mut shared) = shared.lock() {
+                        shared.chains.entry(life_event_id).or_default().completed = Some(completed);
+                    }
+                }
+                Err(error) => eprintln!("agency: completing task {task_id}: {error:#}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn complete(desk: &TaskDesk, task_id: Uuid, serial: u64) -> anyhow::Result<()> {
+    let task = desk
+        .load(task_id)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?
+        .context("the task exists")?;
+    let office = task
+        .state
+        .office
+        .as_ref()
+        .map(|office| office.as_str().to_owned());
+    let officer = Actor {
+        id: format!("officer@{}", office.as_deref().unwrap_or("-")),
+        role: Role::Agency,
+        office,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    desk.execute(
+        &officer,
+        task_id,
+        TaskCommand::Claim {
+            by: officer.id.clone(),
+            at: Utc::now(),
+        },
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("claim: {error}"))?;
+    desk.execute(
+        &officer,
+        task_id,
+        TaskCommand::Complete {
+            by: officer.id.clone(),
+            outcome: TaskOutcome::BirthRegistered {
+                certificate_number: format!("KS-BENCH-{serial:08}"),
+            },
+            at: Utc::now(),
+        },
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("complete: {error}"))?;
+    Ok(())
+}
