@@ -573,10 +573,14 @@ pub async fn wait_consumer_drained(
 /// The `lifeline` binary, built once per test process (`cargo build -p lifeline --bin
 /// lifeline`, debug profile) and found under the workspace's target directory: the tests crate
 /// cannot use `CARGO_BIN_EXE_lifeline`, which Cargo sets only for the `lifeline` package's own
-/// tests.
+/// tests. `LIFELINE_TEST_BIN` names a binary to use instead (the build waits for Cargo's lock
+/// on the target directory while other builds hold it).
 pub fn lifeline_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        if let Some(binary) = std::env::var_os("LIFELINE_TEST_BIN") {
+            return PathBuf::from(binary);
+        }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("the tests crate sits in the workspace");
