@@ -35,6 +35,10 @@ command -v nats-server >/dev/null 2>&1 || {
     exit 1
 }
 
+# Process tests run the `lifeline` binary that this very `cargo test` builds (the workspace's
+# tests include the binary's own), rather than each building it again.
+export LIFELINE_TEST_BIN="${LIFELINE_TEST_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/lifeline}"
+
 echo "test: LIFELINE_TEST_POSTGRES_URL=$LIFELINE_TEST_POSTGRES_URL"
 echo "test: LIFELINE_TEST_NATS_URL=$LIFELINE_TEST_NATS_URL"
 echo "test: nats-server=$(command -v nats-server)"
