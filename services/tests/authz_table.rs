@@ -41,6 +41,7 @@ type Row = (&'static str, &'static str, Option<Value>, [u16; 8]);
 /// THE table. `{life_event}`, `{task}`, `{agency}`, `{pin}`, `{reference}` are filled from the
 /// set-up; bodies are chosen so that an allowed caller gets a deterministic answer (a refused
 /// body where a write would change what later rows see).
+#[rustfmt::skip]
 fn table() -> Vec<Row> {
     vec![
         // Registrars record and correct only for their office.
@@ -126,10 +127,9 @@ async fn world() -> World {
             catch_up(&app.store, view.as_mut(), None).await.unwrap();
         }
     }
-    let tasks =
-        projections::tasks_of_life_event(&app.store, Uuid::parse_str(&life_event).unwrap())
-            .await
-            .unwrap();
+    let tasks = projections::tasks_of_life_event(&app.store, Uuid::parse_str(&life_event).unwrap())
+        .await
+        .unwrap();
     let task = tasks.first().expect("the birth's first task");
     let other_agency = AgencyId::ALL
         .into_iter()
@@ -200,8 +200,8 @@ async fn every_route_answers_every_caller_as_the_table_says() {
 /// a route means deciding who may call it.
 #[test]
 fn the_table_lists_exactly_the_routes_of_the_openapi_document() {
-    let document: Value = serde_json::from_str(&lifeline::http::openapi::openapi_pretty_json())
-        .unwrap();
+    let document: Value =
+        serde_json::from_str(&lifeline::http::openapi::openapi_pretty_json()).unwrap();
     let mut documented = BTreeSet::new();
     for (path, operations) in document["paths"].as_object().unwrap() {
         for method in operations.as_object().unwrap().keys() {

@@ -1,0 +1,272 @@
+//! The access log over HTTP: reads of personal data are recorded (who, role, scope, what, when,
+//! why) and shown to auditors in `GET /v1/audit/access-log` and in the person's timeline; routes
+//! without personal data record nothing.
+
+mod http_common;
+
+use axum::http::{Method, StatusCode};
+use http_common::*;
+use lifeline_model::envelope::LogCursor;
+use lifeline_model::procedure::{AgencyId, ProcedureId};
+use lifeline_store::projections;
+use serde_json::Value;
+
+const PURPOSE: &str = "complaint 2026-118: who saw the record";
+const MOTHER: &str = "079190001234";
+
+async fn auditor_get(app: &TestApp, uri: &str) -> (StatusCode, Value) {
+    let (status, body, _) = app
+        .call_raw(
+            Method::GET,
+            uri,
+            Some(&auditor()),
+            None,
+            &[("x-purpose", PURPOSE)],
+        )
+        .await;
+    (status, body)
+}
+
+/// The payloads of every `PersonalDataRead` in the log.
+async fn reads(app: &TestApp) -> Vec<Value> {
+    app.store
+        .read_all(LogCursor::START, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.event_type == "PersonalDataRead")
+        .map(|event| {
+            assert!(event.stream_id.as_str().starts_with("access-"));
+            event.payload
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_auditors_timeline_read_is_in_the_access_log_and_in_the_next_timeline() {
+    let app = TestApp::new().await;
+    record_birth(&app).await;
+    let (status, first) = auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["accesses"].as_array().unwrap().len(), 0, "{first}");
+
+    let (status, page) = auditor_get(&app, &format!("/v1/audit/access-log?person={MOTHER}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{page}");
+    let entry = &entries[0];
+    assert_eq!(entry["subject"], "auditor-1");
+    assert_eq!(entry["role"], "auditor");
+    assert_eq!(entry["scope"], "all");
+    assert_eq!(entry["purpose"], PURPOSE);
+    assert_eq!(entry["resource"]["kind"], "person_timeline");
+    assert_eq!(entry["resource"]["personal_id"], MOTHER);
+    assert_eq!(entry["read_at"], "2026-11-21T03:00:00Z");
+    assert_eq!(page["caught_up"], true);
+
+    // The next timeline shows the first read and the access-log read naming the person.
+    let (status, second) = auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = second["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|access| access["resource"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["person_timeline", "access_log"], "{second}");
+    // Access records are listed as accesses, not as the person's events.
+    assert!(second["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|event| event["event_type"] != "PersonalDataRead"));
+
+    // Auditors must say why.
+    let (status, body, _) = app
+        .call(Method::GET, "/v1/audit/access-log", Some(&auditor()), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            "/v1/audit/access-log",
+            Some(&registrar(HCM_OFFICE)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_registrars_read_of_a_life_event_is_logged_with_the_office_and_the_numbers() {
+    let app = TestApp::new().await;
+    let birth = record_birth(&app).await;
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/life-events/{birth}"),
+            Some(&registrar(HCM_OFFICE)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reads = reads(&app).await;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["role"], "registrar");
+    assert_eq!(reads[0]["scope"], "office:79-26734");
+    assert_eq!(reads[0]["resource"]["life_event_id"], birth.as_str());
+    assert!(reads[0].get("purpose").is_none(), "optional for registrars");
+    let pins: Vec<&str> = reads[0]["personal_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pin| pin.as_str().unwrap())
+        .collect();
+    assert!(
+        pins.contains(&MOTHER) && pins.contains(&"079088004321"),
+        "{pins:?}"
+    );
+    // A refused read records nothing.
+    let (status, _, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/life-events/{birth}"),
+            Some(&registrar(HANOI_OFFICE)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(reads_len(&app).await, 1);
+}
+
+async fn reads_len(app: &TestApp) -> usize {
+    reads(app).await.len()
+}
+
+#[tokio::test]
+async fn agency_reads_of_a_task_are_logged_with_the_agency_scope() {
+    let app = TestApp::new().await;
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let (status, body, _) = app
+        .call_raw(
+            Method::GET,
+            &format!("/v1/tasks/{task}"),
+            Some(&officer("police-alice", AgencyId::Police)),
+            None,
+            &[("x-purpose", "registering the residence")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reads = reads(&app).await;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["subject"], "police-alice");
+    assert_eq!(reads[0]["role"], "agency");
+    assert_eq!(reads[0]["scope"], "agency:police");
+    assert_eq!(reads[0]["resource"]["kind"], "task");
+    assert_eq!(reads[0]["resource"]["task_id"], task.to_string());
+    assert_eq!(reads[0]["purpose"], "registering the residence");
+
+    let (status, page) = auditor_get(&app, "/v1/audit/access-log?limit=10").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["entries"][0]["scope"], "agency:police");
+}
+
+#[tokio::test]
+async fn health_metrics_inbox_and_citizen_status_record_nothing() {
+    let app = TestApp::new().await;
+    let (_, recorded, _) = app
+        .call(
+            Method::POST,
+            "/v1/births",
+            Some(&registrar(HCM_OFFICE)),
+            Some(birth_body()),
+        )
+        .await;
+    let reference = recorded["reference"].as_str().unwrap();
+    let before = app.log_len().await;
+    for uri in [
+        "/healthz".to_owned(),
+        "/readyz".to_owned(),
+        "/metrics".to_owned(),
+        "/openapi.json".to_owned(),
+        format!("/v1/status/{reference}"),
+        "/v1/agencies/police/tasks".to_owned(),
+    ] {
+        let token = if uri.contains("agencies") {
+            officer("police-alice", AgencyId::Police)
+        } else {
+            operator()
+        };
+        let (status, body, _) = app.call(Method::GET, &uri, Some(&token), None).await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+            "{uri}: {status} {body}"
+        );
+    }
+    assert_eq!(app.log_len().await, before);
+    assert_eq!(reads_len(&app).await, 0);
+}
+
+/// A task of `procedure` for the example birth, as a policy would make it, in the inbox.
+async fn create_task(app: &TestApp, procedure: ProcedureId) -> uuid::Uuid {
+    use chrono::Duration;
+    use lifeline::registry::Actor;
+    use lifeline_model::declaration::{parse_birth, Declaration};
+    use lifeline_model::envelope::Role;
+    use lifeline_model::task::{Application, TaskCommand, TaskStatus};
+    use lifeline_model::values::OfficeCode;
+    use uuid::Uuid;
+
+    let input = serde_json::from_value(birth_body()).unwrap();
+    let declaration = Declaration::Birth(parse_birth(&input, now().date_naive()).unwrap());
+    let application = Application::for_procedure(procedure, &declaration.flatten());
+    let task_id = Uuid::now_v7();
+    let life_event_id = Uuid::now_v7();
+    let actor = Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    let office = OfficeCode::parse(HCM_OFFICE).unwrap();
+    let due_at = now() + Duration::days(2);
+    app.state
+        .tasks
+        .execute(
+            &actor,
+            task_id,
+            TaskCommand::Create {
+                task_id,
+                procedure,
+                life_event_id,
+                office: office.clone(),
+                application: application.clone(),
+                due_at,
+                source_event_id: Uuid::now_v7(),
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let row = projections::TaskRow {
+        task_id,
+        procedure,
+        agency: procedure.agency(),
+        office,
+        life_event_id,
+        status: TaskStatus::Open,
+        claimed_by: None,
+        due_at,
+        overdue: false,
+        created_at: now(),
+        updated_at: now(),
+        application,
+        outcome: None,
+        reason: None,
+    };
+    let mut tx = app.store.begin().await.unwrap();
+    projections::save_task(&mut tx, &row).await.unwrap();
+    tx.commit().await.unwrap();
+    task_id
+}
