@@ -17,7 +17,7 @@ mod w3;
 mod w4;
 mod w5;
 
-const USAGE: &str = "usage: lifeline-bench w1 [levels..] | w2 [levels..] | w3 [--seconds S] [rates..] | w4 [events] | w5 [rate] [seconds] | payload";
+const USAGE: &str = "usage: lifeline-bench w1 [levels..] | w2 [levels..] | w3 [--seconds S] [--relay-poll-ms MS] [rates..] | w4 [events] | w5 [rate] [seconds] | payload";
 
 fn numbers(args: &[String]) -> Vec<u64> {
     args.iter().filter_map(|arg| arg.parse().ok()).collect()
@@ -49,11 +49,17 @@ async fn main() -> anyhow::Result<()> {
         "w2" => w2::run(&levels(rest, &[1, 8, 32, 64])).await?,
         "w3" => {
             let mut seconds = 20;
+            let mut relay_poll = None;
             let mut rates = Vec::new();
             let mut iter = rest.iter();
             while let Some(arg) = iter.next() {
                 if arg == "--seconds" {
                     seconds = iter.next().and_then(|s| s.parse().ok()).unwrap_or(seconds);
+                } else if arg == "--relay-poll-ms" {
+                    relay_poll = iter
+                        .next()
+                        .and_then(|ms| ms.parse().ok())
+                        .map(std::time::Duration::from_millis);
                 } else if let Ok(rate) = arg.parse() {
                     rates.push(rate);
                 }
@@ -61,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
             if rates.is_empty() {
                 rates = vec![100, 500, 1000];
             }
-            w3::run(&rates, seconds).await?;
+            w3::run(&rates, seconds, relay_poll).await?;
         }
         "w4" => {
             let events = numbers(rest).first().copied().unwrap_or(1_000_000);

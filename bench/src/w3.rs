@@ -40,14 +40,21 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Requests in flight beyond this are counted as dropped (the open loop must not exhaust memory).
 const MAX_IN_FLIGHT: usize = 4_096;
 
-pub(crate) async fn run(rates: &[u32], seconds: u64) -> anyhow::Result<()> {
+/// `relay_poll`: the relay's idle poll interval (`None`: `RelayOptions::default()`, what
+/// `lifeline serve` runs); another value is an experiment, reported under its own case names.
+pub(crate) async fn run(rates: &[u32], seconds: u64, relay_poll: Option<Duration>) -> anyhow::Result<()> {
     let database = FreshDatabase::create().await?;
-    let result = run_on(&database, rates, seconds).await;
+    let result = run_on(&database, rates, seconds, relay_poll).await;
     database.drop_now().await?;
     result
 }
 
-async fn run_on(database: &FreshDatabase, rates: &[u32], seconds: u64) -> anyhow::Result<()> {
+async fn run_on(
+    database: &FreshDatabase,
+    rates: &[u32],
+    seconds: u64,
+    relay_poll: Option<Duration>,
+) -> anyhow::Result<()> {
     let store = database.store(SERVE_POOL).await?.with_group_commit();
     let jetstream = connect_nats(&nats_url())
         .await
@@ -56,6 +63,13 @@ async fn run_on(database: &FreshDatabase, rates: &[u32], seconds: u64) -> anyhow
     let mut settings = RuntimeSettings::default();
     settings.bus.stream_name = format!("BENCH_{run_id}");
     settings.bus.subject_prefix = format!("bench.{run_id}");
+    let variant = match relay_poll {
+        Some(poll) => {
+            settings.relay.poll_interval = poll;
+            format!("_relaypoll{}ms", poll.as_millis())
+        }
+        None => String::new(),
+    };
     let handler: Arc<dyn PolicyHandler> = Arc::new(lifeline::serve::policy_engine(
         lifeline::serve::load_reference()?,
     ));
@@ -82,7 +96,7 @@ async fn run_on(database: &FreshDatabase, rates: &[u32], seconds: u64) -> anyhow
             rate,
             Duration::from_secs(seconds),
             offset,
-            &format!("w3_r{rate}"),
+            &format!("w3{variant}_r{rate}"),
         )
         .await?;
         offset += rate as usize * seconds as usize;

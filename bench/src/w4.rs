@@ -131,9 +131,19 @@ async fn run_on(
     let table_bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('events')")
         .fetch_one(pool)
         .await?;
+    let before = statement_counts(pool).await?;
     let started = Instant::now();
     let report = rebuild_projections(&store).await?;
     let rebuild = started.elapsed();
+    // The statistics collector flushes at most once a second per backend.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let after = statement_counts(pool).await?;
+    let statements: Vec<String> = after
+        .iter()
+        .zip(&before)
+        .map(|((name, a), (_, b))| format!("{name}:{}", a - b))
+        .collect();
+    let total: i64 = after.iter().zip(&before).map(|((_, a), (_, b))| a - b).sum();
     let per_projection: Vec<String> = report
         .events_per_projection
         .iter()
@@ -141,9 +151,11 @@ async fn run_on(
         .collect();
     Figure::new(format!("w4_rebuild_projections_{}", label(target_events)), written, rebuild)
         .extra(format!(
-            "projections={} events_table_mb={}",
+            "projections={} events_table_mb={} projection_row_ops={} row_ops_per_event={:.2}",
             per_projection.join(","),
-            table_bytes / 1_000_000
+            table_bytes / 1_000_000,
+            statements.join(","),
+            total as f64 / written as f64
         ))
         .print();
     store.close().await;
@@ -280,4 +292,22 @@ impl Renamer {
         out.push_str(rest);
         out
     }
+}
+
+/// Index scans (row loads) and inserted/updated/deleted rows of each projection table: the
+/// rebuild's row operations, to tell per-event round trips from bulk work.
+async fn statement_counts(pool: &sqlx::PgPool) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, coalesce(idx_scan, 0) + coalesce(seq_scan, 0), \
+         n_tup_ins + n_tup_upd + n_tup_del \
+         FROM pg_stat_user_tables WHERE relname LIKE 'projection_%' ORDER BY relname",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .flat_map(|(name, scans, writes)| {
+            [(format!("{name}.scans"), scans), (format!("{name}.writes"), writes)]
+        })
+        .collect())
 }
