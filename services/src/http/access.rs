@@ -175,11 +175,9 @@ pub async fn record_read(
 pub fn personal_ids_in(value: &Value) -> BTreeSet<PersonalId> {
     fn walk(value: &Value, found: &mut BTreeSet<PersonalId>) {
         match value {
-            Value::String(text) => {
-                if text.len() == 12 {
-                    if let Ok(pin) = PersonalId::parse(text) {
-                        found.insert(pin);
-                    }
+            Value::String(text) if text.len() == 12 => {
+                if let Ok(pin) = PersonalId::parse(text) {
+                    found.insert(pin);
                 }
             }
             Value::Array(items) => items.iter().for_each(|item| walk(item, found)),
