@@ -215,9 +215,7 @@ pub(crate) fn birth_recorded(index: usize) -> anyhow::Result<(Uuid, NewEvent)> {
             recorded_on: today(),
         })
         .map_err(|error| anyhow::anyhow!("the aggregate refused the bench birth: {error}"))?;
-    let event = events
-        .first()
-        .context("the aggregate decided no event")?;
+    let event = events.first().context("the aggregate decided no event")?;
     let metadata = EventMetadata {
         actor: "registrar-79-26734".to_owned(),
         role: Role::Registrar,
@@ -228,7 +226,10 @@ pub(crate) fn birth_recorded(index: usize) -> anyhow::Result<(Uuid, NewEvent)> {
         idempotency_key: None,
         office_signature: None,
     };
-    Ok((life_event_id, codec::to_new_event(event, Uuid::now_v7(), metadata)))
+    Ok((
+        life_event_id,
+        codec::to_new_event(event, Uuid::now_v7(), metadata),
+    ))
 }
 
 /// Bytes of the event's payload as JSON.

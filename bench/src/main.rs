@@ -43,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
         "payload" => {
             let (_, event) = common::birth_recorded(0)?;
             eprintln!("{}", serde_json::to_string_pretty(&event.payload)?);
-            eprintln!("BirthRecorded payload bytes={}", common::payload_bytes(&event));
+            eprintln!(
+                "BirthRecorded payload bytes={}",
+                common::payload_bytes(&event)
+            );
         }
         "w1" => w1::run(&levels(rest, &[1, 8, 32])).await?,
         "w2" => w2::run(&levels(rest, &[1, 8, 32, 64])).await?,

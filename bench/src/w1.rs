@@ -84,7 +84,11 @@ async fn drive(
                 let (stream, event) = &events[index];
                 let started = Instant::now();
                 store
-                    .append(stream, ExpectedVersion::NoStream, std::slice::from_ref(event))
+                    .append(
+                        stream,
+                        ExpectedVersion::NoStream,
+                        std::slice::from_ref(event),
+                    )
                     .await?;
                 latencies.push(started.elapsed());
             }

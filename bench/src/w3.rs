@@ -42,7 +42,11 @@ const MAX_IN_FLIGHT: usize = 4_096;
 
 /// `relay_poll`: the relay's idle poll interval (`None`: `RelayOptions::default()`, what
 /// `lifeline serve` runs); another value is an experiment, reported under its own case names.
-pub(crate) async fn run(rates: &[u32], seconds: u64, relay_poll: Option<Duration>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    rates: &[u32],
+    seconds: u64,
+    relay_poll: Option<Duration>,
+) -> anyhow::Result<()> {
     let database = FreshDatabase::create().await?;
     let result = run_on(&database, rates, seconds, relay_poll).await;
     database.drop_now().await?;
@@ -237,11 +241,18 @@ pub(crate) async fn drive_chains(
         (Some(from), Some(to)) => Some(to.saturating_duration_since(from)),
         _ => None,
     };
-    for chain in shared.chains.values().filter(|chain| chain.created.is_some()) {
+    for chain in shared
+        .chains
+        .values()
+        .filter(|chain| chain.created.is_some())
+    {
         first_log.extend(since(chain.created, chain.first_log));
         first_inbox.extend(since(chain.created, chain.first_inbox));
         if chain.second_log.len() >= 2 {
-            second_log.extend(since(chain.completed, chain.second_log.iter().max().copied()));
+            second_log.extend(since(
+                chain.completed,
+                chain.second_log.iter().max().copied(),
+            ));
         }
         if chain.second_inbox.len() >= 2 {
             second_inbox.extend(since(
@@ -313,7 +324,10 @@ async fn monitor(
             let Some(last) = page.last() else { break };
             cursor = last.cursor();
             let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            for event in page.iter().filter(|event| event.event_type == "TaskCreated") {
+            for event in page
+                .iter()
+                .filter(|event| event.event_type == "TaskCreated")
+            {
                 let Ok(TaskEvent::TaskCreated(created)) = decode_recorded::<TaskEvent>(event)
                 else {
                     continue;

@@ -143,21 +143,29 @@ async fn run_on(
         .zip(&before)
         .map(|((name, a), (_, b))| format!("{name}:{}", a - b))
         .collect();
-    let total: i64 = after.iter().zip(&before).map(|((_, a), (_, b))| a - b).sum();
+    let total: i64 = after
+        .iter()
+        .zip(&before)
+        .map(|((_, a), (_, b))| a - b)
+        .sum();
     let per_projection: Vec<String> = report
         .events_per_projection
         .iter()
         .map(|(name, handled)| format!("{name}:{handled}"))
         .collect();
-    Figure::new(format!("w4_rebuild_projections_{}", label(target_events)), written, rebuild)
-        .extra(format!(
-            "projections={} events_table_mb={} projection_row_ops={} row_ops_per_event={:.2}",
-            per_projection.join(","),
-            table_bytes / 1_000_000,
-            statements.join(","),
-            total as f64 / written as f64
-        ))
-        .print();
+    Figure::new(
+        format!("w4_rebuild_projections_{}", label(target_events)),
+        written,
+        rebuild,
+    )
+    .extra(format!(
+        "projections={} events_table_mb={} projection_row_ops={} row_ops_per_event={:.2}",
+        per_projection.join(","),
+        table_bytes / 1_000_000,
+        statements.join(","),
+        total as f64 / written as f64
+    ))
+    .print();
     store.close().await;
     Ok(())
 }
@@ -174,7 +182,10 @@ fn label(events: usize) -> String {
 
 /// Copy number `copy` of the template: its appends in commit order (consecutive events of one
 /// stream together).
-fn copy_of(template: &[RecordedEvent], copy: usize) -> anyhow::Result<Vec<(StreamId, Vec<NewEvent>)>> {
+fn copy_of(
+    template: &[RecordedEvent],
+    copy: usize,
+) -> anyhow::Result<Vec<(StreamId, Vec<NewEvent>)>> {
     let mut renamer = Renamer::new(copy);
     let mut appends: Vec<(StreamId, Vec<NewEvent>)> = Vec::new();
     for event in template {
@@ -221,7 +232,9 @@ impl Renamer {
     fn value(&mut self, value: &Value) -> Value {
         match value {
             Value::String(text) => Value::String(self.string(text)),
-            Value::Array(items) => Value::Array(items.iter().map(|item| self.value(item)).collect()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|item| self.value(item)).collect())
+            }
             Value::Object(fields) => Value::Object(
                 fields
                     .iter()
@@ -307,7 +320,10 @@ async fn statement_counts(pool: &sqlx::PgPool) -> anyhow::Result<Vec<(String, i6
     Ok(rows
         .into_iter()
         .flat_map(|(name, scans, writes)| {
-            [(format!("{name}.scans"), scans), (format!("{name}.writes"), writes)]
+            [
+                (format!("{name}.scans"), scans),
+                (format!("{name}.writes"), writes),
+            ]
         })
         .collect())
 }

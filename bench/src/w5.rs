@@ -60,13 +60,21 @@ async fn run_on(database: &FreshDatabase, rate: u32, seconds: u64) -> anyhow::Re
         .env("LIFELINE_HTTP_ADDR", "127.0.0.1:0")
         .env("LIFELINE_TOKEN_SECRET", &secret)
         .env("LIFELINE_NATS_STREAM", &stream_name)
-        .env("LIFELINE_NATS_SUBJECT_PREFIX", format!("benchserve.{run_id}"))
+        .env(
+            "LIFELINE_NATS_SUBJECT_PREFIX",
+            format!("benchserve.{run_id}"),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {} (cargo build --release -p lifeline)", binary.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (cargo build --release -p lifeline)",
+                binary.display()
+            )
+        })?;
     let pid = child.id().context("the child's pid")?;
     let stdout = child.stdout.take().context("the child's stdout")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -112,7 +120,11 @@ async fn run_on(database: &FreshDatabase, rate: u32, seconds: u64) -> anyhow::Re
     .await;
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
     sampling.abort();
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     let _ = child.kill().await;
     observer.close().await;

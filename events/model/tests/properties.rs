@@ -20,12 +20,50 @@ use serde_json::{Map, Value};
 
 /// Field names the inputs and the stored payloads use, so random objects often hit real fields.
 const KEYS: &[&str] = &[
-    "office", "child", "mother", "father", "residence", "birth_notice", "declarant",
-    "procedures", "full_name", "name", "sex", "date_of_birth", "place_of_birth", "hometown",
-    "ethnicity", "nationality", "personal_id", "province", "commune", "address", "number",
-    "issuer", "date", "relationship", "phone", "email", "deceased", "death", "at", "place",
-    "cause", "notice", "life_event_id", "reference", "declaration", "task_id", "procedure",
-    "agency", "application", "outcome", "reason", "kind", "time_known", "changed_fields",
+    "office",
+    "child",
+    "mother",
+    "father",
+    "residence",
+    "birth_notice",
+    "declarant",
+    "procedures",
+    "full_name",
+    "name",
+    "sex",
+    "date_of_birth",
+    "place_of_birth",
+    "hometown",
+    "ethnicity",
+    "nationality",
+    "personal_id",
+    "province",
+    "commune",
+    "address",
+    "number",
+    "issuer",
+    "date",
+    "relationship",
+    "phone",
+    "email",
+    "deceased",
+    "death",
+    "at",
+    "place",
+    "cause",
+    "notice",
+    "life_event_id",
+    "reference",
+    "declaration",
+    "task_id",
+    "procedure",
+    "agency",
+    "application",
+    "outcome",
+    "reason",
+    "kind",
+    "time_known",
+    "changed_fields",
 ];
 
 /// Text that is valid somewhere, almost valid, or hostile (non-ASCII, controls, huge numbers).
@@ -59,8 +97,9 @@ fn leaf() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|number| serde_json::Number::from_f64(number)
-            .map_or(Value::Null, Value::Number)),
+        any::<f64>().prop_map(
+            |number| serde_json::Number::from_f64(number).map_or(Value::Null, Value::Number)
+        ),
         text().prop_map(Value::String),
     ]
 }
@@ -142,16 +181,28 @@ fn check_death(value: Value) -> Result<(), TestCaseError> {
 }
 
 fn check_decode(event_type: &str, version: u32, payload: Value) -> Result<(), TestCaseError> {
-    fn named(result: Result<impl Sized, DecodeError>, event_type: &str) -> Result<(), TestCaseError> {
+    fn named(
+        result: Result<impl Sized, DecodeError>,
+        event_type: &str,
+    ) -> Result<(), TestCaseError> {
         if let Err(error) = result {
             let text = error.to_string();
             prop_assert!(text.contains(event_type), "{text}");
         }
         Ok(())
     }
-    named(codec::decode::<LifeEventEvent>(event_type, version, payload.clone()), event_type)?;
-    named(codec::decode::<TaskEvent>(event_type, version, payload.clone()), event_type)?;
-    named(codec::decode::<SystemEvent>(event_type, version, payload.clone()), event_type)?;
+    named(
+        codec::decode::<LifeEventEvent>(event_type, version, payload.clone()),
+        event_type,
+    )?;
+    named(
+        codec::decode::<TaskEvent>(event_type, version, payload.clone()),
+        event_type,
+    )?;
+    named(
+        codec::decode::<SystemEvent>(event_type, version, payload.clone()),
+        event_type,
+    )?;
     named(codec::upcast(event_type, version, payload), event_type)
 }
 
