@@ -1,5 +1,6 @@
 //! The append algorithm, written once for both backends: idempotency by event id, the expected
-//! version check, gap-free stream versions, all inside a transaction the caller owns.
+//! version check, gap-free stream versions, the per-stream hash chain, all inside a
+//! transaction the caller owns.
 //!
 //! [`append_in_tx`] never commits: [`crate::EventStore::append`] runs it in a transaction of its
 //! own, [`crate::StoreTransaction::append`] inside a savepoint of a larger one, and a later group
@@ -11,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use lifeline_model::envelope::{
     ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion,
 };
+use lifeline_model::integrity::{event_hash, EventHashInput, Hash32};
 use sqlx::{PgConnection, SqliteConnection};
 use uuid::Uuid;
 
@@ -113,6 +115,9 @@ pub(crate) async fn append_in_tx(
             reason: format!("a batch of {} events is too large", events.len()),
         }))
     })?;
+    // Claiming the version locks the stream's row (PostgreSQL) or runs under the one writer
+    // (SQLite), and answers the hash of the stream's last event: the chain is extended under the
+    // same lock that serialises the version check, so concurrent appends cannot fork it.
     let claimed = match expected {
         ExpectedVersion::Any => Some(bump_stream(conn, stream, count).await?),
         ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0)) => {
@@ -120,7 +125,7 @@ pub(crate) async fn append_in_tx(
         }
         ExpectedVersion::Exact(version) => advance_stream(conn, stream, version, count).await?,
     };
-    let Some(last_version) = claimed else {
+    let Some((last_version, last_hash)) = claimed else {
         // A concurrent append of these very event ids may have won the race for the version:
         // the event id decides before the version does.
         let stored = lookup_event_ids(conn, &event_ids).await?;
@@ -135,14 +140,32 @@ pub(crate) async fn append_in_tx(
         }));
     };
     let first_version = last_version.0 - count + 1;
+    // A stream older than the integrity migration has no last hash: its new events chain from
+    // zeros, and `verify` reports its unhashed old rows.
+    let mut prev_hash = last_hash.unwrap_or(Hash32::ZERO);
     let mut positions = Vec::with_capacity(events.len());
     for (offset, event) in (0_i64..).zip(events) {
         let version = StreamVersion(first_version + offset);
+        let hash = event_hash(
+            &EventHashInput {
+                stream_id: stream.as_str(),
+                stream_version: version.0,
+                event_id: event.event.event_id,
+                event_type: &event.event.event_type,
+                schema_version: event.event.schema_version,
+                payload: &event.event.payload,
+                metadata: &event.metadata,
+            },
+            &prev_hash,
+        );
+        prev_hash = hash;
         let inserted = match conn {
             TxConnection::Postgres(conn) => {
-                postgres::insert_event(conn, stream, version, event).await
+                postgres::insert_event(conn, stream, version, event, &hash).await
             }
-            TxConnection::Sqlite(conn) => sqlite::insert_event(conn, stream, version, event).await,
+            TxConnection::Sqlite(conn) => {
+                sqlite::insert_event(conn, stream, version, event, &hash).await
+            }
         };
         match inserted {
             Ok(position) => positions.push(position),
@@ -150,8 +173,12 @@ pub(crate) async fn append_in_tx(
             Err(InsertError::Store(error)) => return Err(error.into()),
         }
     }
-    if let TxConnection::Postgres(conn) = conn {
-        postgres::notify_appended(conn).await?;
+    match conn {
+        TxConnection::Postgres(conn) => {
+            postgres::set_last_hash(conn, stream, &prev_hash).await?;
+            postgres::notify_appended(conn).await?;
+        }
+        TxConnection::Sqlite(conn) => sqlite::set_last_hash(conn, stream, &prev_hash).await?,
     }
     let (Some(first_position), Some(last_position)) = (positions.first(), positions.last()) else {
         return Err(AppendError::EmptyBatch.into());
@@ -245,11 +272,15 @@ pub(crate) async fn current_version(
     }
 }
 
+/// The stream's version after a claim, and the hash of its last event before it (`None` for a
+/// new stream, or one older than the integrity migration).
+pub(crate) type Claim = (StreamVersion, Option<Hash32>);
+
 async fn create_stream(
     conn: &mut TxConnection<'_>,
     stream: &StreamId,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
+) -> Result<Option<Claim>, StoreError> {
     match conn {
         TxConnection::Postgres(conn) => postgres::create_stream(conn, stream, count).await,
         TxConnection::Sqlite(conn) => sqlite::create_stream(conn, stream, count).await,
@@ -261,7 +292,7 @@ async fn advance_stream(
     stream: &StreamId,
     expected: StreamVersion,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
+) -> Result<Option<Claim>, StoreError> {
     match conn {
         TxConnection::Postgres(conn) => {
             postgres::advance_stream(conn, stream, expected, count).await
@@ -274,7 +305,7 @@ async fn bump_stream(
     conn: &mut TxConnection<'_>,
     stream: &StreamId,
     count: i64,
-) -> Result<StreamVersion, StoreError> {
+) -> Result<Claim, StoreError> {
     match conn {
         TxConnection::Postgres(conn) => postgres::bump_stream(conn, stream, count).await,
         TxConnection::Sqlite(conn) => sqlite::bump_stream(conn, stream, count).await,

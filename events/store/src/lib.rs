@@ -16,6 +16,8 @@
 //! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
 //! - [`projections`]: the projection tables (agency inbox, person registry, life-event status):
 //!   their rows, the service reads, the subscribers' loads and saves; all projection SQL.
+//! - [`integrity`]: the sealer, `verify` and inclusion proofs over the stored hash chain and
+//!   seals (the crypto itself is `lifeline_model::integrity`).
 //! - [`error`]: [`StoreError`] (faults) apart from [`AppendError`] (answers to an append).
 //! - `migrations/postgres`, `migrations/sqlite`: the schema, embedded at compile time.
 
@@ -23,6 +25,7 @@ mod append;
 pub mod cqrs;
 pub mod error;
 mod group_commit;
+pub mod integrity;
 mod postgres;
 pub mod projections;
 mod sqlite;
@@ -32,5 +35,8 @@ pub mod subscription;
 pub use append::AppendOutcome;
 pub use cqrs::LifelineRepository;
 pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
+pub use integrity::{
+    inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
+};
 pub use store::{BackendKind, EventStore, StoreTransaction, TransactionConnection};
 pub use subscription::{run_subscription, run_subscription_with, Subscriber, SubscriptionOptions};

@@ -5,11 +5,12 @@ use chrono::Utc;
 use lifeline_model::envelope::{
     EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
 };
+use lifeline_model::integrity::Hash32;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::append::{EncodedEvent, InsertError, StoredRef};
+use crate::append::{Claim, EncodedEvent, InsertError, StoredRef};
 use crate::error::StoreError;
 
 /// The channel every append notifies in its transaction; only a wake-up, never a cursor.
@@ -60,7 +61,7 @@ pub(crate) async fn create_stream(
     conn: &mut PgConnection,
     stream: &StreamId,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
+) -> Result<Option<Claim>, StoreError> {
     let version: Option<i64> = sqlx::query_scalar(
         "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
          ON CONFLICT (stream_id) DO NOTHING RETURNING version",
@@ -69,7 +70,7 @@ pub(crate) async fn create_stream(
     .bind(count)
     .fetch_optional(conn)
     .await?;
-    Ok(version.map(StreamVersion))
+    Ok(version.map(|version| (StreamVersion(version), None)))
 }
 
 /// Moves the stream from exactly `expected` to `expected + count`; `None` if it was elsewhere.
@@ -78,17 +79,17 @@ pub(crate) async fn advance_stream(
     stream: &StreamId,
     expected: StreamVersion,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar(
+) -> Result<Option<Claim>, StoreError> {
+    let claimed: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
         "UPDATE streams SET version = version + $3 \
-         WHERE stream_id = $1 AND version = $2 RETURNING version",
+         WHERE stream_id = $1 AND version = $2 RETURNING version, last_hash",
     )
     .bind(stream.as_str())
     .bind(expected.0)
     .bind(count)
     .fetch_optional(conn)
     .await?;
-    Ok(version.map(StreamVersion))
+    claimed.map(claim).transpose()
 }
 
 /// Moves the stream forward by `count` whatever its version (creating it if needed).
@@ -96,17 +97,42 @@ pub(crate) async fn bump_stream(
     conn: &mut PgConnection,
     stream: &StreamId,
     count: i64,
-) -> Result<StreamVersion, StoreError> {
-    let version: i64 = sqlx::query_scalar(
+) -> Result<Claim, StoreError> {
+    let claimed: (i64, Option<Vec<u8>>) = sqlx::query_as(
         "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
          ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + excluded.version \
-         RETURNING version",
+         RETURNING version, last_hash",
     )
     .bind(stream.as_str())
     .bind(count)
     .fetch_one(conn)
     .await?;
-    Ok(StreamVersion(version))
+    claim(claimed)
+}
+
+fn claim((version, last_hash): (i64, Option<Vec<u8>>)) -> Result<Claim, StoreError> {
+    let last_hash = last_hash
+        .map(|bytes| Hash32::from_slice(&bytes))
+        .transpose()
+        .map_err(|error| StoreError::Corrupt {
+            global_position: 0,
+            reason: format!("streams.last_hash: {error}"),
+        })?;
+    Ok((StreamVersion(version), last_hash))
+}
+
+/// Records the hash of the stream's last event; the caller holds the stream's row lock.
+pub(crate) async fn set_last_hash(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    last_hash: &Hash32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE streams SET last_hash = $2 WHERE stream_id = $1")
+        .bind(stream.as_str())
+        .bind(last_hash.0.to_vec())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn insert_event(
@@ -114,6 +140,7 @@ pub(crate) async fn insert_event(
     stream: &StreamId,
     version: StreamVersion,
     event: &EncodedEvent<'_>,
+    event_hash: &Hash32,
 ) -> Result<GlobalPosition, InsertError> {
     let schema_version = i32::try_from(event.event.schema_version).map_err(|_| {
         InsertError::Store(StoreError::Corrupt {
@@ -126,8 +153,8 @@ pub(crate) async fn insert_event(
     })?;
     let result: Result<i64, sqlx::Error> = sqlx::query_scalar(
         "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, \
-         payload, metadata, recorded_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING global_position",
+         payload, metadata, recorded_at, event_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING global_position",
     )
     .bind(stream.as_str())
     .bind(version.0)
@@ -137,6 +164,7 @@ pub(crate) async fn insert_event(
     .bind(&event.event.payload)
     .bind(&event.metadata)
     .bind(event.event.metadata.recorded_at)
+    .bind(event_hash.0.to_vec())
     .fetch_one(conn)
     .await;
     match result {

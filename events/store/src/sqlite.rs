@@ -5,11 +5,12 @@ use chrono::Utc;
 use lifeline_model::envelope::{
     EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
 };
+use lifeline_model::integrity::Hash32;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use crate::append::{EncodedEvent, InsertError, StoredRef};
+use crate::append::{Claim, EncodedEvent, InsertError, StoredRef};
 use crate::error::StoreError;
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
@@ -58,7 +59,7 @@ pub(crate) async fn create_stream(
     conn: &mut SqliteConnection,
     stream: &StreamId,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
+) -> Result<Option<Claim>, StoreError> {
     let version: Option<i64> = sqlx::query_scalar(
         "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
          ON CONFLICT (stream_id) DO NOTHING RETURNING version",
@@ -67,7 +68,7 @@ pub(crate) async fn create_stream(
     .bind(count)
     .fetch_optional(conn)
     .await?;
-    Ok(version.map(StreamVersion))
+    Ok(version.map(|version| (StreamVersion(version), None)))
 }
 
 /// Moves the stream from exactly `expected` to `expected + count`; `None` if it was elsewhere.
@@ -76,17 +77,17 @@ pub(crate) async fn advance_stream(
     stream: &StreamId,
     expected: StreamVersion,
     count: i64,
-) -> Result<Option<StreamVersion>, StoreError> {
-    let version: Option<i64> = sqlx::query_scalar(
+) -> Result<Option<Claim>, StoreError> {
+    let claimed: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
         "UPDATE streams SET version = version + $3 \
-         WHERE stream_id = $1 AND version = $2 RETURNING version",
+         WHERE stream_id = $1 AND version = $2 RETURNING version, last_hash",
     )
     .bind(stream.as_str().to_owned())
     .bind(expected.0)
     .bind(count)
     .fetch_optional(conn)
     .await?;
-    Ok(version.map(StreamVersion))
+    claimed.map(claim).transpose()
 }
 
 /// Moves the stream forward by `count` whatever its version (creating it if needed).
@@ -94,17 +95,42 @@ pub(crate) async fn bump_stream(
     conn: &mut SqliteConnection,
     stream: &StreamId,
     count: i64,
-) -> Result<StreamVersion, StoreError> {
-    let version: i64 = sqlx::query_scalar(
+) -> Result<Claim, StoreError> {
+    let claimed: (i64, Option<Vec<u8>>) = sqlx::query_as(
         "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
          ON CONFLICT (stream_id) DO UPDATE SET version = streams.version + excluded.version \
-         RETURNING version",
+         RETURNING version, last_hash",
     )
     .bind(stream.as_str().to_owned())
     .bind(count)
     .fetch_one(conn)
     .await?;
-    Ok(StreamVersion(version))
+    claim(claimed)
+}
+
+fn claim((version, last_hash): (i64, Option<Vec<u8>>)) -> Result<Claim, StoreError> {
+    let last_hash = last_hash
+        .map(|bytes| Hash32::from_slice(&bytes))
+        .transpose()
+        .map_err(|error| StoreError::Corrupt {
+            global_position: 0,
+            reason: format!("streams.last_hash: {error}"),
+        })?;
+    Ok((StreamVersion(version), last_hash))
+}
+
+/// Records the hash of the stream's last event; the caller holds the stream's row lock.
+pub(crate) async fn set_last_hash(
+    conn: &mut SqliteConnection,
+    stream: &StreamId,
+    last_hash: &Hash32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE streams SET last_hash = $2 WHERE stream_id = $1")
+        .bind(stream.as_str().to_owned())
+        .bind(last_hash.0.to_vec())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Inserts one event. The caller holds the only write transaction (BEGIN IMMEDIATE), so the
@@ -114,11 +140,12 @@ pub(crate) async fn insert_event(
     stream: &StreamId,
     version: StreamVersion,
     event: &EncodedEvent<'_>,
+    event_hash: &Hash32,
 ) -> Result<GlobalPosition, InsertError> {
     let result: Result<i64, sqlx::Error> = sqlx::query_scalar(
         "INSERT INTO events (global_position, transaction_id, stream_id, stream_version, \
-         event_id, event_type, schema_version, payload, metadata, recorded_at) \
-         SELECT next.position, next.position, $1, $2, $3, $4, $5, $6, $7, $8 \
+         event_id, event_type, schema_version, payload, metadata, recorded_at, event_hash) \
+         SELECT next.position, next.position, $1, $2, $3, $4, $5, $6, $7, $8, $9 \
          FROM (SELECT COALESCE(MAX(global_position), 0) + 1 AS position FROM events) AS next \
          RETURNING global_position",
     )
@@ -130,6 +157,7 @@ pub(crate) async fn insert_event(
     .bind(event.event.payload.to_string())
     .bind(event.metadata.to_string())
     .bind(event.event.metadata.recorded_at)
+    .bind(event_hash.0.to_vec())
     .fetch_one(conn)
     .await;
     match result {

@@ -183,6 +183,14 @@ impl EventStore {
         }
     }
 
+    /// The SQLite pool, if this store runs on SQLite (for the integrity module and tests).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Postgres(_) => None,
+            Backend::Sqlite { pool, .. } => Some(pool),
+        }
+    }
+
     /// Closes the pool: waits for connections in use to come back, then closes them all.
     pub async fn close(&self) {
         match &self.backend {

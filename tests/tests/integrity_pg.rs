@@ -1,0 +1,522 @@
+//! Tamper evidence on a real PostgreSQL database (and SQLite for the untouched and payload
+//! cases): the log is written through the store, sealed, then altered in SQL behind Lifeline's
+//! back with the append-only triggers disabled. `verify` must pass on the untouched log and name
+//! the first bad position after each kind of tampering; an inclusion proof must stop verifying
+//! once its event is altered.
+
+use chrono::Utc;
+use lifeline_model::envelope::{
+    EventMetadata, ExpectedVersion, NewEvent, OfficeSignature, Role, StreamId,
+};
+use lifeline_model::integrity::{
+    canonical_json, event_hash, office_owner, sign_office_event, EventHashInput, Hash32, KeyPair,
+    Keyring, NODE_OWNER,
+};
+use lifeline_store::{inclusion_proof, seal_new_events, verify, EventStore, ProofLookup};
+use lifeline_tests::{new_event, new_stream, postgres_store, sqlite_store};
+use serde_json::json;
+use uuid::Uuid;
+
+const OFFICE: &str = "79-26734";
+
+struct Fixture {
+    node: KeyPair,
+    office: KeyPair,
+    keyring: Keyring,
+    /// Global positions in commit order, with the stream and version each event went to.
+    events: Vec<(i64, StreamId, i64, Uuid)>,
+}
+
+fn birth(stream: &StreamId, office: &KeyPair) -> NewEvent {
+    let event_id = Uuid::now_v7();
+    let payload = json!({ "child": { "name": "Nguyễn An", "sex": "female" }, "weight_grams": 3100 });
+    let (key_id, signature) =
+        sign_office_event(office, stream.as_str(), event_id, "BirthRecorded", &payload);
+    NewEvent {
+        event_id,
+        event_type: "BirthRecorded".to_owned(),
+        schema_version: 1,
+        payload,
+        metadata: EventMetadata {
+            actor: "registrar-1".to_owned(),
+            role: Role::Registrar,
+            office: Some(OFFICE.to_owned()),
+            office_signature: Some(OfficeSignature { key_id, signature }),
+            ..EventMetadata::system("registrar-1", Uuid::new_v4(), None, Utc::now())
+        },
+    }
+}
+
+/// Eight events in five appends over three streams, each append sealed on its own (so a seal
+/// names one append's events), then one more append left unsealed.
+async fn fill(store: &EventStore) -> Fixture {
+    let node = KeyPair::generate();
+    let office = KeyPair::generate();
+    let mut keyring = Keyring::default();
+    keyring.add(&node, NODE_OWNER, None);
+    keyring.add(&office, &office_owner(OFFICE), None);
+    let tasks = new_stream("task");
+    let births = new_stream("birth");
+    let people = new_stream("person");
+    let batches: Vec<(StreamId, Vec<NewEvent>)> = vec![
+        (tasks.clone(), vec![new_event("TaskCreated", json!({"n": 1, "due": "2026-01-01"}))]),
+        (births.clone(), vec![birth(&births, &office)]),
+        (
+            tasks.clone(),
+            vec![
+                new_event("TaskClaimed", json!({"n": 2})),
+                new_event("TaskCompleted", json!({"n": 3, "outcome": {"b": 1, "a": [1, -2]}})),
+            ],
+        ),
+        (people.clone(), vec![new_event("PersonalIdAssigned", json!({"pin": "079190001234"}))]),
+        (
+            tasks.clone(),
+            vec![
+                new_event("TaskAmended", json!({"n": 4})),
+                new_event("TaskAmended", json!({"n": 5})),
+            ],
+        ),
+    ];
+    let mut events = Vec::new();
+    for (stream, batch) in &batches {
+        let outcome = store.append(stream, ExpectedVersion::Any, batch).await.unwrap();
+        let first_version = outcome.stream_version.0 - batch.len() as i64 + 1;
+        for (offset, event) in batch.iter().enumerate() {
+            events.push((
+                outcome.first_position.0 + offset as i64,
+                stream.clone(),
+                first_version + offset as i64,
+                event.event_id,
+            ));
+        }
+        seal_when_visible(store, &node).await;
+    }
+    let unsealed = new_event("TaskAmended", json!({"n": 6}));
+    let outcome = store
+        .append(&tasks, ExpectedVersion::Any, std::slice::from_ref(&unsealed))
+        .await
+        .unwrap();
+    events.push((
+        outcome.first_position.0,
+        tasks.clone(),
+        outcome.stream_version.0,
+        unsealed.event_id,
+    ));
+    Fixture {
+        node,
+        office,
+        keyring,
+        events,
+    }
+}
+
+/// Seals the last append once it is visible to gap-free readers (on PostgreSQL only below the
+/// oldest running transaction of the whole server, which other tests' transactions hold back).
+async fn seal_when_visible(store: &EventStore, node: &KeyPair) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if seal_new_events(store, node).await.unwrap().is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append never became visible to the sealer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs SQL as the database owner with every trigger off: tampering behind the store's back.
+async fn tamper(store: &EventStore, sql: &str) {
+    let sql = sql.to_owned();
+    if let Some(pool) = store.postgres_pool() {
+        let script = format!(
+            "ALTER TABLE events DISABLE TRIGGER ALL; ALTER TABLE log_seals DISABLE TRIGGER ALL; \
+             {sql}; \
+             ALTER TABLE events ENABLE TRIGGER ALL; ALTER TABLE log_seals ENABLE TRIGGER ALL;"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(pool)
+            .await
+            .unwrap();
+    } else {
+        let pool = store.sqlite_pool().unwrap();
+        let script = format!(
+            "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; \
+             DROP TRIGGER log_seals_no_update; DROP TRIGGER log_seals_no_delete; {sql};"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+async fn first_bad(store: &EventStore, keyring: &Keyring) -> (i64, String) {
+    let report = verify(store, keyring).await.unwrap();
+    let Some(bad) = report.first_bad.clone() else {
+        panic!("verify passed a tampered log: {report:?}");
+    };
+    (bad.global_position, bad.reason)
+}
+
+async fn proof_verifies(store: &EventStore, keyring: &Keyring, event_id: Uuid) -> bool {
+    match inclusion_proof(store, event_id).await.unwrap() {
+        ProofLookup::Proof(proof) => {
+            // Offline: the proof goes through JSON, as `lifeline verify-proof` reads it.
+            let text = serde_json::to_string(&proof).unwrap();
+            let proof: lifeline_model::integrity::InclusionProof =
+                serde_json::from_str(&text).unwrap();
+            proof.verify(keyring).is_ok()
+        }
+        other => panic!("no proof for {event_id}: {other:?}"),
+    }
+}
+
+async fn untouched_log_verifies(store: &EventStore) {
+    let fixture = fill(store).await;
+    let report = verify(store, &fixture.keyring).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    assert_eq!(report.events_checked, 8);
+    assert_eq!(report.seals_checked, 5);
+    assert_eq!(report.unsealed_events, 1);
+    for (_, _, _, event_id) in &fixture.events[..7] {
+        assert!(proof_verifies(store, &fixture.keyring, *event_id).await);
+    }
+    let unsealed = fixture.events[7].3;
+    assert_eq!(
+        inclusion_proof(store, unsealed).await.unwrap(),
+        ProofLookup::NotSealed
+    );
+    // Without the office's key the birth's signature cannot be checked: that is a finding too.
+    let mut node_only = Keyring::default();
+    node_only.add(&fixture.node, NODE_OWNER, None);
+    let (position, reason) = first_bad(store, &node_only).await;
+    assert_eq!(position, fixture.events[1].0, "{reason}");
+    assert!(reason.contains("unknown key"), "{reason}");
+}
+
+async fn an_altered_payload_is_named(store: &EventStore) {
+    let fixture = fill(store).await;
+    let (position, _, _, event_id) = fixture.events[2].clone();
+    assert!(proof_verifies(store, &fixture.keyring, event_id).await);
+    let payload = if store.postgres_pool().is_some() {
+        "'{\"n\": 99}'::jsonb"
+    } else {
+        "'{\"n\": 99}'"
+    };
+    tamper(
+        store,
+        &format!("UPDATE events SET payload = {payload} WHERE global_position = {position}"),
+    )
+    .await;
+    let (bad, reason) = first_bad(store, &fixture.keyring).await;
+    assert_eq!(bad, position, "{reason}");
+    assert!(reason.contains("hash does not match"), "{reason}");
+    assert!(!proof_verifies(store, &fixture.keyring, event_id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_untouched_log_verifies_and_every_proof_holds() {
+    let store = postgres_store().await;
+    untouched_log_verifies(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_untouched_log_verifies_and_every_proof_holds() {
+    let store = sqlite_store().await;
+    untouched_log_verifies(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_altered_payload_is_named_and_its_proof_fails() {
+    let store = postgres_store().await;
+    an_altered_payload_is_named(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_altered_payload_is_named_and_its_proof_fails() {
+    let store = sqlite_store().await;
+    an_altered_payload_is_named(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_rehashed_payload_breaks_the_chain_and_the_seal() {
+    // A forger who knows the algorithm recomputes the altered event's hash: the seal over it
+    // no longer matches, and its proof fails.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let (position, stream, version, event_id) = fixture.events[2].clone();
+    let pool = store.postgres_pool().unwrap();
+    let (metadata, event_type): (serde_json::Value, String) =
+        sqlx::query_as("SELECT metadata, event_type FROM events WHERE global_position = $1")
+            .bind(position)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let prev: Vec<u8> = sqlx::query_scalar(
+        "SELECT event_hash FROM events WHERE stream_id = $1 AND stream_version = $2",
+    )
+    .bind(stream.as_str())
+    .bind(version - 1)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let payload = json!({"n": 99});
+    let forged = event_hash(
+        &EventHashInput {
+            stream_id: stream.as_str(),
+            stream_version: version,
+            event_id,
+            event_type: &event_type,
+            schema_version: 1,
+            payload: &payload,
+            metadata: &metadata,
+        },
+        &Hash32::from_slice(&prev).unwrap(),
+    );
+    tamper(
+        &store,
+        &format!(
+            "UPDATE events SET payload = '{{\"n\": 99}}'::jsonb, event_hash = '\\x{}' \
+             WHERE global_position = {position}",
+            forged.to_hex()
+        ),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, position, "{reason}");
+    assert!(reason.contains("Merkle root"), "{reason}");
+    assert!(!proof_verifies(&store, &fixture.keyring, event_id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_deleted_event_is_named() {
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    // The first of the two events of the third append (task stream, version 2).
+    let (position, _, _, _) = fixture.events[2].clone();
+    tamper(
+        &store,
+        &format!("DELETE FROM events WHERE global_position = {position}"),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    // Named at the deleted event's stream successor, which jumps a version (the seal of that
+    // append, now one event short, names the same place).
+    assert_eq!(bad, fixture.events[3].0, "{reason}");
+    assert!(reason.contains("version 3 where 2 was due"), "{reason}");
+
+    // The last event of a stream, unsealed: only the stream's head knows it existed.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let (last, _, _, _) = fixture.events[7].clone();
+    tamper(&store, &format!("DELETE FROM events WHERE global_position = {last}")).await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, fixture.events[6].0, "{reason}");
+    assert!(reason.contains("appended to version 6"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_swapped_positions_are_named() {
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    // The birth (second append) and the person event (fourth append) trade places in commit
+    // order: each event and each stream chain is intact, only the seals see it.
+    let (birth, _, _, _) = fixture.events[1].clone();
+    let (person, _, _, _) = fixture.events[4].clone();
+    tamper(
+        &store,
+        &format!(
+            "CREATE TEMP TABLE swap AS SELECT global_position, transaction_id FROM events \
+               WHERE global_position IN ({birth}, {person}); \
+             UPDATE events SET global_position = -global_position \
+               WHERE global_position IN ({birth}, {person}); \
+             UPDATE events SET global_position = CASE WHEN global_position = -{birth} THEN {person} ELSE {birth} END, \
+               transaction_id = (SELECT transaction_id FROM swap WHERE swap.global_position = \
+                 CASE WHEN events.global_position = -{birth} THEN {person} ELSE {birth} END) \
+               WHERE global_position IN (-{birth}, -{person})"
+        ),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, birth, "{reason}");
+    assert!(reason.contains("seal 2"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_forged_event_is_named() {
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    // A forged birth in a stream of its own, correctly hashed, signed by a key the keyring
+    // does not hold, inserted behind the store's back (so no seal covers it yet).
+    let forger = KeyPair::generate();
+    let stream = new_stream("birth");
+    let event_id = Uuid::now_v7();
+    let payload = json!({"child": {"name": "Forged"}});
+    let (key_id, signature) =
+        sign_office_event(&forger, stream.as_str(), event_id, "BirthRecorded", &payload);
+    let mut metadata = serde_json::to_value(EventMetadata {
+        office: Some(OFFICE.to_owned()),
+        office_signature: Some(OfficeSignature { key_id, signature }),
+        ..EventMetadata::system("registrar-1", Uuid::new_v4(), None, Utc::now())
+    })
+    .unwrap();
+    metadata["role"] = json!("registrar");
+    let hash = event_hash(
+        &EventHashInput {
+            stream_id: stream.as_str(),
+            stream_version: 1,
+            event_id,
+            event_type: "BirthRecorded",
+            schema_version: 1,
+            payload: &payload,
+            metadata: &metadata,
+        },
+        &Hash32::ZERO,
+    );
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at, event_hash) \
+         VALUES ($1, 1, $2, 'BirthRecorded', 1, $3, $4, now(), $5) RETURNING global_position",
+    )
+    .bind(stream.as_str())
+    .bind(event_id)
+    .bind(&payload)
+    .bind(&metadata)
+    .bind(hash.0.to_vec())
+    .fetch_one(store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, position, "{reason}");
+
+    // A forged event slipped into a sealed range (an old transaction id: commit order lands it
+    // inside the fifth seal's range), chained correctly to its stream and the stream's head
+    // moved along: only the seal over that range sees it.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let person = fixture.events[4].clone();
+    let pool = store.postgres_pool().unwrap();
+    let transaction_id: i64 =
+        sqlx::query_scalar("SELECT transaction_id FROM events WHERE global_position = $1")
+            .bind(person.0)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let forged = new_event("PersonNoted", json!({"n": 1}));
+    let metadata = serde_json::to_value(&forged.metadata).unwrap();
+    let prev: Vec<u8> = sqlx::query_scalar("SELECT event_hash FROM events WHERE global_position = $1")
+        .bind(person.0)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let hash = event_hash(
+        &EventHashInput {
+            stream_id: person.1.as_str(),
+            stream_version: 2,
+            event_id: forged.event_id,
+            event_type: "PersonNoted",
+            schema_version: 1,
+            payload: &forged.payload,
+            metadata: &metadata,
+        },
+        &Hash32::from_slice(&prev).unwrap(),
+    );
+    tamper(
+        &store,
+        &format!(
+            "INSERT INTO events (global_position, transaction_id, stream_id, stream_version, event_id, \
+             event_type, schema_version, payload, metadata, recorded_at, event_hash) \
+             VALUES ({p}, {transaction_id}, '{s}', 2, '{e}', 'PersonNoted', 1, '{payload}'::jsonb, \
+             '{m}'::jsonb, now(), '\\x{h}'); \
+             UPDATE streams SET version = 2, last_hash = '\\x{h}' WHERE stream_id = '{s}'",
+            p = person.0 * 1000,
+            s = person.1,
+            e = forged.event_id,
+            payload = forged.payload,
+            m = metadata,
+            h = hash.to_hex(),
+        ),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, person.0 * 1000, "{reason}");
+    assert!(reason.contains("seal 5"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_altered_signatures_are_named() {
+    // A seal re-signed by another key.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let forger = KeyPair::generate();
+    let seal_hash: Vec<u8> = sqlx::query_scalar("SELECT seal_hash FROM log_seals WHERE seq = 3")
+        .fetch_one(store.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    let forged = forger.sign(&Hash32::from_slice(&seal_hash).unwrap());
+    tamper(
+        &store,
+        &format!("UPDATE log_seals SET signature = '{forged}' WHERE seq = 3"),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, fixture.events[2].0, "{reason}");
+    assert!(reason.contains("seal 3: bad signature"), "{reason}");
+    let event_in_seal_3 = fixture.events[2].3;
+    assert!(!proof_verifies(&store, &fixture.keyring, event_in_seal_3).await);
+
+    // The office's signature in a birth's metadata replaced by a forger's.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let (position, stream, _, event_id) = fixture.events[1].clone();
+    let payload: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM events WHERE global_position = $1")
+            .bind(position)
+            .fetch_one(store.postgres_pool().unwrap())
+            .await
+            .unwrap();
+    let (key_id, signature) =
+        sign_office_event(&forger, stream.as_str(), event_id, "BirthRecorded", &payload);
+    tamper(
+        &store,
+        &format!(
+            "UPDATE events SET metadata = jsonb_set(metadata, '{{office_signature}}', \
+             '{{\"key_id\": \"{key_id}\", \"signature\": \"{signature}\"}}'::jsonb) \
+             WHERE global_position = {position}"
+        ),
+    )
+    .await;
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, position, "{reason}");
+    let _ = &fixture.office;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_jsonb_round_trips_to_the_same_canonical_text() {
+    let store = postgres_store().await;
+    let stream = new_stream("canon");
+    let payload = json!({
+        "z": 1, "a": {"y": [3, 2, {"k": "v", "b": null}], "x": true},
+        "big": i64::MAX, "small": i64::MIN, "unsigned": u64::MAX,
+        "text": "Nguyễn Thị Ánh \"quoted\" \\ tab\t newline\n emoji 🎉 \u{1}",
+        "empty": {}, "list": [],
+    });
+    let event = new_event("Canon", payload.clone());
+    store
+        .append(&stream, ExpectedVersion::NoStream, std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    let stored = store.read_stream(&stream).await.unwrap();
+    assert_eq!(canonical_json(&stored[0].payload), canonical_json(&payload));
+    let text: String = sqlx::query_scalar("SELECT payload::text FROM events WHERE event_id = $1")
+        .bind(event.event_id)
+        .fetch_one(store.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    let reparsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(canonical_json(&reparsed), canonical_json(&payload));
+    let report = verify(&store, &Keyring::default()).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+}
