@@ -29,7 +29,7 @@ seed() {
         local index=0
         for event_type in BirthRecorded DeathRecorded LifeEventCorrected LifeEventVoided \
             TaskCreated TaskClaimed TaskCompleted TaskRejected TaskCancelled TaskAmended \
-            TaskOverdue PersonalIdAssigned EligibilityDecided PolicyFailed; do
+            TaskOverdue PersonalIdAssigned EligibilityDecided PolicyFailed PersonalDataRead; do
             for fixture in ../events/model/tests/fixtures/"$event_type".v*.json; do
                 local version=${fixture##*.v}
                 version=${version%.json}

@@ -15,7 +15,9 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let date_of_birth = input.date_of_birth.and_then(NaiveDate::from_num_days_from_ce_opt);
+    let date_of_birth = input
+        .date_of_birth
+        .and_then(NaiveDate::from_num_days_from_ce_opt);
     let sex = input
         .sex
         .map(|female| if female { Sex::Female } else { Sex::Male });
