@@ -190,14 +190,39 @@ impl ApiError {
     }
 }
 
+/// A field path as it may be logged. The path of an unknown field ends in the client's own key,
+/// and the path to malformed JSON may run through keys of free-form objects (a correction's
+/// `changes`): any text, a person's name included, dots too (so no prefix of such a path is
+/// safe to keep). Those are logged by their code alone; the answer still names them.
+fn loggable_field(field: &str, code: &str) -> String {
+    match code {
+        "unknown_field" => "<unknown field>".to_owned(),
+        "malformed_json" => "$".to_owned(),
+        _ => field.to_owned(),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Logged once, here. Field names and codes only: messages may quote personal data.
-        let fields: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+        // Logged once, here. Field paths and codes only: messages may quote personal data, and
+        // so may a refusal's detail (serde quotes the values it refuses) and the keys a client
+        // made up (see `loggable_field`).
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(field, problem)| loggable_field(field, &problem.code))
+            .collect();
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), code = self.code, detail = ?self.detail, "request failed");
         } else {
-            tracing::info!(status = self.status.as_u16(), code = self.code, ?fields, detail = ?self.detail, "request refused");
+            let has_detail = self.detail.is_some();
+            tracing::info!(
+                status = self.status.as_u16(),
+                code = self.code,
+                ?fields,
+                has_detail,
+                "request refused"
+            );
         }
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
