@@ -10,6 +10,7 @@
 //! - [`tasks`]: the agency officers' commands on the task aggregate (cqrs-es).
 //! - [`connector`]: agencies as external systems: configuration, signatures, and the outbound
 //!   delivery worker (the inbound callback is `http::connectors`).
+//! - [`keys`]: the node's and offices' Ed25519 keys on disk and the keyring of public keys.
 //! - [`serve`]: `lifeline serve`: the roles of one process assembled from the configuration.
 //! - [`replay`]: the person registry and life-event status folded in memory as of a moment.
 //! - [`http`]: the axum API (`app`, `Application`), its error format, metrics and OpenAPI.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connector;
 pub mod demo;
 pub mod http;
+pub mod keys;
 pub mod registry;
 pub mod replay;
 pub mod serve;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lifeline::auth::{development_secret, issue_token, secret_from_env, Scope};
 use lifeline::config::{redact_url, Config, DEFAULT_DATA_DIR};
 use lifeline::serve::{load_reference, policy_engine, serve, ServeRole};
-use lifeline::{demo, telemetry};
+use lifeline::{demo, keys, telemetry};
 use lifeline_model::envelope::{LogCursor, Role};
 use lifeline_model::procedure::AgencyId;
 use lifeline_model::values::OfficeCode;
@@ -82,6 +82,35 @@ enum Command {
     },
     /// The whole log as NDJSON, in commit order.
     Export,
+    /// Check the whole log: every event's hash and stream chain, every seal, every office
+    /// signature. Prints the report (JSON); exits 1 naming the first bad position.
+    Verify {
+        /// Keyring of public keys (default: <key dir>/keyring.json).
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+    },
+    /// Seal the events committed since the last seal (signed with the node key).
+    Seal,
+    /// Check an inclusion proof (from GET /v1/audit/proof/{event_id}) offline.
+    VerifyProof {
+        file: PathBuf,
+        /// Keyring of public keys (default: <key dir>/keyring.json).
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+    },
+    /// The node's signing keys: public keys only, never secrets.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Generate a new node key (rotation); the old public keys stay in the keyring.
+    Generate,
+    /// Print the keyring (key ids, public keys, owners), creating the node key if missing.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +263,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out)?;
             Ok(())
         }
+        Command::Verify { keyring } => {
+            let keyring = load_keyring_or_default(keyring.as_deref())?;
+            let store = connect_migrated(&config.database_url).await?;
+            let report = lifeline_store::verify(&store, &keyring)
+                .await
+                .context("verifying the log")?;
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+            match report.first_bad {
+                None => Ok(()),
+                Some(bad) => anyhow::bail!(
+                    "the log is not intact from position {}: {}",
+                    bad.global_position,
+                    bad.reason
+                ),
+            }
+        }
+        Command::Seal => {
+            let node_key = keys::node_key(&keys::key_dir()).context("loading the node key")?;
+            let store = connect_migrated(&config.database_url).await?;
+            let seals = lifeline_store::seal_all(&store, &node_key)
+                .await
+                .context("sealing the log")?;
+            for seal in &seals {
+                writeln!(
+                    out,
+                    "seal {}: {} events up to position {}, root {}",
+                    seal.seq, seal.event_count, seal.to.global_position, seal.merkle_root
+                )?;
+            }
+            writeln!(out, "{} new seal(s)", seals.len())?;
+            Ok(())
+        }
+        Command::VerifyProof { file, keyring } => {
+            let keyring = load_keyring_or_default(keyring.as_deref())?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let proof: lifeline_model::integrity::InclusionProof =
+                serde_json::from_str(&text).context("parsing the proof")?;
+            proof.verify(&keyring).map_err(|error| {
+                anyhow::anyhow!(
+                    "the proof of event {} does not hold: {error}",
+                    proof.event.event_id
+                )
+            })?;
+            writeln!(
+                out,
+                "event {} at position {} is in seal {} (signed by key {})",
+                proof.event.event_id,
+                proof.event.global_position,
+                proof.seal.seq,
+                proof.seal.key_id
+            )?;
+            Ok(())
+        }
+        Command::Keys { command } => {
+            let dir = keys::key_dir();
+            match command {
+                KeysCommand::Generate => {
+                    let key = keys::rotate_node_key(&dir).context("generating a node key")?;
+                    writeln!(
+                        out,
+                        "new node key {} public {}",
+                        key.key_id(),
+                        key.public_key_hex()
+                    )?;
+                }
+                KeysCommand::Show => {
+                    keys::node_key(&dir).context("loading the node key")?;
+                }
+            }
+            let keyring = keys::load_keyring(&keys::keyring_file(&dir))?;
+            serde_json::to_writer_pretty(&mut out, &keyring)?;
+            writeln!(out)?;
+            Ok(())
+        }
         Command::Export => {
             let store = connect_migrated(&config.database_url).await?;
             let mut cursor = LogCursor::START;
@@ -280,6 +385,15 @@ fn token_scope(
         ("operator", None, None) => Ok((Role::Operator, Scope::Unscoped)),
         (other, _, _) => anyhow::bail!("a {other} token takes neither --office nor --agency"),
     }
+}
+
+fn load_keyring_or_default(
+    path: Option<&Path>,
+) -> anyhow::Result<lifeline_model::integrity::Keyring> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| keys::keyring_file(&keys::key_dir()));
+    keys::load_keyring(&path)
 }
 
 async fn connect(url: &str) -> anyhow::Result<EventStore> {

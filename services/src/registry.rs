@@ -2,6 +2,7 @@
 //! life-event aggregate through cqrs-es over Lifeline's event store.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use cqrs_es::event_sink::EventSink;
@@ -15,8 +16,11 @@ use lifeline_model::envelope::{GlobalPosition, RecordedEvent, Role, StreamId, St
 use lifeline_model::error::DomainError;
 use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent, Reference};
 use lifeline_model::validation::ValidationErrors;
+use lifeline_store::cqrs::OfficeSigner;
 use lifeline_store::{EventStore, LifelineRepository, StoreError};
 use uuid::Uuid;
+
+use crate::keys::{key_dir, FileOfficeKeys};
 
 type LifeEventFramework =
     CqrsFramework<LifeEvent, PersistedEventStore<LifelineRepository, LifeEvent>>;
@@ -104,11 +108,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The registry on `store`, signing life events with office keys from the key directory
+    /// (`LIFELINE_KEY_DIR`, generated per office on first use: development).
     pub fn new(store: EventStore) -> Self {
-        let event_store =
-            PersistedEventStore::new_event_store(LifelineRepository::new(store.clone()))
-                .with_upcasters(codec::upcasters());
-        let direct = PersistedEventStore::new_event_store(LifelineRepository::new(store.clone()))
+        let signer: Arc<dyn OfficeSigner> = Arc::new(FileOfficeKeys::new(key_dir()));
+        let repository = LifelineRepository::new(store.clone()).with_office_signer(signer);
+        let event_store = PersistedEventStore::new_event_store(repository.clone())
+            .with_upcasters(codec::upcasters());
+        let direct = PersistedEventStore::new_event_store(repository)
             .with_upcasters(codec::upcasters());
         Self {
             store,

@@ -179,6 +179,7 @@ pub async fn serve(
             .await
             .context("overdue watcher")
         });
+        parts.spawn(crate::keys::run_sealer(store.clone(), shutdown.clone()));
         if let Some(state) = &api_state {
             for (agency, connector) in &connectors.agencies {
                 let worker = DeliveryWorker::new(

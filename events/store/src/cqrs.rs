@@ -18,6 +18,9 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
+use lifeline_model::envelope::OfficeSignature;
+use lifeline_model::integrity::{is_office_signed, sign_office_event, KeyPair};
+use std::sync::Arc;
 use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, Role, StreamId,
     StreamVersion,
@@ -36,6 +39,24 @@ use crate::store::EventStore;
 #[derive(Debug, Clone)]
 pub struct LifelineRepository {
     store: EventStore,
+    /// Signs life events (`integrity::OFFICE_SIGNED_EVENT_TYPES`) with their office's key
+    /// before they are appended; `None`: events are appended unsigned (and `verify` reports
+    /// unsigned life events).
+    office_signer: Option<Arc<dyn OfficeSigner>>,
+}
+
+/// The keys of the registry offices, for signing their life events.
+pub trait OfficeSigner: Send + Sync + std::fmt::Debug {
+    /// The signing key of `office`.
+    fn office_key(&self, office: &str) -> Result<KeyPair, String>;
+}
+
+/// An office whose key could not be had: the event is not appended.
+#[derive(Debug, thiserror::Error)]
+#[error("no signing key for office {office}: {reason}")]
+pub struct OfficeKeyError {
+    pub office: String,
+    pub reason: String,
 }
 
 /// A cqrs-es field that cannot be mapped to the envelope.
@@ -55,7 +76,18 @@ pub enum MappingError {
 
 impl LifelineRepository {
     pub fn new(store: EventStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            office_signer: None,
+        }
+    }
+
+    /// This repository, signing every life event with its office's key before the append.
+    pub fn with_office_signer(self, signer: Arc<dyn OfficeSigner>) -> Self {
+        Self {
+            office_signer: Some(signer),
+            ..self
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -119,11 +151,32 @@ impl PersistedEventRepository for LifelineRepository {
                     .map_err(|_| unknown(MappingError::Sequence(sequence)))?,
             )),
         };
-        let new_events = events
+        let mut new_events = events
             .iter()
             .enumerate()
             .map(|(index, event)| to_new_event(index, event))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(signer) = &self.office_signer {
+            for event in &mut new_events {
+                if !is_office_signed(&event.event_type) {
+                    continue;
+                }
+                let Some(office) = event.metadata.office.clone() else {
+                    continue;
+                };
+                let key = signer
+                    .office_key(&office)
+                    .map_err(|reason| unknown(OfficeKeyError { office, reason }))?;
+                let (key_id, signature) = sign_office_event(
+                    &key,
+                    stream.as_str(),
+                    event.event_id,
+                    &event.event_type,
+                    &event.payload,
+                );
+                event.metadata.office_signature = Some(OfficeSignature { key_id, signature });
+            }
+        }
         match self.store.append(&stream, expected, &new_events).await {
             Ok(_) => Ok(()),
             Err(AppendError::Conflict { .. }) => Err(PersistenceError::OptimisticLockError),

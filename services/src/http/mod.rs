@@ -24,6 +24,7 @@ pub mod citizen;
 pub mod connectors;
 pub mod error;
 pub mod extract;
+pub mod integrity;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -224,6 +225,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/audit/replay", get(audit::replay))
         .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/verify", get(integrity::verify))
+        .route("/v1/audit/proof/{event_id}", get(integrity::proof))
         .route("/v1/audit/access-log", get(access::access_log))
         .route("/v1/operations/policies/failed", get(policies::failed))
         .route("/v1/operations/policies/retry", post(policies::retry))

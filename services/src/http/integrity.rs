@@ -1,0 +1,56 @@
+//! The auditors' tamper-evidence routes: `GET /v1/audit/verify` (the whole log checked, the
+//! first bad position named) and `GET /v1/audit/proof/{event_id}` (an inclusion proof to check
+//! offline with `lifeline verify-proof`). The keyring is read from the key directory on each
+//! request, so a rotated key is picked up without a restart.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use lifeline_model::integrity::InclusionProof;
+use lifeline_store::{ProofLookup, VerifyReport};
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::{authorize, Action, Principal, Target};
+use crate::keys;
+
+fn keyring() -> Result<lifeline_model::integrity::Keyring, ApiError> {
+    keys::load_keyring(&keys::keyring_file(&keys::key_dir()))
+        .map_err(|error| ApiError::unavailable(format!("{error:#}")))
+}
+
+/// `GET /v1/audit/verify`: 200 with the report, whether or not the log is intact (the report's
+/// `first_bad` says).
+#[instrument(skip_all)]
+pub async fn verify(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<VerifyReport>, ApiError> {
+    authorize(&principal, Action::ReadLog, Target::Nothing)?;
+    let keyring = keyring()?;
+    let report = lifeline_store::verify(&state.store, &keyring).await?;
+    if let Some(bad) = &report.first_bad {
+        tracing::error!(global_position = bad.global_position, reason = %bad.reason, "the log failed verification");
+    }
+    Ok(Json(report))
+}
+
+/// `GET /v1/audit/proof/{event_id}`: 404 for an unknown event, 409 `not_sealed` for one no
+/// seal covers yet.
+#[instrument(skip_all, fields(event_id = %event_id))]
+pub async fn proof(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(event_id): Path<Uuid>,
+) -> Result<Json<InclusionProof>, ApiError> {
+    authorize(&principal, Action::ReadLog, Target::Nothing)?;
+    match lifeline_store::inclusion_proof(&state.store, event_id).await? {
+        ProofLookup::Proof(proof) => Ok(Json(*proof)),
+        ProofLookup::NotSealed => Err(ApiError::conflict(
+            "not_sealed",
+            "the event is not sealed yet; retry after the next seal",
+        )),
+        ProofLookup::NoSuchEvent => Err(ApiError::not_found("event")),
+    }
+}

@@ -1,0 +1,237 @@
+//! The node's and offices' Ed25519 keys on disk, and the keyring of public keys that verifies
+//! seals and office signatures.
+//!
+//! Layout of the key directory (`LIFELINE_KEY_DIR`, default `./lifeline-data/keys`):
+//! - `node.key`: the node's secret (hex, mode 0600), unless `LIFELINE_NODE_KEY_FILE` names
+//!   another file; generated on first use.
+//! - `office-<code>.key`: an office's secret, generated on first use (development).
+//! - `keyring.json`: every public key ever used here, with its id and owner (`node`,
+//!   `office:<code>`). Rotation (`lifeline keys generate`) writes a new `node.key`; the old
+//!   public key stays in the keyring, so seals it signed still verify. Secrets are never printed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::Utc;
+use lifeline_model::integrity::{office_owner, KeyPair, Keyring, NODE_OWNER};
+
+use crate::config::DEFAULT_DATA_DIR;
+
+/// The variable naming the key directory.
+pub const KEY_DIR_VAR: &str = "LIFELINE_KEY_DIR";
+/// The variable naming the node's secret key file.
+pub const NODE_KEY_FILE_VAR: &str = "LIFELINE_NODE_KEY_FILE";
+
+/// The key directory: `LIFELINE_KEY_DIR` or `./lifeline-data/keys`.
+pub fn key_dir() -> PathBuf {
+    std::env::var_os(KEY_DIR_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(DEFAULT_DATA_DIR).join("keys"))
+}
+
+fn node_key_file(dir: &Path) -> PathBuf {
+    std::env::var_os(NODE_KEY_FILE_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("node.key"))
+}
+
+/// The keyring file of a key directory.
+pub fn keyring_file(dir: &Path) -> PathBuf {
+    dir.join("keyring.json")
+}
+
+/// Reads a keyring file; an absent file is an empty keyring.
+pub fn load_keyring(path: &Path) -> anyhow::Result<Keyring> {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("reading the keyring {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Keyring::default()),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn save_keyring(path: &Path, keyring: &Keyring) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(keyring)?;
+    fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<Option<KeyPair>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .with_context(|| format!("{} is not a 32-byte hex secret key", path.display()))?;
+    Ok(Some(KeyPair::from_secret(bytes)))
+}
+
+fn write_secret(path: &Path, key: &KeyPair) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{}", hex::encode(key.secret_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Loads the key at `path`, generating it (and recording its public half in the keyring) on
+/// first use.
+fn load_or_generate(dir: &Path, path: &Path, owner: &str) -> anyhow::Result<KeyPair> {
+    let key = match read_secret(path)? {
+        Some(key) => key,
+        None => {
+            let key = KeyPair::generate();
+            write_secret(path, &key)?;
+            tracing::info!(key_id = key.key_id(), owner, "generated a signing key");
+            key
+        }
+    };
+    let keyring_path = keyring_file(dir);
+    let mut keyring = load_keyring(&keyring_path)?;
+    if !keyring
+        .keys
+        .iter()
+        .any(|entry| entry.key_id == key.key_id())
+    {
+        keyring.add(&key, owner, Some(Utc::now().to_rfc3339()));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        save_keyring(&keyring_path, &keyring)?;
+    }
+    Ok(key)
+}
+
+/// The node's key (seals), generated on first use.
+pub fn node_key(dir: &Path) -> anyhow::Result<KeyPair> {
+    load_or_generate(dir, &node_key_file(dir), NODE_OWNER)
+}
+
+/// An office's key (life-event signatures), generated on first use.
+pub fn office_key(dir: &Path, office: &str) -> anyhow::Result<KeyPair> {
+    // The code names a file: only office-code characters, never a path.
+    if office.is_empty() || !office.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        anyhow::bail!("{office:?} is not an office code");
+    }
+    let file = dir.join(format!("office-{office}.key"));
+    load_or_generate(dir, &file, &office_owner(office))
+}
+
+/// Office keys from a key directory, generated on first use, kept in memory once read.
+#[derive(Debug)]
+pub struct FileOfficeKeys {
+    dir: PathBuf,
+    loaded: std::sync::Mutex<std::collections::HashMap<String, KeyPair>>,
+}
+
+impl FileOfficeKeys {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            loaded: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl lifeline_store::cqrs::OfficeSigner for FileOfficeKeys {
+    fn office_key(&self, office: &str) -> Result<KeyPair, String> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(key) = loaded.get(office) {
+            return Ok(key.clone());
+        }
+        let key = office_key(&self.dir, office).map_err(|error| format!("{error:#}"))?;
+        loaded.insert(office.to_owned(), key.clone());
+        Ok(key)
+    }
+}
+
+/// Rotates the node key: a new secret in the node key file, its public key added to the
+/// keyring next to the old ones.
+pub fn rotate_node_key(dir: &Path) -> anyhow::Result<KeyPair> {
+    let key = KeyPair::generate();
+    write_secret(&node_key_file(dir), &key)?;
+    let keyring_path = keyring_file(dir);
+    let mut keyring = load_keyring(&keyring_path)?;
+    keyring.add(&key, NODE_OWNER, Some(Utc::now().to_rfc3339()));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    save_keyring(&keyring_path, &keyring)?;
+    Ok(key)
+}
+
+/// How often `lifeline serve` (worker, all) seals the newly visible events.
+pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seals the log every [`SEAL_INTERVAL`] with the node key until `shutdown` turns true. A
+/// failed round is logged and retried at the next tick; several processes may run it (a seal
+/// number is stored once).
+pub async fn run_sealer(
+    store: lifeline_store::EventStore,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let node_key = node_key(&key_dir()).context("loading the node key")?;
+    tracing::info!(key_id = node_key.key_id(), "sealer running");
+    loop {
+        match lifeline_store::seal_all(&store, &node_key).await {
+            Ok(seals) => {
+                if let Some(last) = seals.last() {
+                    tracing::info!(
+                        seq = last.seq,
+                        up_to = last.to.global_position,
+                        "log sealed"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "sealing failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SEAL_INTERVAL) => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_generated_once_kept_secret_and_rotated_into_the_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_generate(dir.path(), &dir.path().join("node.key"), NODE_OWNER).unwrap();
+        let again = load_or_generate(dir.path(), &dir.path().join("node.key"), NODE_OWNER).unwrap();
+        assert_eq!(first.key_id(), again.key_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("node.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let office = office_key(dir.path(), "79-26734").unwrap();
+        let keyring = load_keyring(&keyring_file(dir.path())).unwrap();
+        assert_eq!(keyring.keys.len(), 2);
+        assert!(keyring
+            .keys
+            .iter()
+            .any(|entry| entry.key_id == office.key_id()));
+        let text = fs::read_to_string(keyring_file(dir.path())).unwrap();
+        assert!(!text.contains(&hex::encode(first.secret_bytes())));
+    }
+}
