@@ -4,13 +4,17 @@
 //! request, so a rotated key is picked up without a restart.
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::Json;
+use lifeline_model::system_events::ReadResource;
 use lifeline_model::integrity::InclusionProof;
 use lifeline_store::{ProofLookup, VerifyReport};
 use tracing::instrument;
 use uuid::Uuid;
 
+use super::access::{self, record_read, Read};
 use super::error::ApiError;
+use super::extract::RequestContext;
 use super::AppState;
 use crate::auth::{authorize, Action, Principal, Target};
 use crate::keys;
@@ -37,16 +41,30 @@ pub async fn verify(
 }
 
 /// `GET /v1/audit/proof/{event_id}`: 404 for an unknown event, 409 `not_sealed` for one no
-/// seal covers yet.
+/// seal covers yet. The proof carries the event's payload: like every audit read it needs
+/// `X-Purpose` and is recorded in the access log (as a read of the event's stream).
 #[instrument(skip_all, fields(event_id = %event_id))]
 pub async fn proof(
     State(state): State<AppState>,
     principal: Principal,
+    context: RequestContext,
+    headers: HeaderMap,
     Path(event_id): Path<Uuid>,
 ) -> Result<Json<InclusionProof>, ApiError> {
     authorize(&principal, Action::ReadLog, Target::Nothing)?;
+    let purpose = access::purpose(&principal, &headers)?;
     match lifeline_store::inclusion_proof(&state.store, event_id).await? {
-        ProofLookup::Proof(proof) => Ok(Json(*proof)),
+        ProofLookup::Proof(proof) => {
+            let stream_id = proof.event.stream_id.clone();
+            record_read(
+                &state,
+                &principal,
+                context.correlation_id,
+                Read::new(ReadResource::Stream { stream_id }, purpose),
+            )
+            .await?;
+            Ok(Json(*proof))
+        }
         ProofLookup::NotSealed => Err(ApiError::conflict(
             "not_sealed",
             "the event is not sealed yet; retry after the next seal",
