@@ -122,7 +122,11 @@ pub fn node_key(dir: &Path) -> anyhow::Result<KeyPair> {
 /// An office's key (life-event signatures), generated on first use.
 pub fn office_key(dir: &Path, office: &str) -> anyhow::Result<KeyPair> {
     // The code names a file: only office-code characters, never a path.
-    if office.is_empty() || !office.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if office.is_empty()
+        || !office
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         anyhow::bail!("{office:?} is not an office code");
     }
     let file = dir.join(format!("office-{office}.key"));

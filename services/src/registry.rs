@@ -115,8 +115,8 @@ impl Registry {
         let repository = LifelineRepository::new(store.clone()).with_office_signer(signer);
         let event_store = PersistedEventStore::new_event_store(repository.clone())
             .with_upcasters(codec::upcasters());
-        let direct = PersistedEventStore::new_event_store(repository)
-            .with_upcasters(codec::upcasters());
+        let direct =
+            PersistedEventStore::new_event_store(repository).with_upcasters(codec::upcasters());
         Self {
             store,
             life_events: CqrsFramework::new(event_store, vec![], ()),

@@ -29,7 +29,8 @@ struct Fixture {
 
 fn birth(stream: &StreamId, office: &KeyPair) -> NewEvent {
     let event_id = Uuid::now_v7();
-    let payload = json!({ "child": { "name": "Nguyễn An", "sex": "female" }, "weight_grams": 3100 });
+    let payload =
+        json!({ "child": { "name": "Nguyễn An", "sex": "female" }, "weight_grams": 3100 });
     let (key_id, signature) =
         sign_office_event(office, stream.as_str(), event_id, "BirthRecorded", &payload);
     NewEvent {
@@ -59,16 +60,31 @@ async fn fill(store: &EventStore) -> Fixture {
     let births = new_stream("birth");
     let people = new_stream("person");
     let batches: Vec<(StreamId, Vec<NewEvent>)> = vec![
-        (tasks.clone(), vec![new_event("TaskCreated", json!({"n": 1, "due": "2026-01-01"}))]),
+        (
+            tasks.clone(),
+            vec![new_event(
+                "TaskCreated",
+                json!({"n": 1, "due": "2026-01-01"}),
+            )],
+        ),
         (births.clone(), vec![birth(&births, &office)]),
         (
             tasks.clone(),
             vec![
                 new_event("TaskClaimed", json!({"n": 2})),
-                new_event("TaskCompleted", json!({"n": 3, "outcome": {"b": 1, "a": [1, -2]}})),
+                new_event(
+                    "TaskCompleted",
+                    json!({"n": 3, "outcome": {"b": 1, "a": [1, -2]}}),
+                ),
             ],
         ),
-        (people.clone(), vec![new_event("PersonalIdAssigned", json!({"pin": "079190001234"}))]),
+        (
+            people.clone(),
+            vec![new_event(
+                "PersonalIdAssigned",
+                json!({"pin": "079190001234"}),
+            )],
+        ),
         (
             tasks.clone(),
             vec![
@@ -79,7 +95,10 @@ async fn fill(store: &EventStore) -> Fixture {
     ];
     let mut events = Vec::new();
     for (stream, batch) in &batches {
-        let outcome = store.append(stream, ExpectedVersion::Any, batch).await.unwrap();
+        let outcome = store
+            .append(stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
         let first_version = outcome.stream_version.0 - batch.len() as i64 + 1;
         for (offset, event) in batch.iter().enumerate() {
             events.push((
@@ -93,7 +112,11 @@ async fn fill(store: &EventStore) -> Fixture {
     }
     let unsealed = new_event("TaskAmended", json!({"n": 6}));
     let outcome = store
-        .append(&tasks, ExpectedVersion::Any, std::slice::from_ref(&unsealed))
+        .append(
+            &tasks,
+            ExpectedVersion::Any,
+            std::slice::from_ref(&unsealed),
+        )
         .await
         .unwrap();
     events.push((
@@ -311,7 +334,11 @@ async fn postgres_a_deleted_event_is_named() {
     let store = postgres_store().await;
     let fixture = fill(&store).await;
     let (last, _, _, _) = fixture.events[7].clone();
-    tamper(&store, &format!("DELETE FROM events WHERE global_position = {last}")).await;
+    tamper(
+        &store,
+        &format!("DELETE FROM events WHERE global_position = {last}"),
+    )
+    .await;
     let (bad, reason) = first_bad(&store, &fixture.keyring).await;
     assert_eq!(bad, fixture.events[6].0, "{reason}");
     assert!(reason.contains("appended to version 6"), "{reason}");
@@ -354,8 +381,13 @@ async fn postgres_a_forged_event_is_named() {
     let stream = new_stream("birth");
     let event_id = Uuid::now_v7();
     let payload = json!({"child": {"name": "Forged"}});
-    let (key_id, signature) =
-        sign_office_event(&forger, stream.as_str(), event_id, "BirthRecorded", &payload);
+    let (key_id, signature) = sign_office_event(
+        &forger,
+        stream.as_str(),
+        event_id,
+        "BirthRecorded",
+        &payload,
+    );
     let mut metadata = serde_json::to_value(EventMetadata {
         office: Some(OFFICE.to_owned()),
         office_signature: Some(OfficeSignature { key_id, signature }),
@@ -406,11 +438,12 @@ async fn postgres_a_forged_event_is_named() {
             .unwrap();
     let forged = new_event("PersonNoted", json!({"n": 1}));
     let metadata = serde_json::to_value(&forged.metadata).unwrap();
-    let prev: Vec<u8> = sqlx::query_scalar("SELECT event_hash FROM events WHERE global_position = $1")
-        .bind(person.0)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT event_hash FROM events WHERE global_position = $1")
+            .bind(person.0)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     let hash = event_hash(
         &EventHashInput {
             stream_id: person.1.as_str(),
@@ -477,8 +510,13 @@ async fn postgres_altered_signatures_are_named() {
             .fetch_one(store.postgres_pool().unwrap())
             .await
             .unwrap();
-    let (key_id, signature) =
-        sign_office_event(&forger, stream.as_str(), event_id, "BirthRecorded", &payload);
+    let (key_id, signature) = sign_office_event(
+        &forger,
+        stream.as_str(),
+        event_id,
+        "BirthRecorded",
+        &payload,
+    );
     tamper(
         &store,
         &format!(
@@ -505,7 +543,11 @@ async fn postgres_jsonb_round_trips_to_the_same_canonical_text() {
     });
     let event = new_event("Canon", payload.clone());
     store
-        .append(&stream, ExpectedVersion::NoStream, std::slice::from_ref(&event))
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&event),
+        )
         .await
         .unwrap();
     let stored = store.read_stream(&stream).await.unwrap();

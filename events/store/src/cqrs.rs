@@ -19,13 +19,13 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use lifeline_model::envelope::OfficeSignature;
-use lifeline_model::integrity::{is_office_signed, sign_office_event, KeyPair};
-use std::sync::Arc;
 use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, Role, StreamId,
     StreamVersion,
 };
+use lifeline_model::integrity::{is_office_signed, sign_office_event, KeyPair};
 use serde_json::Value;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::{AppendError, StoreError};

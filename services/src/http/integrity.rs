@@ -6,8 +6,8 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use lifeline_model::system_events::ReadResource;
 use lifeline_model::integrity::InclusionProof;
+use lifeline_model::system_events::ReadResource;
 use lifeline_store::{ProofLookup, VerifyReport};
 use tracing::instrument;
 use uuid::Uuid;
