@@ -54,7 +54,7 @@ def table(rows):
         extra = ""
         if case == "w5_serve_peak_rss":
             extra = f" VmHWM {fmt([num(r.get('vmhwm_mib')) for r in runs], 1)} MiB"
-        loads = ", ".join(r.get("load", "?").split("/")[0] for r in runs)
+        loads = ", ".join(r.get("load", "?").split(",")[0] for r in runs)
         out.append(
             f"| {bench} | {case}{extra} | {runs[0]['ops']} | {fmt([num(r['events_per_s']) for r in runs], 0)} | "
             f"{fmt([num(r['p50_ms']) for r in runs], 3)} | {fmt([num(r['p99_ms']) for r in runs], 3)} | "
@@ -122,7 +122,9 @@ SERIES = [
 
 
 def svg(rows, path):
-    rates = sorted({int(k[1].split("_")[1][1:]) for k in rows if k[0] == "lifeline" and k[1].startswith("w3_r")})
+    import re
+    rates = sorted({int(m.group(1)) for k in rows if k[0] == "lifeline"
+                    for m in [re.match(r"^w3_r(\d+)_", k[1])] if m})
     if not rates:
         return
     series = []
