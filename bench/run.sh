@@ -44,9 +44,9 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 # at the start of the step, and go to the raw file.
 step() {
   local round=$1; shift
-  local l; l=$(load | tr ' ' '/')
+  local l; l=$(load | tr ' ' ',')
   echo "== round $round: $* (load $l)" >&2
-  "$@" | sed -u "s/^RESULT /RESULT run=$round load=$l /" | tee -a "$OUT"
+  "$@" | sed -u "s|^RESULT |RESULT run=$round load=$l |" | tee -a "$OUT"
 }
 
 PEER_STEPS=(cqrs-a cqrs-c sqlx-single)
