@@ -52,9 +52,16 @@ pub async fn serve(
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
     store.migrate().await.context("applying migrations")?;
-    // Concurrent appends (HTTP requests, policy workers) share transactions: one commit serves
-    // many, each append keeping its own version check and idempotency.
-    let store = store.with_group_commit();
+    // Group commit (concurrent appends sharing one transaction) is opt-in: measured here
+    // (BENCHMARKS.md) it was slower than one transaction per append, because the committer
+    // runs a group's appends one after another on one connection.
+    let group_commit = std::env::var("LIFELINE_GROUP_COMMIT")
+        .is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes" | "on"));
+    let store = if group_commit {
+        store.with_group_commit()
+    } else {
+        store
+    };
 
     let wants = |role: ServeRole| roles.contains(&role) || roles.contains(&ServeRole::All);
     let nats = match &config.nats_url {

@@ -66,6 +66,9 @@ fn table() -> Vec<Row> {
         ("GET", "/v1/audit/replay?as_of=2030-01-01T00:00:00Z", None, [403, 403, 403, 403, 200, 403, 401, 401]),
         ("GET", "/v1/audit/export", None, [403, 403, 403, 403, 200, 403, 401, 401]),
         ("GET", "/v1/audit/access-log", None, [403, 403, 403, 403, 200, 403, 401, 401]),
+        ("GET", "/v1/audit/verify", None, [403, 403, 403, 403, 200, 403, 401, 401]),
+        // An event no seal covers (none is sealed here): the auditor gets 404, nobody else gets in.
+        ("GET", "/v1/audit/proof/00000000-0000-0000-0000-000000000000", None, [403, 403, 403, 403, 404, 403, 401, 401]),
         // The citizen status: any authenticated caller with the reference; nothing personal.
         ("GET", "/v1/status/{reference}", None, [200, 200, 200, 200, 200, 200, 401, 401]),
         // Operators: failed policy runs and their retry; no personal data.
@@ -218,7 +221,8 @@ fn the_table_lists_exactly_the_routes_of_the_openapi_document() {
             let path = path
                 .replace("{life_event}", "{id}")
                 .replace("{task}", "{id}")
-                .replace("birth-{id}", "{stream_id}");
+                .replace("birth-{id}", "{stream_id}")
+                .replace("00000000-0000-0000-0000-000000000000", "{event_id}");
             (method.to_owned(), path)
         })
         .collect();

@@ -13,7 +13,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::access::{self, record_read, Read};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::RequestContext;
 use super::AppState;
 use crate::auth::{authorize, Action, Principal, Target};
@@ -26,6 +26,16 @@ fn keyring() -> Result<lifeline_model::integrity::Keyring, ApiError> {
 
 /// `GET /v1/audit/verify`: 200 with the report, whether or not the log is intact (the report's
 /// `first_bad` says).
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, description = "the verification report: events and seals checked, the first bad position in commit order if any"),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not an auditor", body = ErrorBody),
+        (status = 503, description = "store or keyring unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 #[instrument(skip_all)]
 pub async fn verify(
     State(state): State<AppState>,
@@ -43,6 +53,23 @@ pub async fn verify(
 /// `GET /v1/audit/proof/{event_id}`: 404 for an unknown event, 409 `not_sealed` for one no
 /// seal covers yet. The proof carries the event's payload: like every audit read it needs
 /// `X-Purpose` and is recorded in the access log (as a read of the event's stream).
+#[utoipa::path(
+    get, path = "/v1/audit/proof/{event_id}", tag = "audit",
+    params(
+        ("event_id" = Uuid, Path, description = "the event to prove"),
+        ("X-Purpose" = String, Header, description = "why the proof is read"),
+    ),
+    responses(
+        (status = 200, description = "the inclusion proof: the event, its leaf index, the audit path and the signed seal; check it offline with `lifeline verify-proof`"),
+        (status = 400, description = "no X-Purpose", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not an auditor", body = ErrorBody),
+        (status = 404, description = "no such event", body = ErrorBody),
+        (status = 409, description = "no seal covers the event yet", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 #[instrument(skip_all, fields(event_id = %event_id))]
 pub async fn proof(
     State(state): State<AppState>,

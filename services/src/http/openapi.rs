@@ -6,7 +6,9 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, agency, audit, citizen, connectors, error, ops, policies, registrar};
+use super::{
+    access, agency, audit, citizen, connectors, error, integrity, ops, policies, registrar,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -35,6 +37,8 @@ use super::{access, agency, audit, citizen, connectors, error, ops, policies, re
         audit::replay,
         audit::export,
         access::access_log,
+        integrity::verify,
+        integrity::proof,
         citizen::status,
         ops::healthz,
         ops::readyz,
