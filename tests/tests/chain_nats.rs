@@ -210,10 +210,17 @@ async fn birth_and_death_chains_run_end_to_end_over_nats() {
         DEADLINE,
     )
     .await;
+    // The declaration names no residence of the deceased: the police receive the registered
+    // one the task was routed by (policies/data/residences.csv), so they know what to close.
     let expected = expected_application(
         &death,
         ProcedureId::ResidenceDeregistration,
-        &[("death_extract_number", json!("TK-2026-77"))],
+        &[
+            ("death_extract_number", json!("TK-2026-77")),
+            ("deceased.residence.province", json!("01")),
+            ("deceased.residence.commune", json!("00004")),
+            ("deceased.residence.address", json!("5 Hàng Bông")),
+        ],
     );
     assert_application(&residence, &expected);
     // Data minimisation: the police get no cause of death.
@@ -471,7 +478,10 @@ fn spawn_worker(
         .env("LIFELINE_NATS_URL", nats_url)
         .env("LIFELINE_NATS_STREAM", &bus.stream_name)
         .env("LIFELINE_NATS_SUBJECT_PREFIX", &bus.subject_prefix)
-        .env("LIFELINE_TOKEN_SECRET", "chain-nats-test-secret")
+        .env(
+            "LIFELINE_TOKEN_SECRET",
+            "chain-nats-test-secret-of-at-least-32-bytes",
+        )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
