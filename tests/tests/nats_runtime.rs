@@ -607,9 +607,10 @@ async fn a_relay_aborted_mid_run_resumes_without_duplicate_notices() {
     let store = postgres_store().await;
     let jetstream = shared_nats().await;
     let bus = unique_bus();
-    let sources = append_sources(&store, 300).await;
+    // Enough notices, in small batches, that the relay is still publishing when it is aborted.
+    let sources = append_sources(&store, 2000).await;
     let relay_options = RelayOptions {
-        batch_size: 40,
+        batch_size: 20,
         ..test_relay_options()
     };
     let messages = || async {
@@ -633,7 +634,7 @@ async fn a_relay_aborted_mid_run_resumes_without_duplicate_notices() {
     first.abort();
     let _ = first.await;
     let published_at_crash = messages().await;
-    assert!(published_at_crash < 300, "aborted mid-run");
+    assert!(published_at_crash < 2000, "aborted mid-run");
 
     let (stop, shutdown) = watch::channel(false);
     let relay = Relay::new(
@@ -658,7 +659,7 @@ async fn a_relay_aborted_mid_run_resumes_without_duplicate_notices() {
     second.await.unwrap();
     assert_eq!(
         messages().await,
-        300,
+        2000,
         "one notice per event, republished ones dropped"
     );
     delete_stream(&jetstream, &bus).await;
