@@ -171,9 +171,9 @@ async fn run_on(
 }
 
 fn label(events: usize) -> String {
-    if events % 1_000_000 == 0 {
+    if events.is_multiple_of(1_000_000) {
         format!("{}m", events / 1_000_000)
-    } else if events % 1_000 == 0 {
+    } else if events.is_multiple_of(1_000) {
         format!("{}k", events / 1_000)
     } else {
         events.to_string()
