@@ -36,7 +36,9 @@ use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::audit::{decode_cursor, encode_cursor, MAX_PURPOSE_CHARS, PURPOSE_HEADER};
+use super::audit::{
+    decode_cursor, encode_cursor, malformed_query, page_limit, MAX_PURPOSE_CHARS, PURPOSE_HEADER,
+};
 use super::error::{ApiError, ErrorBody};
 use super::extract::RequestContext;
 use super::AppState;
@@ -382,26 +384,13 @@ pub async fn access_log(
 ) -> Result<Json<AccessLogPage>, ApiError> {
     authorize(&principal, Action::ReadAccessLog, Target::Nothing)?;
     let purpose = purpose(&principal, &headers)?;
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::bad_request("malformed_query", "the query string is not valid")
-            .with_detail(rejection.body_text())
-    })?;
+    let Query(query) = query.map_err(malformed_query)?;
     let mut errors = ValidationErrors::default();
     let after = query
         .cursor
         .as_deref()
         .and_then(|raw| errors.take(decode_cursor(raw)));
-    let limit = match query.limit.as_deref() {
-        None => 100,
-        Some(raw) => errors
-            .take(
-                raw.parse::<usize>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_ACCESS_PAGE).contains(limit))
-                    .ok_or_else(|| FieldError::new("limit", "out_of_range", "must be 1 to 500")),
-            )
-            .unwrap_or(100),
-    };
+    let limit = page_limit(query.limit.as_deref(), MAX_ACCESS_PAGE, &mut errors);
     let person = query.person.as_deref().and_then(|raw| {
         errors.take(PersonalId::parse(raw.trim()).map_err(|error| {
             FieldError::new("person", error.code(), "is not a personal ID number")

@@ -179,17 +179,7 @@ pub async fn events(
         .cursor
         .as_deref()
         .and_then(|raw| errors.take(decode_cursor(raw)));
-    let limit = match query.limit.as_deref() {
-        None => 100,
-        Some(raw) => errors
-            .take(
-                raw.parse::<usize>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_EVENTS_PAGE).contains(limit))
-                    .ok_or_else(|| FieldError::new("limit", "out_of_range", "must be 1 to 1000")),
-            )
-            .unwrap_or(100),
-    };
+    let limit = page_limit(query.limit.as_deref(), MAX_EVENTS_PAGE, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(&errors));
     }
@@ -501,7 +491,25 @@ fn audit_access(
     Ok(purpose)
 }
 
-fn malformed_query(rejection: QueryRejection) -> ApiError {
+/// A page's `limit` query parameter: 100 when absent, else 1 to `max`; a bad one is a field
+/// error in `errors` (and the default stands in for it).
+pub(crate) fn page_limit(raw: Option<&str>, max: usize, errors: &mut ValidationErrors) -> usize {
+    match raw {
+        None => 100,
+        Some(raw) => errors
+            .take(
+                raw.parse::<usize>()
+                    .ok()
+                    .filter(|limit| (1..=max).contains(limit))
+                    .ok_or_else(|| {
+                        FieldError::new("limit", "out_of_range", format!("must be 1 to {max}"))
+                    }),
+            )
+            .unwrap_or(100),
+    }
+}
+
+pub(crate) fn malformed_query(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request("malformed_query", "the query string is not valid")
         .with_detail(rejection.body_text())
 }
