@@ -1,16 +1,28 @@
 //! Group commit: concurrent [`crate::EventStore::append`] calls share one transaction, so one
 //! commit (one WAL flush) serves many appends, while each keeps its own expected-version check
-//! and idempotency in a savepoint of its own.
+//! and idempotency.
+//!
+//! On PostgreSQL a group is written by the fast path (`batch`: one statement for a group of new
+//! streams, else lock + write + commit), and up to [`PARALLEL_GROUPS`] groups are in flight at
+//! once, so a group gathers while the one before it commits. An append the fast path cannot
+//! settle runs on the careful path afterwards, alone. On SQLite (one writer) groups run one
+//! after another, each append in a savepoint of the group's transaction.
+
+use std::sync::Arc;
 
 use lifeline_model::envelope::{ExpectedVersion, NewEvent, StreamId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::append::AppendOutcome;
+use crate::append::{self, AppendOutcome};
+use crate::batch;
 use crate::error::{AppendError, StoreError};
-use crate::store::EventStore;
+use crate::store::{BackendKind, EventStore};
 
 /// The most appends one transaction takes.
 pub(crate) const MAX_GROUP: usize = 128;
+
+/// How many groups may be in flight at once on PostgreSQL.
+pub(crate) const PARALLEL_GROUPS: usize = 4;
 
 /// How many appends may wait for the committer before callers queue on the channel.
 const QUEUE: usize = 1024;
@@ -64,10 +76,18 @@ fn stopped() -> AppendError {
 }
 
 /// Takes the first waiting append, then every other one already waiting (up to
-/// [`MAX_GROUP`]), runs them in one transaction, commits, and answers each.
+/// [`MAX_GROUP`]), and commits them as a group while the next group gathers.
 async fn run(store: EventStore, mut receiver: mpsc::Receiver<Request>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
+    let parallel = match store.backend() {
+        BackendKind::Postgres => PARALLEL_GROUPS,
+        BackendKind::Sqlite => 1,
+    };
+    let slots = Arc::new(Semaphore::new(parallel));
     while let Some(first) = receiver.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut group = Vec::with_capacity(MAX_GROUP);
         group.push(first);
         while group.len() < MAX_GROUP {
             match receiver.try_recv() {
@@ -75,11 +95,88 @@ async fn run(store: EventStore, mut receiver: mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        commit_group(&store, &mut group).await;
+        let store = store.clone();
+        tokio::spawn(async move {
+            match store.backend() {
+                BackendKind::Postgres => commit_group_postgres(&store, group).await,
+                BackendKind::Sqlite => commit_group_in_savepoints(&store, group).await,
+            }
+            drop(slot);
+        });
     }
 }
 
-async fn commit_group(store: &EventStore, group: &mut Vec<Request>) {
+async fn commit_group_postgres(store: &EventStore, group: Vec<Request>) {
+    let Some(pool) = store.postgres_pool() else {
+        return commit_group_in_savepoints(store, group).await;
+    };
+    let encoded: Vec<Result<Vec<append::EncodedEvent<'_>>, AppendError>> = group
+        .iter()
+        .map(|request| append::encode_batch(&request.events))
+        .collect();
+    let mut plan = Vec::with_capacity(group.len());
+    let mut index_of = Vec::with_capacity(group.len());
+    for (index, (request, events)) in group.iter().zip(&encoded).enumerate() {
+        if let Ok(events) = events {
+            plan.push(batch::GroupAppend {
+                stream: &request.stream,
+                expected: request.expected,
+                events,
+            });
+            index_of.push(index);
+        }
+    }
+    // None: not settled yet.
+    let mut answers: Vec<Option<Result<AppendOutcome, AppendError>>> =
+        (0..group.len()).map(|_| None).collect();
+    match batch::append_group(pool, &plan).await {
+        Ok(results) => {
+            let mut stored = false;
+            for (index, result) in index_of.iter().zip(results) {
+                if let batch::Answer::Stored(outcome) = result {
+                    stored = true;
+                    answers[*index] = Some(Ok(outcome));
+                }
+            }
+            if stored {
+                store.notify_appended();
+            }
+        }
+        Err(batch::FastError::Careful) => {}
+        Err(batch::FastError::Store(error)) => {
+            let message = error.to_string();
+            for index in index_of {
+                answers[index] = Some(Err(AppendError::Store(match &error {
+                    StoreError::CommitFailed(_) => StoreError::CommitFailed(message.clone()),
+                    _ => StoreError::CommitFailed(format!(
+                        "the group's append failed before its commit: {message}"
+                    )),
+                })));
+            }
+        }
+    }
+    drop(plan);
+    for ((request, events), answer) in group.iter().zip(encoded).zip(answers.iter_mut()) {
+        if answer.is_some() {
+            continue;
+        }
+        *answer = Some(match events {
+            Ok(events) => {
+                store
+                    .append_careful(&request.stream, request.expected, &events)
+                    .await
+            }
+            Err(error) => Err(error),
+        });
+    }
+    for (request, answer) in group.into_iter().zip(answers) {
+        if let Some(answer) = answer {
+            let _ = request.reply.send(answer);
+        }
+    }
+}
+
+async fn commit_group_in_savepoints(store: &EventStore, mut group: Vec<Request>) {
     // A lone append takes the ordinary path (with its retries of idempotency races).
     if group.len() == 1 {
         if let Some(request) = group.pop() {

@@ -10,7 +10,9 @@
 //! - [`store`]: [`EventStore`] (connect, migrate, append, reads, checkpoints) and
 //!   [`StoreTransaction`] (appends, reads and checkpoints committed together).
 //! - `group_commit`: concurrent appends gathered into one transaction (opt-in).
-//! - `append`: the append algorithm, once for both backends, run inside a caller's transaction.
+//! - `append`: the append algorithm, once for both backends, run inside a caller's transaction
+//!   (the careful path).
+//! - `batch`: the PostgreSQL fast path: a group of appends (or a lone one) in one statement.
 //! - `postgres`, `sqlite`: each backend's SQL, one function per primitive.
 //! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live.
 //! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
@@ -22,6 +24,7 @@
 //! - `migrations/postgres`, `migrations/sqlite`: the schema, embedded at compile time.
 
 mod append;
+mod batch;
 pub mod cqrs;
 pub mod error;
 mod group_commit;
@@ -39,4 +42,6 @@ pub use integrity::{
     inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
 };
 pub use store::{BackendKind, EventStore, StoreTransaction, TransactionConnection};
-pub use subscription::{run_subscription, run_subscription_with, Subscriber, SubscriptionOptions};
+pub use subscription::{
+    run_subscription, run_subscription_with, Subscriber, SubscriptionOptions, WakeUps,
+};

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::append::{self, AppendOutcome, TxAppendError, TxConnection};
 use crate::error::{AppendError, StoreError};
 use crate::group_commit::GroupCommitter;
-use crate::{postgres, sqlite};
+use crate::{batch, postgres, sqlite};
 
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -218,7 +218,8 @@ impl EventStore {
         }
     }
 
-    /// [`EventStore::append`] in a transaction of its own.
+    /// [`EventStore::append`] in a transaction of its own: on PostgreSQL the one-statement fast
+    /// path (`batch`), and the careful path when that cannot settle it.
     pub(crate) async fn append_ungrouped(
         &self,
         stream: &StreamId,
@@ -226,9 +227,37 @@ impl EventStore {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, AppendError> {
         let encoded = append::encode_batch(events)?;
+        if let Backend::Postgres(pool) = &self.backend {
+            let group = [batch::GroupAppend {
+                stream,
+                expected,
+                events: &encoded,
+            }];
+            match batch::append_group(pool, &group).await {
+                Ok(answers) => {
+                    if let Some(batch::Answer::Stored(outcome)) = answers.first() {
+                        self.notify_appended();
+                        return Ok(*outcome);
+                    }
+                }
+                Err(batch::FastError::Careful) => {}
+                Err(batch::FastError::Store(error)) => return Err(error.into()),
+            }
+        }
+        self.append_careful(stream, expected, &encoded).await
+    }
+
+    /// Appends in a transaction of its own with `append::append_in_tx` (about seven round trips),
+    /// retrying lost idempotency races.
+    pub(crate) async fn append_careful(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        encoded: &[append::EncodedEvent<'_>],
+    ) -> Result<AppendOutcome, AppendError> {
         for _ in 0..DUPLICATE_RACE_RETRIES {
             let mut tx = self.begin().await?;
-            match append::append_in_tx(&mut tx.connection_for_append(), stream, expected, &encoded)
+            match append::append_in_tx(&mut tx.connection_for_append(), stream, expected, encoded)
                 .await
             {
                 Ok(outcome) if outcome.already_stored => {
@@ -415,7 +444,7 @@ impl EventStore {
         self.appended.subscribe()
     }
 
-    fn notify_appended(&self) {
+    pub(crate) fn notify_appended(&self) {
         self.appended
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }

@@ -31,6 +31,17 @@ pub trait Subscriber: Send {
         tx: &mut StoreTransaction<'_>,
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError>;
+
+    /// Called before the first event of every batch (every transaction): a subscriber that holds
+    /// rows back between [`Subscriber::handle`] calls forgets them here, since the batch before
+    /// may have been rolled back.
+    fn begin_batch(&mut self) {}
+
+    /// Called after the last event of a batch, in its transaction, before the checkpoint moves:
+    /// a subscriber writes here what it held back (one save per row instead of one per event).
+    async fn end_batch(&mut self, _tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        Ok(())
+    }
 }
 
 /// How a subscription reads and waits.
@@ -95,6 +106,7 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
         };
         let next = last.cursor();
         let mut tx = store.begin().await?;
+        subscriber.begin_batch();
         for event in &batch {
             if let Err(source) = subscriber.handle(&mut tx, event).await {
                 tx.rollback().await?;
@@ -113,6 +125,16 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
                 });
             }
         }
+        if let Err(source) = subscriber.end_batch(&mut tx).await {
+            tx.rollback().await?;
+            tracing::warn!(subscriber = %name, error = %source, "subscriber failed to write its batch; rolled back");
+            return Err(SubscriptionError::Handler {
+                subscriber: name,
+                event_id: last.event_id,
+                cursor: last.cursor(),
+                source,
+            });
+        }
         if tx.advance_checkpoint(&name, cursor, next).await? {
             tx.commit().await?;
             cursor = next;
@@ -126,9 +148,12 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     Ok(())
 }
 
-/// What wakes a caught-up subscription: this process's appends, and on PostgreSQL the
+/// What wakes a caught-up reader of the log: this process's appends, and on PostgreSQL the
 /// `lifeline_events` notifications of every process. Never a cursor: only a reason to read.
-struct WakeUps {
+///
+/// Use: [`WakeUps::mark_seen`] right before reading; when the read found nothing new,
+/// [`WakeUps::wait`]. A wake-up that comes between the two is not lost.
+pub struct WakeUps {
     local: watch::Receiver<u64>,
     postgres: Option<PostgresWakeUps>,
 }
@@ -138,8 +163,16 @@ struct PostgresWakeUps {
     listener: Option<PgListener>,
 }
 
+impl std::fmt::Debug for WakeUps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakeUps").finish_non_exhaustive()
+    }
+}
+
 impl WakeUps {
-    async fn new(store: &EventStore) -> Self {
+    /// Wake-ups for `store`; on PostgreSQL this holds one connection of its own (LISTEN), and
+    /// falls back to polling while it cannot.
+    pub async fn new(store: &EventStore) -> Self {
         let postgres = match store.postgres_pool() {
             Some(pool) => {
                 let mut postgres = PostgresWakeUps {
@@ -158,7 +191,7 @@ impl WakeUps {
     }
 
     /// Forgets wake-ups that came before the read about to happen.
-    fn mark_seen(&mut self) {
+    pub fn mark_seen(&mut self) {
         self.local.borrow_and_update();
         if let Some(listener) = self
             .postgres
@@ -170,7 +203,7 @@ impl WakeUps {
     }
 
     /// Waits for a wake-up, the poll interval or shutdown; true if shutdown.
-    async fn wait(
+    pub async fn wait(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
         poll_interval: Duration,

@@ -1,10 +1,13 @@
 //! The agency inbox projection: one row per task, folded from the task's events.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::task::{TaskEvent, TaskStatus};
 use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
+use uuid::Uuid;
 
 use super::{decode_event, task_id_of, DecodedEvent};
 
@@ -12,12 +15,20 @@ use super::{decode_event, task_id_of, DecodedEvent};
 pub const INBOX_PROJECTION: &str = "projection-inbox";
 
 /// Keeps `projection_tasks` up to date.
+///
+/// Within a batch it folds a task's events into one row held in memory and saves each changed
+/// row once, at the end of the batch (in the batch's transaction, before the checkpoint moves).
 #[derive(Debug, Default)]
-pub struct InboxProjection;
+pub struct InboxProjection {
+    /// The rows of the tasks this batch touched, as folded so far.
+    held: HashMap<Uuid, TaskRow>,
+    /// The tasks this batch changed, in the order they were first changed.
+    changed: Vec<Uuid>,
+}
 
 impl InboxProjection {
     pub fn new() -> Self {
-        Self
+        Self::default()
     }
 }
 
@@ -38,14 +49,42 @@ impl Subscriber for InboxProjection {
             return Ok(());
         };
         let task_id = task_id_of(&task_event);
-        let row = projections::load_task(tx, task_id).await?;
+        // Every held row was changed in this batch, and is listed in `changed` once.
+        let held = self.held.remove(&task_id);
+        let first_change = held.is_none();
+        let row = match held {
+            Some(row) => Some(row),
+            // A task's first event creates its row: nothing to load.
+            None if matches!(task_event, TaskEvent::TaskCreated(_)) => None,
+            None => projections::load_task(tx, task_id).await?,
+        };
         match apply_task_event(row, &task_event) {
-            Some(row) => projections::save_task(tx, &row).await?,
+            Some(row) => {
+                if first_change {
+                    self.changed.push(task_id);
+                }
+                self.held.insert(task_id, row);
+            }
             None => {
                 tracing::warn!(%task_id, event_id = %event.event_id, event_type = %event.event_type,
                     "task event for a task the inbox does not know; skipped");
             }
         }
+        Ok(())
+    }
+
+    fn begin_batch(&mut self) {
+        self.held.clear();
+        self.changed.clear();
+    }
+
+    async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        for task_id in std::mem::take(&mut self.changed) {
+            if let Some(row) = self.held.get(&task_id) {
+                projections::save_task(tx, row).await?;
+            }
+        }
+        self.held.clear();
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The life-event status projection: each life event (kind, reference, office, late, voided,
 //! corrections) and where each procedure of its group stands.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lifeline_model::declaration::Declaration;
@@ -19,12 +21,40 @@ use super::{decode_event, task_id_of, DecodedEvent};
 pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
 
 /// Keeps `projection_life_events` and `projection_life_event_procedures` up to date.
+///
+/// Within a batch it folds a life event's events into one row held in memory and saves each
+/// changed row once, at the end of the batch (in the batch's transaction).
 #[derive(Debug, Default)]
-pub struct LifeEventStatusProjection;
+pub struct LifeEventStatusProjection {
+    /// The rows of the life events this batch touched, as folded so far.
+    held: HashMap<Uuid, LifeEventStatusRow>,
+    /// The life events this batch changed, in the order they were first changed.
+    changed: Vec<Uuid>,
+}
 
 impl LifeEventStatusProjection {
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The life event whose procedure row names `task_id` now: the held rows first (they are
+    /// newer than the table), then the table for life events this batch has not touched.
+    async fn life_event_of_task(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        task_id: Uuid,
+    ) -> Result<Option<Uuid>, SubscriberError> {
+        let held = self.held.values().find(|row| {
+            row.procedures
+                .iter()
+                .any(|procedure| procedure.task_id == Some(task_id))
+        });
+        if let Some(row) = held {
+            return Ok(Some(row.life_event_id));
+        }
+        let stored = projections::life_event_of_task(tx, task_id).await?;
+        // A held row no longer naming the task (a newer task replaced it) is the truth.
+        Ok(stored.filter(|life_event_id| !self.held.contains_key(life_event_id)))
     }
 }
 
@@ -46,7 +76,7 @@ impl Subscriber for LifeEventStatusProjection {
             DecodedEvent::LifeEvent(life_event) => Some(life_event.life_event_id()),
             DecodedEvent::Task(TaskEvent::TaskCreated(created)) => Some(created.life_event_id),
             DecodedEvent::Task(task_event) => {
-                projections::life_event_of_task(tx, task_id_of(task_event)).await?
+                self.life_event_of_task(tx, task_id_of(task_event)).await?
             }
             DecodedEvent::System(SystemEvent::EligibilityDecided(decided)) => {
                 Some(decided.life_event_id)
@@ -56,11 +86,43 @@ impl Subscriber for LifeEventStatusProjection {
         let Some(life_event_id) = life_event_id else {
             return Ok(());
         };
-        let row = projections::load_life_event_status(tx, life_event_id).await?;
+        // Every held row was changed in this batch, and is listed in `changed` once.
+        let held = self.held.remove(&life_event_id);
+        let first_change = held.is_none();
+        let row = match held {
+            Some(row) => Some(row),
+            None => projections::load_life_event_status(tx, life_event_id).await?,
+        };
         let recorded_at = event.metadata.recorded_at;
-        if let Some(row) = apply_to_life_event_status(row, &decoded, recorded_at) {
-            projections::save_life_event_status(tx, &row).await?;
+        match apply_to_life_event_status(row.clone(), &decoded, recorded_at) {
+            Some(row) => {
+                if first_change {
+                    self.changed.push(life_event_id);
+                }
+                self.held.insert(life_event_id, row);
+            }
+            None => {
+                // Nothing changed: keep what was held (it is still to be saved).
+                if let (Some(row), false) = (row, first_change) {
+                    self.held.insert(life_event_id, row);
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn begin_batch(&mut self) {
+        self.held.clear();
+        self.changed.clear();
+    }
+
+    async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        for life_event_id in std::mem::take(&mut self.changed) {
+            if let Some(row) = self.held.get(&life_event_id) {
+                projections::save_life_event_status(tx, row).await?;
+            }
+        }
+        self.held.clear();
         Ok(())
     }
 }

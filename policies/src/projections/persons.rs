@@ -11,7 +11,7 @@
 //! Known gap: voiding a birth does not yet mark the child's link (the child's number is not in
 //! the birth's stream).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -35,12 +35,61 @@ use super::{decode_event, DecodedEvent};
 pub const PERSON_PROJECTION: &str = "projection-persons";
 
 /// Keeps `projection_persons` up to date.
+///
+/// Within a batch it folds a person's changes into one row held in memory and saves each
+/// changed row once, at the end of the batch (in the batch's transaction).
 #[derive(Debug, Default)]
-pub struct PersonProjection;
+pub struct PersonProjection {
+    rows: HeldPersons,
+}
 
 impl PersonProjection {
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+}
+
+/// The person rows a batch has touched: loaded once, folded in memory, saved at its end.
+#[derive(Debug, Default)]
+struct HeldPersons {
+    held: HashMap<String, PersonRow>,
+    /// The persons this batch changed, in the order they were first changed.
+    changed: Vec<String>,
+}
+
+impl HeldPersons {
+    async fn load(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        personal_id: &PersonalId,
+    ) -> Result<Option<PersonRow>, SubscriberError> {
+        if let Some(row) = self.held.get(personal_id.as_str()) {
+            return Ok(Some(row.clone()));
+        }
+        Ok(projections::load_person(tx, personal_id).await?)
+    }
+
+    fn save(&mut self, row: PersonRow) {
+        let key = row.personal_id.as_str().to_owned();
+        if !self.held.contains_key(&key) {
+            self.changed.push(key.clone());
+        }
+        self.held.insert(key, row);
+    }
+
+    fn clear(&mut self) {
+        self.held.clear();
+        self.changed.clear();
+    }
+
+    async fn write(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        for key in std::mem::take(&mut self.changed) {
+            if let Some(row) = self.held.get(&key) {
+                projections::save_person(tx, row).await?;
+            }
+        }
+        self.held.clear();
+        Ok(())
     }
 }
 
@@ -274,14 +323,15 @@ impl Subscriber for PersonProjection {
             return Ok(());
         };
         let at = event.metadata.recorded_at;
+        let rows = &mut self.rows;
         match decoded {
             DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
                 let declaration = Declaration::Birth(birth.declaration);
-                apply_declaration(tx, &declaration, birth.life_event_id, at).await?;
+                apply_declaration(tx, rows, &declaration, birth.life_event_id, at).await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => {
                 let declaration = Declaration::Death(death.declaration);
-                apply_declaration(tx, &declaration, death.life_event_id, at).await?;
+                apply_declaration(tx, rows, &declaration, death.life_event_id, at).await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
                 let before = life_event_before(tx, event, corrected.life_event_id).await?;
@@ -292,18 +342,19 @@ impl Subscriber for PersonProjection {
                 if let Some(before) = before.declaration {
                     for named in named_persons(&before) {
                         if !now_named.contains(&named.personal_id) {
-                            undo(tx, &named.personal_id, corrected.life_event_id, false, at)
+                            undo(tx, rows, &named.personal_id, corrected.life_event_id, false, at)
                                 .await?;
                         }
                     }
                 }
-                apply_declaration(tx, &corrected.declaration, corrected.life_event_id, at).await?;
+                apply_declaration(tx, rows, &corrected.declaration, corrected.life_event_id, at)
+                    .await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventVoided(voided)) => {
                 let before = life_event_before(tx, event, voided.life_event_id).await?;
                 if let Some(before) = before.declaration {
                     for named in named_persons(&before) {
-                        undo(tx, &named.personal_id, voided.life_event_id, true, at).await?;
+                        undo(tx, rows, &named.personal_id, voided.life_event_id, true, at).await?;
                     }
                 }
             }
@@ -313,7 +364,7 @@ impl Subscriber for PersonProjection {
                     Some(Declaration::Birth(birth)) => Some(birth.residence),
                     _ => None,
                 };
-                let row = projections::load_person(tx, &assigned.personal_id).await?;
+                let row = rows.load(tx, &assigned.personal_id).await?;
                 let mut row = row.unwrap_or_else(|| {
                     new_person(&assigned.personal_id, assigned.full_name.as_str(), at)
                 });
@@ -330,7 +381,7 @@ impl Subscriber for PersonProjection {
                     PersonRole::Child,
                 );
                 row.updated_at = at;
-                projections::save_person(tx, &row).await?;
+                rows.save(row);
             }
             DecodedEvent::Task(TaskEvent::TaskCompleted(completed)) => {
                 let Some(created) = task_created(tx, event, completed.task_id).await? else {
@@ -347,7 +398,7 @@ impl Subscriber for PersonProjection {
                 else {
                     return Ok(());
                 };
-                let row = match projections::load_person(tx, &personal_id).await? {
+                let row = match rows.load(tx, &personal_id).await? {
                     Some(row) => row,
                     None => {
                         let name = created
@@ -366,16 +417,25 @@ impl Subscriber for PersonProjection {
                     &completed.outcome,
                     at,
                 );
-                projections::save_person(tx, &row).await?;
+                rows.save(row);
             }
             DecodedEvent::Task(_) | DecodedEvent::System(_) => {}
         }
         Ok(())
     }
+
+    fn begin_batch(&mut self) {
+        self.rows.clear();
+    }
+
+    async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        self.rows.write(tx).await
+    }
 }
 
 async fn apply_declaration(
     tx: &mut StoreTransaction<'_>,
+    held: &mut HeldPersons,
     declaration: &Declaration,
     life_event_id: Uuid,
     at: DateTime<Utc>,
@@ -390,7 +450,7 @@ async fn apply_declaration(
         let key = named.personal_id.as_str().to_owned();
         let row = match rows.remove(&key) {
             Some(row) => Some(row),
-            None => projections::load_person(tx, &named.personal_id).await?,
+            None => held.load(tx, &named.personal_id).await?,
         };
         let row = apply_named(
             row,
@@ -402,22 +462,22 @@ async fn apply_declaration(
         );
         rows.insert(key, row);
     }
-    for row in rows.values() {
-        projections::save_person(tx, row).await?;
+    for row in rows.into_values() {
+        held.save(row);
     }
     Ok(())
 }
 
 async fn undo(
     tx: &mut StoreTransaction<'_>,
+    held: &mut HeldPersons,
     personal_id: &PersonalId,
     life_event_id: Uuid,
     voided: bool,
     at: DateTime<Utc>,
 ) -> Result<(), SubscriberError> {
-    if let Some(row) = projections::load_person(tx, personal_id).await? {
-        let row = apply_unnamed(row, life_event_id, voided, at);
-        projections::save_person(tx, &row).await?;
+    if let Some(row) = held.load(tx, personal_id).await? {
+        held.save(apply_unnamed(row, life_event_id, voided, at));
     }
     Ok(())
 }

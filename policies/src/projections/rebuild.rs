@@ -9,7 +9,7 @@ use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
 use super::{projection_subscribers, PROJECTION_NAMES};
 
 /// Events read and handled per transaction while catching up.
-const CATCH_UP_BATCH: usize = 500;
+const CATCH_UP_BATCH: usize = 2000;
 
 /// Why a rebuild or a catch-up stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,7 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
         };
         let next = last.cursor();
         let mut tx = store.begin().await?;
+        subscriber.begin_batch();
         for event in &batch {
             if let Err(source) = subscriber.handle(&mut tx, event).await {
                 tx.rollback().await?;
@@ -74,6 +75,14 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
                     source,
                 });
             }
+        }
+        if let Err(source) = subscriber.end_batch(&mut tx).await {
+            tx.rollback().await?;
+            return Err(ProjectionsError::Handler {
+                subscriber: name,
+                event_id: last.event_id,
+                source,
+            });
         }
         if !tx.advance_checkpoint(&name, cursor, next).await? {
             tx.rollback().await?;

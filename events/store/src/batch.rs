@@ -1,0 +1,396 @@
+//! The fast path of appends on PostgreSQL: a group of appends (a lone one, or many gathered by
+//! group commit) written by one statement.
+//!
+//! The careful path (`append::append_in_tx`) takes about seven round trips per append. Here a
+//! group takes one statement when every append creates a new stream (`NoStream`), run on its
+//! own (autocommit: the statement is the transaction); otherwise `BEGIN`, one statement that
+//! locks the group's existing streams (in stream-id order, so two groups cannot deadlock), the
+//! writing statement, `COMMIT`. The event hashes are chained here, in Rust, from the locked
+//! streams' last hashes (zeros for a new stream).
+//!
+//! The writing statement inserts the new streams (`ON CONFLICT DO NOTHING`), moves the locked
+//! ones, inserts every event (`ON CONFLICT (event_id) DO NOTHING`), and ends in
+//! `lifeline_grouped_append_check`, which raises unless every planned row was written: then the
+//! statement stores nothing. Nothing is ever half-written, and nothing is decided here that the
+//! careful path would decide differently:
+//! - an append this path cannot settle on what it saw (its stream is not where it expects: a
+//!   conflict or an idempotent re-send, which the event id decides; an event id seen twice in
+//!   the group) is [`Answer::Careful`], and is run on the careful path after the group;
+//! - a group the database refused as planned (someone created one of its streams or stored one
+//!   of its event ids meanwhile) is [`FastError::Careful`]: nothing of it is stored, and every
+//!   append of it goes the careful way.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use lifeline_model::envelope::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+use lifeline_model::integrity::{event_hash, EventHashInput, Hash32};
+use sqlx::{Acquire, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::append::{AppendOutcome, EncodedEvent};
+use crate::error::StoreError;
+
+/// The SQLSTATE `lifeline_grouped_append_check` raises (migration 4).
+const CHECK_FAILED: &str = "LLG01";
+
+/// One append of a group.
+pub(crate) struct GroupAppend<'a> {
+    pub(crate) stream: &'a StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: &'a [EncodedEvent<'a>],
+}
+
+/// What became of one append of a group that committed.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Stored(AppendOutcome),
+    /// Not written: run it on the careful path.
+    Careful,
+}
+
+/// Why a group stored nothing.
+#[derive(Debug)]
+pub(crate) enum FastError {
+    /// The database was not as planned: run every append of the group on the careful path.
+    Careful,
+    /// A fault. Before the commit was sent nothing was stored; [`StoreError::CommitFailed`]
+    /// means the commit's outcome is unknown (re-sending the same event ids is safe).
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for FastError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(error))
+    }
+}
+
+/// What [`plan`] made of one append.
+enum Planned {
+    Careful,
+    /// Its rows are in the writing statement; the stream's version after it.
+    Write(StreamVersion),
+}
+
+/// A stream as the group found it and leaves it.
+struct StreamState {
+    /// The version it had when the group locked it; `None` if it did not exist (or, without
+    /// the lock, is assumed not to exist: the insert then checks).
+    found: Option<i64>,
+    version: i64,
+    last_hash: Hash32,
+}
+
+/// The rows the writing statement binds, column by column.
+#[derive(Default)]
+struct Rows {
+    new_ids: Vec<String>,
+    new_versions: Vec<i64>,
+    new_hashes: Vec<Vec<u8>>,
+    moved_ids: Vec<String>,
+    moved_from: Vec<i64>,
+    moved_versions: Vec<i64>,
+    moved_hashes: Vec<Vec<u8>>,
+    stream_ids: Vec<String>,
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    event_types: Vec<String>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<serde_json::Value>,
+    metadata: Vec<serde_json::Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+/// Appends a group (see the module docs). The answers are in the group's order.
+pub(crate) async fn append_group(
+    pool: &PgPool,
+    group: &[GroupAppend<'_>],
+) -> Result<Vec<Answer>, FastError> {
+    let needs_lock = group.iter().any(|append| {
+        !matches!(
+            append.expected,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0))
+        )
+    });
+    let mut conn = pool.acquire().await?;
+    if !needs_lock {
+        let (answers, rows) = plan(group, &HashMap::new())?;
+        if rows.event_ids.is_empty() {
+            return finish(group, answers, &HashMap::new());
+        }
+        let positions = write(&mut conn, &rows).await?;
+        return finish(group, answers, &positions);
+    }
+    let mut tx = conn.begin().await?;
+    let mut stream_ids: Vec<&str> = group.iter().map(|append| append.stream.as_str()).collect();
+    stream_ids.sort_unstable();
+    stream_ids.dedup();
+    let locked = lock_streams(&mut tx, &stream_ids).await?;
+    let (answers, rows) = plan(group, &locked)?;
+    if rows.event_ids.is_empty() {
+        tx.rollback().await?;
+        return finish(group, answers, &HashMap::new());
+    }
+    let positions = write(&mut tx, &rows).await?;
+    tx.commit()
+        .await
+        .map_err(|error| FastError::Store(StoreError::CommitFailed(error.to_string())))?;
+    finish(group, answers, &positions)
+}
+
+/// Locks the group's existing streams, in stream-id order; answers their version and last hash.
+async fn lock_streams(
+    conn: &mut PgConnection,
+    stream_ids: &[&str],
+) -> Result<HashMap<String, (i64, Option<Hash32>)>, FastError> {
+    let rows = sqlx::query(
+        "SELECT stream_id, version, last_hash FROM streams WHERE stream_id = ANY($1) \
+         ORDER BY stream_id FOR UPDATE",
+    )
+    .bind(stream_ids)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let stream_id: String = row.try_get("stream_id")?;
+            let version: i64 = row.try_get("version")?;
+            let last_hash: Option<Vec<u8>> = row.try_get("last_hash")?;
+            let last_hash = last_hash
+                .map(|bytes| Hash32::from_slice(&bytes))
+                .transpose()
+                .map_err(|error| {
+                    FastError::Store(StoreError::Corrupt {
+                        global_position: 0,
+                        reason: format!("streams.last_hash of {stream_id}: {error}"),
+                    })
+                })?;
+            Ok((stream_id, (version, last_hash)))
+        })
+        .collect()
+}
+
+/// Decides each append against the streams as found (and as the group's earlier appends leave
+/// them), chains the hashes, and lays out the rows to write.
+fn plan(
+    group: &[GroupAppend<'_>],
+    locked: &HashMap<String, (i64, Option<Hash32>)>,
+) -> Result<(Vec<Planned>, Rows), FastError> {
+    let mut streams: HashMap<&str, StreamState> = HashMap::new();
+    let mut seen_ids: HashSet<Uuid> = HashSet::new();
+    let mut answers = Vec::with_capacity(group.len());
+    let mut rows = Rows::default();
+    let mut order: Vec<&str> = Vec::new();
+    for append in group {
+        let key = append.stream.as_str();
+        let state = streams.entry(key).or_insert_with(|| {
+            order.push(key);
+            match locked.get(key) {
+                Some((version, last_hash)) => StreamState {
+                    found: Some(*version),
+                    version: *version,
+                    // A stream older than the integrity migration chains from zeros.
+                    last_hash: last_hash.unwrap_or(Hash32::ZERO),
+                },
+                None => StreamState {
+                    found: None,
+                    version: 0,
+                    last_hash: Hash32::ZERO,
+                },
+            }
+        });
+        let exists = state.found.is_some() || state.version > 0;
+        let fits = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0)) => !exists,
+            ExpectedVersion::Exact(StreamVersion(version)) => exists && state.version == version,
+        };
+        let fresh_ids = append
+            .events
+            .iter()
+            .all(|event| !seen_ids.contains(&event.event.event_id));
+        if !fits || !fresh_ids {
+            answers.push(Planned::Careful);
+            continue;
+        }
+        for event in append.events {
+            seen_ids.insert(event.event.event_id);
+            let schema_version = i32::try_from(event.event.schema_version).map_err(|_| {
+                FastError::Store(StoreError::Corrupt {
+                    global_position: 0,
+                    reason: format!(
+                        "schema version {} of event {} does not fit the column",
+                        event.event.schema_version, event.event.event_id
+                    ),
+                })
+            })?;
+            state.version += 1;
+            let hash = event_hash(
+                &EventHashInput {
+                    stream_id: key,
+                    stream_version: state.version,
+                    event_id: event.event.event_id,
+                    event_type: &event.event.event_type,
+                    schema_version: event.event.schema_version,
+                    payload: &event.event.payload,
+                    metadata: &event.metadata,
+                },
+                &state.last_hash,
+            );
+            state.last_hash = hash;
+            rows.stream_ids.push(key.to_owned());
+            rows.versions.push(state.version);
+            rows.event_ids.push(event.event.event_id);
+            rows.event_types.push(event.event.event_type.clone());
+            rows.schema_versions.push(schema_version);
+            rows.payloads.push(event.event.payload.clone());
+            rows.metadata.push(event.metadata.clone());
+            rows.recorded_at.push(event.event.metadata.recorded_at);
+            rows.hashes.push(hash.0.to_vec());
+        }
+        answers.push(Planned::Write(StreamVersion(state.version)));
+    }
+    for key in order {
+        let Some(state) = streams.get(key) else {
+            continue;
+        };
+        match state.found {
+            Some(from) if state.version != from => {
+                rows.moved_ids.push(key.to_owned());
+                rows.moved_from.push(from);
+                rows.moved_versions.push(state.version);
+                rows.moved_hashes.push(state.last_hash.0.to_vec());
+            }
+            None if state.version > 0 => {
+                rows.new_ids.push(key.to_owned());
+                rows.new_versions.push(state.version);
+                rows.new_hashes.push(state.last_hash.0.to_vec());
+            }
+            _ => {}
+        }
+    }
+    Ok((answers, rows))
+}
+
+/// The writing statement; answers the global position of every event id it stored.
+async fn write(
+    conn: &mut PgConnection,
+    rows: &Rows,
+) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
+    let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
+    let result = sqlx::query(
+        "WITH created AS ( \
+             INSERT INTO streams (stream_id, version, last_hash) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
+         moved AS ( \
+             UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
+             FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
+                  AS u(stream_id, from_version, version, last_hash) \
+             WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
+         inserted AS ( \
+             INSERT INTO events (stream_id, stream_version, event_id, event_type, \
+                                 schema_version, payload, metadata, recorded_at, event_hash) \
+             SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
+                    metadata, recorded_at, event_hash \
+             FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
+                         $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
+                  WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
+                                       schema_version, payload, metadata, recorded_at, \
+                                       event_hash, ord) \
+             ORDER BY ord \
+             ON CONFLICT (event_id) DO NOTHING \
+             RETURNING event_id, global_position) \
+         SELECT lifeline_grouped_append_check( \
+                    c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
+                i.ids, i.positions \
+         FROM (SELECT count(*) AS n FROM created) AS c, \
+              (SELECT count(*) AS n FROM moved) AS m, \
+              (SELECT count(*) AS n, array_agg(event_id) AS ids, \
+                      array_agg(global_position) AS positions FROM inserted) AS i",
+    )
+    .bind(&rows.new_ids)
+    .bind(&rows.new_versions)
+    .bind(&rows.new_hashes)
+    .bind(&rows.moved_ids)
+    .bind(&rows.moved_from)
+    .bind(&rows.moved_versions)
+    .bind(&rows.moved_hashes)
+    .bind(&rows.stream_ids)
+    .bind(&rows.versions)
+    .bind(&rows.event_ids)
+    .bind(&rows.event_types)
+    .bind(&rows.schema_versions)
+    .bind(&rows.payloads)
+    .bind(&rows.metadata)
+    .bind(&rows.recorded_at)
+    .bind(&rows.hashes)
+    .bind(count(rows.new_ids.len()))
+    .bind(count(rows.moved_ids.len()))
+    .bind(count(rows.event_ids.len()))
+    .fetch_one(conn)
+    .await;
+    let row = match result {
+        Ok(row) => row,
+        Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
+        Err(error) => return Err(error.into()),
+    };
+    let ids: Vec<Uuid> = row.try_get("ids")?;
+    let positions: Vec<i64> = row.try_get("positions")?;
+    Ok(ids
+        .into_iter()
+        .zip(positions.into_iter().map(GlobalPosition))
+        .collect())
+}
+
+/// The check refused the group, or a unique key did (a stream's version taken under a stream
+/// this group assumed new): nothing was stored.
+fn is_not_as_planned(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|database_error| {
+        database_error.code().as_deref() == Some(CHECK_FAILED)
+            || database_error.is_unique_violation()
+    })
+}
+
+/// Fills in each stored append's positions.
+fn finish(
+    group: &[GroupAppend<'_>],
+    answers: Vec<Planned>,
+    positions: &HashMap<Uuid, GlobalPosition>,
+) -> Result<Vec<Answer>, FastError> {
+    group
+        .iter()
+        .zip(answers)
+        .map(|(append, answer)| {
+            let stream_version = match answer {
+                Planned::Careful => return Ok(Answer::Careful),
+                Planned::Write(version) => version,
+            };
+            let position = |event: &EncodedEvent<'_>| {
+                positions
+                    .get(&event.event.event_id)
+                    .copied()
+                    .ok_or_else(|| {
+                        FastError::Store(StoreError::Corrupt {
+                            global_position: 0,
+                            reason: format!(
+                            "a grouped append committed without answering the position of event {}",
+                            event.event.event_id
+                        ),
+                        })
+                    })
+            };
+            let (Some(first), Some(last)) = (append.events.first(), append.events.last()) else {
+                return Ok(Answer::Careful);
+            };
+            let first_position = position(first)?;
+            let last_position = position(last)?;
+            Ok(Answer::Stored(AppendOutcome {
+                first_position,
+                last_position,
+                stream_version,
+                already_stored: false,
+            }))
+        })
+        .collect()
+}
