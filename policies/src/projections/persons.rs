@@ -342,13 +342,26 @@ impl Subscriber for PersonProjection {
                 if let Some(before) = before.declaration {
                     for named in named_persons(&before) {
                         if !now_named.contains(&named.personal_id) {
-                            undo(tx, rows, &named.personal_id, corrected.life_event_id, false, at)
-                                .await?;
+                            undo(
+                                tx,
+                                rows,
+                                &named.personal_id,
+                                corrected.life_event_id,
+                                false,
+                                at,
+                            )
+                            .await?;
                         }
                     }
                 }
-                apply_declaration(tx, rows, &corrected.declaration, corrected.life_event_id, at)
-                    .await?;
+                apply_declaration(
+                    tx,
+                    rows,
+                    &corrected.declaration,
+                    corrected.life_event_id,
+                    at,
+                )
+                .await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventVoided(voided)) => {
                 let before = life_event_before(tx, event, voided.life_event_id).await?;
