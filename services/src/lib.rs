@@ -12,6 +12,8 @@
 //!   delivery worker (the inbound callback is `http::connectors`).
 //! - [`keys`]: the node's and offices' Ed25519 keys on disk and the keyring of public keys.
 //! - [`serve`]: `lifeline serve`: the roles of one process assembled from the configuration.
+//! - [`runtime_metrics`]: the sampler of the runtime's figures (relay and policy lag, failures,
+//!   tasks by state) that `/metrics` renders.
 //! - [`replay`]: the person registry and life-event status folded in memory as of a moment.
 //! - [`http`]: the axum API (`app`, `Application`), its error format, metrics and OpenAPI.
 
@@ -23,6 +25,7 @@ pub mod http;
 pub mod keys;
 pub mod registry;
 pub mod replay;
+pub mod runtime_metrics;
 pub mod serve;
 pub mod tasks;
 pub mod telemetry;

@@ -11,10 +11,11 @@ use anyhow::Context;
 use lifeline_policies::engine::PolicyEngine;
 use lifeline_policies::handler::PolicyHandler;
 use lifeline_policies::identity::StoreAllocator;
-use lifeline_policies::projections::projection_subscribers;
+use lifeline_policies::projections::{projection_subscribers, PROJECTION_NAMES};
 use lifeline_policies::reference::ReferenceData;
 use lifeline_policies::runtime::bus::{connect_nats, nats_connected};
 use lifeline_policies::runtime::roles::{run_roles, Role as RuntimeRole, RuntimeSettings};
+use lifeline_policies::runtime::stats::LagProbe;
 use lifeline_policies::watcher::{run_overdue_watcher, SystemClock};
 use lifeline_store::EventStore;
 use tokio::sync::watch;
@@ -23,6 +24,7 @@ use crate::auth::TokenVerifier;
 use crate::config::{redact_url, Config};
 use crate::connector::{ConnectorsConfig, DeliveryWorker};
 use crate::http::{AppState, Application};
+use crate::runtime_metrics::{RuntimeMetrics, SAMPLE_INTERVAL as METRICS_SAMPLE_INTERVAL};
 
 /// What one `lifeline serve` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,6 +128,27 @@ pub async fn serve(
 
     if wants(ServeRole::Api) {
         if let Some(state) = api_state.clone() {
+            // `/metrics` also shows the runtime's figures, read in the background: the relay's
+            // and each policy's lag (JetStream with NATS, the store's checkpoints without),
+            // failures by policy, projections' lag, tasks by state and overdue.
+            let probe = match &nats {
+                Some(jetstream) => {
+                    LagProbe::jetstream(jetstream.clone(), runtime_settings_from_env())
+                }
+                None => LagProbe::Embedded,
+            };
+            let sampler = RuntimeMetrics::new(
+                store.clone(),
+                probe,
+                handler.policy_names(),
+                PROJECTION_NAMES,
+            );
+            sampler.register(&state.metrics);
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                sampler.run(METRICS_SAMPLE_INTERVAL, stop).await;
+                Ok(())
+            });
             let application = Application::build(config.http_addr, state)
                 .await
                 .with_context(|| format!("binding {}", config.http_addr))?;

@@ -1,8 +1,9 @@
 //! End to end on the real binary: `lifeline serve --role all` on a fresh PostgreSQL database
 //! and a JetStream stream of its own, with social security an external system (wiremock).
 //! A birth and a death (three of the four procedures chosen) are worked through the HTTP API
-//! and the signed connector until every chosen procedure is completed; SIGTERM then stops the
-//! server with exit code 0.
+//! and the signed connector until every chosen procedure is completed; `/metrics` then shows the
+//! runtime's figures settled (no relay, policy or projection lag; completed tasks counted);
+//! SIGTERM stops the server with exit code 0.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -74,6 +75,25 @@ async fn a_birth_and_a_death_flow_through_the_real_server_to_every_chosen_proced
     assert_eq!(requests.len(), 2, "one application per connector task");
     for request in &requests {
         assert_signed(request);
+    }
+
+    // `/metrics` shows the runtime's figures once the sampler (every 5 s) has caught up: the
+    // relay and every policy have nothing left, and the completed tasks are counted.
+    let page = match eventually("settled runtime figures on /metrics", || {
+        server.settled_metrics()
+    })
+    .await
+    {
+        Ok(page) => page,
+        Err(error) => panic!("{error}:\n{}\n{}", server.metrics().await, server.log()),
+    };
+    for series in [
+        r#"lifeline_tasks{agency="civil-registry",procedure="birth-registration",state="completed"} 1"#,
+        r#"lifeline_tasks{agency="civil-registry",procedure="death-registration",state="completed"} 1"#,
+        r#"lifeline_policy_failures_total{policy="birth-registration"} 0"#,
+        r#"lifeline_metrics_sample_failures_total{part="policies"} 0"#,
+    ] {
+        assert!(page.lines().any(|line| line == series), "{series}:\n{page}");
     }
 
     let stopped = Instant::now();
@@ -581,6 +601,38 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `GET /metrics` (no token): the page, or an empty one if it cannot be read.
+    async fn metrics(&self) -> String {
+        match self
+            .http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The `/metrics` page once the runtime's figures have settled: the relay, every policy and
+    /// every projection with nothing left to process, and tasks counted.
+    async fn settled_metrics(&self) -> Option<String> {
+        let page = self.metrics().await;
+        let all_zero = |prefix: &str| {
+            let values: Vec<&str> = page
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .filter_map(|line| line.rsplit_once(' ').map(|(_, value)| value))
+                .collect();
+            !values.is_empty() && values.iter().all(|value| *value == "0")
+        };
+        let settled = all_zero("lifeline_relay_lag_events ")
+            && all_zero("lifeline_policy_lag_events{")
+            && all_zero("lifeline_projection_lag_events{")
+            && page.contains("lifeline_tasks{");
+        settled.then_some(page)
     }
 
     /// SIGTERM, then the exit status within a deadline.

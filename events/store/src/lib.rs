@@ -18,6 +18,7 @@
 //! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
 //! - [`projections`]: the projection tables (agency inbox, person registry, life-event status):
 //!   their rows, the service reads, the subscribers' loads and saves; all projection SQL.
+//! - [`stats`]: read-only figures for `/metrics`: readers' lag behind the log, tasks by state.
 //! - [`integrity`]: the sealer, `verify` and inclusion proofs over the stored hash chain and
 //!   seals (the crypto itself is `lifeline_model::integrity`).
 //! - [`error`]: [`StoreError`] (faults) apart from [`AppendError`] (answers to an append).
@@ -32,6 +33,7 @@ pub mod integrity;
 mod postgres;
 pub mod projections;
 mod sqlite;
+pub mod stats;
 pub mod store;
 pub mod subscription;
 

@@ -29,6 +29,11 @@ pub struct EmbeddedOptions {
     pub subscription: SubscriptionOptions,
 }
 
+/// The subscriber (and checkpoint) name of `policy` in the embedded runtime: `policy:<name>`.
+pub fn subscriber_name(policy: &str) -> String {
+    format!("policy:{policy}")
+}
+
 /// One policy of a handler as a store [`Subscriber`] named `policy:<name>`.
 pub struct PolicySubscriber {
     handler: Arc<dyn PolicyHandler>,
@@ -44,7 +49,7 @@ impl PolicySubscriber {
         Self {
             handler,
             policy: policy.to_owned(),
-            name: format!("policy:{policy}"),
+            name: subscriber_name(policy),
             given_up: HashMap::new(),
         }
     }

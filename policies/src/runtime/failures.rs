@@ -5,7 +5,7 @@
 //! Every `PolicyFailed` and every retry marker goes to one stream, [`FAILURES_STREAM`]: failures
 //! are rare, and the operator lists them without scanning the log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use lifeline_model::codec::{self, decode_recorded};
@@ -138,9 +138,44 @@ pub(crate) async fn record_failure(
 /// Every policy run that gave up and was not retried successfully since, oldest first.
 pub async fn list_failed(store: &EventStore) -> Result<Vec<FailedPolicyRun>, RuntimeError> {
     let events = store.read_stream(&failures_stream()).await?;
+    Ok(open_runs(&events))
+}
+
+/// The `PolicyFailed` events recorded for one policy, and how many of those runs are still
+/// open (not retried successfully since).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureCounts {
+    pub recorded: u64,
+    pub open: u64,
+}
+
+/// [`FailureCounts`] by policy name (one read of the failures stream), for the metrics; a
+/// policy that never failed is not listed.
+pub async fn failure_counts(
+    store: &EventStore,
+) -> Result<BTreeMap<String, FailureCounts>, RuntimeError> {
+    let events = store.read_stream(&failures_stream()).await?;
+    let mut counts: BTreeMap<String, FailureCounts> = BTreeMap::new();
+    for event in events
+        .iter()
+        .filter(|event| event.event_type != RETRY_SUCCEEDED_TYPE)
+    {
+        if let Ok(SystemEvent::PolicyFailed(failed)) = decode_recorded::<SystemEvent>(event) {
+            counts.entry(failed.policy).or_default().recorded += 1;
+        }
+    }
+    for run in open_runs(&events) {
+        counts.entry(run.policy).or_default().open += 1;
+    }
+    Ok(counts)
+}
+
+/// The failed runs of the failures stream's `events` that no retry marker resolved, oldest
+/// first.
+fn open_runs(events: &[RecordedEvent]) -> Vec<FailedPolicyRun> {
     let mut open: HashMap<(String, Uuid), FailedPolicyRun> = HashMap::new();
     let mut order: Vec<(String, Uuid)> = Vec::new();
-    for event in &events {
+    for event in events {
         if event.event_type == RETRY_SUCCEEDED_TYPE {
             match serde_json::from_value::<PolicyRetrySucceeded>(event.payload.clone()) {
                 Ok(marker) => {
@@ -176,10 +211,10 @@ pub async fn list_failed(store: &EventStore) -> Result<Vec<FailedPolicyRun>, Run
             }
         }
     }
-    Ok(order
+    order
         .into_iter()
         .filter_map(|key| open.remove(&key))
-        .collect())
+        .collect()
 }
 
 /// Re-runs every listed failed run that `filter` matches, directly against the store: the

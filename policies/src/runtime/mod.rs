@@ -1,6 +1,6 @@
 //! The runtimes that feed the policies: the relay (store -> JetStream), the JetStream policy
-//! consumers, the embedded store subscriptions, the operator's failed-run tools, and the roles
-//! a `lifeline` process runs.
+//! consumers, the embedded store subscriptions, the operator's failed-run tools, the roles a
+//! `lifeline` process runs, and their figures for `/metrics` (`stats`: relay and policy lag).
 //!
 //! Only this module (the relay and the consumers) knows NATS. Every runtime hands events to the
 //! same [`PolicyHandler`](crate::PolicyHandler) inside a store transaction.
@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod failures;
 pub mod relay;
 pub mod roles;
+pub mod stats;
 
 use std::time::Duration;
 
@@ -19,7 +20,10 @@ use tokio::sync::watch;
 pub use bus::{connect_nats, BusConfig, EventNotice};
 pub use consumer::{run_policy_consumer, run_policy_consumers, ConsumerOptions};
 pub use embedded::{run_embedded_policies, EmbeddedOptions, PolicySubscriber};
-pub use failures::{list_failed, retry_failed, FailedPolicyRun, RetryFilter, RetryReport};
+pub use failures::{
+    failure_counts, list_failed, retry_failed, FailedPolicyRun, FailureCounts, RetryFilter,
+    RetryReport,
+};
 pub use relay::{Relay, RelayOptions};
 pub use roles::{run_roles, Role, RuntimeSettings};
 

@@ -1,7 +1,25 @@
 //! Prometheus metrics, hand-rolled and small: HTTP request counts and a latency histogram by
 //! route template, method and status; events appended through the API; and a hook
-//! ([`Metrics::register_collector`]) through which the runtime adds its own families (relay
-//! lag, policy lag, failures, tasks by state) to the same `/metrics` page.
+//! ([`Metrics::register_collector`]) through which other parts add their own families to the
+//! same `/metrics` page.
+//!
+//! `lifeline serve` (with the API) registers [`crate::runtime_metrics::RuntimeMetrics`], whose
+//! background sampler reads the runtime's figures every 5 s (collectors run on every scrape and
+//! must not wait for the database or NATS):
+//! - `lifeline_relay_lag_events`, `lifeline_relay_lag_seconds` (with NATS only): committed
+//!   events not yet published to JetStream, and seconds since the first of them was recorded
+//!   (0 when caught up).
+//! - `lifeline_policy_lag_events{policy}`: what each policy still has to process (JetStream: its
+//!   durable consumer's pending plus unacknowledged notices, the whole stream if the consumer
+//!   does not exist yet; embedded: events after its `policy:<name>` checkpoint).
+//! - `lifeline_policy_failures_total{policy}` (counter): `PolicyFailed` events recorded;
+//!   `lifeline_policy_failures_open{policy}`: of those, not yet retried successfully.
+//! - `lifeline_projection_lag_events{projection}`: events after each projection's checkpoint.
+//! - `lifeline_tasks{agency,procedure,state}`: tasks in the inbox by state;
+//!   `lifeline_tasks_overdue{agency,procedure}`: open or claimed tasks past their due time.
+//! - `lifeline_metrics_sample_age_seconds{part}`: how old each part's figures are;
+//!   `lifeline_metrics_sample_failures_total{part}` (counter): its failed reads. A part that
+//!   cannot be read keeps its last figures, so a growing age marks them stale.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
