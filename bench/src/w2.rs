@@ -19,8 +19,8 @@ use crate::common::{birth_body, checkpoint, Figure, FreshDatabase};
 
 const OPS: usize = 5_000;
 const WARM_UP: usize = 200;
-/// The pool `EventStore::connect` (what `lifeline serve` uses) opens.
-pub(crate) const SERVE_POOL: u32 = 10;
+/// The PostgreSQL pool `lifeline serve` opens by default.
+pub(crate) const SERVE_POOL: u32 = lifeline::serve::DEFAULT_POOL;
 
 pub(crate) const SECRET: &[u8] = b"lifeline-bench-secret-0123456789abcdef";
 

@@ -52,9 +52,41 @@ pub fn load_keyring(path: &Path) -> anyhow::Result<Keyring> {
     }
 }
 
+/// Replaces the keyring file whole (a temporary file renamed over it), so a reader never sees
+/// a half-written keyring.
 fn save_keyring(path: &Path, keyring: &Keyring) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(keyring)?;
-    fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    let temporary = temporary_path(path);
+    fs::write(&temporary, text + "\n")
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// A file name beside `path` no other writer uses.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    path.with_file_name(name)
+}
+
+/// Holds the key directory's lock file (`.lock`, an exclusive `flock`) while keys are
+/// generated and the keyring updated: processes and threads sharing the directory take turns.
+fn lock_key_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<Option<KeyPair>> {
@@ -81,16 +113,23 @@ fn write_secret(path: &Path, key: &KeyPair) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
+    // Written aside, then renamed over: a reader sees the old key or the new one, whole.
+    let temporary = temporary_path(path);
     let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
     writeln!(file, "{}", hex::encode(key.secret_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 /// Loads the key at `path`, generating it (and recording its public half in the keyring) on
 /// first use.
 fn load_or_generate(dir: &Path, path: &Path, owner: &str) -> anyhow::Result<KeyPair> {
+    // Unlocked when dropped.
+    let _lock = lock_key_dir(dir)?;
     let key = match read_secret(path)? {
         Some(key) => key,
         None => {
@@ -167,6 +206,7 @@ impl lifeline_store::cqrs::OfficeSigner for FileOfficeKeys {
 /// Rotates the node key: a new secret in the node key file, its public key added to the
 /// keyring next to the old ones.
 pub fn rotate_node_key(dir: &Path) -> anyhow::Result<KeyPair> {
+    let _lock = lock_key_dir(dir)?;
     let key = KeyPair::generate();
     write_secret(&node_key_file(dir), &key)?;
     let keyring_path = keyring_file(dir);
@@ -212,6 +252,39 @@ pub async fn run_sealer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many threads (as many test apps or processes sharing a key directory) asking for one
+    /// office's key at once: one key is generated, every caller gets it, and the keyring lists
+    /// it once, next to every other office's.
+    #[test]
+    fn concurrent_first_uses_share_one_key_and_one_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let callers: Vec<_> = (0..16)
+            .map(|index| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let own = office_key(&dir, &format!("01-{index:05}")).unwrap();
+                    let shared = office_key(&dir, "79-26734").unwrap();
+                    (own.key_id().to_owned(), shared.key_id().to_owned())
+                })
+            })
+            .collect();
+        let ids: Vec<_> = callers
+            .into_iter()
+            .map(|caller| caller.join().unwrap())
+            .collect();
+        let shared = &ids[0].1;
+        assert!(ids.iter().all(|(_, id)| id == shared), "{ids:?}");
+        let keyring = load_keyring(&keyring_file(dir.path())).unwrap();
+        assert_eq!(
+            keyring.keys.len(),
+            17,
+            "16 offices of their own and the shared one"
+        );
+        for (own, _) in &ids {
+            assert!(keyring.keys.iter().any(|entry| &entry.key_id == own));
+        }
+    }
 
     #[test]
     fn keys_are_generated_once_kept_secret_and_rotated_into_the_keyring() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore as _};
 use lifeline_model::codec;
 use lifeline_model::declaration::{
@@ -139,7 +139,7 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
-        let replayed = self.execute(actor, &stream_id, command).await?;
+        let replayed = self.execute_new(actor, &stream_id, command).await?;
         let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
         if actor.idempotency_key.is_some() {
             self.same_declaration(&recorded, &Declaration::Birth(declaration))
@@ -163,7 +163,7 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
-        let replayed = self.execute(actor, &stream_id, command).await?;
+        let replayed = self.execute_new(actor, &stream_id, command).await?;
         let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
         if actor.idempotency_key.is_some() {
             self.same_declaration(&recorded, &Declaration::Death(declaration))
@@ -314,6 +314,39 @@ impl Registry {
             metadata.insert("command_id".to_owned(), command_id.to_string());
         }
         metadata
+    }
+
+    /// Runs the command that opens a new record. Without an idempotency key the record's id is
+    /// a fresh UUIDv7, so its stream cannot exist: the command is decided on an empty record
+    /// without loading it (the append still insists the stream is new). With a key the id is
+    /// derived from it and the record may exist: the full cqrs-es path loads it first.
+    async fn execute_new(
+        &self,
+        actor: &Actor,
+        stream_id: &StreamId,
+        command: LifeEventCommand,
+    ) -> Result<bool, RegistryError> {
+        if actor.idempotency_key.is_some() {
+            return self.execute(actor, stream_id, command).await;
+        }
+        let mut context = EventStoreAggregateContext {
+            aggregate_id: stream_id.as_str().to_owned(),
+            aggregate: LifeEvent::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        };
+        let sink: EventSink<LifeEvent> = EventSink::default();
+        context
+            .aggregate
+            .handle(command, &(), &sink)
+            .await
+            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
+        let events = sink.collect().await;
+        self.event_store
+            .commit(events, context, self.metadata(actor, stream_id))
+            .await
+            .map_err(RegistryError::from)?;
+        Ok(false)
     }
 
     async fn execute(

@@ -17,7 +17,7 @@ use lifeline_policies::runtime::bus::{connect_nats, nats_connected};
 use lifeline_policies::runtime::roles::{run_roles, Role as RuntimeRole, RuntimeSettings};
 use lifeline_policies::runtime::stats::LagProbe;
 use lifeline_policies::watcher::{run_overdue_watcher, SystemClock};
-use lifeline_store::EventStore;
+use lifeline_store::{BackendKind, EventStore};
 use tokio::sync::watch;
 
 use crate::auth::TokenVerifier;
@@ -43,6 +43,9 @@ pub enum ServeRole {
 /// How often the overdue watcher looks for tasks past their due time.
 const OVERDUE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// PostgreSQL connections `lifeline serve` opens at most (`LIFELINE_DB_POOL`).
+pub const DEFAULT_POOL: u32 = 32;
+
 /// Runs `roles` until a shutdown signal, then stops every part gracefully: in-flight HTTP
 /// requests finish, consumers ack or nak what they hold, subscriptions commit their batch.
 pub async fn serve(
@@ -50,15 +53,31 @@ pub async fn serve(
     roles: &[ServeRole],
     config_file: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let store = EventStore::connect(&config.database_url)
+    // The PostgreSQL pool serves the API, the group committer's parallel groups, the relay,
+    // the projections and every lane of every policy consumer (which wait for a connection
+    // when all are taken).
+    let pool_size = match std::env::var("LIFELINE_DB_POOL") {
+        Ok(value) => value
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|size| *size >= 2)
+            .with_context(|| {
+                format!("LIFELINE_DB_POOL must be a whole number of at least 2, not {value:?}")
+            })?,
+        Err(_) => DEFAULT_POOL,
+    };
+    let store = EventStore::connect_with_pool(&config.database_url, pool_size)
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
     store.migrate().await.context("applying migrations")?;
-    // Group commit (concurrent appends sharing one transaction) is opt-in: measured here
-    // (BENCHMARKS.md) it was slower than one transaction per append, because the committer
-    // runs a group's appends one after another on one connection.
-    let group_commit = std::env::var("LIFELINE_GROUP_COMMIT")
-        .is_ok_and(|value| matches!(value.trim(), "1" | "true" | "yes" | "on"));
+    // Group commit (concurrent appends share one statement and one commit) is on by default on
+    // PostgreSQL (BENCHMARKS.md: W1); `LIFELINE_GROUP_COMMIT=0` turns it off, `=1` turns it on
+    // for SQLite too.
+    let group_commit = match std::env::var("LIFELINE_GROUP_COMMIT") {
+        Ok(value) => matches!(value.trim(), "1" | "true" | "yes" | "on"),
+        Err(_) => store.backend() == BackendKind::Postgres,
+    };
     let store = if group_commit {
         store.with_group_commit()
     } else {

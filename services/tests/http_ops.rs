@@ -246,3 +246,73 @@ async fn a_real_server_on_port_zero_answers_and_stops_gracefully() {
         .unwrap()
         .unwrap();
 }
+
+/// Past `max_in_flight` requests wait for a turn, and past `queue_timeout` they are shed with
+/// 503 `overloaded` and `Retry-After`; health and metrics still answer; once the turn is free
+/// the next request is served again.
+#[tokio::test]
+async fn an_overloaded_server_sheds_requests_but_still_answers_health() {
+    let app = TestApp::new().await;
+    let settings = lifeline::http::HttpSettings {
+        max_in_flight: 1,
+        queue_timeout: std::time::Duration::from_millis(100),
+        ..lifeline::http::HttpSettings::default()
+    };
+    let state = app.state.clone().with_settings(settings);
+    let server = Application::build("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let port = server.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let token = registrar(HCM_OFFICE);
+    // The only turn: a birth whose body never finishes arriving holds it.
+    let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/births HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"office\":"
+    );
+    holder.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let get = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             connection: close\r\n\r\n"
+        )
+    };
+    let exchange = |request: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let shed = exchange(get(&format!("/v1/life-events/{}", Uuid::now_v7()))).await;
+    assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
+    assert!(
+        shed.to_ascii_lowercase().contains("retry-after: 1"),
+        "{shed}"
+    );
+    assert!(shed.contains("\"overloaded\""), "{shed}");
+    let health = exchange(get("/healthz")).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    drop(holder);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let served = exchange(get(&format!("/v1/life-events/{}", Uuid::now_v7()))).await;
+    assert!(served.starts_with("HTTP/1.1 404"), "{served}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("the server stops after the shutdown signal")
+        .unwrap()
+        .unwrap();
+}

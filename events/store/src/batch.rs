@@ -102,40 +102,68 @@ struct Rows {
     hashes: Vec<Vec<u8>>,
 }
 
-/// Appends a group (see the module docs). The answers are in the group's order.
+/// Appends a group (see the module docs) on a connection of the pool. The answers are in the
+/// group's order.
 pub(crate) async fn append_group(
     pool: &PgPool,
     group: &[GroupAppend<'_>],
 ) -> Result<Vec<Answer>, FastError> {
-    let needs_lock = group.iter().any(|append| {
-        !matches!(
-            append.expected,
-            ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0))
-        )
-    });
     let mut conn = pool.acquire().await?;
-    if !needs_lock {
-        let (answers, rows) = plan(group, &HashMap::new())?;
-        if rows.event_ids.is_empty() {
-            return finish(group, answers, &HashMap::new());
-        }
-        let positions = write(&mut conn, &rows).await?;
-        return finish(group, answers, &positions);
+    append_group_with(&mut conn, group).await
+}
+
+/// Appends a group on `conn`, which must not be in a transaction: one statement on its own
+/// when no append needs a lock, else a transaction of its own.
+pub(crate) async fn append_group_with(
+    conn: &mut PgConnection,
+    group: &[GroupAppend<'_>],
+) -> Result<Vec<Answer>, FastError> {
+    if !group.iter().any(needs_lock) {
+        // One statement, its own transaction.
+        return append_group_on(conn, group).await;
     }
     let mut tx = conn.begin().await?;
-    let mut stream_ids: Vec<&str> = group.iter().map(|append| append.stream.as_str()).collect();
-    stream_ids.sort_unstable();
-    stream_ids.dedup();
-    let locked = lock_streams(&mut tx, &stream_ids).await?;
-    let (answers, rows) = plan(group, &locked)?;
-    if rows.event_ids.is_empty() {
+    let answers = append_group_on(&mut tx, group).await?;
+    if answers
+        .iter()
+        .all(|answer| matches!(answer, Answer::Careful))
+    {
         tx.rollback().await?;
-        return finish(group, answers, &HashMap::new());
+        return Ok(answers);
     }
-    let positions = write(&mut tx, &rows).await?;
     tx.commit()
         .await
         .map_err(|error| FastError::Store(StoreError::CommitFailed(error.to_string())))?;
+    Ok(answers)
+}
+
+/// Whether the append must see its stream first (anything but "create it").
+fn needs_lock(append: &GroupAppend<'_>) -> bool {
+    !matches!(
+        append.expected,
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0))
+    )
+}
+
+/// Appends a group on `conn`: inside the caller's transaction (which must roll back, at least
+/// to a savepoint, after [`FastError::Careful`]), or on its own when no append needs a lock.
+pub(crate) async fn append_group_on(
+    conn: &mut PgConnection,
+    group: &[GroupAppend<'_>],
+) -> Result<Vec<Answer>, FastError> {
+    let locked = if group.iter().any(needs_lock) {
+        let mut stream_ids: Vec<&str> = group.iter().map(|append| append.stream.as_str()).collect();
+        stream_ids.sort_unstable();
+        stream_ids.dedup();
+        lock_streams(conn, &stream_ids).await?
+    } else {
+        HashMap::new()
+    };
+    let (answers, rows) = plan(group, &locked)?;
+    if rows.event_ids.is_empty() {
+        return finish(group, answers, &HashMap::new());
+    }
+    let positions = write(conn, &rows).await?;
     finish(group, answers, &positions)
 }
 

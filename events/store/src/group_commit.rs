@@ -8,10 +8,10 @@
 //! settle runs on the careful path afterwards, alone. On SQLite (one writer) groups run one
 //! after another, each append in a savepoint of the group's transaction.
 
-use std::sync::Arc;
-
 use lifeline_model::envelope::{ExpectedVersion, NewEvent, StreamId};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use sqlx::pool::PoolConnection;
+use sqlx::Postgres;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::append::{self, AppendOutcome};
 use crate::batch;
@@ -46,7 +46,7 @@ impl GroupCommitter {
     /// would send to itself). The task ends when every `GroupCommitter` is dropped.
     pub(crate) fn start(store: EventStore) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, receiver));
+        tokio::spawn(run(store, receiver, sender.downgrade()));
         Self { sender }
     }
 
@@ -77,14 +77,36 @@ fn stopped() -> AppendError {
 
 /// Takes the first waiting append, then every other one already waiting (up to
 /// [`MAX_GROUP`]), and commits them as a group while the next group gathers.
-async fn run(store: EventStore, mut receiver: mpsc::Receiver<Request>) {
+async fn run(
+    store: EventStore,
+    mut receiver: mpsc::Receiver<Request>,
+    requests: mpsc::WeakSender<Request>,
+) {
     let parallel = match store.backend() {
         BackendKind::Postgres => PARALLEL_GROUPS,
         BackendKind::Sqlite => 1,
     };
-    let slots = Arc::new(Semaphore::new(parallel));
-    while let Some(first) = receiver.recv().await {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+    // Under load each slot keeps its connection from group to group (no pool round trip, no
+    // liveness ping per group). Idle, the committer holds none: a slot gives its connection
+    // back when no append is waiting, and the loop releases the free slots' connections
+    // before it waits (closing the pool waits for every connection to come back).
+    let (slot_back, mut free_slots) = mpsc::channel::<Slot>(parallel);
+    for _ in 0..parallel {
+        let _ = slot_back.try_send(Slot { connection: None });
+    }
+    loop {
+        let first = match receiver.try_recv() {
+            Ok(request) => request,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                release_free_slots(&mut free_slots, &slot_back);
+                match receiver.recv().await {
+                    Some(request) => request,
+                    None => return,
+                }
+            }
+        };
+        let Some(mut slot) = free_slots.recv().await else {
             return;
         };
         let mut group = Vec::with_capacity(MAX_GROUP);
@@ -96,17 +118,42 @@ async fn run(store: EventStore, mut receiver: mpsc::Receiver<Request>) {
             }
         }
         let store = store.clone();
+        let slot_back = slot_back.clone();
+        let requests = requests.clone();
         tokio::spawn(async move {
             match store.backend() {
-                BackendKind::Postgres => commit_group_postgres(&store, group).await,
+                BackendKind::Postgres => commit_group_postgres(&store, &mut slot, group).await,
                 BackendKind::Sqlite => commit_group_in_savepoints(&store, group).await,
             }
-            drop(slot);
+            let waiting = requests
+                .upgrade()
+                .is_some_and(|sender| sender.capacity() < sender.max_capacity());
+            if !waiting {
+                slot.connection = None;
+            }
+            let _ = slot_back.send(slot).await;
         });
     }
 }
 
-async fn commit_group_postgres(store: &EventStore, group: Vec<Request>) {
+/// Gives the connections of the slots not in use back to the pool.
+fn release_free_slots(free_slots: &mut mpsc::Receiver<Slot>, slot_back: &mpsc::Sender<Slot>) {
+    let mut released = Vec::new();
+    while let Ok(mut slot) = free_slots.try_recv() {
+        slot.connection = None;
+        released.push(slot);
+    }
+    for slot in released {
+        let _ = slot_back.try_send(slot);
+    }
+}
+
+/// One of the committer's parallel groups, with the connection it keeps.
+struct Slot {
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<Request>) {
     let Some(pool) = store.postgres_pool() else {
         return commit_group_in_savepoints(store, group).await;
     };
@@ -129,7 +176,26 @@ async fn commit_group_postgres(store: &EventStore, group: Vec<Request>) {
     // None: not settled yet.
     let mut answers: Vec<Option<Result<AppendOutcome, AppendError>>> =
         (0..group.len()).map(|_| None).collect();
-    match batch::append_group(pool, &plan).await {
+    let written = if plan.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let connection = match slot.connection.take() {
+            Some(connection) => Ok(connection),
+            None => pool.acquire().await,
+        };
+        match connection {
+            Ok(mut connection) => {
+                let written = batch::append_group_with(&mut connection, &plan).await;
+                // A fault may have left the connection unusable: the next group takes a new one.
+                if !matches!(written, Err(batch::FastError::Store(_))) {
+                    slot.connection = Some(connection);
+                }
+                written
+            }
+            Err(error) => Err(batch::FastError::Store(StoreError::Database(error))),
+        }
+    };
+    match written {
         Ok(results) => {
             let mut stored = false;
             for (index, result) in index_of.iter().zip(results) {

@@ -65,13 +65,22 @@ pub enum BackendKind {
 impl EventStore {
     /// Connects to `postgres://...` (or `postgresql://...`) or `sqlite:...`. An SQLite file and
     /// its directory are created if missing; SQLite runs in WAL mode with a busy timeout and
-    /// foreign keys on. Does not migrate: call [`EventStore::migrate`].
+    /// foreign keys on. Does not migrate: call [`EventStore::migrate`]. PostgreSQL gets a pool
+    /// of 10 connections ([`EventStore::connect_with_pool`] chooses).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, 10).await
+    }
+
+    /// [`EventStore::connect`] with at most `postgres_connections` PostgreSQL connections.
+    pub async fn connect_with_pool(
+        url: &str,
+        postgres_connections: u32,
+    ) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             "postgres" | "postgresql" => {
                 let options = PgConnectOptions::from_str(url)?;
-                Self::connect_postgres(options, 10).await
+                Self::connect_postgres(options, postgres_connections).await
             }
             "sqlite" => {
                 let options = SqliteConnectOptions::from_str(url)?;
@@ -502,6 +511,29 @@ impl<'s> StoreTransaction<'s> {
         let encoded = append::encode_batch(events)?;
         let outcome = match &mut self.inner {
             TxInner::Postgres(tx) => {
+                // The fast path first, in a savepoint of its own (`batch`): about four round
+                // trips instead of the careful path's eight.
+                let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+                let group = [batch::GroupAppend {
+                    stream,
+                    expected,
+                    events: &encoded,
+                }];
+                match batch::append_group_on(&mut savepoint, &group).await {
+                    Ok(answers) => match answers.first() {
+                        Some(batch::Answer::Stored(outcome)) => {
+                            savepoint.commit().await?;
+                            self.appended = true;
+                            return Ok(*outcome);
+                        }
+                        _ => savepoint.rollback().await?,
+                    },
+                    Err(batch::FastError::Careful) => savepoint.rollback().await?,
+                    Err(batch::FastError::Store(error)) => {
+                        savepoint.rollback().await?;
+                        return Err(error.into());
+                    }
+                }
                 let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
                 let result = append::append_in_tx(
                     &mut TxConnection::Postgres(&mut savepoint),

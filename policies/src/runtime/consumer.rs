@@ -3,6 +3,9 @@
 //! double-acked; failures nak'd with an exponential delay, and after the configured attempts
 //! `PolicyFailed` is recorded and the message terminated.
 //!
+//! Within a process a consumer handles up to `lanes` messages at once, one lane per hash of the
+//! event's stream id, so the events of one stream keep their order.
+//!
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
 
@@ -12,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use lifeline_store::EventStore;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::bus::{BusConfig, EventNotice};
@@ -30,6 +33,10 @@ pub struct ConsumerOptions {
     pub ack_wait: Duration,
     /// Messages per pull request.
     pub fetch_batch: usize,
+    /// Messages handled at once per consumer: each message goes to the lane of its event's
+    /// stream, so the events of one stream are handled one after another, in order, and
+    /// different streams in parallel.
+    pub lanes: usize,
     /// How long one pull request waits for messages; also bounds how long shutdown waits.
     pub fetch_expires: Duration,
     /// Most unacknowledged messages per consumer across all its processes.
@@ -47,6 +54,7 @@ impl Default for ConsumerOptions {
             retry: RetryPolicy::default(),
             ack_wait: Duration::from_secs(30),
             fetch_batch: 100,
+            lanes: 8,
             fetch_expires: Duration::from_secs(1),
             max_ack_pending: 1000,
             durable_prefix: "policy-".to_owned(),
@@ -121,13 +129,14 @@ pub async fn run_policy_consumer(
     policy: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         store,
         handler,
         options,
         policy,
-    };
+    });
     tracing::info!(policy = %worker.policy, "policy consumer starting");
+    let lanes = Lanes::start(&worker, &shutdown);
     let mut backoff = worker.options.min_backoff;
     let mut pull: Option<consumer::PullConsumer> = None;
     loop {
@@ -151,7 +160,7 @@ pub async fn run_policy_consumer(
                 }
             },
         };
-        match worker.pull_batch(&consumer, &mut shutdown).await {
+        match worker.pull_batch(&consumer, &lanes, &mut shutdown).await {
             Ok(()) => backoff = worker.options.min_backoff,
             Err(error) => {
                 tracing::warn!(policy = %worker.policy, %error, ?backoff, "pull failed; retrying");
@@ -164,7 +173,72 @@ pub async fn run_policy_consumer(
             }
         }
     }
+    // Every message already handed to a lane is finished (handled, or nak'd after shutdown).
+    lanes.finish().await;
     tracing::info!(policy = %worker.policy, "policy consumer stopped");
+}
+
+/// The lanes of one consumer: a task each, handling its messages in arrival order.
+struct Lanes {
+    senders: Vec<mpsc::Sender<jetstream::Message>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Lanes {
+    fn start(worker: &Arc<Worker>, shutdown: &watch::Receiver<bool>) -> Self {
+        let count = worker.options.lanes.max(1);
+        let mut senders = Vec::with_capacity(count);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            // Small queues: what a lane holds is not yet acked, and counts against
+            // `max_ack_pending`; the pull waits when a lane is full.
+            let (sender, mut receiver) = mpsc::channel::<jetstream::Message>(16);
+            let (worker, shutdown) = (Arc::clone(worker), shutdown.clone());
+            tasks.spawn(async move {
+                while let Some(message) = receiver.recv().await {
+                    if *shutdown.borrow() {
+                        // Another process takes it at once.
+                        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                            tracing::debug!(%error, "cannot nak a message at shutdown");
+                        }
+                        continue;
+                    }
+                    worker.handle_message(&message).await;
+                }
+            });
+            senders.push(sender);
+        }
+        Self { senders, tasks }
+    }
+
+    /// Hands `message` to the lane of its event's stream (lane 0 if the notice does not parse:
+    /// the handler terminates it there).
+    async fn dispatch(&self, message: jetstream::Message) {
+        let lane = match serde_json::from_slice::<EventNotice>(&message.payload) {
+            Ok(notice) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&notice.stream_id, &mut hasher);
+                let lanes = u64::try_from(self.senders.len()).unwrap_or(1);
+                usize::try_from(std::hash::Hasher::finish(&hasher) % lanes).unwrap_or(0)
+            }
+            Err(_) => 0,
+        };
+        if let Some(sender) = self.senders.get(lane) {
+            if sender.send(message).await.is_err() {
+                tracing::error!("a policy lane has stopped; the message comes back after ack_wait");
+            }
+        }
+    }
+
+    async fn finish(self) {
+        let Self { senders, mut tasks } = self;
+        drop(senders);
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(%error, "a policy lane ended abnormally");
+            }
+        }
+    }
 }
 
 struct Worker {
@@ -201,11 +275,12 @@ impl Worker {
             .map_err(|error| RuntimeError::nats("create the policy consumer", error))
     }
 
-    /// One pull request: handles every message it brings. After shutdown, messages still
-    /// arriving in this pull are nak'd at once so another process takes them.
+    /// One pull request: hands every message it brings to its lane. After shutdown, messages
+    /// still arriving in this pull are nak'd at once so another process takes them.
     async fn pull_batch(
         &self,
         consumer: &consumer::PullConsumer,
+        lanes: &Lanes,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
         let mut messages = consumer
@@ -224,7 +299,7 @@ impl Worker {
                 }
                 continue;
             }
-            self.handle_message(&message).await;
+            lanes.dispatch(message).await;
         }
         Ok(())
     }

@@ -2,6 +2,9 @@
 //! [`EventNotice`] per event to JetStream; the checkpoint moves only after JetStream
 //! acknowledged every message of the batch.
 //!
+//! When caught up it sleeps until an append wakes it (`lifeline_store::WakeUps`), or the poll
+//! interval passes.
+//!
 //! A crash anywhere republishes at most the last batch: JetStream drops it within the
 //! duplicate window (`Nats-Msg-Id` = event id), and consumers are idempotent past it. When NATS
 //! is away, publishes fail (the client reconnects by itself) and the relay backs off and resumes
@@ -13,7 +16,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use lifeline_model::envelope::{LogCursor, RecordedEvent};
-use lifeline_store::EventStore;
+use lifeline_store::{EventStore, WakeUps};
 use tokio::sync::watch;
 
 use super::bus::{BusConfig, EventNotice};
@@ -30,7 +33,8 @@ pub struct RelayOptions {
     /// Events published (pipelined) per batch, at most 1000; the checkpoint moves once per
     /// batch.
     pub batch_size: usize,
-    /// How long to wait, when caught up, before reading again.
+    /// How long to wait, when caught up, before reading again if no append wakes the relay
+    /// first (this process's appends, and on PostgreSQL every process's `NOTIFY`).
     pub poll_interval: Duration,
     /// How long to wait for each publish acknowledgement.
     pub ack_timeout: Duration,
@@ -83,11 +87,13 @@ impl Relay {
         let mut backoff = self.options.min_backoff;
         let mut stream_ready = false;
         let mut cursor: Option<LogCursor> = None;
+        let mut wake_ups = WakeUps::new(&self.store).await;
         tracing::info!(checkpoint = %self.options.checkpoint, stream = %self.bus.stream_name, "relay starting");
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            wake_ups.mark_seen();
             let step = async {
                 if !stream_ready {
                     self.bus.ensure_stream(&self.jetstream).await?;
@@ -105,7 +111,10 @@ impl Relay {
                 Ok((from, None)) => {
                     cursor = Some(from);
                     backoff = self.options.min_backoff;
-                    if sleep_or_shutdown(self.options.poll_interval, &mut shutdown).await {
+                    if wake_ups
+                        .wait(&mut shutdown, self.options.poll_interval)
+                        .await
+                    {
                         break;
                     }
                 }

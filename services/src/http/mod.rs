@@ -73,6 +73,11 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// How long a request may take (408 beyond).
     pub request_timeout: Duration,
+    /// Requests handled at once (health, readiness and metrics aside); more wait for a turn.
+    pub max_in_flight: usize,
+    /// How long a request waits for a turn before it is answered 503 `overloaded` with
+    /// `Retry-After`: under overload the server sheds load instead of queueing without bound.
+    pub queue_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -80,6 +85,8 @@ impl Default for HttpSettings {
         Self {
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+            queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -196,6 +203,7 @@ impl AppState {
 /// The whole API as a router, for [`Application`] and for tests (`oneshot`).
 pub fn app(state: AppState) -> Router {
     let settings = state.settings;
+    let turns = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight.max(1)));
     let api = Router::new()
         .route("/v1/births", post(registrar::record_birth))
         .route("/v1/deaths", post(registrar::record_death))
@@ -246,6 +254,9 @@ pub fn app(state: AppState) -> Router {
                 record_metrics,
             ))
             .layer(middleware::from_fn(uniform_errors))
+            .layer(middleware::from_fn(move |request: Request, next: Next| {
+                limit_in_flight(Arc::clone(&turns), settings.queue_timeout, request, next)
+            }))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 settings.request_timeout,
@@ -294,6 +305,41 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         response.status().as_u16(),
         started.elapsed(),
     );
+    response
+}
+
+/// Lets at most `max_in_flight` requests run at once; the rest wait up to `queue_timeout` for
+/// a turn, then get 503 `overloaded` with `Retry-After: 1`. Health, readiness and metrics never
+/// wait: an operator must see an overloaded server.
+async fn limit_in_flight(
+    turns: Arc<tokio::sync::Semaphore>,
+    queue_timeout: Duration,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let turn = match turns.try_acquire() {
+        Ok(turn) => turn,
+        Err(_) => match tokio::time::timeout(queue_timeout, turns.acquire()).await {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_)) | Err(_) => {
+                let mut response = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the server is handling as many requests as it can; retry shortly",
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        },
+    };
+    let response = next.run(request).await;
+    drop(turn);
     response
 }
 
