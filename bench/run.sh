@@ -61,8 +61,6 @@ for r in $(seq 1 "$ROUNDS"); do
   step "$r" "$PEERS" cqrs-c
   step "$r" "$BENCH" w4 "$W4_EVENTS"
   step "$r" "$BENCH" w3 --seconds "$W3_SECONDS" 100 500 1000
-  # Experiment (not a target figure): the relay polling every 5 ms instead of 100 ms.
-  step "$r" "$BENCH" w3 --seconds "$W3_SECONDS" --relay-poll-ms 5 500
   step "$r" "$BENCH" w5 500 "$W3_SECONDS"
   for extra in "${PEER_STEPS[@]:3}"; do step "$r" "$PEERS" "$extra"; done
 done

@@ -47,7 +47,8 @@ pub trait Subscriber: Send {
 /// How a subscription reads and waits.
 #[derive(Debug, Clone, Copy)]
 pub struct SubscriptionOptions {
-    /// Events handled per transaction.
+    /// Events handled per transaction. Kept small by default: on PostgreSQL a transaction
+    /// that stays open holds back every gap-free reader of the log (the relay among them).
     pub batch_size: usize,
     /// How long to wait, when caught up, before reading again without a wake-up. Needed
     /// because wake-ups can be lost and because on PostgreSQL an event can be committed but
@@ -58,7 +59,7 @@ pub struct SubscriptionOptions {
 impl Default for SubscriptionOptions {
     fn default() -> Self {
         Self {
-            batch_size: 200,
+            batch_size: 50,
             poll_interval: Duration::from_millis(250),
         }
     }
