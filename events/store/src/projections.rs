@@ -1,6 +1,7 @@
 //! The projection tables (agency inbox, person registry, life-event status): their rows, the
 //! reads services make, and the loads and saves the projection subscribers make inside their
-//! subscription transaction. All projection SQL of Lifeline is here.
+//! subscription transaction. All projection SQL of Lifeline is here, except the read-only
+//! counts `/metrics` takes (`crate::stats`: tasks by state, overdue tasks).
 //!
 //! The folding (what an event does to a row) is not here: it lives with the subscribers in
 //! `lifeline_policies::projections`, as pure functions from (row, event) to row. This module
