@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::append::{AppendOutcome, EncodedEvent};
 use crate::error::StoreError;
+use crate::postgres;
 
 /// The SQLSTATE `lifeline_grouped_append_check` raises (migration 4).
 const CHECK_FAILED: &str = "LLG01";
@@ -183,16 +184,8 @@ async fn lock_streams(
         .map(|row| {
             let stream_id: String = row.try_get("stream_id")?;
             let version: i64 = row.try_get("version")?;
-            let last_hash: Option<Vec<u8>> = row.try_get("last_hash")?;
-            let last_hash = last_hash
-                .map(|bytes| Hash32::from_slice(&bytes))
-                .transpose()
-                .map_err(|error| {
-                    FastError::Store(StoreError::Corrupt {
-                        global_position: 0,
-                        reason: format!("streams.last_hash of {stream_id}: {error}"),
-                    })
-                })?;
+            let last_hash =
+                postgres::decode_last_hash(row.try_get("last_hash")?).map_err(FastError::Store)?;
             Ok((stream_id, (version, last_hash)))
         })
         .collect()

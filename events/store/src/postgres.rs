@@ -111,14 +111,18 @@ pub(crate) async fn bump_stream(
 }
 
 fn claim((version, last_hash): (i64, Option<Vec<u8>>)) -> Result<Claim, StoreError> {
-    let last_hash = last_hash
+    Ok((StreamVersion(version), decode_last_hash(last_hash)?))
+}
+
+/// A `streams.last_hash` column read back: `None` for a stream older than the hash chain.
+pub(crate) fn decode_last_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash32>, StoreError> {
+    bytes
         .map(|bytes| Hash32::from_slice(&bytes))
         .transpose()
         .map_err(|error| StoreError::Corrupt {
             global_position: 0,
             reason: format!("streams.last_hash: {error}"),
-        })?;
-    Ok((StreamVersion(version), last_hash))
+        })
 }
 
 /// Records the hash of the stream's last event; the caller holds the stream's row lock.

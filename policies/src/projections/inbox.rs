@@ -1,7 +1,5 @@
 //! The agency inbox projection: one row per task, folded from the task's events.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::task::{TaskEvent, TaskStatus};
@@ -9,7 +7,7 @@ use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, task_id_of, DecodedEvent};
+use super::{decode_event, task_id_of, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the inbox projection.
 pub const INBOX_PROJECTION: &str = "projection-inbox";
@@ -20,10 +18,8 @@ pub const INBOX_PROJECTION: &str = "projection-inbox";
 /// row once, at the end of the batch (in the batch's transaction, before the checkpoint moves).
 #[derive(Debug, Default)]
 pub struct InboxProjection {
-    /// The rows of the tasks this batch touched, as folded so far.
-    held: HashMap<Uuid, TaskRow>,
-    /// The tasks this batch changed, in the order they were first changed.
-    changed: Vec<Uuid>,
+    /// The rows of the tasks this batch changed, as folded so far.
+    held: HeldRows<Uuid, TaskRow>,
 }
 
 impl InboxProjection {
@@ -49,22 +45,14 @@ impl Subscriber for InboxProjection {
             return Ok(());
         };
         let task_id = task_id_of(&task_event);
-        // Every held row was changed in this batch, and is listed in `changed` once.
-        let held = self.held.remove(&task_id);
-        let first_change = held.is_none();
-        let row = match held {
+        let row = match self.held.take(&task_id) {
             Some(row) => Some(row),
             // A task's first event creates its row: nothing to load.
             None if matches!(task_event, TaskEvent::TaskCreated(_)) => None,
             None => projections::load_task(tx, task_id).await?,
         };
         match apply_task_event(row, &task_event) {
-            Some(row) => {
-                if first_change {
-                    self.changed.push(task_id);
-                }
-                self.held.insert(task_id, row);
-            }
+            Some(row) => self.held.put(task_id, row),
             None => {
                 tracing::warn!(%task_id, event_id = %event.event_id, event_type = %event.event_type,
                     "task event for a task the inbox does not know; skipped");
@@ -75,16 +63,12 @@ impl Subscriber for InboxProjection {
 
     fn begin_batch(&mut self) {
         self.held.clear();
-        self.changed.clear();
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for task_id in std::mem::take(&mut self.changed) {
-            if let Some(row) = self.held.get(&task_id) {
-                projections::save_task(tx, row).await?;
-            }
+        for row in self.held.drain() {
+            projections::save_task(tx, &row).await?;
         }
-        self.held.clear();
         Ok(())
     }
 }

@@ -1,8 +1,6 @@
 //! The life-event status projection: each life event (kind, reference, office, late, voided,
 //! corrections) and where each procedure of its group stands.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lifeline_model::declaration::Declaration;
@@ -15,7 +13,7 @@ use lifeline_store::projections::{self, LifeEventStatusRow, ProcedureState, Proc
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, task_id_of, DecodedEvent};
+use super::{decode_event, task_id_of, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the life-event status projection.
 pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
@@ -26,10 +24,8 @@ pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
 /// changed row once, at the end of the batch (in the batch's transaction).
 #[derive(Debug, Default)]
 pub struct LifeEventStatusProjection {
-    /// The rows of the life events this batch touched, as folded so far.
-    held: HashMap<Uuid, LifeEventStatusRow>,
-    /// The life events this batch changed, in the order they were first changed.
-    changed: Vec<Uuid>,
+    /// The rows of the life events this batch changed, as folded so far.
+    held: HeldRows<Uuid, LifeEventStatusRow>,
 }
 
 impl LifeEventStatusProjection {
@@ -44,7 +40,7 @@ impl LifeEventStatusProjection {
         tx: &mut StoreTransaction<'_>,
         task_id: Uuid,
     ) -> Result<Option<Uuid>, SubscriberError> {
-        let held = self.held.values().find(|row| {
+        let held = self.held.rows().find(|row| {
             row.procedures
                 .iter()
                 .any(|procedure| procedure.task_id == Some(task_id))
@@ -54,7 +50,7 @@ impl LifeEventStatusProjection {
         }
         let stored = projections::life_event_of_task(tx, task_id).await?;
         // A held row no longer naming the task (a newer task replaced it) is the truth.
-        Ok(stored.filter(|life_event_id| !self.held.contains_key(life_event_id)))
+        Ok(stored.filter(|life_event_id| !self.held.contains(life_event_id)))
     }
 }
 
@@ -86,25 +82,19 @@ impl Subscriber for LifeEventStatusProjection {
         let Some(life_event_id) = life_event_id else {
             return Ok(());
         };
-        // Every held row was changed in this batch, and is listed in `changed` once.
-        let held = self.held.remove(&life_event_id);
-        let first_change = held.is_none();
+        let held = self.held.take(&life_event_id);
+        let was_held = held.is_some();
         let row = match held {
             Some(row) => Some(row),
             None => projections::load_life_event_status(tx, life_event_id).await?,
         };
         let recorded_at = event.metadata.recorded_at;
         match apply_to_life_event_status(row.clone(), &decoded, recorded_at) {
-            Some(row) => {
-                if first_change {
-                    self.changed.push(life_event_id);
-                }
-                self.held.insert(life_event_id, row);
-            }
+            Some(row) => self.held.put(life_event_id, row),
             None => {
                 // Nothing changed: keep what was held (it is still to be saved).
-                if let (Some(row), false) = (row, first_change) {
-                    self.held.insert(life_event_id, row);
+                if let (Some(row), true) = (row, was_held) {
+                    self.held.put(life_event_id, row);
                 }
             }
         }
@@ -113,16 +103,12 @@ impl Subscriber for LifeEventStatusProjection {
 
     fn begin_batch(&mut self) {
         self.held.clear();
-        self.changed.clear();
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for life_event_id in std::mem::take(&mut self.changed) {
-            if let Some(row) = self.held.get(&life_event_id) {
-                projections::save_life_event_status(tx, row).await?;
-            }
+        for row in self.held.drain() {
+            projections::save_life_event_status(tx, &row).await?;
         }
-        self.held.clear();
         Ok(())
     }
 }

@@ -17,6 +17,9 @@ pub mod life_events;
 pub mod persons;
 pub mod rebuild;
 
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
 use lifeline_model::codec::{self, DecodeError, EventFamily};
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::life_event::LifeEventEvent;
@@ -83,5 +86,70 @@ pub fn task_id_of(event: &TaskEvent) -> uuid::Uuid {
         TaskEvent::TaskCancelled(event) => event.task_id,
         TaskEvent::TaskAmended(event) => event.task_id,
         TaskEvent::TaskOverdue(event) => event.task_id,
+    }
+}
+
+/// The rows a projection holds back within one batch: each loaded or folded in memory, and
+/// saved once, in the order first changed, at the end of the batch
+/// (`Subscriber::end_batch`). Every held row counts as changed.
+#[derive(Debug)]
+pub(crate) struct HeldRows<K, R> {
+    rows: HashMap<K, R>,
+    /// Keys in the order first held; a key stays listed while its row is taken out to fold.
+    order: Vec<K>,
+    listed: HashSet<K>,
+}
+
+impl<K, R> Default for HeldRows<K, R> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            order: Vec::new(),
+            listed: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
+    pub(crate) fn get(&self, key: &K) -> Option<&R> {
+        self.rows.get(key)
+    }
+
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.rows.contains_key(key)
+    }
+
+    pub(crate) fn rows(&self) -> impl Iterator<Item = &R> {
+        self.rows.values()
+    }
+
+    /// Takes the held row out to fold it; [`HeldRows::put`] puts the result back.
+    pub(crate) fn take(&mut self, key: &K) -> Option<R> {
+        self.rows.remove(key)
+    }
+
+    /// Holds `row` as changed.
+    pub(crate) fn put(&mut self, key: K, row: R) {
+        if self.listed.insert(key.clone()) {
+            self.order.push(key.clone());
+        }
+        self.rows.insert(key, row);
+    }
+
+    /// Forgets everything (a new batch; the one before may have rolled back).
+    pub(crate) fn clear(&mut self) {
+        self.rows.clear();
+        self.order.clear();
+        self.listed.clear();
+    }
+
+    /// The held rows in the order first changed, leaving nothing held.
+    pub(crate) fn drain(&mut self) -> Vec<R> {
+        let rows: Vec<R> = std::mem::take(&mut self.order)
+            .iter()
+            .filter_map(|key| self.rows.remove(key))
+            .collect();
+        self.clear();
+        rows
     }
 }

@@ -11,7 +11,7 @@
 //! Known gap: voiding a birth does not yet mark the child's link (the child's number is not in
 //! the birth's stream).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -29,7 +29,7 @@ use lifeline_store::projections::{
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, DecodedEvent};
+use super::{decode_event, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the person registry projection.
 pub const PERSON_PROJECTION: &str = "projection-persons";
@@ -49,47 +49,24 @@ impl PersonProjection {
     }
 }
 
-/// The person rows a batch has touched: loaded once, folded in memory, saved at its end.
-#[derive(Debug, Default)]
-struct HeldPersons {
-    held: HashMap<String, PersonRow>,
-    /// The persons this batch changed, in the order they were first changed.
-    changed: Vec<String>,
-}
+/// The person rows a batch has changed, by personal ID number.
+type HeldPersons = HeldRows<String, PersonRow>;
 
 impl HeldPersons {
+    /// The person's row as this batch has it: held, else stored.
     async fn load(
-        &mut self,
+        &self,
         tx: &mut StoreTransaction<'_>,
         personal_id: &PersonalId,
     ) -> Result<Option<PersonRow>, SubscriberError> {
-        if let Some(row) = self.held.get(personal_id.as_str()) {
+        if let Some(row) = self.get(&personal_id.as_str().to_owned()) {
             return Ok(Some(row.clone()));
         }
         Ok(projections::load_person(tx, personal_id).await?)
     }
 
     fn save(&mut self, row: PersonRow) {
-        let key = row.personal_id.as_str().to_owned();
-        if !self.held.contains_key(&key) {
-            self.changed.push(key.clone());
-        }
-        self.held.insert(key, row);
-    }
-
-    fn clear(&mut self) {
-        self.held.clear();
-        self.changed.clear();
-    }
-
-    async fn write(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for key in std::mem::take(&mut self.changed) {
-            if let Some(row) = self.held.get(&key) {
-                projections::save_person(tx, row).await?;
-            }
-        }
-        self.held.clear();
-        Ok(())
+        self.put(row.personal_id.as_str().to_owned(), row);
     }
 }
 
@@ -442,7 +419,10 @@ impl Subscriber for PersonProjection {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        self.rows.write(tx).await
+        for row in self.rows.drain() {
+            projections::save_person(tx, &row).await?;
+        }
+        Ok(())
     }
 }
 

@@ -179,8 +179,11 @@ pub async fn run_policy_consumer(
 }
 
 /// The lanes of one consumer: a task each, handling its messages in arrival order.
+/// A message and its payload parsed as an [`EventNotice`] (once, to route it).
+type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
+
 struct Lanes {
-    senders: Vec<mpsc::Sender<jetstream::Message>>,
+    senders: Vec<mpsc::Sender<Parsed>>,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -192,10 +195,10 @@ impl Lanes {
         for _ in 0..count {
             // Small queues: what a lane holds is not yet acked, and counts against
             // `max_ack_pending`; the pull waits when a lane is full.
-            let (sender, mut receiver) = mpsc::channel::<jetstream::Message>(16);
+            let (sender, mut receiver) = mpsc::channel::<Parsed>(16);
             let (worker, shutdown) = (Arc::clone(worker), shutdown.clone());
             tasks.spawn(async move {
-                while let Some(message) = receiver.recv().await {
+                while let Some((message, notice)) = receiver.recv().await {
                     if *shutdown.borrow() {
                         // Another process takes it at once.
                         if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
@@ -203,7 +206,7 @@ impl Lanes {
                         }
                         continue;
                     }
-                    worker.handle_message(&message).await;
+                    worker.handle_message(&message, notice).await;
                 }
             });
             senders.push(sender);
@@ -214,7 +217,8 @@ impl Lanes {
     /// Hands `message` to the lane of its event's stream (lane 0 if the notice does not parse:
     /// the handler terminates it there).
     async fn dispatch(&self, message: jetstream::Message) {
-        let lane = match serde_json::from_slice::<EventNotice>(&message.payload) {
+        let notice = serde_json::from_slice::<EventNotice>(&message.payload);
+        let lane = match &notice {
             Ok(notice) => {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 std::hash::Hash::hash(&notice.stream_id, &mut hasher);
@@ -224,7 +228,7 @@ impl Lanes {
             Err(_) => 0,
         };
         if let Some(sender) = self.senders.get(lane) {
-            if sender.send(message).await.is_err() {
+            if sender.send((message, notice)).await.is_err() {
                 tracing::error!("a policy lane has stopped; the message comes back after ack_wait");
             }
         }
@@ -304,7 +308,12 @@ impl Worker {
         Ok(())
     }
 
-    async fn handle_message(&self, message: &jetstream::Message) {
+    /// Handles `message`, whose payload the lanes have already parsed into `notice`.
+    async fn handle_message(
+        &self,
+        message: &jetstream::Message,
+        notice: Result<EventNotice, serde_json::Error>,
+    ) {
         let delivered = match message.info() {
             Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
             Err(error) => {
@@ -313,7 +322,7 @@ impl Worker {
                 return;
             }
         };
-        let notice: EventNotice = match serde_json::from_slice(&message.payload) {
+        let notice = match notice {
             Ok(notice) => notice,
             Err(error) => {
                 tracing::error!(policy = %self.policy, subject = %message.subject, %error, "malformed event notice; terminated");
