@@ -154,6 +154,15 @@ impl PolicyHandler for PolicyEngine {
         )
     }
 
+    fn only_event_type(&self, policy: &str) -> Option<&'static str> {
+        match policy {
+            BIRTH_REGISTRATION => Some("BirthRecorded"),
+            DEATH_REGISTRATION => Some("DeathRecorded"),
+            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => Some("TaskCompleted"),
+            _ => None,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(policy, event_id = %event.event_id, stream = %event.stream_id))]
     async fn apply(
         &self,

@@ -34,6 +34,14 @@ pub trait PolicyHandler: Send + Sync {
     /// Whether `policy` reacts to events of this type at all (others are acknowledged unread).
     fn wants(&self, policy: &str, event_type: &str) -> bool;
 
+    /// The one event type `policy` reacts to, if it reacts to exactly one: its JetStream
+    /// consumer then only receives events of that type (a filter subject; nats-server 2.9 has
+    /// one filter per consumer). `None` (the default): the consumer receives every event and
+    /// [`PolicyHandler::wants`] sorts them.
+    fn only_event_type(&self, _policy: &str) -> Option<&'static str> {
+        None
+    }
+
     /// Runs `policy` on `event`: looks up the facts it needs, decides, and appends the
     /// resulting events inside `tx` with deterministic event ids and "stream must not exist"
     /// where a new stream is created, so that handling the same event twice has the effect of

@@ -516,7 +516,7 @@ async fn the_worker_process_killed_mid_run_and_restarted_creates_every_task_once
     let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
     for policy in POLICY_NAMES {
         stream
-            .create_consumer(worker_options.consumer_config(policy))
+            .create_consumer(worker_options.consumer_config(policy, None))
             .await
             .unwrap();
     }

@@ -588,7 +588,7 @@ async fn pull_consumer(
     stream
         .get_or_create_consumer(
             &options.durable_name(policy),
-            options.consumer_config(policy),
+            options.consumer_config(policy, None),
         )
         .await
         .unwrap()

@@ -157,7 +157,16 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
 pub struct WakeUps {
     local: watch::Receiver<u64>,
     postgres: Option<PostgresWakeUps>,
+    /// Set after a wake-up: the next read may still find nothing, because on PostgreSQL a
+    /// committed event is readable only once every older transaction has ended. Until a
+    /// wait runs to its full poll interval, the wait after such an empty read is short
+    /// ([`HELD_BACK_FIRST`], doubling), so an event held back only by a short transaction of
+    /// another writer (a projection's, whose commit wakes nobody) is read within milliseconds.
+    held_back: Option<Duration>,
 }
+
+/// The first retry after a wake-up whose read found nothing.
+const HELD_BACK_FIRST: Duration = Duration::from_millis(2);
 
 struct PostgresWakeUps {
     pool: sqlx::PgPool,
@@ -188,6 +197,7 @@ impl WakeUps {
         Self {
             local: store.appended_receiver(),
             postgres,
+            held_back: None,
         }
     }
 
@@ -203,13 +213,24 @@ impl WakeUps {
         }
     }
 
-    /// Waits for a wake-up, the poll interval or shutdown; true if shutdown.
+    /// Waits for a wake-up, the poll interval (shorter while a wake-up's event may still be
+    /// held back, see [`WakeUps`]) or shutdown; true if shutdown.
     pub async fn wait(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
         poll_interval: Duration,
     ) -> bool {
-        let Self { local, postgres } = self;
+        let Self {
+            local,
+            postgres,
+            held_back,
+        } = self;
+        // After a wake-up, the read that followed found nothing (else the caller would not
+        // wait): retry soon, doubling, until the poll interval.
+        let (timeout, short) = match *held_back {
+            Some(delay) if delay < poll_interval => (delay, true),
+            _ => (poll_interval, false),
+        };
         if let Some(postgres) = postgres.as_mut() {
             if postgres.listener.is_none() {
                 postgres.connect().await;
@@ -227,15 +248,23 @@ impl WakeUps {
         };
         let shutdown_now = tokio::select! {
             changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
-            _ = local.changed() => false,
+            _ = local.changed() => {
+                *held_back = Some(HELD_BACK_FIRST);
+                false
+            }
             received = notified => {
                 if let Err(error) = received {
                     tracing::warn!(%error, "lost the wake-up listener; polling until it reconnects");
                     lost_listener = true;
+                } else {
+                    *held_back = Some(HELD_BACK_FIRST);
                 }
                 false
             }
-            () = tokio::time::sleep(poll_interval) => false,
+            () = tokio::time::sleep(timeout) => {
+                *held_back = if short { Some(timeout * 2) } else { None };
+                false
+            }
         };
         if lost_listener {
             if let Some(postgres) = postgres.as_mut() {

@@ -59,6 +59,12 @@ impl BusConfig {
         )
     }
 
+    /// The subjects of every event of type `event_type`, whatever its stream:
+    /// `<prefix>.*.<event type>`.
+    pub fn subjects_of_type(&self, event_type: &str) -> String {
+        format!("{}.*.{}", self.subject_prefix, subject_token(event_type))
+    }
+
     /// Every subject of the stream.
     pub fn stream_subjects(&self) -> String {
         format!("{}.>", self.subject_prefix)

@@ -72,12 +72,21 @@ impl ConsumerOptions {
 
     /// The consumer's configuration. `max_deliver` is one more than the attempts: the last
     /// attempt records `PolicyFailed`, and if the process dies during it the spare delivery
-    /// records it instead of JetStream dropping the message silently. No filter subject: the
-    /// consumer takes every subject of the stream (one consumer per policy, `wants` decides).
-    pub fn consumer_config(&self, policy: &str) -> consumer::pull::Config {
+    /// records it instead of JetStream dropping the message silently. The
+    /// consumer takes `filter_subject` (see [`PolicyHandler::only_event_type`]), or every subject
+    /// of the stream if `None` (then `wants` decides).
+    ///
+    /// A durable that already exists is bound as it is: one created unfiltered by an earlier
+    /// version keeps receiving every event, which `wants` still sorts.
+    pub fn consumer_config(
+        &self,
+        policy: &str,
+        filter_subject: Option<String>,
+    ) -> consumer::pull::Config {
         let durable = self.durable_name(policy);
         consumer::pull::Config {
             durable_name: Some(durable),
+            filter_subject: filter_subject.unwrap_or_default(),
             description: Some(format!("Lifeline policy {policy}")),
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
@@ -214,10 +223,13 @@ impl Lanes {
         Self { senders, tasks }
     }
 
-    /// Hands `message` to the lane of its event's stream (lane 0 if the notice does not parse:
-    /// the handler terminates it there).
-    async fn dispatch(&self, message: jetstream::Message) {
-        let notice = serde_json::from_slice::<EventNotice>(&message.payload);
+    /// Hands `message`, its payload parsed into `notice`, to the lane of its event's stream
+    /// (lane 0 if the notice does not parse: the handler terminates it there).
+    async fn dispatch(
+        &self,
+        message: jetstream::Message,
+        notice: Result<EventNotice, serde_json::Error>,
+    ) {
         let lane = match &notice {
             Ok(notice) => {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -273,7 +285,12 @@ impl Worker {
         stream
             .get_or_create_consumer(
                 &self.options.durable_name(&self.policy),
-                self.options.consumer_config(&self.policy),
+                self.options.consumer_config(
+                    &self.policy,
+                    self.handler
+                        .only_event_type(&self.policy)
+                        .map(|event_type| bus.subjects_of_type(event_type)),
+                ),
             )
             .await
             .map_err(|error| RuntimeError::nats("create the policy consumer", error))
@@ -303,7 +320,19 @@ impl Worker {
                 }
                 continue;
             }
-            lanes.dispatch(message).await;
+            let notice = serde_json::from_slice::<EventNotice>(&message.payload);
+            if let Ok(notice) = &notice {
+                if !self.handler.wants(&self.policy, &notice.event_type) {
+                    // Nothing to do: acknowledged without waiting for the server's
+                    // confirmation (an unfiltered consumer gets many of these). A lost ack
+                    // only brings the message back after `ack_wait`, to be acknowledged again.
+                    if let Err(error) = message.ack().await {
+                        tracing::debug!(policy = %self.policy, %error, "cannot ack an unwanted message");
+                    }
+                    continue;
+                }
+            }
+            lanes.dispatch(message, notice).await;
         }
         Ok(())
     }
