@@ -440,18 +440,35 @@ pub async fn save_task(
     tx: &mut StoreTransaction<'_>,
     row: &TaskRow,
 ) -> Result<(), ProjectionError> {
-    let sql = format!(
-        "INSERT INTO projection_tasks ({TASK_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (task_id) DO UPDATE SET procedure = excluded.procedure, \
+    save_tasks(tx, std::slice::from_ref(row)).await
+}
+
+/// Inserts or replaces the rows of `rows` (task ids all different), a few hundred per statement.
+pub async fn save_tasks(
+    tx: &mut StoreTransaction<'_>,
+    rows: &[TaskRow],
+) -> Result<(), ProjectionError> {
+    let rows = rows
+        .iter()
+        .map(task_params)
+        .collect::<Result<Vec<_>, _>>()?;
+    upsert(
+        tx,
+        &format!("INSERT INTO projection_tasks ({TASK_COLUMNS})"),
+        "ON CONFLICT (task_id) DO UPDATE SET procedure = excluded.procedure, \
          agency = excluded.agency, office = excluded.office, \
          life_event_id = excluded.life_event_id, status = excluded.status, \
          claimed_by = excluded.claimed_by, due_at = excluded.due_at, \
          overdue = excluded.overdue, created_at = excluded.created_at, \
          updated_at = excluded.updated_at, application = excluded.application, \
-         outcome = excluded.outcome, reason = excluded.reason"
-    );
-    let params = vec![
+         outcome = excluded.outcome, reason = excluded.reason",
+        rows,
+    )
+    .await
+}
+
+fn task_params(row: &TaskRow) -> Result<Vec<Param>, ProjectionError> {
+    Ok(vec![
         Param::Uuid(Some(row.task_id)),
         Param::Text(row.procedure.as_str().to_owned()),
         Param::Text(row.agency.as_str().to_owned()),
@@ -466,8 +483,49 @@ pub async fn save_task(
         Param::Json(Some(to_json(&row.application)?)),
         Param::Json(row.outcome.as_ref().map(to_json).transpose()?),
         Param::OptText(row.reason.clone()),
-    ];
-    execute(tx.connection(), sql, params).await
+    ])
+}
+
+/// The most rows one multi-row upsert carries (SQLite allows 32,766 parameters, PostgreSQL
+/// 65,535; the widest row here has 16 columns).
+const UPSERT_ROWS: usize = 500;
+
+/// `head VALUES (..), (..) tail` for every chunk of `rows` (each the same number of
+/// parameters): one statement per [`UPSERT_ROWS`] rows instead of one per row. The rows of one
+/// call must not share a key (`ON CONFLICT DO UPDATE` refuses to touch a row twice).
+async fn upsert(
+    tx: &mut StoreTransaction<'_>,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Param>>,
+) -> Result<(), ProjectionError> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Param>> = rows.by_ref().take(UPSERT_ROWS).collect();
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * 64);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut number = 0_usize;
+        for (index, row) in chunk.iter().enumerate() {
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for column in 0..row.len() {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                number += 1;
+                sql.push('$');
+                sql.push_str(&number.to_string());
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        execute(tx.connection(), sql, chunk.into_iter().flatten().collect()).await?;
+    }
+    Ok(())
 }
 
 pub async fn load_person(
@@ -482,10 +540,23 @@ pub async fn save_person(
     tx: &mut StoreTransaction<'_>,
     row: &PersonRow,
 ) -> Result<(), ProjectionError> {
-    let sql = format!(
-        "INSERT INTO projection_persons ({PERSON_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-         ON CONFLICT (personal_id) DO UPDATE SET full_name = excluded.full_name, \
+    save_persons(tx, std::slice::from_ref(row)).await
+}
+
+/// Inserts or replaces the rows of `rows` (personal ID numbers all different), a few hundred per
+/// statement.
+pub async fn save_persons(
+    tx: &mut StoreTransaction<'_>,
+    rows: &[PersonRow],
+) -> Result<(), ProjectionError> {
+    let rows = rows
+        .iter()
+        .map(person_params)
+        .collect::<Result<Vec<_>, _>>()?;
+    upsert(
+        tx,
+        &format!("INSERT INTO projection_persons ({PERSON_COLUMNS})"),
+        "ON CONFLICT (personal_id) DO UPDATE SET full_name = excluded.full_name, \
          date_of_birth = excluded.date_of_birth, sex = excluded.sex, \
          vital_status = excluded.vital_status, date_of_death = excluded.date_of_death, \
          death_life_event_id = excluded.death_life_event_id, \
@@ -494,10 +565,15 @@ pub async fn save_person(
          residence_address = excluded.residence_address, insured = excluded.insured, \
          insurance_card_number = excluded.insurance_card_number, \
          insurance_valid_until = excluded.insurance_valid_until, facts = excluded.facts, \
-         life_events = excluded.life_events, updated_at = excluded.updated_at"
-    );
+         life_events = excluded.life_events, updated_at = excluded.updated_at",
+        rows,
+    )
+    .await
+}
+
+fn person_params(row: &PersonRow) -> Result<Vec<Param>, ProjectionError> {
     let residence = row.residence.as_ref();
-    let params = vec![
+    Ok(vec![
         Param::Text(row.personal_id.as_str().to_owned()),
         Param::Text(row.full_name.clone()),
         Param::Date(row.date_of_birth),
@@ -514,8 +590,7 @@ pub async fn save_person(
         Param::Json(Some(to_json(&row.facts)?)),
         Param::Json(Some(to_json(&row.life_events)?)),
         Param::Time(Some(row.updated_at)),
-    ];
-    execute(tx.connection(), sql, params).await
+    ])
 }
 
 pub async fn load_life_event_status(
@@ -547,51 +622,67 @@ pub async fn save_life_event_status(
     tx: &mut StoreTransaction<'_>,
     row: &LifeEventStatusRow,
 ) -> Result<(), ProjectionError> {
-    let sql = "INSERT INTO projection_life_events (life_event_id, kind, reference, office, \
-               recorded_on, late, voided, corrections, updated_at) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-               ON CONFLICT (life_event_id) DO UPDATE SET kind = excluded.kind, \
-               reference = excluded.reference, office = excluded.office, \
-               recorded_on = excluded.recorded_on, late = excluded.late, \
-               voided = excluded.voided, corrections = excluded.corrections, \
-               updated_at = excluded.updated_at"
-        .to_owned();
-    let params = vec![
-        Param::Uuid(Some(row.life_event_id)),
-        Param::Text(enum_str(&row.kind)?),
-        Param::Text(row.reference.as_str().to_owned()),
-        Param::Text(row.office.as_str().to_owned()),
-        Param::Date(Some(row.recorded_on)),
-        Param::Bool(row.late),
-        Param::Bool(row.voided),
-        Param::Int(i64::from(row.corrections)),
-        Param::Time(Some(row.updated_at)),
-    ];
-    execute(tx.connection(), sql, params).await?;
-    for procedure in &row.procedures {
-        let sql = "INSERT INTO projection_life_event_procedures (life_event_id, procedure, \
-                   state, task_id, opened_at, closed_at, due_at, overdue, detail) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                   ON CONFLICT (life_event_id, procedure) DO UPDATE SET \
-                   state = excluded.state, task_id = excluded.task_id, \
-                   opened_at = excluded.opened_at, closed_at = excluded.closed_at, \
-                   due_at = excluded.due_at, overdue = excluded.overdue, \
-                   detail = excluded.detail"
-            .to_owned();
-        let params = vec![
+    save_life_event_statuses(tx, std::slice::from_ref(row)).await
+}
+
+/// Inserts or replaces the rows of `rows` (life event ids all different) and each of their
+/// procedure rows: two statements per few hundred rows.
+pub async fn save_life_event_statuses(
+    tx: &mut StoreTransaction<'_>,
+    rows: &[LifeEventStatusRow],
+) -> Result<(), ProjectionError> {
+    let mut events = Vec::with_capacity(rows.len());
+    let mut procedures = Vec::new();
+    for row in rows {
+        events.push(vec![
             Param::Uuid(Some(row.life_event_id)),
-            Param::Text(procedure.procedure.as_str().to_owned()),
-            Param::Text(procedure.state.as_str().to_owned()),
-            Param::Uuid(procedure.task_id),
-            Param::Time(procedure.opened_at),
-            Param::Time(procedure.closed_at),
-            Param::Time(procedure.due_at),
-            Param::Bool(procedure.overdue),
-            Param::OptText(procedure.detail.clone()),
-        ];
-        execute(tx.connection(), sql, params).await?;
+            Param::Text(enum_str(&row.kind)?),
+            Param::Text(row.reference.as_str().to_owned()),
+            Param::Text(row.office.as_str().to_owned()),
+            Param::Date(Some(row.recorded_on)),
+            Param::Bool(row.late),
+            Param::Bool(row.voided),
+            Param::Int(i64::from(row.corrections)),
+            Param::Time(Some(row.updated_at)),
+        ]);
+        for procedure in &row.procedures {
+            procedures.push(vec![
+                Param::Uuid(Some(row.life_event_id)),
+                Param::Text(procedure.procedure.as_str().to_owned()),
+                Param::Text(procedure.state.as_str().to_owned()),
+                Param::Uuid(procedure.task_id),
+                Param::Time(procedure.opened_at),
+                Param::Time(procedure.closed_at),
+                Param::Time(procedure.due_at),
+                Param::Bool(procedure.overdue),
+                Param::OptText(procedure.detail.clone()),
+            ]);
+        }
     }
-    Ok(())
+    upsert(
+        tx,
+        "INSERT INTO projection_life_events (life_event_id, kind, reference, office, \
+         recorded_on, late, voided, corrections, updated_at)",
+        "ON CONFLICT (life_event_id) DO UPDATE SET kind = excluded.kind, \
+         reference = excluded.reference, office = excluded.office, \
+         recorded_on = excluded.recorded_on, late = excluded.late, \
+         voided = excluded.voided, corrections = excluded.corrections, \
+         updated_at = excluded.updated_at",
+        events,
+    )
+    .await?;
+    upsert(
+        tx,
+        "INSERT INTO projection_life_event_procedures (life_event_id, procedure, \
+         state, task_id, opened_at, closed_at, due_at, overdue, detail)",
+        "ON CONFLICT (life_event_id, procedure) DO UPDATE SET \
+         state = excluded.state, task_id = excluded.task_id, \
+         opened_at = excluded.opened_at, closed_at = excluded.closed_at, \
+         due_at = excluded.due_at, overdue = excluded.overdue, \
+         detail = excluded.detail",
+        procedures,
+    )
+    .await
 }
 
 /// Empties every projection table and forgets the checkpoints of `subscribers`, inside `tx`.

@@ -66,9 +66,7 @@ impl Subscriber for InboxProjection {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for row in self.held.drain() {
-            projections::save_task(tx, &row).await?;
-        }
+        projections::save_tasks(tx, &self.held.drain()).await?;
         Ok(())
     }
 }

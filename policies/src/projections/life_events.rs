@@ -106,9 +106,7 @@ impl Subscriber for LifeEventStatusProjection {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for row in self.held.drain() {
-            projections::save_life_event_status(tx, &row).await?;
-        }
+        projections::save_life_event_statuses(tx, &self.held.drain()).await?;
         Ok(())
     }
 }

@@ -7,21 +7,22 @@
 //! payments), corrections (the declaration is applied again; a deceased replaced by a correction
 //! is alive again) and voids (the record's links are marked voided; a death voided is undone).
 //! What an event needs beyond itself (the task a completion belongs to, the declaration a void
-//! undoes) is read from the log in the subscription's transaction, as of the event being handled.
+//! undoes) is what the log held just before the event: remembered from the events handled
+//! before it, else read from the log in the subscription's transaction.
 //! Known gap: voiding a birth does not yet mark the child's link (the child's number is not in
 //! the birth's stream).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lifeline_model::codec;
 use lifeline_model::declaration::{Declaration, Residence};
-use lifeline_model::envelope::{RecordedEvent, StreamId};
+use lifeline_model::envelope::{LogCursor, RecordedEvent, StreamId};
 use lifeline_model::life_event::{LifeEvent, LifeEventEvent};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::SystemEvent;
-use lifeline_model::task::{Application, TaskEvent, TaskOutcome};
+use lifeline_model::task::{Application, TaskCreated, TaskEvent, TaskOutcome};
 use lifeline_model::values::PersonalId;
 use lifeline_store::projections::{
     self, Insurance, PersonFact, PersonLifeEvent, PersonRole, PersonRow, VitalStatus,
@@ -41,6 +42,73 @@ pub const PERSON_PROJECTION: &str = "projection-persons";
 #[derive(Debug, Default)]
 pub struct PersonProjection {
     rows: HeldPersons,
+    log: LogMemory,
+}
+
+/// What the projection remembers of the log itself (never of its own rows, so a rolled-back
+/// batch leaves nothing wrong here): each life event's state and each task's `TaskCreated`, with
+/// the cursor they stand at. An event after that cursor finds what it needs here instead of
+/// reading the stream back; anything else (a restart, an event handled again after a rollback,
+/// memory forgotten) reads the stream as before. Forgotten wholesale past
+/// [`LOG_MEMORY_ENTRIES`] entries, which bounds the memory.
+#[derive(Debug, Default)]
+struct LogMemory {
+    life_events: HashMap<Uuid, (LogCursor, LifeEvent)>,
+    tasks: HashMap<Uuid, (LogCursor, TaskCreated)>,
+}
+
+/// Entries [`LogMemory`] keeps of each kind before forgetting them all.
+const LOG_MEMORY_ENTRIES: usize = 20_000;
+
+impl LogMemory {
+    /// The life event as its stream stood before `event`.
+    async fn life_event_before(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+        life_event_id: Uuid,
+    ) -> Result<LifeEvent, SubscriberError> {
+        match self.life_events.get(&life_event_id) {
+            Some((cursor, state)) if *cursor < event.cursor() => Ok(state.clone()),
+            _ => life_event_before(tx, event, life_event_id).await,
+        }
+    }
+
+    /// Remembers the life event's state after `event`, an event of its stream, if what is
+    /// remembered stands before it.
+    fn life_event_after(&mut self, event: &RecordedEvent, life_event_id: Uuid, state: LifeEvent) {
+        if let Some((cursor, _)) = self.life_events.get(&life_event_id) {
+            if *cursor >= event.cursor() {
+                return;
+            }
+        }
+        if self.life_events.len() >= LOG_MEMORY_ENTRIES {
+            self.life_events.clear();
+        }
+        self.life_events
+            .insert(life_event_id, (event.cursor(), state));
+    }
+
+    /// The `TaskCreated` of a task, if it comes before `event`.
+    async fn task_created(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+        task_id: Uuid,
+    ) -> Result<Option<TaskCreated>, SubscriberError> {
+        match self.tasks.get(&task_id) {
+            Some((cursor, created)) if *cursor < event.cursor() => Ok(Some(created.clone())),
+            _ => task_created(tx, event, task_id).await,
+        }
+    }
+
+    fn task_created_at(&mut self, event: &RecordedEvent, created: &TaskCreated) {
+        if self.tasks.len() >= LOG_MEMORY_ENTRIES {
+            self.tasks.clear();
+        }
+        self.tasks
+            .insert(created.task_id, (event.cursor(), created.clone()));
+    }
 }
 
 impl PersonProjection {
@@ -301,17 +369,33 @@ impl Subscriber for PersonProjection {
         };
         let at = event.metadata.recorded_at;
         let rows = &mut self.rows;
+        let log = &mut self.log;
         match decoded {
             DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
-                let declaration = Declaration::Birth(birth.declaration);
-                apply_declaration(tx, rows, &declaration, birth.life_event_id, at).await?;
+                let life_event_id = birth.life_event_id;
+                let declaration = Declaration::Birth(birth.declaration.clone());
+                apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
+                if event.stream_version.0 == 1 {
+                    let mut state = LifeEvent::default();
+                    fold_life_event(&mut state, LifeEventEvent::BirthRecorded(birth));
+                    log.life_event_after(event, life_event_id, state);
+                }
             }
             DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => {
-                let declaration = Declaration::Death(death.declaration);
-                apply_declaration(tx, rows, &declaration, death.life_event_id, at).await?;
+                let life_event_id = death.life_event_id;
+                let declaration = Declaration::Death(death.declaration.clone());
+                apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
+                if event.stream_version.0 == 1 {
+                    let mut state = LifeEvent::default();
+                    fold_life_event(&mut state, LifeEventEvent::DeathRecorded(death));
+                    log.life_event_after(event, life_event_id, state);
+                }
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
-                let before = life_event_before(tx, event, corrected.life_event_id).await?;
+                let before = log
+                    .life_event_before(tx, event, corrected.life_event_id)
+                    .await?;
+                let mut after = before.clone();
                 let now_named: Vec<PersonalId> = named_persons(&corrected.declaration)
                     .into_iter()
                     .map(|named| named.personal_id)
@@ -339,17 +423,31 @@ impl Subscriber for PersonProjection {
                     at,
                 )
                 .await?;
+                let life_event_id = corrected.life_event_id;
+                fold_life_event(&mut after, LifeEventEvent::LifeEventCorrected(corrected));
+                log.life_event_after(event, life_event_id, after);
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventVoided(voided)) => {
-                let before = life_event_before(tx, event, voided.life_event_id).await?;
+                let before = log
+                    .life_event_before(tx, event, voided.life_event_id)
+                    .await?;
+                let mut after = before.clone();
                 if let Some(before) = before.declaration {
                     for named in named_persons(&before) {
                         undo(tx, rows, &named.personal_id, voided.life_event_id, true, at).await?;
                     }
                 }
+                let life_event_id = voided.life_event_id;
+                fold_life_event(&mut after, LifeEventEvent::LifeEventVoided(voided));
+                log.life_event_after(event, life_event_id, after);
+            }
+            DecodedEvent::Task(TaskEvent::TaskCreated(created)) => {
+                log.task_created_at(event, &created);
             }
             DecodedEvent::System(SystemEvent::PersonalIdAssigned(assigned)) => {
-                let birth = life_event_before(tx, event, assigned.life_event_id).await?;
+                let birth = log
+                    .life_event_before(tx, event, assigned.life_event_id)
+                    .await?;
                 let residence = match birth.declaration {
                     Some(Declaration::Birth(birth)) => Some(birth.residence),
                     _ => None,
@@ -374,7 +472,7 @@ impl Subscriber for PersonProjection {
                 rows.save(row);
             }
             DecodedEvent::Task(TaskEvent::TaskCompleted(completed)) => {
-                let Some(created) = task_created(tx, event, completed.task_id).await? else {
+                let Some(created) = log.task_created(tx, event, completed.task_id).await? else {
                     return Ok(());
                 };
                 let Some((id_field, name_field)) = subject_field(created.procedure) else {
@@ -419,9 +517,7 @@ impl Subscriber for PersonProjection {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        for row in self.rows.drain() {
-            projections::save_person(tx, &row).await?;
-        }
+        projections::save_persons(tx, &self.rows.drain()).await?;
         Ok(())
     }
 }
@@ -520,7 +616,7 @@ async fn task_created(
     tx: &mut StoreTransaction<'_>,
     event: &RecordedEvent,
     task_id: Uuid,
-) -> Result<Option<lifeline_model::task::TaskCreated>, SubscriberError> {
+) -> Result<Option<TaskCreated>, SubscriberError> {
     let stream = StreamId::for_kind("task", task_id).map_err(SubscriberError::failed)?;
     for stored in tx.read_stream(&stream).await? {
         if stored.cursor() >= event.cursor() {

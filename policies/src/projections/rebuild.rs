@@ -2,7 +2,7 @@
 //! every event (or every event recorded before a time) through the live subscribers' code.
 
 use chrono::{DateTime, Utc};
-use lifeline_model::envelope::RecordedEvent;
+use lifeline_model::envelope::{LogCursor, RecordedEvent};
 use lifeline_store::projections::{self, ProjectionError};
 use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
 
@@ -49,52 +49,117 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
     let mut cursor = store.load_checkpoint(&name).await?;
     let mut handled = 0_u64;
     loop {
-        let mut batch = store.read_all(cursor, CATCH_UP_BATCH).await?;
-        let mut reached_cutoff = false;
-        if let Some(cutoff) = recorded_before {
-            if let Some(first_late) = batch
-                .iter()
-                .position(|event: &RecordedEvent| event.metadata.recorded_at >= cutoff)
-            {
-                batch.truncate(first_late);
-                reached_cutoff = true;
-            }
-        }
+        let (batch, reached_cutoff) = read_batch(store, cursor, recorded_before).await?;
         let Some(last) = batch.last() else {
             return Ok(handled);
         };
         let next = last.cursor();
-        let mut tx = store.begin().await?;
-        subscriber.begin_batch();
-        for event in &batch {
-            if let Err(source) = subscriber.handle(&mut tx, event).await {
-                tx.rollback().await?;
-                return Err(ProjectionsError::Handler {
-                    subscriber: name,
-                    event_id: event.event_id,
-                    source,
-                });
-            }
-        }
-        if let Err(source) = subscriber.end_batch(&mut tx).await {
-            tx.rollback().await?;
-            return Err(ProjectionsError::Handler {
-                subscriber: name,
-                event_id: last.event_id,
-                source,
-            });
-        }
-        if !tx.advance_checkpoint(&name, cursor, next).await? {
-            tx.rollback().await?;
-            return Err(ProjectionsError::CheckpointMoved { subscriber: name });
-        }
-        tx.commit().await?;
+        apply_batch(store, subscriber, cursor, &batch).await?;
         handled += batch.len() as u64;
         cursor = next;
         if reached_cutoff {
             return Ok(handled);
         }
     }
+}
+
+/// [`catch_up`] for several subscribers standing at the same checkpoint: each batch is read
+/// once and handed to every subscriber, each in its own transaction, all at once.
+async fn catch_up_together(
+    store: &EventStore,
+    subscribers: &mut [Box<dyn Subscriber>],
+    recorded_before: Option<DateTime<Utc>>,
+) -> Result<u64, ProjectionsError> {
+    let Some(first) = subscribers.first() else {
+        return Ok(0);
+    };
+    let mut cursor = store.load_checkpoint(first.name()).await?;
+    for subscriber in subscribers.iter() {
+        if store.load_checkpoint(subscriber.name()).await? != cursor {
+            return Err(ProjectionsError::CheckpointMoved {
+                subscriber: subscriber.name().to_owned(),
+            });
+        }
+    }
+    let mut handled = 0_u64;
+    loop {
+        let (batch, reached_cutoff) = read_batch(store, cursor, recorded_before).await?;
+        let Some(last) = batch.last() else {
+            return Ok(handled);
+        };
+        let next = last.cursor();
+        futures::future::try_join_all(
+            subscribers
+                .iter_mut()
+                .map(|subscriber| apply_batch(store, subscriber.as_mut(), cursor, &batch)),
+        )
+        .await?;
+        handled += batch.len() as u64;
+        cursor = next;
+        if reached_cutoff {
+            return Ok(handled);
+        }
+    }
+}
+
+/// The next batch after `cursor`, cut before the first event recorded at or after
+/// `recorded_before`; true if it was cut there (nothing after it is wanted).
+async fn read_batch(
+    store: &EventStore,
+    cursor: LogCursor,
+    recorded_before: Option<DateTime<Utc>>,
+) -> Result<(Vec<RecordedEvent>, bool), ProjectionsError> {
+    let mut batch = store.read_all(cursor, CATCH_UP_BATCH).await?;
+    if let Some(cutoff) = recorded_before {
+        if let Some(first_late) = batch
+            .iter()
+            .position(|event: &RecordedEvent| event.metadata.recorded_at >= cutoff)
+        {
+            batch.truncate(first_late);
+            return Ok((batch, true));
+        }
+    }
+    Ok((batch, false))
+}
+
+/// Handles `batch` (not empty, read after `cursor`) in one transaction that also moves the
+/// subscriber's checkpoint from `cursor` to the batch's last event.
+async fn apply_batch<S: Subscriber + ?Sized>(
+    store: &EventStore,
+    subscriber: &mut S,
+    cursor: LogCursor,
+    batch: &[RecordedEvent],
+) -> Result<(), ProjectionsError> {
+    let name = subscriber.name().to_owned();
+    let Some(last) = batch.last() else {
+        return Ok(());
+    };
+    let mut tx = store.begin().await?;
+    subscriber.begin_batch();
+    for event in batch {
+        if let Err(source) = subscriber.handle(&mut tx, event).await {
+            tx.rollback().await?;
+            return Err(ProjectionsError::Handler {
+                subscriber: name,
+                event_id: event.event_id,
+                source,
+            });
+        }
+    }
+    if let Err(source) = subscriber.end_batch(&mut tx).await {
+        tx.rollback().await?;
+        return Err(ProjectionsError::Handler {
+            subscriber: name,
+            event_id: last.event_id,
+            source,
+        });
+    }
+    if !tx.advance_checkpoint(&name, cursor, last.cursor()).await? {
+        tx.rollback().await?;
+        return Err(ProjectionsError::CheckpointMoved { subscriber: name });
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Empties every projection table, forgets the projections' checkpoints and replays the whole
@@ -126,8 +191,9 @@ async fn rebuild(
     projections::clear_projections(&mut tx, &PROJECTION_NAMES).await?;
     tx.commit().await?;
     let mut report = RebuildReport::default();
-    for mut subscriber in projection_subscribers() {
-        let handled = catch_up(store, subscriber.as_mut(), recorded_before).await?;
+    let mut subscribers = projection_subscribers();
+    let handled = catch_up_together(store, &mut subscribers, recorded_before).await?;
+    for subscriber in &subscribers {
         tracing::info!(
             projection = subscriber.name(),
             handled,
