@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, CqrsFramework, EventStore as _};
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent,
+};
+use cqrs_es::{
+    Aggregate, AggregateContext, AggregateError, CqrsFramework, EventEnvelope, EventStore as _,
+};
 use lifeline_model::codec;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput, Declaration,
@@ -98,9 +102,24 @@ pub struct LoadedLifeEvent {
     pub events: Vec<RecordedEvent>,
 }
 
+/// What a record command did.
+enum Executed {
+    /// Appended the record's first event at this position.
+    Appended(GlobalPosition),
+    /// Went through cqrs-es (or found its events stored already): the position is read back;
+    /// `true` if a retried request found its record already made.
+    Replayed(bool),
+}
+
+fn persistence_error(error: PersistenceError) -> RegistryError {
+    RegistryError::from(AggregateError::<DomainError>::from(error))
+}
+
 /// The registrar's side of Lifeline.
 pub struct Registry {
     store: EventStore,
+    /// The repository under both cqrs-es stores, for new records appended directly.
+    repository: LifelineRepository,
     life_events: LifeEventFramework,
     /// The same cqrs-es store the framework runs on, for commands whose content depends on the
     /// state they are decided on (corrections): load, decide and commit against one version.
@@ -115,10 +134,11 @@ impl Registry {
         let repository = LifelineRepository::new(store.clone()).with_office_signer(signer);
         let event_store = PersistedEventStore::new_event_store(repository.clone())
             .with_upcasters(codec::upcasters());
-        let direct =
-            PersistedEventStore::new_event_store(repository).with_upcasters(codec::upcasters());
+        let direct = PersistedEventStore::new_event_store(repository.clone())
+            .with_upcasters(codec::upcasters());
         Self {
             store,
+            repository,
             life_events: CqrsFramework::new(event_store, vec![], ()),
             event_store: direct,
         }
@@ -139,8 +159,18 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
-        let replayed = self.execute_new(actor, &stream_id, command).await?;
-        let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
+        let recorded = match self.execute_new(actor, &stream_id, command).await? {
+            Executed::Appended(position) => Recorded {
+                life_event_id,
+                reference: Reference::for_life_event(life_event_id),
+                position,
+                stream_id,
+                replayed: false,
+            },
+            Executed::Replayed(replayed) => {
+                self.recorded(life_event_id, stream_id, replayed).await?
+            }
+        };
         if actor.idempotency_key.is_some() {
             self.same_declaration(&recorded, &Declaration::Birth(declaration))
                 .await?;
@@ -163,8 +193,18 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
-        let replayed = self.execute_new(actor, &stream_id, command).await?;
-        let recorded = self.recorded(life_event_id, stream_id, replayed).await?;
+        let recorded = match self.execute_new(actor, &stream_id, command).await? {
+            Executed::Appended(position) => Recorded {
+                life_event_id,
+                reference: Reference::for_life_event(life_event_id),
+                position,
+                stream_id,
+                replayed: false,
+            },
+            Executed::Replayed(replayed) => {
+                self.recorded(life_event_id, stream_id, replayed).await?
+            }
+        };
         if actor.idempotency_key.is_some() {
             self.same_declaration(&recorded, &Declaration::Death(declaration))
                 .await?;
@@ -325,9 +365,12 @@ impl Registry {
         actor: &Actor,
         stream_id: &StreamId,
         command: LifeEventCommand,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<Executed, RegistryError> {
         if actor.idempotency_key.is_some() {
-            return self.execute(actor, stream_id, command).await;
+            return self
+                .execute(actor, stream_id, command)
+                .await
+                .map(Executed::Replayed);
         }
         let mut context = EventStoreAggregateContext {
             aggregate_id: stream_id.as_str().to_owned(),
@@ -341,12 +384,35 @@ impl Registry {
             .handle(command, &(), &sink)
             .await
             .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
-        let events = sink.collect().await;
-        self.event_store
-            .commit(events, context, self.metadata(actor, stream_id))
+        // What cqrs-es's `commit` does for a new aggregate (wrap, serialise, persist), keeping
+        // the append's answer: the record's position, without reading the stream back.
+        let metadata = self.metadata(actor, stream_id);
+        let serialized = sink
+            .collect()
             .await
-            .map_err(RegistryError::from)?;
-        Ok(false)
+            .into_iter()
+            .zip(1..)
+            .map(|(payload, sequence)| {
+                SerializedEvent::try_from(&EventEnvelope::<LifeEvent> {
+                    aggregate_id: context.aggregate_id.clone(),
+                    sequence,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(persistence_error)?;
+        match self
+            .repository
+            .append_serialized(&serialized)
+            .await
+            .map_err(persistence_error)?
+        {
+            Some(outcome) if !outcome.already_stored => {
+                Ok(Executed::Appended(outcome.first_position))
+            }
+            _ => Ok(Executed::Replayed(false)),
+        }
     }
 
     async fn execute(

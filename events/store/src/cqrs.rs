@@ -28,6 +28,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
 
+use crate::append::AppendOutcome;
 use crate::error::{AppendError, StoreError};
 use crate::store::EventStore;
 
@@ -93,46 +94,16 @@ impl LifelineRepository {
     pub fn store(&self) -> &EventStore {
         &self.store
     }
-}
 
-impl PersistedEventRepository for LifelineRepository {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.get_last_events::<A>(aggregate_id, 0).await
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let stream = parse_stream(aggregate_id)?;
-        let after = i64::try_from(last_sequence)
-            .map_err(|_| unknown(MappingError::Sequence(last_sequence)))?;
-        let events = self
-            .store
-            .read_stream_after(&stream, StreamVersion(after))
-            .await
-            .map_err(store_error)?;
-        events.iter().map(to_serialized::<A>).collect()
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        _aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        Ok(None)
-    }
-
-    async fn persist<A: Aggregate>(
+    /// What `persist` does (signs, maps, appends one aggregate's events), answering where the
+    /// events went: `None` if the batch was stored before under the same event ids (a retried
+    /// command), which changes nothing.
+    pub async fn append_serialized(
         &self,
         events: &[SerializedEvent],
-        _snapshot_update: Option<(String, Value, usize)>,
-    ) -> Result<(), PersistenceError> {
+    ) -> Result<Option<AppendOutcome>, PersistenceError> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(None);
         };
         if let Some(other) = events
             .iter()
@@ -178,7 +149,7 @@ impl PersistedEventRepository for LifelineRepository {
             }
         }
         match self.store.append(&stream, expected, &new_events).await {
-            Ok(_) => Ok(()),
+            Ok(outcome) => Ok(Some(outcome)),
             Err(AppendError::Conflict { .. }) => Err(PersistenceError::OptimisticLockError),
             // Every event id of the batch is stored in this stream already: the command (same
             // command id) was applied before and is being retried; it changes nothing.
@@ -187,10 +158,50 @@ impl PersistedEventRepository for LifelineRepository {
                 stored_count,
                 batch_len,
                 ..
-            }) if stored_stream == stream && stored_count == batch_len => Ok(()),
+            }) if stored_stream == stream && stored_count == batch_len => Ok(None),
             Err(AppendError::Store(error)) => Err(store_error(error)),
             Err(error) => Err(unknown(error)),
         }
+    }
+}
+
+impl PersistedEventRepository for LifelineRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.get_last_events::<A>(aggregate_id, 0).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let stream = parse_stream(aggregate_id)?;
+        let after = i64::try_from(last_sequence)
+            .map_err(|_| unknown(MappingError::Sequence(last_sequence)))?;
+        let events = self
+            .store
+            .read_stream_after(&stream, StreamVersion(after))
+            .await
+            .map_err(store_error)?;
+        events.iter().map(to_serialized::<A>).collect()
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        self.append_serialized(events).await.map(|_| ())
     }
 
     async fn stream_events<A: Aggregate>(
