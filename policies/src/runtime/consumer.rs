@@ -4,7 +4,8 @@
 //! `PolicyFailed` is recorded and the message terminated.
 //!
 //! Within a process a consumer handles up to `lanes` messages at once, one lane per hash of the
-//! event's stream id, so the events of one stream keep their order.
+//! event's stream id, so the events of one stream keep their order. Messages that queue up in a
+//! lane are handled together, in one transaction (falling back to one by one if it fails).
 //!
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
@@ -191,6 +192,9 @@ pub async fn run_policy_consumer(
 /// A message and its payload parsed as an [`EventNotice`] (once, to route it).
 type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
 
+/// The most messages a lane handles in one transaction.
+const LANE_BATCH: usize = 16;
+
 struct Lanes {
     senders: Vec<mpsc::Sender<Parsed>>,
     tasks: tokio::task::JoinSet<()>,
@@ -207,15 +211,25 @@ impl Lanes {
             let (sender, mut receiver) = mpsc::channel::<Parsed>(16);
             let (worker, shutdown) = (Arc::clone(worker), shutdown.clone());
             tasks.spawn(async move {
-                while let Some((message, notice)) = receiver.recv().await {
+                while let Some(first) = receiver.recv().await {
+                    // What queued up behind the first message is handled with it.
+                    let mut batch = vec![first];
+                    while batch.len() < LANE_BATCH {
+                        match receiver.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
                     if *shutdown.borrow() {
-                        // Another process takes it at once.
-                        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                            tracing::debug!(%error, "cannot nak a message at shutdown");
+                        // Another process takes them at once.
+                        for (message, _) in batch {
+                            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                                tracing::debug!(%error, "cannot nak a message at shutdown");
+                            }
                         }
                         continue;
                     }
-                    worker.handle_message(&message, notice).await;
+                    worker.handle_messages(batch).await;
                 }
             });
             senders.push(sender);
@@ -337,6 +351,54 @@ impl Worker {
         Ok(())
     }
 
+    /// Handles the messages a lane took at once, in order. First deliveries of wanted events
+    /// go through one transaction together (one commit instead of one each), then are acked.
+    /// If that transaction fails, nothing of it stays: the event that failed counts that as its
+    /// attempt (nak'd with its retry delay, as alone), and the others are handled on their own.
+    /// Anything else (a redelivery, an unreadable message) is handled on its own from the start.
+    async fn handle_messages(&self, batch: Vec<Parsed>) {
+        let together = batch.len() > 1
+            && batch.iter().all(|(message, notice)| {
+                matches!(message.info(), Ok(info) if info.delivered == 1)
+                    && matches!(notice, Ok(notice) if self.handler.wants(&self.policy, &notice.event_type))
+            });
+        if together {
+            let event_ids: Vec<Uuid> = batch
+                .iter()
+                .filter_map(|(_, notice)| notice.as_ref().ok().map(|notice| notice.event_id))
+                .collect();
+            match self.apply_all(&event_ids).await {
+                Ok(()) => {
+                    futures::future::join_all(
+                        batch
+                            .iter()
+                            .map(|(message, _)| self.finish(message, AckKind::Ack)),
+                    )
+                    .await;
+                    return;
+                }
+                Err((failed, error)) => {
+                    tracing::debug!(policy = %self.policy, count = batch.len(), %error, "a lane's batch failed; handling its messages one by one");
+                    for (index, (message, notice)) in batch.into_iter().enumerate() {
+                        match notice {
+                            // The failing event's attempt for this delivery was the batch's.
+                            Ok(notice) if Some(index) == failed => {
+                                let outcome =
+                                    self.after_attempt(&notice, 1, Err(error.clone())).await;
+                                self.conclude(&message, &notice, outcome).await;
+                            }
+                            notice => self.handle_message(&message, notice).await,
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        for (message, notice) in batch {
+            self.handle_message(&message, notice).await;
+        }
+    }
+
     /// Handles `message`, whose payload the lanes have already parsed into `notice`.
     async fn handle_message(
         &self,
@@ -363,7 +425,13 @@ impl Worker {
             self.finish(message, AckKind::Ack).await;
             return;
         }
-        match self.run_policy(&notice, delivered).await {
+        let outcome = self.run_policy(&notice, delivered).await;
+        self.conclude(message, &notice, outcome).await;
+    }
+
+    /// Acks, terminates or naks (with the retry delay) `message` after its policy run.
+    async fn conclude(&self, message: &jetstream::Message, notice: &EventNotice, outcome: Outcome) {
+        match outcome {
             Outcome::Done => self.finish(message, AckKind::Ack).await,
             Outcome::GaveUp => self.finish(message, AckKind::Term).await,
             Outcome::Retry { attempt, error } => {
@@ -378,7 +446,18 @@ impl Worker {
 
     /// Applies the policy; on the last attempt records `PolicyFailed` instead of retrying.
     async fn run_policy(&self, notice: &EventNotice, delivered: u32) -> Outcome {
-        let error = match self.apply(notice.event_id).await {
+        let result = self.apply(notice.event_id).await;
+        self.after_attempt(notice, delivered, result).await
+    }
+
+    /// What comes of an attempt: done, a retry, or (after the last attempt) `PolicyFailed`.
+    async fn after_attempt(
+        &self,
+        notice: &EventNotice,
+        delivered: u32,
+        result: Result<(), String>,
+    ) -> Outcome {
+        let error = match result {
             Ok(()) => return Outcome::Done,
             Err(error) => error,
         };
@@ -398,21 +477,32 @@ impl Worker {
     }
 
     async fn apply(&self, event_id: Uuid) -> Result<(), String> {
+        self.apply_all(&[event_id])
+            .await
+            .map_err(|(_, error)| error)
+    }
+
+    /// Applies the policy to each event, in order, in one transaction. On failure, nothing
+    /// stays; the error comes with the index of the event it came from, if one did.
+    async fn apply_all(&self, event_ids: &[Uuid]) -> Result<(), (Option<usize>, String)> {
         let mut tx = self
             .store
             .begin()
             .await
-            .map_err(|error| error.to_string())?;
-        let event = tx
-            .event_by_id(event_id)
-            .await
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| RuntimeError::EventMissing { event_id }.to_string())?;
-        self.handler
-            .apply(&self.policy, &mut tx, &event)
-            .await
-            .map_err(|error| error.to_string())?;
-        tx.commit().await.map_err(|error| error.to_string())
+            .map_err(|error| (None, error.to_string()))?;
+        for (index, &event_id) in event_ids.iter().enumerate() {
+            let failed = |error: String| (Some(index), error);
+            let event = tx
+                .event_by_id(event_id)
+                .await
+                .map_err(|error| failed(error.to_string()))?
+                .ok_or_else(|| failed(RuntimeError::EventMissing { event_id }.to_string()))?;
+            self.handler
+                .apply(&self.policy, &mut tx, &event)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+        }
+        tx.commit().await.map_err(|error| (None, error.to_string()))
     }
 
     async fn give_up(
