@@ -39,6 +39,8 @@ backend_tests!(
     projections_follow_a_birth_and_a_death,
     rebuild_equals_live_and_as_of_replays_a_prefix,
     restarted_projections_double_nothing,
+    a_batch_rolled_back_and_handled_again_ends_as_a_rebuild,
+    many_rows_are_saved_in_chunks,
     watcher_marks_a_late_task_exactly_once,
 );
 
@@ -58,6 +60,10 @@ fn today() -> NaiveDate {
 }
 
 fn birth_declaration(hometown: &str) -> BirthDeclaration {
+    birth_declaration_with_father(hometown, FATHER)
+}
+
+fn birth_declaration_with_father(hometown: &str, father: &str) -> BirthDeclaration {
     let input: BirthDeclarationInput = serde_json::from_value(json!({
         "office": "79-26734",
         "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
@@ -65,7 +71,7 @@ fn birth_declaration(hometown: &str) -> BirthDeclaration {
                    "ethnicity": "Kinh", "nationality": "VN" },
         "mother": { "full_name": "Trần Thị Bích", "personal_id": MOTHER, "date_of_birth": "1990-04-02",
                     "ethnicity": "Kinh", "nationality": "VN" },
-        "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": FATHER, "date_of_birth": "1988-07-09",
+        "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": father, "date_of_birth": "1988-07-09",
                     "ethnicity": "Kinh", "nationality": "VN" },
         "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
         "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": "2026-11-20" },
@@ -900,4 +906,99 @@ async fn watcher_marks_a_late_task_exactly_once(store: EventStore) {
         .unwrap()
         .is_empty());
     assert_eq!(check_overdue_once(&store, now).await.unwrap(), 0);
+}
+
+/// A batch whose transaction rolls back (a failure at its end) is handled again by the same
+/// subscriber objects: what they remember of the log (the person projection's life events and
+/// task creations) must not stand in for "the log before this event" on the second pass, or
+/// the correction would undo nothing. The result equals a rebuild by fresh subscribers.
+async fn a_batch_rolled_back_and_handled_again_ends_as_a_rebuild(store: EventStore) {
+    let mut scenario = record_scenario(&store).await;
+    // A second correction names another father: the first father's link is undone only if
+    // the correction is handled against the declaration before it.
+    scenario.last_position = append(
+        &store,
+        &stream("birth", scenario.birth_id),
+        &LifeEventEvent::LifeEventCorrected(LifeEventCorrected {
+            life_event_id: scenario.birth_id,
+            reason: "father misnamed".into(),
+            recorded_on: today(),
+            changed_fields: vec!["father.personal_id".into()],
+            declaration: Declaration::Birth(birth_declaration_with_father(
+                "Đồng Nai",
+                "079088007777",
+            )),
+        }),
+        at(23, 0),
+    )
+    .await;
+    // The gap-free reader hides events while an older transaction (another test's) runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_head(&store).await.global_position < scenario.last_position {
+        assert!(
+            Instant::now() < deadline,
+            "the scenario never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let events = store.read_all(LogCursor::START, 10_000).await.unwrap();
+    assert!(events.last().unwrap().global_position.0 >= scenario.last_position);
+    let mut subscribers = lifeline_policies::projections::projection_subscribers();
+    for subscriber in &mut subscribers {
+        let mut tx = store.begin().await.unwrap();
+        subscriber.begin_batch();
+        for event in &events {
+            subscriber.handle(&mut tx, event).await.unwrap();
+        }
+        subscriber.end_batch(&mut tx).await.unwrap();
+        tx.rollback().await.unwrap();
+    }
+    for subscriber in &mut subscribers {
+        let handled = lifeline_policies::projections::catch_up(&store, subscriber.as_mut(), None)
+            .await
+            .unwrap();
+        assert_eq!(handled, events.len() as u64);
+    }
+    let replayed = snapshot(&store, &scenario).await;
+    rebuild_projections(&store).await.unwrap();
+    assert_eq!(replayed, snapshot(&store, &scenario).await);
+}
+
+/// More rows than one multi-row statement carries (500) are saved, every one, and saving them
+/// again replaces them.
+async fn many_rows_are_saved_in_chunks(store: EventStore) {
+    let office = lifeline_model::values::OfficeCode::parse("79-26734").unwrap();
+    let rows: Vec<TaskRow> = (0..1_201)
+        .map(|index| TaskRow {
+            task_id: Uuid::now_v7(),
+            procedure: ProcedureId::BirthRegistration,
+            agency: ProcedureId::BirthRegistration.agency(),
+            office: office.clone(),
+            life_event_id: Uuid::now_v7(),
+            status: TaskStatus::Open,
+            claimed_by: None,
+            due_at: at(25, 0),
+            overdue: false,
+            created_at: at(20, 0),
+            updated_at: at(20, 0),
+            application: Application(Default::default()),
+            outcome: None,
+            reason: Some(format!("row {index}")),
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    projections::save_tasks(&mut tx, &rows).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut changed = rows.clone();
+    for row in &mut changed {
+        row.status = TaskStatus::Claimed;
+        row.claimed_by = Some("civil-1".to_owned());
+    }
+    let mut tx = store.begin().await.unwrap();
+    projections::save_tasks(&mut tx, &changed).await.unwrap();
+    tx.commit().await.unwrap();
+    for (index, row) in changed.iter().enumerate() {
+        let stored = projections::task(&store, row.task_id).await.unwrap();
+        assert_eq!(stored.as_ref(), Some(row), "row {index}");
+    }
 }
