@@ -179,22 +179,26 @@ fn letters(mut index: usize) -> String {
 }
 
 /// The birth of `DESIGN.md` (every field the birth procedures need), numbered by `index`: the
-/// `POST /v1/births` body.
+/// `POST /v1/births` body. Each birth has parents of its own (the serial digits of their
+/// personal ID numbers follow `index`), as in a registry's real day; the same two parents on
+/// every birth would grow two person rows without end.
 pub(crate) fn birth_body(index: usize) -> Value {
     let born = today() - chrono::Days::new(2);
+    let mother_id = format!("079190{:06}", index % 1_000_000);
+    let father_id = format!("079088{:06}", index % 1_000_000);
     json!({
       "office": "79-26734",
       "child": { "full_name": format!("Nguyễn Minh An {}", letters(index)), "sex": "female",
                  "date_of_birth": born.to_string(),
                  "place_of_birth": "Bệnh viện Từ Dũ, TP. Hồ Chí Minh", "hometown": "TP. Hồ Chí Minh",
                  "ethnicity": "Kinh", "nationality": "VN" },
-      "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "date_of_birth": "1990-04-02",
+      "mother": { "full_name": "Trần Thị Bích", "personal_id": mother_id, "date_of_birth": "1990-04-02",
                   "ethnicity": "Kinh", "nationality": "VN" },
-      "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": "079088004321", "date_of_birth": "1988-07-09",
+      "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": father_id, "date_of_birth": "1988-07-09",
                   "ethnicity": "Kinh", "nationality": "VN" },
       "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi, Phường Bến Nghé" },
       "birth_notice": { "number": format!("TD-2026-{index:06}"), "issuer": "Bệnh viện Từ Dũ", "date": born.to_string() },
-      "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "relationship": "mother",
+      "declarant": { "full_name": "Trần Thị Bích", "personal_id": mother_id, "relationship": "mother",
                      "phone": "+84901234567" },
       "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
     })
