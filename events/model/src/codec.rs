@@ -32,6 +32,11 @@ pub trait EventFamily: Serialize + DeserializeOwned {
         Self::current_version(self.event_type()).unwrap_or(1)
     }
 
+    /// The event of type `event_type` from its body at the current schema version, read in
+    /// place (no copy of the body); `None` if the type is not of this enum.
+    fn from_current_body(event_type: &str, body: &Value)
+        -> Option<Result<Self, serde_json::Error>>;
+
     /// The current schema version of `event_type`, if it belongs to this enum.
     fn current_version(event_type: &str) -> Option<u32> {
         Self::SCHEMAS
@@ -50,6 +55,18 @@ macro_rules! event_family {
             fn event_type(&self) -> &'static str {
                 match self {
                     $(Self::$variant(_) => stringify!($variant)),+
+                }
+            }
+
+            fn from_current_body(
+                event_type: &str,
+                body: &Value,
+            ) -> Option<Result<Self, serde_json::Error>> {
+                match event_type {
+                    $(stringify!($variant) => {
+                        Some(serde::Deserialize::deserialize(body).map(Self::$variant))
+                    })+
+                    _ => None,
                 }
             }
         }
@@ -167,8 +184,24 @@ pub fn decode<E: EventFamily>(
     })
 }
 
-/// [`decode`] of a stored event.
+/// [`decode`] of a stored event. A body stored at the current version is read in place,
+/// without copying it.
 pub fn decode_recorded<E: EventFamily>(event: &RecordedEvent) -> Result<E, DecodeError> {
+    let event_type = event.event_type.as_str();
+    if E::current_version(event_type) == Some(event.schema_version) {
+        let body = match &event.payload {
+            Value::Object(tagged) if tagged.len() == 1 => {
+                tagged.get(event_type).unwrap_or(&event.payload)
+            }
+            other => other,
+        };
+        if let Some(decoded) = E::from_current_body(event_type, body) {
+            return decoded.map_err(|source| DecodeError::Payload {
+                event_type: event_type.to_owned(),
+                source,
+            });
+        }
+    }
     decode(
         &event.event_type,
         event.schema_version,
