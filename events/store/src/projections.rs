@@ -11,6 +11,8 @@
 //! Times are stored with microsecond precision (PostgreSQL `timestamptz`; on SQLite fixed-width
 //! UTC text, so that text order is time order).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use lifeline_model::declaration::Residence;
 use lifeline_model::life_event::Reference;
@@ -428,6 +430,105 @@ pub async fn life_event_status_by_reference(
 // ---------------------------------------------------------------------------------------------
 // Loads and saves for the projection subscribers, inside their transaction.
 
+/// The most keys one `IN (...)` lookup carries.
+const LOOKUP_KEYS: usize = 500;
+
+/// `<sql> IN ($1, .., $n)` for every chunk of `keys`: the rows of all chunks.
+async fn fetch_in<T>(
+    tx: &mut StoreTransaction<'_>,
+    sql: &str,
+    keys: Vec<Param>,
+    decode: impl Fn(&dyn Columns) -> Result<T, ProjectionError> + Copy,
+) -> Result<Vec<T>, ProjectionError> {
+    let mut found = Vec::new();
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let chunk: Vec<Param> = keys.by_ref().take(LOOKUP_KEYS).collect();
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let statement = format!("{sql} IN ({})", placeholders.join(", "));
+        found.extend(fetch(tx.connection(), statement, chunk, decode).await?);
+    }
+    Ok(found)
+}
+
+/// The stored rows of these tasks (those that exist), in one lookup per few hundred ids.
+pub async fn load_tasks(
+    tx: &mut StoreTransaction<'_>,
+    task_ids: &[Uuid],
+) -> Result<Vec<TaskRow>, ProjectionError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM projection_tasks WHERE task_id");
+    let keys = task_ids.iter().map(|id| Param::Uuid(Some(*id))).collect();
+    fetch_in(tx, &sql, keys, decode_task).await
+}
+
+/// The stored rows of these persons (those that exist), in one lookup per few hundred numbers.
+pub async fn load_persons(
+    tx: &mut StoreTransaction<'_>,
+    personal_ids: &[PersonalId],
+) -> Result<Vec<PersonRow>, ProjectionError> {
+    let sql = format!("SELECT {PERSON_COLUMNS} FROM projection_persons WHERE personal_id");
+    let keys = personal_ids
+        .iter()
+        .map(|id| Param::Text(id.as_str().to_owned()))
+        .collect();
+    fetch_in(tx, &sql, keys, decode_person).await
+}
+
+/// For each of these tasks that a procedure row names: (task id, life event id).
+pub async fn life_events_of_tasks(
+    tx: &mut StoreTransaction<'_>,
+    task_ids: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>, ProjectionError> {
+    let sql = "SELECT task_id, life_event_id FROM projection_life_event_procedures WHERE task_id";
+    let keys = task_ids.iter().map(|id| Param::Uuid(Some(*id))).collect();
+    fetch_in(tx, sql, keys, |row| {
+        Ok((row.uuid("task_id")?, row.uuid("life_event_id")?))
+    })
+    .await
+}
+
+/// The stored status rows of these life events (those that exist), procedures included.
+pub async fn load_life_event_statuses(
+    tx: &mut StoreTransaction<'_>,
+    life_event_ids: &[Uuid],
+) -> Result<Vec<LifeEventStatusRow>, ProjectionError> {
+    let sql = "SELECT life_event_id, kind, reference, office, recorded_on, late, voided, \
+               corrections, updated_at FROM projection_life_events WHERE life_event_id";
+    let keys: Vec<Param> = life_event_ids
+        .iter()
+        .map(|id| Param::Uuid(Some(*id)))
+        .collect();
+    let mut statuses = fetch_in(tx, sql, keys, decode_life_event).await?;
+    if statuses.is_empty() {
+        return Ok(statuses);
+    }
+    let sql = "SELECT life_event_id, procedure, state, task_id, opened_at, closed_at, due_at, \
+               overdue, detail FROM projection_life_event_procedures WHERE life_event_id";
+    let keys = statuses
+        .iter()
+        .map(|status| Param::Uuid(Some(status.life_event_id)))
+        .collect();
+    let procedures = fetch_in(tx, sql, keys, |row| {
+        Ok((row.uuid("life_event_id")?, decode_procedure(row)?))
+    })
+    .await?;
+    let mut by_life_event: HashMap<Uuid, Vec<ProcedureStatusRow>> = HashMap::new();
+    for (life_event_id, procedure) in procedures {
+        by_life_event
+            .entry(life_event_id)
+            .or_default()
+            .push(procedure);
+    }
+    for status in &mut statuses {
+        let mut procedures = by_life_event
+            .remove(&status.life_event_id)
+            .unwrap_or_default();
+        procedures.sort_by_key(|row| procedure_order(row.procedure));
+        status.procedures = procedures;
+    }
+    Ok(statuses)
+}
+
 pub async fn load_task(
     tx: &mut StoreTransaction<'_>,
     task_id: Uuid,
@@ -821,48 +922,58 @@ async fn load_life_event_on(
                corrections, updated_at FROM projection_life_events WHERE life_event_id = $1"
         .to_owned();
     let params = vec![Param::Uuid(Some(life_event_id))];
-    let rows = fetch(reborrow(&mut conn), sql, params, |row| {
-        Ok(LifeEventStatusRow {
-            life_event_id: row.uuid("life_event_id")?,
-            kind: row.parsed("kind")?,
-            reference: row.parsed("reference")?,
-            office: row.parsed("office")?,
-            recorded_on: required(row, "recorded_on", row.date("recorded_on")?)?,
-            late: row.boolean("late")?,
-            voided: row.boolean("voided")?,
-            corrections: u32::try_from(row.int("corrections")?).unwrap_or(u32::MAX),
-            updated_at: required(row, "updated_at", row.time("updated_at")?)?,
-            procedures: Vec::new(),
-        })
-    })
-    .await?;
+    let rows = fetch(reborrow(&mut conn), sql, params, decode_life_event).await?;
     let Some(mut status) = rows.into_iter().next() else {
         return Ok(None);
     };
     let sql = "SELECT procedure, state, task_id, opened_at, closed_at, due_at, overdue, detail \
                FROM projection_life_event_procedures WHERE life_event_id = $1"
         .to_owned();
-    let mut procedures = fetch(conn, sql, vec![Param::Uuid(Some(life_event_id))], |row| {
-        Ok(ProcedureStatusRow {
-            procedure: row.parsed("procedure")?,
-            state: row.parsed("state")?,
-            task_id: row.opt_uuid("task_id")?,
-            opened_at: row.time("opened_at")?,
-            closed_at: row.time("closed_at")?,
-            due_at: row.time("due_at")?,
-            overdue: row.boolean("overdue")?,
-            detail: row.opt_text("detail")?,
-        })
-    })
+    let mut procedures = fetch(
+        conn,
+        sql,
+        vec![Param::Uuid(Some(life_event_id))],
+        decode_procedure,
+    )
     .await?;
-    let group_order = |procedure: ProcedureId| {
-        ProcedureId::ALL
-            .iter()
-            .position(|candidate| *candidate == procedure)
-    };
-    procedures.sort_by_key(|row| group_order(row.procedure));
+    procedures.sort_by_key(|row| procedure_order(row.procedure));
     status.procedures = procedures;
     Ok(Some(status))
+}
+
+/// Procedure rows in the order of `ProcedureId::ALL`.
+fn procedure_order(procedure: ProcedureId) -> Option<usize> {
+    ProcedureId::ALL
+        .iter()
+        .position(|candidate| *candidate == procedure)
+}
+
+fn decode_life_event(row: &dyn Columns) -> Result<LifeEventStatusRow, ProjectionError> {
+    Ok(LifeEventStatusRow {
+        life_event_id: row.uuid("life_event_id")?,
+        kind: row.parsed("kind")?,
+        reference: row.parsed("reference")?,
+        office: row.parsed("office")?,
+        recorded_on: required(row, "recorded_on", row.date("recorded_on")?)?,
+        late: row.boolean("late")?,
+        voided: row.boolean("voided")?,
+        corrections: u32::try_from(row.int("corrections")?).unwrap_or(u32::MAX),
+        updated_at: required(row, "updated_at", row.time("updated_at")?)?,
+        procedures: Vec::new(),
+    })
+}
+
+fn decode_procedure(row: &dyn Columns) -> Result<ProcedureStatusRow, ProjectionError> {
+    Ok(ProcedureStatusRow {
+        procedure: row.parsed("procedure")?,
+        state: row.parsed("state")?,
+        task_id: row.opt_uuid("task_id")?,
+        opened_at: row.time("opened_at")?,
+        closed_at: row.time("closed_at")?,
+        due_at: row.time("due_at")?,
+        overdue: row.boolean("overdue")?,
+        detail: row.opt_text("detail")?,
+    })
 }
 
 fn reborrow<'a>(conn: &'a mut TransactionConnection<'_>) -> TransactionConnection<'a> {

@@ -37,6 +37,17 @@ pub trait Subscriber: Send {
     /// may have been rolled back.
     fn begin_batch(&mut self) {}
 
+    /// Called after [`Subscriber::begin_batch`] with the whole batch, in its transaction,
+    /// before any [`Subscriber::handle`]: a subscriber may look up here, in a few statements,
+    /// the rows the batch will need (instead of one lookup per event).
+    async fn prepare_batch(
+        &mut self,
+        _tx: &mut StoreTransaction<'_>,
+        _events: &[RecordedEvent],
+    ) -> Result<(), SubscriberError> {
+        Ok(())
+    }
+
     /// Called after the last event of a batch, in its transaction, before the checkpoint moves:
     /// a subscriber writes here what it held back (one save per row instead of one per event).
     async fn end_batch(&mut self, _tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
@@ -108,6 +119,16 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
         let next = last.cursor();
         let mut tx = store.begin().await?;
         subscriber.begin_batch();
+        if let Err(source) = subscriber.prepare_batch(&mut tx, &batch).await {
+            tx.rollback().await?;
+            tracing::warn!(subscriber = %name, error = %source, "subscriber failed to prepare its batch; rolled back");
+            return Err(SubscriptionError::Handler {
+                subscriber: name,
+                event_id: last.event_id,
+                cursor: last.cursor(),
+                source,
+            });
+        }
         for event in &batch {
             if let Err(source) = subscriber.handle(&mut tx, event).await {
                 tx.rollback().await?;

@@ -1,5 +1,7 @@
 //! The agency inbox projection: one row per task, folded from the task's events.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::task::{TaskEvent, TaskStatus};
@@ -7,7 +9,7 @@ use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, task_id_of, DecodedEvent, HeldRows};
+use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the inbox projection.
 pub const INBOX_PROJECTION: &str = "projection-inbox";
@@ -20,6 +22,7 @@ pub const INBOX_PROJECTION: &str = "projection-inbox";
 pub struct InboxProjection {
     /// The rows of the tasks this batch changed, as folded so far.
     held: HeldRows<Uuid, TaskRow>,
+    decoded: DecodedBatch,
 }
 
 impl InboxProjection {
@@ -40,7 +43,7 @@ impl Subscriber for InboxProjection {
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError> {
         let Some(DecodedEvent::Task(task_event)) =
-            decode_event(event).map_err(SubscriberError::failed)?
+            self.decoded.take(event).map_err(SubscriberError::failed)?
         else {
             return Ok(());
         };
@@ -49,7 +52,10 @@ impl Subscriber for InboxProjection {
             Some(row) => Some(row),
             // A task's first event creates its row: nothing to load.
             None if matches!(task_event, TaskEvent::TaskCreated(_)) => None,
-            None => projections::load_task(tx, task_id).await?,
+            None => match self.held.known(&task_id) {
+                Some(known) => known.cloned(),
+                None => projections::load_task(tx, task_id).await?,
+            },
         };
         match apply_task_event(row, &task_event) {
             Some(row) => self.held.put(task_id, row),
@@ -63,6 +69,41 @@ impl Subscriber for InboxProjection {
 
     fn begin_batch(&mut self) {
         self.held.clear();
+        self.decoded.clear();
+    }
+
+    /// Looks up at once the stored rows of the tasks whose events the batch continues.
+    async fn prepare_batch(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), SubscriberError> {
+        self.decoded.fill(events).map_err(SubscriberError::failed)?;
+        let mut created = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::new();
+        for event in events {
+            match self.decoded.get(&event.event_id) {
+                Some(DecodedEvent::Task(TaskEvent::TaskCreated(task))) => {
+                    created.insert(task.task_id);
+                }
+                Some(DecodedEvent::Task(task_event)) => {
+                    let task_id = task_id_of(task_event);
+                    if !created.contains(&task_id) && seen.insert(task_id) {
+                        wanted.push(task_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let stored = projections::load_tasks(tx, &wanted).await?;
+        for task_id in wanted {
+            self.held.know(task_id, None);
+        }
+        for row in stored {
+            self.held.know(row.task_id, Some(row));
+        }
+        Ok(())
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {

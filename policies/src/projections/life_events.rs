@@ -1,6 +1,8 @@
 //! The life-event status projection: each life event (kind, reference, office, late, voided,
 //! corrections) and where each procedure of its group stands.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lifeline_model::declaration::Declaration;
@@ -13,7 +15,7 @@ use lifeline_store::projections::{self, LifeEventStatusRow, ProcedureState, Proc
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, task_id_of, DecodedEvent, HeldRows};
+use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the life-event status projection.
 pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
@@ -26,6 +28,10 @@ pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
 pub struct LifeEventStatusProjection {
     /// The rows of the life events this batch changed, as folded so far.
     held: HeldRows<Uuid, LifeEventStatusRow>,
+    /// For tasks looked up ahead of the batch: the life event whose stored procedure row
+    /// names the task (`None`: none does).
+    known_tasks: HashMap<Uuid, Option<Uuid>>,
+    decoded: DecodedBatch,
 }
 
 impl LifeEventStatusProjection {
@@ -48,7 +54,10 @@ impl LifeEventStatusProjection {
         if let Some(row) = held {
             return Ok(Some(row.life_event_id));
         }
-        let stored = projections::life_event_of_task(tx, task_id).await?;
+        let stored = match self.known_tasks.get(&task_id) {
+            Some(known) => *known,
+            None => projections::life_event_of_task(tx, task_id).await?,
+        };
         // A held row no longer naming the task (a newer task replaced it) is the truth.
         Ok(stored.filter(|life_event_id| !self.held.contains(life_event_id)))
     }
@@ -65,7 +74,7 @@ impl Subscriber for LifeEventStatusProjection {
         tx: &mut StoreTransaction<'_>,
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError> {
-        let Some(decoded) = decode_event(event).map_err(SubscriberError::failed)? else {
+        let Some(decoded) = self.decoded.take(event).map_err(SubscriberError::failed)? else {
             return Ok(());
         };
         let life_event_id = match &decoded {
@@ -86,7 +95,12 @@ impl Subscriber for LifeEventStatusProjection {
         let was_held = held.is_some();
         let row = match held {
             Some(row) => Some(row),
-            None => projections::load_life_event_status(tx, life_event_id).await?,
+            // A record's first event makes its row afresh: nothing to load.
+            None if is_recorded(&decoded) => None,
+            None => match self.held.known(&life_event_id) {
+                Some(known) => known.cloned(),
+                None => projections::load_life_event_status(tx, life_event_id).await?,
+            },
         };
         let recorded_at = event.metadata.recorded_at;
         match apply_to_life_event_status(row.clone(), &decoded, recorded_at) {
@@ -103,12 +117,87 @@ impl Subscriber for LifeEventStatusProjection {
 
     fn begin_batch(&mut self) {
         self.held.clear();
+        self.known_tasks.clear();
+        self.decoded.clear();
+    }
+
+    /// Looks up at once which stored life events the batch's task events belong to, and the
+    /// stored rows of every life event the batch continues.
+    async fn prepare_batch(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), SubscriberError> {
+        self.decoded.fill(events).map_err(SubscriberError::failed)?;
+        let mut recorded = HashSet::new();
+        let mut created = HashSet::new();
+        let mut life_events = Vec::new();
+        let mut seen = HashSet::new();
+        let mut tasks = Vec::new();
+        for event in events {
+            let Some(decoded) = self.decoded.get(&event.event_id) else {
+                continue;
+            };
+            let life_event_id = match decoded {
+                DecodedEvent::LifeEvent(life_event) if is_recorded(decoded) => {
+                    recorded.insert(life_event.life_event_id());
+                    None
+                }
+                DecodedEvent::LifeEvent(life_event) => Some(life_event.life_event_id()),
+                DecodedEvent::Task(TaskEvent::TaskCreated(task)) => {
+                    created.insert(task.task_id);
+                    Some(task.life_event_id)
+                }
+                DecodedEvent::Task(task_event) => {
+                    let task_id = task_id_of(task_event);
+                    if !created.contains(&task_id) && !self.known_tasks.contains_key(&task_id) {
+                        self.known_tasks.insert(task_id, None);
+                        tasks.push(task_id);
+                    }
+                    None
+                }
+                DecodedEvent::System(SystemEvent::EligibilityDecided(decided)) => {
+                    Some(decided.life_event_id)
+                }
+                DecodedEvent::System(_) => None,
+            };
+            if let Some(id) = life_event_id {
+                if !recorded.contains(&id) && seen.insert(id) {
+                    life_events.push(id);
+                }
+            }
+        }
+        for (task_id, life_event_id) in projections::life_events_of_tasks(tx, &tasks).await? {
+            self.known_tasks.insert(task_id, Some(life_event_id));
+            if !recorded.contains(&life_event_id) && seen.insert(life_event_id) {
+                life_events.push(life_event_id);
+            }
+        }
+        let stored = projections::load_life_event_statuses(tx, &life_events).await?;
+        for id in life_events {
+            self.held.know(id, None);
+        }
+        for row in stored {
+            self.held.know(row.life_event_id, Some(row));
+        }
+        Ok(())
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
         projections::save_life_event_statuses(tx, &self.held.drain()).await?;
         Ok(())
     }
+}
+
+/// Whether `event` is a record's first event (`BirthRecorded`, `DeathRecorded`), which makes
+/// the status row afresh whatever was stored.
+fn is_recorded(event: &DecodedEvent) -> bool {
+    matches!(
+        event,
+        DecodedEvent::LifeEvent(
+            LifeEventEvent::BirthRecorded(_) | LifeEventEvent::DeathRecorded(_)
+        )
+    )
 }
 
 /// What one event does to a life event's status row. Pure. `None`: nothing to save (the event

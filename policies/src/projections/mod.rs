@@ -76,6 +76,45 @@ pub fn decode_event(event: &RecordedEvent) -> Result<Option<DecodedEvent>, Decod
     Ok(None)
 }
 
+/// A batch's events decoded once, in `Subscriber::prepare_batch`, for its look-ups ahead and
+/// then for `Subscriber::handle`.
+#[derive(Debug, Default)]
+pub(crate) struct DecodedBatch {
+    events: HashMap<uuid::Uuid, DecodedEvent>,
+}
+
+impl DecodedBatch {
+    /// Decodes every event of `events` that a projection knows, keeping them by event id.
+    pub(crate) fn fill(&mut self, events: &[RecordedEvent]) -> Result<(), DecodeError> {
+        self.events.clear();
+        for event in events {
+            if let Some(decoded) = decode_event(event)? {
+                self.events.insert(event.event_id, decoded);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, event_id: &uuid::Uuid) -> Option<&DecodedEvent> {
+        self.events.get(event_id)
+    }
+
+    /// `event` decoded: taken from the batch if it was decoded there, else decoded now.
+    pub(crate) fn take(
+        &mut self,
+        event: &RecordedEvent,
+    ) -> Result<Option<DecodedEvent>, DecodeError> {
+        match self.events.remove(&event.event_id) {
+            Some(decoded) => Ok(Some(decoded)),
+            None => decode_event(event),
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.events.clear();
+    }
+}
+
 /// The task id of any task event.
 pub fn task_id_of(event: &TaskEvent) -> uuid::Uuid {
     match event {
@@ -98,6 +137,10 @@ pub(crate) struct HeldRows<K, R> {
     /// Keys in the order first held; a key stays listed while its row is taken out to fold.
     order: Vec<K>,
     listed: HashSet<K>,
+    /// What the table held at the batch's start for keys looked up ahead
+    /// (`Subscriber::prepare_batch`); `None`: no row. The table does not change before the
+    /// batch's end, so this stands for a load until the key is held.
+    known: HashMap<K, Option<R>>,
 }
 
 impl<K, R> Default for HeldRows<K, R> {
@@ -106,6 +149,7 @@ impl<K, R> Default for HeldRows<K, R> {
             rows: HashMap::new(),
             order: Vec::new(),
             listed: HashSet::new(),
+            known: HashMap::new(),
         }
     }
 }
@@ -136,11 +180,22 @@ impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
         self.rows.insert(key, row);
     }
 
+    /// Notes what the table holds for `key` (looked up ahead of the batch; `None`: no row).
+    pub(crate) fn know(&mut self, key: K, row: Option<R>) {
+        self.known.insert(key, row);
+    }
+
+    /// What the table held for `key` at the batch's start, if it was looked up ahead.
+    pub(crate) fn known(&self, key: &K) -> Option<Option<&R>> {
+        self.known.get(key).map(Option::as_ref)
+    }
+
     /// Forgets everything (a new batch; the one before may have rolled back).
     pub(crate) fn clear(&mut self) {
         self.rows.clear();
         self.order.clear();
         self.listed.clear();
+        self.known.clear();
     }
 
     /// The held rows in the order first changed, leaving nothing held.

@@ -12,12 +12,12 @@
 //! Known gap: voiding a birth does not yet mark the child's link (the child's number is not in
 //! the birth's stream).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lifeline_model::codec;
-use lifeline_model::declaration::{Declaration, Residence};
+use lifeline_model::declaration::{BirthDeclaration, DeathDeclaration, Declaration, Residence};
 use lifeline_model::envelope::{LogCursor, RecordedEvent, StreamId};
 use lifeline_model::life_event::{LifeEvent, LifeEventEvent};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
@@ -30,7 +30,7 @@ use lifeline_store::projections::{
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{decode_event, DecodedEvent, HeldRows};
+use super::{DecodedBatch, DecodedEvent, HeldRows};
 
 /// The checkpoint name of the person registry projection.
 pub const PERSON_PROJECTION: &str = "projection-persons";
@@ -43,6 +43,7 @@ pub const PERSON_PROJECTION: &str = "projection-persons";
 pub struct PersonProjection {
     rows: HeldPersons,
     log: LogMemory,
+    decoded: DecodedBatch,
 }
 
 /// What the projection remembers of the log itself (never of its own rows, so a rolled-back
@@ -127,8 +128,12 @@ impl HeldPersons {
         tx: &mut StoreTransaction<'_>,
         personal_id: &PersonalId,
     ) -> Result<Option<PersonRow>, SubscriberError> {
-        if let Some(row) = self.get(&personal_id.as_str().to_owned()) {
+        let key = personal_id.as_str().to_owned();
+        if let Some(row) = self.get(&key) {
             return Ok(Some(row.clone()));
+        }
+        if let Some(known) = self.known(&key) {
+            return Ok(known.cloned());
         }
         Ok(projections::load_person(tx, personal_id).await?)
     }
@@ -150,40 +155,46 @@ pub struct NamedPerson {
 
 /// Everyone a declaration names with a personal ID number.
 pub fn named_persons(declaration: &Declaration) -> Vec<NamedPerson> {
-    let mut named = Vec::new();
     match declaration {
-        Declaration::Birth(birth) => {
-            for (parent, role) in [
-                (&birth.mother, PersonRole::Mother),
-                (&birth.father, PersonRole::Father),
-            ] {
-                if let Some(parent) = parent {
-                    if let Some(personal_id) = &parent.personal_id {
-                        named.push(NamedPerson {
-                            personal_id: personal_id.clone(),
-                            full_name: parent.full_name.as_str().to_owned(),
-                            date_of_birth: parent.date_of_birth,
-                            residence: parent.residence.clone(),
-                            role,
-                        });
-                    }
-                }
-            }
-            named.push(declarant(&birth.declarant));
-        }
-        Declaration::Death(death) => {
-            if let Some(personal_id) = &death.deceased.personal_id {
+        Declaration::Birth(birth) => named_in_birth(birth),
+        Declaration::Death(death) => named_in_death(death),
+    }
+}
+
+fn named_in_birth(birth: &BirthDeclaration) -> Vec<NamedPerson> {
+    let mut named = Vec::new();
+    for (parent, role) in [
+        (&birth.mother, PersonRole::Mother),
+        (&birth.father, PersonRole::Father),
+    ] {
+        if let Some(parent) = parent {
+            if let Some(personal_id) = &parent.personal_id {
                 named.push(NamedPerson {
                     personal_id: personal_id.clone(),
-                    full_name: death.deceased.full_name.as_str().to_owned(),
-                    date_of_birth: death.deceased.date_of_birth,
-                    residence: death.deceased.residence.clone(),
-                    role: PersonRole::Deceased,
+                    full_name: parent.full_name.as_str().to_owned(),
+                    date_of_birth: parent.date_of_birth,
+                    residence: parent.residence.clone(),
+                    role,
                 });
             }
-            named.push(declarant(&death.declarant));
         }
     }
+    named.push(declarant(&birth.declarant));
+    named
+}
+
+fn named_in_death(death: &DeathDeclaration) -> Vec<NamedPerson> {
+    let mut named = Vec::new();
+    if let Some(personal_id) = &death.deceased.personal_id {
+        named.push(NamedPerson {
+            personal_id: personal_id.clone(),
+            full_name: death.deceased.full_name.as_str().to_owned(),
+            date_of_birth: death.deceased.date_of_birth,
+            residence: death.deceased.residence.clone(),
+            role: PersonRole::Deceased,
+        });
+    }
+    named.push(declarant(&death.declarant));
     named
 }
 
@@ -364,7 +375,7 @@ impl Subscriber for PersonProjection {
         tx: &mut StoreTransaction<'_>,
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError> {
-        let Some(decoded) = decode_event(event).map_err(SubscriberError::failed)? else {
+        let Some(decoded) = self.decoded.take(event).map_err(SubscriberError::failed)? else {
             return Ok(());
         };
         let at = event.metadata.recorded_at;
@@ -373,21 +384,29 @@ impl Subscriber for PersonProjection {
         match decoded {
             DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
                 let life_event_id = birth.life_event_id;
-                let declaration = Declaration::Birth(birth.declaration.clone());
+                let declaration = Declaration::Birth(birth.declaration);
                 apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
                 if event.stream_version.0 == 1 {
-                    let mut state = LifeEvent::default();
-                    fold_life_event(&mut state, LifeEventEvent::BirthRecorded(birth));
+                    // The record's first event: what `fold_life_event` makes of it.
+                    let state = LifeEvent {
+                        life_event_id: Some(life_event_id),
+                        declaration: Some(declaration),
+                        ..LifeEvent::default()
+                    };
                     log.life_event_after(event, life_event_id, state);
                 }
             }
             DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => {
                 let life_event_id = death.life_event_id;
-                let declaration = Declaration::Death(death.declaration.clone());
+                let declaration = Declaration::Death(death.declaration);
                 apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
                 if event.stream_version.0 == 1 {
-                    let mut state = LifeEvent::default();
-                    fold_life_event(&mut state, LifeEventEvent::DeathRecorded(death));
+                    // The record's first event: what `fold_life_event` makes of it.
+                    let state = LifeEvent {
+                        life_event_id: Some(life_event_id),
+                        declaration: Some(declaration),
+                        ..LifeEvent::default()
+                    };
                     log.life_event_after(event, life_event_id, state);
                 }
             }
@@ -475,15 +494,10 @@ impl Subscriber for PersonProjection {
                 let Some(created) = log.task_created(tx, event, completed.task_id).await? else {
                     return Ok(());
                 };
-                let Some((id_field, name_field)) = subject_field(created.procedure) else {
+                let Some((_, name_field)) = subject_field(created.procedure) else {
                     return Ok(());
                 };
-                let Some(personal_id) = created
-                    .application
-                    .get(id_field)
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|raw| PersonalId::parse(raw).ok())
-                else {
+                let Some(personal_id) = task_subject(&created) else {
                     return Ok(());
                 };
                 let row = match rows.load(tx, &personal_id).await? {
@@ -514,6 +528,70 @@ impl Subscriber for PersonProjection {
 
     fn begin_batch(&mut self) {
         self.rows.clear();
+        self.decoded.clear();
+    }
+
+    /// Looks up at once the stored rows of the persons the batch names: in declarations, in
+    /// number assignments, and as the subject of completed tasks whose creation is known (in
+    /// the batch or remembered). Others (a void's persons) are loaded when handled.
+    async fn prepare_batch(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), SubscriberError> {
+        self.decoded.fill(events).map_err(SubscriberError::failed)?;
+        let mut created: HashMap<Uuid, &TaskCreated> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::new();
+        let mut want = |personal_id: PersonalId| {
+            if seen.insert(personal_id.as_str().to_owned()) {
+                wanted.push(personal_id);
+            }
+        };
+        for event in events {
+            match self.decoded.get(&event.event_id) {
+                Some(DecodedEvent::LifeEvent(life_event)) => {
+                    let named = match life_event {
+                        LifeEventEvent::BirthRecorded(birth) => named_in_birth(&birth.declaration),
+                        LifeEventEvent::DeathRecorded(death) => named_in_death(&death.declaration),
+                        LifeEventEvent::LifeEventCorrected(corrected) => {
+                            named_persons(&corrected.declaration)
+                        }
+                        LifeEventEvent::LifeEventVoided(_) => Vec::new(),
+                    };
+                    for named in named {
+                        want(named.personal_id);
+                    }
+                }
+                Some(DecodedEvent::System(SystemEvent::PersonalIdAssigned(assigned))) => {
+                    want(assigned.personal_id.clone());
+                }
+                Some(DecodedEvent::Task(TaskEvent::TaskCreated(task))) => {
+                    created.insert(task.task_id, task);
+                }
+                Some(DecodedEvent::Task(TaskEvent::TaskCompleted(completed))) => {
+                    let task = created.get(&completed.task_id).copied().or_else(|| {
+                        self.log
+                            .tasks
+                            .get(&completed.task_id)
+                            .map(|(_, created)| created)
+                    });
+                    if let Some(personal_id) = task.and_then(task_subject) {
+                        want(personal_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let stored = projections::load_persons(tx, &wanted).await?;
+        for personal_id in wanted {
+            self.rows.know(personal_id.as_str().to_owned(), None);
+        }
+        for row in stored {
+            self.rows
+                .know(row.personal_id.as_str().to_owned(), Some(row));
+        }
+        Ok(())
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
@@ -569,6 +647,16 @@ async fn undo(
         held.save(apply_unnamed(row, life_event_id, voided, at));
     }
     Ok(())
+}
+
+/// The person a task's procedure is about (the number in its application), if any.
+fn task_subject(created: &TaskCreated) -> Option<PersonalId> {
+    let (id_field, _) = subject_field(created.procedure)?;
+    created
+        .application
+        .get(id_field)
+        .and_then(serde_json::Value::as_str)
+        .and_then(|raw| PersonalId::parse(raw).ok())
 }
 
 /// The life event as its stream stood before `event` (in commit order).

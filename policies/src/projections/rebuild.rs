@@ -64,7 +64,8 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
 }
 
 /// [`catch_up`] for several subscribers standing at the same checkpoint: each batch is read
-/// once and handed to every subscriber, each in its own transaction, all at once.
+/// once (the next one while this one is handled) and handed to every subscriber, each in its
+/// own transaction, all at once.
 async fn catch_up_together(
     store: &EventStore,
     subscribers: &mut [Box<dyn Subscriber>],
@@ -82,23 +83,28 @@ async fn catch_up_together(
         }
     }
     let mut handled = 0_u64;
+    let mut read = read_batch(store, cursor, recorded_before).await?;
     loop {
-        let (batch, reached_cutoff) = read_batch(store, cursor, recorded_before).await?;
+        let (batch, reached_cutoff) = read;
         let Some(last) = batch.last() else {
             return Ok(handled);
         };
         let next = last.cursor();
-        futures::future::try_join_all(
+        let applied = futures::future::try_join_all(
             subscribers
                 .iter_mut()
                 .map(|subscriber| apply_batch(store, subscriber.as_mut(), cursor, &batch)),
-        )
-        .await?;
+        );
+        if reached_cutoff {
+            applied.await?;
+            return Ok(handled + batch.len() as u64);
+        }
+        // The next batch is read while this one is handled.
+        let (applied, next_read) = tokio::join!(applied, read_batch(store, next, recorded_before));
+        applied?;
+        read = next_read?;
         handled += batch.len() as u64;
         cursor = next;
-        if reached_cutoff {
-            return Ok(handled);
-        }
     }
 }
 
@@ -136,6 +142,14 @@ async fn apply_batch<S: Subscriber + ?Sized>(
     };
     let mut tx = store.begin().await?;
     subscriber.begin_batch();
+    if let Err(source) = subscriber.prepare_batch(&mut tx, batch).await {
+        tx.rollback().await?;
+        return Err(ProjectionsError::Handler {
+            subscriber: name,
+            event_id: last.event_id,
+            source,
+        });
+    }
     for event in batch {
         if let Err(source) = subscriber.handle(&mut tx, event).await {
             tx.rollback().await?;
