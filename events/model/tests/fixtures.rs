@@ -320,3 +320,51 @@ fn domain_event_names_match_the_codec() {
     );
     assert_eq!(new_event.payload["death"]["time_known"], json!(false));
 }
+
+/// `decode_recorded` reads a current body in place; it must answer what `decode` answers, for
+/// bare and tagged payloads, current and old versions, and refuse the same bad payloads.
+#[test]
+fn decoding_a_recorded_event_in_place_equals_decode() {
+    use lifeline_model::envelope::{
+        EventMetadata, GlobalPosition, RecordedEvent, StreamId, StreamVersion,
+    };
+    let recorded = |event_type: &str, version: u32, payload: Value| RecordedEvent {
+        global_position: GlobalPosition(1),
+        transaction_id: 1,
+        stream_id: StreamId::for_kind("birth", uuid::Uuid::nil()).unwrap(),
+        stream_version: StreamVersion(1),
+        event_id: uuid::Uuid::nil(),
+        event_type: event_type.to_owned(),
+        schema_version: version,
+        payload,
+        metadata: EventMetadata::system("test", uuid::Uuid::nil(), None, chrono::Utc::now()),
+    };
+    for (event_type, version) in [
+        ("BirthRecorded", 1),
+        ("BirthRecorded", 2),
+        ("DeathRecorded", 2),
+    ] {
+        let body = fixture(event_type, version);
+        let expected: LifeEventEvent = decode(event_type, version, body.clone()).unwrap();
+        for payload in [body.clone(), codec::to_cqrs_payload(event_type, body)] {
+            let event = recorded(event_type, version, payload);
+            let decoded: LifeEventEvent = codec::decode_recorded(&event).unwrap();
+            assert_eq!(decoded, expected, "{event_type} v{version}");
+        }
+    }
+    let bad = recorded("LifeEventVoided", 1, json!({ "reason": 1 }));
+    assert!(matches!(
+        codec::decode_recorded::<LifeEventEvent>(&bad),
+        Err(DecodeError::Payload { .. })
+    ));
+    let other_family = recorded("TaskClaimed", 1, fixture("TaskClaimed", 1));
+    assert!(matches!(
+        codec::decode_recorded::<LifeEventEvent>(&other_family),
+        Err(DecodeError::UnknownEventType { .. })
+    ));
+    let task: TaskEvent = codec::decode_recorded(&other_family).unwrap();
+    assert_eq!(
+        task,
+        decode::<TaskEvent>("TaskClaimed", 1, fixture("TaskClaimed", 1)).unwrap()
+    );
+}
