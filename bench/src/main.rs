@@ -34,6 +34,13 @@ fn levels(args: &[String], default: &[usize]) -> Vec<usize> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs only when asked (`RUST_LOG=warn`, say): to stderr, apart from the RESULT lines.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first().cloned() else {
         anyhow::bail!("{USAGE}");

@@ -125,6 +125,8 @@ struct Chain {
     first_log: Option<Instant>,
     first_inbox: Option<Instant>,
     completed: Option<Instant>,
+    /// When the completion's `TaskCompleted` became readable in the log (for `W3_TRACE`).
+    completed_log: Option<Instant>,
     second_log: Vec<Instant>,
     second_inbox: Vec<Instant>,
 }
@@ -133,6 +135,8 @@ struct Shared {
     chains: HashMap<Uuid, Chain>,
     /// Inbox rows to look for: task id -> (life event, first step?).
     pending_inbox: HashMap<Uuid, (Uuid, bool)>,
+    /// First-step task id -> life event.
+    first_tasks: HashMap<Uuid, Uuid>,
 }
 
 /// Posts births at `rate`/s for `duration` to `api_base` (open loop), follows every chain on
@@ -151,6 +155,7 @@ pub(crate) async fn drive_chains(
     let shared = Arc::new(Mutex::new(Shared {
         chains: HashMap::new(),
         pending_inbox: HashMap::new(),
+        first_tasks: HashMap::new(),
     }));
     let (stop_monitor, monitor_stop) = watch::channel(false);
     let (to_agency, agency_inbox) = mpsc::unbounded_channel();
@@ -261,6 +266,25 @@ pub(crate) async fn drive_chains(
             ));
         }
     }
+    if std::env::var_os("W3_TRACE").is_some() {
+        // Where the slow second steps spent their time (seconds since the first request).
+        let at = |instant: Option<Instant>| {
+            instant.map_or(-1.0, |instant| (instant - started).as_secs_f64())
+        };
+        for chain in shared.chains.values() {
+            let second = chain.second_log.iter().max().copied();
+            if since(chain.completed, second)
+                .is_some_and(|latency| latency > Duration::from_secs(1))
+            {
+                eprintln!(
+                    "{label} slow second step: completed {:.3} in-log {:.3} second-tasks {:.3}",
+                    at(chain.completed),
+                    at(chain.completed_log),
+                    at(second)
+                );
+            }
+        }
+    }
     let births = http.len();
     let achieved = births as f64 / sending.as_secs_f64();
     let note = format!(
@@ -326,6 +350,23 @@ async fn monitor(
             let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             for event in page
                 .iter()
+                .filter(|event| event.event_type == "TaskCompleted")
+            {
+                if let Ok(TaskEvent::TaskCompleted(completed)) = decode_recorded::<TaskEvent>(event)
+                {
+                    if let Some(life_event_id) = shared.first_tasks.get(&completed.task_id).copied()
+                    {
+                        shared
+                            .chains
+                            .entry(life_event_id)
+                            .or_default()
+                            .completed_log
+                            .get_or_insert(now);
+                    }
+                }
+            }
+            for event in page
+                .iter()
                 .filter(|event| event.event_type == "TaskCreated")
             {
                 let Ok(TaskEvent::TaskCreated(created)) = decode_recorded::<TaskEvent>(event)
@@ -337,6 +378,9 @@ async fn monitor(
                 if first {
                     chain.first_log.get_or_insert(now);
                     chain.first_task = Some(created.task_id);
+                    shared
+                        .first_tasks
+                        .insert(created.task_id, created.life_event_id);
                 } else {
                     chain.second_log.push(now);
                 }
