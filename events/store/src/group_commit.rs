@@ -3,7 +3,7 @@
 //! and idempotency.
 //!
 //! On PostgreSQL a group is written by the fast path (`batch`: one statement for a group of new
-//! streams, else lock + write + commit), and up to [`PARALLEL_GROUPS`] groups are in flight at
+//! streams, else lock + write + commit), and up to [`parallel_groups`] groups are in flight at
 //! once, so a group gathers while the one before it commits. An append the fast path cannot
 //! settle runs on the careful path afterwards, alone. On SQLite (one writer) groups run one
 //! after another, each append in a savepoint of the group's transaction.
@@ -21,8 +21,13 @@ use crate::store::{BackendKind, EventStore};
 /// The most appends one transaction takes.
 pub(crate) const MAX_GROUP: usize = 128;
 
-/// How many groups may be in flight at once on PostgreSQL.
-pub(crate) const PARALLEL_GROUPS: usize = 4;
+/// How many groups may be in flight at once on PostgreSQL: one per core, at least 2 (one
+/// group is written while the one before commits) and at most 8. Measured on 2 cores (W1 at
+/// concurrency 32): 1 group 10.4k appends/s, 2 groups 13.5-14.8k/s, 4 groups 10.3k/s (smaller
+/// groups, more commits).
+fn parallel_groups() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get().clamp(2, 8))
+}
 
 /// How many appends may wait for the committer before callers queue on the channel.
 const QUEUE: usize = 1024;
@@ -83,7 +88,7 @@ async fn run(
     requests: mpsc::WeakSender<Request>,
 ) {
     let parallel = match store.backend() {
-        BackendKind::Postgres => PARALLEL_GROUPS,
+        BackendKind::Postgres => parallel_groups(),
         BackendKind::Sqlite => 1,
     };
     // Under load each slot keeps its connection from group to group (no pool round trip, no
