@@ -581,9 +581,10 @@ async fn a_nats_outage_during_500_births_loses_and_doubles_nothing() {
         real_engine(None),
         test_settings(&bus, 3),
     );
-    // Spread over the outage below.
-    let births = record_births(&store, 500, Duration::from_millis(15));
-    wait_for_tasks_at_least(&store, 50).await;
+    // Spread over the outage below (10 s of births; the outage starts once the chain runs,
+    // which under a loaded machine may take a few seconds).
+    let births = record_births(&store, 500, Duration::from_millis(20));
+    wait_for_tasks_at_least(&store, 20).await;
     nats.stop();
     // The outage itself: NATS is away for 5 seconds while births are recorded.
     tokio::time::sleep(Duration::from_secs(5)).await;
