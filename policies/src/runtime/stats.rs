@@ -8,8 +8,10 @@
 //!   whole stream (it will start from its first message); no stream counts 0.
 //! - Policies embedded: the committed events after each `policy:<name>` checkpoint.
 //!
-//! Both policy lags count every event or notice, also those a policy only skips: the consumers
-//! have no filter subject and the subscriptions read the whole log.
+//! A consumer filtered on its policy's one event type (`PolicyHandler::only_event_type`) counts
+//! only the notices of that type; an unfiltered one (`corrections`, or a durable created by an
+//! earlier version) and the embedded subscriptions count every event, also those the policy only
+//! skips.
 //!
 //! Failures by policy are [`super::failures::failure_counts`].
 
