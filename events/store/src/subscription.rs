@@ -58,8 +58,10 @@ pub trait Subscriber: Send {
 /// How a subscription reads and waits.
 #[derive(Debug, Clone, Copy)]
 pub struct SubscriptionOptions {
-    /// Events handled per transaction. Kept small by default: on PostgreSQL a transaction
-    /// that stays open holds back every gap-free reader of the log (the relay among them).
+    /// Events handled per transaction (at most: a read takes what is there). On PostgreSQL a
+    /// transaction that stays open after its first write holds back every gap-free reader of
+    /// the log (the relay among them): a subscriber should read and fold first and write at
+    /// the end of the batch (`Subscriber::end_batch`), as the projections do.
     pub batch_size: usize,
     /// How long to wait, when caught up, before reading again without a wake-up. Needed
     /// because wake-ups can be lost and because on PostgreSQL an event can be committed but
@@ -70,7 +72,7 @@ pub struct SubscriptionOptions {
 impl Default for SubscriptionOptions {
     fn default() -> Self {
         Self {
-            batch_size: 50,
+            batch_size: 200,
             poll_interval: Duration::from_millis(250),
         }
     }
