@@ -159,23 +159,14 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
-        let recorded = match self.execute_new(actor, &stream_id, command).await? {
-            Executed::Appended(position) => Recorded {
-                life_event_id,
-                reference: Reference::for_life_event(life_event_id),
-                position,
-                stream_id,
-                replayed: false,
-            },
-            Executed::Replayed(replayed) => {
-                self.recorded(life_event_id, stream_id, replayed).await?
-            }
-        };
-        if actor.idempotency_key.is_some() {
-            self.same_declaration(&recorded, &Declaration::Birth(declaration))
-                .await?;
-        }
-        Ok(recorded)
+        self.record_new(
+            actor,
+            life_event_id,
+            stream_id,
+            command,
+            Declaration::Birth(declaration),
+        )
+        .await
     }
 
     /// Validates and records a death with the procedures the declarant chose.
@@ -193,6 +184,27 @@ impl Registry {
             declaration: declaration.clone(),
             recorded_on: today,
         };
+        self.record_new(
+            actor,
+            life_event_id,
+            stream_id,
+            command,
+            Declaration::Death(declaration),
+        )
+        .await
+    }
+
+    /// Records a new life event with `command` (which carries `declaration`): the answer of
+    /// its append, or for a retried request (same idempotency key) the record first made, which
+    /// must carry the same declaration.
+    async fn record_new(
+        &self,
+        actor: &Actor,
+        life_event_id: Uuid,
+        stream_id: StreamId,
+        command: LifeEventCommand,
+        declaration: Declaration,
+    ) -> Result<Recorded, RegistryError> {
         let recorded = match self.execute_new(actor, &stream_id, command).await? {
             Executed::Appended(position) => Recorded {
                 life_event_id,
@@ -206,8 +218,7 @@ impl Registry {
             }
         };
         if actor.idempotency_key.is_some() {
-            self.same_declaration(&recorded, &Declaration::Death(declaration))
-                .await?;
+            self.same_declaration(&recorded, &declaration).await?;
         }
         Ok(recorded)
     }

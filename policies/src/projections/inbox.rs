@@ -97,12 +97,7 @@ impl Subscriber for InboxProjection {
             }
         }
         let stored = projections::load_tasks(tx, &wanted).await?;
-        for task_id in wanted {
-            self.held.know(task_id, None);
-        }
-        for row in stored {
-            self.held.know(row.task_id, Some(row));
-        }
+        self.held.know_all(wanted, stored, |row| row.task_id);
         Ok(())
     }
 

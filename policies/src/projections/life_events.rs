@@ -174,12 +174,8 @@ impl Subscriber for LifeEventStatusProjection {
             }
         }
         let stored = projections::load_life_event_statuses(tx, &life_events).await?;
-        for id in life_events {
-            self.held.know(id, None);
-        }
-        for row in stored {
-            self.held.know(row.life_event_id, Some(row));
-        }
+        self.held
+            .know_all(life_events, stored, |row| row.life_event_id);
         Ok(())
     }
 

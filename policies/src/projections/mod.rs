@@ -180,9 +180,19 @@ impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
         self.rows.insert(key, row);
     }
 
-    /// Notes what the table holds for `key` (looked up ahead of the batch; `None`: no row).
-    pub(crate) fn know(&mut self, key: K, row: Option<R>) {
-        self.known.insert(key, row);
+    /// Notes what a look-up ahead found: `stored` for their keys, no row for the other `keys`.
+    pub(crate) fn know_all(
+        &mut self,
+        keys: impl IntoIterator<Item = K>,
+        stored: Vec<R>,
+        key_of: impl Fn(&R) -> K,
+    ) {
+        for key in keys {
+            self.known.insert(key, None);
+        }
+        for row in stored {
+            self.known.insert(key_of(&row), Some(row));
+        }
     }
 
     /// What the table held for `key` at the batch's start, if it was looked up ahead.

@@ -385,32 +385,12 @@ impl Subscriber for PersonProjection {
         let log = &mut self.log;
         match decoded {
             DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
-                let life_event_id = birth.life_event_id;
                 let declaration = Declaration::Birth(birth.declaration);
-                apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
-                if event.stream_version.0 == 1 {
-                    // The record's first event: what `fold_life_event` makes of it.
-                    let state = LifeEvent {
-                        life_event_id: Some(life_event_id),
-                        declaration: Some(declaration),
-                        ..LifeEvent::default()
-                    };
-                    log.life_event_after(event, life_event_id, state);
-                }
+                apply_recorded(tx, rows, log, event, birth.life_event_id, declaration).await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::DeathRecorded(death)) => {
-                let life_event_id = death.life_event_id;
                 let declaration = Declaration::Death(death.declaration);
-                apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
-                if event.stream_version.0 == 1 {
-                    // The record's first event: what `fold_life_event` makes of it.
-                    let state = LifeEvent {
-                        life_event_id: Some(life_event_id),
-                        declaration: Some(declaration),
-                        ..LifeEvent::default()
-                    };
-                    log.life_event_after(event, life_event_id, state);
-                }
+                apply_recorded(tx, rows, log, event, death.life_event_id, declaration).await?;
             }
             DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
                 let before = log
@@ -586,13 +566,13 @@ impl Subscriber for PersonProjection {
             }
         }
         let stored = projections::load_persons(tx, &wanted).await?;
-        for personal_id in wanted {
-            self.rows.know(personal_id.as_str().to_owned(), None);
-        }
-        for row in stored {
-            self.rows
-                .know(row.personal_id.as_str().to_owned(), Some(row));
-        }
+        self.rows.know_all(
+            wanted
+                .iter()
+                .map(|personal_id| personal_id.as_str().to_owned()),
+            stored,
+            |row| row.personal_id.as_str().to_owned(),
+        );
         Ok(())
     }
 
@@ -647,6 +627,29 @@ async fn undo(
 ) -> Result<(), SubscriberError> {
     if let Some(row) = held.load(tx, personal_id).await? {
         held.save(apply_unnamed(row, life_event_id, voided, at));
+    }
+    Ok(())
+}
+
+/// A record's first event (`BirthRecorded`, `DeathRecorded`): its declaration applied, and
+/// remembered as the life event's state (what `fold_life_event` makes of it).
+async fn apply_recorded(
+    tx: &mut StoreTransaction<'_>,
+    rows: &mut HeldPersons,
+    log: &mut LogMemory,
+    event: &RecordedEvent,
+    life_event_id: Uuid,
+    declaration: Declaration,
+) -> Result<(), SubscriberError> {
+    let at = event.metadata.recorded_at;
+    apply_declaration(tx, rows, &declaration, life_event_id, at).await?;
+    if event.stream_version.0 == 1 {
+        let state = LifeEvent {
+            life_event_id: Some(life_event_id),
+            declaration: Some(declaration),
+            ..LifeEvent::default()
+        };
+        log.life_event_after(event, life_event_id, state);
     }
     Ok(())
 }
