@@ -328,7 +328,8 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     };
     append_batch(0).await;
 
-    // A first run that fails on its 25th event: batches before it stay, its batch rolls back.
+    // A first run that fails on its 26th event (after 25 handled): batches before it stay,
+    // its batch rolls back.
     let mut failing = Recorder::new("resume");
     failing.fail_at = Some(25);
     let (shutdown, task) = spawn_subscription(&store, failing, options);
@@ -351,7 +352,9 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
         .count();
     let rows = seen_rows(&store).await;
     assert_eq!(rows, i64::try_from(covered).unwrap());
-    assert!(rows < 25, "the failing batch was rolled back");
+    // At most the 25 events before the failing one: a batch may end right before it (the
+    // global reader stops where other transactions hold it back).
+    assert!(rows <= 25, "the failing batch was rolled back");
 
     // A second run takes it to the end of the first 50, then stops.
     let mut second = Recorder::new("resume");
