@@ -349,6 +349,13 @@ async fn write(
     .bind(count(rows.new_ids.len()))
     .bind(count(rows.moved_ids.len()))
     .bind(count(rows.event_ids.len()))
+    // Moved streams join `streams` by key. A prepared statement's generic plan is made once
+    // per connection, early, when `streams` may be a few pages: a hash join over a sequential
+    // scan, kept while the table grows to millions of rows (seen: every task completion scanned
+    // the whole table). Unprepared, the statement is planned each time with the group's arrays
+    // and the table's size as they are now: an index probe per moved stream. A group of new
+    // streams only (most births) keeps the cached plan, whose empty join scans nothing.
+    .persistent(rows.moved_ids.is_empty())
     .fetch_one(conn)
     .await;
     let row = match result {
