@@ -188,9 +188,9 @@ async fn duplicate_deliveries_and_a_replayed_consumer_double_nothing() {
     let event = store.event_by_id(sources[0]).await.unwrap().unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
-    let payload = serde_json::to_vec(&EventNotice::of(&event)).unwrap();
+    let payload = serde_json::to_vec(&EventNotice::of(&event.header())).unwrap();
     let ack = jetstream
-        .publish_with_headers(bus.subject_for(&event), headers, payload.into())
+        .publish_with_headers(bus.subject_for(&event.header()), headers, payload.into())
         .await
         .unwrap()
         .await

@@ -216,6 +216,42 @@ impl RecordedEvent {
             global_position: self.global_position.0,
         }
     }
+
+    /// The event without its payload and metadata.
+    pub fn header(&self) -> EventHeader {
+        EventHeader {
+            global_position: self.global_position,
+            transaction_id: self.transaction_id,
+            stream_id: self.stream_id.clone(),
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+        }
+    }
+}
+
+/// A stored event without its payload and metadata: where it stands in the log and what it is.
+/// Enough to route it (the relay's notices) and to move a cursor past it, read without
+/// transferring or decoding any JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeader {
+    pub global_position: GlobalPosition,
+    /// Commit-order key together with `global_position` (see [`LogCursor`]).
+    pub transaction_id: i64,
+    pub stream_id: StreamId,
+    pub stream_version: StreamVersion,
+    pub event_id: Uuid,
+    pub event_type: String,
+}
+
+impl EventHeader {
+    /// The cursor that points at this event (as [`RecordedEvent::cursor`]).
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            transaction_id: self.transaction_id,
+            global_position: self.global_position.0,
+        }
+    }
 }
 
 #[cfg(test)]

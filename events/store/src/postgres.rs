@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
+    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
 };
 use lifeline_model::integrity::Hash32;
 use sqlx::postgres::PgRow;
@@ -18,6 +18,8 @@ pub(crate) const NOTIFY_CHANNEL: &str = "lifeline_events";
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
      event_id, event_type, schema_version, payload, metadata";
+const HEADER_COLUMNS: &str =
+    "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
 
 pub(crate) async fn lookup_event_ids(
     conn: &mut PgConnection,
@@ -234,6 +236,28 @@ pub(crate) async fn read_all(
     rows.iter().map(decode_event).collect()
 }
 
+/// [`read_all`] without payloads and metadata.
+pub(crate) async fn read_all_headers(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<EventHeader>, StoreError> {
+    let sql = format!(
+        "SELECT {HEADER_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1, $2) \
+           AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
+         ORDER BY transaction_id, global_position \
+         LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_header).collect()
+}
+
 pub(crate) async fn event_by_id(
     conn: &mut PgConnection,
     event_id: Uuid,
@@ -332,9 +356,11 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         reason,
     };
     let schema_version: i32 = row.try_get("schema_version")?;
-    let metadata: serde_json::Value = row.try_get("metadata")?;
-    let metadata: EventMetadata =
-        serde_json::from_value(metadata).map_err(|error| corrupt(format!("metadata: {error}")))?;
+    // Straight from the column's text into the struct, without a `serde_json::Value` between.
+    let metadata = row
+        .try_get::<sqlx::types::Json<EventMetadata>, _>("metadata")
+        .map_err(|error| corrupt(format!("metadata: {error}")))?
+        .0;
     Ok(RecordedEvent {
         global_position: GlobalPosition(global_position),
         transaction_id: row.try_get("transaction_id")?,
@@ -346,6 +372,18 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
         payload: row.try_get("payload")?,
         metadata,
+    })
+}
+
+fn decode_header(row: &PgRow) -> Result<EventHeader, StoreError> {
+    let global_position: i64 = row.try_get("global_position")?;
+    Ok(EventHeader {
+        global_position: GlobalPosition(global_position),
+        transaction_id: row.try_get("transaction_id")?,
+        stream_id: parse_stream_id(global_position, row.try_get("stream_id")?)?,
+        stream_version: StreamVersion(row.try_get("stream_version")?),
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
     })
 }
 

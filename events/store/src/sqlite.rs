@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
+    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
 };
 use lifeline_model::integrity::Hash32;
 use sqlx::sqlite::SqliteRow;
@@ -15,6 +15,8 @@ use crate::error::StoreError;
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
      event_id, event_type, schema_version, payload, metadata";
+const HEADER_COLUMNS: &str =
+    "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
 
 pub(crate) async fn lookup_event_ids(
     conn: &mut SqliteConnection,
@@ -211,6 +213,27 @@ pub(crate) async fn read_all(
     rows.iter().map(decode_event).collect()
 }
 
+/// [`read_all`] without payloads and metadata.
+pub(crate) async fn read_all_headers(
+    conn: &mut SqliteConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<EventHeader>, StoreError> {
+    let sql = format!(
+        "SELECT {HEADER_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1, $2) \
+         ORDER BY transaction_id, global_position \
+         LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_header).collect()
+}
+
 pub(crate) async fn event_by_id(
     conn: &mut SqliteConnection,
     event_id: Uuid,
@@ -326,6 +349,22 @@ fn decode_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
             .map_err(|error| corrupt(format!("payload: {error}")))?,
         metadata: serde_json::from_str::<EventMetadata>(&metadata)
             .map_err(|error| corrupt(format!("metadata: {error}")))?,
+    })
+}
+
+fn decode_header(row: &SqliteRow) -> Result<EventHeader, StoreError> {
+    let global_position: i64 = row.try_get("global_position")?;
+    let event_id: String = row.try_get("event_id")?;
+    Ok(EventHeader {
+        global_position: GlobalPosition(global_position),
+        transaction_id: row.try_get("transaction_id")?,
+        stream_id: parse_stream_id(global_position, row.try_get("stream_id")?)?,
+        stream_version: StreamVersion(row.try_get("stream_version")?),
+        event_id: Uuid::parse_str(&event_id).map_err(|error| StoreError::Corrupt {
+            global_position,
+            reason: format!("event id {event_id:?}: {error}"),
+        })?,
+        event_type: row.try_get("event_type")?,
     })
 }
 

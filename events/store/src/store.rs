@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeline_model::envelope::{
-    ExpectedVersion, LogCursor, NewEvent, RecordedEvent, StreamId, StreamVersion,
+    EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, StreamId, StreamVersion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -401,6 +401,24 @@ impl EventStore {
             }
             Backend::Sqlite { pool, .. } => {
                 sqlite::read_all(&mut *pool.acquire().await?, after, limit).await
+            }
+        }
+    }
+
+    /// [`EventStore::read_all`] without payloads and metadata: for a reader that only routes
+    /// or counts events (the relay), which then neither transfers nor decodes their JSON.
+    pub async fn read_all_headers(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<EventHeader>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::read_all_headers(&mut *pool.acquire().await?, after, limit).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::read_all_headers(&mut *pool.acquire().await?, after, limit).await
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use lifeline_model::envelope::RecordedEvent;
+use lifeline_model::envelope::EventHeader;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ impl Default for BusConfig {
 impl BusConfig {
     /// The subject an event is published on: `<prefix>.<stream kind>.<event type>`, each token
     /// reduced to `[A-Za-z0-9_-]` so that no stored value can form a wildcard or a new token.
-    pub fn subject_for(&self, event: &RecordedEvent) -> String {
+    pub fn subject_for(&self, event: &EventHeader) -> String {
         format!(
             "{}.{}.{}",
             self.subject_prefix,
@@ -125,7 +125,7 @@ pub struct EventNotice {
 }
 
 impl EventNotice {
-    pub fn of(event: &RecordedEvent) -> Self {
+    pub fn of(event: &EventHeader) -> Self {
         Self {
             event_id: event.event_id,
             stream_id: event.stream_id.as_str().to_owned(),

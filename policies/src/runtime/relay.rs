@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use lifeline_model::envelope::{LogCursor, RecordedEvent};
+use lifeline_model::envelope::{EventHeader, LogCursor};
 use lifeline_store::{EventStore, WakeUps};
 use tokio::sync::watch;
 
@@ -145,7 +145,8 @@ impl Relay {
         // Every publish of a batch holds one of the JetStream context's in-flight permits
         // (5000 by default) until its ack is awaited: a batch must stay well below that.
         let batch_size = self.options.batch_size.clamp(1, MAX_BATCH);
-        let batch = self.store.read_all(from, batch_size).await?;
+        // The notices carry no payload: the relay reads none.
+        let batch = self.store.read_all_headers(from, batch_size).await?;
         let Some(last) = batch.last() else {
             return Ok(None);
         };
@@ -177,7 +178,7 @@ impl Relay {
         Ok(Some(next))
     }
 
-    async fn publish(&self, event: &RecordedEvent) -> Result<PublishAckFuture, RuntimeError> {
+    async fn publish(&self, event: &EventHeader) -> Result<PublishAckFuture, RuntimeError> {
         let payload = serde_json::to_vec(&EventNotice::of(event)).map_err(RuntimeError::Encode)?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());

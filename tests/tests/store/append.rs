@@ -361,6 +361,31 @@ async fn streams_and_the_global_log_read_in_order(store: EventStore) {
     );
     assert!(store.read_all(cursor, 10).await.unwrap().is_empty());
 
+    // The headers alone (the relay's read): the same events, pages and cursors, field for field.
+    let full = store
+        .read_all(LogCursor::START, appended.len())
+        .await
+        .unwrap();
+    let headers = store
+        .read_all_headers(LogCursor::START, appended.len())
+        .await
+        .unwrap();
+    let expected: Vec<_> = full.iter().map(|event| event.header()).collect();
+    assert_eq!(headers, expected);
+    assert_eq!(
+        headers
+            .iter()
+            .map(|header| header.event_id)
+            .collect::<Vec<_>>(),
+        appended
+    );
+    let second_page = store
+        .read_all_headers(headers[1].cursor(), 2)
+        .await
+        .unwrap();
+    assert_eq!(second_page, expected[2..4].to_vec());
+    assert!(store.read_all_headers(cursor, 10).await.unwrap().is_empty());
+
     let first = store.event_by_id(appended[0]).await.unwrap().unwrap();
     assert_eq!(first.stream_id, streams[0]);
     assert_eq!(first.metadata.actor, "test");
