@@ -573,7 +573,10 @@ impl Run<'_> {
 }
 
 /// Appends one event unless its (deterministic) id is stored already; true if it appended.
-/// A conflict or an id mismatch where the id turns out to be stored is a duplicate too.
+/// The append itself answers a stored id (`already_stored`); a conflict or an id mismatch
+/// where the id turns out to be stored (a redelivery after the stream moved on) is a duplicate
+/// too. No look-up before the append: on a first delivery, the usual case, it would only read
+/// nothing, one statement per command.
 async fn append_once(
     tx: &mut StoreTransaction<'_>,
     stream: &StreamId,
@@ -581,9 +584,6 @@ async fn append_once(
     event: NewEvent,
 ) -> Result<bool, PolicyError> {
     let event_id = event.event_id;
-    if tx.event_by_id(event_id).await?.is_some() {
-        return Ok(false);
-    }
     match tx.append(stream, expected, &[event]).await {
         Ok(outcome) => Ok(!outcome.already_stored),
         Err(error @ (AppendError::Conflict { .. } | AppendError::EventIdMismatch { .. })) => {
