@@ -1,6 +1,8 @@
 //! Rebuilding the projections from the log: empty the tables, forget the checkpoints, replay
 //! every event (or every event recorded before a time) through the live subscribers' code.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{LogCursor, RecordedEvent};
 use lifeline_store::projections::{self, ProjectionError};
@@ -9,7 +11,7 @@ use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
 use super::{projection_subscribers, PROJECTION_NAMES};
 
 /// Events read and handled per transaction while catching up.
-const CATCH_UP_BATCH: usize = 2000;
+const CATCH_UP_BATCH: usize = 8000;
 
 /// Why a rebuild or a catch-up stopped.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,14 @@ pub enum ProjectionsError {
     },
     #[error("projection {subscriber} was moved by another runner while catching up: stop the projections before rebuilding")]
     CheckpointMoved { subscriber: String },
+    #[error("a rebuild task stopped: {0}")]
+    Task(String),
+}
+
+impl ProjectionsError {
+    fn task(error: tokio::task::JoinError) -> Self {
+        Self::Task(error.to_string())
+    }
 }
 
 /// How many events each projection replayed.
@@ -65,10 +75,11 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
 
 /// [`catch_up`] for several subscribers standing at the same checkpoint: each batch is read
 /// once (the next one while this one is handled) and handed to every subscriber, each in its
-/// own transaction, all at once.
+/// own transaction and its own task, so the subscribers' folding and the next read run on every
+/// core at once.
 async fn catch_up_together(
     store: &EventStore,
-    subscribers: &mut [Box<dyn Subscriber>],
+    subscribers: &mut Vec<Box<dyn Subscriber>>,
     recorded_before: Option<DateTime<Utc>>,
 ) -> Result<u64, ProjectionsError> {
     let Some(first) = subscribers.first() else {
@@ -90,20 +101,39 @@ async fn catch_up_together(
             return Ok(handled);
         };
         let next = last.cursor();
-        let applied = futures::future::try_join_all(
-            subscribers
-                .iter_mut()
-                .map(|subscriber| apply_batch(store, subscriber.as_mut(), cursor, &batch)),
-        );
-        if reached_cutoff {
-            applied.await?;
-            return Ok(handled + batch.len() as u64);
-        }
+        let batch = Arc::new(batch);
+        let applying: Vec<_> = subscribers
+            .drain(..)
+            .map(|mut subscriber| {
+                let store = store.clone();
+                let batch = Arc::clone(&batch);
+                tokio::spawn(async move {
+                    let applied = apply_batch(&store, subscriber.as_mut(), cursor, &batch).await;
+                    (subscriber, applied)
+                })
+            })
+            .collect();
         // The next batch is read while this one is handled.
-        let (applied, next_read) = tokio::join!(applied, read_batch(store, next, recorded_before));
-        applied?;
-        read = next_read?;
+        let reading = (!reached_cutoff).then(|| {
+            let store = store.clone();
+            tokio::spawn(async move { read_batch(&store, next, recorded_before).await })
+        });
+        let mut failed = None;
+        for task in applying {
+            let (subscriber, applied) = task.await.map_err(ProjectionsError::task)?;
+            subscribers.push(subscriber);
+            if let Err(error) = applied {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
+            return Err(error);
+        }
         handled += batch.len() as u64;
+        let Some(reading) = reading else {
+            return Ok(handled);
+        };
+        read = reading.await.map_err(ProjectionsError::task)??;
         cursor = next;
     }
 }
