@@ -17,11 +17,6 @@ mod w3;
 mod w4;
 mod w5;
 
-/// mimalloc instead of glibc's malloc: the pipeline allocates and frees many small JSON values
-/// per event, and glibc's free lists took a third of its CPU in W3 (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str = "usage: lifeline-bench w1 [levels..] | w2 [levels..] | w3 [--seconds S] [--relay-poll-ms MS] [rates..] | w4 [events] | w5 [rate] [seconds] | payload";
 
 fn numbers(args: &[String]) -> Vec<u64> {

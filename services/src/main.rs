@@ -19,11 +19,6 @@ use lifeline_policies::runtime::failures::{list_failed, retry_failed, RetryFilte
 use lifeline_store::EventStore;
 use uuid::Uuid;
 
-/// mimalloc instead of glibc's malloc: the pipeline allocates and frees many small JSON values
-/// per event, and glibc's free lists took a third of its CPU in W3 (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "lifeline",
