@@ -293,14 +293,8 @@ fn plan(
     Ok((answers, rows))
 }
 
-/// The writing statement; answers the global position of every event id it stored.
-async fn write(
-    conn: &mut PgConnection,
-    rows: &Rows,
-) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
-    let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
-    let result = sqlx::query(
-        "WITH created AS ( \
+/// The writing statement (see [`write`]).
+const WRITE_SQL: &str = "WITH created AS ( \
              INSERT INTO streams (stream_id, version, last_hash) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
              ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
@@ -328,36 +322,85 @@ async fn write(
          FROM (SELECT count(*) AS n FROM created) AS c, \
               (SELECT count(*) AS n FROM moved) AS m, \
               (SELECT count(*) AS n, array_agg(event_id) AS ids, \
-                      array_agg(global_position) AS positions FROM inserted) AS i",
-    )
-    .bind(&rows.new_ids)
-    .bind(&rows.new_versions)
-    .bind(&rows.new_hashes)
-    .bind(&rows.moved_ids)
-    .bind(&rows.moved_from)
-    .bind(&rows.moved_versions)
-    .bind(&rows.moved_hashes)
-    .bind(&rows.stream_ids)
-    .bind(&rows.versions)
-    .bind(&rows.event_ids)
-    .bind(&rows.event_types)
-    .bind(&rows.schema_versions)
-    .bind(&rows.payloads)
-    .bind(&rows.metadata)
-    .bind(&rows.recorded_at)
-    .bind(&rows.hashes)
-    .bind(count(rows.new_ids.len()))
-    .bind(count(rows.moved_ids.len()))
-    .bind(count(rows.event_ids.len()))
+                      array_agg(global_position) AS positions FROM inserted) AS i";
+
+/// [`WRITE_SQL`] under another text, run unprepared (see [`write`]).
+const WRITE_PLANNED_PER_GROUP: &str = concat!(
+    "/* planned per group */ ",
+    "WITH created AS ( \
+             INSERT INTO streams (stream_id, version, last_hash) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+             ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
+         moved AS ( \
+             UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
+             FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
+                  AS u(stream_id, from_version, version, last_hash) \
+             WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
+         inserted AS ( \
+             INSERT INTO events (stream_id, stream_version, event_id, event_type, \
+                                 schema_version, payload, metadata, recorded_at, event_hash) \
+             SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
+                    metadata, recorded_at, event_hash \
+             FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
+                         $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
+                  WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
+                                       schema_version, payload, metadata, recorded_at, \
+                                       event_hash, ord) \
+             ORDER BY ord \
+             ON CONFLICT (event_id) DO NOTHING \
+             RETURNING event_id, global_position) \
+         SELECT lifeline_grouped_append_check( \
+                    c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
+                i.ids, i.positions \
+         FROM (SELECT count(*) AS n FROM created) AS c, \
+              (SELECT count(*) AS n FROM moved) AS m, \
+              (SELECT count(*) AS n, array_agg(event_id) AS ids, \
+                      array_agg(global_position) AS positions FROM inserted) AS i"
+);
+
+/// The writing statement; answers the global position of every event id it stored.
+async fn write(
+    conn: &mut PgConnection,
+    rows: &Rows,
+) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
+    let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
     // Moved streams join `streams` by key. A prepared statement's generic plan is made once
     // per connection, early, when `streams` may be a few pages: a hash join over a sequential
-    // scan, kept while the table grows to millions of rows (seen: every task completion scanned
-    // the whole table). Unprepared, the statement is planned each time with the group's arrays
-    // and the table's size as they are now: an index probe per moved stream. A group of new
-    // streams only (most births) keeps the cached plan, whose empty join scans nothing.
-    .persistent(rows.moved_ids.is_empty())
-    .fetch_one(conn)
-    .await;
+    // scan, kept while the table grows (seen: every task completion scanned the whole table).
+    // A group that moves streams therefore runs the statement unprepared, planned each time
+    // with its own arrays and the table's size as it is now: an index probe per moved stream.
+    // Its text differs (the leading comment) because sqlx answers any text it has cached with
+    // the cached statement, `persistent(false)` or not. A group of new streams only (most
+    // births) keeps the cached plan, whose empty join reads one row.
+    let moves = !rows.moved_ids.is_empty();
+    let sql = if moves {
+        WRITE_PLANNED_PER_GROUP
+    } else {
+        WRITE_SQL
+    };
+    let result = sqlx::query(sql)
+        .bind(&rows.new_ids)
+        .bind(&rows.new_versions)
+        .bind(&rows.new_hashes)
+        .bind(&rows.moved_ids)
+        .bind(&rows.moved_from)
+        .bind(&rows.moved_versions)
+        .bind(&rows.moved_hashes)
+        .bind(&rows.stream_ids)
+        .bind(&rows.versions)
+        .bind(&rows.event_ids)
+        .bind(&rows.event_types)
+        .bind(&rows.schema_versions)
+        .bind(&rows.payloads)
+        .bind(&rows.metadata)
+        .bind(&rows.recorded_at)
+        .bind(&rows.hashes)
+        .bind(count(rows.new_ids.len()))
+        .bind(count(rows.moved_ids.len()))
+        .bind(count(rows.event_ids.len()))
+        .persistent(!moves)
+        .fetch_one(conn)
+        .await;
     let row = match result {
         Ok(row) => row,
         Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
