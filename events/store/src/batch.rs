@@ -293,70 +293,46 @@ fn plan(
     Ok((answers, rows))
 }
 
+/// The text of the writing statement (see [`write`]), once for both constants below.
+macro_rules! write_sql {
+    () => {
+        "WITH created AS ( \
+                 INSERT INTO streams (stream_id, version, last_hash) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+                 ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
+             moved AS ( \
+                 UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
+                 FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
+                      AS u(stream_id, from_version, version, last_hash) \
+                 WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
+             inserted AS ( \
+                 INSERT INTO events (stream_id, stream_version, event_id, event_type, \
+                                     schema_version, payload, metadata, recorded_at, event_hash) \
+                 SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
+                        metadata, recorded_at, event_hash \
+                 FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
+                             $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
+                      WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
+                                           schema_version, payload, metadata, recorded_at, \
+                                           event_hash, ord) \
+                 ORDER BY ord \
+                 ON CONFLICT (event_id) DO NOTHING \
+                 RETURNING event_id, global_position) \
+             SELECT lifeline_grouped_append_check( \
+                        c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
+                    i.ids, i.positions \
+             FROM (SELECT count(*) AS n FROM created) AS c, \
+                  (SELECT count(*) AS n FROM moved) AS m, \
+                  (SELECT count(*) AS n, array_agg(event_id) AS ids, \
+                          array_agg(global_position) AS positions FROM inserted) AS i"
+    };
+}
+
 /// The writing statement (see [`write`]).
-const WRITE_SQL: &str = "WITH created AS ( \
-             INSERT INTO streams (stream_id, version, last_hash) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
-         moved AS ( \
-             UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
-             FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
-                  AS u(stream_id, from_version, version, last_hash) \
-             WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
-         inserted AS ( \
-             INSERT INTO events (stream_id, stream_version, event_id, event_type, \
-                                 schema_version, payload, metadata, recorded_at, event_hash) \
-             SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
-                    metadata, recorded_at, event_hash \
-             FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
-                         $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
-                  WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
-                                       schema_version, payload, metadata, recorded_at, \
-                                       event_hash, ord) \
-             ORDER BY ord \
-             ON CONFLICT (event_id) DO NOTHING \
-             RETURNING event_id, global_position) \
-         SELECT lifeline_grouped_append_check( \
-                    c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
-                i.ids, i.positions \
-         FROM (SELECT count(*) AS n FROM created) AS c, \
-              (SELECT count(*) AS n FROM moved) AS m, \
-              (SELECT count(*) AS n, array_agg(event_id) AS ids, \
-                      array_agg(global_position) AS positions FROM inserted) AS i";
+const WRITE_SQL: &str = write_sql!();
 
 /// [`WRITE_SQL`] under another text, run unprepared (see [`write`]).
-const WRITE_PLANNED_PER_GROUP: &str = concat!(
-    "/* planned per group */ ",
-    "WITH created AS ( \
-             INSERT INTO streams (stream_id, version, last_hash) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
-         moved AS ( \
-             UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
-             FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
-                  AS u(stream_id, from_version, version, last_hash) \
-             WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
-         inserted AS ( \
-             INSERT INTO events (stream_id, stream_version, event_id, event_type, \
-                                 schema_version, payload, metadata, recorded_at, event_hash) \
-             SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
-                    metadata, recorded_at, event_hash \
-             FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
-                         $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
-                  WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
-                                       schema_version, payload, metadata, recorded_at, \
-                                       event_hash, ord) \
-             ORDER BY ord \
-             ON CONFLICT (event_id) DO NOTHING \
-             RETURNING event_id, global_position) \
-         SELECT lifeline_grouped_append_check( \
-                    c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
-                i.ids, i.positions \
-         FROM (SELECT count(*) AS n FROM created) AS c, \
-              (SELECT count(*) AS n FROM moved) AS m, \
-              (SELECT count(*) AS n, array_agg(event_id) AS ids, \
-                      array_agg(global_position) AS positions FROM inserted) AS i"
-);
+const WRITE_PLANNED_PER_GROUP: &str = concat!("/* planned per group */ ", write_sql!());
 
 /// The writing statement; answers the global position of every event id it stored.
 async fn write(

@@ -220,20 +220,7 @@ pub(crate) async fn read_all(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE (transaction_id, global_position) > ($1, $2) \
-           AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
-         ORDER BY transaction_id, global_position \
-         LIMIT $3"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after.transaction_id)
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(decode_event).collect()
+    read_global(conn, EVENT_COLUMNS, after, limit, decode_event).await
 }
 
 /// [`read_all`] without payloads and metadata.
@@ -242,8 +229,20 @@ pub(crate) async fn read_all_headers(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<EventHeader>, StoreError> {
+    read_global(conn, HEADER_COLUMNS, after, limit, decode_header).await
+}
+
+/// `columns` of up to `limit` events after `after` in commit order (see [`read_all`]), each
+/// row decoded by `decode`.
+async fn read_global<T>(
+    conn: &mut PgConnection,
+    columns: &str,
+    after: LogCursor,
+    limit: i64,
+    decode: fn(&PgRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
     let sql = format!(
-        "SELECT {HEADER_COLUMNS} FROM events \
+        "SELECT {columns} FROM events \
          WHERE (transaction_id, global_position) > ($1, $2) \
            AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
          ORDER BY transaction_id, global_position \
@@ -255,7 +254,7 @@ pub(crate) async fn read_all_headers(
         .bind(limit)
         .fetch_all(conn)
         .await?;
-    rows.iter().map(decode_header).collect()
+    rows.iter().map(decode).collect()
 }
 
 pub(crate) async fn event_by_id(
