@@ -269,6 +269,19 @@ pub(crate) async fn event_by_id(
     row.as_ref().map(decode_event).transpose()
 }
 
+/// The stored events among `event_ids`, in no particular order.
+pub(crate) async fn events_by_ids(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(event_ids)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
 pub(crate) async fn load_checkpoint(
     conn: &mut PgConnection,
     subscriber: &str,

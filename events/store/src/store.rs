@@ -30,6 +30,9 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an SQLite connection waits for another process's write lock.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A pooled PostgreSQL connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// How many times an append that lost an idempotency race retries before giving up.
 const DUPLICATE_RACE_RETRIES: usize = 3;
 
@@ -40,6 +43,9 @@ pub struct EventStore {
     /// Bumped after every committed transaction that appended: the in-process wake-up of
     /// subscriptions (PostgreSQL also notifies other processes with `pg_notify`).
     appended: Arc<watch::Sender<u64>>,
+    /// PostgreSQL's `lifeline_events` notifications (every process's appends), heard on one
+    /// connection per store and its clones, however many readers wait on them.
+    notified: Arc<crate::subscription::SharedListener>,
     /// Set by [`EventStore::with_group_commit`]: appends then share transactions.
     group: Option<Arc<GroupCommitter>>,
 }
@@ -101,8 +107,21 @@ impl EventStore {
         let options = options
             .application_name("lifeline")
             .options([("idle_in_transaction_session_timeout", idle_timeout)]);
+        // sqlx pings every connection it takes from the pool by default: a round trip on top
+        // of nearly every operation. A connection back from work a moment ago is alive; one
+        // idle for longer (a restarted server, a dropped link) is pinged first and replaced if
+        // the ping fails.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Self::with_backend(Backend::Postgres(pool)))
@@ -144,6 +163,7 @@ impl EventStore {
         Self {
             backend,
             appended: Arc::new(appended),
+            notified: Arc::new(crate::subscription::SharedListener::default()),
             group: None,
         }
     }
@@ -471,6 +491,11 @@ impl EventStore {
         self.appended.subscribe()
     }
 
+    /// The store's shared listener of PostgreSQL notifications.
+    pub(crate) fn shared_listener(&self) -> &Arc<crate::subscription::SharedListener> {
+        &self.notified
+    }
+
     pub(crate) fn notify_appended(&self) {
         self.appended
             .send_modify(|generation| *generation = generation.wrapping_add(1));
@@ -589,6 +614,84 @@ impl<'s> StoreTransaction<'s> {
             self.appended = true;
         }
         Ok(outcome)
+    }
+
+    /// Appends to several streams like [`StoreTransaction::append`] one after another, each
+    /// append atomic on its own, and answers each one's result in order. On PostgreSQL the
+    /// appends go in one statement (and one savepoint) when they can; an append that cannot
+    /// (its stream is not as expected, an id already stored) then runs on its own.
+    pub async fn append_many(
+        &mut self,
+        appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let mut results: Vec<Option<Result<AppendOutcome, AppendError>>> =
+            appends.iter().map(|_| None).collect();
+        // An append that does not encode goes its own way below, where its error is answered.
+        let encoded: Option<Vec<Vec<append::EncodedEvent<'_>>>> = appends
+            .iter()
+            .map(|(_, _, events)| append::encode_batch(events).ok())
+            .collect();
+        if let (TxInner::Postgres(tx), Some(encoded)) = (&mut self.inner, &encoded) {
+            let group: Vec<batch::GroupAppend<'_>> = appends
+                .iter()
+                .zip(encoded)
+                .map(|((stream, expected, _), events)| batch::GroupAppend {
+                    stream,
+                    expected: *expected,
+                    events,
+                })
+                .collect();
+            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+            match batch::append_group_on(&mut savepoint, &group).await {
+                Ok(answers) => {
+                    if answers
+                        .iter()
+                        .any(|answer| matches!(answer, batch::Answer::Stored(_)))
+                    {
+                        savepoint.commit().await?;
+                        self.appended = true;
+                    } else {
+                        savepoint.rollback().await?;
+                    }
+                    for (slot, answer) in results.iter_mut().zip(answers) {
+                        if let batch::Answer::Stored(outcome) = answer {
+                            *slot = Some(Ok(outcome));
+                        }
+                    }
+                }
+                Err(batch::FastError::Careful) => savepoint.rollback().await?,
+                Err(batch::FastError::Store(error)) => {
+                    savepoint.rollback().await?;
+                    return Err(error);
+                }
+            }
+        }
+        let mut answered = Vec::with_capacity(appends.len());
+        for ((stream, expected, events), result) in appends.iter().zip(results) {
+            answered.push(match result {
+                Some(result) => result,
+                None => self.append(stream, *expected, events).await,
+            });
+        }
+        Ok(answered)
+    }
+
+    /// The stored events among `event_ids`, as this transaction sees them, in no particular
+    /// order (one statement on PostgreSQL).
+    pub async fn events_by_ids(
+        &mut self,
+        event_ids: &[Uuid],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match &mut self.inner {
+            TxInner::Postgres(tx) => postgres::events_by_ids(tx, event_ids).await,
+            TxInner::Sqlite { tx, .. } => {
+                let mut found = Vec::with_capacity(event_ids.len());
+                for &event_id in event_ids {
+                    found.extend(sqlite::event_by_id(tx, event_id).await?);
+                }
+                Ok(found)
+            }
+        }
     }
 
     /// The stored event with this id, as this transaction sees it.

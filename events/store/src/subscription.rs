@@ -7,7 +7,9 @@
 //! whether to retry (running the subscription again resumes at the last committed checkpoint,
 //! so no effect is doubled) or to stop.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
@@ -162,6 +164,12 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
         if tx.advance_checkpoint(&name, cursor, next).await? {
             tx.commit().await?;
             cursor = next;
+            // A batch smaller than asked for was all there was: wait for the next append
+            // instead of reading again at once to find nothing.
+            if batch.len() < batch_size && wake_ups.wait(&mut shutdown, options.poll_interval).await
+            {
+                break;
+            }
         } else {
             tx.rollback().await?;
             cursor = store.load_checkpoint(&name).await?;
@@ -175,25 +183,152 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
 /// What wakes a caught-up reader of the log: this process's appends, and on PostgreSQL the
 /// `lifeline_events` notifications of every process. Never a cursor: only a reason to read.
 ///
-/// Use: [`WakeUps::mark_seen`] right before reading; when the read found nothing new,
-/// [`WakeUps::wait`]. A wake-up that comes between the two is not lost.
+/// Use: [`WakeUps::mark_seen`] right before reading; when the read found nothing new, or less
+/// than it asked for (it is caught up), [`WakeUps::wait`]. A wake-up that comes between the two
+/// is not lost.
+///
+/// Every append wakes every reader, so under a stream of small appends a reader would read once
+/// per append. A wake-up therefore reads no sooner than [`MIN_READ_GAP`] after the reader's
+/// previous read: the appends of that gap are read together.
 pub struct WakeUps {
     local: watch::Receiver<u64>,
-    postgres: Option<PostgresWakeUps>,
+    /// The store's shared listener (PostgreSQL), `None` on SQLite.
+    notified: Option<watch::Receiver<u64>>,
     /// Set after a wake-up: the next read may still find nothing, because on PostgreSQL a
     /// committed event is readable only once every older transaction has ended. Until a
     /// wait runs to its full poll interval, the wait after such an empty read is short
     /// ([`HELD_BACK_FIRST`], doubling), so an event held back only by a short transaction of
     /// another writer (a projection's, whose commit wakes nobody) is read within milliseconds.
     held_back: Option<Duration>,
+    /// When the reader last read (its last [`WakeUps::mark_seen`]).
+    last_read: Option<Instant>,
 }
 
 /// The first retry after a wake-up whose read found nothing.
 const HELD_BACK_FIRST: Duration = Duration::from_millis(2);
 
-struct PostgresWakeUps {
-    pool: sqlx::PgPool,
-    listener: Option<PgListener>,
+/// The shortest time between two reads of one reader that a wake-up causes: what a reader
+/// adds, at most, to an event's way through it, and what bounds its reads to a few hundred a
+/// second however many appends wake it.
+pub const MIN_READ_GAP: Duration = Duration::from_millis(4);
+
+/// The first and longest wait before the shared listener connects again.
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One `LISTEN lifeline_events` connection per store (and its clones), whose notifications
+/// bump a counter every [`WakeUps`] of the store watches. It runs while anyone watches, and
+/// starts again with the next [`WakeUps`] after the last one is gone.
+pub(crate) struct SharedListener {
+    counter: watch::Sender<u64>,
+    running: AtomicBool,
+}
+
+impl Default for SharedListener {
+    fn default() -> Self {
+        Self {
+            counter: watch::channel(0).0,
+            running: AtomicBool::new(false),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedListener")
+            .field("running", &self.running.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedListener {
+    /// A receiver of the notifications of `pool`'s database; starts the listening task if it
+    /// is not running.
+    fn subscribe(self: &Arc<Self>, pool: &sqlx::PgPool) -> watch::Receiver<u64> {
+        let receiver = self.counter.subscribe();
+        if !self.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(listen_for(Arc::downgrade(self), pool.clone()));
+        }
+        receiver
+    }
+
+    fn bump(&self) {
+        self.counter
+            .send_modify(|counter| *counter = counter.wrapping_add(1));
+    }
+}
+
+/// The shared listener's task: relays notifications to the counter, connecting again after a
+/// failure (and then bumping the counter: notifications may have been missed meanwhile). Ends
+/// when the store is gone or nobody watches.
+async fn listen_for(shared: Weak<SharedListener>, pool: sqlx::PgPool) {
+    let mut listener: Option<PgListener> = None;
+    let mut retry = LISTEN_RETRY_FIRST;
+    loop {
+        {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if shared.counter.receiver_count() == 0 {
+                shared.running.store(false, Ordering::Release);
+                // A reader that subscribed meanwhile saw `running` still set: keep going.
+                if shared.counter.receiver_count() == 0
+                    || shared.running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
+        }
+        let Some(connected) = listener.as_mut() else {
+            match listen(&pool).await {
+                Ok(connected) => {
+                    listener = Some(connected);
+                    retry = LISTEN_RETRY_FIRST;
+                    if let Some(shared) = shared.upgrade() {
+                        shared.bump();
+                    }
+                }
+                Err(_) if pool.is_closed() => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.running.store(false, Ordering::Release);
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?retry, "cannot listen for wake-ups; readers poll meanwhile");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                }
+            }
+            continue;
+        };
+        // Wakes now and then to notice that nobody watches any more.
+        match tokio::time::timeout(Duration::from_secs(1), connected.try_recv()).await {
+            Err(_elapsed) => {}
+            Ok(received) => {
+                match received {
+                    // Whatever else is buffered is the same news.
+                    Ok(Some(_notification)) => while connected.next_buffered().is_some() {},
+                    // The connection was lost (the next call connects again): notifications
+                    // may be lost, so readers read.
+                    Ok(None) => {}
+                    Err(error) => {
+                        if pool.is_closed() {
+                            if let Some(shared) = shared.upgrade() {
+                                shared.running.store(false, Ordering::Release);
+                            }
+                            return;
+                        }
+                        tracing::warn!(%error, "lost the wake-up listener; readers poll until it reconnects");
+                        listener = None;
+                    }
+                }
+                if let Some(shared) = shared.upgrade() {
+                    shared.bump();
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for WakeUps {
@@ -203,41 +338,32 @@ impl std::fmt::Debug for WakeUps {
 }
 
 impl WakeUps {
-    /// Wake-ups for `store`; on PostgreSQL this holds one connection of its own (LISTEN), and
-    /// falls back to polling while it cannot.
+    /// Wake-ups for `store`. On PostgreSQL they come from the store's shared listener (one
+    /// connection for all its readers); while it cannot listen, readers poll.
     pub async fn new(store: &EventStore) -> Self {
-        let postgres = match store.postgres_pool() {
-            Some(pool) => {
-                let mut postgres = PostgresWakeUps {
-                    pool: pool.clone(),
-                    listener: None,
-                };
-                postgres.connect().await;
-                Some(postgres)
-            }
-            None => None,
-        };
+        let notified = store
+            .postgres_pool()
+            .map(|pool| store.shared_listener().subscribe(pool));
         Self {
             local: store.appended_receiver(),
-            postgres,
+            notified,
             held_back: None,
+            last_read: None,
         }
     }
 
     /// Forgets wake-ups that came before the read about to happen.
     pub fn mark_seen(&mut self) {
         self.local.borrow_and_update();
-        if let Some(listener) = self
-            .postgres
-            .as_mut()
-            .and_then(|postgres| postgres.listener.as_mut())
-        {
-            while listener.next_buffered().is_some() {}
+        if let Some(notified) = self.notified.as_mut() {
+            notified.borrow_and_update();
         }
+        self.last_read = Some(Instant::now());
     }
 
-    /// Waits for a wake-up, the poll interval (shorter while a wake-up's event may still be
-    /// held back, see [`WakeUps`]) or shutdown; true if shutdown.
+    /// Waits for a wake-up (then until [`MIN_READ_GAP`] after the last read), the poll
+    /// interval (shorter while a wake-up's event may still be held back, see [`WakeUps`]) or
+    /// shutdown; true if shutdown.
     pub async fn wait(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
@@ -245,67 +371,49 @@ impl WakeUps {
     ) -> bool {
         let Self {
             local,
-            postgres,
+            notified,
             held_back,
+            last_read,
         } = self;
-        // After a wake-up, the read that followed found nothing (else the caller would not
-        // wait): retry soon, doubling, until the poll interval.
+        // After a wake-up, the read that followed found nothing new to wait for (else the
+        // caller would not wait): retry soon, doubling, until the poll interval.
         let (timeout, short) = match *held_back {
             Some(delay) if delay < poll_interval => (delay, true),
             _ => (poll_interval, false),
         };
-        if let Some(postgres) = postgres.as_mut() {
-            if postgres.listener.is_none() {
-                postgres.connect().await;
-            }
-        }
-        let listener = postgres
-            .as_mut()
-            .and_then(|postgres| postgres.listener.as_mut());
-        let mut lost_listener = false;
-        let notified = async {
-            match listener {
-                Some(listener) => listener.recv().await.map(|_| ()),
+        let remote = async {
+            match notified {
+                // A closed channel (the store is gone) is no wake-up.
+                Some(notified) => {
+                    if notified.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
                 None => std::future::pending().await,
             }
         };
-        let shutdown_now = tokio::select! {
-            changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
-            _ = local.changed() => {
-                *held_back = Some(HELD_BACK_FIRST);
-                false
-            }
-            received = notified => {
-                if let Err(error) = received {
-                    tracing::warn!(%error, "lost the wake-up listener; polling until it reconnects");
-                    lost_listener = true;
-                } else {
-                    *held_back = Some(HELD_BACK_FIRST);
-                }
-                false
-            }
+        let woken = tokio::select! {
+            changed = shutdown.changed() => return changed.is_err() || *shutdown.borrow(),
+            _ = local.changed() => true,
+            () = remote => true,
             () = tokio::time::sleep(timeout) => {
                 *held_back = if short { Some(timeout * 2) } else { None };
                 false
             }
         };
-        if lost_listener {
-            if let Some(postgres) = postgres.as_mut() {
-                postgres.listener = None;
+        if woken {
+            *held_back = Some(HELD_BACK_FIRST);
+            let gap = last_read.map_or(Duration::ZERO, |read| {
+                MIN_READ_GAP.saturating_sub(read.elapsed())
+            });
+            if !gap.is_zero() {
+                tokio::select! {
+                    changed = shutdown.changed() => return changed.is_err() || *shutdown.borrow(),
+                    () = tokio::time::sleep(gap) => {}
+                }
             }
         }
-        shutdown_now
-    }
-}
-
-impl PostgresWakeUps {
-    async fn connect(&mut self) {
-        match listen(&self.pool).await {
-            Ok(listener) => self.listener = Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for wake-ups; polling instead");
-            }
-        }
+        false
     }
 }
 

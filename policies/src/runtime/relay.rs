@@ -103,7 +103,7 @@ impl Relay {
                     Some(cursor) => cursor,
                     None => self.store.load_checkpoint(&self.options.checkpoint).await?,
                 };
-                let published = self.relay_batch(from).await?;
+                let published = self.publish_batch(from).await?;
                 Ok::<_, RuntimeError>((from, published))
             }
             .await;
@@ -118,9 +118,18 @@ impl Relay {
                         break;
                     }
                 }
-                Ok((_, Some(next))) => {
+                Ok((_, Some((next, full)))) => {
                     cursor = Some(next);
                     backoff = self.options.min_backoff;
+                    // A batch smaller than asked for was all there was: wait for the next
+                    // append instead of reading again at once to find nothing.
+                    if !full
+                        && wake_ups
+                            .wait(&mut shutdown, self.options.poll_interval)
+                            .await
+                    {
+                        break;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, ?backoff, "relay failed; retrying from its checkpoint");
@@ -142,6 +151,14 @@ impl Relay {
     /// Publishes one batch after `from` and, once every message is acknowledged, saves the
     /// checkpoint. Answers the new cursor, or `None` if there was nothing to publish.
     pub async fn relay_batch(&self, from: LogCursor) -> Result<Option<LogCursor>, RuntimeError> {
+        Ok(self.publish_batch(from).await?.map(|(next, _)| next))
+    }
+
+    /// [`Relay::relay_batch`], also answering whether the batch was full (more may be there).
+    async fn publish_batch(
+        &self,
+        from: LogCursor,
+    ) -> Result<Option<(LogCursor, bool)>, RuntimeError> {
         // Every publish of a batch holds one of the JetStream context's in-flight permits
         // (5000 by default) until its ack is awaited: a batch must stay well below that.
         let batch_size = self.options.batch_size.clamp(1, MAX_BATCH);
@@ -151,6 +168,7 @@ impl Relay {
             return Ok(None);
         };
         let next = last.cursor();
+        let full = batch.len() >= batch_size;
         let mut acks = Vec::with_capacity(batch.len());
         for event in &batch {
             acks.push((event, self.publish(event).await?));
@@ -175,7 +193,7 @@ impl Relay {
             ?next,
             "relayed a batch"
         );
-        Ok(Some(next))
+        Ok(Some((next, full)))
     }
 
     async fn publish(&self, event: &EventHeader) -> Result<PublishAckFuture, RuntimeError> {

@@ -16,6 +16,7 @@ backend_tests!(
     streams_and_the_global_log_read_in_order,
     event_rows_cannot_be_updated_or_deleted,
     a_storm_of_mixed_appends_is_answered_as_one_at_a_time,
+    appends_of_a_transaction_grouped_are_answered_one_by_one,
 );
 
 async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
@@ -624,4 +625,127 @@ async fn a_storm_of_mixed_appends_is_answered_as_one_at_a_time(store: EventStore
         "the hash chain verifies after the storm"
     );
     assert_eq!(report.events_checked, u64::try_from(total).unwrap());
+}
+
+/// `StoreTransaction::append_many` answers each append as `append` would have, one after
+/// another, whether the group is written in one statement or some of it goes alone; and
+/// `events_by_ids` reads back what the transaction stored.
+async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventStore) {
+    let existing = new_stream("grouped-existing");
+    let earlier = new_event("Created", json!({"n": 0}));
+    let stored = store
+        .append(
+            &existing,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&earlier),
+        )
+        .await
+        .unwrap();
+
+    // All new: one group.
+    let (a, b) = (new_stream("grouped-a"), new_stream("grouped-b"));
+    let (event_a, event_b) = (
+        new_event("A", json!({"n": 1})),
+        new_event("B", json!({"n": 2})),
+    );
+    let mut tx = store.begin().await.unwrap();
+    let results = tx
+        .append_many(&[
+            (
+                &a,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_a),
+            ),
+            (
+                &b,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_b),
+            ),
+        ])
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(outcomes[0].stream_version, StreamVersion(1));
+    assert_eq!(outcomes[1].stream_version, StreamVersion(1));
+    assert!(outcomes[0].last_position < outcomes[1].first_position);
+    assert!(!outcomes[0].already_stored && !outcomes[1].already_stored);
+    let mut read = tx
+        .events_by_ids(&[event_b.event_id, event_a.event_id, uuid::Uuid::now_v7()])
+        .await
+        .unwrap();
+    read.sort_by_key(|event| event.global_position);
+    assert_eq!(
+        read.iter().map(|event| event.event_id).collect::<Vec<_>>(),
+        vec![event_a.event_id, event_b.event_id]
+    );
+    tx.commit().await.unwrap();
+
+    // Mixed: a new stream, a stream that exists where none is expected (a conflict), a
+    // re-send of a stored event (answered as already stored), an exact version that fits.
+    let c = new_stream("grouped-c");
+    let event_c = new_event("C", json!({"n": 3}));
+    let clash = new_event("Clash", json!({}));
+    let next = new_event("Next", json!({"n": 4}));
+    let mut tx = store.begin().await.unwrap();
+    let results = tx
+        .append_many(&[
+            (
+                &c,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_c),
+            ),
+            (&a, ExpectedVersion::NoStream, std::slice::from_ref(&clash)),
+            (
+                &existing,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&earlier),
+            ),
+            (
+                &b,
+                ExpectedVersion::Exact(StreamVersion(1)),
+                std::slice::from_ref(&next),
+            ),
+        ])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut results = results.into_iter();
+    let outcome_c = results.next().unwrap().unwrap();
+    assert_eq!(outcome_c.stream_version, StreamVersion(1));
+    assert!(!outcome_c.already_stored);
+    let error = results.next().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            AppendError::Conflict {
+                actual: Some(StreamVersion(1)),
+                expected: ExpectedVersion::NoStream,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let again = results.next().unwrap().unwrap();
+    assert!(again.already_stored);
+    assert_eq!(again.first_position, stored.first_position);
+    let outcome_next = results.next().unwrap().unwrap();
+    assert_eq!(outcome_next.stream_version, StreamVersion(2));
+
+    // What was stored, and only that.
+    let in_a = store.read_stream(&a).await.unwrap();
+    assert_eq!(in_a.len(), 1);
+    assert_eq!(in_a[0].event_id, event_a.event_id);
+    let in_b = store.read_stream(&b).await.unwrap();
+    assert_eq!(
+        in_b.iter().map(|event| event.event_id).collect::<Vec<_>>(),
+        vec![event_b.event_id, next.event_id]
+    );
+    assert_eq!(store.read_stream(&c).await.unwrap().len(), 1);
+    assert_eq!(store.read_stream(&existing).await.unwrap().len(), 1);
+    // The hash chain holds across the grouped appends.
+    let report = lifeline_store::verify(&store, &lifeline_model::integrity::Keyring::default())
+        .await
+        .unwrap();
+    assert_eq!(report.first_bad, None, "the hash chain verifies");
+    assert_eq!(report.events_checked, 5);
 }

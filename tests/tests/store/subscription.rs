@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use lifeline_model::envelope::{ExpectedVersion, LogCursor, RecordedEvent, StreamVersion};
 use lifeline_store::{
     run_subscription, run_subscription_with, BackendKind, EventStore, StoreTransaction, Subscriber,
-    SubscriberError, SubscriptionError, SubscriptionOptions, TransactionConnection,
+    SubscriberError, SubscriptionError, SubscriptionOptions, TransactionConnection, WakeUps,
 };
 use lifeline_tests::{backend_tests, eventually, new_event, new_stream};
 use serde_json::json;
@@ -394,4 +394,71 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     result.unwrap();
     assert_eq!(third.handled.load(Ordering::SeqCst), 50);
     assert_eq!(seen_rows(&store).await, 100);
+}
+
+/// The `LISTEN` connections open on the test database.
+async fn listeners(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The readers of one store share one `LISTEN` connection, another process's append wakes
+/// every one of them, and the connection closes once no reader waits any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_share_one_listener_and_hear_other_processes() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store().clone();
+    let pool = store.postgres_pool().unwrap().clone();
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        readers.push(WakeUps::new(&store).await);
+    }
+    eventually(Duration::from_secs(10), "one LISTEN connection", || async {
+        listeners(&pool).await == 1
+    })
+    .await;
+    let (_stop, mut shutdown) = watch::channel(false);
+    let poll = Duration::from_secs(60);
+    for reader in &mut readers {
+        reader.mark_seen();
+        // Nothing was appended: no wake-up.
+        let waited =
+            tokio::time::timeout(Duration::from_millis(300), reader.wait(&mut shutdown, poll));
+        assert!(waited.await.is_err(), "a reader woke without an append");
+        reader.mark_seen();
+    }
+
+    // Another process: a store of its own on the same database.
+    let other = EventStore::connect_postgres((*pool.connect_options()).clone(), 2)
+        .await
+        .unwrap();
+    other
+        .append(
+            &new_stream("elsewhere"),
+            ExpectedVersion::NoStream,
+            &[new_event("Happened", json!({}))],
+        )
+        .await
+        .unwrap();
+    for reader in &mut readers {
+        let waited = tokio::time::timeout(Duration::from_secs(5), reader.wait(&mut shutdown, poll));
+        assert_eq!(
+            waited.await,
+            Ok(false),
+            "every reader is woken by the other process's append"
+        );
+    }
+    other.close().await;
+
+    drop(readers);
+    eventually(Duration::from_secs(10), "the listener to close", || async {
+        listeners(&pool).await == 0
+    })
+    .await;
+    test_store.close().await;
 }
