@@ -32,7 +32,7 @@ use lifeline_model::envelope::{
 use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::SystemEvent;
-use lifeline_model::task::{TaskCompleted, TaskEvent};
+use lifeline_model::task::{TaskCompleted, TaskEvent, TaskOutcome};
 use lifeline_store::{AppendError, StoreTransaction};
 use uuid::Uuid;
 
@@ -163,6 +163,65 @@ impl PolicyHandler for PolicyEngine {
         }
     }
 
+    /// The registration policies (a task per record, decided from the event alone) write a
+    /// batch's tasks in one grouped append at the end: the batch reads nothing between its
+    /// writes, and holds its transaction's first write (which holds back every gap-free reader
+    /// of the log) only for that last statement. The other policies read what earlier events
+    /// of the batch wrote, and apply one event after another.
+    async fn apply_batch(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), (Option<usize>, PolicyError)> {
+        if !matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION) {
+            for (index, event) in events.iter().enumerate() {
+                self.apply(policy, tx, event)
+                    .await
+                    .map_err(|error| (Some(index), error))?;
+            }
+            return Ok(());
+        }
+        let now = Utc::now();
+        // (index of the event, stream, expected version, event) of every append, in order.
+        let mut planned = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            if !self.wants(policy, &event.event_type) {
+                continue;
+            }
+            let run = Run {
+                policy,
+                event,
+                context: Context {
+                    source: Source::of(event),
+                    now,
+                    reference: &self.reference,
+                },
+            };
+            let failed = |error| (Some(index), error);
+            for command in run.registration().map_err(failed)? {
+                let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
+                planned.push((index, stream, expected, new_event));
+            }
+        }
+        let appends: Vec<_> = planned
+            .iter()
+            .map(|(_, stream, expected, new_event)| {
+                (stream, *expected, std::slice::from_ref(new_event))
+            })
+            .collect();
+        let results = tx
+            .append_many(&appends)
+            .await
+            .map_err(|error| (None, PolicyError::Store(error)))?;
+        for ((index, _, _, new_event), result) in planned.iter().zip(results) {
+            duplicate_or_error(tx, new_event.event_id, result)
+                .await
+                .map_err(|error| (Some(*index), error))?;
+        }
+        Ok(())
+    }
+
     #[tracing::instrument(skip_all, fields(policy, event_id = %event.event_id, stream = %event.stream_id))]
     async fn apply(
         &self,
@@ -258,6 +317,21 @@ impl Run<'_> {
         let TaskEvent::TaskCompleted(completed) = self.decode::<TaskEvent>()? else {
             return Ok(None);
         };
+        // Each registration completes with its own kind of outcome: another kind is not a
+        // completion of `procedure`, and its task need not be read (every completion reaches
+        // both follow-up policies).
+        let outcome_fits = match procedure {
+            ProcedureId::BirthRegistration => {
+                matches!(completed.outcome, TaskOutcome::BirthRegistered { .. })
+            }
+            ProcedureId::DeathRegistration => {
+                matches!(completed.outcome, TaskOutcome::DeathRegistered { .. })
+            }
+            _ => true,
+        };
+        if !outcome_fits {
+            return Ok(None);
+        }
         let Some((_, task)) = self.find_task(tx, completed.task_id).await? else {
             return Err(self.refused(format!("task {} has no TaskCreated", completed.task_id)));
         };
@@ -533,6 +607,15 @@ impl Run<'_> {
         tx: &mut StoreTransaction<'_>,
         command: Command,
     ) -> Result<bool, PolicyError> {
+        let (stream, expected, event) = self.prepare(command)?;
+        append_once(tx, &stream, expected, event).await
+    }
+
+    /// The append `command` asks for: its stream, expected version and event.
+    fn prepare(
+        &self,
+        command: Command,
+    ) -> Result<(StreamId, ExpectedVersion, NewEvent), PolicyError> {
         let metadata = self.metadata();
         let (stream, expected, event) = match command {
             Command::CreateTask(task) => {
@@ -568,7 +651,7 @@ impl Run<'_> {
                 )
             }
         };
-        append_once(tx, &stream, expected, event).await
+        Ok((stream, expected, event))
     }
 }
 
@@ -584,7 +667,19 @@ async fn append_once(
     event: NewEvent,
 ) -> Result<bool, PolicyError> {
     let event_id = event.event_id;
-    match tx.append(stream, expected, &[event]).await {
+    let result = tx.append(stream, expected, &[event]).await;
+    duplicate_or_error(tx, event_id, result).await
+}
+
+/// What an append of the event `event_id` came to: true if it appended, false if the event
+/// was stored before (a conflict or an id mismatch where the id is stored counts so: a
+/// redelivery after the stream moved on).
+async fn duplicate_or_error(
+    tx: &mut StoreTransaction<'_>,
+    event_id: Uuid,
+    result: Result<lifeline_store::AppendOutcome, AppendError>,
+) -> Result<bool, PolicyError> {
+    match result {
         Ok(outcome) => Ok(!outcome.already_stored),
         Err(error @ (AppendError::Conflict { .. } | AppendError::EventIdMismatch { .. })) => {
             if tx.event_by_id(event_id).await?.is_some() {

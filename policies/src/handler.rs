@@ -52,4 +52,22 @@ pub trait PolicyHandler: Send + Sync {
         tx: &mut StoreTransaction<'_>,
         event: &RecordedEvent,
     ) -> Result<(), PolicyError>;
+
+    /// Runs `policy` on each of `events`, in order, inside `tx`, with the effect of
+    /// [`PolicyHandler::apply`] on each one after another. On failure the caller rolls `tx`
+    /// back; the error comes with the index of the event it came from, if one did. The
+    /// default applies them one by one; a handler may write a batch's effects together.
+    async fn apply_batch(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), (Option<usize>, PolicyError)> {
+        for (index, event) in events.iter().enumerate() {
+            self.apply(policy, tx, event)
+                .await
+                .map_err(|error| (Some(index), error))?;
+        }
+        Ok(())
+    }
 }

@@ -30,7 +30,13 @@ async fn drain_racing(store: &EventStore, engine: &PolicyEngine, cursor: &mut Lo
     loop {
         let batch = store.read_all(*cursor, 100).await.unwrap();
         if batch.is_empty() {
-            return;
+            if committed_after(store, *cursor).await == 0 {
+                return;
+            }
+            // Committed but held back behind a transaction still running somewhere on the
+            // server (the gap-free read's horizon is server-wide: another test's, say).
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
         }
         for event in batch {
             for policy in engine.policy_names() {
@@ -52,13 +58,31 @@ async fn drain_racing(store: &EventStore, engine: &PolicyEngine, cursor: &mut Lo
     }
 }
 
+/// The events committed after `cursor`, readable by the gap-free read or not yet.
+async fn committed_after(store: &EventStore, cursor: LogCursor) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (transaction_id, global_position) > ($1, $2)",
+    )
+    .bind(cursor.transaction_id)
+    .bind(cursor.global_position)
+    .fetch_one(store.postgres_pool().unwrap())
+    .await
+    .unwrap()
+}
+
+/// Every committed event, in commit order (waiting for any the gap-free read still holds
+/// back).
 async fn log(store: &EventStore) -> Vec<RecordedEvent> {
     let mut events = Vec::new();
     let mut cursor = LogCursor::START;
     loop {
         let batch = store.read_all(cursor, 500).await.unwrap();
         let Some(last) = batch.last() else {
-            return events;
+            if committed_after(store, cursor).await == 0 {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
         };
         cursor = last.cursor();
         events.extend(batch);
@@ -240,4 +264,81 @@ async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
         .map(|event| event.event_id)
         .collect();
     assert_eq!(after, before);
+}
+
+/// A registration policy handed a whole batch (`apply_batch`, one grouped append), the same
+/// batch delivered twice at once and then once more: one task per record.
+#[tokio::test]
+async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let today = Utc::now().date_naive();
+    let mut births = Vec::new();
+    for (index, name) in ["Nguyễn Minh An", "Phạm Thu Hà", "Lê Quốc Bảo"]
+        .iter()
+        .enumerate()
+    {
+        let input: BirthDeclarationInput = serde_json::from_value(json!({
+          "office": "79-26734",
+          "child": { "full_name": name, "sex": "female", "date_of_birth": "2026-11-20",
+                     "place_of_birth": "Bệnh viện Từ Dũ", "nationality": "VN" },
+          "mother": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}") },
+          "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+          "declarant": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}"),
+                         "relationship": "mother", "phone": "+84901234567" },
+          "procedures": ["birth-registration"]
+        }))
+        .unwrap();
+        births.push(
+            record(
+                store,
+                "birth",
+                LifeEventCommand::RecordBirth {
+                    life_event_id: Uuid::new_v4(),
+                    declaration: parse_birth(&input, today).unwrap(),
+                    recorded_on: today,
+                },
+            )
+            .await,
+        );
+    }
+    let batch = log(store).await;
+    assert_eq!(batch.len(), 3);
+    let deliver = || async {
+        let mut tx = store.begin().await.unwrap();
+        engine
+            .apply_batch(BIRTH_REGISTRATION, &mut tx, &batch)
+            .await
+            .map_err(|(_, error)| error)?;
+        tx.commit().await.unwrap();
+        Ok::<_, lifeline_policies::PolicyError>(())
+    };
+    let (first, second) = futures::join!(deliver(), deliver());
+    first.unwrap();
+    second.unwrap();
+    deliver().await.unwrap();
+
+    let events = log(store).await;
+    let created: Vec<Uuid> = events
+        .iter()
+        .filter(|event| event.event_type == "TaskCreated")
+        .map(|event| match decode_recorded::<TaskEvent>(event).unwrap() {
+            TaskEvent::TaskCreated(task) => task.task_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected: BTreeSet<Uuid> = births
+        .iter()
+        .map(|birth| {
+            task_id(
+                BIRTH_REGISTRATION,
+                birth.event_id,
+                ProcedureId::BirthRegistration,
+            )
+        })
+        .collect();
+    assert_eq!(created.len(), 3, "one task per birth: {created:?}");
+    assert_eq!(created.into_iter().collect::<BTreeSet<_>>(), expected);
+    test_store.close().await;
 }

@@ -10,11 +10,13 @@
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
+use lifeline_model::envelope::RecordedEvent;
 use lifeline_store::EventStore;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -490,18 +492,31 @@ impl Worker {
             .begin()
             .await
             .map_err(|error| (None, error.to_string()))?;
-        for (index, &event_id) in event_ids.iter().enumerate() {
-            let failed = |error: String| (Some(index), error);
-            let event = tx
-                .event_by_id(event_id)
-                .await
-                .map_err(|error| failed(error.to_string()))?
-                .ok_or_else(|| failed(RuntimeError::EventMissing { event_id }.to_string()))?;
-            self.handler
-                .apply(&self.policy, &mut tx, &event)
-                .await
-                .map_err(|error| failed(error.to_string()))?;
+        // The batch's events in one read, in the batch's order.
+        let mut found: HashMap<Uuid, RecordedEvent> = tx
+            .events_by_ids(event_ids)
+            .await
+            .map_err(|error| (None, error.to_string()))?
+            .into_iter()
+            .map(|event| (event.event_id, event))
+            .collect();
+        let mut events = Vec::with_capacity(event_ids.len());
+        for (index, event_id) in event_ids.iter().enumerate() {
+            let event = found.remove(event_id).ok_or_else(|| {
+                (
+                    Some(index),
+                    RuntimeError::EventMissing {
+                        event_id: *event_id,
+                    }
+                    .to_string(),
+                )
+            })?;
+            events.push(event);
         }
+        self.handler
+            .apply_batch(&self.policy, &mut tx, &events)
+            .await
+            .map_err(|(index, error)| (index, error.to_string()))?;
         tx.commit().await.map_err(|error| (None, error.to_string()))
     }
 
