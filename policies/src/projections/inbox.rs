@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use lifeline_model::codec::EventFamily;
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::task::{TaskEvent, TaskStatus};
 use lifeline_store::projections::{self, TaskRow};
@@ -42,6 +43,9 @@ impl Subscriber for InboxProjection {
         tx: &mut StoreTransaction<'_>,
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError> {
+        if !is_task_event(&event.event_type) {
+            return Ok(());
+        }
         let Some(DecodedEvent::Task(task_event)) =
             self.decoded.take(event).map_err(SubscriberError::failed)?
         else {
@@ -78,7 +82,11 @@ impl Subscriber for InboxProjection {
         tx: &mut StoreTransaction<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), SubscriberError> {
-        self.decoded.fill(events).map_err(SubscriberError::failed)?;
+        // Only task events make inbox rows: the others (records with their declarations, the
+        // largest payloads) are not decoded.
+        self.decoded
+            .fill_where(events, is_task_event)
+            .map_err(SubscriberError::failed)?;
         let mut created = HashSet::new();
         let mut seen = HashSet::new();
         let mut wanted = Vec::new();
@@ -105,6 +113,11 @@ impl Subscriber for InboxProjection {
         projections::save_tasks(tx, &self.held.drain()).await?;
         Ok(())
     }
+}
+
+/// Whether events of `event_type` are task events (the only ones the inbox reads).
+fn is_task_event(event_type: &str) -> bool {
+    TaskEvent::current_version(event_type).is_some()
 }
 
 /// What one task event does to the task's inbox row. Pure. `None`: the row does not exist and

@@ -86,8 +86,17 @@ pub(crate) struct DecodedBatch {
 impl DecodedBatch {
     /// Decodes every event of `events` that a projection knows, keeping them by event id.
     pub(crate) fn fill(&mut self, events: &[RecordedEvent]) -> Result<(), DecodeError> {
+        self.fill_where(events, |_| true)
+    }
+
+    /// [`DecodedBatch::fill`] for the events whose type `wanted` accepts only.
+    pub(crate) fn fill_where(
+        &mut self,
+        events: &[RecordedEvent],
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), DecodeError> {
         self.events.clear();
-        for event in events {
+        for event in events.iter().filter(|event| wanted(&event.event_type)) {
             if let Some(decoded) = decode_event(event)? {
                 self.events.insert(event.event_id, decoded);
             }
