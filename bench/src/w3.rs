@@ -1,8 +1,8 @@
 //! W3: end to end at fixed arrival rates (open loop). Births are posted on schedule to the
 //! in-process API; the relay (store -> JetStream), the policy workers (the real
 //! `PolicyEngine`) and the projection subscribers run in-process under `run_roles` on a
-//! JetStream stream of the run's own. A monitor follows the log (gap-free reader, woken by the
-//! store's `LISTEN/NOTIFY` channel) and the inbox projection, and a simulated agency completes
+//! JetStream stream of the run's own. A monitor follows the log (gap-free reader, woken like
+//! the pipeline's readers, and every 3 ms while it awaits inbox rows) and the inbox projection, and a simulated agency completes
 //! each birth-registration task as soon as its inbox row exists (through `TaskDesk`).
 //!
 //! Latencies: `http` from each request's scheduled time to its 201; `first_log` / `first_inbox`
@@ -26,15 +26,17 @@ use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
 use lifeline_policies::projections::projection_subscribers;
 use lifeline_policies::runtime::{connect_nats, run_roles, Role as RuntimeRole, RuntimeSettings};
 use lifeline_policies::PolicyHandler;
-use lifeline_store::EventStore;
+use lifeline_store::{EventStore, WakeUps};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::common::{nats_url, Figure, FreshDatabase};
 use crate::w2::{bodies, client, post_birth, verifier, Api, SERVE_POOL};
 
-/// How long the monitor waits for a wake-up before reading anyway.
-const MONITOR_POLL: Duration = Duration::from_millis(2);
+/// How often the monitor reads while it awaits inbox rows (they wake nobody).
+const MONITOR_POLL: Duration = Duration::from_millis(3);
+/// How long the monitor waits for a wake-up, when it awaits no inbox row, before reading anyway.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How long, after the last arrival, the chains may take to finish.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Requests in flight beyond this are counted as dropped (the open loop must not exhaust memory).
@@ -121,6 +123,8 @@ async fn run_on(
 #[derive(Default, Clone)]
 struct Chain {
     created: Option<Instant>,
+    /// When the `BirthRecorded` became readable in the log (for `W3_TRACE`).
+    birth_log: Option<Instant>,
     first_task: Option<Uuid>,
     first_log: Option<Instant>,
     first_inbox: Option<Instant>,
@@ -271,6 +275,14 @@ pub(crate) async fn drive_chains(
         let at = |instant: Option<Instant>| {
             instant.map_or(-1.0, |instant| (instant - started).as_secs_f64())
         };
+        // The first step's stages: 201 -> birth readable -> task readable -> inbox row.
+        let chains: Vec<&Chain> = shared.chains.values().collect();
+        eprintln!(
+            "{label} first step: 201->birth in log {}; birth->task in log {}; task log->inbox {}",
+            stage(&chains, |chain| chain.created.zip(chain.birth_log)),
+            stage(&chains, |chain| chain.birth_log.zip(chain.first_log)),
+            stage(&chains, |chain| chain.first_log.zip(chain.first_inbox)),
+        );
         for chain in shared.chains.values() {
             let second = chain.second_log.iter().max().copied();
             if since(chain.completed, second)
@@ -307,6 +319,28 @@ pub(crate) async fn drive_chains(
     ])
 }
 
+/// The quantiles, in ms, of the spans `span` answers (for `W3_TRACE`).
+fn stage(chains: &[&Chain], span: impl Fn(&Chain) -> Option<(Instant, Instant)>) -> String {
+    let mut all: Vec<f64> = chains
+        .iter()
+        .filter_map(|chain| span(chain))
+        .map(|(from, to)| to.saturating_duration_since(from).as_secs_f64() * 1e3)
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let index = ((all.len().max(1) - 1) as f64 * q) as usize;
+        all.get(index).copied().unwrap_or(-1.0)
+    };
+    format!(
+        "p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} (n {})",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        all.len()
+    )
+}
+
 /// The cursor after the last event now readable: the monitor starts there.
 async fn log_end(store: &EventStore) -> anyhow::Result<LogCursor> {
     let mut cursor = LogCursor::START;
@@ -330,24 +364,45 @@ async fn monitor(
         .postgres_pool()
         .context("the bench runs on PostgreSQL")?
         .clone();
-    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-    listener.listen("lifeline_events").await?;
+    // Woken like the pipeline's own readers (coalesced: not once per append, which under load
+    // would be thousands of reads a second taken from the pipeline it measures); inbox rows
+    // wake nobody, so while some are awaited it polls every MONITOR_POLL. A latency is seen up
+    // to a few milliseconds late, never early.
+    let mut wake_ups = WakeUps::new(&store).await;
+    let mut awaiting_rows = false;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        // Woken by an append's NOTIFY, or by the poll interval (inbox rows do not notify).
-        tokio::select! {
-            _ = listener.try_recv() => {}
-            () = tokio::time::sleep(MONITOR_POLL) => {}
-            _ = stop.changed() => {}
+        if awaiting_rows {
+            tokio::select! {
+                () = tokio::time::sleep(MONITOR_POLL) => {}
+                _ = stop.changed() => {}
+            }
+        } else if wake_ups.wait(&mut stop, IDLE_POLL).await {
+            return Ok(());
         }
+        wake_ups.mark_seen();
         loop {
             let page = store.read_all(cursor, 1_000).await?;
             let now = Instant::now();
             let Some(last) = page.last() else { break };
             cursor = last.cursor();
             let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            for event in page
+                .iter()
+                .filter(|event| event.event_type == "BirthRecorded")
+            {
+                let id = event.stream_id.as_str().split_once('-').map(|(_, id)| id);
+                if let Some(life_event_id) = id.and_then(|id| id.parse::<Uuid>().ok()) {
+                    shared
+                        .chains
+                        .entry(life_event_id)
+                        .or_default()
+                        .birth_log
+                        .get_or_insert(now);
+                }
+            }
             for event in page
                 .iter()
                 .filter(|event| event.event_type == "TaskCompleted")
@@ -393,6 +448,7 @@ async fn monitor(
             let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             shared.pending_inbox.keys().copied().collect()
         };
+        awaiting_rows = !pending.is_empty();
         if pending.is_empty() {
             continue;
         }
