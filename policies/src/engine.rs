@@ -37,7 +37,7 @@ use lifeline_store::{AppendError, StoreTransaction};
 use uuid::Uuid;
 
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
-use crate::handler::{PolicyError, PolicyHandler};
+use crate::handler::{apply_each, PolicyError, PolicyHandler};
 use crate::identity::{IdentityAllocator, IdentityError, PinRequest, StoreAllocator};
 use crate::reference::{ReferenceData, ReferenceError};
 use crate::rules::{
@@ -175,12 +175,7 @@ impl PolicyHandler for PolicyEngine {
         events: &[RecordedEvent],
     ) -> Result<(), (Option<usize>, PolicyError)> {
         if !matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION) {
-            for (index, event) in events.iter().enumerate() {
-                self.apply(policy, tx, event)
-                    .await
-                    .map_err(|error| (Some(index), error))?;
-            }
-            return Ok(());
+            return apply_each(self, policy, tx, events).await;
         }
         let now = Utc::now();
         // (index of the event, stream, expected version, event) of every append, in order.

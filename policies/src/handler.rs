@@ -63,11 +63,24 @@ pub trait PolicyHandler: Send + Sync {
         tx: &mut StoreTransaction<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), (Option<usize>, PolicyError)> {
-        for (index, event) in events.iter().enumerate() {
-            self.apply(policy, tx, event)
-                .await
-                .map_err(|error| (Some(index), error))?;
-        }
-        Ok(())
+        apply_each(self, policy, tx, events).await
     }
+}
+
+/// [`PolicyHandler::apply`] on each of `events`, in order (what
+/// [`PolicyHandler::apply_batch`] does unless a handler writes a batch together); the error
+/// comes with the index of its event.
+pub async fn apply_each<H: PolicyHandler + ?Sized>(
+    handler: &H,
+    policy: &str,
+    tx: &mut StoreTransaction<'_>,
+    events: &[RecordedEvent],
+) -> Result<(), (Option<usize>, PolicyError)> {
+    for (index, event) in events.iter().enumerate() {
+        handler
+            .apply(policy, tx, event)
+            .await
+            .map_err(|error| (Some(index), error))?;
+    }
+    Ok(())
 }

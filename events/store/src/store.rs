@@ -552,37 +552,38 @@ impl<'s> StoreTransaction<'s> {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, AppendError> {
         let encoded = append::encode_batch(events)?;
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            // The fast path first (`batch`): about four round trips instead of the careful
+            // path's eight.
+            let group = [batch::GroupAppend {
+                stream,
+                expected,
+                events: &encoded,
+            }];
+            if let Some(Some(outcome)) = append_fast(tx, &group).await?.pop() {
+                self.appended = true;
+                return Ok(outcome);
+            }
+        }
+        self.append_careful(stream, expected, &encoded).await
+    }
+
+    /// The careful path of [`StoreTransaction::append`] (`append::append_in_tx`), in a
+    /// savepoint of its own.
+    async fn append_careful(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        encoded: &[append::EncodedEvent<'_>],
+    ) -> Result<AppendOutcome, AppendError> {
         let outcome = match &mut self.inner {
             TxInner::Postgres(tx) => {
-                // The fast path first, in a savepoint of its own (`batch`): about four round
-                // trips instead of the careful path's eight.
-                let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-                let group = [batch::GroupAppend {
-                    stream,
-                    expected,
-                    events: &encoded,
-                }];
-                match batch::append_group_on(&mut savepoint, &group).await {
-                    Ok(answers) => match answers.first() {
-                        Some(batch::Answer::Stored(outcome)) => {
-                            savepoint.commit().await?;
-                            self.appended = true;
-                            return Ok(*outcome);
-                        }
-                        _ => savepoint.rollback().await?,
-                    },
-                    Err(batch::FastError::Careful) => savepoint.rollback().await?,
-                    Err(batch::FastError::Store(error)) => {
-                        savepoint.rollback().await?;
-                        return Err(error.into());
-                    }
-                }
                 let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
                 let result = append::append_in_tx(
                     &mut TxConnection::Postgres(&mut savepoint),
                     stream,
                     expected,
-                    &encoded,
+                    encoded,
                 )
                 .await;
                 finish_savepoint(savepoint, result).await?
@@ -593,7 +594,7 @@ impl<'s> StoreTransaction<'s> {
                     &mut TxConnection::Sqlite(&mut savepoint),
                     stream,
                     expected,
-                    &encoded,
+                    encoded,
                 )
                 .await;
                 finish_savepoint(savepoint, result).await?
@@ -619,58 +620,41 @@ impl<'s> StoreTransaction<'s> {
     /// Appends to several streams like [`StoreTransaction::append`] one after another, each
     /// append atomic on its own, and answers each one's result in order. On PostgreSQL the
     /// appends go in one statement (and one savepoint) when they can; an append that cannot
-    /// (its stream is not as expected, an id already stored) then runs on its own.
+    /// (its stream is not as expected, an id already stored) then runs on the careful path.
     pub async fn append_many(
         &mut self,
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        let mut results: Vec<Option<Result<AppendOutcome, AppendError>>> =
-            appends.iter().map(|_| None).collect();
-        // An append that does not encode goes its own way below, where its error is answered.
-        let encoded: Option<Vec<Vec<append::EncodedEvent<'_>>>> = appends
+        let encoded: Vec<Result<Vec<append::EncodedEvent<'_>>, AppendError>> = appends
             .iter()
-            .map(|(_, _, events)| append::encode_batch(events).ok())
+            .map(|(_, _, events)| append::encode_batch(events))
             .collect();
-        if let (TxInner::Postgres(tx), Some(encoded)) = (&mut self.inner, &encoded) {
-            let group: Vec<batch::GroupAppend<'_>> = appends
-                .iter()
-                .zip(encoded)
-                .map(|((stream, expected, _), events)| batch::GroupAppend {
+        let mut stored: Vec<Option<AppendOutcome>> = vec![None; appends.len()];
+        // A group with an append that does not encode is not tried: that append's error is
+        // answered below, the others go the careful way.
+        let group: Option<Vec<batch::GroupAppend<'_>>> = appends
+            .iter()
+            .zip(&encoded)
+            .map(|((stream, expected, _), events)| {
+                Some(batch::GroupAppend {
                     stream,
                     expected: *expected,
-                    events,
+                    events: events.as_ref().ok()?,
                 })
-                .collect();
-            let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-            match batch::append_group_on(&mut savepoint, &group).await {
-                Ok(answers) => {
-                    if answers
-                        .iter()
-                        .any(|answer| matches!(answer, batch::Answer::Stored(_)))
-                    {
-                        savepoint.commit().await?;
-                        self.appended = true;
-                    } else {
-                        savepoint.rollback().await?;
-                    }
-                    for (slot, answer) in results.iter_mut().zip(answers) {
-                        if let batch::Answer::Stored(outcome) = answer {
-                            *slot = Some(Ok(outcome));
-                        }
-                    }
-                }
-                Err(batch::FastError::Careful) => savepoint.rollback().await?,
-                Err(batch::FastError::Store(error)) => {
-                    savepoint.rollback().await?;
-                    return Err(error);
-                }
+            })
+            .collect();
+        if let (TxInner::Postgres(tx), Some(group)) = (&mut self.inner, group) {
+            stored = append_fast(tx, &group).await?;
+            if stored.iter().any(Option::is_some) {
+                self.appended = true;
             }
         }
         let mut answered = Vec::with_capacity(appends.len());
-        for ((stream, expected, events), result) in appends.iter().zip(results) {
-            answered.push(match result {
-                Some(result) => result,
-                None => self.append(stream, *expected, events).await,
+        for (((stream, expected, _), encoded), stored) in appends.iter().zip(encoded).zip(stored) {
+            answered.push(match (stored, encoded) {
+                (Some(outcome), _) => Ok(outcome),
+                (None, Ok(encoded)) => self.append_careful(stream, *expected, &encoded).await,
+                (None, Err(error)) => Err(error),
             });
         }
         Ok(answered)
@@ -795,6 +779,40 @@ impl<'s> StoreTransaction<'s> {
 
 /// Releases the savepoint of an append that stored (or found) its batch, rolls it back
 /// otherwise. `None`: the append lost an idempotency race and the caller must look the ids up.
+/// The fast path (`batch`) for `group`, in a savepoint of its own inside `tx`: each append's
+/// outcome if the group stored it, `None` for one it left to the careful path. Nothing stays of
+/// a group that stored nothing.
+async fn append_fast(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    group: &[batch::GroupAppend<'_>],
+) -> Result<Vec<Option<AppendOutcome>>, StoreError> {
+    let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+    let answers = match batch::append_group_on(&mut savepoint, group).await {
+        Ok(answers) => answers,
+        Err(batch::FastError::Careful) => {
+            savepoint.rollback().await?;
+            return Ok(vec![None; group.len()]);
+        }
+        Err(batch::FastError::Store(error)) => {
+            savepoint.rollback().await?;
+            return Err(error);
+        }
+    };
+    let stored: Vec<Option<AppendOutcome>> = answers
+        .into_iter()
+        .map(|answer| match answer {
+            batch::Answer::Stored(outcome) => Some(outcome),
+            batch::Answer::Careful => None,
+        })
+        .collect();
+    if stored.iter().any(Option::is_some) {
+        savepoint.commit().await?;
+    } else {
+        savepoint.rollback().await?;
+    }
+    Ok(stored)
+}
+
 async fn finish_savepoint<DB: sqlx::Database>(
     savepoint: sqlx::Transaction<'_, DB>,
     result: Result<AppendOutcome, TxAppendError>,

@@ -502,7 +502,15 @@ impl Worker {
             .collect();
         let mut events = Vec::with_capacity(event_ids.len());
         for (index, event_id) in event_ids.iter().enumerate() {
-            let event = found.remove(event_id).ok_or_else(|| {
+            // An id twice in one batch (a notice republished after the duplicate window) is
+            // handed over twice, as one at a time would.
+            let again = || {
+                events
+                    .iter()
+                    .find(|event: &&RecordedEvent| event.event_id == *event_id)
+                    .cloned()
+            };
+            let event = found.remove(event_id).or_else(again).ok_or_else(|| {
                 (
                     Some(index),
                     RuntimeError::EventMissing {
