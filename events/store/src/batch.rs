@@ -11,7 +11,9 @@
 //! The writing statement inserts the new streams (`ON CONFLICT DO NOTHING`), moves the locked
 //! ones, inserts every event (`ON CONFLICT (event_id) DO NOTHING`), and ends in
 //! `lifeline_grouped_append_check`, which raises unless every planned row was written: then the
-//! statement stores nothing. Nothing is ever half-written, and nothing is decided here that the
+//! statement stores nothing. A group that creates streams only calls the function
+//! `lifeline_append_new_streams` (migration 7) instead, the same statement without moved streams,
+//! planned once per connection rather than once per group. Nothing is ever half-written, and nothing is decided here that the
 //! careful path would decide differently:
 //! - an append this path cannot settle on what it saw (its stream is not where it expects: a
 //!   conflict or an idempotent re-send, which the event id decides; an event id seen twice in
@@ -293,10 +295,8 @@ fn plan(
     Ok((answers, rows))
 }
 
-/// The text of the writing statement (see [`write`]), once for both constants below.
-macro_rules! write_sql {
-    () => {
-        "WITH created AS ( \
+/// The writing statement of a group that moves streams (see [`write_moving`]).
+const WRITE_MOVING_SQL: &str = "WITH created AS ( \
                  INSERT INTO streams (stream_id, version, last_hash) \
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
                  ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
@@ -324,37 +324,63 @@ macro_rules! write_sql {
              FROM (SELECT count(*) AS n FROM created) AS c, \
                   (SELECT count(*) AS n FROM moved) AS m, \
                   (SELECT count(*) AS n, array_agg(event_id) AS ids, \
-                          array_agg(global_position) AS positions FROM inserted) AS i"
-    };
-}
+                          array_agg(global_position) AS positions FROM inserted) AS i";
 
-/// The writing statement (see [`write`]).
-const WRITE_SQL: &str = write_sql!();
-
-/// [`WRITE_SQL`] under another text, run unprepared (see [`write`]).
-const WRITE_PLANNED_PER_GROUP: &str = concat!("/* planned per group */ ", write_sql!());
+/// The writing statement of a group that creates streams only: one call of the function of
+/// migration 7, whose statement is planned once per connection (the same statement prepared
+/// here was planned anew on every group: see the migration).
+const WRITE_NEW_STREAMS_SQL: &str = "SELECT o_ids AS ids, o_positions AS positions \
+     FROM lifeline_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// The writing statement; answers the global position of every event id it stored.
 async fn write(
     conn: &mut PgConnection,
     rows: &Rows,
 ) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
+    let result = if rows.moved_ids.is_empty() {
+        sqlx::query(WRITE_NEW_STREAMS_SQL)
+            .bind(&rows.new_ids)
+            .bind(&rows.new_versions)
+            .bind(&rows.new_hashes)
+            .bind(&rows.stream_ids)
+            .bind(&rows.versions)
+            .bind(&rows.event_ids)
+            .bind(&rows.event_types)
+            .bind(&rows.schema_versions)
+            .bind(&rows.payloads)
+            .bind(&rows.metadata)
+            .bind(&rows.recorded_at)
+            .bind(&rows.hashes)
+            .fetch_one(conn)
+            .await
+    } else {
+        write_moving(conn, rows).await
+    };
+    let row = match result {
+        Ok(row) => row,
+        Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
+        Err(error) => return Err(error.into()),
+    };
+    let ids: Vec<Uuid> = row.try_get("ids")?;
+    let positions: Vec<i64> = row.try_get("positions")?;
+    Ok(ids
+        .into_iter()
+        .zip(positions.into_iter().map(GlobalPosition))
+        .collect())
+}
+
+/// [`WRITE_MOVING_SQL`], run unprepared.
+async fn write_moving(
+    conn: &mut PgConnection,
+    rows: &Rows,
+) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
     let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
     // Moved streams join `streams` by key. A prepared statement's generic plan is made once
     // per connection, early, when `streams` may be a few pages: a hash join over a sequential
     // scan, kept while the table grows (seen: every task completion scanned the whole table).
     // A group that moves streams therefore runs the statement unprepared, planned each time
     // with its own arrays and the table's size as it is now: an index probe per moved stream.
-    // Its text differs (the leading comment) because sqlx answers any text it has cached with
-    // the cached statement, `persistent(false)` or not. A group of new streams only (most
-    // births) keeps the cached plan, whose empty join reads one row.
-    let moves = !rows.moved_ids.is_empty();
-    let sql = if moves {
-        WRITE_PLANNED_PER_GROUP
-    } else {
-        WRITE_SQL
-    };
-    let result = sqlx::query(sql)
+    sqlx::query(WRITE_MOVING_SQL)
         .bind(&rows.new_ids)
         .bind(&rows.new_versions)
         .bind(&rows.new_hashes)
@@ -374,20 +400,9 @@ async fn write(
         .bind(count(rows.new_ids.len()))
         .bind(count(rows.moved_ids.len()))
         .bind(count(rows.event_ids.len()))
-        .persistent(!moves)
+        .persistent(false)
         .fetch_one(conn)
-        .await;
-    let row = match result {
-        Ok(row) => row,
-        Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
-        Err(error) => return Err(error.into()),
-    };
-    let ids: Vec<Uuid> = row.try_get("ids")?;
-    let positions: Vec<i64> = row.try_get("positions")?;
-    Ok(ids
-        .into_iter()
-        .zip(positions.into_iter().map(GlobalPosition))
-        .collect())
+        .await
 }
 
 /// The check refused the group, or a unique key did (a stream's version taken under a stream
