@@ -32,6 +32,11 @@ fn levels(args: &[String], default: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The same allocator as the `lifeline` binary, so the in-process benchmarks measure what
+/// `lifeline serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Logs only when asked (`RUST_LOG=warn`, say): to stderr, apart from the RESULT lines.
