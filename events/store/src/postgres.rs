@@ -18,6 +18,11 @@ pub(crate) const NOTIFY_CHANNEL: &str = "lifeline_events";
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
      event_id, event_type, schema_version, payload, metadata";
+/// [`EVENT_COLUMNS`] with the payload of events whose type is in the array `$4` only (null for
+/// the others).
+const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stream_id, \
+     stream_version, event_id, event_type, schema_version, \
+     CASE WHEN event_type = ANY($4) THEN payload END AS payload, metadata";
 const HEADER_COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
 
@@ -220,7 +225,25 @@ pub(crate) async fn read_all(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    read_global(conn, EVENT_COLUMNS, after, limit, decode_event).await
+    read_global(conn, EVENT_COLUMNS, after, limit, None, decode_event).await
+}
+
+/// [`read_all`] with the payloads of events of `payload_types` only; the others' is null.
+pub(crate) async fn read_all_with_payloads_of(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+    payload_types: &[&str],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    read_global(
+        conn,
+        EVENT_COLUMNS_SOME_PAYLOADS,
+        after,
+        limit,
+        Some(payload_types),
+        decode_event,
+    )
+    .await
 }
 
 /// [`read_all`] without payloads and metadata.
@@ -229,16 +252,17 @@ pub(crate) async fn read_all_headers(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<EventHeader>, StoreError> {
-    read_global(conn, HEADER_COLUMNS, after, limit, decode_header).await
+    read_global(conn, HEADER_COLUMNS, after, limit, None, decode_header).await
 }
 
 /// `columns` of up to `limit` events after `after` in commit order (see [`read_all`]), each
-/// row decoded by `decode`.
+/// row decoded by `decode`; `payload_types`, if given, is bound as `$4`.
 async fn read_global<T>(
     conn: &mut PgConnection,
     columns: &str,
     after: LogCursor,
     limit: i64,
+    payload_types: Option<&[&str]>,
     decode: fn(&PgRow) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let sql = format!(
@@ -248,12 +272,14 @@ async fn read_global<T>(
          ORDER BY transaction_id, global_position \
          LIMIT $3"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after.transaction_id)
         .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
+        .bind(limit);
+    if let Some(payload_types) = payload_types {
+        query = query.bind(payload_types);
+    }
+    let rows = query.fetch_all(conn).await?;
     rows.iter().map(decode).collect()
 }
 
@@ -382,7 +408,10 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         event_type: row.try_get("event_type")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
-        payload: row.try_get("payload")?,
+        // Null only where the read left it out (`EVENT_COLUMNS_SOME_PAYLOADS`).
+        payload: row
+            .try_get::<Option<serde_json::Value>, _>("payload")?
+            .unwrap_or(serde_json::Value::Null),
         metadata,
     })
 }

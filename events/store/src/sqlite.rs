@@ -15,6 +15,12 @@ use crate::error::StoreError;
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
      event_id, event_type, schema_version, payload, metadata";
+/// [`EVENT_COLUMNS`] with the payload of events whose type is in the JSON array `$4` only (null
+/// for the others).
+const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stream_id, \
+     stream_version, event_id, event_type, schema_version, \
+     CASE WHEN event_type IN (SELECT value FROM json_each($4)) THEN payload END AS payload, \
+     metadata";
 const HEADER_COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
 
@@ -198,7 +204,30 @@ pub(crate) async fn read_all(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    read_global(conn, EVENT_COLUMNS, after, limit, decode_event).await
+    read_global(conn, EVENT_COLUMNS, after, limit, None, decode_event).await
+}
+
+/// [`read_all`] with the payloads of events of `payload_types` only; the others' is null.
+pub(crate) async fn read_all_with_payloads_of(
+    conn: &mut SqliteConnection,
+    after: LogCursor,
+    limit: i64,
+    payload_types: &[&str],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let payload_types =
+        serde_json::to_string(payload_types).map_err(|error| StoreError::Corrupt {
+            global_position: 0,
+            reason: format!("event types to read payloads of: {error}"),
+        })?;
+    read_global(
+        conn,
+        EVENT_COLUMNS_SOME_PAYLOADS,
+        after,
+        limit,
+        Some(payload_types),
+        decode_event,
+    )
+    .await
 }
 
 /// [`read_all`] without payloads and metadata.
@@ -207,16 +236,18 @@ pub(crate) async fn read_all_headers(
     after: LogCursor,
     limit: i64,
 ) -> Result<Vec<EventHeader>, StoreError> {
-    read_global(conn, HEADER_COLUMNS, after, limit, decode_header).await
+    read_global(conn, HEADER_COLUMNS, after, limit, None, decode_header).await
 }
 
 /// `columns` of up to `limit` events after `after` in commit order (see [`read_all`]), each
-/// row decoded by `decode`.
+/// row decoded by `decode`; `payload_types` (a JSON array of event types), if given, is bound
+/// as `$4`.
 async fn read_global<T>(
     conn: &mut SqliteConnection,
     columns: &str,
     after: LogCursor,
     limit: i64,
+    payload_types: Option<String>,
     decode: fn(&SqliteRow) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let sql = format!(
@@ -225,12 +256,14 @@ async fn read_global<T>(
          ORDER BY transaction_id, global_position \
          LIMIT $3"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after.transaction_id)
         .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
+        .bind(limit);
+    if let Some(payload_types) = payload_types {
+        query = query.bind(payload_types);
+    }
+    let rows = query.fetch_all(conn).await?;
     rows.iter().map(decode).collect()
 }
 
@@ -333,7 +366,8 @@ fn decode_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     };
     let schema_version: i64 = row.try_get("schema_version")?;
     let event_id: String = row.try_get("event_id")?;
-    let payload: String = row.try_get("payload")?;
+    // Null only where the read left it out (`EVENT_COLUMNS_SOME_PAYLOADS`).
+    let payload: Option<String> = row.try_get("payload")?;
     let metadata: String = row.try_get("metadata")?;
     Ok(RecordedEvent {
         global_position: GlobalPosition(global_position),
@@ -345,8 +379,11 @@ fn decode_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
         event_type: row.try_get("event_type")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
-        payload: serde_json::from_str(&payload)
-            .map_err(|error| corrupt(format!("payload: {error}")))?,
+        payload: match payload {
+            Some(payload) => serde_json::from_str(&payload)
+                .map_err(|error| corrupt(format!("payload: {error}")))?,
+            None => serde_json::Value::Null,
+        },
         metadata: serde_json::from_str::<EventMetadata>(&metadata)
             .map_err(|error| corrupt(format!("metadata: {error}")))?,
     })

@@ -425,6 +425,40 @@ impl EventStore {
         }
     }
 
+    /// [`EventStore::read_all`] where only the events whose type is in `payload_types` carry
+    /// their payload; every other event comes with `serde_json::Value::Null` in its place (its
+    /// header and metadata as always). For a reader that folds a few event types only
+    /// ([`crate::Subscriber::payload_types`]): the database does not render, nor this process
+    /// parse, the JSON of the others (the records' declarations are the largest payloads).
+    pub async fn read_all_with_payloads_of(
+        &self,
+        after: LogCursor,
+        limit: usize,
+        payload_types: &[&str],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::read_all_with_payloads_of(
+                    &mut *pool.acquire().await?,
+                    after,
+                    limit,
+                    payload_types,
+                )
+                .await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::read_all_with_payloads_of(
+                    &mut *pool.acquire().await?,
+                    after,
+                    limit,
+                    payload_types,
+                )
+                .await
+            }
+        }
+    }
+
     /// [`EventStore::read_all`] without payloads and metadata: for a reader that only routes
     /// or counts events (the relay), which then neither transfers nor decodes their JSON.
     pub async fn read_all_headers(

@@ -34,6 +34,15 @@ pub trait Subscriber: Send {
         event: &RecordedEvent,
     ) -> Result<(), SubscriberError>;
 
+    /// The event types whose payloads this subscriber reads, if not every type's. The
+    /// subscription then reads the other events without their payload
+    /// ([`EventStore::read_all_with_payloads_of`]: `serde_json::Value::Null` in its place), so
+    /// nobody renders or parses JSON this subscriber never looks at. Every event is still handed
+    /// to [`Subscriber::prepare_batch`] and [`Subscriber::handle`], with its header and metadata.
+    fn payload_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Called before the first event of every batch (every transaction): a subscriber that holds
     /// rows back between [`Subscriber::handle`] calls forgets them here, since the batch before
     /// may have been rolled back.
@@ -108,12 +117,20 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     let mut cursor = store.load_checkpoint(&name).await?;
     tracing::info!(subscriber = %name, ?cursor, "subscription starting");
     let batch_size = options.batch_size.max(1);
+    let payload_types = subscriber.payload_types();
     loop {
         if *shutdown.borrow() {
             break;
         }
         wake_ups.mark_seen();
-        let batch = store.read_all(cursor, batch_size).await?;
+        let batch = match payload_types {
+            Some(types) => {
+                store
+                    .read_all_with_payloads_of(cursor, batch_size, types)
+                    .await?
+            }
+            None => store.read_all(cursor, batch_size).await?,
+        };
         let Some(last) = batch.last() else {
             if wake_ups.wait(&mut shutdown, options.poll_interval).await {
                 break;

@@ -1,6 +1,7 @@
 //! The agency inbox projection: one row per task, folded from the task's events.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use lifeline_model::codec::EventFamily;
@@ -71,6 +72,12 @@ impl Subscriber for InboxProjection {
         Ok(())
     }
 
+    /// Task events only: the records (with their declarations, the largest payloads) are read
+    /// without theirs.
+    fn payload_types(&self) -> Option<&'static [&'static str]> {
+        Some(task_event_types())
+    }
+
     fn begin_batch(&mut self) {
         self.held.clear();
         self.decoded.clear();
@@ -118,6 +125,12 @@ impl Subscriber for InboxProjection {
 /// Whether events of `event_type` are task events (the only ones the inbox reads).
 fn is_task_event(event_type: &str) -> bool {
     TaskEvent::current_version(event_type).is_some()
+}
+
+/// Every task event type.
+fn task_event_types() -> &'static [&'static str] {
+    static TYPES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    TYPES.get_or_init(|| TaskEvent::SCHEMAS.iter().map(|(name, _)| *name).collect())
 }
 
 /// What one task event does to the task's inbox row. Pure. `None`: the row does not exist and

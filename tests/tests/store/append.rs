@@ -14,6 +14,7 @@ backend_tests!(
     concurrent_appends_of_one_event_id_store_it_once,
     expected_versions_are_checked,
     streams_and_the_global_log_read_in_order,
+    a_read_with_some_payloads_leaves_out_only_the_others,
     event_rows_cannot_be_updated_or_deleted,
     a_storm_of_mixed_appends_is_answered_as_one_at_a_time,
     appends_of_a_transaction_grouped_are_answered_one_by_one,
@@ -408,6 +409,73 @@ async fn streams_and_the_global_log_read_in_order(store: EventStore) {
         store.load_checkpoint("reader").await.unwrap(),
         first.cursor()
     );
+}
+
+/// `read_all_with_payloads_of` (the inbox projection's read): the same events, pages and
+/// cursors as `read_all`, with the payloads of the types asked for and null for the others.
+async fn a_read_with_some_payloads_leaves_out_only_the_others(store: EventStore) {
+    let stream = new_stream("mixed");
+    let mut appended = Vec::new();
+    for (round, event_type) in ["Wanted", "Other", "AlsoWanted", "Other", "Wanted"]
+        .into_iter()
+        .enumerate()
+    {
+        let event = new_event(event_type, json!({ "round": round, "name": "Nguyễn" }));
+        appended.push(event.event_id);
+        store
+            .append(&stream, ExpectedVersion::Any, &[event])
+            .await
+            .unwrap();
+    }
+    // Readable once the gap-free horizon (which other tests' transactions hold back) passed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let full = loop {
+        let full = store.read_all(LogCursor::START, 10).await.unwrap();
+        if full.len() == appended.len() {
+            break full;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log did not become readable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let some = store
+        .read_all_with_payloads_of(LogCursor::START, 10, &["Wanted", "AlsoWanted", "Absent"])
+        .await
+        .unwrap();
+    assert_eq!(some.len(), full.len());
+    for (some, full) in some.iter().zip(&full) {
+        assert_eq!(some.header(), full.header());
+        assert_eq!(some.metadata, full.metadata);
+        assert_eq!(some.schema_version, full.schema_version);
+        if full.event_type == "Other" {
+            assert_eq!(some.payload, serde_json::Value::Null);
+        } else {
+            assert_eq!(some.payload, full.payload);
+            assert_eq!(some.payload["name"], "Nguyễn");
+        }
+    }
+    // Pages and cursors as `read_all`'s.
+    let page = store
+        .read_all_with_payloads_of(full[1].cursor(), 2, &["Other"])
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|event| event.event_id).collect::<Vec<_>>(),
+        appended[2..4].to_vec()
+    );
+    assert_eq!(page[0].payload, serde_json::Value::Null);
+    assert_eq!(page[1].payload, full[3].payload);
+    // No type asked for: every payload left out, no event.
+    let none = store
+        .read_all_with_payloads_of(LogCursor::START, 10, &[])
+        .await
+        .unwrap();
+    assert_eq!(none.len(), appended.len());
+    assert!(none
+        .iter()
+        .all(|event| event.payload == serde_json::Value::Null));
 }
 
 async fn event_rows_cannot_be_updated_or_deleted(store: EventStore) {
