@@ -295,14 +295,15 @@ fn plan(
     Ok((answers, rows))
 }
 
-/// The writing statement of a group that moves streams (see [`write_moving`]).
+/// The writing statement of a group that moves streams (see [`write`]). Its first twelve
+/// parameters are those of `lifeline_append_new_streams` ([`WRITE_NEW_STREAMS_SQL`]).
 const WRITE_MOVING_SQL: &str = "WITH created AS ( \
                  INSERT INTO streams (stream_id, version, last_hash) \
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
                  ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
              moved AS ( \
                  UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
-                 FROM unnest($4::text[], $5::bigint[], $6::bigint[], $7::bytea[]) \
+                 FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::bytea[]) \
                       AS u(stream_id, from_version, version, last_hash) \
                  WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
              inserted AS ( \
@@ -310,8 +311,8 @@ const WRITE_MOVING_SQL: &str = "WITH created AS ( \
                                      schema_version, payload, metadata, recorded_at, event_hash) \
                  SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
                         metadata, recorded_at, event_hash \
-                 FROM unnest($8::text[], $9::bigint[], $10::uuid[], $11::text[], $12::int[], \
-                             $13::jsonb[], $14::jsonb[], $15::timestamptz[], $16::bytea[]) \
+                 FROM unnest($4::text[], $5::bigint[], $6::uuid[], $7::text[], $8::int[], \
+                             $9::jsonb[], $10::jsonb[], $11::timestamptz[], $12::bytea[]) \
                       WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
                                            schema_version, payload, metadata, recorded_at, \
                                            event_hash, ord) \
@@ -337,26 +338,46 @@ async fn write(
     conn: &mut PgConnection,
     rows: &Rows,
 ) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
-    let result = if rows.moved_ids.is_empty() {
-        sqlx::query(WRITE_NEW_STREAMS_SQL)
-            .bind(&rows.new_ids)
-            .bind(&rows.new_versions)
-            .bind(&rows.new_hashes)
-            .bind(&rows.stream_ids)
-            .bind(&rows.versions)
-            .bind(&rows.event_ids)
-            .bind(&rows.event_types)
-            .bind(&rows.schema_versions)
-            .bind(&rows.payloads)
-            .bind(&rows.metadata)
-            .bind(&rows.recorded_at)
-            .bind(&rows.hashes)
-            .fetch_one(conn)
-            .await
+    let moves = !rows.moved_ids.is_empty();
+    let sql = if moves {
+        WRITE_MOVING_SQL
     } else {
-        write_moving(conn, rows).await
+        WRITE_NEW_STREAMS_SQL
     };
-    let row = match result {
+    let query = sqlx::query(sql)
+        .bind(&rows.new_ids)
+        .bind(&rows.new_versions)
+        .bind(&rows.new_hashes)
+        .bind(&rows.stream_ids)
+        .bind(&rows.versions)
+        .bind(&rows.event_ids)
+        .bind(&rows.event_types)
+        .bind(&rows.schema_versions)
+        .bind(&rows.payloads)
+        .bind(&rows.metadata)
+        .bind(&rows.recorded_at)
+        .bind(&rows.hashes);
+    let query = if moves {
+        let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
+        // Moved streams join `streams` by key. A prepared statement's generic plan is made
+        // once per connection, early, when `streams` may be a few pages: a hash join over a
+        // sequential scan, kept while the table grows (seen: every task completion scanned the
+        // whole table). A group that moves streams therefore runs the statement unprepared,
+        // planned each time with its own arrays and the table's size as it is now: an index
+        // probe per moved stream.
+        query
+            .bind(&rows.moved_ids)
+            .bind(&rows.moved_from)
+            .bind(&rows.moved_versions)
+            .bind(&rows.moved_hashes)
+            .bind(count(rows.new_ids.len()))
+            .bind(count(rows.moved_ids.len()))
+            .bind(count(rows.event_ids.len()))
+            .persistent(false)
+    } else {
+        query
+    };
+    let row = match query.fetch_one(conn).await {
         Ok(row) => row,
         Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
         Err(error) => return Err(error.into()),
@@ -367,42 +388,6 @@ async fn write(
         .into_iter()
         .zip(positions.into_iter().map(GlobalPosition))
         .collect())
-}
-
-/// [`WRITE_MOVING_SQL`], run unprepared.
-async fn write_moving(
-    conn: &mut PgConnection,
-    rows: &Rows,
-) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
-    let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
-    // Moved streams join `streams` by key. A prepared statement's generic plan is made once
-    // per connection, early, when `streams` may be a few pages: a hash join over a sequential
-    // scan, kept while the table grows (seen: every task completion scanned the whole table).
-    // A group that moves streams therefore runs the statement unprepared, planned each time
-    // with its own arrays and the table's size as it is now: an index probe per moved stream.
-    sqlx::query(WRITE_MOVING_SQL)
-        .bind(&rows.new_ids)
-        .bind(&rows.new_versions)
-        .bind(&rows.new_hashes)
-        .bind(&rows.moved_ids)
-        .bind(&rows.moved_from)
-        .bind(&rows.moved_versions)
-        .bind(&rows.moved_hashes)
-        .bind(&rows.stream_ids)
-        .bind(&rows.versions)
-        .bind(&rows.event_ids)
-        .bind(&rows.event_types)
-        .bind(&rows.schema_versions)
-        .bind(&rows.payloads)
-        .bind(&rows.metadata)
-        .bind(&rows.recorded_at)
-        .bind(&rows.hashes)
-        .bind(count(rows.new_ids.len()))
-        .bind(count(rows.moved_ids.len()))
-        .bind(count(rows.event_ids.len()))
-        .persistent(false)
-        .fetch_one(conn)
-        .await
 }
 
 /// The check refused the group, or a unique key did (a stream's version taken under a stream

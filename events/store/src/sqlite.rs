@@ -214,11 +214,7 @@ pub(crate) async fn read_all_with_payloads_of(
     limit: i64,
     payload_types: &[&str],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let payload_types =
-        serde_json::to_string(payload_types).map_err(|error| StoreError::Corrupt {
-            global_position: 0,
-            reason: format!("event types to read payloads of: {error}"),
-        })?;
+    let payload_types = serde_json::Value::from(payload_types).to_string();
     read_global(
         conn,
         EVENT_COLUMNS_SOME_PAYLOADS,
