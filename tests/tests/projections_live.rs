@@ -42,6 +42,7 @@ backend_tests!(
     a_batch_rolled_back_and_handled_again_ends_as_a_rebuild,
     many_rows_are_saved_in_chunks,
     watcher_marks_a_late_task_exactly_once,
+    a_failing_subscriber_leaves_the_group_and_the_others_keep_up,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1001,4 +1002,132 @@ async fn many_rows_are_saved_in_chunks(store: EventStore) {
         let stored = projections::task(&store, row.task_id).await.unwrap();
         assert_eq!(stored.as_ref(), Some(row), "row {index}");
     }
+}
+
+/// A subscriber that fails on every `Poison` event and counts the others.
+struct Picky {
+    name: &'static str,
+    handled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl lifeline_store::Subscriber for Picky {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn handle(
+        &mut self,
+        _tx: &mut lifeline_store::StoreTransaction<'_>,
+        event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_store::SubscriberError> {
+        if self.name == "picky-poisoned" && event.event_type == "Poison" {
+            return Err(lifeline_store::SubscriberError::failed(format!(
+                "cannot handle {}",
+                event.event_id
+            )));
+        }
+        self.handled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// No policies: the runtime only runs the given subscribers.
+struct NoPolicies;
+
+#[async_trait::async_trait]
+impl lifeline_policies::PolicyHandler for NoPolicies {
+    fn policy_names(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn wants(&self, _policy: &str, _event_type: &str) -> bool {
+        false
+    }
+
+    async fn apply(
+        &self,
+        _policy: &str,
+        _tx: &mut lifeline_store::StoreTransaction<'_>,
+        _event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_policies::PolicyError> {
+        Ok(())
+    }
+}
+
+/// The runtime runs its subscribers as one group; one that keeps failing on an event leaves
+/// the group and stays behind that event, while the others handle everything.
+async fn a_failing_subscriber_leaves_the_group_and_the_others_keep_up(store: EventStore) {
+    use lifeline_policies::runtime::{run_roles, Role, RuntimeSettings};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let stream = lifeline_tests::new_stream("picky");
+    for event_type in ["Fine", "Fine", "Poison", "Fine", "Fine"] {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                &[lifeline_tests::new_event(event_type, json!({}))],
+            )
+            .await
+            .unwrap();
+    }
+    let head = log_head(&store).await;
+    let (healthy_count, poisoned_count) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let subscribers: Vec<Box<dyn lifeline_store::Subscriber>> = vec![
+        Box::new(Picky {
+            name: "picky-poisoned",
+            handled: poisoned_count.clone(),
+        }),
+        Box::new(Picky {
+            name: "picky-healthy",
+            handled: healthy_count.clone(),
+        }),
+    ];
+    let mut settings = RuntimeSettings::default();
+    settings.embedded.retry.base_delay = Duration::from_millis(20);
+    settings.embedded.retry.max_delay = Duration::from_millis(100);
+    let (stop, shutdown) = watch::channel(false);
+    let running = tokio::spawn(run_roles(
+        store.clone(),
+        None,
+        &[Role::Embedded],
+        Arc::new(NoPolicies),
+        subscribers,
+        settings,
+        shutdown,
+    ));
+    lifeline_tests::eventually(
+        Duration::from_secs(30),
+        "the healthy subscriber at the head",
+        || {
+            let store = store.clone();
+            async move { store.load_checkpoint("picky-healthy").await.unwrap() >= head }
+        },
+    )
+    .await;
+    // The poisoned one keeps retrying alone, stuck right before its poison.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    let events = store.read_all(LogCursor::START, 1000).await.unwrap();
+    let poison = events
+        .iter()
+        .find(|event| event.stream_id == stream && event.event_type == "Poison")
+        .unwrap();
+    let poisoned_at = store.load_checkpoint("picky-poisoned").await.unwrap();
+    assert!(poisoned_at < poison.cursor(), "moved past the poison");
+    assert_eq!(store.load_checkpoint("picky-healthy").await.unwrap(), head);
+    let mine = events
+        .iter()
+        .filter(|event| event.stream_id == stream)
+        .count();
+    assert_eq!(mine, 5);
+    // The test's database holds only these five. The poisoned member comes first in the group,
+    // so the healthy one never handled a batch that was then rolled back: each event once.
+    assert_eq!(healthy_count.load(Ordering::SeqCst), mine);
+    assert!(poisoned_count.load(Ordering::SeqCst) >= 2);
 }

@@ -45,5 +45,6 @@ pub use integrity::{
 };
 pub use store::{BackendKind, EventStore, StoreTransaction, TransactionConnection};
 pub use subscription::{
-    run_subscription, run_subscription_with, Subscriber, SubscriptionOptions, WakeUps,
+    run_subscription, run_subscription_group, run_subscription_with, Subscriber,
+    SubscriptionOptions, WakeUps,
 };

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use lifeline_model::envelope::RecordedEvent;
+use lifeline_model::envelope::{LogCursor, RecordedEvent};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
@@ -139,44 +139,9 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
         };
         let next = last.cursor();
         let mut tx = store.begin().await?;
-        subscriber.begin_batch();
-        if let Err(source) = subscriber.prepare_batch(&mut tx, &batch).await {
+        if let Err(failure) = apply_in(&mut tx, subscriber, &batch).await {
             tx.rollback().await?;
-            tracing::warn!(subscriber = %name, error = %source, "subscriber failed to prepare its batch; rolled back");
-            return Err(SubscriptionError::Handler {
-                subscriber: name,
-                event_id: last.event_id,
-                cursor: last.cursor(),
-                source,
-            });
-        }
-        for event in &batch {
-            if let Err(source) = subscriber.handle(&mut tx, event).await {
-                tx.rollback().await?;
-                tracing::warn!(
-                    subscriber = %name,
-                    event_id = %event.event_id,
-                    global_position = event.global_position.0,
-                    error = %source,
-                    "subscriber failed; batch rolled back"
-                );
-                return Err(SubscriptionError::Handler {
-                    subscriber: name,
-                    event_id: event.event_id,
-                    cursor: event.cursor(),
-                    source,
-                });
-            }
-        }
-        if let Err(source) = subscriber.end_batch(&mut tx).await {
-            tx.rollback().await?;
-            tracing::warn!(subscriber = %name, error = %source, "subscriber failed to write its batch; rolled back");
-            return Err(SubscriptionError::Handler {
-                subscriber: name,
-                event_id: last.event_id,
-                cursor: last.cursor(),
-                source,
-            });
+            return Err(failure.into_error(name));
         }
         if tx.advance_checkpoint(&name, cursor, next).await? {
             tx.commit().await?;
@@ -195,6 +160,177 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     }
     tracing::info!(subscriber = %name, ?cursor, "subscription stopped");
     Ok(())
+}
+
+/// Why a subscriber's batch failed, before its name is attached.
+struct BatchFailure {
+    event_id: uuid::Uuid,
+    cursor: LogCursor,
+    source: SubscriberError,
+}
+
+impl BatchFailure {
+    fn into_error(self, subscriber: String) -> SubscriptionError {
+        SubscriptionError::Handler {
+            subscriber,
+            event_id: self.event_id,
+            cursor: self.cursor,
+            source: self.source,
+        }
+    }
+}
+
+/// Hands `batch` (not empty) to `subscriber` inside `tx`: `begin_batch`, `prepare_batch`, every
+/// `handle`, `end_batch`. Moves no checkpoint; on failure the caller rolls `tx` back.
+async fn apply_in<S: Subscriber + ?Sized>(
+    tx: &mut StoreTransaction<'_>,
+    subscriber: &mut S,
+    batch: &[RecordedEvent],
+) -> Result<(), BatchFailure> {
+    let Some(last) = batch.last() else {
+        return Ok(());
+    };
+    let whole_batch = |source| BatchFailure {
+        event_id: last.event_id,
+        cursor: last.cursor(),
+        source,
+    };
+    subscriber.begin_batch();
+    if let Err(source) = subscriber.prepare_batch(tx, batch).await {
+        tracing::warn!(subscriber = %subscriber.name(), error = %source, "subscriber failed to prepare its batch; rolled back");
+        return Err(whole_batch(source));
+    }
+    for event in batch {
+        if let Err(source) = subscriber.handle(tx, event).await {
+            tracing::warn!(
+                subscriber = %subscriber.name(),
+                event_id = %event.event_id,
+                global_position = event.global_position.0,
+                error = %source,
+                "subscriber failed; batch rolled back"
+            );
+            return Err(BatchFailure {
+                event_id: event.event_id,
+                cursor: event.cursor(),
+                source,
+            });
+        }
+    }
+    if let Err(source) = subscriber.end_batch(tx).await {
+        tracing::warn!(subscriber = %subscriber.name(), error = %source, "subscriber failed to write its batch; rolled back");
+        return Err(whole_batch(source));
+    }
+    Ok(())
+}
+
+/// The payload types a group reads: every type if any member reads every type, else the union.
+fn group_payload_types(subscribers: &[Box<dyn Subscriber>]) -> Option<Vec<&'static str>> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for subscriber in subscribers {
+        for event_type in subscriber.payload_types()? {
+            if !types.contains(event_type) {
+                types.push(event_type);
+            }
+        }
+    }
+    Some(types)
+}
+
+/// Runs several subscribers as one reader of the log until `shutdown` turns true (or its
+/// sender is dropped): each batch is read once, from the checkpoint furthest behind, and every
+/// subscriber handles the part of it after its own checkpoint; all their effects and
+/// checkpoints commit in one transaction. Each keeps its own checkpoint, so a member can also
+/// run alone ([`run_subscription_with`]) or be rebuilt, and the group picks it up where it is.
+///
+/// The price of sharing: a member that fails rolls back the whole batch, for every member; the
+/// error names the member, and the caller may run it alone and the others on as a group.
+pub async fn run_subscription_group(
+    store: &EventStore,
+    subscribers: &mut [Box<dyn Subscriber>],
+    mut shutdown: watch::Receiver<bool>,
+    options: SubscriptionOptions,
+) -> Result<(), SubscriptionError> {
+    if subscribers.is_empty() {
+        return Ok(());
+    }
+    // Owned: a subscriber is `Send`, not `Sync`, so no shared borrow of one may cross an await.
+    let names: Vec<String> = subscribers
+        .iter()
+        .map(|subscriber| subscriber.name().to_owned())
+        .collect();
+    let mut wake_ups = WakeUps::new(store).await;
+    let mut cursors = load_checkpoints(store, &names).await?;
+    tracing::info!(subscribers = ?names, ?cursors, "group subscription starting");
+    let batch_size = options.batch_size.max(1);
+    let payload_types = group_payload_types(subscribers);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some(from) = cursors.iter().min().copied() else {
+            break;
+        };
+        wake_ups.mark_seen();
+        let batch = match &payload_types {
+            Some(types) => {
+                store
+                    .read_all_with_payloads_of(from, batch_size, types)
+                    .await?
+            }
+            None => store.read_all(from, batch_size).await?,
+        };
+        let Some(last) = batch.last() else {
+            if wake_ups.wait(&mut shutdown, options.poll_interval).await {
+                break;
+            }
+            continue;
+        };
+        let next = last.cursor();
+        let mut tx = store.begin().await?;
+        let mut moved = true;
+        for ((subscriber, name), &cursor) in subscribers.iter_mut().zip(&names).zip(&cursors) {
+            // The batch is in cursor order: this member's part is what follows its checkpoint.
+            let unseen = &batch[batch.partition_point(|event| event.cursor() <= cursor)..];
+            if unseen.is_empty() {
+                continue;
+            }
+            if let Err(failure) = apply_in(&mut tx, subscriber.as_mut(), unseen).await {
+                tx.rollback().await?;
+                return Err(failure.into_error(name.clone()));
+            }
+            if !tx.advance_checkpoint(name, cursor, next).await? {
+                moved = false;
+                break;
+            }
+        }
+        if moved {
+            tx.commit().await?;
+            for cursor in &mut cursors {
+                *cursor = (*cursor).max(next);
+            }
+            if batch.len() < batch_size && wake_ups.wait(&mut shutdown, options.poll_interval).await
+            {
+                break;
+            }
+        } else {
+            tx.rollback().await?;
+            cursors = load_checkpoints(store, &names).await?;
+            tracing::warn!(subscribers = ?names, ?cursors, "a checkpoint was moved by another runner; batch rolled back");
+        }
+    }
+    tracing::info!(subscribers = ?names, ?cursors, "group subscription stopped");
+    Ok(())
+}
+
+async fn load_checkpoints(
+    store: &EventStore,
+    names: &[String],
+) -> Result<Vec<LogCursor>, StoreError> {
+    let mut cursors = Vec::with_capacity(names.len());
+    for name in names {
+        cursors.push(store.load_checkpoint(name).await?);
+    }
+    Ok(cursors)
 }
 
 /// What wakes a caught-up reader of the log: this process's appends, and on PostgreSQL the

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use lifeline_store::{run_subscription, EventStore, Subscriber};
+use lifeline_store::{
+    run_subscription_group, run_subscription_with, EventStore, Subscriber, SubscriberError,
+    SubscriptionError,
+};
 use tokio::sync::watch;
 
 use super::bus::BusConfig;
@@ -20,7 +23,8 @@ use crate::handler::PolicyHandler;
 pub enum Role {
     /// Publishes the store's log to JetStream.
     Relay,
-    /// Runs every policy consumer (JetStream) and the given store subscribers (projections).
+    /// Runs every policy consumer (JetStream) and the given store subscribers (projections), the
+    /// latter as one group.
     Worker,
     /// Runs every policy and the given store subscribers from the store: no NATS.
     Embedded,
@@ -106,15 +110,13 @@ pub async fn run_roles(
             (Role::Relay | Role::Worker, None) => {}
         }
     }
-    if run_subscribers {
-        for subscriber in subscribers {
-            tasks.spawn(run_subscriber(
-                store.clone(),
-                subscriber,
-                settings.embedded,
-                shutdown.clone(),
-            ));
-        }
+    if run_subscribers && !subscribers.is_empty() {
+        tasks.spawn(run_subscriber_group(
+            store.clone(),
+            subscribers,
+            settings.embedded,
+            shutdown.clone(),
+        ));
     }
     while let Some(joined) = tasks.join_next().await {
         if let Err(error) = joined {
@@ -122,6 +124,67 @@ pub async fn run_roles(
         }
     }
     Ok(())
+}
+
+/// Runs the store subscribers as one group (one read and one transaction per batch for all:
+/// [`run_subscription_group`]) until shutdown, restarting it with backoff after a failure (each
+/// member resumes from its own checkpoint, so nothing is doubled). A member that refuses an
+/// event (its own fault, not the store's) leaves the group and is retried alone, so that it does
+/// not hold the others back.
+async fn run_subscriber_group(
+    store: EventStore,
+    mut subscribers: Vec<Box<dyn Subscriber>>,
+    options: EmbeddedOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut alone = tokio::task::JoinSet::new();
+    let mut attempt = 0_u32;
+    while !subscribers.is_empty() {
+        let error = match run_subscription_group(
+            &store,
+            &mut subscribers,
+            shutdown.clone(),
+            options.subscription,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        if let SubscriptionError::Handler {
+            subscriber: failed,
+            source,
+            ..
+        } = &error
+        {
+            let own_fault = !matches!(source, SubscriberError::Store(_));
+            let position = subscribers
+                .iter()
+                .position(|subscriber| subscriber.name() == failed);
+            if let (true, Some(position)) = (own_fault && subscribers.len() > 1, position) {
+                let subscriber = subscribers.remove(position);
+                tracing::error!(subscriber = %failed, %error, "subscriber left its group; it is retried alone");
+                alone.spawn(run_subscriber(
+                    store.clone(),
+                    subscriber,
+                    options,
+                    shutdown.clone(),
+                ));
+                continue;
+            }
+        }
+        attempt = attempt.saturating_add(1);
+        let delay = options.retry.delay_after(attempt);
+        tracing::error!(%error, ?delay, "subscriber group failed; restarting");
+        if sleep_or_shutdown(delay, &mut shutdown).await {
+            break;
+        }
+    }
+    while let Some(joined) = alone.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "a subscriber task ended abnormally");
+        }
+    }
 }
 
 /// Runs one store subscriber until shutdown, restarting it with backoff after a failure (it
@@ -134,7 +197,14 @@ async fn run_subscriber(
 ) {
     let mut attempt = 0_u32;
     loop {
-        match run_subscription(&store, subscriber.as_mut(), shutdown.clone()).await {
+        match run_subscription_with(
+            &store,
+            subscriber.as_mut(),
+            shutdown.clone(),
+            options.subscription,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(error) => {
                 attempt = attempt.saturating_add(1);

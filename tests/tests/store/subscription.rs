@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lifeline_model::envelope::{ExpectedVersion, LogCursor, RecordedEvent, StreamVersion};
 use lifeline_store::{
-    run_subscription, run_subscription_with, BackendKind, EventStore, StoreTransaction, Subscriber,
-    SubscriberError, SubscriptionError, SubscriptionOptions, TransactionConnection, WakeUps,
+    run_subscription, run_subscription_group, run_subscription_with, BackendKind, EventStore,
+    StoreTransaction, Subscriber, SubscriberError, SubscriptionError, SubscriptionOptions,
+    TransactionConnection, WakeUps,
 };
 use lifeline_tests::{backend_tests, eventually, new_event, new_stream};
 use serde_json::json;
@@ -20,6 +21,7 @@ backend_tests!(
     subscriber_sees_every_event_once_while_writers_append,
     slow_transaction_is_delivered_not_skipped,
     restarted_subscriber_resumes_from_its_checkpoint,
+    group_members_start_at_their_own_checkpoints_and_fail_together,
 );
 
 /// Records every event it handles as a row of `seen` (the effect, in the subscription's
@@ -30,6 +32,8 @@ struct Recorder {
     last_versions: HashMap<String, i64>,
     handled: Arc<AtomicUsize>,
     fail_at: Option<usize>,
+    /// The table its effects go to (`seen` unless told otherwise).
+    table: &'static str,
 }
 
 impl Recorder {
@@ -39,6 +43,7 @@ impl Recorder {
             last_versions: HashMap::new(),
             handled: Arc::new(AtomicUsize::new(0)),
             fail_at: None,
+            table: "seen",
         }
     }
 }
@@ -75,7 +80,11 @@ impl Subscriber for Recorder {
             ))));
         }
         *last = event.stream_version.0;
-        let sql = "INSERT INTO seen (event_id, stream_id, stream_version) VALUES ($1, $2, $3)";
+        let sql = format!(
+            "INSERT INTO {} (event_id, stream_id, stream_version) VALUES ($1, $2, $3)",
+            self.table
+        );
+        let sql = sqlx::AssertSqlSafe(sql);
         let event_id = event.event_id.to_string();
         let stream_id = event.stream_id.to_string();
         match tx.connection() {
@@ -102,8 +111,14 @@ impl Subscriber for Recorder {
 }
 
 async fn create_seen_table(store: &EventStore) {
-    let sql = "CREATE TABLE seen (event_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, \
-               stream_version BIGINT NOT NULL)";
+    create_table(store, "seen").await;
+}
+
+async fn create_table(store: &EventStore, table: &str) {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (event_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, \
+         stream_version BIGINT NOT NULL)"
+    ));
     let mut tx = store.begin().await.unwrap();
     match tx.connection() {
         TransactionConnection::Postgres(connection) => {
@@ -117,7 +132,11 @@ async fn create_seen_table(store: &EventStore) {
 }
 
 async fn seen_rows(store: &EventStore) -> i64 {
-    let sql = "SELECT COUNT(*) FROM seen";
+    rows_in(store, "seen").await
+}
+
+async fn rows_in(store: &EventStore, table: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
     let mut tx = store.begin().await.unwrap();
     let count = match tx.connection() {
         TransactionConnection::Postgres(connection) => {
@@ -394,6 +413,108 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     result.unwrap();
     assert_eq!(third.handled.load(Ordering::SeqCst), 50);
     assert_eq!(seen_rows(&store).await, 100);
+}
+
+/// A group of subscribers whose checkpoints differ: one read per batch, each member handles only
+/// what follows its own checkpoint, every event once; a member's failure rolls the batch back
+/// for all and the error names it.
+async fn group_members_start_at_their_own_checkpoints_and_fail_together(store: EventStore) {
+    create_table(&store, "seen").await;
+    create_table(&store, "seen_b").await;
+    let stream = new_stream("group");
+    let append = |from: usize, count: usize| {
+        let (store, stream) = (store.clone(), stream.clone());
+        async move {
+            for n in from..from + count {
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        &[new_event("Step", json!({ "n": n }))],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let options = SubscriptionOptions {
+        batch_size: 7,
+        ..SubscriptionOptions::default()
+    };
+    // "ahead" handles the first 30 alone.
+    append(0, 30).await;
+    let (shutdown, task) = spawn_subscription(&store, Recorder::new("ahead"), options);
+    let end = last_cursor(&store, 30).await;
+    eventually(Duration::from_secs(30), "ahead at 30", || {
+        let store = store.clone();
+        async move { store.load_checkpoint("ahead").await.unwrap() == end }
+    })
+    .await;
+    shutdown.send(true).unwrap();
+    let (ahead, result) = task.await.unwrap();
+    result.unwrap();
+
+    // Then, with 30 more, the two run as a group: "behind" starts from the beginning.
+    append(30, 30).await;
+    let mut ahead_again = Recorder::new("ahead");
+    ahead_again.last_versions = ahead.last_versions;
+    let mut behind = Recorder::new("behind");
+    behind.table = "seen_b";
+    let (ahead_handled, behind_handled) = (ahead_again.handled.clone(), behind.handled.clone());
+    let mut group: Vec<Box<dyn Subscriber>> = vec![Box::new(ahead_again), Box::new(behind)];
+    let (shutdown, stop) = watch::channel(false);
+    let running = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = run_subscription_group(&store, &mut group, stop, options).await;
+            (group, result)
+        })
+    };
+    let end = last_cursor(&store, 60).await;
+    eventually(Duration::from_secs(30), "both members at 60", || {
+        let store = store.clone();
+        async move {
+            store.load_checkpoint("ahead").await.unwrap() == end
+                && store.load_checkpoint("behind").await.unwrap() == end
+        }
+    })
+    .await;
+    shutdown.send(true).unwrap();
+    let (group, result) = running.await.unwrap();
+    result.unwrap();
+    drop(group);
+    assert_eq!(ahead_handled.load(Ordering::SeqCst), 30);
+    assert_eq!(behind_handled.load(Ordering::SeqCst), 60);
+    assert_eq!(rows_in(&store, "seen").await, 60);
+    assert_eq!(rows_in(&store, "seen_b").await, 60);
+
+    // A member that fails stops the group; its batch is rolled back for both members.
+    append(60, 10).await;
+    let end = last_cursor(&store, 70).await;
+    let mut ahead = Recorder::new("ahead");
+    let mut behind = Recorder::new("behind");
+    behind.table = "seen_b";
+    behind.fail_at = Some(3);
+    // Versions continue from 60 (the stream's events so far).
+    ahead.last_versions.insert(stream.to_string(), 60);
+    behind.last_versions.insert(stream.to_string(), 60);
+    let mut group: Vec<Box<dyn Subscriber>> = vec![Box::new(ahead), Box::new(behind)];
+    let (_shutdown, stop) = watch::channel(false);
+    let error = run_subscription_group(&store, &mut group, stop, options)
+        .await
+        .unwrap_err();
+    match &error {
+        SubscriptionError::Handler { subscriber, .. } => assert_eq!(subscriber, "behind"),
+        other => panic!("expected the member's failure, got {other}"),
+    }
+    let ahead_at = store.load_checkpoint("ahead").await.unwrap();
+    assert_eq!(ahead_at, store.load_checkpoint("behind").await.unwrap());
+    assert!(ahead_at < end, "the failing batch moved a checkpoint");
+    assert_eq!(
+        rows_in(&store, "seen").await,
+        rows_in(&store, "seen_b").await
+    );
+    assert!(rows_in(&store, "seen_b").await <= 63);
 }
 
 /// The `LISTEN` connections open on the test database.
