@@ -12,8 +12,11 @@
 //! ones, inserts every event (`ON CONFLICT (event_id) DO NOTHING`), and ends in
 //! `lifeline_grouped_append_check`, which raises unless every planned row was written: then the
 //! statement stores nothing. A group that creates streams only calls the function
-//! `lifeline_append_new_streams` (migration 7) instead, the same statement without moved streams,
-//! planned once per connection rather than once per group. Nothing is ever half-written, and nothing is decided here that the
+//! `lifeline_append_new_streams` (migration 7) instead, the same statement without moved
+//! streams, planned once per connection rather than once per group; inside a caller's
+//! transaction it calls `lifeline_try_append_new_streams` (migration 8), the same statement in
+//! an exception block that answers a refusal instead of raising it, so that it needs no
+//! savepoint ([`Refusal`]). Nothing is ever half-written, and nothing is decided here that the
 //! careful path would decide differently:
 //! - an append this path cannot settle on what it saw (its stream is not where it expects: a
 //!   conflict or an idempotent re-send, which the event id decides; an event id seen twice in
@@ -123,10 +126,10 @@ pub(crate) async fn append_group_with(
 ) -> Result<Vec<Answer>, FastError> {
     if !group.iter().any(needs_lock) {
         // One statement, its own transaction.
-        return append_group_on(conn, group).await;
+        return append_group_on(conn, group, Refusal::Raise).await;
     }
     let mut tx = conn.begin().await?;
-    let answers = append_group_on(&mut tx, group).await?;
+    let answers = append_group_on(&mut tx, group, Refusal::Raise).await?;
     if answers
         .iter()
         .all(|answer| matches!(answer, Answer::Careful))
@@ -138,6 +141,26 @@ pub(crate) async fn append_group_with(
         .await
         .map_err(|error| FastError::Store(StoreError::CommitFailed(error.to_string())))?;
     Ok(answers)
+}
+
+/// How the writing statement of a group that only creates streams meets a log that is not as
+/// planned (it stores nothing either way, and the group is answered [`FastError::Careful`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The statement raises: right where the statement is its own transaction, or runs in a
+    /// savepoint. `lifeline_append_new_streams` (migration 7).
+    Raise,
+    /// The server undoes the statement in a PL/pgSQL exception block and answers the refusal,
+    /// leaving the caller's transaction usable: no savepoint needed around it, at the price of
+    /// the block's subtransaction. `lifeline_try_append_new_streams` (migration 8).
+    Answer,
+}
+
+/// Whether [`append_group_on`] with [`Refusal::Answer`] runs the group without raising when
+/// the log is not as planned: true when every append creates its stream. Inside a transaction
+/// such a group needs no savepoint.
+pub(crate) fn refuses_without_raising(group: &[GroupAppend<'_>]) -> bool {
+    !group.iter().any(needs_lock)
 }
 
 /// Whether the append must see its stream first (anything but "create it").
@@ -153,6 +176,7 @@ fn needs_lock(append: &GroupAppend<'_>) -> bool {
 pub(crate) async fn append_group_on(
     conn: &mut PgConnection,
     group: &[GroupAppend<'_>],
+    refusal: Refusal,
 ) -> Result<Vec<Answer>, FastError> {
     let locked = if group.iter().any(needs_lock) {
         let mut stream_ids: Vec<&str> = group.iter().map(|append| append.stream.as_str()).collect();
@@ -166,7 +190,7 @@ pub(crate) async fn append_group_on(
     if rows.event_ids.is_empty() {
         return finish(group, answers, &HashMap::new());
     }
-    let positions = write(conn, &rows).await?;
+    let positions = write(conn, &rows, refusal).await?;
     finish(group, answers, &positions)
 }
 
@@ -329,18 +353,29 @@ const WRITE_MOVING_SQL: &str = "WITH created AS ( \
 
 /// The writing statement of a group that creates streams only: one call of the function of
 /// migration 7, whose statement is planned once per connection (the same statement prepared
-/// here was planned anew on every group: see the migration).
+/// here was planned anew on every group: see the migration). It raises when the log is not as
+/// planned.
 const WRITE_NEW_STREAMS_SQL: &str = "SELECT o_ids AS ids, o_positions AS positions \
      FROM lifeline_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// [`WRITE_NEW_STREAMS_SQL`] through migration 8's function: the same statement, whose refusal
+/// is answered (`refused`) instead of raised.
+const TRY_WRITE_NEW_STREAMS_SQL: &str =
+    "SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused \
+     FROM lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// The writing statement; answers the global position of every event id it stored.
 async fn write(
     conn: &mut PgConnection,
     rows: &Rows,
+    refusal: Refusal,
 ) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
     let moves = !rows.moved_ids.is_empty();
+    let answers_refusal = !moves && refusal == Refusal::Answer;
     let sql = if moves {
         WRITE_MOVING_SQL
+    } else if answers_refusal {
+        TRY_WRITE_NEW_STREAMS_SQL
     } else {
         WRITE_NEW_STREAMS_SQL
     };
@@ -382,6 +417,9 @@ async fn write(
         Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
         Err(error) => return Err(error.into()),
     };
+    if answers_refusal && row.try_get::<bool, _>("refused")? {
+        return Err(FastError::Careful);
+    }
     let ids: Vec<Uuid> = row.try_get("ids")?;
     let positions: Vec<i64> = row.try_get("positions")?;
     Ok(ids

@@ -811,17 +811,25 @@ impl<'s> StoreTransaction<'s> {
     }
 }
 
-/// Releases the savepoint of an append that stored (or found) its batch, rolls it back
-/// otherwise. `None`: the append lost an idempotency race and the caller must look the ids up.
-/// The fast path (`batch`) for `group`, in a savepoint of its own inside `tx`: each append's
-/// outcome if the group stored it, `None` for one it left to the careful path. Nothing stays of
-/// a group that stored nothing.
+/// The fast path (`batch`) for `group` inside `tx` (in a savepoint of its own unless the group
+/// only creates streams): each append's outcome if the group stored it, `None` for one it left
+/// to the careful path. Nothing stays of a group that stored nothing.
 async fn append_fast(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     group: &[batch::GroupAppend<'_>],
 ) -> Result<Vec<Option<AppendOutcome>>, StoreError> {
+    if batch::refuses_without_raising(group) {
+        // Creating streams only: a refusal leaves nothing written and `tx` usable, so no
+        // savepoint (two round trips) is needed. Any other error fails the transaction, as it
+        // would through a savepoint: the caller rolls it back.
+        return match batch::append_group_on(tx, group, batch::Refusal::Answer).await {
+            Ok(answers) => Ok(stored_outcomes(answers)),
+            Err(batch::FastError::Careful) => Ok(vec![None; group.len()]),
+            Err(batch::FastError::Store(error)) => Err(error),
+        };
+    }
     let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-    let answers = match batch::append_group_on(&mut savepoint, group).await {
+    let answers = match batch::append_group_on(&mut savepoint, group, batch::Refusal::Raise).await {
         Ok(answers) => answers,
         Err(batch::FastError::Careful) => {
             savepoint.rollback().await?;
@@ -832,13 +840,7 @@ async fn append_fast(
             return Err(error);
         }
     };
-    let stored: Vec<Option<AppendOutcome>> = answers
-        .into_iter()
-        .map(|answer| match answer {
-            batch::Answer::Stored(outcome) => Some(outcome),
-            batch::Answer::Careful => None,
-        })
-        .collect();
+    let stored = stored_outcomes(answers);
     if stored.iter().any(Option::is_some) {
         savepoint.commit().await?;
     } else {
@@ -847,6 +849,19 @@ async fn append_fast(
     Ok(stored)
 }
 
+/// Each append's outcome if the group stored it, `None` for one left to the careful path.
+fn stored_outcomes(answers: Vec<batch::Answer>) -> Vec<Option<AppendOutcome>> {
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            batch::Answer::Stored(outcome) => Some(outcome),
+            batch::Answer::Careful => None,
+        })
+        .collect()
+}
+
+/// Releases the savepoint of an append that stored (or found) its batch, rolls it back
+/// otherwise. `None`: the append lost an idempotency race and the caller must look the ids up.
 async fn finish_savepoint<DB: sqlx::Database>(
     savepoint: sqlx::Transaction<'_, DB>,
     result: Result<AppendOutcome, TxAppendError>,

@@ -18,6 +18,7 @@ backend_tests!(
     event_rows_cannot_be_updated_or_deleted,
     a_storm_of_mixed_appends_is_answered_as_one_at_a_time,
     appends_of_a_transaction_grouped_are_answered_one_by_one,
+    a_refused_new_stream_leaves_the_transaction_usable,
 );
 
 async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
@@ -816,4 +817,81 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
         .unwrap();
     assert_eq!(report.first_bad, None, "the hash chain verifies");
     assert_eq!(report.events_checked, 5);
+}
+
+/// Inside a transaction, appends that create streams run without a savepoint on PostgreSQL:
+/// one the log refuses (its stream exists; its event id is stored) writes nothing and leaves
+/// the transaction usable, and the appends after it commit with it.
+async fn a_refused_new_stream_leaves_the_transaction_usable(store: EventStore) {
+    let existing = new_stream("refused-existing");
+    let first = new_event("First", json!({"n": 1}));
+    store
+        .append(
+            &existing,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&first),
+        )
+        .await
+        .unwrap();
+    let elsewhere = new_stream("refused-elsewhere");
+    let (clash, fresh) = (new_event("Clash", json!({})), new_stream("refused-fresh"));
+    let fresh_event = new_event("Fresh", json!({"n": 2}));
+    let mut tx = store.begin().await.unwrap();
+    // The stream exists: a conflict, nothing written.
+    let error = tx
+        .append(
+            &existing,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&clash),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AppendError::Conflict {
+                actual: Some(StreamVersion(1)),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // A new stream whose event id is stored already (on another stream): refused too.
+    let error = tx
+        .append(
+            &elsewhere,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&first),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AppendError::EventIdMismatch { .. }),
+        "{error}"
+    );
+    // The transaction goes on.
+    let outcome = tx
+        .append(
+            &fresh,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&fresh_event),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(1));
+    tx.commit().await.unwrap();
+    assert_eq!(store.read_stream(&existing).await.unwrap().len(), 1);
+    assert!(store.read_stream(&elsewhere).await.unwrap().is_empty());
+    // Not even its stream row was left: it can still be created.
+    store
+        .append(
+            &elsewhere,
+            ExpectedVersion::NoStream,
+            &[new_event("Later", json!({}))],
+        )
+        .await
+        .unwrap();
+    let read = store.read_stream(&fresh).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].event_id, fresh_event.event_id);
 }
