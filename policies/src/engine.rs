@@ -245,9 +245,22 @@ impl PolicyHandler for PolicyEngine {
             DEATH_FOLLOWUPS => run.death_followups(tx).await?,
             _ => run.corrections(tx).await?,
         };
+        // The event's commands are appended together: one statement when they all create
+        // streams (`StoreTransaction::append_many`), each still answered on its own.
+        let planned = commands
+            .into_iter()
+            .map(|command| run.prepare(command))
+            .collect::<Result<Vec<_>, _>>()?;
+        let appends: Vec<_> = planned
+            .iter()
+            .map(|(stream, expected, new_event)| {
+                (stream, *expected, std::slice::from_ref(new_event))
+            })
+            .collect();
+        let results = tx.append_many(&appends).await?;
         let mut appended = 0_usize;
-        for command in commands {
-            if run.execute(tx, command).await? {
+        for ((_, _, new_event), result) in planned.iter().zip(results) {
+            if duplicate_or_error(tx, new_event.event_id, result).await? {
                 appended += 1;
             }
         }
@@ -596,16 +609,6 @@ impl Run<'_> {
         stream.map_err(|error| self.refused(error.to_string()))
     }
 
-    /// Appends what `command` says; false if it was appended before (nothing new).
-    async fn execute(
-        &self,
-        tx: &mut StoreTransaction<'_>,
-        command: Command,
-    ) -> Result<bool, PolicyError> {
-        let (stream, expected, event) = self.prepare(command)?;
-        append_once(tx, &stream, expected, event).await
-    }
-
     /// The append `command` asks for: its stream, expected version and event.
     fn prepare(
         &self,
@@ -650,25 +653,10 @@ impl Run<'_> {
     }
 }
 
-/// Appends one event unless its (deterministic) id is stored already; true if it appended.
-/// The append itself answers a stored id (`already_stored`); a conflict or an id mismatch
-/// where the id turns out to be stored (a redelivery after the stream moved on) is a duplicate
-/// too. No look-up before the append: on a first delivery, the usual case, it would only read
-/// nothing, one statement per command.
-async fn append_once(
-    tx: &mut StoreTransaction<'_>,
-    stream: &StreamId,
-    expected: ExpectedVersion,
-    event: NewEvent,
-) -> Result<bool, PolicyError> {
-    let event_id = event.event_id;
-    let result = tx.append(stream, expected, &[event]).await;
-    duplicate_or_error(tx, event_id, result).await
-}
-
-/// What an append of the event `event_id` came to: true if it appended, false if the event
-/// was stored before (a conflict or an id mismatch where the id is stored counts so: a
-/// redelivery after the stream moved on).
+/// What an append of the event `event_id` came to: true if it appended, false if the event was
+/// stored before (a conflict or an id mismatch where the id is stored counts so: a redelivery
+/// after the stream moved on). There is no look-up before the append: on a first delivery, the
+/// usual case, it would only read nothing, one statement per command.
 async fn duplicate_or_error(
     tx: &mut StoreTransaction<'_>,
     event_id: Uuid,
