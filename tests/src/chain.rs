@@ -364,13 +364,34 @@ pub fn expected_application(
 }
 
 /// Every event of the log, in commit order.
+///
+/// On PostgreSQL it reads until it holds at least every event committed when it started: the
+/// gap-free reader holds events back while any older transaction of the server runs, other
+/// tests' (in other databases) included, so one pass could miss events a count already sees.
 pub async fn log(store: &EventStore) -> Vec<RecordedEvent> {
+    let committed = match store.postgres_pool() {
+        Some(pool) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await
+            .expect("count the log"),
+        None => 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut events = Vec::new();
     let mut cursor = LogCursor::START;
     loop {
         let page = store.read_all(cursor, 1000).await.expect("read the log");
         let Some(last) = page.last() else {
-            return events;
+            if i64::try_from(events.len()).unwrap_or(i64::MAX) >= committed {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log reader still holds back events: {} of {committed}",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         };
         cursor = last.cursor();
         events.extend(page);
