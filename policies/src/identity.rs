@@ -179,9 +179,10 @@ impl IdentityAllocator for StoreAllocator {
         tx: &mut StoreTransaction<'_>,
         request: &PinRequest,
     ) -> Result<PersonalIdAssigned, IdentityError> {
-        if let Some(assigned) = Self::earlier(tx, request.life_event_id).await? {
-            return Ok(assigned);
-        }
+        // No look-up first: the assignment's event id is the life event's, so an earlier
+        // assignment (a redelivery) makes the append below fail with an id mismatch (the id is
+        // stored on another number's stream), and only then is it read. A first assignment,
+        // the usual case, costs no read.
         let event_id = assignment_event_id(request.life_event_id);
         for _ in 0..MAX_DRAWS {
             let pin = compose_pin(request, self.draw())?;
