@@ -11,6 +11,7 @@
 #   W3_SECONDS         seconds per W3 arrival rate (default 20)
 #   W4_EVENTS          log size rebuilt by W4 in every round (default 20000)
 #   W4_FULL_EVENTS     log size rebuilt once, after the rounds (default 200000; 0 skips it; 1000000 is the goal but takes too long here, see BENCHMARKS.md)
+#   SETTLE_SECONDS     pause after the CHECKPOINT that precedes every step (default 3)
 #   SKIP_BUILD=1       use the binaries already built
 #   PEERS_ALL=1        also run the peers' cqrs-b, sqlx-batch and nats figures
 # Needs PostgreSQL on 127.0.0.1:5432 (users postgres and root, trust) and NATS with JetStream
@@ -40,10 +41,24 @@ OUT=bench/results/raw-$STAMP.txt
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# Before every step (peers' and Lifeline's alike): a PostgreSQL CHECKPOINT, so that the dirty
+# pages and WAL of the step before are written back now rather than during this step, then a
+# short pause. Without it the first figures after a heavy step (W1 right after the peers' own
+# runs) paid for that step's write-back.
+PG_URL=${LIFELINE_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+SETTLE_SECONDS=${SETTLE_SECONDS:-3}
+settle() {
+  if command -v psql >/dev/null 2>&1; then
+    psql "$PG_URL" -qAt -c CHECKPOINT >/dev/null || echo "== (CHECKPOINT failed; not settled)" >&2
+  fi
+  sleep "$SETTLE_SECONDS"
+}
+
 # One step: label, then the command; RESULT lines get the round number and the load average
 # at the start of the step, and go to the raw file.
 step() {
   local round=$1; shift
+  settle
   local l; l=$(load | tr ' ' ',')
   echo "== round $round: $* (load $l)" >&2
   "$@" | sed -u "s|^RESULT |RESULT run=$round load=$l |" | tee -a "$OUT"
