@@ -14,7 +14,8 @@
 //!   (the careful path).
 //! - `batch`: the PostgreSQL fast path: a group of appends (or a lone one) in one statement.
 //! - `postgres`, `sqlite`: each backend's SQL, one function per primitive.
-//! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live.
+//! - [`subscription`]: [`Subscriber`] and [`run_subscription`], catch-up that turns live;
+//!   [`run_subscription_group`], several subscribers sharing each read and transaction.
 //! - [`cqrs`]: [`LifelineRepository`], the cqrs-es `PersistedEventRepository`.
 //! - [`projections`]: the projection tables (agency inbox, person registry, life-event status):
 //!   their rows, the service reads, the subscribers' loads and saves; all projection SQL.

@@ -5,7 +5,8 @@
 //! back (effects and checkpoint), and [`run_subscription`] returns
 //! [`SubscriptionError::Handler`] with the failing event's id and cursor; the caller decides
 //! whether to retry (running the subscription again resumes at the last committed checkpoint,
-//! so no effect is doubled) or to stop.
+//! so no effect is doubled) or to stop. [`run_subscription_group`] runs several subscribers on
+//! one read and one transaction per batch, each with its own checkpoint, by the same rule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
