@@ -124,14 +124,7 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
             break;
         }
         wake_ups.mark_seen();
-        let batch = match payload_types {
-            Some(types) => {
-                store
-                    .read_all_with_payloads_of(cursor, batch_size, types)
-                    .await?
-            }
-            None => store.read_all(cursor, batch_size).await?,
-        };
+        let batch = read_batch(store, cursor, batch_size, payload_types).await?;
         let Some(last) = batch.last() else {
             if wake_ups.wait(&mut shutdown, options.poll_interval).await {
                 break;
@@ -161,6 +154,24 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     }
     tracing::info!(subscriber = %name, ?cursor, "subscription stopped");
     Ok(())
+}
+
+/// The next batch after `after`: with every payload, or only those of `payload_types`
+/// ([`Subscriber::payload_types`]).
+async fn read_batch(
+    store: &EventStore,
+    after: LogCursor,
+    batch_size: usize,
+    payload_types: Option<&[&'static str]>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    match payload_types {
+        Some(types) => {
+            store
+                .read_all_with_payloads_of(after, batch_size, types)
+                .await
+        }
+        None => store.read_all(after, batch_size).await,
+    }
 }
 
 /// Why a subscriber's batch failed, before its name is attached.
@@ -272,14 +283,7 @@ pub async fn run_subscription_group(
             break;
         };
         wake_ups.mark_seen();
-        let batch = match &payload_types {
-            Some(types) => {
-                store
-                    .read_all_with_payloads_of(from, batch_size, types)
-                    .await?
-            }
-            None => store.read_all(from, batch_size).await?,
-        };
+        let batch = read_batch(store, from, batch_size, payload_types.as_deref()).await?;
         let Some(last) = batch.last() else {
             if wake_ups.wait(&mut shutdown, options.poll_interval).await {
                 break;

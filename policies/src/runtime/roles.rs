@@ -147,13 +147,13 @@ async fn run_subscriber_group(
     options: EmbeddedOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let group_options = SubscriptionOptions {
+        batch_size: PROJECTION_BATCH_SIZE,
+        ..options.subscription
+    };
     let mut alone = tokio::task::JoinSet::new();
     let mut attempt = 0_u32;
     while !subscribers.is_empty() {
-        let group_options = SubscriptionOptions {
-            batch_size: PROJECTION_BATCH_SIZE,
-            ..options.subscription
-        };
         let error =
             match run_subscription_group(&store, &mut subscribers, shutdown.clone(), group_options)
                 .await

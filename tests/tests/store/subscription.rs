@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lifeline_model::envelope::{ExpectedVersion, LogCursor, RecordedEvent, StreamVersion};
+use lifeline_model::envelope::{
+    ExpectedVersion, LogCursor, RecordedEvent, StreamId, StreamVersion,
+};
 use lifeline_store::{
     run_subscription, run_subscription_group, run_subscription_with, BackendKind, EventStore,
     StoreTransaction, Subscriber, SubscriberError, SubscriptionError, SubscriptionOptions,
@@ -148,6 +150,20 @@ async fn rows_in(store: &EventStore, table: &str) -> i64 {
     };
     tx.rollback().await.unwrap();
     count
+}
+
+/// Appends `count` `Step` events numbered from `from` to `stream`, one append each.
+async fn append_steps(store: &EventStore, stream: &StreamId, from: usize, count: usize) {
+    for n in from..from + count {
+        store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                &[new_event("Step", json!({ "n": n }))],
+            )
+            .await
+            .unwrap();
+    }
 }
 
 /// The cursor of the last event once `total` events are readable: on PostgreSQL the global
@@ -326,21 +342,7 @@ async fn slow_transaction_is_delivered_not_skipped(store: EventStore) {
 async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     create_seen_table(&store).await;
     let stream = new_stream("resume");
-    let append_batch = |from: usize| {
-        let (store, stream) = (store.clone(), stream.clone());
-        async move {
-            for n in from..from + 50 {
-                store
-                    .append(
-                        &stream,
-                        ExpectedVersion::Any,
-                        &[new_event("Step", json!({ "n": n }))],
-                    )
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    let append_batch = |from: usize| append_steps(&store, &stream, from, 50);
     let options = SubscriptionOptions {
         batch_size: 10,
         ..SubscriptionOptions::default()
@@ -422,21 +424,7 @@ async fn group_members_start_at_their_own_checkpoints_and_fail_together(store: E
     create_table(&store, "seen").await;
     create_table(&store, "seen_b").await;
     let stream = new_stream("group");
-    let append = |from: usize, count: usize| {
-        let (store, stream) = (store.clone(), stream.clone());
-        async move {
-            for n in from..from + count {
-                store
-                    .append(
-                        &stream,
-                        ExpectedVersion::Any,
-                        &[new_event("Step", json!({ "n": n }))],
-                    )
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    let append = |from: usize, count: usize| append_steps(&store, &stream, from, count);
     let options = SubscriptionOptions {
         batch_size: 7,
         ..SubscriptionOptions::default()
