@@ -94,6 +94,26 @@ impl RetryPolicy {
     }
 }
 
+/// The consecutive failures of a loop that restarts a long-running task (a subscription), for
+/// [`RetryPolicy::delay_after`]. A run that lasted at least `max_delay` before it failed was
+/// healthy: the count starts again, so an outage long after the last one waits `base_delay`
+/// first, not the longest delay earned by every outage in the process's life.
+#[derive(Debug, Default)]
+pub(crate) struct Restarts {
+    failures: u32,
+}
+
+impl Restarts {
+    /// Counts a failure of a run that lasted `ran_for`; answers the delay before the next run.
+    pub(crate) fn after_failure(&mut self, retry: &RetryPolicy, ran_for: Duration) -> Duration {
+        if ran_for >= retry.max_delay {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        retry.delay_after(self.failures)
+    }
+}
+
 /// Waits `delay` or until shutdown; true if shutdown.
 pub(crate) async fn sleep_or_shutdown(
     delay: Duration,
@@ -127,5 +147,34 @@ mod tests {
                 .to_vec()
         );
         assert_eq!(policy.delay_after(200), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn restarts_back_off_while_failing_and_start_again_after_a_healthy_run() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+        };
+        let mut restarts = Restarts::default();
+        let quick = Duration::from_millis(10);
+        let delays: Vec<_> = (0..8)
+            .map(|_| restarts.after_failure(&policy, quick).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // An hour of work, then an outage: it waits as for a first failure.
+        assert_eq!(
+            restarts.after_failure(&policy, Duration::from_secs(3_600)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            restarts.after_failure(&policy, quick),
+            Duration::from_secs(2)
+        );
+        // A run just short of the longest delay still counts as the same outage.
+        assert_eq!(
+            restarts.after_failure(&policy, Duration::from_secs(59)),
+            Duration::from_secs(4)
+        );
     }
 }

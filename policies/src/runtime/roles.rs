@@ -3,6 +3,7 @@
 //! stop on one shutdown watch channel.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::jetstream;
 use lifeline_store::{
@@ -15,7 +16,7 @@ use super::bus::BusConfig;
 use super::consumer::{run_policy_consumers, ConsumerOptions};
 use super::embedded::{run_embedded_policies, EmbeddedOptions};
 use super::relay::{Relay, RelayOptions};
-use super::{sleep_or_shutdown, RuntimeError};
+use super::{sleep_or_shutdown, Restarts, RuntimeError};
 use crate::handler::PolicyHandler;
 
 /// A runtime role of a `lifeline` process.
@@ -152,8 +153,9 @@ async fn run_subscriber_group(
         ..options.subscription
     };
     let mut alone = tokio::task::JoinSet::new();
-    let mut attempt = 0_u32;
+    let mut restarts = Restarts::default();
     while !subscribers.is_empty() {
+        let started = Instant::now();
         let error =
             match run_subscription_group(&store, &mut subscribers, shutdown.clone(), group_options)
                 .await
@@ -183,8 +185,7 @@ async fn run_subscriber_group(
                 continue;
             }
         }
-        attempt = attempt.saturating_add(1);
-        let delay = options.retry.delay_after(attempt);
+        let delay = restarts.after_failure(&options.retry, started.elapsed());
         tracing::error!(%error, ?delay, "subscriber group failed; restarting");
         if sleep_or_shutdown(delay, &mut shutdown).await {
             break;
@@ -205,8 +206,9 @@ async fn run_subscriber(
     options: EmbeddedOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut attempt = 0_u32;
+    let mut restarts = Restarts::default();
     loop {
+        let started = Instant::now();
         match run_subscription_with(
             &store,
             subscriber.as_mut(),
@@ -217,8 +219,7 @@ async fn run_subscriber(
         {
             Ok(()) => break,
             Err(error) => {
-                attempt = attempt.saturating_add(1);
-                let delay = options.retry.delay_after(attempt);
+                let delay = restarts.after_failure(&options.retry, started.elapsed());
                 tracing::error!(subscriber = %subscriber.name(), %error, ?delay, "subscriber failed; restarting");
                 if sleep_or_shutdown(delay, &mut shutdown).await {
                     break;
