@@ -187,7 +187,10 @@ async fn birth_chain(server: &Server, agency_system: &MockServer) {
         card_application["birth_certificate_number"],
         certificate_number
     );
-    assert_eq!(card_application["child.date_of_birth"], "2026-11-20");
+    assert_eq!(
+        card_application["child.date_of_birth"],
+        days_ago(BIRTH_DAYS_AGO).as_str()
+    );
     assert!(
         card_application.get("mother.personal_id").is_none(),
         "social security does not receive the mother's PIN: {card_application}"
@@ -744,10 +747,25 @@ impl Drop for FreshDatabase {
     }
 }
 
+/// The example birth and death happened this many days before the test runs (in Vietnam): the
+/// real server checks the dates against its own clock, so fixed dates would turn the records
+/// late (or the birth too old for its notice) as the calendar moves on.
+const BIRTH_DAYS_AGO: i64 = 2;
+const DEATH_DAYS_AGO: i64 = 3;
+
+/// The date `days` days before today in Vietnam (UTC+7), as `YYYY-MM-DD`.
+fn days_ago(days: i64) -> String {
+    let vietnam = chrono::FixedOffset::east_opt(7 * 3600).expect("UTC+7 is a valid offset");
+    (chrono::Utc::now().with_timezone(&vietnam).date_naive() - chrono::Duration::days(days))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 fn birth_body() -> Value {
+    let born = days_ago(BIRTH_DAYS_AGO);
     json!({
       "office": "79-26734",
-      "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
+      "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": born,
                  "place_of_birth": "Bệnh viện Từ Dũ, TP. Hồ Chí Minh", "hometown": "TP. Hồ Chí Minh",
                  "ethnicity": "Kinh", "nationality": "VN" },
       "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "date_of_birth": "1990-04-02",
@@ -755,7 +773,7 @@ fn birth_body() -> Value {
       "father": { "full_name": "Nguyễn Văn Hùng", "personal_id": "079088004321", "date_of_birth": "1988-07-09",
                   "ethnicity": "Kinh", "nationality": "VN" },
       "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
-      "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": "2026-11-20" },
+      "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": born },
       "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "relationship": "mother",
                      "phone": "+84901234567" },
       "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
@@ -763,12 +781,13 @@ fn birth_body() -> Value {
 }
 
 fn death_body() -> Value {
+    let died = days_ago(DEATH_DAYS_AGO);
     json!({
       "office": "01-00004",
       "deceased": { "full_name": "Lê Văn Cường", "personal_id": "001052000111", "date_of_birth": "1952-03-15",
                     "sex": "male" },
-      "death": { "at": "2026-11-18T06:30:00+07:00", "place": "Nhà riêng, 5 Hàng Bông, Hà Nội",
-                 "cause": "tuổi cao", "notice": { "number": "BV-2026-5531", "issuer": "Trạm y tế phường", "date": "2026-11-18" } },
+      "death": { "at": format!("{died}T06:30:00+07:00"), "place": "Nhà riêng, 5 Hàng Bông, Hà Nội",
+                 "cause": "tuổi cao", "notice": { "number": "BV-2026-5531", "issuer": "Trạm y tế phường", "date": died } },
       "declarant": { "full_name": "Lê Văn Dũng", "personal_id": "001080000222", "relationship": "son",
                      "email": "dung@example.vn" },
       "procedures": ["death-registration", "residence-deregistration", "burial-allowance", "funeral-support"]
