@@ -114,7 +114,15 @@ pub fn compose_pin(request: &PinRequest, random: u32) -> Result<PersonalId, Iden
 /// Lifeline's own allocator: draws the random digits, and lets the store refuse a number in
 /// use (`pin-<pin>` appended with "stream must not exist"; a conflict draws again).
 pub struct StoreAllocator {
-    rng: Mutex<Box<dyn RngCore + Send>>,
+    draws: Draws,
+}
+
+/// Where the random digits come from.
+enum Draws {
+    /// One generator for every request, in the order the requests come.
+    Generator(Mutex<Box<dyn RngCore + Send>>),
+    /// A function of a seed, the request's holder and the attempt ([`StoreAllocator::keyed`]).
+    Keyed(u64),
 }
 
 impl std::fmt::Debug for StoreAllocator {
@@ -138,14 +146,42 @@ impl StoreAllocator {
     /// Draws from `rng` (tests inject a seeded one).
     pub fn with_rng(rng: impl RngCore + Send + 'static) -> Self {
         Self {
-            rng: Mutex::new(Box::new(rng)),
+            draws: Draws::Generator(Mutex::new(Box::new(rng))),
         }
     }
 
-    fn draw(&self) -> u32 {
-        match self.rng.lock() {
-            Ok(mut rng) => rng.gen_range(0..1_000_000),
-            Err(poisoned) => poisoned.into_inner().gen_range(0..1_000_000),
+    /// Draws digits that depend only on `seed`, the holder (office, name, date of birth, sex)
+    /// and how many draws this request already made: the same child gets the same number
+    /// whatever order the requests come in, and a redelivered or retried request (which draws
+    /// before it finds its earlier number) moves nobody else's. For tests comparing runs; the
+    /// digits are predictable, so never for a real registry.
+    pub fn keyed(seed: u64) -> Self {
+        Self {
+            draws: Draws::Keyed(seed),
+        }
+    }
+
+    fn draw(&self, request: &PinRequest, attempt: u32) -> u32 {
+        match &self.draws {
+            Draws::Generator(rng) => match rng.lock() {
+                Ok(mut rng) => rng.gen_range(0..1_000_000),
+                Err(poisoned) => poisoned.into_inner().gen_range(0..1_000_000),
+            },
+            Draws::Keyed(seed) => {
+                use std::hash::{Hash, Hasher};
+                // SipHash with fixed keys: the same digits for the same inputs in one build.
+                let mut hasher = std::hash::DefaultHasher::new();
+                (
+                    seed,
+                    request.office.as_str(),
+                    request.full_name.as_str(),
+                    request.date_of_birth,
+                    request.sex,
+                    attempt,
+                )
+                    .hash(&mut hasher);
+                (hasher.finish() % 1_000_000) as u32
+            }
         }
     }
 
@@ -184,8 +220,8 @@ impl IdentityAllocator for StoreAllocator {
         // stored on another number's stream), and only then is it read. A first assignment,
         // the usual case, costs no read.
         let event_id = assignment_event_id(request.life_event_id);
-        for _ in 0..MAX_DRAWS {
-            let pin = compose_pin(request, self.draw())?;
+        for attempt in 0..MAX_DRAWS {
+            let pin = compose_pin(request, self.draw(request, attempt))?;
             let assigned = PersonalIdAssigned::new(
                 pin.clone(),
                 request.life_event_id,

@@ -485,13 +485,13 @@ pub fn assert_tasks_exactly_once(tasks: &[(StreamId, TaskCreated)]) -> HashSet<S
 }
 
 /// The real policy engine: embedded reference data and Lifeline's own allocator (random
-/// numbers), or one drawing from a seeded generator (the same numbers in the same order).
+/// numbers), or one whose numbers follow from the seed and the child
+/// (`StoreAllocator::keyed`: the same numbers for the same births, whatever the order in which
+/// they are assigned and however often a request is redelivered).
 pub fn real_engine(seed: Option<u64>) -> Arc<PolicyEngine> {
     let reference = ReferenceData::embedded().expect("the embedded reference data");
     let allocator = match seed {
-        Some(seed) => StoreAllocator::with_rng(
-            <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
-        ),
+        Some(seed) => StoreAllocator::keyed(seed),
         None => StoreAllocator::new(),
     };
     Arc::new(PolicyEngine::new(reference, Arc::new(allocator)))
