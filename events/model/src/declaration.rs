@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::procedure::{ProcedureGroup, ProcedureId};
 use crate::validation::{join_path, FieldError, ValidationErrors};
 use crate::values::{
-    not_before_birth, not_in_future, parse_commune, parse_date, parse_province_2, parse_text,
+    not_before_1900, not_before_birth, not_in_future, parse_commune, parse_date, parse_province_2, parse_text,
     Email, FullName, OfficeCode, PersonalId, Phone, Sex, MAX_TEXT_CHARS,
 };
 
@@ -517,6 +517,7 @@ fn past_date(
     today: NaiveDate,
 ) -> Option<NaiveDate> {
     let date = errors.take(parse_date(raw, field))?;
+    errors.take(not_before_1900(date, field))?;
     errors.take(not_in_future(date, today, field))?;
     Some(date)
 }
@@ -726,6 +727,7 @@ fn parse_death_facts(
                 "must be a date and time like 2026-11-18T06:30:00+07:00",
             )
         }))?;
+        errors.take(not_before_1900(at.date_naive(), "death.at"))?;
         errors.take(not_in_future(at.date_naive(), today, "death.at"))?;
         if let Some(date_of_birth) = date_of_birth {
             errors.take(not_before_birth(at.date_naive(), date_of_birth, "death.at"))?;
@@ -933,6 +935,16 @@ mod tests {
         assert_eq!(
             errors.get("mother.date_of_birth").unwrap().code,
             "in_future"
+        );
+
+        // No personal ID number encodes a birth before 1900: refused at the door, not by the
+        // number's allocation after the record is stored.
+        let mut body = birth_body();
+        body["child"]["date_of_birth"] = json!("1500-06-01");
+        let errors = birth(body).unwrap_err();
+        assert_eq!(
+            errors.get("child.date_of_birth").unwrap().code,
+            "out_of_range"
         );
 
         let mut body = birth_body();

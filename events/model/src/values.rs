@@ -442,6 +442,27 @@ pub fn parse_date(raw: &str, field: &str) -> Result<NaiveDate, FieldError> {
         .map_err(|_| FieldError::new(field, "invalid_date", "must be a date like 2026-11-20"))
 }
 
+/// The earliest date a declaration may carry: personal ID numbers encode births from 1900 on
+/// (the century digit of Decree 137), so a person born earlier could not be given or matched
+/// with a number, and no birth, death or notice of a living registry is older.
+pub const EARLIEST_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(date) => date,
+    None => panic!("1900-01-01 is a date"),
+};
+
+/// Refuses a date before [`EARLIEST_DATE`].
+pub fn not_before_1900(date: NaiveDate, field: &str) -> Result<(), FieldError> {
+    if date < EARLIEST_DATE {
+        Err(FieldError::new(
+            field,
+            "out_of_range",
+            format!("must not be before {EARLIEST_DATE}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Refuses a date after `today` (a birth, a death, a notice cannot be in the future).
 pub fn not_in_future(date: NaiveDate, today: NaiveDate, field: &str) -> Result<(), FieldError> {
     if date > today {
@@ -634,6 +655,9 @@ mod tests {
             assert!(Email::parse_field(bad, "e").is_err(), "{bad:?}");
         }
         assert!(parse_date("2026-02-30", "d").is_err());
+        let old = parse_date("1500-06-01", "d").unwrap();
+        assert_eq!(not_before_1900(old, "d").unwrap_err().code, "out_of_range");
+        assert!(not_before_1900(EARLIEST_DATE, "d").is_ok());
         let today = date("2026-11-21");
         assert!(not_in_future(date("2026-11-22"), today, "d").is_err());
         assert!(not_in_future(today, today, "d").is_ok());
