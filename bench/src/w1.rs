@@ -11,8 +11,16 @@ use lifeline_model::envelope::{ExpectedVersion, NewEvent, StreamId};
 
 use crate::common::{birth_recorded, checkpoint, payload_bytes, Figure, FreshDatabase};
 
+/// Appends timed per level; `W1_OPS` overrides it (a longer run for a profile).
 const OPS: usize = 5_000;
 const WARM_UP: usize = 200;
+
+fn ops() -> usize {
+    std::env::var("W1_OPS")
+        .ok()
+        .and_then(|ops| ops.parse().ok())
+        .unwrap_or(OPS)
+}
 
 pub(crate) async fn run(levels: &[usize]) -> anyhow::Result<()> {
     let database = FreshDatabase::create().await?;
@@ -30,18 +38,19 @@ async fn run_on(database: &FreshDatabase, levels: &[usize]) -> anyhow::Result<()
             if grouped {
                 store = store.with_group_commit();
             }
-            let events = Arc::new(prepare(WARM_UP + OPS)?);
+            let ops = ops();
+            let events = Arc::new(prepare(WARM_UP + ops)?);
             let bytes = payload_bytes(&events[0].1);
             let _ = drive(&store, Arc::clone(&events), 0, WARM_UP, concurrency).await?;
             checkpoint(&store).await?;
             let started = Instant::now();
-            let latencies = drive(&store, events, WARM_UP, WARM_UP + OPS, concurrency).await?;
+            let latencies = drive(&store, events, WARM_UP, WARM_UP + ops, concurrency).await?;
             let wall = started.elapsed();
             let case = format!(
                 "w1_store_append_{}_c{concurrency}",
                 if grouped { "group" } else { "nogroup" }
             );
-            Figure::new(case, OPS, wall)
+            Figure::new(case, ops, wall)
                 .latencies(latencies)
                 .extra(format!("payload_bytes={bytes} pool={pool}"))
                 .print();
