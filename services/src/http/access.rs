@@ -12,7 +12,8 @@
 //!
 //! `GET /v1/audit/access-log` scans the log in commit order and keeps `PersonalDataRead` events:
 //! O(events scanned), at most [`MAX_SCAN`] per request; a page may hold fewer entries than asked
-//! and still not be the end (`caught_up` says when it is).
+//! and still not be the end (`caught_up` says when it is). Scans read the payloads of access
+//! events only (`EventStore::read_all_with_payloads_of`).
 
 use std::collections::BTreeSet;
 
@@ -342,7 +343,9 @@ fn reads_in<'a>(
         })
 }
 
-/// Every read about `refs`' person in the whole log, in commit order: O(log).
+/// Every read about `refs`' person in the whole log, in commit order: O(log), though only the
+/// access events' payloads are rendered and parsed (the others, the records' declarations and
+/// the tasks' applications, are most of the log's bytes).
 pub async fn reads_of_person(
     store: &EventStore,
     refs: &PersonRefs,
@@ -351,7 +354,9 @@ pub async fn reads_of_person(
     let mut cursor = LogCursor::START;
     let mut found = Vec::new();
     loop {
-        let batch = store.read_all(cursor, SCAN_BATCH).await?;
+        let batch = store
+            .read_all_with_payloads_of(cursor, MAX_SCAN, &[ACCESS_EVENT_TYPE])
+            .await?;
         let Some(last) = batch.last() else {
             return Ok(found);
         };
@@ -413,7 +418,10 @@ pub async fn access_log(
             break;
         }
         let want = SCAN_BATCH.min(MAX_SCAN - scanned);
-        let batch = state.store.read_all(cursor, want).await?;
+        let batch = state
+            .store
+            .read_all_with_payloads_of(cursor, want, &[ACCESS_EVENT_TYPE])
+            .await?;
         let mut filled = false;
         // Stop at the entry that fills the page, so the next page starts right after it.
         for event in &batch {
