@@ -159,6 +159,25 @@ pub struct EventHashInput<'a> {
 
 /// The hash of an event chained to the hash of its stream's previous event.
 pub fn event_hash(input: &EventHashInput<'_>, prev_hash: &Hash32) -> Hash32 {
+    event_hash_of_json(
+        input,
+        &canonical_json(input.payload),
+        &canonical_json(input.metadata),
+        prev_hash,
+    )
+}
+
+/// [`event_hash`] for a writer that has already made `canonical_json(input.payload)` and
+/// `canonical_json(input.metadata)` (to send those very texts to the database): the same hash,
+/// without encoding them again.
+pub fn event_hash_of_json(
+    input: &EventHashInput<'_>,
+    payload_json: &str,
+    metadata_json: &str,
+    prev_hash: &Hash32,
+) -> Hash32 {
+    debug_assert_eq!(payload_json, canonical_json(input.payload));
+    debug_assert_eq!(metadata_json, canonical_json(input.metadata));
     let mut hasher = FieldHasher::new("lifeline/event/v1");
     hasher
         .bytes(input.stream_id.as_bytes())
@@ -166,8 +185,8 @@ pub fn event_hash(input: &EventHashInput<'_>, prev_hash: &Hash32) -> Hash32 {
         .bytes(input.event_id.as_bytes())
         .bytes(input.event_type.as_bytes())
         .bytes(&input.schema_version.to_be_bytes())
-        .bytes(canonical_json(input.payload).as_bytes())
-        .bytes(canonical_json(input.metadata).as_bytes())
+        .bytes(payload_json.as_bytes())
+        .bytes(metadata_json.as_bytes())
         .bytes(&prev_hash.0);
     hasher.finish()
 }

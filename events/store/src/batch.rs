@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
-use lifeline_model::integrity::{event_hash, EventHashInput, Hash32};
+use lifeline_model::integrity::{canonical_json, event_hash_of_json, EventHashInput, Hash32};
 use sqlx::{Acquire, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -102,8 +102,8 @@ struct Rows {
     event_ids: Vec<Uuid>,
     event_types: Vec<String>,
     schema_versions: Vec<i32>,
-    payloads: Vec<serde_json::Value>,
-    metadata: Vec<serde_json::Value>,
+    payloads: Vec<postgres::JsonText>,
+    metadata: Vec<postgres::JsonText>,
     recorded_at: Vec<DateTime<Utc>>,
     hashes: Vec<Vec<u8>>,
 }
@@ -272,7 +272,10 @@ fn plan(
                 })
             })?;
             state.version += 1;
-            let hash = event_hash(
+            // One encoding of each for both the hash and the `jsonb` parameter.
+            let payload = canonical_json(&event.event.payload);
+            let metadata = canonical_json(&event.metadata);
+            let hash = event_hash_of_json(
                 &EventHashInput {
                     stream_id: key,
                     stream_version: state.version,
@@ -282,6 +285,8 @@ fn plan(
                     payload: &event.event.payload,
                     metadata: &event.metadata,
                 },
+                &payload,
+                &metadata,
                 &state.last_hash,
             );
             state.last_hash = hash;
@@ -290,8 +295,8 @@ fn plan(
             rows.event_ids.push(event.event.event_id);
             rows.event_types.push(event.event.event_type.clone());
             rows.schema_versions.push(schema_version);
-            rows.payloads.push(event.event.payload.clone());
-            rows.metadata.push(event.metadata.clone());
+            rows.payloads.push(postgres::JsonText(payload));
+            rows.metadata.push(postgres::JsonText(metadata));
             rows.recorded_at.push(event.event.metadata.recorded_at);
             rows.hashes.push(hash.0.to_vec());
         }

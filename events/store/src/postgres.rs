@@ -121,6 +121,35 @@ fn claim((version, last_hash): (i64, Option<Vec<u8>>)) -> Result<Claim, StoreErr
     Ok((StreamVersion(version), decode_last_hash(last_hash)?))
 }
 
+/// A JSON text already encoded (`integrity::canonical_json`), bound as a `jsonb` parameter
+/// as it is: the bytes hashed are the bytes sent, and nothing is serialised twice.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonText(pub(crate) String);
+
+impl sqlx::Type<sqlx::Postgres> for JsonText {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <sqlx::types::Json<()> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for JsonText {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <sqlx::types::Json<()> as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for JsonText {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        // jsonb's binary form: the format version (1), then the text.
+        buf.push(1);
+        buf.extend_from_slice(self.0.as_bytes());
+        Ok(sqlx::encode::IsNull::No)
+    }
+}
+
 /// A `streams.last_hash` column read back: `None` for a stream older than the hash chain.
 pub(crate) fn decode_last_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash32>, StoreError> {
     bytes
