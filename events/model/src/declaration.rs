@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::procedure::{ProcedureGroup, ProcedureId};
 use crate::validation::{join_path, FieldError, ValidationErrors};
 use crate::values::{
-    not_before_1900, not_before_birth, not_in_future, parse_commune, parse_date, parse_province_2, parse_text,
-    Email, FullName, OfficeCode, PersonalId, Phone, Sex, MAX_TEXT_CHARS,
+    not_before_1900, not_before_birth, not_in_future, parse_commune, parse_date, parse_province_2,
+    parse_text, Email, FullName, OfficeCode, PersonalId, Phone, Sex, MAX_TEXT_CHARS,
 };
 
 /// Days the family has to register a birth (Law on Civil Status 2014); later is `late`, not refused.
