@@ -148,7 +148,8 @@ async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
     let store = test_store.store();
     let engine = PolicyEngine::embedded().unwrap();
     let mut cursor = LogCursor::START;
-    let today = Utc::now().date_naive();
+    // The fixed day of the chain tests: the example dates never turn late or old.
+    let today = lifeline_tests::chain::today();
 
     let birth: BirthDeclarationInput = serde_json::from_value(json!({
       "office": "79-26734",
@@ -273,7 +274,8 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
     let test_store = lifeline_tests::postgres_store().await;
     let store = test_store.store();
     let engine = PolicyEngine::embedded().unwrap();
-    let today = Utc::now().date_naive();
+    // The fixed day of the chain tests: the example dates never turn late or old.
+    let today = lifeline_tests::chain::today();
     let mut births = Vec::new();
     for (index, name) in ["Nguyễn Minh An", "Phạm Thu Hà", "Lê Quốc Bảo"]
         .iter()
