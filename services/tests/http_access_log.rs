@@ -270,3 +270,44 @@ async fn create_task(app: &TestApp, procedure: ProcedureId) -> uuid::Uuid {
     tx.commit().await.unwrap();
     task_id
 }
+
+#[tokio::test]
+async fn a_purpose_in_vietnamese_is_recorded_as_written() {
+    let app = TestApp::new().await;
+    record_birth(&app).await;
+    let timeline = format!("/v1/audit/persons/{MOTHER}/timeline");
+    let raw = "Thanh tra theo quyết định số 12/QĐ-TTr";
+    // Raw UTF-8, and RFC 8187's form (what a browser, limited to ASCII headers, can send).
+    for sent in [raw, "UTF-8''Ki%E1%BB%83m%20tra%20h%E1%BB%93%20s%C6%A1"] {
+        let (status, body, _) = app
+            .call_raw(
+                Method::GET,
+                &timeline,
+                Some(&auditor()),
+                None,
+                &[("x-purpose", sent)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}: {body}");
+    }
+    let purposes: Vec<Value> = reads(&app)
+        .await
+        .into_iter()
+        .map(|read| read["purpose"].clone())
+        .collect();
+    assert_eq!(purposes, [raw, "Kiểm tra hồ sơ"]);
+
+    // Percent-encoded bytes that are not UTF-8: refused, and nothing recorded.
+    let (status, body, _) = app
+        .call_raw(
+            Method::GET,
+            &timeline,
+            Some(&auditor()),
+            None,
+            &[("x-purpose", "UTF-8''%FF%FE")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_purpose");
+    assert_eq!(reads(&app).await.len(), 2);
+}

@@ -60,7 +60,9 @@ pub const MAX_RECORDED_PINS: usize = 100;
 const SCAN_BATCH: usize = 1_000;
 
 /// The purpose the caller gave in `X-Purpose`: required of auditors (400 without it), optional
-/// for everyone else; 1 to 500 characters either way.
+/// for everyone else; 1 to 500 characters either way, in any language: UTF-8 as sent, or
+/// RFC 8187's `UTF-8''` followed by the percent-encoded text (for clients, such as browsers,
+/// that send ASCII headers only). See [`purpose_text`].
 pub fn purpose(principal: &Principal, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let invalid = || {
         ApiError::bad_request(
@@ -79,7 +81,8 @@ pub fn purpose(principal: &Principal, headers: &HeaderMap) -> Result<Option<Stri
         }
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| invalid())?.trim();
+    let text = purpose_text(value.as_bytes()).ok_or_else(invalid)?;
+    let text = text.trim();
     if text.is_empty() || text.chars().count() > MAX_PURPOSE_CHARS {
         return Err(if principal.role == Role::Auditor && text.is_empty() {
             ApiError::bad_request(
@@ -92,6 +95,23 @@ pub fn purpose(principal: &Principal, headers: &HeaderMap) -> Result<Option<Stri
         });
     }
     Ok(Some(text.to_owned()))
+}
+
+/// The text of an `X-Purpose` value: its bytes as UTF-8 (HTTP carries them as sent), or, after
+/// a case-insensitive `UTF-8''`, the percent-decoded UTF-8 (RFC 8187's ext-value). `None` when
+/// it is not UTF-8 either way or holds a control character.
+pub fn purpose_text(bytes: &[u8]) -> Option<String> {
+    const EXT_VALUE: &[u8] = b"utf-8''";
+    let text = match bytes.get(..EXT_VALUE.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(EXT_VALUE) => {
+            percent_encoding::percent_decode(&bytes[EXT_VALUE.len()..])
+                .decode_utf8()
+                .ok()?
+                .into_owned()
+        }
+        _ => std::str::from_utf8(bytes).ok()?.to_owned(),
+    };
+    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 /// One read about to be recorded.
@@ -459,4 +479,35 @@ pub async fn access_log(
     .naming(person);
     record_read(&state, &principal, context.correlation_id, read).await?;
     Ok(Json(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purpose_text;
+
+    #[test]
+    fn purposes_are_read_as_utf8_or_rfc_8187() {
+        let vietnamese = "Thanh tra theo quyết định số 12/QĐ-TTr";
+        assert_eq!(
+            purpose_text(vietnamese.as_bytes()).as_deref(),
+            Some(vietnamese)
+        );
+        assert_eq!(
+            purpose_text(b"UTF-8''Ki%E1%BB%83m%20tra%20h%E1%BB%93%20s%C6%A1").as_deref(),
+            Some("Kiểm tra hồ sơ")
+        );
+        assert_eq!(
+            purpose_text(b"utf-8''plain").as_deref(),
+            Some("plain"),
+            "the prefix is case-insensitive"
+        );
+        assert_eq!(
+            purpose_text(b"complaint 118").as_deref(),
+            Some("complaint 118")
+        );
+        // Not UTF-8, raw or decoded; control characters.
+        assert_eq!(purpose_text(b"\xff\xfe"), None);
+        assert_eq!(purpose_text(b"UTF-8''%FF"), None);
+        assert_eq!(purpose_text(b"UTF-8''line%0Abreak"), None);
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
 use http_body_util::BodyExt;
@@ -86,7 +86,9 @@ impl TestApp {
             request = request.header("content-type", "application/json");
         }
         for (name, value) in headers {
-            request = request.header(*name, *value);
+            // As sent on the wire: UTF-8 bytes pass (HTTP allows them; `&str` headers would not).
+            let value = HeaderValue::from_bytes(value.as_bytes()).expect("a header value");
+            request = request.header(*name, value);
         }
         let request = request
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
