@@ -54,6 +54,21 @@ settle() {
   sleep "$SETTLE_SECONDS"
 }
 
+# Each workload drops the database it made when it ends, but not when it is killed (Ctrl-C, a
+# timeout). Before the run, the ones left that nobody is connected to are dropped: no other
+# bench may run meanwhile anyway (its load would be in these figures).
+drop_stale_databases() {
+  command -v psql >/dev/null 2>&1 || return 0
+  local name
+  for name in $(psql "$PG_URL" -qAt -c "SELECT datname FROM pg_database d \
+      WHERE datname LIKE 'lifeline\_bench\_%' \
+      AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"); do
+    echo "== dropping $name, left by an interrupted run" >&2
+    psql "$PG_URL" -qAt -c "DROP DATABASE IF EXISTS \"$name\"" >/dev/null || true
+  done
+}
+drop_stale_databases
+
 # One step: label, then the command; RESULT lines get the round number and the load average
 # at the start of the step, and go to the raw file.
 step() {
