@@ -15,13 +15,18 @@ const PURPOSE: &str = "complaint 2026-118: who saw the record";
 const MOTHER: &str = "079190001234";
 
 async fn auditor_get(app: &TestApp, uri: &str) -> (StatusCode, Value) {
+    auditor_get_for(app, uri, PURPOSE).await
+}
+
+/// An auditor's GET of `uri` with `purpose` as `X-Purpose` (its bytes as given).
+async fn auditor_get_for(app: &TestApp, uri: &str, purpose: &str) -> (StatusCode, Value) {
     let (status, body, _) = app
         .call_raw(
             Method::GET,
             uri,
             Some(&auditor()),
             None,
-            &[("x-purpose", PURPOSE)],
+            &[("x-purpose", purpose)],
         )
         .await;
     (status, body)
@@ -279,15 +284,7 @@ async fn a_purpose_in_vietnamese_is_recorded_as_written() {
     let raw = "Thanh tra theo quyết định số 12/QĐ-TTr";
     // Raw UTF-8, and RFC 8187's form (what a browser, limited to ASCII headers, can send).
     for sent in [raw, "UTF-8''Ki%E1%BB%83m%20tra%20h%E1%BB%93%20s%C6%A1"] {
-        let (status, body, _) = app
-            .call_raw(
-                Method::GET,
-                &timeline,
-                Some(&auditor()),
-                None,
-                &[("x-purpose", sent)],
-            )
-            .await;
+        let (status, body) = auditor_get_for(&app, &timeline, sent).await;
         assert_eq!(status, StatusCode::OK, "{sent}: {body}");
     }
     let purposes: Vec<Value> = reads(&app)
@@ -298,15 +295,7 @@ async fn a_purpose_in_vietnamese_is_recorded_as_written() {
     assert_eq!(purposes, [raw, "Kiểm tra hồ sơ"]);
 
     // Percent-encoded bytes that are not UTF-8: refused, and nothing recorded.
-    let (status, body, _) = app
-        .call_raw(
-            Method::GET,
-            &timeline,
-            Some(&auditor()),
-            None,
-            &[("x-purpose", "UTF-8''%FF%FE")],
-        )
-        .await;
+    let (status, body) = auditor_get_for(&app, &timeline, "UTF-8''%FF%FE").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_purpose");
     assert_eq!(reads(&app).await.len(), 2);
