@@ -43,6 +43,7 @@ backend_tests!(
     many_rows_are_saved_in_chunks,
     watcher_marks_a_late_task_exactly_once,
     a_failing_subscriber_leaves_the_group_and_the_others_keep_up,
+    a_replaced_task_leaves_its_procedure_to_the_new_one,
 );
 
 const MOTHER: &str = "079190001234";
@@ -969,7 +970,8 @@ async fn a_batch_rolled_back_and_handled_again_ends_as_a_rebuild(store: EventSto
 /// again replaces them.
 async fn many_rows_are_saved_in_chunks(store: EventStore) {
     let office = lifeline_model::values::OfficeCode::parse("79-26734").unwrap();
-    let rows: Vec<TaskRow> = (0..1_201)
+    // More than one statement's worth on both backends (SQLite 500 rows, PostgreSQL 5,000).
+    let rows: Vec<TaskRow> = (0..5_001)
         .map(|index| TaskRow {
             task_id: Uuid::now_v7(),
             procedure: ProcedureId::BirthRegistration,
@@ -982,9 +984,18 @@ async fn many_rows_are_saved_in_chunks(store: EventStore) {
             overdue: false,
             created_at: at(20, 0),
             updated_at: at(20, 0),
-            application: Application(Default::default()),
-            outcome: None,
-            reason: Some(format!("row {index}")),
+            application: Application(
+                [(
+                    "child.full_name".to_owned(),
+                    json!(format!("Nguyễn \"{index}\"")),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            outcome: (index % 2 == 0).then(|| TaskOutcome::BirthRegistered {
+                certificate_number: format!("KS-{index}"),
+            }),
+            reason: (index % 3 == 0).then(|| format!("row {index}")),
         })
         .collect();
     let mut tx = store.begin().await.unwrap();
@@ -1143,4 +1154,95 @@ async fn a_failing_subscriber_leaves_the_group_and_the_others_keep_up(store: Eve
     // so the healthy one never handled a batch that was then rolled back: each event once.
     assert_eq!(healthy_count.load(Ordering::SeqCst), mine);
     assert!(poisoned_count.load(Ordering::SeqCst) >= 2);
+}
+
+/// A second task of the same procedure replaces the first in the life event's status: events of
+/// the first (here its completion) leave the procedure to the new one, whether they arrive in
+/// the same batch as the replacement or a later one, live or rebuilt.
+async fn a_replaced_task_leaves_its_procedure_to_the_new_one(store: EventStore) {
+    let birth_id = Uuid::now_v7();
+    let birth = birth_declaration("TP. Hồ Chí Minh");
+    let birth_decl = Declaration::Birth(birth.clone());
+    append(
+        &store,
+        &stream("birth", birth_id),
+        &LifeEventEvent::BirthRecorded(BirthRecorded {
+            life_event_id: birth_id,
+            reference: Reference::for_life_event(birth_id),
+            recorded_on: today(),
+            late: false,
+            declaration: birth,
+        }),
+        at(21, 1),
+    )
+    .await;
+    let procedure = ProcedureId::ResidenceRegistration;
+    let created = |task_id, hour| {
+        task_created(
+            task_id,
+            procedure,
+            birth_id,
+            &birth_decl,
+            &[],
+            at(21, hour),
+            at(28, 0),
+        )
+    };
+    let claimed = |task_id, hour| {
+        TaskEvent::TaskClaimed(TaskClaimed {
+            task_id,
+            by: "officer-1".into(),
+            at: at(21, hour),
+        })
+    };
+    let (first, second, third) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    append_task(&store, created(first, 2), at(21, 2)).await;
+    append_task(&store, created(second, 3), at(21, 3)).await;
+    // In the replacement's batch: the first task's claim.
+    let position = append_task(&store, claimed(first, 4), at(21, 4)).await;
+    let running = start_projections(&store);
+    caught_up(&store, position).await;
+    let status = |store: EventStore| async move {
+        projections::life_event_status(&store, birth_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .procedure(procedure)
+            .cloned()
+            .unwrap()
+    };
+    let row = status(store.clone()).await;
+    assert_eq!(row.task_id, Some(second));
+    assert_eq!(row.state, ProcedureState::Open);
+    // In later batches: the second task is claimed, a third replaces it, the second's claim
+    // again and the first's completion change nothing.
+    append_task(&store, claimed(second, 5), at(21, 5)).await;
+    let position = append_task(&store, created(third, 6), at(21, 6)).await;
+    caught_up(&store, position).await;
+    append_task(&store, claimed(second, 7), at(21, 7)).await;
+    let position = append_task(
+        &store,
+        TaskEvent::TaskCompleted(TaskCompleted {
+            task_id: first,
+            by: "officer-1".into(),
+            outcome: TaskOutcome::ResidenceRegistered {
+                entry_number: "HK-1".into(),
+            },
+            at: at(21, 8),
+        }),
+        at(21, 8),
+    )
+    .await;
+    caught_up(&store, position).await;
+    running.stop().await;
+    let live = status(store.clone()).await;
+    assert_eq!(live.task_id, Some(third));
+    assert_eq!(live.state, ProcedureState::Open);
+    assert_eq!(live.closed_at, None);
+    rebuild_projections(&store).await.unwrap();
+    assert_eq!(
+        status(store.clone()).await,
+        live,
+        "a rebuild equals the live row"
+    );
 }

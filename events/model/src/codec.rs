@@ -37,6 +37,13 @@ pub trait EventFamily: Serialize + DeserializeOwned {
     fn from_current_body(event_type: &str, body: &Value)
         -> Option<Result<Self, serde_json::Error>>;
 
+    /// [`EventFamily::from_current_body`] from the body's JSON text, parsed straight into the
+    /// event (no `serde_json::Value` between); `None` if the type is not of this enum.
+    fn from_current_body_text(
+        event_type: &str,
+        body: &str,
+    ) -> Option<Result<Self, serde_json::Error>>;
+
     /// The current schema version of `event_type`, if it belongs to this enum.
     fn current_version(event_type: &str) -> Option<u32> {
         Self::SCHEMAS
@@ -65,6 +72,18 @@ macro_rules! event_family {
                 match event_type {
                     $(stringify!($variant) => {
                         Some(serde::Deserialize::deserialize(body).map(Self::$variant))
+                    })+
+                    _ => None,
+                }
+            }
+
+            fn from_current_body_text(
+                event_type: &str,
+                body: &str,
+            ) -> Option<Result<Self, serde_json::Error>> {
+                match event_type {
+                    $(stringify!($variant) => {
+                        Some(serde_json::from_str(body).map(Self::$variant))
                     })+
                     _ => None,
                 }
@@ -207,6 +226,27 @@ pub fn decode_recorded<E: EventFamily>(event: &RecordedEvent) -> Result<E, Decod
         event.schema_version,
         event.payload.clone(),
     )
+}
+
+/// [`decode_recorded`] of a stored event whose payload is given as its stored JSON text
+/// (`payload`; `event.payload` itself is not read). A body stored at the current version is
+/// parsed straight into the event; any other form (an older version, the cqrs-es tagged form)
+/// goes through [`decode`] with its upcasters, so both read the same events.
+pub fn decode_recorded_text<E: EventFamily>(
+    event: &RecordedEvent,
+    payload: &str,
+) -> Result<E, DecodeError> {
+    let event_type = event.event_type.as_str();
+    if E::current_version(event_type) == Some(event.schema_version) {
+        if let Some(Ok(decoded)) = E::from_current_body_text(event_type, payload) {
+            return Ok(decoded);
+        }
+    }
+    let value: Value = serde_json::from_str(payload).map_err(|source| DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        source,
+    })?;
+    decode(event_type, event.schema_version, value)
 }
 
 /// An event ready to append, with its stored form.

@@ -230,6 +230,15 @@ impl RecordedEvent {
     }
 }
 
+/// A stored event read with its payload left as the stored JSON text, for a reader that parses
+/// it straight into its own types (a projection rebuild) instead of into a
+/// `serde_json::Value` first: `event.payload` is `Value::Null`, `payload` holds the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEventText {
+    pub event: RecordedEvent,
+    pub payload: String,
+}
+
 /// A stored event without its payload and metadata: where it stands in the log and what it is.
 /// Enough to route it (the relay's notices) and to move a cursor past it, read without
 /// transferring or decoding any JSON.

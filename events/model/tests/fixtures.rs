@@ -321,8 +321,9 @@ fn domain_event_names_match_the_codec() {
     assert_eq!(new_event.payload["death"]["time_known"], json!(false));
 }
 
-/// `decode_recorded` reads a current body in place; it must answer what `decode` answers, for
-/// bare and tagged payloads, current and old versions, and refuse the same bad payloads.
+/// `decode_recorded` reads a current body in place, and `decode_recorded_text` parses it from
+/// its stored text; both must answer what `decode` answers, for bare and tagged payloads,
+/// current and old versions, and refuse the same bad payloads.
 #[test]
 fn decoding_a_recorded_event_in_place_equals_decode() {
     use lifeline_model::envelope::{
@@ -350,6 +351,14 @@ fn decoding_a_recorded_event_in_place_equals_decode() {
             let event = recorded(event_type, version, payload);
             let decoded: LifeEventEvent = codec::decode_recorded(&event).unwrap();
             assert_eq!(decoded, expected, "{event_type} v{version}");
+            let text = event.payload.to_string();
+            let without_payload = RecordedEvent {
+                payload: Value::Null,
+                ..event
+            };
+            let from_text: LifeEventEvent =
+                codec::decode_recorded_text(&without_payload, &text).unwrap();
+            assert_eq!(from_text, expected, "{event_type} v{version} from text");
         }
     }
     let bad = recorded("LifeEventVoided", 1, json!({ "reason": 1 }));
@@ -357,9 +366,25 @@ fn decoding_a_recorded_event_in_place_equals_decode() {
         codec::decode_recorded::<LifeEventEvent>(&bad),
         Err(DecodeError::Payload { .. })
     ));
+    for text in [r#"{ "reason": 1 }"#, "{ not json", ""] {
+        assert!(
+            matches!(
+                codec::decode_recorded_text::<LifeEventEvent>(&bad, text),
+                Err(DecodeError::Payload { .. })
+            ),
+            "{text:?}"
+        );
+    }
     let other_family = recorded("TaskClaimed", 1, fixture("TaskClaimed", 1));
     assert!(matches!(
         codec::decode_recorded::<LifeEventEvent>(&other_family),
+        Err(DecodeError::UnknownEventType { .. })
+    ));
+    assert!(matches!(
+        codec::decode_recorded_text::<LifeEventEvent>(
+            &other_family,
+            &other_family.payload.to_string()
+        ),
         Err(DecodeError::UnknownEventType { .. })
     ));
     let task: TaskEvent = codec::decode_recorded(&other_family).unwrap();
@@ -367,4 +392,7 @@ fn decoding_a_recorded_event_in_place_equals_decode() {
         task,
         decode::<TaskEvent>("TaskClaimed", 1, fixture("TaskClaimed", 1)).unwrap()
     );
+    let task_from_text: TaskEvent =
+        codec::decode_recorded_text(&other_family, &other_family.payload.to_string()).unwrap();
+    assert_eq!(task_from_text, task);
 }

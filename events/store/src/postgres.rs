@@ -3,7 +3,8 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, StreamId, StreamVersion,
+    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, RecordedEventText,
+    StreamId, StreamVersion,
 };
 use lifeline_model::integrity::Hash32;
 use sqlx::postgres::PgRow;
@@ -23,6 +24,10 @@ const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_
 const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stream_id, \
      stream_version, event_id, event_type, schema_version, \
      CASE WHEN event_type = ANY($4) THEN payload END AS payload, metadata";
+/// [`EVENT_COLUMNS`] with the payload as text in `payload_text` (and a null `payload`).
+const EVENT_COLUMNS_PAYLOAD_TEXT: &str = "global_position, transaction_id, stream_id, \
+     stream_version, event_id, event_type, schema_version, NULL::jsonb AS payload, \
+     payload::text AS payload_text, metadata";
 const HEADER_COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
 
@@ -275,6 +280,23 @@ pub(crate) async fn read_all_with_payloads_of(
     .await
 }
 
+/// [`read_all`] with each payload as its stored text (`RecordedEventText`).
+pub(crate) async fn read_all_payload_text(
+    conn: &mut PgConnection,
+    after: LogCursor,
+    limit: i64,
+) -> Result<Vec<RecordedEventText>, StoreError> {
+    read_global(
+        conn,
+        EVENT_COLUMNS_PAYLOAD_TEXT,
+        after,
+        limit,
+        None,
+        decode_event_text,
+    )
+    .await
+}
+
 /// [`read_all`] without payloads and metadata.
 pub(crate) async fn read_all_headers(
     conn: &mut PgConnection,
@@ -442,6 +464,13 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             .try_get::<Option<serde_json::Value>, _>("payload")?
             .unwrap_or(serde_json::Value::Null),
         metadata,
+    })
+}
+
+fn decode_event_text(row: &PgRow) -> Result<RecordedEventText, StoreError> {
+    Ok(RecordedEventText {
+        event: decode_event(row)?,
+        payload: row.try_get("payload_text")?,
     })
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeline_model::envelope::{
-    EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, StreamId, StreamVersion,
+    EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, RecordedEventText, StreamId,
+    StreamVersion,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -455,6 +456,26 @@ impl EventStore {
                     payload_types,
                 )
                 .await
+            }
+        }
+    }
+
+    /// [`EventStore::read_all`] with each payload as its stored JSON text
+    /// ([`RecordedEventText`]; `event.payload` is null): for a reader that parses payloads
+    /// straight into its own types (the projections' rebuild), skipping the
+    /// `serde_json::Value` that [`EventStore::read_all`] builds of every payload.
+    pub async fn read_all_payload_text(
+        &self,
+        after: LogCursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEventText>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::read_all_payload_text(&mut *pool.acquire().await?, after, limit).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::read_all_payload_text(&mut *pool.acquire().await?, after, limit).await
             }
         }
     }

@@ -11,7 +11,7 @@ use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows};
+use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows, Projection, SharedDecoded};
 
 /// The checkpoint name of the inbox projection.
 pub const INBOX_PROJECTION: &str = "projection-inbox";
@@ -47,12 +47,11 @@ impl Subscriber for InboxProjection {
         if !is_task_event(&event.event_type) {
             return Ok(());
         }
-        let Some(DecodedEvent::Task(task_event)) =
-            self.decoded.take(event).map_err(SubscriberError::failed)?
-        else {
+        let decoded = self.decoded.take(event).map_err(SubscriberError::failed)?;
+        let Some(DecodedEvent::Task(task_event)) = decoded.as_deref() else {
             return Ok(());
         };
-        let task_id = task_id_of(&task_event);
+        let task_id = task_id_of(task_event);
         let row = match self.held.take(&task_id) {
             Some(row) => Some(row),
             // A task's first event creates its row: nothing to load.
@@ -62,7 +61,7 @@ impl Subscriber for InboxProjection {
                 None => projections::load_task(tx, task_id).await?,
             },
         };
-        match apply_task_event(row, &task_event) {
+        match apply_task_event(row, task_event) {
             Some(row) => self.held.put(task_id, row),
             None => {
                 tracing::warn!(%task_id, event_id = %event.event_id, event_type = %event.event_type,
@@ -119,6 +118,12 @@ impl Subscriber for InboxProjection {
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
         projections::save_tasks(tx, &self.held.drain()).await?;
         Ok(())
+    }
+}
+
+impl Projection for InboxProjection {
+    fn preset_decoded(&mut self, decoded: SharedDecoded) {
+        self.decoded.preset(decoded);
     }
 }
 

@@ -15,7 +15,7 @@ use lifeline_store::projections::{self, LifeEventStatusRow, ProcedureState, Proc
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows};
+use super::{task_id_of, DecodedBatch, DecodedEvent, HeldRows, Projection, SharedDecoded};
 
 /// The checkpoint name of the life-event status projection.
 pub const LIFE_EVENT_STATUS_PROJECTION: &str = "projection-life-events";
@@ -31,6 +31,9 @@ pub struct LifeEventStatusProjection {
     /// For tasks looked up ahead of the batch: the life event whose stored procedure row
     /// names the task (`None`: none does).
     known_tasks: HashMap<Uuid, Option<Uuid>>,
+    /// For every task a held row's procedure names: that life event (kept with the held rows,
+    /// so a task event finds its row without scanning every held row).
+    held_tasks: HashMap<Uuid, Uuid>,
     decoded: DecodedBatch,
 }
 
@@ -46,13 +49,8 @@ impl LifeEventStatusProjection {
         tx: &mut StoreTransaction<'_>,
         task_id: Uuid,
     ) -> Result<Option<Uuid>, SubscriberError> {
-        let held = self.held.rows().find(|row| {
-            row.procedures
-                .iter()
-                .any(|procedure| procedure.task_id == Some(task_id))
-        });
-        if let Some(row) = held {
-            return Ok(Some(row.life_event_id));
+        if let Some(life_event_id) = self.held_tasks.get(&task_id) {
+            return Ok(Some(*life_event_id));
         }
         let stored = match self.known_tasks.get(&task_id) {
             Some(known) => *known,
@@ -60,6 +58,36 @@ impl LifeEventStatusProjection {
         };
         // A held row no longer naming the task (a newer task replaced it) is the truth.
         Ok(stored.filter(|life_event_id| !self.held.contains(life_event_id)))
+    }
+}
+
+impl LifeEventStatusProjection {
+    /// Holds `row` as changed, noting the tasks its procedures name.
+    fn hold(&mut self, life_event_id: Uuid, row: LifeEventStatusRow) {
+        for task_id in row
+            .procedures
+            .iter()
+            .filter_map(|procedure| procedure.task_id)
+        {
+            self.held_tasks.insert(task_id, life_event_id);
+        }
+        self.held.put(life_event_id, row);
+    }
+
+    /// Forgets the tasks a held row (before a fold) named.
+    fn forget_tasks_of(&mut self, row: Option<&LifeEventStatusRow>) {
+        let Some(row) = row else {
+            return;
+        };
+        for task_id in row
+            .procedures
+            .iter()
+            .filter_map(|procedure| procedure.task_id)
+        {
+            if self.held_tasks.get(&task_id) == Some(&row.life_event_id) {
+                self.held_tasks.remove(&task_id);
+            }
+        }
     }
 }
 
@@ -77,7 +105,8 @@ impl Subscriber for LifeEventStatusProjection {
         let Some(decoded) = self.decoded.take(event).map_err(SubscriberError::failed)? else {
             return Ok(());
         };
-        let life_event_id = match &decoded {
+        let decoded = &*decoded;
+        let life_event_id = match decoded {
             DecodedEvent::LifeEvent(life_event) => Some(life_event.life_event_id()),
             DecodedEvent::Task(TaskEvent::TaskCreated(created)) => Some(created.life_event_id),
             DecodedEvent::Task(task_event) => {
@@ -96,15 +125,20 @@ impl Subscriber for LifeEventStatusProjection {
         let row = match held {
             Some(row) => Some(row),
             // A record's first event makes its row afresh: nothing to load.
-            None if is_recorded(&decoded) => None,
+            None if is_recorded(decoded) => None,
             None => match self.held.known(&life_event_id) {
                 Some(known) => known.cloned(),
                 None => projections::load_life_event_status(tx, life_event_id).await?,
             },
         };
         let recorded_at = event.metadata.recorded_at;
-        match apply_to_life_event_status(row.clone(), &decoded, recorded_at) {
-            Some(row) => self.held.put(life_event_id, row),
+        match apply_to_life_event_status(row.clone(), decoded, recorded_at) {
+            Some(new_row) => {
+                if was_held {
+                    self.forget_tasks_of(row.as_ref());
+                }
+                self.hold(life_event_id, new_row);
+            }
             None => {
                 // Nothing changed: keep what was held (it is still to be saved).
                 if let (Some(row), true) = (row, was_held) {
@@ -117,6 +151,7 @@ impl Subscriber for LifeEventStatusProjection {
 
     fn begin_batch(&mut self) {
         self.held.clear();
+        self.held_tasks.clear();
         self.known_tasks.clear();
         self.decoded.clear();
     }
@@ -180,8 +215,15 @@ impl Subscriber for LifeEventStatusProjection {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        self.held_tasks.clear();
         projections::save_life_event_statuses(tx, &self.held.drain()).await?;
         Ok(())
+    }
+}
+
+impl Projection for LifeEventStatusProjection {
+    fn preset_decoded(&mut self, decoded: SharedDecoded) {
+        self.decoded.preset(decoded);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod rebuild;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use lifeline_model::codec::{self, DecodeError, EventFamily};
 use lifeline_model::envelope::RecordedEvent;
@@ -41,6 +42,47 @@ pub fn projection_subscribers() -> Vec<Box<dyn Subscriber>> {
         Box::new(PersonProjection::new()),
         Box::new(LifeEventStatusProjection::new()),
     ]
+}
+
+/// A projection whose next batch can be handed over already decoded: the rebuild decodes each
+/// batch once, straight from the payloads' text, for all three.
+pub(crate) trait Projection: Subscriber {
+    /// The events of the next batch (the next [`Subscriber::prepare_batch`]) decoded, by event
+    /// id; events of a type no projection knows are absent.
+    fn preset_decoded(&mut self, decoded: SharedDecoded);
+}
+
+/// [`projection_subscribers`] as [`Projection`]s, same order.
+pub(crate) fn projections() -> Vec<Box<dyn Projection>> {
+    vec![
+        Box::new(InboxProjection::new()),
+        Box::new(PersonProjection::new()),
+        Box::new(LifeEventStatusProjection::new()),
+    ]
+}
+
+/// One batch's events decoded once and shared by the projections, by event id.
+pub(crate) type SharedDecoded = Arc<HashMap<uuid::Uuid, Arc<DecodedEvent>>>;
+
+/// [`decode_event`] of an event whose payload is given as its stored JSON text.
+pub fn decode_event_text(
+    event: &RecordedEvent,
+    payload: &str,
+) -> Result<Option<DecodedEvent>, DecodeError> {
+    let event_type = event.event_type.as_str();
+    if LifeEventEvent::current_version(event_type).is_some() {
+        return codec::decode_recorded_text(event, payload)
+            .map(|event| Some(DecodedEvent::LifeEvent(event)));
+    }
+    if TaskEvent::current_version(event_type).is_some() {
+        return codec::decode_recorded_text(event, payload)
+            .map(|event| Some(DecodedEvent::Task(event)));
+    }
+    if SystemEvent::current_version(event_type).is_some() {
+        return codec::decode_recorded_text(event, payload)
+            .map(|event| Some(DecodedEvent::System(event)));
+    }
+    Ok(None)
 }
 
 /// The checkpoint names of [`projection_subscribers`].
@@ -80,7 +122,9 @@ pub fn decode_event(event: &RecordedEvent) -> Result<Option<DecodedEvent>, Decod
 /// then for `Subscriber::handle`.
 #[derive(Debug, Default)]
 pub(crate) struct DecodedBatch {
-    events: HashMap<uuid::Uuid, DecodedEvent>,
+    events: HashMap<uuid::Uuid, Arc<DecodedEvent>>,
+    /// The next batch, decoded by someone else ([`Projection::preset_decoded`]).
+    preset: Option<SharedDecoded>,
 }
 
 impl DecodedBatch {
@@ -96,29 +140,45 @@ impl DecodedBatch {
         wanted: impl Fn(&str) -> bool,
     ) -> Result<(), DecodeError> {
         self.events.clear();
+        let preset = self.preset.take();
         for event in events.iter().filter(|event| wanted(&event.event_type)) {
-            if let Some(decoded) = decode_event(event)? {
+            let decoded = match preset
+                .as_ref()
+                .and_then(|preset| preset.get(&event.event_id))
+            {
+                Some(decoded) => Some(Arc::clone(decoded)),
+                None => decode_event(event)?.map(Arc::new),
+            };
+            if let Some(decoded) = decoded {
                 self.events.insert(event.event_id, decoded);
             }
         }
         Ok(())
     }
 
-    pub(crate) fn get(&self, event_id: &uuid::Uuid) -> Option<&DecodedEvent> {
-        self.events.get(event_id)
+    /// Takes `decoded` as the next batch's events ([`Projection::preset_decoded`]): the next
+    /// [`DecodedBatch::fill_where`] looks them up instead of decoding.
+    pub(crate) fn preset(&mut self, decoded: SharedDecoded) {
+        self.preset = Some(decoded);
     }
 
-    /// `event` decoded: taken from the batch if it was decoded there, else decoded now.
+    pub(crate) fn get(&self, event_id: &uuid::Uuid) -> Option<&DecodedEvent> {
+        self.events.get(event_id).map(|decoded| &**decoded)
+    }
+
+    /// `event` decoded: taken from the batch if it was decoded there, else decoded now. Shared
+    /// with the other projections when the batch was decoded for all of them.
     pub(crate) fn take(
         &mut self,
         event: &RecordedEvent,
-    ) -> Result<Option<DecodedEvent>, DecodeError> {
+    ) -> Result<Option<Arc<DecodedEvent>>, DecodeError> {
         match self.events.remove(&event.event_id) {
             Some(decoded) => Ok(Some(decoded)),
-            None => decode_event(event),
+            None => Ok(decode_event(event)?.map(Arc::new)),
         }
     }
 
+    /// Forgets the batch (a preset for the next one stays).
     pub(crate) fn clear(&mut self) {
         self.events.clear();
     }
@@ -170,10 +230,6 @@ impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
 
     pub(crate) fn contains(&self, key: &K) -> bool {
         self.rows.contains_key(key)
-    }
-
-    pub(crate) fn rows(&self) -> impl Iterator<Item = &R> {
-        self.rows.values()
     }
 
     /// Takes the held row out to fold it; [`HeldRows::put`] puts the result back.

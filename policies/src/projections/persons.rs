@@ -13,6 +13,7 @@
 //! the birth's stream).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ use lifeline_store::projections::{
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
-use super::{DecodedBatch, DecodedEvent, HeldRows};
+use super::{DecodedBatch, DecodedEvent, HeldRows, Projection, SharedDecoded};
 
 /// The checkpoint name of the person registry projection.
 pub const PERSON_PROJECTION: &str = "projection-persons";
@@ -408,10 +409,21 @@ impl Subscriber for PersonProjection {
         let Some(decoded) = self.decoded.take(event).map_err(SubscriberError::failed)? else {
             return Ok(());
         };
+        match &*decoded {
+            DecodedEvent::Task(TaskEvent::TaskCreated(created)) => {
+                self.log.task_created_at(event, created);
+                return Ok(());
+            }
+            DecodedEvent::LifeEvent(_)
+            | DecodedEvent::System(SystemEvent::PersonalIdAssigned(_))
+            | DecodedEvent::Task(TaskEvent::TaskCompleted(_)) => {}
+            DecodedEvent::Task(_) | DecodedEvent::System(_) => return Ok(()),
+        }
         let at = event.metadata.recorded_at;
         let rows = &mut self.rows;
         let log = &mut self.log;
-        match decoded {
+        // Owned: moved out when this projection alone decoded it, else copied.
+        match Arc::unwrap_or_clone(decoded) {
             DecodedEvent::LifeEvent(LifeEventEvent::BirthRecorded(birth)) => {
                 let declaration = Declaration::Birth(birth.declaration);
                 apply_recorded(tx, rows, log, event, birth.life_event_id, declaration).await?;
@@ -469,9 +481,6 @@ impl Subscriber for PersonProjection {
                 let life_event_id = voided.life_event_id;
                 fold_life_event(&mut after, LifeEventEvent::LifeEventVoided(voided));
                 log.life_event_after(event, life_event_id, after);
-            }
-            DecodedEvent::Task(TaskEvent::TaskCreated(created)) => {
-                log.task_created_at(event, &created);
             }
             DecodedEvent::System(SystemEvent::PersonalIdAssigned(assigned)) => {
                 let birth = log
@@ -607,6 +616,12 @@ impl Subscriber for PersonProjection {
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
         projections::save_persons(tx, &self.rows.drain()).await?;
         Ok(())
+    }
+}
+
+impl Projection for PersonProjection {
+    fn preset_decoded(&mut self, decoded: SharedDecoded) {
+        self.decoded.preset(decoded);
     }
 }
 

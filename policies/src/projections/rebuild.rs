@@ -1,14 +1,15 @@
 //! Rebuilding the projections from the log: empty the tables, forget the checkpoints, replay
 //! every event (or every event recorded before a time) through the live subscribers' code.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lifeline_model::envelope::{LogCursor, RecordedEvent};
+use lifeline_model::envelope::{LogCursor, RecordedEvent, RecordedEventText};
 use lifeline_store::projections::{self, ProjectionError};
 use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
 
-use super::{projection_subscribers, PROJECTION_NAMES};
+use super::{decode_event_text, projections, Projection, SharedDecoded, PROJECTION_NAMES};
 
 /// Events read and handled per transaction while catching up.
 const CATCH_UP_BATCH: usize = 8000;
@@ -29,6 +30,13 @@ pub enum ProjectionsError {
     },
     #[error("projection {subscriber} was moved by another runner while catching up: stop the projections before rebuilding")]
     CheckpointMoved { subscriber: String },
+    #[error("event {event_id} at position {global_position} cannot be read: {source}")]
+    Undecodable {
+        event_id: uuid::Uuid,
+        global_position: i64,
+        #[source]
+        source: lifeline_model::codec::DecodeError,
+    },
     #[error("a rebuild task stopped: {0}")]
     Task(String),
 }
@@ -73,13 +81,13 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
     }
 }
 
-/// [`catch_up`] for several subscribers standing at the same checkpoint: each batch is read
-/// once (the next one while this one is handled) and handed to every subscriber, each in its
-/// own transaction and its own task, so the subscribers' folding and the next read run on every
-/// core at once.
+/// [`catch_up`] for several projections standing at the same checkpoint: each batch is read
+/// once, with its payloads as text, and decoded once, straight into the events (the next batch
+/// while this one is handled), then handed to every projection, each in its own transaction and
+/// its own task, so the projections' folding and the next read run on every core at once.
 async fn catch_up_together(
     store: &EventStore,
-    subscribers: &mut Vec<Box<dyn Subscriber>>,
+    subscribers: &mut Vec<Box<dyn Projection>>,
     recorded_before: Option<DateTime<Utc>>,
 ) -> Result<u64, ProjectionsError> {
     let Some(first) = subscribers.first() else {
@@ -94,9 +102,9 @@ async fn catch_up_together(
         }
     }
     let mut handled = 0_u64;
-    let mut read = read_batch(store, cursor, recorded_before).await?;
+    let mut read = read_decoded_batch(store.clone(), cursor, recorded_before).await?;
     loop {
-        let (batch, reached_cutoff) = read;
+        let (batch, decoded, reached_cutoff) = read;
         let Some(last) = batch.last() else {
             return Ok(handled);
         };
@@ -107,6 +115,7 @@ async fn catch_up_together(
             .map(|mut subscriber| {
                 let store = store.clone();
                 let batch = Arc::clone(&batch);
+                subscriber.preset_decoded(Arc::clone(&decoded));
                 tokio::spawn(async move {
                     let applied = apply_batch(&store, subscriber.as_mut(), cursor, &batch).await;
                     (subscriber, applied)
@@ -114,10 +123,8 @@ async fn catch_up_together(
             })
             .collect();
         // The next batch is read while this one is handled.
-        let reading = (!reached_cutoff).then(|| {
-            let store = store.clone();
-            tokio::spawn(async move { read_batch(&store, next, recorded_before).await })
-        });
+        let reading = (!reached_cutoff)
+            .then(|| tokio::spawn(read_decoded_batch(store.clone(), next, recorded_before)));
         let mut failed = None;
         for task in applying {
             let (subscriber, applied) = task.await.map_err(ProjectionsError::task)?;
@@ -156,6 +163,46 @@ async fn read_batch(
         }
     }
     Ok((batch, false))
+}
+
+/// [`read_batch`] for [`catch_up_together`]: the payloads read as text and decoded once for
+/// every projection ([`Projection::preset_decoded`]); the events handed to the projections
+/// carry no payload of their own.
+async fn read_decoded_batch(
+    store: EventStore,
+    cursor: LogCursor,
+    recorded_before: Option<DateTime<Utc>>,
+) -> Result<(Vec<RecordedEvent>, SharedDecoded, bool), ProjectionsError> {
+    let mut batch = store.read_all_payload_text(cursor, CATCH_UP_BATCH).await?;
+    let mut reached_cutoff = false;
+    if let Some(cutoff) = recorded_before {
+        if let Some(first_late) = batch
+            .iter()
+            .position(|event| event.event.metadata.recorded_at >= cutoff)
+        {
+            batch.truncate(first_late);
+            reached_cutoff = true;
+        }
+    }
+    let mut decoded = HashMap::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    for RecordedEventText { event, payload } in batch {
+        match decode_event_text(&event, &payload) {
+            Ok(Some(one)) => {
+                decoded.insert(event.event_id, Arc::new(one));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Err(ProjectionsError::Undecodable {
+                    event_id: event.event_id,
+                    global_position: event.global_position.0,
+                    source: error,
+                })
+            }
+        }
+        events.push(event);
+    }
+    Ok((events, Arc::new(decoded), reached_cutoff))
 }
 
 /// Handles `batch` (not empty, read after `cursor`) in one transaction that also moves the
@@ -235,7 +282,7 @@ async fn rebuild(
     projections::clear_projections(&mut tx, &PROJECTION_NAMES).await?;
     tx.commit().await?;
     let mut report = RebuildReport::default();
-    let mut subscribers = projection_subscribers();
+    let mut subscribers = projections();
     let handled = catch_up_together(store, &mut subscribers, recorded_before).await?;
     for subscriber in &subscribers {
         tracing::info!(

@@ -414,6 +414,7 @@ async fn streams_and_the_global_log_read_in_order(store: EventStore) {
 
 /// `read_all_with_payloads_of` (the inbox projection's read): the same events, pages and
 /// cursors as `read_all`, with the payloads of the types asked for and null for the others.
+/// `read_all_payload_text` (the rebuild's read): the same events, each payload as its text.
 async fn a_read_with_some_payloads_leaves_out_only_the_others(store: EventStore) {
     let stream = new_stream("mixed");
     let mut appended = Vec::new();
@@ -477,6 +478,28 @@ async fn a_read_with_some_payloads_leaves_out_only_the_others(store: EventStore)
     assert!(none
         .iter()
         .all(|event| event.payload == serde_json::Value::Null));
+    let texts = store
+        .read_all_payload_text(LogCursor::START, 10)
+        .await
+        .unwrap();
+    assert_eq!(texts.len(), full.len());
+    for (text, full) in texts.iter().zip(&full) {
+        assert_eq!(text.event.header(), full.header());
+        assert_eq!(text.event.metadata, full.metadata);
+        assert_eq!(text.event.payload, serde_json::Value::Null);
+        let parsed: serde_json::Value = serde_json::from_str(&text.payload).unwrap();
+        assert_eq!(parsed, full.payload);
+    }
+    let page = store
+        .read_all_payload_text(full[1].cursor(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|text| text.event.event_id)
+            .collect::<Vec<_>>(),
+        appended[2..4].to_vec()
+    );
 }
 
 async fn event_rows_cannot_be_updated_or_deleted(store: EventStore) {
