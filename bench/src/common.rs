@@ -47,6 +47,12 @@ impl FreshDatabase {
         Ok(Self { name, admin })
     }
 
+    /// A database that already exists (named by the caller), not created here.
+    pub(crate) fn existing(name: String) -> anyhow::Result<Self> {
+        let admin = PgConnectOptions::from_str(&admin_url())?;
+        Ok(Self { name, admin })
+    }
+
     pub(crate) fn options(&self) -> PgConnectOptions {
         self.admin.clone().database(&self.name)
     }

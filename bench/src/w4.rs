@@ -31,10 +31,25 @@ const WRITERS: usize = 4;
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 pub(crate) async fn run(target_events: usize) -> anyhow::Result<()> {
+    // For profiling the rebuild alone: `W4_KEEP_DATABASE=1` keeps the generated log (its
+    // database's name is printed), `W4_DATABASE=<name>` rebuilds that log again without
+    // generating one.
+    if let Ok(name) = std::env::var("W4_DATABASE") {
+        let database = FreshDatabase::existing(name)?;
+        let store = EventStore::connect_postgres(database.options(), 6).await?;
+        let written: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(store.postgres_pool().context("PostgreSQL")?)
+            .await?;
+        return rebuild_and_report(&store, usize::try_from(written)?, target_events).await;
+    }
     let template = template().await?;
     let database = FreshDatabase::create().await?;
     let result = run_on(&database, &template, target_events).await;
-    database.drop_now().await?;
+    if std::env::var_os("W4_KEEP_DATABASE").is_some() {
+        eprintln!("w4: kept the log in database {}", database.name);
+    } else {
+        database.drop_now().await?;
+    }
     result
 }
 
@@ -125,6 +140,17 @@ async fn run_on(
         ))
         .print();
 
+    rebuild_and_report(&store, written, target_events).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Times `rebuild_projections` on the log of `store` (`written` events) and prints its figure.
+async fn rebuild_and_report(
+    store: &EventStore,
+    written: usize,
+    target_events: usize,
+) -> anyhow::Result<()> {
     let pool = store.postgres_pool().context("PostgreSQL")?;
     pool.execute("VACUUM ANALYZE").await?;
     pool.execute("CHECKPOINT").await?;
@@ -133,7 +159,7 @@ async fn run_on(
         .await?;
     let before = statement_counts(pool).await?;
     let started = Instant::now();
-    let report = rebuild_projections(&store).await?;
+    let report = rebuild_projections(store).await?;
     let rebuild = started.elapsed();
     // The statistics collector flushes at most once a second per backend.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
@@ -166,7 +192,6 @@ async fn run_on(
         total as f64 / written as f64
     ))
     .print();
-    store.close().await;
     Ok(())
 }
 
