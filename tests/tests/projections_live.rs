@@ -44,6 +44,7 @@ backend_tests!(
     watcher_marks_a_late_task_exactly_once,
     a_failing_subscriber_leaves_the_group_and_the_others_keep_up,
     a_replaced_task_leaves_its_procedure_to_the_new_one,
+    a_rebuild_stops_at_an_undecodable_event_and_names_it,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1245,4 +1246,40 @@ async fn a_replaced_task_leaves_its_procedure_to_the_new_one(store: EventStore) 
         live,
         "a rebuild equals the live row"
     );
+}
+
+/// A stored event its type's schema cannot read stops a rebuild with the event named, after
+/// the batches before it; nothing past it is claimed handled.
+async fn a_rebuild_stops_at_an_undecodable_event_and_names_it(store: EventStore) {
+    let scenario = record_scenario(&store).await;
+    let bad = lifeline_tests::new_event("TaskClaimed", json!({ "task_id": 1, "by": [] }));
+    let bad_id = bad.event_id;
+    let position = store
+        .append(
+            &stream("task", Uuid::now_v7()),
+            ExpectedVersion::NoStream,
+            &[bad],
+        )
+        .await
+        .unwrap()
+        .last_position
+        .0;
+    assert!(position > scenario.last_position);
+    // Readable once the gap-free horizon (other tests' transactions) has passed it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_head(&store).await.global_position < position {
+        assert!(Instant::now() < deadline, "the log did not become readable");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match rebuild_projections(&store).await {
+        Err(lifeline_policies::projections::ProjectionsError::Undecodable {
+            event_id,
+            global_position,
+            ..
+        }) => {
+            assert_eq!(event_id, bad_id);
+            assert_eq!(global_position, position);
+        }
+        other => panic!("expected the undecodable event named, got {other:?}"),
+    }
 }

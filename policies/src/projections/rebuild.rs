@@ -81,10 +81,22 @@ pub async fn catch_up<S: Subscriber + ?Sized>(
     }
 }
 
+/// Batches the reader may run ahead of the slowest projection in [`catch_up_together`].
+const BATCHES_AHEAD: usize = 2;
+
+/// One batch of [`catch_up_together`], read after `after`.
+struct SharedBatch {
+    after: LogCursor,
+    events: Vec<RecordedEvent>,
+    decoded: SharedDecoded,
+}
+
 /// [`catch_up`] for several projections standing at the same checkpoint: each batch is read
-/// once, with its payloads as text, and decoded once, straight into the events (the next batch
-/// while this one is handled), then handed to every projection, each in its own transaction and
-/// its own task, so the projections' folding and the next read run on every core at once.
+/// once, with its payloads as text, and decoded once, straight into the events, then handed to
+/// every projection. Each projection works through the batches in a task of its own, each batch
+/// in its own transaction with its checkpoint, up to [`BATCHES_AHEAD`] batches behind the
+/// reader: the reading, the decoding and the projections' folding and writing run on every core
+/// at once, and no projection waits for a slower one at the end of every batch.
 async fn catch_up_together(
     store: &EventStore,
     subscribers: &mut Vec<Box<dyn Projection>>,
@@ -101,47 +113,65 @@ async fn catch_up_together(
             });
         }
     }
+    let mut senders = Vec::with_capacity(subscribers.len());
+    let mut workers = Vec::with_capacity(subscribers.len());
+    for mut subscriber in subscribers.drain(..) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Arc<SharedBatch>>(BATCHES_AHEAD);
+        senders.push(sender);
+        let store = store.clone();
+        workers.push(tokio::spawn(async move {
+            while let Some(batch) = receiver.recv().await {
+                subscriber.preset_decoded(Arc::clone(&batch.decoded));
+                if let Err(error) =
+                    apply_batch(&store, subscriber.as_mut(), batch.after, &batch.events).await
+                {
+                    return (subscriber, Err(error));
+                }
+            }
+            (subscriber, Ok(()))
+        }));
+    }
     let mut handled = 0_u64;
-    let mut read = read_decoded_batch(store.clone(), cursor, recorded_before).await?;
-    loop {
-        let (batch, decoded, reached_cutoff) = read;
-        let Some(last) = batch.last() else {
-            return Ok(handled);
-        };
-        let next = last.cursor();
-        let batch = Arc::new(batch);
-        let applying: Vec<_> = subscribers
-            .drain(..)
-            .map(|mut subscriber| {
-                let store = store.clone();
-                let batch = Arc::clone(&batch);
-                subscriber.preset_decoded(Arc::clone(&decoded));
-                tokio::spawn(async move {
-                    let applied = apply_batch(&store, subscriber.as_mut(), cursor, &batch).await;
-                    (subscriber, applied)
-                })
-            })
-            .collect();
-        // The next batch is read while this one is handled.
-        let reading = (!reached_cutoff)
-            .then(|| tokio::spawn(read_decoded_batch(store.clone(), next, recorded_before)));
-        let mut failed = None;
-        for task in applying {
-            let (subscriber, applied) = task.await.map_err(ProjectionsError::task)?;
-            subscribers.push(subscriber);
-            if let Err(error) = applied {
-                failed.get_or_insert(error);
+    let read = async {
+        loop {
+            let (events, decoded, reached_cutoff) =
+                read_decoded_batch(store.clone(), cursor, recorded_before).await?;
+            let Some(last) = events.last() else {
+                return Ok(());
+            };
+            let next = last.cursor();
+            let count = events.len() as u64;
+            let batch = Arc::new(SharedBatch {
+                after: cursor,
+                events,
+                decoded,
+            });
+            for sender in &senders {
+                if sender.send(Arc::clone(&batch)).await.is_err() {
+                    // That projection stopped on an error, reported below.
+                    return Ok(());
+                }
+            }
+            handled += count;
+            cursor = next;
+            if reached_cutoff {
+                return Ok(());
             }
         }
-        if let Some(error) = failed {
-            return Err(error);
+    };
+    let read: Result<(), ProjectionsError> = read.await;
+    drop(senders);
+    let mut failed = read.err();
+    for worker in workers {
+        let (subscriber, applied) = worker.await.map_err(ProjectionsError::task)?;
+        subscribers.push(subscriber);
+        if let Err(error) = applied {
+            failed.get_or_insert(error);
         }
-        handled += batch.len() as u64;
-        let Some(reading) = reading else {
-            return Ok(handled);
-        };
-        read = reading.await.map_err(ProjectionsError::task)??;
-        cursor = next;
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(handled),
     }
 }
 
