@@ -160,6 +160,28 @@ fn task_created(
     })
 }
 
+/// Records the scenario's birth (three procedures chosen) at 01:00 on the 21st: its id and
+/// declaration.
+async fn record_birth(store: &EventStore) -> (Uuid, Declaration) {
+    let birth_id = Uuid::now_v7();
+    let birth = birth_declaration("TP. Hồ Chí Minh");
+    let birth_decl = Declaration::Birth(birth.clone());
+    append(
+        store,
+        &stream("birth", birth_id),
+        &LifeEventEvent::BirthRecorded(BirthRecorded {
+            life_event_id: birth_id,
+            reference: Reference::for_life_event(birth_id),
+            recorded_on: today(),
+            late: false,
+            declaration: birth,
+        }),
+        at(21, 1),
+    )
+    .await;
+    (birth_id, birth_decl)
+}
+
 /// What the scenario recorded: ids to look rows up by.
 struct Scenario {
     birth_id: Uuid,
@@ -177,22 +199,7 @@ struct Scenario {
 /// card issued, residence open), corrected once; a death (registration open and late, funeral
 /// support found not eligible); a second death recorded in error and voided.
 async fn record_scenario(store: &EventStore) -> Scenario {
-    let birth_id = Uuid::now_v7();
-    let birth = birth_declaration("TP. Hồ Chí Minh");
-    let birth_decl = Declaration::Birth(birth.clone());
-    append(
-        store,
-        &stream("birth", birth_id),
-        &LifeEventEvent::BirthRecorded(BirthRecorded {
-            life_event_id: birth_id,
-            reference: Reference::for_life_event(birth_id),
-            recorded_on: today(),
-            late: false,
-            declaration: birth,
-        }),
-        at(21, 1),
-    )
-    .await;
+    let (birth_id, birth_decl) = record_birth(store).await;
     let registration_task = Uuid::now_v7();
     append_task(
         store,
@@ -1161,22 +1168,7 @@ async fn a_failing_subscriber_leaves_the_group_and_the_others_keep_up(store: Eve
 /// the first (here its completion) leave the procedure to the new one, whether they arrive in
 /// the same batch as the replacement or a later one, live or rebuilt.
 async fn a_replaced_task_leaves_its_procedure_to_the_new_one(store: EventStore) {
-    let birth_id = Uuid::now_v7();
-    let birth = birth_declaration("TP. Hồ Chí Minh");
-    let birth_decl = Declaration::Birth(birth.clone());
-    append(
-        &store,
-        &stream("birth", birth_id),
-        &LifeEventEvent::BirthRecorded(BirthRecorded {
-            life_event_id: birth_id,
-            reference: Reference::for_life_event(birth_id),
-            recorded_on: today(),
-            late: false,
-            declaration: birth,
-        }),
-        at(21, 1),
-    )
-    .await;
+    let (birth_id, birth_decl) = record_birth(&store).await;
     let procedure = ProcedureId::ResidenceRegistration;
     let created = |task_id, hour| {
         task_created(
