@@ -59,16 +59,10 @@ impl LifeEventStatusProjection {
         // A held row no longer naming the task (a newer task replaced it) is the truth.
         Ok(stored.filter(|life_event_id| !self.held.contains(life_event_id)))
     }
-}
 
-impl LifeEventStatusProjection {
     /// Holds `row` as changed, noting the tasks its procedures name.
     fn hold(&mut self, life_event_id: Uuid, row: LifeEventStatusRow) {
-        for task_id in row
-            .procedures
-            .iter()
-            .filter_map(|procedure| procedure.task_id)
-        {
+        for task_id in tasks_named(&row) {
             self.held_tasks.insert(task_id, life_event_id);
         }
         self.held.put(life_event_id, row);
@@ -79,16 +73,19 @@ impl LifeEventStatusProjection {
         let Some(row) = row else {
             return;
         };
-        for task_id in row
-            .procedures
-            .iter()
-            .filter_map(|procedure| procedure.task_id)
-        {
+        for task_id in tasks_named(row) {
             if self.held_tasks.get(&task_id) == Some(&row.life_event_id) {
                 self.held_tasks.remove(&task_id);
             }
         }
     }
+}
+
+/// The tasks a status row's procedures name.
+fn tasks_named(row: &LifeEventStatusRow) -> impl Iterator<Item = Uuid> + '_ {
+    row.procedures
+        .iter()
+        .filter_map(|procedure| procedure.task_id)
 }
 
 #[async_trait]

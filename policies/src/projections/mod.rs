@@ -37,11 +37,10 @@ pub use rebuild::{
 
 /// Every projection subscriber, in the order a rebuild replays them.
 pub fn projection_subscribers() -> Vec<Box<dyn Subscriber>> {
-    vec![
-        Box::new(InboxProjection::new()),
-        Box::new(PersonProjection::new()),
-        Box::new(LifeEventStatusProjection::new()),
-    ]
+    projections()
+        .into_iter()
+        .map(|projection| projection as Box<dyn Subscriber>)
+        .collect()
 }
 
 /// A projection whose next batch can be handed over already decoded: the rebuild decodes each
@@ -69,20 +68,7 @@ pub fn decode_event_text(
     event: &RecordedEvent,
     payload: &str,
 ) -> Result<Option<DecodedEvent>, DecodeError> {
-    let event_type = event.event_type.as_str();
-    if LifeEventEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded_text(event, payload)
-            .map(|event| Some(DecodedEvent::LifeEvent(event)));
-    }
-    if TaskEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded_text(event, payload)
-            .map(|event| Some(DecodedEvent::Task(event)));
-    }
-    if SystemEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded_text(event, payload)
-            .map(|event| Some(DecodedEvent::System(event)));
-    }
-    Ok(None)
+    decode_routed(event, Some(payload))
 }
 
 /// The checkpoint names of [`projection_subscribers`].
@@ -105,15 +91,33 @@ pub enum DecodedEvent {
 
 /// Decodes `event` by its type; `None` for a type no projection knows (skipped, not an error).
 pub fn decode_event(event: &RecordedEvent) -> Result<Option<DecodedEvent>, DecodeError> {
+    decode_routed(event, None)
+}
+
+/// Decodes `event` into the family its type belongs to, from `payload` (its stored text) if
+/// given, else from `event.payload`; `None` for a type no projection knows.
+fn decode_routed(
+    event: &RecordedEvent,
+    payload: Option<&str>,
+) -> Result<Option<DecodedEvent>, DecodeError> {
+    fn family<E: EventFamily>(
+        event: &RecordedEvent,
+        payload: Option<&str>,
+    ) -> Result<E, DecodeError> {
+        match payload {
+            Some(text) => codec::decode_recorded_text(event, text),
+            None => codec::decode_recorded(event),
+        }
+    }
     let event_type = event.event_type.as_str();
     if LifeEventEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded(event).map(|event| Some(DecodedEvent::LifeEvent(event)));
+        return family(event, payload).map(|event| Some(DecodedEvent::LifeEvent(event)));
     }
     if TaskEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded(event).map(|event| Some(DecodedEvent::Task(event)));
+        return family(event, payload).map(|event| Some(DecodedEvent::Task(event)));
     }
     if SystemEvent::current_version(event_type).is_some() {
-        return codec::decode_recorded(event).map(|event| Some(DecodedEvent::System(event)));
+        return family(event, payload).map(|event| Some(DecodedEvent::System(event)));
     }
     Ok(None)
 }

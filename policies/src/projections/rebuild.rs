@@ -183,16 +183,30 @@ async fn read_batch(
     recorded_before: Option<DateTime<Utc>>,
 ) -> Result<(Vec<RecordedEvent>, bool), ProjectionsError> {
     let mut batch = store.read_all(cursor, CATCH_UP_BATCH).await?;
-    if let Some(cutoff) = recorded_before {
-        if let Some(first_late) = batch
-            .iter()
-            .position(|event: &RecordedEvent| event.metadata.recorded_at >= cutoff)
-        {
+    let reached_cutoff = cut_before(&mut batch, recorded_before, |event| event);
+    Ok((batch, reached_cutoff))
+}
+
+/// Cuts `batch` before its first event recorded at or after `recorded_before`, if given; true
+/// if it was cut there (nothing after it is wanted).
+fn cut_before<T>(
+    batch: &mut Vec<T>,
+    recorded_before: Option<DateTime<Utc>>,
+    event_of: impl Fn(&T) -> &RecordedEvent,
+) -> bool {
+    let Some(cutoff) = recorded_before else {
+        return false;
+    };
+    match batch
+        .iter()
+        .position(|item| event_of(item).metadata.recorded_at >= cutoff)
+    {
+        Some(first_late) => {
             batch.truncate(first_late);
-            return Ok((batch, true));
+            true
         }
+        None => false,
     }
-    Ok((batch, false))
 }
 
 /// [`read_batch`] for [`catch_up_together`]: the payloads read as text and decoded once for
@@ -204,16 +218,7 @@ async fn read_decoded_batch(
     recorded_before: Option<DateTime<Utc>>,
 ) -> Result<(Vec<RecordedEvent>, SharedDecoded, bool), ProjectionsError> {
     let mut batch = store.read_all_payload_text(cursor, CATCH_UP_BATCH).await?;
-    let mut reached_cutoff = false;
-    if let Some(cutoff) = recorded_before {
-        if let Some(first_late) = batch
-            .iter()
-            .position(|event| event.event.metadata.recorded_at >= cutoff)
-        {
-            batch.truncate(first_late);
-            reached_cutoff = true;
-        }
-    }
+    let reached_cutoff = cut_before(&mut batch, recorded_before, |text| &text.event);
     let mut decoded = HashMap::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for RecordedEventText { event, payload } in batch {
