@@ -37,6 +37,32 @@ use crate::w2::{bodies, client, post_birth, verifier, Api, SERVE_POOL};
 const MONITOR_POLL: Duration = Duration::from_millis(3);
 /// How long the monitor waits for a wake-up, when it awaits no inbox row, before reading anyway.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Completions the simulated agency runs at once, each on a connection of its own (with fewer
+/// connections, or sharing the monitor's, it completed ~150-250 tasks/s here and the second
+/// steps of a 500/s run were not all seen within `DRAIN`).
+const AGENCY_OFFICERS: usize = 16;
+
+/// The stores of the monitor and of the simulated agency: their own pools (their reads and
+/// writes must not queue on the application's pool), without group commit, like an agency's
+/// separate process.
+pub(crate) struct Observers {
+    monitor: EventStore,
+    desk: EventStore,
+}
+
+impl Observers {
+    pub(crate) async fn open(database: &FreshDatabase) -> anyhow::Result<Self> {
+        Ok(Self {
+            monitor: database.store(6).await?,
+            desk: database.store(AGENCY_OFFICERS as u32).await?,
+        })
+    }
+
+    pub(crate) async fn close(&self) {
+        self.monitor.close().await;
+        self.desk.close().await;
+    }
+}
 /// How long, after the last arrival, the chains may take to finish.
 const DRAIN: Duration = Duration::from_secs(30);
 /// Requests in flight beyond this are counted as dropped (the open loop must not exhaust memory).
@@ -90,13 +116,11 @@ async fn run_on(
         roles_shutdown,
     ));
     let api = Api::start(lifeline::http::AppState::new(store.clone(), verifier()?)).await?;
-    // The monitor and the agency use a store of their own (their reads must not queue on the
-    // application's pool), without group commit, like an agency's separate process.
-    let observer = database.store(6).await?;
+    let observers = Observers::open(database).await?;
     let mut offset = 0;
     for &rate in rates {
         let figures = drive_chains(
-            &observer,
+            &observers,
             &api.base,
             &api.registrar_token,
             rate,
@@ -114,7 +138,7 @@ async fn run_on(
     let _ = stop_roles.send(true);
     let _ = roles.await;
     let _ = jetstream.delete_stream(&settings.bus.stream_name).await;
-    observer.close().await;
+    observers.close().await;
     store.close().await;
     Ok(())
 }
@@ -144,9 +168,9 @@ struct Shared {
 }
 
 /// Posts births at `rate`/s for `duration` to `api_base` (open loop), follows every chain on
-/// `observer` (same database), completes each birth-registration task, and answers the figures.
+/// `observers` (same database), completes each birth-registration task, and answers the figures.
 pub(crate) async fn drive_chains(
-    observer: &EventStore,
+    observers: &Observers,
     api_base: &str,
     token: &str,
     rate: u32,
@@ -163,15 +187,19 @@ pub(crate) async fn drive_chains(
     }));
     let (stop_monitor, monitor_stop) = watch::channel(false);
     let (to_agency, agency_inbox) = mpsc::unbounded_channel();
-    let start_cursor = log_end(observer).await?;
+    let start_cursor = log_end(&observers.monitor).await?;
     let monitor = tokio::spawn(monitor(
-        observer.clone(),
+        observers.monitor.clone(),
         start_cursor,
         Arc::clone(&shared),
         to_agency,
         monitor_stop,
     ));
-    let agency = tokio::spawn(agency(observer.clone(), Arc::clone(&shared), agency_inbox));
+    let agency = tokio::spawn(agency(
+        observers.desk.clone(),
+        Arc::clone(&shared),
+        agency_inbox,
+    ));
 
     let client = client()?;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -237,6 +265,7 @@ pub(crate) async fn drive_chains(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let drained = Instant::now();
     let _ = stop_monitor.send(true);
     monitor.await??;
     agency.abort();
@@ -277,6 +306,19 @@ pub(crate) async fn drive_chains(
         };
         // The first step's stages: 201 -> birth readable -> task readable -> inbox row.
         let chains: Vec<&Chain> = shared.chains.values().collect();
+        let count = |reached: fn(&Chain) -> bool| chains.iter().filter(|c| reached(c)).count();
+        eprintln!(
+            "{label} chains: created {} first in log {} first in inbox {} completed {} \
+             completion in log {} second steps in log {} in inbox {}; drained {:.1} s after the last answer",
+            count(|c| c.created.is_some()),
+            count(|c| c.first_log.is_some()),
+            count(|c| c.first_inbox.is_some()),
+            count(|c| c.completed.is_some()),
+            count(|c| c.completed_log.is_some()),
+            count(|c| c.second_log.len() >= 2),
+            count(|c| c.second_inbox.len() >= 2),
+            (drained - started).as_secs_f64() - answered.as_secs_f64(),
+        );
         eprintln!(
             "{label} first step: 201->birth in log {}; birth->task in log {}; task log->inbox {}",
             stage(&chains, |chain| chain.created.zip(chain.birth_log)),
@@ -384,7 +426,11 @@ async fn monitor(
         }
         wake_ups.mark_seen();
         loop {
-            let page = store.read_all(cursor, 1_000).await?;
+            // Only the task events are decoded: the births' declarations (the largest payloads)
+            // are not rendered, sent nor parsed for the monitor (the inbox projection does the same).
+            let page = store
+                .read_all_with_payloads_of(cursor, 1_000, &["TaskCreated", "TaskCompleted"])
+                .await?;
             let now = Instant::now();
             let Some(last) = page.last() else { break };
             cursor = last.cursor();
@@ -452,9 +498,13 @@ async fn monitor(
         if pending.is_empty() {
             continue;
         }
+        // Unprepared, so planned with its array each time: a prepared statement's generic plan,
+        // made while the table was nearly empty, is a sequential scan kept as the table grows
+        // (a few ms per poll at 500 births/s, taken from the pipeline it measures).
         let found: Vec<Uuid> =
             sqlx::query_scalar("SELECT task_id FROM projection_tasks WHERE task_id = ANY($1)")
                 .bind(&pending)
+                .persistent(false)
                 .fetch_all(&pool)
                 .await?;
         let now = Instant::now();
@@ -482,7 +532,7 @@ async fn agency(
     mut inbox: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
 ) -> anyhow::Result<()> {
     let desk = Arc::new(TaskDesk::new(store));
-    let officers = Arc::new(tokio::sync::Semaphore::new(16));
+    let officers = Arc::new(tokio::sync::Semaphore::new(AGENCY_OFFICERS));
     let mut serial = 0_u64;
     while let Some((life_event_id, task_id)) = inbox.recv().await {
         serial += 1;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::common::{nats_url, Figure, FreshDatabase};
 use crate::w2::registrar_token;
-use crate::w3::drive_chains;
+use crate::w3::{drive_chains, Observers};
 
 pub(crate) async fn run(rate: u32, seconds: u64) -> anyhow::Result<()> {
     let database = FreshDatabase::create().await?;
@@ -107,9 +107,9 @@ async fn run_on(database: &FreshDatabase, rate: u32, seconds: u64) -> anyhow::Re
         })
     };
 
-    let observer = database.store(6).await?;
+    let observers = Observers::open(database).await?;
     let figures = drive_chains(
-        &observer,
+        &observers,
         &base,
         &registrar_token()?,
         rate,
@@ -127,7 +127,7 @@ async fn run_on(database: &FreshDatabase, rate: u32, seconds: u64) -> anyhow::Re
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     let _ = child.kill().await;
-    observer.close().await;
+    observers.close().await;
     if let Ok(jetstream) = lifeline_policies::runtime::connect_nats(&nats_url()).await {
         let _ = jetstream.delete_stream(&stream_name).await;
     }
