@@ -324,37 +324,13 @@ fn plan(
     Ok((answers, rows))
 }
 
-/// The writing statement of a group that moves streams (see [`write`]). Its first twelve
-/// parameters are those of `lifeline_append_new_streams` ([`WRITE_NEW_STREAMS_SQL`]).
-const WRITE_MOVING_SQL: &str = "WITH created AS ( \
-                 INSERT INTO streams (stream_id, version, last_hash) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
-                 ON CONFLICT (stream_id) DO NOTHING RETURNING 1), \
-             moved AS ( \
-                 UPDATE streams AS s SET version = u.version, last_hash = u.last_hash \
-                 FROM unnest($13::text[], $14::bigint[], $15::bigint[], $16::bytea[]) \
-                      AS u(stream_id, from_version, version, last_hash) \
-                 WHERE s.stream_id = u.stream_id AND s.version = u.from_version RETURNING 1), \
-             inserted AS ( \
-                 INSERT INTO events (stream_id, stream_version, event_id, event_type, \
-                                     schema_version, payload, metadata, recorded_at, event_hash) \
-                 SELECT stream_id, stream_version, event_id, event_type, schema_version, payload, \
-                        metadata, recorded_at, event_hash \
-                 FROM unnest($4::text[], $5::bigint[], $6::uuid[], $7::text[], $8::int[], \
-                             $9::jsonb[], $10::jsonb[], $11::timestamptz[], $12::bytea[]) \
-                      WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type, \
-                                           schema_version, payload, metadata, recorded_at, \
-                                           event_hash, ord) \
-                 ORDER BY ord \
-                 ON CONFLICT (event_id) DO NOTHING \
-                 RETURNING event_id, global_position) \
-             SELECT lifeline_grouped_append_check( \
-                        c.n = $17 AND m.n = $18 AND i.n = $19) AS checked, \
-                    i.ids, i.positions \
-             FROM (SELECT count(*) AS n FROM created) AS c, \
-                  (SELECT count(*) AS n FROM moved) AS m, \
-                  (SELECT count(*) AS n, array_agg(event_id) AS ids, \
-                          array_agg(global_position) AS positions FROM inserted) AS i";
+/// The writing statement of a group that moves streams: one call of the function of migration
+/// 9, planned once per connection with a plan that probes `streams` by key whatever its size
+/// (see the migration). Its first twelve parameters are those of `lifeline_append_new_streams`
+/// ([`WRITE_NEW_STREAMS_SQL`]). It raises when the log is not as planned.
+const WRITE_MOVING_SQL: &str = "SELECT o_ids AS ids, o_positions AS positions \
+     FROM lifeline_append_moving_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                                         $13, $14, $15, $16)";
 
 /// The writing statement of a group that creates streams only: one call of the function of
 /// migration 7, whose statement is planned once per connection (the same statement prepared
@@ -398,22 +374,11 @@ async fn write(
         .bind(&rows.recorded_at)
         .bind(&rows.hashes);
     let query = if moves {
-        let count = |len: usize| i64::try_from(len).unwrap_or(i64::MAX);
-        // Moved streams join `streams` by key. A prepared statement's generic plan is made
-        // once per connection, early, when `streams` may be a few pages: a hash join over a
-        // sequential scan, kept while the table grows (seen: every task completion scanned the
-        // whole table). A group that moves streams therefore runs the statement unprepared,
-        // planned each time with its own arrays and the table's size as it is now: an index
-        // probe per moved stream.
         query
             .bind(&rows.moved_ids)
             .bind(&rows.moved_from)
             .bind(&rows.moved_versions)
             .bind(&rows.moved_hashes)
-            .bind(count(rows.new_ids.len()))
-            .bind(count(rows.moved_ids.len()))
-            .bind(count(rows.event_ids.len()))
-            .persistent(false)
     } else {
         query
     };
