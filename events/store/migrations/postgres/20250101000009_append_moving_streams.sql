@@ -10,10 +10,11 @@
 -- walks the whole primary-key index, `streams` outer. So each moved stream is one `UPDATE ..
 -- WHERE stream_id = .. AND version = ..`, a primary-key probe whatever the table's size
 -- (`enable_seqscan = off` while the function plans, so not even a table planned empty is
--- scanned), and the inserts are the statement of `batch.rs` without its `moved` part. All of
--- it is planned once per connection (`plan_cache_mode = force_generic_plan`). The check is
--- the same: every planned row written, or LLG01 is raised (a unique key raises as well), and
--- the call's writes are undone with the calling statement.
+-- scanned, and `plan_cache_mode = force_generic_plan`: planned once per connection). Unless
+-- every moved stream was where the group expects, LLG01 is raised (through the check of
+-- migration 4, called only to raise: it also notifies the readers when it passes); then the
+-- new streams and the events are written by `lifeline_append_new_streams` (migration 7),
+-- with its own check. A refusal undoes the call's writes with the calling statement.
 CREATE FUNCTION lifeline_append_moving_streams(
     p_new_ids text[],
     p_new_versions bigint[],
@@ -47,29 +48,13 @@ BEGIN
         GET DIAGNOSTICS v_rows = ROW_COUNT;
         v_moved := v_moved + v_rows;
     END LOOP;
-    WITH created AS (
-             INSERT INTO streams (stream_id, version, last_hash)
-             SELECT * FROM unnest(p_new_ids, p_new_versions, p_new_hashes)
-             ON CONFLICT (stream_id) DO NOTHING RETURNING 1),
-         inserted AS (
-             INSERT INTO events (stream_id, stream_version, event_id, event_type,
-                                 schema_version, payload, metadata, recorded_at, event_hash)
-             SELECT e.stream_id, e.stream_version, e.event_id, e.event_type, e.schema_version,
-                    e.payload, e.metadata, e.recorded_at, e.event_hash
-             FROM unnest(p_stream_ids, p_versions, p_event_ids, p_event_types, p_schema_versions,
-                         p_payloads, p_metadata, p_recorded_at, p_hashes)
-                  WITH ORDINALITY AS e(stream_id, stream_version, event_id, event_type,
-                                       schema_version, payload, metadata, recorded_at,
-                                       event_hash, ord)
-             ORDER BY e.ord
-             ON CONFLICT (event_id) DO NOTHING
-             RETURNING event_id, global_position)
-    SELECT i.ids, i.positions INTO o_ids, o_positions
-    FROM (SELECT count(*) AS n FROM created) AS c,
-         (SELECT count(*) AS n, array_agg(event_id) AS ids,
-                 array_agg(global_position) AS positions FROM inserted) AS i
-    WHERE lifeline_grouped_append_check(
-              c.n = cardinality(p_new_ids) AND v_moved = cardinality(p_moved_ids)
-              AND i.n = cardinality(p_event_ids));
+    IF v_moved <> coalesce(cardinality(p_moved_ids), 0) THEN
+        PERFORM lifeline_grouped_append_check(false);
+    END IF;
+    SELECT a.o_ids, a.o_positions INTO o_ids, o_positions
+    FROM lifeline_append_new_streams(p_new_ids, p_new_versions, p_new_hashes, p_stream_ids,
+                                     p_versions, p_event_ids, p_event_types,
+                                     p_schema_versions, p_payloads, p_metadata,
+                                     p_recorded_at, p_hashes) AS a;
 END
 $$;
