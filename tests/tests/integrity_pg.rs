@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventMetadata, ExpectedVersion, NewEvent, OfficeSignature, Role, StreamId,
+    EventMetadata, ExpectedVersion, LogCursor, NewEvent, OfficeSignature, Role, StreamId,
 };
 use lifeline_model::integrity::{
     canonical_json, event_hash, office_owner, sign_office_event, EventHashInput, Hash32, KeyPair,
@@ -520,7 +520,7 @@ async fn postgres_altered_signatures_are_named() {
     tamper(
         &store,
         &format!(
-            "UPDATE events SET metadata = jsonb_set(metadata, '{{office_signature}}', \
+            "UPDATE events SET metadata = jsonb_set(metadata::jsonb, '{{office_signature}}', \
              '{{\"key_id\": \"{key_id}\", \"signature\": \"{signature}\"}}'::jsonb) \
              WHERE global_position = {position}"
         ),
@@ -532,7 +532,7 @@ async fn postgres_altered_signatures_are_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_jsonb_round_trips_to_the_same_canonical_text() {
+async fn postgres_stores_the_canonical_text_it_hashed() {
     let store = postgres_store().await;
     let stream = new_stream("canon");
     let payload = json!({
@@ -557,8 +557,44 @@ async fn postgres_jsonb_round_trips_to_the_same_canonical_text() {
         .fetch_one(store.postgres_pool().unwrap())
         .await
         .unwrap();
-    let reparsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(canonical_json(&reparsed), canonical_json(&payload));
+    // `json` keeps the text as written: the very canonical text the event's hash covers.
+    assert_eq!(text, canonical_json(&payload));
     let report = verify(&store, &Keyring::default()).await.unwrap();
     assert_eq!(report.first_bad, None, "{report:?}");
+}
+
+/// Events stored before migration 10 were `jsonb`: the migration leaves them with `jsonb`'s
+/// rendering of their documents (spaces after `:` and `,`, not the canonical text hashed). Such a
+/// log still reads, verifies and proves: `verify` canonicalises what it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_events_from_before_the_json_columns_still_verify() {
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let pool = store.postgres_pool().unwrap();
+    // What the log looked like under migrations 1-9, then migration 10's own conversion.
+    sqlx::raw_sql(
+        "ALTER TABLE events ALTER COLUMN payload TYPE jsonb USING payload::jsonb, \
+                            ALTER COLUMN metadata TYPE jsonb USING metadata::jsonb; \
+         ALTER TABLE events ALTER COLUMN payload TYPE json USING payload::json, \
+                            ALTER COLUMN metadata TYPE json USING metadata::json;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let rendered: String =
+        sqlx::query_scalar("SELECT payload::text FROM events WHERE event_id = $1")
+            .bind(fixture.events[0].3)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(rendered.contains("\": "), "{rendered}");
+    let report = verify(&store, &fixture.keyring).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    assert_eq!(report.events_checked, 8);
+    for (_, _, _, event_id) in &fixture.events[..7] {
+        assert!(proof_verifies(&store, &fixture.keyring, *event_id).await);
+    }
+    let read = store.read_all(LogCursor::START, 100).await.unwrap();
+    assert_eq!(read.len(), 8);
+    assert_eq!(read[0].payload, json!({"n": 1, "due": "2026-01-01"}));
 }

@@ -272,7 +272,7 @@ fn plan(
                 })
             })?;
             state.version += 1;
-            // One encoding of each for both the hash and the `jsonb` parameter.
+            // One encoding of each for both the hash and the `json` parameter.
             let payload = canonical_json(&event.event.payload);
             let metadata = canonical_json(&event.metadata);
             let hash = event_hash_of_json(

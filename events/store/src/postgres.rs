@@ -6,7 +6,7 @@ use lifeline_model::envelope::{
     EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, RecordedEventText,
     StreamId, StreamVersion,
 };
-use lifeline_model::integrity::Hash32;
+use lifeline_model::integrity::{canonical_json, Hash32};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -26,7 +26,7 @@ const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stre
      CASE WHEN event_type = ANY($4) THEN payload END AS payload, metadata";
 /// [`EVENT_COLUMNS`] with the payload as text in `payload_text` (and a null `payload`).
 const EVENT_COLUMNS_PAYLOAD_TEXT: &str = "global_position, transaction_id, stream_id, \
-     stream_version, event_id, event_type, schema_version, NULL::jsonb AS payload, \
+     stream_version, event_id, event_type, schema_version, NULL::json AS payload, \
      payload::text AS payload_text, metadata";
 const HEADER_COLUMNS: &str =
     "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
@@ -126,20 +126,25 @@ fn claim((version, last_hash): (i64, Option<Vec<u8>>)) -> Result<Claim, StoreErr
     Ok((StreamVersion(version), decode_last_hash(last_hash)?))
 }
 
-/// A JSON text already encoded (`integrity::canonical_json`), bound as a `jsonb` parameter
-/// as it is: the bytes hashed are the bytes sent, and nothing is serialised twice.
+/// A JSON text already encoded (`integrity::canonical_json`), bound as a `json` parameter as
+/// it is: the bytes hashed are the bytes sent and stored (the log's documents are `json`,
+/// migration 10), and nothing is serialised twice.
 #[derive(Debug, Clone)]
 pub(crate) struct JsonText(pub(crate) String);
 
+/// PostgreSQL's `json` type and its array type (sqlx's `Json` declares `jsonb`).
+const JSON_OID: sqlx::postgres::types::Oid = sqlx::postgres::types::Oid(114);
+const JSON_ARRAY_OID: sqlx::postgres::types::Oid = sqlx::postgres::types::Oid(199);
+
 impl sqlx::Type<sqlx::Postgres> for JsonText {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <sqlx::types::Json<()> as sqlx::Type<sqlx::Postgres>>::type_info()
+        sqlx::postgres::PgTypeInfo::with_oid(JSON_OID)
     }
 }
 
 impl sqlx::postgres::PgHasArrayType for JsonText {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
-        <sqlx::types::Json<()> as sqlx::postgres::PgHasArrayType>::array_type_info()
+        sqlx::postgres::PgTypeInfo::with_oid(JSON_ARRAY_OID)
     }
 }
 
@@ -148,8 +153,7 @@ impl sqlx::Encode<'_, sqlx::Postgres> for JsonText {
         &self,
         buf: &mut sqlx::postgres::PgArgumentBuffer,
     ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        // jsonb's binary form: the format version (1), then the text.
-        buf.push(1);
+        // json's binary form is its text.
         buf.extend_from_slice(self.0.as_bytes());
         Ok(sqlx::encode::IsNull::No)
     }
@@ -206,8 +210,8 @@ pub(crate) async fn insert_event(
     .bind(event.event.event_id)
     .bind(event.event.event_type.as_str())
     .bind(schema_version)
-    .bind(&event.event.payload)
-    .bind(&event.metadata)
+    .bind(JsonText(canonical_json(&event.event.payload)))
+    .bind(JsonText(canonical_json(&event.metadata)))
     .bind(event.event.metadata.recorded_at)
     .bind(event_hash.0.to_vec())
     .fetch_one(conn)

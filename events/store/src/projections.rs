@@ -695,7 +695,7 @@ enum Column {
     Int(Vec<i64>),
     Time(Vec<Option<DateTime<Utc>>>),
     Date(Vec<Option<NaiveDate>>),
-    /// JSON texts, sent as `text[]` and cast to `jsonb` per row.
+    /// JSON texts, sent as `text[]` and cast to `json` per row (checked, stored as they are).
     Json(Vec<Option<String>>),
 }
 
@@ -750,7 +750,7 @@ impl Column {
 
     fn cast(&self) -> &'static str {
         match self {
-            Self::Json(_) => "::jsonb",
+            Self::Json(_) => "::json",
             _ => "",
         }
     }
@@ -1205,7 +1205,7 @@ fn bind_postgres<'q>(
         Param::Time(value) => query.bind(value),
         Param::Date(value) => query.bind(value),
         // Only the SQLite statements take JSON as a plain parameter; on PostgreSQL it travels
-        // in `upsert_postgres`'s `text[]` arrays, cast to `jsonb` there.
+        // in `upsert_postgres`'s `text[]` arrays, cast to `json` there.
         Param::Json(value) => query.bind(value),
     }
 }
