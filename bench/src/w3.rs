@@ -205,6 +205,7 @@ pub(crate) async fn drive_chains(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut requests = tokio::task::JoinSet::new();
     let started = Instant::now();
+    let started_at = Utc::now();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut dropped = 0_usize;
     for (index, body) in prepared.into_iter().enumerate() {
@@ -325,6 +326,19 @@ pub(crate) async fn drive_chains(
             stage(&chains, |chain| chain.birth_log.zip(chain.first_log)),
             stage(&chains, |chain| chain.first_log.zip(chain.first_inbox)),
         );
+        eprintln!("{label} started at {started_at:?} (times below: seconds after it)");
+        for chain in shared.chains.values() {
+            if since(chain.created, chain.first_log)
+                .is_some_and(|latency| latency > Duration::from_secs(1))
+            {
+                eprintln!(
+                    "{label} slow first step: 201 {:.3} birth in-log {:.3} task in-log {:.3}",
+                    at(chain.created),
+                    at(chain.birth_log),
+                    at(chain.first_log)
+                );
+            }
+        }
         for chain in shared.chains.values() {
             let second = chain.second_log.iter().max().copied();
             if since(chain.completed, second)

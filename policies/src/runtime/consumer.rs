@@ -190,6 +190,25 @@ pub async fn run_policy_consumer(
     tracing::info!(policy = %worker.policy, "policy consumer stopped");
 }
 
+/// How long after a pull request's own expiry this process still waits for the server to end
+/// it (its messages and its end-of-request status travel one connection, in order).
+const PULL_GRACE: Duration = Duration::from_millis(250);
+
+/// The next item of a pull's `stream`, or `None` once it has ended or `deadline` has passed.
+/// Past the deadline, an item that has already arrived is still answered (a message dropped
+/// unread would only come back after `ack_wait`); the pull ends at the first wait.
+async fn next_before<S>(stream: &mut S, deadline: tokio::time::Instant) -> Option<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    if let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await {
+        return next;
+    }
+    // A fresh scheduling budget, so that an item already there is not reported pending.
+    tokio::task::yield_now().await;
+    futures::FutureExt::now_or_never(stream.next()).flatten()
+}
+
 /// The lanes of one consumer: a task each, handling its messages in arrival order.
 /// A message and its payload parsed as an [`EventNotice`] (once, to route it).
 type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
@@ -314,12 +333,20 @@ impl Worker {
 
     /// One pull request: hands every message it brings to its lane. After shutdown, messages
     /// still arriving in this pull are nak'd at once so another process takes them.
+    ///
+    /// The pull ends at the server's end-of-request status (a 408 at its expiry) or at
+    /// `fetch_expires` + [`PULL_GRACE`] after it was sent, whichever comes first (see
+    /// [`next_before`]): a 2.9 server sometimes expires a request without that status, and
+    /// async-nats then waits 5 s more before it gives the request up, while nothing is delivered
+    /// to this consumer. That was W3's "~5 s stall" (caught with async-nats's debug log: its
+    /// "batch timeout timer triggered" once in a stalled 10 s run, never in the others).
     async fn pull_batch(
         &self,
         consumer: &consumer::PullConsumer,
         lanes: &Lanes,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + self.options.fetch_expires + PULL_GRACE;
         let mut messages = consumer
             .batch()
             .max_messages(self.options.fetch_batch.max(1))
@@ -327,7 +354,7 @@ impl Worker {
             .messages()
             .await
             .map_err(|error| RuntimeError::nats("pull messages", error))?;
-        while let Some(message) = messages.next().await {
+        while let Some(message) = next_before(&mut messages, deadline).await {
             let message =
                 message.map_err(|error| RuntimeError::nats("receive a message", error))?;
             if *shutdown.borrow() {
@@ -349,6 +376,9 @@ impl Worker {
                 }
             }
             lanes.dispatch(message, notice).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(policy = %self.policy, "pull ended past its deadline (the server's end-of-request status may not have come)");
         }
         Ok(())
     }
@@ -559,5 +589,63 @@ impl Worker {
         if let Err(error) = result {
             tracing::warn!(policy = %self.policy, %error, "acknowledgement not confirmed; the message may be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pull whose server never ends it: nothing more arrives, the stream stays open.
+    fn open_pull() -> (
+        futures::channel::mpsc::UnboundedSender<u32>,
+        futures::channel::mpsc::UnboundedReceiver<u32>,
+    ) {
+        futures::channel::mpsc::unbounded()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_the_server_never_ends_ends_at_its_deadline() {
+        let (sender, mut pull) = open_pull();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(1) + PULL_GRACE;
+        sender.unbounded_send(1).unwrap();
+        assert_eq!(next_before(&mut pull, deadline).await, Some(1));
+        assert_eq!(next_before(&mut pull, deadline).await, None);
+        // It waited for the deadline, not for async-nats's own 5 s more.
+        assert_eq!(tokio::time::Instant::now(), deadline);
+        drop(sender);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_already_arrived_are_taken_after_the_deadline() {
+        let (sender, mut pull) = open_pull();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for message in [1, 2, 3] {
+            sender.unbounded_send(message).unwrap();
+        }
+        assert_eq!(next_before(&mut pull, deadline).await, Some(1));
+        assert_eq!(next_before(&mut pull, deadline).await, Some(2));
+        assert_eq!(next_before(&mut pull, deadline).await, Some(3));
+        assert_eq!(next_before(&mut pull, deadline).await, None);
+        // Nothing was waited for past the deadline.
+        assert_eq!(
+            tokio::time::Instant::now(),
+            deadline + Duration::from_millis(40)
+        );
+        drop(sender);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_the_server_ends_ends_at_once() {
+        let (sender, mut pull) = open_pull();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(1) + PULL_GRACE;
+        sender.unbounded_send(7).unwrap();
+        drop(sender);
+        assert_eq!(next_before(&mut pull, deadline).await, Some(7));
+        assert_eq!(next_before(&mut pull, deadline).await, None);
+        assert_eq!(tokio::time::Instant::now(), started);
     }
 }
