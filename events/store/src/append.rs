@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use lifeline_model::envelope::{
     ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion,
 };
-use lifeline_model::integrity::{event_hash, EventHashInput, Hash32};
+use lifeline_model::integrity::{canonical_json, event_hash_of_json, EventHashInput, Hash32};
 use sqlx::{PgConnection, SqliteConnection};
 use uuid::Uuid;
 
@@ -97,6 +97,13 @@ pub(crate) fn encode_batch(events: &[NewEvent]) -> Result<Vec<EncodedEvent<'_>>,
         .collect()
 }
 
+/// An event's payload and metadata as canonical JSON (`integrity::canonical_json`): made once,
+/// hashed, and stored as they are.
+pub(crate) struct CanonicalTexts {
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+}
+
 /// Appends `events` to `stream` in the caller's transaction (see the module docs).
 pub(crate) async fn append_in_tx(
     conn: &mut TxConnection<'_>,
@@ -146,7 +153,11 @@ pub(crate) async fn append_in_tx(
     let mut positions = Vec::with_capacity(events.len());
     for (offset, event) in (0_i64..).zip(events) {
         let version = StreamVersion(first_version + offset);
-        let hash = event_hash(
+        let texts = CanonicalTexts {
+            payload: canonical_json(&event.event.payload),
+            metadata: canonical_json(&event.metadata),
+        };
+        let hash = event_hash_of_json(
             &EventHashInput {
                 stream_id: stream.as_str(),
                 stream_version: version.0,
@@ -156,15 +167,17 @@ pub(crate) async fn append_in_tx(
                 payload: &event.event.payload,
                 metadata: &event.metadata,
             },
+            &texts.payload,
+            &texts.metadata,
             &prev_hash,
         );
         prev_hash = hash;
         let inserted = match conn {
             TxConnection::Postgres(conn) => {
-                postgres::insert_event(conn, stream, version, event, &hash).await
+                postgres::insert_event(conn, stream, version, event, texts, &hash).await
             }
             TxConnection::Sqlite(conn) => {
-                sqlite::insert_event(conn, stream, version, event, &hash).await
+                sqlite::insert_event(conn, stream, version, event, texts, &hash).await
             }
         };
         match inserted {

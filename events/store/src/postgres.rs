@@ -6,12 +6,12 @@ use lifeline_model::envelope::{
     EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, RecordedEventText,
     StreamId, StreamVersion,
 };
-use lifeline_model::integrity::{canonical_json, Hash32};
+use lifeline_model::integrity::Hash32;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::append::{Claim, EncodedEvent, InsertError, StoredRef};
+use crate::append::{CanonicalTexts, Claim, EncodedEvent, InsertError, StoredRef};
 use crate::error::StoreError;
 
 /// The channel every append notifies in its transaction; only a wake-up, never a cursor.
@@ -189,6 +189,7 @@ pub(crate) async fn insert_event(
     stream: &StreamId,
     version: StreamVersion,
     event: &EncodedEvent<'_>,
+    texts: CanonicalTexts,
     event_hash: &Hash32,
 ) -> Result<GlobalPosition, InsertError> {
     let schema_version = i32::try_from(event.event.schema_version).map_err(|_| {
@@ -210,8 +211,8 @@ pub(crate) async fn insert_event(
     .bind(event.event.event_id)
     .bind(event.event.event_type.as_str())
     .bind(schema_version)
-    .bind(JsonText(canonical_json(&event.event.payload)))
-    .bind(JsonText(canonical_json(&event.metadata)))
+    .bind(JsonText(texts.payload))
+    .bind(JsonText(texts.metadata))
     .bind(event.event.metadata.recorded_at)
     .bind(event_hash.0.to_vec())
     .fetch_one(conn)

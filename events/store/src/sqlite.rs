@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use crate::append::{Claim, EncodedEvent, InsertError, StoredRef};
+use crate::append::{CanonicalTexts, Claim, EncodedEvent, InsertError, StoredRef};
 use crate::error::StoreError;
 
 const EVENT_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
@@ -153,6 +153,7 @@ pub(crate) async fn insert_event(
     stream: &StreamId,
     version: StreamVersion,
     event: &EncodedEvent<'_>,
+    texts: CanonicalTexts,
     event_hash: &Hash32,
 ) -> Result<GlobalPosition, InsertError> {
     let result: Result<i64, sqlx::Error> = sqlx::query_scalar(
@@ -167,8 +168,8 @@ pub(crate) async fn insert_event(
     .bind(event.event.event_id.hyphenated().to_string())
     .bind(event.event.event_type.clone())
     .bind(i64::from(event.event.schema_version))
-    .bind(event.event.payload.to_string())
-    .bind(event.metadata.to_string())
+    .bind(texts.payload)
+    .bind(texts.metadata)
     .bind(event.event.metadata.recorded_at)
     .bind(event_hash.0.to_vec())
     .fetch_one(conn)
