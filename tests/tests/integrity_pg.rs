@@ -598,3 +598,149 @@ async fn postgres_events_from_before_the_json_columns_still_verify() {
     assert_eq!(read.len(), 8);
     assert_eq!(read[0].payload, json!({"n": 1, "due": "2026-01-01"}));
 }
+
+/// An append that expects the version this process last read of its stream chains from the
+/// hash it read and does not lock the stream (migration 11): it goes through while another
+/// transaction holds a key-share lock on the stream's row, which the lock of the older path
+/// (`SELECT .. FOR UPDATE`) would wait for. Through group commit too. The chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_lock() {
+    let store = postgres_store().await;
+    let grouped = EventStore::clone(&store).with_group_commit();
+    let stream = new_stream("task");
+    let pool = store.postgres_pool().unwrap().clone();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[new_event("TaskCreated", json!({"n": 1}))],
+        )
+        .await
+        .unwrap();
+    for (version, appender) in [(1, &*store), (2, &grouped), (3, &*store)] {
+        let read = appender.read_stream(&stream).await.unwrap();
+        assert_eq!(read.len(), version);
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR KEY SHARE")
+            .bind(stream.as_str())
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let event = new_event("TaskClaimed", json!({ "n": version + 1 }));
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            appender.append(
+                &stream,
+                ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(version as i64)),
+                std::slice::from_ref(&event),
+            ),
+        )
+        .await
+        .expect("the append does not wait for the stream's row lock")
+        .unwrap();
+        assert_eq!(outcome.stream_version.0, version as i64 + 1);
+        holder.rollback().await.unwrap();
+    }
+    let (version, last_hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT version, last_hash FROM streams WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let last_event_hash: Vec<u8> = sqlx::query_scalar(
+        "SELECT event_hash FROM events WHERE stream_id = $1 AND stream_version = 4",
+    )
+    .bind(stream.as_str())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((version, &last_hash), (4, &last_event_hash));
+    let report = verify(&store, &Keyring::default()).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    assert_eq!(report.events_checked, 4);
+}
+
+/// The hash read is only trusted while the stream is still where it was read: after another
+/// writer moved it, an append expecting the old version is a conflict and stores nothing; and
+/// the writing statement refuses a last hash that is not the stream's, at the right version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_refused() {
+    let store = postgres_store().await;
+    let stream = new_stream("task");
+    let pool = store.postgres_pool().unwrap().clone();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[new_event("TaskCreated", json!({"n": 1}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 1);
+    // Another writer (a transaction does not use what this process read) moves it to 2.
+    let mut tx = store.begin().await.unwrap();
+    tx.append(
+        &stream,
+        ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(1)),
+        &[new_event("TaskClaimed", json!({"n": 2}))],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let late = new_event("TaskClaimed", json!({"n": "late"}));
+    let error = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(1)),
+            std::slice::from_ref(&late),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, lifeline_store::AppendError::Conflict { actual: Some(actual), .. } if actual.0 == 2),
+        "{error:?}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id = $1")
+        .bind(late.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    // The statement itself, at the stream's true version 2 but with another last hash.
+    let wrong = Hash32([7; 32]);
+    let event_id = Uuid::now_v7();
+    let refused = sqlx::query(
+        "SELECT * FROM lifeline_append_known_streams(
+             '{}'::text[], '{}'::bigint[], '{}'::bytea[],
+             ARRAY[$1], ARRAY[3::bigint], ARRAY[$2::uuid], ARRAY['TaskClaimed'], ARRAY[1],
+             ARRAY['{}'::json], ARRAY['{}'::json], ARRAY[now()], ARRAY[$3::bytea],
+             ARRAY[$1], ARRAY[2::bigint], ARRAY[3::bigint], ARRAY[$3::bytea], ARRAY[$4::bytea])",
+    )
+    .bind(stream.as_str())
+    .bind(event_id)
+    .bind(vec![9_u8; 32])
+    .bind(wrong.0.to_vec())
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|error| error.code())
+            .as_deref(),
+        Some("LLG01"),
+        "{refused:?}"
+    );
+    let (version, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT version FROM streams WHERE stream_id = $1), \
+                (SELECT count(*) FROM events WHERE stream_id = $1)",
+    )
+    .bind(stream.as_str())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((version, events), (2, 2));
+    let report = verify(&store, &Keyring::default()).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+}

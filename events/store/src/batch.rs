@@ -2,11 +2,13 @@
 //! group commit) written by one statement.
 //!
 //! The careful path (`append::append_in_tx`) takes about seven round trips per append. Here a
-//! group takes one statement when every append creates a new stream (`NoStream`), run on its
-//! own (autocommit: the statement is the transaction); otherwise `BEGIN`, one statement that
-//! locks the group's existing streams (in stream-id order, so two groups cannot deadlock), the
-//! writing statement, `COMMIT`. The event hashes are chained here, in Rust, from the locked
-//! streams' last hashes (zeros for a new stream).
+//! group takes one statement when every append creates a new stream (`NoStream`) or expects a
+//! version whose last hash this process has read ([`KnownHashes`]), run on its own (autocommit:
+//! the statement is the transaction); otherwise `BEGIN`, one statement that locks the group's
+//! existing streams (in stream-id order, so two groups cannot deadlock), the writing statement,
+//! `COMMIT`. The event hashes are chained here, in Rust, from the locked streams' last hashes
+//! (or the known ones, which the writing statement checks: migration 11; zeros for a new
+//! stream).
 //!
 //! The writing statement inserts the new streams (`ON CONFLICT DO NOTHING`), moves the locked
 //! ones, inserts every event (`ON CONFLICT (event_id) DO NOTHING`), and ends in
@@ -45,6 +47,57 @@ pub(crate) struct GroupAppend<'a> {
     pub(crate) stream: &'a StreamId,
     pub(crate) expected: ExpectedVersion,
     pub(crate) events: &'a [EncodedEvent<'a>],
+    /// The stream's last hash at the `Exact` version expected, as this process read it
+    /// ([`KnownHashes::at`]): the stream need not be locked, the writing statement checks it.
+    pub(crate) known_hash: Option<Hash32>,
+}
+
+/// How many streams [`KnownHashes`] remembers; past that it starts again empty.
+const KNOWN_STREAMS: usize = 4096;
+
+/// The version and last hash of streams this process read last (on PostgreSQL). An event never
+/// changes, so the hash of a stream's event at version `v` is the stream's last hash as long as
+/// the stream is at `v`: an append expecting `v` may chain from it without locking the stream,
+/// and the writing statement moves the stream only if it is still at `v` with that hash
+/// (migration 11). A stream that moved meanwhile makes the statement store nothing, and the
+/// append goes the careful way (a conflict, or a re-sent append), as after a lock.
+#[derive(Debug, Default)]
+pub(crate) struct KnownHashes {
+    streams: std::sync::Mutex<HashMap<String, (i64, Hash32)>>,
+}
+
+impl KnownHashes {
+    /// Remembers that `stream` was read at `version`, whose event has hash `hash`.
+    pub(crate) fn remember(&self, stream: &StreamId, version: StreamVersion, hash: Hash32) {
+        let Ok(mut streams) = self.streams.lock() else {
+            return;
+        };
+        if let Some(entry) = streams.get_mut(stream.as_str()) {
+            if entry.0 < version.0 {
+                *entry = (version.0, hash);
+            }
+            return;
+        }
+        if streams.len() >= KNOWN_STREAMS {
+            streams.clear();
+        }
+        streams.insert(stream.as_str().to_owned(), (version.0, hash));
+    }
+
+    /// The last hash of `stream` at the version `expected` names, if this process read it there.
+    pub(crate) fn at(&self, stream: &StreamId, expected: ExpectedVersion) -> Option<Hash32> {
+        let ExpectedVersion::Exact(StreamVersion(version)) = expected else {
+            return None;
+        };
+        if version <= 0 {
+            return None;
+        }
+        let streams = self.streams.lock().ok()?;
+        streams
+            .get(stream.as_str())
+            .filter(|(read, _)| *read == version)
+            .map(|(_, hash)| *hash)
+    }
 }
 
 /// What became of one append of a group that committed.
@@ -80,6 +133,8 @@ enum Planned {
 
 /// A stream as the group found it and leaves it.
 struct StreamState {
+    /// The last hash the writing statement must find (a known, not a locked, stream).
+    checked_hash: Option<Hash32>,
     /// The version it had when the group locked it; `None` if it did not exist (or, without
     /// the lock, is assumed not to exist: the insert then checks).
     found: Option<i64>,
@@ -97,6 +152,7 @@ struct Rows {
     moved_from: Vec<i64>,
     moved_versions: Vec<i64>,
     moved_hashes: Vec<Vec<u8>>,
+    moved_prev_hashes: Vec<Option<Vec<u8>>>,
     stream_ids: Vec<String>,
     versions: Vec<i64>,
     event_ids: Vec<Uuid>,
@@ -160,15 +216,21 @@ pub(crate) enum Refusal {
 /// the log is not as planned: true when every append creates its stream. Inside a transaction
 /// such a group needs no savepoint.
 pub(crate) fn refuses_without_raising(group: &[GroupAppend<'_>]) -> bool {
-    !group.iter().any(needs_lock)
+    group.iter().all(creates_stream)
 }
 
-/// Whether the append must see its stream first (anything but "create it").
-fn needs_lock(append: &GroupAppend<'_>) -> bool {
-    !matches!(
+/// Whether the append expects its stream not to exist.
+fn creates_stream(append: &GroupAppend<'_>) -> bool {
+    matches!(
         append.expected,
         ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion(0))
     )
+}
+
+/// Whether the append must see its stream first: anything but "create it", unless its last
+/// hash is known.
+fn needs_lock(append: &GroupAppend<'_>) -> bool {
+    !creates_stream(append) && append.known_hash.is_none()
 }
 
 /// Appends a group on `conn`: inside the caller's transaction (which must roll back, at least
@@ -178,15 +240,26 @@ pub(crate) async fn append_group_on(
     group: &[GroupAppend<'_>],
     refusal: Refusal,
 ) -> Result<Vec<Answer>, FastError> {
-    let locked = if group.iter().any(needs_lock) {
+    // With a lock, every stream of the group is seen as it is; without, the known ones are
+    // taken as read, and checked by the writing statement.
+    let (locked, known) = if group.iter().any(needs_lock) {
         let mut stream_ids: Vec<&str> = group.iter().map(|append| append.stream.as_str()).collect();
         stream_ids.sort_unstable();
         stream_ids.dedup();
-        lock_streams(conn, &stream_ids).await?
+        (lock_streams(conn, &stream_ids).await?, HashMap::new())
     } else {
-        HashMap::new()
+        let known = group
+            .iter()
+            .filter_map(|append| match (append.expected, append.known_hash) {
+                (ExpectedVersion::Exact(StreamVersion(version)), Some(hash)) => {
+                    Some((append.stream.as_str(), (version, hash)))
+                }
+                _ => None,
+            })
+            .collect();
+        (HashMap::new(), known)
     };
-    let (answers, rows) = plan(group, &locked)?;
+    let (answers, rows) = plan(group, &locked, &known)?;
     if rows.event_ids.is_empty() {
         return finish(group, answers, &HashMap::new());
     }
@@ -219,9 +292,10 @@ async fn lock_streams(
 
 /// Decides each append against the streams as found (and as the group's earlier appends leave
 /// them), chains the hashes, and lays out the rows to write.
-fn plan(
-    group: &[GroupAppend<'_>],
+fn plan<'g>(
+    group: &'g [GroupAppend<'g>],
     locked: &HashMap<String, (i64, Option<Hash32>)>,
+    known: &HashMap<&'g str, (i64, Hash32)>,
 ) -> Result<(Vec<Planned>, Rows), FastError> {
     let mut streams: HashMap<&str, StreamState> = HashMap::new();
     let mut seen_ids: HashSet<Uuid> = HashSet::new();
@@ -232,14 +306,24 @@ fn plan(
         let key = append.stream.as_str();
         let state = streams.entry(key).or_insert_with(|| {
             order.push(key);
+            if let Some((version, last_hash)) = known.get(key) {
+                return StreamState {
+                    checked_hash: Some(*last_hash),
+                    found: Some(*version),
+                    version: *version,
+                    last_hash: *last_hash,
+                };
+            }
             match locked.get(key) {
                 Some((version, last_hash)) => StreamState {
+                    checked_hash: None,
                     found: Some(*version),
                     version: *version,
                     // A stream older than the integrity migration chains from zeros.
                     last_hash: last_hash.unwrap_or(Hash32::ZERO),
                 },
                 None => StreamState {
+                    checked_hash: None,
                     found: None,
                     version: 0,
                     last_hash: Hash32::ZERO,
@@ -312,6 +396,8 @@ fn plan(
                 rows.moved_from.push(from);
                 rows.moved_versions.push(state.version);
                 rows.moved_hashes.push(state.last_hash.0.to_vec());
+                rows.moved_prev_hashes
+                    .push(state.checked_hash.map(|hash| hash.0.to_vec()));
             }
             None if state.version > 0 => {
                 rows.new_ids.push(key.to_owned());
@@ -325,12 +411,13 @@ fn plan(
 }
 
 /// The writing statement of a group that moves streams: one call of the function of migration
-/// 9, planned once per connection with a plan that probes `streams` by key whatever its size
-/// (see the migration). Its first twelve parameters are those of `lifeline_append_new_streams`
+/// 11 (migration 9's, which also checks the last hash of each stream the group did not lock),
+/// planned once per connection with a plan that probes `streams` by key whatever its size (see
+/// migration 9). Its first twelve parameters are those of `lifeline_append_new_streams`
 /// ([`WRITE_NEW_STREAMS_SQL`]). It raises when the log is not as planned.
 const WRITE_MOVING_SQL: &str = "SELECT o_ids AS ids, o_positions AS positions \
-     FROM lifeline_append_moving_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                                         $13, $14, $15, $16)";
+     FROM lifeline_append_known_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                                        $13, $14, $15, $16, $17)";
 
 /// The writing statement of a group that creates streams only: one call of the function of
 /// migration 7, whose statement is planned once per connection (the same statement prepared
@@ -379,6 +466,7 @@ async fn write(
             .bind(&rows.moved_from)
             .bind(&rows.moved_versions)
             .bind(&rows.moved_hashes)
+            .bind(&rows.moved_prev_hashes)
     } else {
         query
     };

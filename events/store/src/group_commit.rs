@@ -174,6 +174,7 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
                 stream: &request.stream,
                 expected: request.expected,
                 events,
+                known_hash: store.known_hash(&request.stream, request.expected),
             });
             index_of.push(index);
         }

@@ -245,8 +245,20 @@ pub(crate) async fn read_stream_after(
     stream: &StreamId,
     after: StreamVersion,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
+    Ok(read_stream_after_with_last_hash(conn, stream, after)
+        .await?
+        .0)
+}
+
+/// [`read_stream_after`], and the hash of the last event read (`None` if nothing was read, or
+/// for an event stored before the integrity migration).
+pub(crate) async fn read_stream_after_with_last_hash(
+    conn: &mut PgConnection,
+    stream: &StreamId,
+    after: StreamVersion,
+) -> Result<(Vec<RecordedEvent>, Option<Hash32>), StoreError> {
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
+        "SELECT {EVENT_COLUMNS}, event_hash FROM events \
          WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -254,7 +266,19 @@ pub(crate) async fn read_stream_after(
         .bind(after.0)
         .fetch_all(conn)
         .await?;
-    rows.iter().map(decode_event).collect()
+    let last_hash = match rows.last() {
+        Some(row) => row
+            .try_get::<Option<Vec<u8>>, _>("event_hash")?
+            .map(|bytes| Hash32::from_slice(&bytes))
+            .transpose()
+            .map_err(|error| StoreError::Corrupt {
+                global_position: row.try_get("global_position").unwrap_or(0),
+                reason: format!("events.event_hash: {error}"),
+            })?,
+        None => None,
+    };
+    let events = rows.iter().map(decode_event).collect::<Result<_, _>>()?;
+    Ok((events, last_hash))
 }
 
 /// The next events after `after` in commit order, only from transactions older than every

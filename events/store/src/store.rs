@@ -10,6 +10,7 @@ use lifeline_model::envelope::{
     EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, RecordedEventText, StreamId,
     StreamVersion,
 };
+use lifeline_model::integrity::Hash32;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
@@ -47,6 +48,9 @@ pub struct EventStore {
     /// PostgreSQL's `lifeline_events` notifications (every process's appends), heard on one
     /// connection per store and its clones, however many readers wait on them.
     notified: Arc<crate::subscription::SharedListener>,
+    /// The last hashes of the streams this process read (PostgreSQL): an append expecting the
+    /// version read skips locking its stream (see `batch::KnownHashes`).
+    known_hashes: Arc<batch::KnownHashes>,
     /// Set by [`EventStore::with_group_commit`]: appends then share transactions.
     group: Option<Arc<GroupCommitter>>,
 }
@@ -165,6 +169,7 @@ impl EventStore {
             backend,
             appended: Arc::new(appended),
             notified: Arc::new(crate::subscription::SharedListener::default()),
+            known_hashes: Arc::new(batch::KnownHashes::default()),
             group: None,
         }
     }
@@ -262,6 +267,7 @@ impl EventStore {
                 stream,
                 expected,
                 events: &encoded,
+                known_hash: self.known_hash(stream, expected),
             }];
             match batch::append_group(pool, &group).await {
                 Ok(answers) => {
@@ -383,12 +389,32 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         match &self.backend {
             Backend::Postgres(pool) => {
-                postgres::read_stream_after(&mut *pool.acquire().await?, stream, after).await
+                let (events, last_hash) = postgres::read_stream_after_with_last_hash(
+                    &mut *pool.acquire().await?,
+                    stream,
+                    after,
+                )
+                .await?;
+                if let (Some(last), Some(hash)) = (events.last(), last_hash) {
+                    self.known_hashes
+                        .remember(stream, last.stream_version, hash);
+                }
+                Ok(events)
             }
             Backend::Sqlite { pool, .. } => {
                 sqlite::read_stream_after(&mut *pool.acquire().await?, stream, after).await
             }
         }
+    }
+
+    /// The stream's last hash at the version `expected` names, if this process read it there
+    /// (PostgreSQL; see `batch::KnownHashes`).
+    pub(crate) fn known_hash(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> Option<Hash32> {
+        self.known_hashes.at(stream, expected)
     }
 
     /// The stream's current version; `None` if it has no event.
@@ -610,10 +636,12 @@ impl<'s> StoreTransaction<'s> {
         if let TxInner::Postgres(tx) = &mut self.inner {
             // The fast path first (`batch`): about four round trips instead of the careful
             // path's eight.
+            // No known hash inside a transaction: a group that moves streams locks them.
             let group = [batch::GroupAppend {
                 stream,
                 expected,
                 events: &encoded,
+                known_hash: None,
             }];
             if let Some(Some(outcome)) = append_fast(tx, &group).await?.pop() {
                 self.appended = true;
@@ -695,6 +723,7 @@ impl<'s> StoreTransaction<'s> {
                     stream,
                     expected: *expected,
                     events: events.as_ref().ok()?,
+                    known_hash: None,
                 })
             })
             .collect();
