@@ -95,6 +95,13 @@ async fn run_on(
     let mut settings = RuntimeSettings::default();
     settings.bus.stream_name = format!("BENCH_{run_id}");
     settings.bus.subject_prefix = format!("bench.{run_id}");
+    // W3_LANES=N: the policy consumers' lanes (default 8), for experiments only.
+    if let Some(lanes) = std::env::var("W3_LANES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        settings.consumer.lanes = lanes;
+    }
     let variant = match relay_poll {
         Some(poll) => {
             settings.relay.poll_interval = poll;
