@@ -599,16 +599,9 @@ async fn postgres_events_from_before_the_json_columns_still_verify() {
     assert_eq!(read[0].payload, json!({"n": 1, "due": "2026-01-01"}));
 }
 
-/// An append that expects the version this process last read of its stream chains from the
-/// hash it read and does not lock the stream (migration 11): it goes through while another
-/// transaction holds a key-share lock on the stream's row, which the lock of the older path
-/// (`SELECT .. FOR UPDATE`) would wait for. Through group commit too. The chain stays intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_lock() {
-    let store = postgres_store().await;
-    let grouped = EventStore::clone(&store).with_group_commit();
+/// A new task stream with one event, and the store's pool.
+async fn created_task_stream(store: &EventStore) -> (StreamId, sqlx::PgPool) {
     let stream = new_stream("task");
-    let pool = store.postgres_pool().unwrap().clone();
     store
         .append(
             &stream,
@@ -617,6 +610,18 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
         )
         .await
         .unwrap();
+    (stream, store.postgres_pool().unwrap().clone())
+}
+
+/// An append that expects the version this process last read of its stream chains from the
+/// hash it read and does not lock the stream (migration 11): it goes through while another
+/// transaction holds a key-share lock on the stream's row, which the lock of the older path
+/// (`SELECT .. FOR UPDATE`) would wait for. Through group commit too. The chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_lock() {
+    let store = postgres_store().await;
+    let grouped = EventStore::clone(&store).with_group_commit();
+    let (stream, pool) = created_task_stream(&store).await;
     for (version, appender) in [(1, &*store), (2, &grouped), (3, &*store)] {
         let read = appender.read_stream(&stream).await.unwrap();
         assert_eq!(read.len(), version);
@@ -666,16 +671,7 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_refused() {
     let store = postgres_store().await;
-    let stream = new_stream("task");
-    let pool = store.postgres_pool().unwrap().clone();
-    store
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            &[new_event("TaskCreated", json!({"n": 1}))],
-        )
-        .await
-        .unwrap();
+    let (stream, pool) = created_task_stream(&store).await;
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 1);
     // Another writer (a transaction does not use what this process read) moves it to 2.
     let mut tx = store.begin().await.unwrap();
