@@ -409,6 +409,25 @@ impl RuntimeMetrics {
                 );
             }
         }
+        // Counted in this process, not sampled: always current.
+        let known = self.store.known_hash_appends();
+        page.family(
+            "lifeline_store_known_hash_appends_total",
+            "Appends to existing streams written by the last hash this process had read, without \
+             locking the stream (outcome=written), or refused because the stream had moved \
+             meanwhile, then decided the careful way (outcome=refused). PostgreSQL only.",
+            "counter",
+        );
+        page.sample(
+            "lifeline_store_known_hash_appends_total",
+            &[("outcome", "written")],
+            known.written as f64,
+        );
+        page.sample(
+            "lifeline_store_known_hash_appends_total",
+            &[("outcome", "refused")],
+            known.refused as f64,
+        );
     }
 }
 

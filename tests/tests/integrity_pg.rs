@@ -660,6 +660,13 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
     .await
     .unwrap();
     assert_eq!((version, &last_hash), (4, &last_event_hash));
+    assert_eq!(
+        store.known_hash_appends(),
+        lifeline_store::KnownHashAppends {
+            written: 3,
+            refused: 0
+        }
+    );
     let report = verify(&store, &Keyring::default()).await.unwrap();
     assert_eq!(report.first_bad, None, "{report:?}");
     assert_eq!(report.events_checked, 4);
@@ -702,6 +709,13 @@ async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_
         .await
         .unwrap();
     assert_eq!(stored, 0);
+    assert_eq!(
+        store.known_hash_appends(),
+        lifeline_store::KnownHashAppends {
+            written: 0,
+            refused: 1
+        }
+    );
 
     // The statement itself, at the stream's true version 2 but with another last hash.
     let wrong = Hash32([7; 32]);

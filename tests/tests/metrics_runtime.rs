@@ -142,6 +142,15 @@ async fn metrics_show_relay_and_policy_lag_failures_and_tasks_on_postgres_and_je
             r#"lifeline_metrics_sample_failures_total{part="tasks"}"#,
             "0",
         ),
+        // Nothing here appends to an existing stream after reading it.
+        (
+            r#"lifeline_store_known_hash_appends_total{outcome="written"}"#,
+            "0",
+        ),
+        (
+            r#"lifeline_store_known_hash_appends_total{outcome="refused"}"#,
+            "0",
+        ),
     ];
     assert_series(&page, &expected);
     assert_series(&page, &expected_tasks());

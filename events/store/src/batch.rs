@@ -28,6 +28,7 @@
 //!   append of it goes the careful way.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
@@ -64,9 +65,43 @@ const KNOWN_STREAMS: usize = 4096;
 #[derive(Debug, Default)]
 pub(crate) struct KnownHashes {
     streams: std::sync::Mutex<HashMap<String, (i64, Hash32)>>,
+    /// Appends written by a known hash, without a lock.
+    written: AtomicU64,
+    /// Appends whose known hash the writing statement refused (their stream had moved).
+    refused: AtomicU64,
 }
 
 impl KnownHashes {
+    /// Counts what became of the group's appends that went by a known hash (none if the group
+    /// took the lock).
+    pub(crate) fn count(&self, group: &[GroupAppend<'_>], result: &Result<Vec<Answer>, FastError>) {
+        if group.iter().any(needs_lock) {
+            return;
+        }
+        let known = |append: &&GroupAppend<'_>| append.known_hash.is_some();
+        let (counter, count) = match result {
+            Ok(answers) => (
+                &self.written,
+                group
+                    .iter()
+                    .zip(answers)
+                    .filter(|(append, answer)| known(append) && matches!(answer, Answer::Stored(_)))
+                    .count(),
+            ),
+            Err(FastError::Careful) => (&self.refused, group.iter().filter(known).count()),
+            Err(FastError::Store(_)) => return,
+        };
+        counter.fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// (written, refused) since the store was opened.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
     /// Remembers that `stream` was read at `version`, whose event has hash `hash`.
     pub(crate) fn remember(&self, stream: &StreamId, version: StreamVersion, hash: Hash32) {
         let Ok(mut streams) = self.streams.lock() else {

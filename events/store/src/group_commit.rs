@@ -192,6 +192,7 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
         match connection {
             Ok(mut connection) => {
                 let written = batch::append_group_with(&mut connection, &plan).await;
+                store.known_hashes_count(&plan, &written);
                 // A fault may have left the connection unusable: the next group takes a new one.
                 if !matches!(written, Err(batch::FastError::Store(_))) {
                     slot.connection = Some(connection);

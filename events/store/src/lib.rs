@@ -44,7 +44,9 @@ pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
 pub use integrity::{
     inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
 };
-pub use store::{BackendKind, EventStore, StoreTransaction, TransactionConnection};
+pub use store::{
+    BackendKind, EventStore, KnownHashAppends, StoreTransaction, TransactionConnection,
+};
 pub use subscription::{
     run_subscription, run_subscription_group, run_subscription_with, Subscriber,
     SubscriptionOptions, WakeUps,

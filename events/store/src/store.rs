@@ -66,6 +66,13 @@ enum Backend {
     },
 }
 
+/// See [`EventStore::known_hash_appends`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KnownHashAppends {
+    pub written: u64,
+    pub refused: u64,
+}
+
 /// Which database an [`EventStore`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -269,7 +276,9 @@ impl EventStore {
                 events: &encoded,
                 known_hash: self.known_hash(stream, expected),
             }];
-            match batch::append_group(pool, &group).await {
+            let written = batch::append_group(pool, &group).await;
+            self.known_hashes.count(&group, &written);
+            match written {
                 Ok(answers) => {
                     if let Some(batch::Answer::Stored(outcome)) = answers.first() {
                         self.notify_appended();
@@ -405,6 +414,23 @@ impl EventStore {
                 sqlite::read_stream_after(&mut *pool.acquire().await?, stream, after).await
             }
         }
+    }
+
+    /// How many appends to existing streams this store wrote by the last hash it had read,
+    /// without locking the stream, and how many of those the database refused because the
+    /// stream had moved (they then went the careful way). PostgreSQL; zeros on SQLite.
+    pub fn known_hash_appends(&self) -> KnownHashAppends {
+        let (written, refused) = self.known_hashes.counts();
+        KnownHashAppends { written, refused }
+    }
+
+    /// Counts what became of a group's appends by known hash (see `batch::KnownHashes`).
+    pub(crate) fn known_hashes_count(
+        &self,
+        group: &[batch::GroupAppend<'_>],
+        result: &Result<Vec<batch::Answer>, batch::FastError>,
+    ) {
+        self.known_hashes.count(group, result);
     }
 
     /// The stream's last hash at the version `expected` names, if this process read it there

@@ -17,6 +17,9 @@
 //! - `lifeline_projection_lag_events{projection}`: events after each projection's checkpoint.
 //! - `lifeline_tasks{agency,procedure,state}`: tasks in the inbox by state;
 //!   `lifeline_tasks_overdue{agency,procedure}`: open or claimed tasks past their due time.
+//! - `lifeline_store_known_hash_appends_total{outcome}` (counter): appends to existing streams
+//!   written by a last hash read before, without a lock (`written`), or refused because the
+//!   stream had moved (`refused`); counted in the process, not sampled.
 //! - `lifeline_metrics_sample_age_seconds{part}`: how old each part's figures are;
 //!   `lifeline_metrics_sample_failures_total{part}` (counter): its failed reads. A part that
 //!   cannot be read keeps its last figures, so a growing age marks them stale.
