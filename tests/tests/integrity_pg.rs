@@ -7,6 +7,7 @@
 use chrono::Utc;
 use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, LogCursor, NewEvent, OfficeSignature, Role, StreamId,
+    StreamVersion,
 };
 use lifeline_model::integrity::{
     canonical_json, event_hash, office_owner, sign_office_event, EventHashInput, Hash32, KeyPair,
@@ -636,7 +637,7 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
             std::time::Duration::from_secs(20),
             appender.append(
                 &stream,
-                ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(version as i64)),
+                ExpectedVersion::Exact(StreamVersion(version as i64)),
                 std::slice::from_ref(&event),
             ),
         )
@@ -684,7 +685,7 @@ async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_
     let mut tx = store.begin().await.unwrap();
     tx.append(
         &stream,
-        ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(1)),
+        ExpectedVersion::Exact(StreamVersion(1)),
         &[new_event("TaskClaimed", json!({"n": 2}))],
     )
     .await
@@ -694,7 +695,7 @@ async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_
     let error = store
         .append(
             &stream,
-            ExpectedVersion::Exact(lifeline_model::envelope::StreamVersion(1)),
+            ExpectedVersion::Exact(StreamVersion(1)),
             std::slice::from_ref(&late),
         )
         .await

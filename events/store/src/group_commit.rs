@@ -174,7 +174,7 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
                 stream: &request.stream,
                 expected: request.expected,
                 events,
-                known_hash: store.known_hash(&request.stream, request.expected),
+                known_hash: store.known_hashes().at(&request.stream, request.expected),
             });
             index_of.push(index);
         }
@@ -192,7 +192,7 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
         match connection {
             Ok(mut connection) => {
                 let written = batch::append_group_with(&mut connection, &plan).await;
-                store.known_hashes_count(&plan, &written);
+                store.known_hashes().count(&plan, &written);
                 // A fault may have left the connection unusable: the next group takes a new one.
                 if !matches!(written, Err(batch::FastError::Store(_))) {
                     slot.connection = Some(connection);

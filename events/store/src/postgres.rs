@@ -161,12 +161,22 @@ impl sqlx::Encode<'_, sqlx::Postgres> for JsonText {
 
 /// A `streams.last_hash` column read back: `None` for a stream older than the hash chain.
 pub(crate) fn decode_last_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash32>, StoreError> {
+    decode_hash(bytes, "streams.last_hash", 0)
+}
+
+/// A stored hash column (`None` where it is null), or `Corrupt` naming `column` and the event's
+/// position (0 when the row is not an event).
+fn decode_hash(
+    bytes: Option<Vec<u8>>,
+    column: &str,
+    global_position: i64,
+) -> Result<Option<Hash32>, StoreError> {
     bytes
         .map(|bytes| Hash32::from_slice(&bytes))
         .transpose()
         .map_err(|error| StoreError::Corrupt {
-            global_position: 0,
-            reason: format!("streams.last_hash: {error}"),
+            global_position,
+            reason: format!("{column}: {error}"),
         })
 }
 
@@ -267,14 +277,11 @@ pub(crate) async fn read_stream_after_with_last_hash(
         .fetch_all(conn)
         .await?;
     let last_hash = match rows.last() {
-        Some(row) => row
-            .try_get::<Option<Vec<u8>>, _>("event_hash")?
-            .map(|bytes| Hash32::from_slice(&bytes))
-            .transpose()
-            .map_err(|error| StoreError::Corrupt {
-                global_position: row.try_get("global_position").unwrap_or(0),
-                reason: format!("events.event_hash: {error}"),
-            })?,
+        Some(row) => decode_hash(
+            row.try_get("event_hash")?,
+            "events.event_hash",
+            row.try_get("global_position").unwrap_or(0),
+        )?,
         None => None,
     };
     let events = rows.iter().map(decode_event).collect::<Result<_, _>>()?;

@@ -10,7 +10,6 @@ use lifeline_model::envelope::{
     EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, RecordedEventText, StreamId,
     StreamVersion,
 };
-use lifeline_model::integrity::Hash32;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
@@ -274,7 +273,7 @@ impl EventStore {
                 stream,
                 expected,
                 events: &encoded,
-                known_hash: self.known_hash(stream, expected),
+                known_hash: self.known_hashes.at(stream, expected),
             }];
             let written = batch::append_group(pool, &group).await;
             self.known_hashes.count(&group, &written);
@@ -424,23 +423,10 @@ impl EventStore {
         KnownHashAppends { written, refused }
     }
 
-    /// Counts what became of a group's appends by known hash (see `batch::KnownHashes`).
-    pub(crate) fn known_hashes_count(
-        &self,
-        group: &[batch::GroupAppend<'_>],
-        result: &Result<Vec<batch::Answer>, batch::FastError>,
-    ) {
-        self.known_hashes.count(group, result);
-    }
-
-    /// The stream's last hash at the version `expected` names, if this process read it there
-    /// (PostgreSQL; see `batch::KnownHashes`).
-    pub(crate) fn known_hash(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-    ) -> Option<Hash32> {
-        self.known_hashes.at(stream, expected)
+    /// The last hashes of the streams this process read, shared by the store's clones and its
+    /// group committer (PostgreSQL; see `batch::KnownHashes`).
+    pub(crate) fn known_hashes(&self) -> &batch::KnownHashes {
+        &self.known_hashes
     }
 
     /// The stream's current version; `None` if it has no event.
