@@ -182,6 +182,16 @@ struct BatchFailure {
 }
 
 impl BatchFailure {
+    /// A failure of the whole batch (not of one event): named by its last event.
+    fn whole(batch: &[RecordedEvent], source: SubscriberError) -> Self {
+        let last = batch.last();
+        Self {
+            event_id: last.map(|event| event.event_id).unwrap_or_default(),
+            cursor: last.map(RecordedEvent::cursor).unwrap_or(LogCursor::START),
+            source,
+        }
+    }
+
     fn into_error(self, subscriber: String) -> SubscriptionError {
         SubscriptionError::Handler {
             subscriber,
@@ -199,18 +209,21 @@ async fn apply_in<S: Subscriber + ?Sized>(
     subscriber: &mut S,
     batch: &[RecordedEvent],
 ) -> Result<(), BatchFailure> {
-    let Some(last) = batch.last() else {
-        return Ok(());
-    };
-    let whole_batch = |source| BatchFailure {
-        event_id: last.event_id,
-        cursor: last.cursor(),
-        source,
-    };
+    fold_in(tx, subscriber, batch).await?;
+    write_in(tx, subscriber, batch).await
+}
+
+/// The first part of [`apply_in`]: `begin_batch`, `prepare_batch` and every `handle` (where a
+/// subscriber reads and folds).
+async fn fold_in<S: Subscriber + ?Sized>(
+    tx: &mut StoreTransaction<'_>,
+    subscriber: &mut S,
+    batch: &[RecordedEvent],
+) -> Result<(), BatchFailure> {
     subscriber.begin_batch();
     if let Err(source) = subscriber.prepare_batch(tx, batch).await {
         tracing::warn!(subscriber = %subscriber.name(), error = %source, "subscriber failed to prepare its batch; rolled back");
-        return Err(whole_batch(source));
+        return Err(BatchFailure::whole(batch, source));
     }
     for event in batch {
         if let Err(source) = subscriber.handle(tx, event).await {
@@ -228,9 +241,18 @@ async fn apply_in<S: Subscriber + ?Sized>(
             });
         }
     }
+    Ok(())
+}
+
+/// The second part of [`apply_in`]: `end_batch` (where a subscriber writes what it held back).
+async fn write_in<S: Subscriber + ?Sized>(
+    tx: &mut StoreTransaction<'_>,
+    subscriber: &mut S,
+    batch: &[RecordedEvent],
+) -> Result<(), BatchFailure> {
     if let Err(source) = subscriber.end_batch(tx).await {
         tracing::warn!(subscriber = %subscriber.name(), error = %source, "subscriber failed to write its batch; rolled back");
-        return Err(whole_batch(source));
+        return Err(BatchFailure::whole(batch, source));
     }
     Ok(())
 }
@@ -253,6 +275,10 @@ fn group_payload_types(subscribers: &[Box<dyn Subscriber>]) -> Option<Vec<&'stat
 /// subscriber handles the part of it after its own checkpoint; all their effects and
 /// checkpoints commit in one transaction. Each keeps its own checkpoint, so a member can also
 /// run alone ([`run_subscription_with`]) or be rebuilt, and the group picks it up where it is.
+///
+/// Within a batch every member folds first (`begin_batch`, `prepare_batch`, every `handle`),
+/// then every member writes (`end_batch`) and its checkpoint moves: so a member must not read
+/// what another member writes (the projections each read only their own tables).
 ///
 /// The price of sharing: a member that fails rolls back the whole batch, for every member; the
 /// error names the member, and the caller may run it alone and the others on as a group.
@@ -292,14 +318,32 @@ pub async fn run_subscription_group(
         };
         let next = last.cursor();
         let mut tx = store.begin().await?;
-        let mut moved = true;
-        for ((subscriber, name), &cursor) in subscribers.iter_mut().zip(&names).zip(&cursors) {
-            // The batch is in cursor order: this member's part is what follows its checkpoint.
-            let unseen = &batch[batch.partition_point(|event| event.cursor() <= cursor)..];
-            if unseen.is_empty() {
+        // The batch is in cursor order: a member's part is what follows its checkpoint.
+        let parts: Vec<&[RecordedEvent]> = cursors
+            .iter()
+            .map(|&cursor| &batch[batch.partition_point(|event| event.cursor() <= cursor)..])
+            .collect();
+        // Every member reads and folds first, then every member writes: on PostgreSQL the
+        // transaction takes its transaction id (which holds back every gap-free reader of the
+        // log until the commit) at its first write, so the members' look-ups are not spent
+        // holding one.
+        for ((subscriber, name), part) in subscribers.iter_mut().zip(&names).zip(&parts) {
+            if part.is_empty() {
                 continue;
             }
-            if let Err(failure) = apply_in(&mut tx, subscriber.as_mut(), unseen).await {
+            if let Err(failure) = fold_in(&mut tx, subscriber.as_mut(), part).await {
+                tx.rollback().await?;
+                return Err(failure.into_error(name.clone()));
+            }
+        }
+        let mut moved = true;
+        for (((subscriber, name), &cursor), part) in
+            subscribers.iter_mut().zip(&names).zip(&cursors).zip(&parts)
+        {
+            if part.is_empty() {
+                continue;
+            }
+            if let Err(failure) = write_in(&mut tx, subscriber.as_mut(), part).await {
                 tx.rollback().await?;
                 return Err(failure.into_error(name.clone()));
             }

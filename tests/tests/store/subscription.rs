@@ -571,3 +571,147 @@ async fn readers_share_one_listener_and_hear_other_processes() {
     .await;
     test_store.close().await;
 }
+
+/// Folds every event in `handle` and writes its rows in `end_batch`, as the projections do; in
+/// `prepare_batch` and every `handle` it notes whether the transaction already holds a
+/// transaction id (PostgreSQL's `txid_current_if_assigned()`).
+struct DeferredWriter {
+    name: String,
+    table: &'static str,
+    held: Vec<(String, String, i64)>,
+    /// Each fold step: true if the transaction already had a transaction id.
+    folded_with_xid: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl DeferredWriter {
+    async fn note_xid(&self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        let TransactionConnection::Postgres(connection) = tx.connection() else {
+            unreachable!("a PostgreSQL test");
+        };
+        let assigned: Option<i64> =
+            sqlx::query_scalar("SELECT txid_current_if_assigned()::text::bigint")
+                .fetch_one(connection)
+                .await?;
+        self.folded_with_xid
+            .lock()
+            .unwrap()
+            .push(assigned.is_some());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscriber for DeferredWriter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn begin_batch(&mut self) {
+        self.held.clear();
+    }
+
+    async fn prepare_batch(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        _events: &[RecordedEvent],
+    ) -> Result<(), SubscriberError> {
+        self.note_xid(tx).await
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        self.note_xid(tx).await?;
+        self.held.push((
+            event.event_id.to_string(),
+            event.stream_id.to_string(),
+            event.stream_version.0,
+        ));
+        Ok(())
+    }
+
+    async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
+        let TransactionConnection::Postgres(connection) = tx.connection() else {
+            unreachable!("a PostgreSQL test");
+        };
+        let sql = format!(
+            "INSERT INTO {} (event_id, stream_id, stream_version) VALUES ($1, $2, $3)",
+            self.table
+        );
+        for (event_id, stream_id, version) in self.held.drain(..) {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(event_id)
+                .bind(stream_id)
+                .bind(version)
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// In a group every member folds before any member writes: no member's look-ups run in a
+/// transaction that already holds a transaction id (which would hold back every gap-free reader
+/// of the log until the commit). With the members run one after the other, the second one's
+/// look-ups ran after the first one's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_members_fold_before_any_member_writes() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store().clone();
+    create_table(&store, "seen").await;
+    create_table(&store, "seen_b").await;
+    let stream = new_stream("group-phases");
+    append_steps(&store, &stream, 0, 40).await;
+    let folded_with_xid = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let member = |name: &str, table| DeferredWriter {
+        name: name.to_owned(),
+        table,
+        held: Vec::new(),
+        folded_with_xid: Arc::clone(&folded_with_xid),
+    };
+    let mut group: Vec<Box<dyn Subscriber>> = vec![
+        Box::new(member("first", "seen")),
+        Box::new(member("second", "seen_b")),
+    ];
+    let options = SubscriptionOptions {
+        batch_size: 9,
+        ..SubscriptionOptions::default()
+    };
+    let (shutdown, stop) = watch::channel(false);
+    let running = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = run_subscription_group(&store, &mut group, stop, options).await;
+            (group, result)
+        })
+    };
+    let end = last_cursor(&store, 40).await;
+    eventually(Duration::from_secs(30), "both members at 40", || {
+        let store = store.clone();
+        async move {
+            store.load_checkpoint("first").await.unwrap() == end
+                && store.load_checkpoint("second").await.unwrap() == end
+        }
+    })
+    .await;
+    shutdown.send(true).unwrap();
+    let (_group, result) = running.await.unwrap();
+    result.unwrap();
+    assert_eq!(rows_in(&store, "seen").await, 40);
+    assert_eq!(rows_in(&store, "seen_b").await, 40);
+    let folded = folded_with_xid.lock().unwrap().clone();
+    // Each member: one look-up per batch (5 batches of at most 9) and one per event.
+    assert!(
+        folded.len() >= 2 * (40 + 5),
+        "{} fold steps noted",
+        folded.len()
+    );
+    assert!(
+        folded.iter().all(|with_xid| !with_xid),
+        "{} of {} fold steps ran holding a transaction id",
+        folded.iter().filter(|with_xid| **with_xid).count(),
+        folded.len()
+    );
+}
