@@ -43,6 +43,11 @@ async fn run_on(database: &FreshDatabase, levels: &[usize]) -> anyhow::Result<()
             let bytes = payload_bytes(&events[0].1);
             let _ = drive(&store, Arc::clone(&events), 0, WARM_UP, concurrency).await?;
             checkpoint(&store).await?;
+            // On stderr, for a profiler waiting for the timed phase (BENCHMARKS.md, Reproduce).
+            eprintln!(
+                "w1: timing {} appends, group commit {grouped}, concurrency {concurrency}",
+                ops
+            );
             let started = Instant::now();
             let latencies = drive(&store, events, WARM_UP, WARM_UP + ops, concurrency).await?;
             let wall = started.elapsed();
