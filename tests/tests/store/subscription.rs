@@ -417,6 +417,48 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     assert_eq!(seen_rows(&store).await, 100);
 }
 
+/// Runs `group` as a subscription group until every member's checkpoint is at the log's end
+/// (`total` events), then stops it; the run must end without an error.
+async fn run_group_until(
+    store: &EventStore,
+    mut group: Vec<Box<dyn Subscriber>>,
+    options: SubscriptionOptions,
+    total: usize,
+) {
+    let names: Vec<String> = group
+        .iter()
+        .map(|member| member.name().to_owned())
+        .collect();
+    let (shutdown, stop) = watch::channel(false);
+    let running = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = run_subscription_group(&store, &mut group, stop, options).await;
+            (group, result)
+        })
+    };
+    let end = last_cursor(store, total).await;
+    eventually(
+        Duration::from_secs(30),
+        &format!("every member at {total}"),
+        || {
+            let (store, names) = (store.clone(), names.clone());
+            async move {
+                for name in &names {
+                    if store.load_checkpoint(name).await.unwrap() != end {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    shutdown.send(true).unwrap();
+    let (_group, result) = running.await.unwrap();
+    result.unwrap();
+}
+
 /// A group of subscribers whose checkpoints differ: one read per batch, each member handles only
 /// what follows its own checkpoint, every event once; a member's failure rolls the batch back
 /// for all and the error names it.
@@ -449,28 +491,8 @@ async fn group_members_start_at_their_own_checkpoints_and_fail_together(store: E
     let mut behind = Recorder::new("behind");
     behind.table = "seen_b";
     let (ahead_handled, behind_handled) = (ahead_again.handled.clone(), behind.handled.clone());
-    let mut group: Vec<Box<dyn Subscriber>> = vec![Box::new(ahead_again), Box::new(behind)];
-    let (shutdown, stop) = watch::channel(false);
-    let running = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let result = run_subscription_group(&store, &mut group, stop, options).await;
-            (group, result)
-        })
-    };
-    let end = last_cursor(&store, 60).await;
-    eventually(Duration::from_secs(30), "both members at 60", || {
-        let store = store.clone();
-        async move {
-            store.load_checkpoint("ahead").await.unwrap() == end
-                && store.load_checkpoint("behind").await.unwrap() == end
-        }
-    })
-    .await;
-    shutdown.send(true).unwrap();
-    let (group, result) = running.await.unwrap();
-    result.unwrap();
-    drop(group);
+    let group: Vec<Box<dyn Subscriber>> = vec![Box::new(ahead_again), Box::new(behind)];
+    run_group_until(&store, group, options, 60).await;
     assert_eq!(ahead_handled.load(Ordering::SeqCst), 30);
     assert_eq!(behind_handled.load(Ordering::SeqCst), 60);
     assert_eq!(rows_in(&store, "seen").await, 60);
@@ -671,7 +693,7 @@ async fn group_members_fold_before_any_member_writes() {
         held: Vec::new(),
         folded_with_xid: Arc::clone(&folded_with_xid),
     };
-    let mut group: Vec<Box<dyn Subscriber>> = vec![
+    let group: Vec<Box<dyn Subscriber>> = vec![
         Box::new(member("first", "seen")),
         Box::new(member("second", "seen_b")),
     ];
@@ -679,26 +701,7 @@ async fn group_members_fold_before_any_member_writes() {
         batch_size: 9,
         ..SubscriptionOptions::default()
     };
-    let (shutdown, stop) = watch::channel(false);
-    let running = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let result = run_subscription_group(&store, &mut group, stop, options).await;
-            (group, result)
-        })
-    };
-    let end = last_cursor(&store, 40).await;
-    eventually(Duration::from_secs(30), "both members at 40", || {
-        let store = store.clone();
-        async move {
-            store.load_checkpoint("first").await.unwrap() == end
-                && store.load_checkpoint("second").await.unwrap() == end
-        }
-    })
-    .await;
-    shutdown.send(true).unwrap();
-    let (_group, result) = running.await.unwrap();
-    result.unwrap();
+    run_group_until(&store, group, options, 40).await;
     assert_eq!(rows_in(&store, "seen").await, 40);
     assert_eq!(rows_in(&store, "seen_b").await, 40);
     let folded = folded_with_xid.lock().unwrap().clone();
