@@ -308,6 +308,13 @@ pub(crate) async fn drive_chains(
         }
     }
     if std::env::var_os("W3_TRACE").is_some() {
+        // Steps slower than this are listed one by one (`W3_TRACE_SLOW_MS`, default 1,000).
+        let slow = Duration::from_millis(
+            std::env::var("W3_TRACE_SLOW_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(1_000),
+        );
         // Where the slow second steps spent their time (seconds since the first request).
         let at = |instant: Option<Instant>| {
             instant.map_or(-1.0, |instant| (instant - started).as_secs_f64())
@@ -335,9 +342,7 @@ pub(crate) async fn drive_chains(
         );
         eprintln!("{label} started at {started_at:?} (times below: seconds after it)");
         for chain in shared.chains.values() {
-            if since(chain.created, chain.first_log)
-                .is_some_and(|latency| latency > Duration::from_secs(1))
-            {
+            if since(chain.created, chain.first_log).is_some_and(|latency| latency > slow) {
                 eprintln!(
                     "{label} slow first step: 201 {:.3} birth in-log {:.3} task in-log {:.3}",
                     at(chain.created),
@@ -348,9 +353,7 @@ pub(crate) async fn drive_chains(
         }
         for chain in shared.chains.values() {
             let second = chain.second_log.iter().max().copied();
-            if since(chain.completed, second)
-                .is_some_and(|latency| latency > Duration::from_secs(1))
-            {
+            if since(chain.completed, second).is_some_and(|latency| latency > slow) {
                 eprintln!(
                     "{label} slow second step: completed {:.3} in-log {:.3} second-tasks {:.3}",
                     at(chain.completed),
