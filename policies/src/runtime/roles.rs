@@ -159,8 +159,9 @@ pub const PROJECTION_BATCH_SIZE: usize = 1_000;
 /// group, a task waited for the batch in progress and then for its own batch, each the three
 /// projections' look-ups, folds and writes: about 150 ms a batch at 500 births/s on 2 cores,
 /// 230 ms (p50) from the task in the log to its inbox row. Alone, the inbox reads only the task
-/// events' payloads and does little per batch: 48-53 ms (W3 at 500/s, two interleaved pairs;
-/// first task p99 620-634 -> 301-345 ms). It costs one read and one commit more per batch.
+/// events' payloads and does little per batch: 48-53 ms (W3 at 500/s, interleaved; first task
+/// p99 620-705 -> 301-357 ms; see ARCHITECTURE.md). It costs one read and one commit more per
+/// batch.
 pub const SUBSCRIBERS_ALONE: [&str; 1] = [crate::projections::inbox::INBOX_PROJECTION];
 
 /// Runs the store subscribers as one group (one read and one transaction per batch for all:
