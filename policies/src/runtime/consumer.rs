@@ -172,7 +172,10 @@ pub async fn run_policy_consumer(
                 }
             },
         };
-        match worker.pull_batch(&consumer, &lanes, &mut shutdown).await {
+        match worker
+            .pull(&jetstream, &consumer, &lanes, &mut shutdown)
+            .await
+        {
             Ok(()) => backoff = worker.options.min_backoff,
             Err(error) => {
                 tracing::warn!(policy = %worker.policy, %error, ?backoff, "pull failed; retrying");
@@ -190,23 +193,136 @@ pub async fn run_policy_consumer(
     tracing::info!(policy = %worker.policy, "policy consumer stopped");
 }
 
-/// How long after a pull request's own expiry this process still waits for the server to end
-/// it (its messages and its end-of-request status travel one connection, in order).
+/// How long after a pull request's own expiry this process still counts it as outstanding when
+/// the server has not ended it (its messages and its end-of-request status travel one
+/// connection, in order).
 const PULL_GRACE: Duration = Duration::from_millis(250);
 
-/// The next item of a pull's `stream`, or `None` once it has ended or `deadline` has passed.
-/// Past the deadline, an item that has already arrived is still answered (a message dropped
-/// unread would only come back after `ack_wait`); the pull ends at the first wait.
-async fn next_before<S>(stream: &mut S, deadline: tokio::time::Instant) -> Option<S::Item>
-where
-    S: futures::Stream + Unpin,
-{
-    if let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await {
-        return next;
+/// The subject of a pull request for `consumer`. The contexts come from `jetstream::new`
+/// ([`super::bus::connect_nats`] and the tests), whose API prefix is `$JS.API`.
+fn next_subject(consumer: &consumer::PullConsumer) -> String {
+    let info = consumer.cached_info();
+    format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        info.stream_name, info.name
+    )
+}
+
+/// The pull requests one consumer has outstanding at the server, oldest first, and when to
+/// send the next one.
+///
+/// The consumer keeps one subscription and sends its pull requests with that subscription as
+/// their reply subject, so the server's messages arrive in one ordered flow whichever request
+/// they answer. A new request goes out when the requests outstanding ask for half a batch or
+/// less, and also a quarter of the expiry before the newest one expires: a request is always
+/// waiting at the server, even when the server ends one without its end-of-request status
+/// (nats-server 2.9 sometimes does). That was W3's stall: one request at a time, and after a
+/// request the server had ended silently, nothing was delivered until this process gave it up
+/// (async-nats's batch: 5 s; later this consumer: 250 ms past the expiry).
+#[derive(Debug)]
+struct PullBook {
+    batch: usize,
+    expires: Duration,
+    /// Each outstanding request: when it expires, and how many messages it still asks for.
+    /// A message is counted against the oldest (the sum is what matters; which request the
+    /// server answered is not known).
+    outstanding: std::collections::VecDeque<(tokio::time::Instant, usize)>,
+}
+
+/// At most this many requests outstanding: the top-up rules need two or three.
+const MAX_OUTSTANDING: usize = 4;
+
+impl PullBook {
+    fn new(batch: usize, expires: Duration) -> Self {
+        Self {
+            batch: batch.max(1),
+            expires,
+            outstanding: std::collections::VecDeque::new(),
+        }
     }
-    // A fresh scheduling budget, so that an item already there is not reported pending.
-    tokio::task::yield_now().await;
-    futures::FutureExt::now_or_never(stream.next()).flatten()
+
+    /// The pull request's payload: `batch` messages, expiring after `expires`.
+    fn request(&self) -> Vec<u8> {
+        let expires = u64::try_from(self.expires.as_nanos()).unwrap_or(u64::MAX);
+        format!("{{\"batch\":{},\"expires\":{expires}}}", self.batch).into_bytes()
+    }
+
+    /// How many messages the outstanding requests still ask for.
+    fn asked(&self) -> usize {
+        self.outstanding.iter().map(|(_, asked)| asked).sum()
+    }
+
+    /// Whether a new request should go out at `now` (see the type's documentation).
+    fn wants_request(&self, now: tokio::time::Instant) -> bool {
+        if self.outstanding.len() >= MAX_OUTSTANDING {
+            return false;
+        }
+        match self.outstanding.back() {
+            None => true,
+            Some((expires_at, _)) => {
+                self.asked() <= self.batch / 2 || *expires_at <= now + self.expires / 4
+            }
+        }
+    }
+
+    /// A request was sent at `now`.
+    fn sent(&mut self, now: tokio::time::Instant) {
+        self.outstanding.push_back((now + self.expires, self.batch));
+    }
+
+    /// A message arrived.
+    fn delivered(&mut self) {
+        if let Some((_, asked)) = self.outstanding.front_mut() {
+            *asked = asked.saturating_sub(1);
+            if *asked == 0 {
+                self.outstanding.pop_front();
+            }
+        }
+    }
+
+    /// The server ended a request (its 408 at the expiry, or a 409): the oldest, if it is due.
+    /// A status for a request this process already gave up on finds a younger request at the
+    /// front, not yet near its expiry, and is ignored.
+    fn ended(&mut self, now: tokio::time::Instant) {
+        if let Some((expires_at, _)) = self.outstanding.front() {
+            if *expires_at <= now + PULL_GRACE {
+                self.outstanding.pop_front();
+            }
+        }
+    }
+
+    /// Gives up the requests the server should have ended by `now`; returns how many.
+    fn expire(&mut self, now: tokio::time::Instant) -> usize {
+        let before = self.outstanding.len();
+        while let Some((expires_at, _)) = self.outstanding.front() {
+            if *expires_at + PULL_GRACE > now {
+                break;
+            }
+            self.outstanding.pop_front();
+        }
+        before - self.outstanding.len()
+    }
+
+    /// When the book next changes without a message: a request to give up, or to send.
+    fn next_wake(&self) -> Option<tokio::time::Instant> {
+        let give_up = self
+            .outstanding
+            .front()
+            .map(|(expires_at, _)| *expires_at + PULL_GRACE);
+        let renew = self
+            .outstanding
+            .back()
+            .filter(|_| self.outstanding.len() < MAX_OUTSTANDING)
+            .map(|(expires_at, _)| {
+                expires_at
+                    .checked_sub(self.expires / 4)
+                    .unwrap_or(*expires_at)
+            });
+        match (give_up, renew) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The lanes of one consumer: a task each, handling its messages in arrival order.
@@ -331,33 +447,92 @@ impl Worker {
             .map_err(|error| RuntimeError::nats("create the policy consumer", error))
     }
 
-    /// One pull request: hands every message it brings to its lane. After shutdown, messages
-    /// still arriving in this pull are nak'd at once so another process takes them.
-    ///
-    /// The pull ends at the server's end-of-request status (a 408 at its expiry) or at
-    /// `fetch_expires` + [`PULL_GRACE`] after it was sent, whichever comes first (see
-    /// [`next_before`]): a 2.9 server sometimes expires a request without that status, and
-    /// async-nats then waits 5 s more before it gives the request up, while nothing is delivered
-    /// to this consumer. That was W3's "~5 s stall" (caught with async-nats's debug log: its
-    /// "batch timeout timer triggered" once in a stalled 10 s run, never in the others).
-    async fn pull_batch(
+    /// Pulls until `shutdown` (then returns `Ok`) or a NATS failure: keeps pull requests
+    /// outstanding on one subscription ([`PullBook`]) and hands every message to its lane.
+    /// After shutdown, no request is sent, and messages still arriving for the outstanding
+    /// ones are nak'd at once so another process takes them.
+    async fn pull(
         &self,
+        jetstream: &jetstream::Context,
         consumer: &consumer::PullConsumer,
         lanes: &Lanes,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
-        let deadline = tokio::time::Instant::now() + self.options.fetch_expires + PULL_GRACE;
-        let mut messages = consumer
-            .batch()
-            .max_messages(self.options.fetch_batch.max(1))
-            .expires(self.options.fetch_expires)
-            .messages()
+        let client = jetstream.client();
+        let subject = next_subject(consumer);
+        let inbox = client.new_inbox();
+        let mut subscription = client
+            .subscribe(inbox.clone())
             .await
-            .map_err(|error| RuntimeError::nats("pull messages", error))?;
-        while let Some(message) = next_before(&mut messages, deadline).await {
-            let message =
-                message.map_err(|error| RuntimeError::nats("receive a message", error))?;
-            if *shutdown.borrow() {
+            .map_err(|error| RuntimeError::nats("subscribe to the pull inbox", error))?;
+        let mut book = PullBook::new(self.options.fetch_batch, self.options.fetch_expires);
+        let request = bytes::Bytes::from(book.request());
+        let mut stopping = *shutdown.borrow();
+        loop {
+            let now = tokio::time::Instant::now();
+            let given_up = book.expire(now);
+            if given_up > 0 {
+                tracing::debug!(policy = %self.policy, given_up, "pull requests past their expiry without the server's end-of-request status");
+            }
+            if stopping {
+                if book.outstanding.is_empty() {
+                    return Ok(());
+                }
+            } else if book.wants_request(now) {
+                client
+                    .publish_with_reply(subject.clone(), inbox.clone(), request.clone())
+                    .await
+                    .map_err(|error| RuntimeError::nats("send a pull request", error))?;
+                book.sent(now);
+                continue;
+            }
+            let wake = book.next_wake().unwrap_or(now + self.options.fetch_expires);
+            let message = tokio::select! {
+                message = subscription.next() => message,
+                () = tokio::time::sleep_until(wake) => continue,
+                changed = shutdown.changed(), if !stopping => {
+                    stopping = changed.is_err() || *shutdown.borrow();
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                return Err(RuntimeError::nats(
+                    "receive a message",
+                    "the pull subscription ended",
+                ));
+            };
+            match message.status {
+                None | Some(async_nats::StatusCode::OK) => {}
+                Some(async_nats::StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(async_nats::StatusCode::TIMEOUT) => {
+                    book.ended(tokio::time::Instant::now());
+                    continue;
+                }
+                Some(async_nats::StatusCode::REQUEST_TERMINATED)
+                    if !message.description.as_deref().is_some_and(|description| {
+                        description.contains("Consumer Deleted")
+                            || description.starts_with("Exceeded MaxRequest")
+                    }) =>
+                {
+                    book.ended(tokio::time::Instant::now());
+                    continue;
+                }
+                Some(status) => {
+                    return Err(RuntimeError::nats(
+                        "pull messages",
+                        format!(
+                            "status {status}: {}",
+                            message.description.as_deref().unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+            book.delivered();
+            let message = jetstream::Message {
+                message,
+                context: jetstream.clone(),
+            };
+            if stopping {
                 if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(%error, "cannot nak a message at shutdown");
                 }
@@ -377,10 +552,6 @@ impl Worker {
             }
             lanes.dispatch(message, notice).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::debug!(policy = %self.policy, "pull ended past its deadline (the server's end-of-request status may not have come)");
-        }
-        Ok(())
     }
 
     /// Handles the messages a lane took at once, in order. First deliveries of wanted events
@@ -595,57 +766,104 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
-    /// A pull whose server never ends it: nothing more arrives, the stream stays open.
-    fn open_pull() -> (
-        futures::channel::mpsc::UnboundedSender<u32>,
-        futures::channel::mpsc::UnboundedReceiver<u32>,
-    ) {
-        futures::channel::mpsc::unbounded()
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_goes_out_at_once_and_another_before_it_expires() {
+        let mut book = PullBook::new(100, SECOND);
+        let start = Instant::now();
+        assert!(book.wants_request(start));
+        book.sent(start);
+        assert!(!book.wants_request(start));
+        // Idle: the next request goes out a quarter of the expiry before the first expires,
+        // so one is still waiting at the server when the first ends.
+        let renew = book.next_wake().unwrap();
+        assert_eq!(renew, start + SECOND - SECOND / 4);
+        assert!(!book.wants_request(renew - Duration::from_millis(1)));
+        assert!(book.wants_request(renew));
+        book.sent(renew);
+        assert_eq!(book.outstanding.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pull_the_server_never_ends_ends_at_its_deadline() {
-        let (sender, mut pull) = open_pull();
-        let started = tokio::time::Instant::now();
-        let deadline = started + Duration::from_secs(1) + PULL_GRACE;
-        sender.unbounded_send(1).unwrap();
-        assert_eq!(next_before(&mut pull, deadline).await, Some(1));
-        assert_eq!(next_before(&mut pull, deadline).await, None);
-        // It waited for the deadline, not for async-nats's own 5 s more.
-        assert_eq!(tokio::time::Instant::now(), deadline);
-        drop(sender);
+    async fn a_request_the_server_never_ends_is_given_up_after_the_grace() {
+        let mut book = PullBook::new(100, SECOND);
+        let start = Instant::now();
+        book.sent(start);
+        book.sent(start + SECOND - SECOND / 4);
+        assert_eq!(book.expire(start + SECOND), 0);
+        assert_eq!(book.next_wake(), Some(start + SECOND + PULL_GRACE));
+        assert_eq!(book.expire(start + SECOND + PULL_GRACE), 1);
+        // The younger request is still counted, and the next one goes out before it expires.
+        assert_eq!(book.outstanding.len(), 1);
+        assert!(!book.wants_request(start + SECOND + PULL_GRACE));
+        assert!(book.wants_request(start + 2 * SECOND - SECOND / 2));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn messages_already_arrived_are_taken_after_the_deadline() {
-        let (sender, mut pull) = open_pull();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for message in [1, 2, 3] {
-            sender.unbounded_send(message).unwrap();
+    async fn messages_count_against_the_requests_and_half_a_batch_asks_for_more() {
+        let mut book = PullBook::new(10, SECOND);
+        let start = Instant::now();
+        book.sent(start);
+        for _ in 0..4 {
+            book.delivered();
         }
-        assert_eq!(next_before(&mut pull, deadline).await, Some(1));
-        assert_eq!(next_before(&mut pull, deadline).await, Some(2));
-        assert_eq!(next_before(&mut pull, deadline).await, Some(3));
-        assert_eq!(next_before(&mut pull, deadline).await, None);
-        // Nothing was waited for past the deadline.
-        assert_eq!(
-            tokio::time::Instant::now(),
-            deadline + Duration::from_millis(40)
-        );
-        drop(sender);
+        assert_eq!(book.asked(), 6);
+        assert!(!book.wants_request(start));
+        book.delivered();
+        assert_eq!(book.asked(), 5);
+        assert!(book.wants_request(start));
+        book.sent(start);
+        for _ in 0..5 {
+            book.delivered();
+        }
+        // The first request is complete; the second asks for all of its batch.
+        assert_eq!(book.outstanding.len(), 1);
+        assert_eq!(book.asked(), 10);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pull_the_server_ends_ends_at_once() {
-        let (sender, mut pull) = open_pull();
-        let started = tokio::time::Instant::now();
-        let deadline = started + Duration::from_secs(1) + PULL_GRACE;
-        sender.unbounded_send(7).unwrap();
-        drop(sender);
-        assert_eq!(next_before(&mut pull, deadline).await, Some(7));
-        assert_eq!(next_before(&mut pull, deadline).await, None);
-        assert_eq!(tokio::time::Instant::now(), started);
+    async fn an_end_of_request_status_ends_only_a_request_that_is_due() {
+        let mut book = PullBook::new(100, SECOND);
+        let start = Instant::now();
+        book.sent(start);
+        book.sent(start + SECOND - SECOND / 4);
+        // The first request's 408, a little after its expiry.
+        book.ended(start + SECOND + Duration::from_millis(5));
+        assert_eq!(book.outstanding.len(), 1);
+        // A late status for a request already given up does not end the younger one.
+        book.ended(start + SECOND + Duration::from_millis(10));
+        assert_eq!(book.outstanding.len(), 1);
+        assert_eq!(book.outstanding[0].0, start + 2 * SECOND - SECOND / 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_stay_bounded_when_nothing_arrives() {
+        let mut book = PullBook::new(100, SECOND);
+        let mut now = Instant::now();
+        for _ in 0..50 {
+            book.expire(now);
+            while book.wants_request(now) {
+                book.sent(now);
+            }
+            assert!(book.outstanding.len() <= 2, "{book:?}");
+            assert!(book
+                .outstanding
+                .iter()
+                .any(|(expires_at, _)| *expires_at > now));
+            now = book.next_wake().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_request_asks_for_the_batch_and_the_expiry_in_nanoseconds() {
+        let book = PullBook::new(100, SECOND);
+        let request: serde_json::Value = serde_json::from_slice(&book.request()).unwrap();
+        assert_eq!(
+            request,
+            serde_json::json!({"batch": 100, "expires": 1_000_000_000u64})
+        );
     }
 }
