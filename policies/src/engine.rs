@@ -163,23 +163,24 @@ impl PolicyHandler for PolicyEngine {
         }
     }
 
-    /// The registration policies (a task per record, decided from the event alone) write a
-    /// batch's tasks in one grouped append at the end: the batch reads nothing between its
-    /// writes, and holds its transaction's first write (which holds back every gap-free reader
-    /// of the log) only for that last statement. The other policies read what earlier events
-    /// of the batch wrote, and apply one event after another.
+    /// Every policy but `corrections` runs a batch in three steps: every event's reads, then
+    /// the writes a decision needs (a child's personal ID number), then every event's appends
+    /// in one grouped append (`StoreTransaction::append_many`). The batch's events do not
+    /// read what the batch writes (a completion's task and record were written before it), so
+    /// the transaction takes its first write, which holds back every gap-free reader of the
+    /// log, only after the last read. `corrections` reads the tasks that earlier corrections
+    /// of the batch may have changed, and applies one event after another.
     async fn apply_batch(
         &self,
         policy: &str,
         tx: &mut StoreTransaction<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), (Option<usize>, PolicyError)> {
-        if !matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION) {
+        if !POLICY_NAMES.contains(&policy) || policy == CORRECTIONS {
             return apply_each(self, policy, tx, events).await;
         }
         let now = Utc::now();
-        // (index of the event, stream, expected version, event) of every append, in order.
-        let mut planned = Vec::new();
+        let mut runs = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             if !self.wants(policy, &event.event_type) {
                 continue;
@@ -193,27 +194,23 @@ impl PolicyHandler for PolicyEngine {
                     reference: &self.reference,
                 },
             };
+            let read = run.read(tx).await.map_err(|error| (Some(index), error))?;
+            runs.push((index, run, read));
+        }
+        // (index of the event, stream, expected version, event) of every append, in order.
+        let mut planned = Vec::new();
+        for (index, run, read) in runs {
             let failed = |error| (Some(index), error);
-            for command in run.registration().map_err(failed)? {
+            for command in run
+                .decide(tx, self.allocator.as_ref(), read)
+                .await
+                .map_err(failed)?
+            {
                 let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
-                planned.push((index, stream, expected, new_event));
+                planned.push((Some(index), stream, expected, new_event));
             }
         }
-        let appends: Vec<_> = planned
-            .iter()
-            .map(|(_, stream, expected, new_event)| {
-                (stream, *expected, std::slice::from_ref(new_event))
-            })
-            .collect();
-        let results = tx
-            .append_many(&appends)
-            .await
-            .map_err(|error| (None, PolicyError::Store(error)))?;
-        for ((index, _, _, new_event), result) in planned.iter().zip(results) {
-            duplicate_or_error(tx, new_event.event_id, result)
-                .await
-                .map_err(|error| (Some(*index), error))?;
-        }
+        append_planned(tx, &planned).await?;
         Ok(())
     }
 
@@ -239,34 +236,80 @@ impl PolicyHandler for PolicyEngine {
         if !self.wants(policy, &event.event_type) {
             return Ok(());
         }
-        let commands = match policy {
-            BIRTH_REGISTRATION | DEATH_REGISTRATION => run.registration()?,
-            BIRTH_FOLLOWUPS => run.birth_followups(tx, self.allocator.as_ref()).await?,
-            DEATH_FOLLOWUPS => run.death_followups(tx).await?,
-            _ => run.corrections(tx).await?,
+        let commands = if policy == CORRECTIONS {
+            run.corrections(tx).await?
+        } else {
+            let read = run.read(tx).await?;
+            run.decide(tx, self.allocator.as_ref(), read).await?
         };
         // The event's commands are appended together: one statement when they all create
         // streams (`StoreTransaction::append_many`), each still answered on its own.
         let planned = commands
             .into_iter()
-            .map(|command| run.prepare(command))
-            .collect::<Result<Vec<_>, _>>()?;
-        let appends: Vec<_> = planned
-            .iter()
-            .map(|(stream, expected, new_event)| {
-                (stream, *expected, std::slice::from_ref(new_event))
+            .map(|command| {
+                run.prepare(command)
+                    .map(|(stream, expected, event)| (None, stream, expected, event))
             })
-            .collect();
-        let results = tx.append_many(&appends).await?;
-        let mut appended = 0_usize;
-        for ((_, _, new_event), result) in planned.iter().zip(results) {
-            if duplicate_or_error(tx, new_event.event_id, result).await? {
-                appended += 1;
-            }
-        }
+            .collect::<Result<Vec<_>, _>>()?;
+        let appended = append_planned(tx, &planned)
+            .await
+            .map_err(|(_, error)| error)?;
         tracing::debug!(appended, "policy applied");
         Ok(())
     }
+}
+
+/// One append a policy run asks for: the index of its event in the batch (if any), the stream,
+/// the expected version and the event.
+type PlannedAppend = (Option<usize>, StreamId, ExpectedVersion, NewEvent);
+
+/// Appends `planned` in one [`StoreTransaction::append_many`]; an append refused because its
+/// event is already stored (a redelivery) counts as done. Returns how many were appended; an
+/// error comes with its append's event index.
+async fn append_planned(
+    tx: &mut StoreTransaction<'_>,
+    planned: &[PlannedAppend],
+) -> Result<usize, (Option<usize>, PolicyError)> {
+    if planned.is_empty() {
+        return Ok(0);
+    }
+    let appends: Vec<_> = planned
+        .iter()
+        .map(|(_, stream, expected, new_event)| {
+            (stream, *expected, std::slice::from_ref(new_event))
+        })
+        .collect();
+    let results = tx
+        .append_many(&appends)
+        .await
+        .map_err(|error| (None, PolicyError::Store(error)))?;
+    let mut appended = 0;
+    for ((index, _, _, new_event), result) in planned.iter().zip(results) {
+        if duplicate_or_error(tx, new_event.event_id, result)
+            .await
+            .map_err(|error| (*index, error))?
+        {
+            appended += 1;
+        }
+    }
+    Ok(appended)
+}
+
+/// What a policy run read, before it writes anything.
+enum Read {
+    /// The commands, decided from the reads alone.
+    Decided(Vec<Command>),
+    /// A birth registration's completion: the child needs a personal ID number (a write) before
+    /// the follow-ups are decided.
+    Birth(Box<BirthRead>),
+}
+
+/// What birth follow-ups read of a birth registration's completion.
+struct BirthRead {
+    completed: TaskCompleted,
+    task: TaskFacts,
+    life_event: LifeEventFacts,
+    request: PinRequest,
 }
 
 /// One policy run on one event.
@@ -383,40 +426,33 @@ impl Run<'_> {
         Ok(LifeEventFacts::from_events(&decoded))
     }
 
-    async fn birth_followups(
+    /// The reads of a run of a policy other than `corrections`, and what they decide.
+    async fn read(&self, tx: &mut StoreTransaction<'_>) -> Result<Read, PolicyError> {
+        match self.policy {
+            BIRTH_REGISTRATION | DEATH_REGISTRATION => Ok(Read::Decided(self.registration()?)),
+            BIRTH_FOLLOWUPS => self.birth_followups(tx).await,
+            DEATH_FOLLOWUPS => Ok(Read::Decided(self.death_followups(tx).await?)),
+            other => Err(self.refused(format!("policy {other:?} has no reads step"))),
+        }
+    }
+
+    /// The commands of what `read` found, after the writes they need.
+    async fn decide(
         &self,
         tx: &mut StoreTransaction<'_>,
         allocator: &dyn IdentityAllocator,
+        read: Read,
     ) -> Result<Vec<Command>, PolicyError> {
-        let Some((completed, task)) = self
-            .completed_task(tx, ProcedureId::BirthRegistration)
-            .await?
-        else {
-            return Ok(vec![]);
+        let birth = match read {
+            Read::Decided(commands) => return Ok(commands),
+            Read::Birth(birth) => birth,
         };
-        if rules::birth_followups::certificate_number(&completed, &task).is_none() {
-            return Ok(vec![]);
-        }
-        let life_event = self
-            .life_event(tx, ProcedureGroup::Birth, task.created.life_event_id)
-            .await?;
-        let Declaration::Birth(declaration) = &life_event.declaration else {
-            return Err(self.refused("a birth-registration task of a death record"));
-        };
-        if life_event.voided {
-            return Ok(vec![]);
-        }
-        let request = PinRequest {
-            life_event_id: life_event.life_event_id,
-            task_id: Some(task.task_id()),
-            office: declaration.office.clone(),
-            full_name: declaration.child.full_name.clone(),
-            date_of_birth: declaration.child.date_of_birth,
-            sex: declaration.child.sex,
-            cause: self.event.event_id,
-            correlation_id: self.context.source.correlation_id,
-            at: self.context.now,
-        };
+        let BirthRead {
+            completed,
+            task,
+            life_event,
+            request,
+        } = *birth;
         let assigned = allocator
             .assign(tx, &request)
             .await
@@ -432,6 +468,44 @@ impl Run<'_> {
             &assigned.personal_id,
             &self.context,
         ))
+    }
+
+    async fn birth_followups(&self, tx: &mut StoreTransaction<'_>) -> Result<Read, PolicyError> {
+        let Some((completed, task)) = self
+            .completed_task(tx, ProcedureId::BirthRegistration)
+            .await?
+        else {
+            return Ok(Read::Decided(vec![]));
+        };
+        if rules::birth_followups::certificate_number(&completed, &task).is_none() {
+            return Ok(Read::Decided(vec![]));
+        }
+        let life_event = self
+            .life_event(tx, ProcedureGroup::Birth, task.created.life_event_id)
+            .await?;
+        let Declaration::Birth(declaration) = &life_event.declaration else {
+            return Err(self.refused("a birth-registration task of a death record"));
+        };
+        if life_event.voided {
+            return Ok(Read::Decided(vec![]));
+        }
+        let request = PinRequest {
+            life_event_id: life_event.life_event_id,
+            task_id: Some(task.task_id()),
+            office: declaration.office.clone(),
+            full_name: declaration.child.full_name.clone(),
+            date_of_birth: declaration.child.date_of_birth,
+            sex: declaration.child.sex,
+            cause: self.event.event_id,
+            correlation_id: self.context.source.correlation_id,
+            at: self.context.now,
+        };
+        Ok(Read::Birth(Box::new(BirthRead {
+            completed,
+            task,
+            life_event,
+            request,
+        })))
     }
 
     async fn death_followups(

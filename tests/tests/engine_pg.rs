@@ -19,7 +19,7 @@ use lifeline_model::system_events::SystemEvent;
 use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
 use lifeline_policies::engine::{task_id, task_stream};
 use lifeline_policies::facts::TaskFacts;
-use lifeline_policies::rules::{BIRTH_REGISTRATION, DEATH_REGISTRATION};
+use lifeline_policies::rules::{BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_REGISTRATION};
 use lifeline_policies::{PolicyEngine, PolicyHandler};
 use lifeline_store::EventStore;
 use serde_json::json;
@@ -342,5 +342,126 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
         .collect();
     assert_eq!(created.len(), 3, "one task per birth: {created:?}");
     assert_eq!(created.into_iter().collect::<BTreeSet<_>>(), expected);
+    test_store.close().await;
+}
+
+/// Birth follow-ups handed a whole batch of completions (`apply_batch`: every event's reads,
+/// then the numbers, then one grouped append), one completion twice in the batch, the same
+/// batch delivered twice at once and then once more: one number and one task per procedure per
+/// child.
+#[tokio::test]
+async fn racing_batches_of_completions_have_the_effect_of_one_delivery() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let today = lifeline_tests::chain::today();
+    let mut births = Vec::new();
+    for (index, name) in ["Nguyễn Minh An", "Phạm Thu Hà", "Lê Quốc Bảo"]
+        .iter()
+        .enumerate()
+    {
+        let input: BirthDeclarationInput = serde_json::from_value(json!({
+          "office": "79-26734",
+          "child": { "full_name": name, "sex": "female", "date_of_birth": "2026-11-20",
+                     "place_of_birth": "Bệnh viện Từ Dũ", "nationality": "VN" },
+          "mother": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}") },
+          "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+          "declarant": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}"),
+                         "relationship": "mother", "phone": "+84901234567" },
+          "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
+        }))
+        .unwrap();
+        births.push(
+            record(
+                store,
+                "birth",
+                LifeEventCommand::RecordBirth {
+                    life_event_id: Uuid::new_v4(),
+                    declaration: parse_birth(&input, today).unwrap(),
+                    recorded_on: today,
+                },
+            )
+            .await,
+        );
+    }
+    let mut tx = store.begin().await.unwrap();
+    engine
+        .apply_batch(BIRTH_REGISTRATION, &mut tx, &births)
+        .await
+        .map_err(|(_, error)| error)
+        .unwrap();
+    tx.commit().await.unwrap();
+    for (index, birth) in births.iter().enumerate() {
+        complete(
+            store,
+            task_id(
+                BIRTH_REGISTRATION,
+                birth.event_id,
+                ProcedureId::BirthRegistration,
+            ),
+            TaskOutcome::BirthRegistered {
+                certificate_number: format!("KS-2026-00{index}"),
+            },
+        )
+        .await;
+    }
+    let mut batch: Vec<RecordedEvent> = log(store)
+        .await
+        .into_iter()
+        .filter(|event| event.event_type == "TaskCompleted")
+        .collect();
+    assert_eq!(batch.len(), 3);
+    batch.push(batch[0].clone());
+    let deliver = || async {
+        let mut tx = store.begin().await.unwrap();
+        engine
+            .apply_batch(BIRTH_FOLLOWUPS, &mut tx, &batch)
+            .await
+            .map_err(|(_, error)| error)?;
+        tx.commit().await.unwrap();
+        Ok::<_, lifeline_policies::PolicyError>(())
+    };
+    let (first, second) = futures::join!(deliver(), deliver());
+    first.unwrap();
+    second.unwrap();
+    deliver().await.unwrap();
+
+    let mut numbered = Vec::new();
+    let mut created = Vec::new();
+    for event in log(store).await {
+        if let Ok(SystemEvent::PersonalIdAssigned(assigned)) = decode_recorded(&event) {
+            numbered.push(assigned.life_event_id);
+        }
+        if let Ok(TaskEvent::TaskCreated(task)) = decode_recorded(&event) {
+            if task.procedure != ProcedureId::BirthRegistration {
+                created.push((task.life_event_id, task.procedure));
+            }
+        }
+    }
+    let children: BTreeSet<Uuid> = births
+        .iter()
+        .map(|birth| {
+            decode_recorded::<lifeline_model::life_event::LifeEventEvent>(birth)
+                .unwrap()
+                .life_event_id()
+        })
+        .collect();
+    numbered.sort();
+    assert_eq!(
+        numbered,
+        children.iter().copied().collect::<Vec<_>>(),
+        "one number per child"
+    );
+    created.sort_by_key(|(life_event_id, procedure)| (*life_event_id, procedure.as_str()));
+    let expected: Vec<_> = children
+        .iter()
+        .flat_map(|child| {
+            [
+                (*child, ProcedureId::ChildHealthInsurance),
+                (*child, ProcedureId::ResidenceRegistration),
+            ]
+        })
+        .collect();
+    assert_eq!(created, expected, "one task per procedure per child");
     test_store.close().await;
 }
