@@ -31,7 +31,7 @@ use lifeline_model::envelope::{
 };
 use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
-use lifeline_model::system_events::SystemEvent;
+use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
 use lifeline_model::task::{TaskCompleted, TaskEvent, TaskOutcome};
 use lifeline_store::{AppendError, StoreTransaction};
 use uuid::Uuid;
@@ -164,7 +164,8 @@ impl PolicyHandler for PolicyEngine {
     }
 
     /// Every policy but `corrections` runs a batch in three steps: every event's reads, then
-    /// the writes a decision needs (a child's personal ID number), then every event's appends
+    /// the writes a decision needs (every child's personal ID number, drawn together:
+    /// `IdentityAllocator::assign_many`), then every event's appends
     /// in one grouped append (`StoreTransaction::append_many`). The batch's events do not
     /// read what the batch writes (a completion's task and record were written before it), so
     /// the transaction takes its first write, which holds back every gap-free reader of the
@@ -197,15 +198,34 @@ impl PolicyHandler for PolicyEngine {
             let read = run.read(tx).await.map_err(|error| (Some(index), error))?;
             runs.push((index, run, read));
         }
+        // Every child's number in one draw (one statement when no number is taken).
+        let requests: Vec<PinRequest> = runs
+            .iter()
+            .filter_map(|(_, _, read)| match read {
+                Read::Birth(birth) => Some(birth.request.clone()),
+                Read::Decided(_) => None,
+            })
+            .collect();
+        let mut assigned = if requests.is_empty() {
+            Vec::new()
+        } else {
+            self.allocator
+                .assign_many(tx, &requests)
+                .await
+                .map_err(|error| (None, PolicyError::Store(error)))?
+        }
+        .into_iter();
         // (index of the event, stream, expected version, event) of every append, in order.
         let mut planned = Vec::new();
         for (index, run, read) in runs {
             let failed = |error| (Some(index), error);
-            for command in run
-                .decide(tx, self.allocator.as_ref(), read)
-                .await
-                .map_err(failed)?
-            {
+            let number = match read {
+                Read::Birth(_) => Some(assigned.next().ok_or_else(|| {
+                    failed(run.refused("the allocator answered fewer requests than asked"))
+                })?),
+                Read::Decided(_) => None,
+            };
+            for command in run.decide(read, number).map_err(failed)? {
                 let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
                 planned.push((Some(index), stream, expected, new_event));
             }
@@ -240,7 +260,11 @@ impl PolicyHandler for PolicyEngine {
             run.corrections(tx).await?
         } else {
             let read = run.read(tx).await?;
-            run.decide(tx, self.allocator.as_ref(), read).await?
+            let number = match &read {
+                Read::Birth(birth) => Some(self.allocator.assign(tx, &birth.request).await),
+                Read::Decided(_) => None,
+            };
+            run.decide(read, number)?
         };
         // The event's commands are appended together: one statement when they all create
         // streams (`StoreTransaction::append_many`), each still answered on its own.
@@ -436,12 +460,11 @@ impl Run<'_> {
         }
     }
 
-    /// The commands of what `read` found, after the writes they need.
-    async fn decide(
+    /// The commands of what `read` found, with the child's number if `read` asked for one.
+    fn decide(
         &self,
-        tx: &mut StoreTransaction<'_>,
-        allocator: &dyn IdentityAllocator,
         read: Read,
+        number: Option<Result<PersonalIdAssigned, IdentityError>>,
     ) -> Result<Vec<Command>, PolicyError> {
         let birth = match read {
             Read::Decided(commands) => return Ok(commands),
@@ -451,11 +474,10 @@ impl Run<'_> {
             completed,
             task,
             life_event,
-            request,
+            request: _,
         } = *birth;
-        let assigned = allocator
-            .assign(tx, &request)
-            .await
+        let assigned = number
+            .ok_or_else(|| self.refused("no personal ID number was drawn"))?
             .map_err(|error| match error {
                 IdentityError::Store(error) => PolicyError::Store(error),
                 IdentityError::Append(error) => PolicyError::Append(error),

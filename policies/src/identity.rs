@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use lifeline_model::codec::{decode_recorded, to_new_event, DecodeError};
-use lifeline_model::envelope::{EventMetadata, ExpectedVersion, StreamId};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, StreamId};
 use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
 use lifeline_model::values::{province_name, FullName, OfficeCode, PersonalId, Sex};
 use lifeline_store::{AppendError, StoreError, StoreTransaction};
@@ -70,6 +70,22 @@ pub trait IdentityAllocator: Send + Sync {
         tx: &mut StoreTransaction<'_>,
         request: &PinRequest,
     ) -> Result<PersonalIdAssigned, IdentityError>;
+
+    /// [`IdentityAllocator::assign`] for each of `requests`, answered in order, each on its
+    /// own (one request's error does not fail the others). The outer error, a store failure,
+    /// fails them all (the transaction cannot go on). By default one after another; [`StoreAllocator`] draws for
+    /// every request at once and stores them in one statement.
+    async fn assign_many(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        requests: &[PinRequest],
+    ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
+        let mut answered = Vec::with_capacity(requests.len());
+        for request in requests {
+            answered.push(self.assign(tx, request).await);
+        }
+        Ok(answered)
+    }
 }
 
 /// The event id of the one assignment of a life event: a redelivery finds it.
@@ -208,6 +224,70 @@ impl StoreAllocator {
     }
 }
 
+impl StoreAllocator {
+    /// The assignment of `request`'s draw number `attempt`, and the append that stores it.
+    fn drawn(
+        &self,
+        request: &PinRequest,
+        attempt: u32,
+    ) -> Result<(PersonalIdAssigned, StreamId, NewEvent), IdentityError> {
+        let pin = compose_pin(request, self.draw(request, attempt))?;
+        let assigned = PersonalIdAssigned::new(
+            pin.clone(),
+            request.life_event_id,
+            request.task_id,
+            request.full_name.clone(),
+            request.date_of_birth,
+            request.sex,
+            request.at,
+        )?;
+        let stream = StreamId::for_kind(PIN_STREAM_KIND, pin.as_str()).map_err(|error| {
+            IdentityError::Append(AppendError::Store(StoreError::Corrupt {
+                global_position: 0,
+                reason: error.to_string(),
+            }))
+        })?;
+        let metadata = EventMetadata {
+            office: Some(request.office.to_string()),
+            ..EventMetadata::system(
+                "policy:identity",
+                request.correlation_id,
+                Some(request.cause),
+                request.at,
+            )
+        };
+        let event = to_new_event(
+            &SystemEvent::PersonalIdAssigned(assigned.clone()),
+            assignment_event_id(request.life_event_id),
+            metadata,
+        );
+        Ok((assigned, stream, event))
+    }
+
+    /// What the append of a drawn assignment answered: `Ok(Some(..))` assigned, `Ok(None)`
+    /// draw again (the number is someone else's).
+    async fn settle(
+        tx: &mut StoreTransaction<'_>,
+        request: &PinRequest,
+        assigned: PersonalIdAssigned,
+        appended: Result<lifeline_store::AppendOutcome, AppendError>,
+    ) -> Result<Option<PersonalIdAssigned>, IdentityError> {
+        match appended {
+            Ok(_) => Ok(Some(assigned)),
+            // The number is someone else's: draw again.
+            Err(AppendError::Conflict { .. }) => Ok(None),
+            // A concurrent assignment for this life event won: answer it.
+            Err(AppendError::EventIdMismatch { .. }) => {
+                match Self::earlier(tx, request.life_event_id).await? {
+                    Some(assigned) => Ok(Some(assigned)),
+                    None => Err(IdentityError::Exhausted(MAX_DRAWS)),
+                }
+            }
+            Err(error) => Err(IdentityError::Append(error)),
+        }
+    }
+}
+
 #[async_trait]
 impl IdentityAllocator for StoreAllocator {
     async fn assign(
@@ -215,60 +295,64 @@ impl IdentityAllocator for StoreAllocator {
         tx: &mut StoreTransaction<'_>,
         request: &PinRequest,
     ) -> Result<PersonalIdAssigned, IdentityError> {
-        // No look-up first: the assignment's event id is the life event's, so an earlier
-        // assignment (a redelivery) makes the append below fail with an id mismatch (the id is
-        // stored on another number's stream), and only then is it read. A first assignment,
-        // the usual case, costs no read.
-        let event_id = assignment_event_id(request.life_event_id);
+        self.assign_many(tx, std::slice::from_ref(request))
+            .await
+            .map_err(IdentityError::Store)?
+            .pop()
+            .unwrap_or(Err(IdentityError::Exhausted(0)))
+    }
+
+    /// Each draw round appends every request still without a number in one
+    /// [`StoreTransaction::append_many`] (one statement when no number is taken). No look-up
+    /// first: the assignment's event id is the life event's, so an earlier assignment (a
+    /// redelivery) makes its append fail with an id mismatch (the id is stored on another
+    /// number's stream), and only then is it read. A first assignment, the usual case, costs no
+    /// read.
+    async fn assign_many(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        requests: &[PinRequest],
+    ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
+        let mut answered: Vec<Option<Result<PersonalIdAssigned, IdentityError>>> =
+            requests.iter().map(|_| None).collect();
         for attempt in 0..MAX_DRAWS {
-            let pin = compose_pin(request, self.draw(request, attempt))?;
-            let assigned = PersonalIdAssigned::new(
-                pin.clone(),
-                request.life_event_id,
-                request.task_id,
-                request.full_name.clone(),
-                request.date_of_birth,
-                request.sex,
-                request.at,
-            )?;
-            let stream = StreamId::for_kind(PIN_STREAM_KIND, pin.as_str()).map_err(|error| {
-                IdentityError::Append(AppendError::Store(StoreError::Corrupt {
-                    global_position: 0,
-                    reason: error.to_string(),
-                }))
-            })?;
-            let metadata = EventMetadata {
-                office: Some(request.office.to_string()),
-                ..EventMetadata::system(
-                    "policy:identity",
-                    request.correlation_id,
-                    Some(request.cause),
-                    request.at,
-                )
-            };
-            let event = to_new_event(
-                &SystemEvent::PersonalIdAssigned(assigned.clone()),
-                event_id,
-                metadata,
-            );
-            match tx
-                .append(&stream, ExpectedVersion::NoStream, &[event])
-                .await
-            {
-                Ok(_) => return Ok(assigned),
-                // The number is someone else's: draw again.
-                Err(AppendError::Conflict { .. }) => continue,
-                // A concurrent assignment for this life event won: answer it.
-                Err(AppendError::EventIdMismatch { .. }) => {
-                    if let Some(assigned) = Self::earlier(tx, request.life_event_id).await? {
-                        return Ok(assigned);
-                    }
-                    return Err(IdentityError::Exhausted(MAX_DRAWS));
+            // (index of the request, its drawn assignment, stream, event)
+            let mut drawn = Vec::new();
+            for (index, request) in requests.iter().enumerate() {
+                if answered[index].is_some() {
+                    continue;
                 }
-                Err(error) => return Err(IdentityError::Append(error)),
+                match self.drawn(request, attempt) {
+                    Ok((assigned, stream, event)) => drawn.push((index, assigned, stream, event)),
+                    Err(error) => answered[index] = Some(Err(error)),
+                }
+            }
+            if drawn.is_empty() {
+                break;
+            }
+            let appends: Vec<_> = drawn
+                .iter()
+                .map(|(_, _, stream, event)| {
+                    (
+                        stream,
+                        ExpectedVersion::NoStream,
+                        std::slice::from_ref(event),
+                    )
+                })
+                .collect();
+            let results = tx.append_many(&appends).await?;
+            for ((index, assigned, _, _), appended) in drawn.into_iter().zip(results) {
+                match Self::settle(tx, &requests[index], assigned, appended).await {
+                    Ok(Some(assigned)) => answered[index] = Some(Ok(assigned)),
+                    Ok(None) => {}
+                    Err(error) => answered[index] = Some(Err(error)),
+                }
             }
         }
-        Err(IdentityError::Exhausted(MAX_DRAWS))
+        Ok(answered
+            .into_iter()
+            .map(|answer| answer.unwrap_or(Err(IdentityError::Exhausted(MAX_DRAWS))))
+            .collect())
     }
 }
 

@@ -2,9 +2,10 @@
 //! delivery handed to two concurrent transactions (two consumers racing on a redelivery), then
 //! the whole log replayed once more: every effect exists exactly once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use cqrs_es::Aggregate;
 use lifeline_model::codec::{decode_recorded, to_new_event};
 use lifeline_model::declaration::{
@@ -13,15 +14,20 @@ use lifeline_model::declaration::{
 use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, LogCursor, RecordedEvent, Role, StreamId,
 };
-use lifeline_model::life_event::{LifeEvent, LifeEventCommand};
+use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::system_events::SystemEvent;
 use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
+use lifeline_model::values::{FullName, OfficeCode, Sex};
 use lifeline_policies::engine::{task_id, task_stream};
 use lifeline_policies::facts::TaskFacts;
+use lifeline_policies::identity::{IdentityAllocator, PinRequest, StoreAllocator};
+use lifeline_policies::reference::ReferenceData;
 use lifeline_policies::rules::{BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_REGISTRATION};
 use lifeline_policies::{PolicyEngine, PolicyHandler};
 use lifeline_store::EventStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -349,11 +355,12 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
 /// then the numbers, then one grouped append), one completion twice in the batch, the same
 /// batch delivered twice at once and then once more: one number and one task per procedure per
 /// child.
-#[tokio::test]
-async fn racing_batches_of_completions_have_the_effect_of_one_delivery() {
-    let test_store = lifeline_tests::postgres_store().await;
-    let store = test_store.store();
-    let engine = PolicyEngine::embedded().unwrap();
+/// Three births at one office recorded, their registration tasks created by `engine` and
+/// completed with a certificate: answers the births and the completions, in commit order.
+async fn completed_births(
+    store: &EventStore,
+    engine: &PolicyEngine,
+) -> (Vec<RecordedEvent>, Vec<RecordedEvent>) {
     let today = lifeline_tests::chain::today();
     let mut births = Vec::new();
     for (index, name) in ["Nguyễn Minh An", "Phạm Thu Hà", "Lê Quốc Bảo"]
@@ -405,12 +412,21 @@ async fn racing_batches_of_completions_have_the_effect_of_one_delivery() {
         )
         .await;
     }
-    let mut batch: Vec<RecordedEvent> = log(store)
+    let batch: Vec<RecordedEvent> = log(store)
         .await
         .into_iter()
         .filter(|event| event.event_type == "TaskCompleted")
         .collect();
     assert_eq!(batch.len(), 3);
+    (births, batch)
+}
+
+#[tokio::test]
+async fn racing_batches_of_completions_have_the_effect_of_one_delivery() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let (births, mut batch) = completed_births(store, &engine).await;
     batch.push(batch[0].clone());
     let deliver = || async {
         let mut tx = store.begin().await.unwrap();
@@ -463,5 +479,106 @@ async fn racing_batches_of_completions_have_the_effect_of_one_delivery() {
         })
         .collect();
     assert_eq!(created, expected, "one task per procedure per child");
+    test_store.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_draws_every_child_a_number_and_draws_again_for_a_taken_one() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let (births, batch) = completed_births(store, &engine).await;
+    // Two allocators with the same seed draw the same digits in the same order: the first
+    // takes the number the batch's first child will draw first.
+    let seeded = || StoreAllocator::with_rng(StdRng::seed_from_u64(11));
+    let mut draws = StdRng::seed_from_u64(11);
+    let expected: Vec<String> = (0..4)
+        .map(|_| format!("079326{:06}", draws.gen_range(0..1_000_000_u32)))
+        .collect();
+    let other = Uuid::new_v4();
+    let mut tx = store.begin().await.unwrap();
+    let taken = seeded()
+        .assign(
+            &mut tx,
+            &PinRequest {
+                life_event_id: other,
+                task_id: None,
+                office: OfficeCode::parse("79-26734").unwrap(),
+                full_name: FullName::parse_field("Võ Thị Mai", "child.full_name").unwrap(),
+                date_of_birth: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+                sex: Sex::Female,
+                cause: Uuid::new_v4(),
+                correlation_id: Uuid::new_v4(),
+                at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(taken.personal_id.as_str(), expected[0]);
+
+    let numbering = PolicyEngine::new(ReferenceData::embedded().unwrap(), Arc::new(seeded()));
+    let mut tx = store.begin().await.unwrap();
+    numbering
+        .apply_batch(BIRTH_FOLLOWUPS, &mut tx, &batch)
+        .await
+        .map_err(|(_, error)| error)
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // The child of each completion, in the batch's order.
+    let child_of_task: BTreeMap<Uuid, Uuid> = births
+        .iter()
+        .map(|birth| {
+            let child = decode_recorded::<LifeEventEvent>(birth)
+                .unwrap()
+                .life_event_id();
+            let task = task_id(
+                BIRTH_REGISTRATION,
+                birth.event_id,
+                ProcedureId::BirthRegistration,
+            );
+            (task, child)
+        })
+        .collect();
+    let children: Vec<Uuid> = batch
+        .iter()
+        .map(|event| match decode_recorded::<TaskEvent>(event).unwrap() {
+            TaskEvent::TaskCompleted(completed) => child_of_task[&completed.task_id],
+            other => panic!("not a completion: {other:?}"),
+        })
+        .collect();
+    let mut numbers = BTreeMap::new();
+    let mut prefilled = BTreeMap::new();
+    for event in log(store).await {
+        if let Ok(SystemEvent::PersonalIdAssigned(assigned)) = decode_recorded(&event) {
+            let earlier = numbers.insert(
+                assigned.life_event_id,
+                assigned.personal_id.as_str().to_owned(),
+            );
+            assert_eq!(earlier, None, "one number per child");
+        }
+        if let Ok(TaskEvent::TaskCreated(task)) = decode_recorded(&event) {
+            if task.procedure == ProcedureId::ResidenceRegistration {
+                prefilled.insert(
+                    task.life_event_id,
+                    task.application.get("child.personal_id").cloned(),
+                );
+            }
+        }
+    }
+    assert_eq!(numbers.len(), 4);
+    assert_eq!(numbers[&other], expected[0]);
+    // The first child's first draw was taken: it drew again, after the others' first draws.
+    assert_eq!(numbers[&children[0]], expected[3]);
+    assert_eq!(numbers[&children[1]], expected[1]);
+    assert_eq!(numbers[&children[2]], expected[2]);
+    for child in &children {
+        assert_eq!(
+            prefilled[child],
+            Some(json!(numbers[child])),
+            "the tasks carry the child's own number"
+        );
+    }
     test_store.close().await;
 }
