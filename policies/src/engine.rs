@@ -20,6 +20,7 @@
 //! [`task_created_event_id`] or [`eligibility_event_id`]; an update with the version read and the
 //! rule's event id. An event id already stored means the work was done: nothing is appended.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,7 +34,7 @@ use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
 use lifeline_model::task::{TaskCompleted, TaskEvent, TaskOutcome};
-use lifeline_store::{AppendError, StoreTransaction};
+use lifeline_store::{AppendError, StoreError, StoreTransaction};
 use uuid::Uuid;
 
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
@@ -163,7 +164,8 @@ impl PolicyHandler for PolicyEngine {
         }
     }
 
-    /// Every policy but `corrections` runs a batch in three steps: every event's reads, then
+    /// Every policy but `corrections` runs a batch in three steps: every event's reads (the
+    /// follow-ups' read ahead for the whole batch: `ReadAhead`), then
     /// the writes a decision needs (every child's personal ID number, drawn together:
     /// `IdentityAllocator::assign_many`), then every event's appends
     /// in one grouped append (`StoreTransaction::append_many`). The batch's events do not
@@ -195,9 +197,24 @@ impl PolicyHandler for PolicyEngine {
                     reference: &self.reference,
                 },
             };
-            let read = run.read(tx).await.map_err(|error| (Some(index), error))?;
-            runs.push((index, run, read));
+            runs.push((index, run));
         }
+        let mut ahead = if matches!(policy, BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS) {
+            ReadAhead::follow_ups(tx, &runs)
+                .await
+                .map_err(|error| (None, PolicyError::Store(error)))?
+        } else {
+            ReadAhead::default()
+        };
+        let mut read_runs = Vec::with_capacity(runs.len());
+        for (index, run) in runs {
+            let read = run
+                .read(tx, &mut ahead)
+                .await
+                .map_err(|error| (Some(index), error))?;
+            read_runs.push((index, run, read));
+        }
+        let runs = read_runs;
         // Every child's number in one draw (one statement when no number is taken).
         let requests: Vec<PinRequest> = runs
             .iter()
@@ -259,7 +276,7 @@ impl PolicyHandler for PolicyEngine {
         let commands = if policy == CORRECTIONS {
             run.corrections(tx).await?
         } else {
-            let read = run.read(tx).await?;
+            let read = run.read(tx, &mut ReadAhead::default()).await?;
             let number = match &read {
                 Read::Birth(birth) => Some(self.allocator.assign(tx, &birth.request).await),
                 Read::Decided(_) => None,
@@ -317,6 +334,74 @@ async fn append_planned(
         }
     }
     Ok(appended)
+}
+
+/// What a lane batch of follow-up runs will read, read before the runs in one statement per
+/// kind: the completed tasks, then their life events' streams (a batch reads nothing it
+/// writes). A run takes what it finds here and reads the store for anything else, so a run
+/// whose event could not be read ahead for (another kind of event or outcome, an event or
+/// task that does not decode) meets its own refusal when it reads.
+#[derive(Default)]
+struct ReadAhead {
+    /// Each completed task, folded, with the global position of its creation (`None`: no such
+    /// task).
+    tasks: HashMap<Uuid, Option<(i64, TaskFacts)>>,
+    life_events: HashMap<StreamId, Vec<RecordedEvent>>,
+}
+
+impl ReadAhead {
+    async fn follow_ups(
+        tx: &mut StoreTransaction<'_>,
+        runs: &[(usize, Run<'_>)],
+    ) -> Result<Self, StoreError> {
+        let mut ahead = Self::default();
+        // (the run, the completed task, its stream)
+        let mut completed = Vec::new();
+        for (_, run) in runs {
+            let Some((procedure, _)) = run.follows() else {
+                continue;
+            };
+            let Ok(Some(completion)) = run.completion(procedure) else {
+                continue;
+            };
+            if let Ok(stream) = task_stream(completion.task_id) {
+                completed.push((run, completion.task_id, stream));
+            }
+        }
+        if completed.is_empty() {
+            return Ok(ahead);
+        }
+        let streams: Vec<&StreamId> = completed.iter().map(|(_, _, stream)| stream).collect();
+        let mut tasks = tx.read_streams(&streams).await?;
+        let mut records = Vec::new();
+        for (run, task_id, stream) in &completed {
+            let Some(events) = tasks.remove(stream) else {
+                continue; // the same task twice in the batch: read ahead once
+            };
+            let Ok(task) = run.fold_task(&events) else {
+                continue;
+            };
+            let found = events
+                .first()
+                .map(|first| first.global_position.0)
+                .zip(task);
+            if let (Some((_, task)), Some((procedure, group))) = (&found, run.follows()) {
+                if task.created.procedure == procedure {
+                    if let Ok(stream) = life_event_stream(group, task.created.life_event_id) {
+                        if !records.contains(&stream) {
+                            records.push(stream);
+                        }
+                    }
+                }
+            }
+            ahead.tasks.insert(*task_id, found);
+        }
+        if !records.is_empty() {
+            let streams: Vec<&StreamId> = records.iter().collect();
+            ahead.life_events = tx.read_streams(&streams).await?;
+        }
+        Ok(ahead)
+    }
 }
 
 /// What a policy run read, before it writes anything.
@@ -383,12 +468,17 @@ impl Run<'_> {
         }
     }
 
-    /// The completion and its task, if the event is a `TaskCompleted` of a task of `procedure`.
-    async fn completed_task(
-        &self,
-        tx: &mut StoreTransaction<'_>,
-        procedure: ProcedureId,
-    ) -> Result<Option<(TaskCompleted, TaskFacts)>, PolicyError> {
+    /// The registration a follow-up policy follows, and its group.
+    fn follows(&self) -> Option<(ProcedureId, ProcedureGroup)> {
+        match self.policy {
+            BIRTH_FOLLOWUPS => Some((ProcedureId::BirthRegistration, ProcedureGroup::Birth)),
+            DEATH_FOLLOWUPS => Some((ProcedureId::DeathRegistration, ProcedureGroup::Death)),
+            _ => None,
+        }
+    }
+
+    /// The completion, if the event is a `TaskCompleted` with an outcome of `procedure`.
+    fn completion(&self, procedure: ProcedureId) -> Result<Option<TaskCompleted>, PolicyError> {
         let TaskEvent::TaskCompleted(completed) = self.decode::<TaskEvent>()? else {
             return Ok(None);
         };
@@ -404,10 +494,24 @@ impl Run<'_> {
             }
             _ => true,
         };
-        if !outcome_fits {
+        Ok(outcome_fits.then_some(completed))
+    }
+
+    /// The completion and its task, if the event is a `TaskCompleted` of a task of `procedure`.
+    async fn completed_task(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
+        procedure: ProcedureId,
+    ) -> Result<Option<(TaskCompleted, TaskFacts)>, PolicyError> {
+        let Some(completed) = self.completion(procedure)? else {
             return Ok(None);
-        }
-        let Some((_, task)) = self.find_task(tx, completed.task_id).await? else {
+        };
+        let found = match ahead.tasks.remove(&completed.task_id) {
+            Some(found) => found,
+            None => self.find_task(tx, completed.task_id).await?,
+        };
+        let Some((_, task)) = found else {
             return Err(self.refused(format!("task {} has no TaskCreated", completed.task_id)));
         };
         if task.created.procedure != procedure {
@@ -419,11 +523,15 @@ impl Run<'_> {
     async fn life_event(
         &self,
         tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
         group: ProcedureGroup,
         life_event_id: Uuid,
     ) -> Result<LifeEventFacts, PolicyError> {
         let stream = self.stream(life_event_stream(group, life_event_id))?;
-        let events = tx.read_stream(&stream).await?;
+        let events = match ahead.life_events.remove(&stream) {
+            Some(events) => events,
+            None => tx.read_stream(&stream).await?,
+        };
         let facts = self.fold_life_event(&events, None)?;
         facts.ok_or_else(|| self.refused(format!("life event {life_event_id} is not recorded")))
     }
@@ -451,11 +559,16 @@ impl Run<'_> {
     }
 
     /// The reads of a run of a policy other than `corrections`, and what they decide.
-    async fn read(&self, tx: &mut StoreTransaction<'_>) -> Result<Read, PolicyError> {
+    /// What `ahead` holds is taken from it instead of read.
+    async fn read(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
+    ) -> Result<Read, PolicyError> {
         match self.policy {
             BIRTH_REGISTRATION | DEATH_REGISTRATION => Ok(Read::Decided(self.registration()?)),
-            BIRTH_FOLLOWUPS => self.birth_followups(tx).await,
-            DEATH_FOLLOWUPS => Ok(Read::Decided(self.death_followups(tx).await?)),
+            BIRTH_FOLLOWUPS => self.birth_followups(tx, ahead).await,
+            DEATH_FOLLOWUPS => Ok(Read::Decided(self.death_followups(tx, ahead).await?)),
             other => Err(self.refused(format!("policy {other:?} has no reads step"))),
         }
     }
@@ -492,9 +605,13 @@ impl Run<'_> {
         ))
     }
 
-    async fn birth_followups(&self, tx: &mut StoreTransaction<'_>) -> Result<Read, PolicyError> {
+    async fn birth_followups(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
+    ) -> Result<Read, PolicyError> {
         let Some((completed, task)) = self
-            .completed_task(tx, ProcedureId::BirthRegistration)
+            .completed_task(tx, ahead, ProcedureId::BirthRegistration)
             .await?
         else {
             return Ok(Read::Decided(vec![]));
@@ -503,7 +620,7 @@ impl Run<'_> {
             return Ok(Read::Decided(vec![]));
         }
         let life_event = self
-            .life_event(tx, ProcedureGroup::Birth, task.created.life_event_id)
+            .life_event(tx, ahead, ProcedureGroup::Birth, task.created.life_event_id)
             .await?;
         let Declaration::Birth(declaration) = &life_event.declaration else {
             return Err(self.refused("a birth-registration task of a death record"));
@@ -533,9 +650,10 @@ impl Run<'_> {
     async fn death_followups(
         &self,
         tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
     ) -> Result<Vec<Command>, PolicyError> {
         let Some((completed, task)) = self
-            .completed_task(tx, ProcedureId::DeathRegistration)
+            .completed_task(tx, ahead, ProcedureId::DeathRegistration)
             .await?
         else {
             return Ok(vec![]);
@@ -544,7 +662,7 @@ impl Run<'_> {
             return Ok(vec![]);
         }
         let life_event = self
-            .life_event(tx, ProcedureGroup::Death, task.created.life_event_id)
+            .life_event(tx, ahead, ProcedureGroup::Death, task.created.life_event_id)
             .await?;
         let Declaration::Death(declaration) = &life_event.declaration else {
             return Err(self.refused("a death-registration task of a birth record"));

@@ -260,6 +260,23 @@ pub(crate) async fn read_stream_after(
         .0)
 }
 
+/// The events of every stream of `streams`, by stream and then version.
+pub(crate) async fn read_streams(
+    conn: &mut PgConnection,
+    streams: &[&StreamId],
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let ids: Vec<&str> = streams.iter().map(|stream| stream.as_str()).collect();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode_event).collect()
+}
+
 /// [`read_stream_after`], and the hash of the last event read (`None` if nothing was read, or
 /// for an event stored before the integrity migration).
 pub(crate) async fn read_stream_after_with_last_hash(

@@ -1,6 +1,7 @@
 //! [`EventStore`]: one API over PostgreSQL (production) and SQLite (embedded default), and
 //! [`StoreTransaction`], the transaction appends, subscribers and group commit run in.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -798,6 +799,33 @@ impl<'s> StoreTransaction<'s> {
                 sqlite::read_stream_after(tx, stream, StreamVersion(0)).await
             }
         }
+    }
+
+    /// The events of each of `streams`, as this transaction sees them: every stream asked for
+    /// is answered, with no events if it has none (one statement on PostgreSQL).
+    pub async fn read_streams(
+        &mut self,
+        streams: &[&StreamId],
+    ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
+        let mut read: HashMap<StreamId, Vec<RecordedEvent>> = streams
+            .iter()
+            .map(|stream| ((*stream).clone(), Vec::new()))
+            .collect();
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                for event in postgres::read_streams(tx, streams).await? {
+                    if let Some(events) = read.get_mut(&event.stream_id) {
+                        events.push(event);
+                    }
+                }
+            }
+            TxInner::Sqlite { tx, .. } => {
+                for (stream, events) in &mut read {
+                    *events = sqlite::read_stream_after(tx, stream, StreamVersion(0)).await?;
+                }
+            }
+        }
+        Ok(read)
     }
 
     /// The stream's version, as this transaction sees it.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lifeline_model::envelope::{ExpectedVersion, LogCursor, StreamVersion};
+use lifeline_model::envelope::{ExpectedVersion, LogCursor, StreamId, StreamVersion};
 use lifeline_store::{AppendError, EventStore, TransactionConnection};
 use lifeline_tests::{backend_tests, new_event, new_stream};
 use serde_json::json;
@@ -721,7 +721,7 @@ async fn a_storm_of_mixed_appends_is_answered_as_one_at_a_time(store: EventStore
 
 /// `StoreTransaction::append_many` answers each append as `append` would have, one after
 /// another, whether the group is written in one statement or some of it goes alone; and
-/// `events_by_ids` reads back what the transaction stored.
+/// `events_by_ids` and `read_streams` read back what the transaction stored.
 async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventStore) {
     let existing = new_stream("grouped-existing");
     let earlier = new_event("Created", json!({"n": 0}));
@@ -800,6 +800,19 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
         ])
         .await
         .unwrap();
+    // `read_streams` answers every stream asked for, as the transaction sees it, in version
+    // order; a stream without events is answered empty.
+    let nowhere = new_stream("grouped-nowhere");
+    let read = tx.read_streams(&[&b, &c, &nowhere, &a]).await.unwrap();
+    let ids = |stream: &StreamId| -> Vec<uuid::Uuid> {
+        read[stream].iter().map(|event| event.event_id).collect()
+    };
+    assert_eq!(read.len(), 4);
+    assert_eq!(ids(&b), vec![event_b.event_id, next.event_id]);
+    assert_eq!(ids(&c), vec![event_c.event_id]);
+    assert_eq!(ids(&a), vec![event_a.event_id]);
+    assert!(ids(&nowhere).is_empty());
+    assert_eq!(read[&b][1].stream_version, StreamVersion(2));
     tx.commit().await.unwrap();
     let mut results = results.into_iter();
     let outcome_c = results.next().unwrap().unwrap();
