@@ -64,9 +64,20 @@ async fn run_on(database: &FreshDatabase, rate: u32, seconds: u64) -> anyhow::Re
             "LIFELINE_NATS_SUBJECT_PREFIX",
             format!("benchserve.{run_id}"),
         )
-        .env("RUST_LOG", "warn")
+        // W5_SERVE_LOG=<file>: the child's log (stderr) goes to that file, filtered by
+        // W5_SERVE_RUST_LOG (default `warn`); without it the log is dropped.
+        .env(
+            "RUST_LOG",
+            std::env::var("W5_SERVE_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("W5_SERVE_LOG") {
+            Some(path) => Stdio::from(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating W5_SERVE_LOG {}", path.to_string_lossy()))?,
+            ),
+            None => Stdio::null(),
+        })
         .kill_on_drop(true)
         .spawn()
         .with_context(|| {

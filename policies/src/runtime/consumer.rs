@@ -172,8 +172,12 @@ pub async fn run_policy_consumer(
                 }
             },
         };
-        match worker
-            .pull(&jetstream, &consumer, &lanes, &mut shutdown)
+        // Outside tokio's cooperative budget, like the relay's publish loop: every message
+        // received, dispatched or acked spends budget, and at a few hundred messages a second
+        // the loop ran out of it every ~60 messages and waited at the back of a busy run queue
+        // (tens of ms each time) with messages ready. It still yields whenever nothing is ready
+        // or a lane is full; what it does per message is a parse and a channel send.
+        match tokio::task::unconstrained(worker.pull(&jetstream, &consumer, &lanes, &mut shutdown))
             .await
         {
             Ok(()) => backoff = worker.options.min_backoff,

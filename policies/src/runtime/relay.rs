@@ -169,21 +169,38 @@ impl Relay {
         };
         let next = last.cursor();
         let full = batch.len() >= batch_size;
+        // Both loops run outside tokio's cooperative budget: each publish and each ready ack
+        // spends budget, and a task out of budget is sent to the back of the run queue. On a
+        // busy process (the API, the lanes and the projections on two cores) every such yield
+        // cost the relay 20-70 ms, about 7 of them per 500-event batch: the relay fell
+        // behind the log at 500 births/s and never caught up (BENCHMARKS.md, W5). The loops
+        // are bounded by the batch (at most 1000 steps of microseconds each), and still wait
+        // whenever the client's queue is full or an ack has not come: they yield then.
         let mut acks = Vec::with_capacity(batch.len());
-        for event in &batch {
-            acks.push((event, self.publish(event).await?));
-        }
-        let mut duplicates = 0_usize;
-        for (event, ack) in acks {
-            let ack = tokio::time::timeout(self.options.ack_timeout, ack)
-                .await
-                .map_err(|elapsed| RuntimeError::nats("get a publish acknowledgement", elapsed))?
-                .map_err(|error| RuntimeError::nats("publish an event notice", error))?;
-            if ack.duplicate {
-                duplicates += 1;
-                tracing::debug!(event_id = %event.event_id, "notice was already on the stream");
+        tokio::task::unconstrained(async {
+            for event in &batch {
+                acks.push((event, self.publish(event).await?));
             }
-        }
+            Ok::<_, RuntimeError>(())
+        })
+        .await?;
+        let duplicates = tokio::task::unconstrained(async {
+            let mut duplicates = 0_usize;
+            for (event, ack) in acks {
+                let ack = tokio::time::timeout(self.options.ack_timeout, ack)
+                    .await
+                    .map_err(|elapsed| {
+                        RuntimeError::nats("get a publish acknowledgement", elapsed)
+                    })?
+                    .map_err(|error| RuntimeError::nats("publish an event notice", error))?;
+                if ack.duplicate {
+                    duplicates += 1;
+                    tracing::debug!(event_id = %event.event_id, "notice was already on the stream");
+                }
+            }
+            Ok::<_, RuntimeError>(duplicates)
+        })
+        .await?;
         self.store
             .save_checkpoint(&self.options.checkpoint, next)
             .await?;
