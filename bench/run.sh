@@ -22,6 +22,8 @@ ROOT=$PWD
 ROUNDS=${1:-3}
 PEERS_DIR=${PEERS_DIR:-../shared/peers}
 PEERS_TARGET_DIR=${PEERS_TARGET_DIR:-$ROOT/target/peers}
+# Relative to the checkout, not to the peers' folder where the peers are built.
+case $PEERS_TARGET_DIR in /*) ;; *) PEERS_TARGET_DIR=$ROOT/$PEERS_TARGET_DIR ;; esac
 W3_SECONDS=${W3_SECONDS:-20}
 W4_EVENTS=${W4_EVENTS:-20000}
 W4_FULL_EVENTS=${W4_FULL_EVENTS:-200000}
