@@ -176,7 +176,8 @@ pub async fn run_policy_consumer(
         // received, dispatched or acked spends budget, and at a few hundred messages a second
         // the loop ran out of it every ~60 messages and waited at the back of a busy run queue
         // (tens of ms each time) with messages ready. It still yields whenever nothing is ready
-        // or a lane is full; what it does per message is a parse and a channel send.
+        // or a lane is full, and every `PULL_YIELD_EVERY` messages; what it does per message is
+        // a parse and a channel send.
         match tokio::task::unconstrained(worker.pull(&jetstream, &consumer, &lanes, &mut shutdown))
             .await
         {
@@ -196,6 +197,10 @@ pub async fn run_policy_consumer(
     lanes.finish().await;
     tracing::info!(policy = %worker.policy, "policy consumer stopped");
 }
+
+/// Messages a pull loop handles between two yields of its own (it is exempt from tokio's
+/// cooperative budget, which forced one about every 60): a few ms of work at most.
+const PULL_YIELD_EVERY: usize = 1024;
 
 /// How long after a pull request's own expiry this process still counts it as outstanding when
 /// the server has not ended it (its messages and its end-of-request status travel one
@@ -472,6 +477,7 @@ impl Worker {
         let mut book = PullBook::new(self.options.fetch_batch, self.options.fetch_expires);
         let request = bytes::Bytes::from(book.request());
         let mut stopping = *shutdown.borrow();
+        let mut delivered_since_yield = 0_usize;
         loop {
             let now = tokio::time::Instant::now();
             let given_up = book.expire(now);
@@ -532,6 +538,14 @@ impl Worker {
                 }
             }
             book.delivered();
+            // The loop runs outside tokio's budget (see `run`): during a long catch-up the
+            // server may keep the subscription full, so it lets the other tasks of its worker
+            // thread run every so often all the same.
+            delivered_since_yield += 1;
+            if delivered_since_yield >= PULL_YIELD_EVERY {
+                delivered_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let message = jetstream::Message {
                 message,
                 context: jetstream.clone(),
