@@ -538,7 +538,7 @@ impl Worker {
                 }
             }
             book.delivered();
-            // The loop runs outside tokio's budget (see `run`): during a long catch-up the
+            // The loop runs outside tokio's budget (`run_policy_consumer`): in a long catch-up the
             // server may keep the subscription full, so it lets the other tasks of its worker
             // thread run every so often all the same.
             delivered_since_yield += 1;

@@ -176,15 +176,11 @@ impl Relay {
         // behind the log at 500 births/s and never caught up (BENCHMARKS.md, W5). The loops
         // are bounded by the batch (at most 1000 steps of microseconds each), and still wait
         // whenever the client's queue is full or an ack has not come: they yield then.
-        let mut acks = Vec::with_capacity(batch.len());
-        tokio::task::unconstrained(async {
+        let duplicates = tokio::task::unconstrained(async {
+            let mut acks = Vec::with_capacity(batch.len());
             for event in &batch {
                 acks.push((event, self.publish(event).await?));
             }
-            Ok::<_, RuntimeError>(())
-        })
-        .await?;
-        let duplicates = tokio::task::unconstrained(async {
             let mut duplicates = 0_usize;
             for (event, ack) in acks {
                 let ack = tokio::time::timeout(self.options.ack_timeout, ack)
