@@ -933,8 +933,20 @@ pub async fn clear_projections(
     tx: &mut StoreTransaction<'_>,
     subscribers: &[&str],
 ) -> Result<(), ProjectionError> {
-    for table in PROJECTION_TABLES {
-        execute(tx.connection(), format!("DELETE FROM {table}"), Vec::new()).await?;
+    match tx.connection() {
+        // TRUNCATE, not DELETE: a DELETE of every row leaves each one behind as a dead tuple (and
+        // its index entries) until a vacuum, so that every rebuild would double the tables on
+        // disk where autovacuum is off or behind, and the DELETE itself wrote every row to the
+        // WAL. Readers of these tables wait for the clearing transaction's commit (its lock).
+        TransactionConnection::Postgres(_) => {
+            let sql = format!("TRUNCATE {}", PROJECTION_TABLES.join(", "));
+            execute(tx.connection(), sql, Vec::new()).await?;
+        }
+        TransactionConnection::Sqlite(_) => {
+            for table in PROJECTION_TABLES {
+                execute(tx.connection(), format!("DELETE FROM {table}"), Vec::new()).await?;
+            }
+        }
     }
     for subscriber in subscribers {
         execute(

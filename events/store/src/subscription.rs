@@ -132,7 +132,7 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
             continue;
         };
         let next = last.cursor();
-        let mut tx = store.begin().await?;
+        let mut tx = store.begin_keyed().await?;
         if let Err(failure) = apply_in(&mut tx, subscriber, &batch).await {
             tx.rollback().await?;
             return Err(failure.into_error(name));
@@ -317,7 +317,7 @@ pub async fn run_subscription_group(
             continue;
         };
         let next = last.cursor();
-        let mut tx = store.begin().await?;
+        let mut tx = store.begin_keyed().await?;
         // The batch is in cursor order: a member's part is what follows its checkpoint.
         let parts: Vec<&[RecordedEvent]> = cursors
             .iter()

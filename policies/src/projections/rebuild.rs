@@ -252,7 +252,7 @@ async fn apply_batch<S: Subscriber + ?Sized>(
     let Some(last) = batch.last() else {
         return Ok(());
     };
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_keyed().await?;
     subscriber.begin_batch();
     if let Err(source) = subscriber.prepare_batch(&mut tx, batch).await {
         tx.rollback().await?;

@@ -24,7 +24,73 @@ backend_tests!(
     slow_transaction_is_delivered_not_skipped,
     restarted_subscriber_resumes_from_its_checkpoint,
     group_members_start_at_their_own_checkpoints_and_fail_together,
+    subscriber_batches_prefer_index_scans,
 );
+
+/// Answers, for each event it handles, `enable_seqscan` as its batch's transaction sees it
+/// (PostgreSQL; nothing on SQLite).
+struct PlanProbe {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Subscriber for PlanProbe {
+    fn name(&self) -> &str {
+        "plan-probe"
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        _event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        if let TransactionConnection::Postgres(connection) = tx.connection() {
+            let setting: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+                .fetch_one(connection)
+                .await?;
+            self.seen.lock().unwrap().push(setting);
+        }
+        Ok(())
+    }
+}
+
+/// A subscriber's batch runs in a transaction that prefers index scans (its look-ups go by
+/// key: a sequential scan of a growing projection table per batch is what this prevents), and
+/// only that transaction: the setting does not leak into the pool's next user.
+async fn subscriber_batches_prefer_index_scans(store: EventStore) {
+    let stream = new_stream("probe");
+    append_steps(&store, &stream, 0, 3).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut probe = PlanProbe {
+        seen: Arc::clone(&seen),
+    };
+    let (shutdown, stop) = watch::channel(false);
+    let subscription = {
+        let store = store.clone();
+        tokio::spawn(async move { run_subscription(&store, &mut probe, stop).await })
+    };
+    let end = last_cursor(&store, 3).await;
+    eventually(Duration::from_secs(30), "the probe's 3 events", || {
+        let store = store.clone();
+        async move { store.load_checkpoint("plan-probe").await.unwrap() == end }
+    })
+    .await;
+    shutdown.send(true).unwrap();
+    subscription.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    match store.backend() {
+        BackendKind::Postgres => {
+            assert_eq!(seen, vec!["off"; 3]);
+            let pool = store.postgres_pool().unwrap();
+            let after: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(after, "on", "SET LOCAL ends with the batch's transaction");
+        }
+        BackendKind::Sqlite => assert!(seen.is_empty()),
+    }
+}
 
 /// Records every event it handles as a row of `seen` (the effect, in the subscription's
 /// transaction: a duplicate would break the primary key), and checks each stream's versions
