@@ -45,6 +45,7 @@ backend_tests!(
     a_failing_subscriber_leaves_the_group_and_the_others_keep_up,
     a_replaced_task_leaves_its_procedure_to_the_new_one,
     a_rebuild_stops_at_an_undecodable_event_and_names_it,
+    unchanged_procedure_rows_are_not_written_again,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1274,4 +1275,103 @@ async fn a_rebuild_stops_at_an_undecodable_event_and_names_it(store: EventStore)
         }
         other => panic!("expected the undecodable event named, got {other:?}"),
     }
+}
+
+/// `save_life_event_status_changes` writes a procedure row only where it differs from the
+/// stored one it is given; without a stored version it writes every row.
+async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
+    use lifeline_model::life_event::Reference;
+    use lifeline_model::procedure::ProcedureGroup;
+    use lifeline_model::values::OfficeCode;
+    use lifeline_store::projections::ProcedureStatusRow;
+
+    let life_event_id = Uuid::now_v7();
+    let before = LifeEventStatusRow {
+        life_event_id,
+        kind: ProcedureGroup::Birth,
+        reference: Reference::for_life_event(life_event_id),
+        office: OfficeCode::parse("79-26734").unwrap(),
+        recorded_on: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        late: false,
+        voided: false,
+        corrections: 0,
+        updated_at: at(20, 0),
+        procedures: ProcedureGroup::Birth
+            .procedures()
+            .iter()
+            .map(|procedure| ProcedureStatusRow {
+                procedure: *procedure,
+                state: ProcedureState::Pending,
+                task_id: None,
+                opened_at: None,
+                closed_at: None,
+                due_at: None,
+                overdue: false,
+                detail: None,
+            })
+            .collect(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    projections::save_life_event_status(&mut tx, &before)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Someone else's mark on every stored procedure row, to see which rows get written.
+    let mut tx = store.begin().await.unwrap();
+    let mark = "UPDATE projection_life_event_procedures SET detail = 'untouched'";
+    match tx.connection() {
+        lifeline_store::TransactionConnection::Postgres(connection) => {
+            sqlx::query(mark).execute(connection).await.unwrap();
+        }
+        lifeline_store::TransactionConnection::Sqlite(connection) => {
+            sqlx::query(mark).execute(connection).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+
+    // The first procedure opens; the others stay as they were.
+    let mut after = before.clone();
+    after.updated_at = at(21, 0);
+    after.procedures[0].state = ProcedureState::Open;
+    after.procedures[0].opened_at = Some(at(21, 0));
+    let mut tx = store.begin().await.unwrap();
+    projections::save_life_event_status_changes(&mut tx, &[(&after, Some(&before))])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let stored = projections::life_event_status(&store, life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.updated_at,
+        at(21, 0),
+        "the life event's row is written"
+    );
+    assert_eq!(stored.procedures[0].state, ProcedureState::Open);
+    assert_eq!(
+        stored.procedures[0].detail, None,
+        "the changed row is written"
+    );
+    assert!(stored.procedures.len() > 1);
+    for procedure in &stored.procedures[1..] {
+        assert_eq!(
+            procedure.detail.as_deref(),
+            Some("untouched"),
+            "{:?} was written again",
+            procedure.procedure
+        );
+    }
+
+    // Without the stored version, every row is written.
+    let mut tx = store.begin().await.unwrap();
+    projections::save_life_event_status_changes(&mut tx, &[(&after, None)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let stored = projections::life_event_status(&store, life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.procedures.iter().all(|row| row.detail.is_none()));
 }

@@ -873,9 +873,23 @@ pub async fn save_life_event_statuses(
     tx: &mut StoreTransaction<'_>,
     rows: &[LifeEventStatusRow],
 ) -> Result<(), ProjectionError> {
-    let mut events = Vec::with_capacity(rows.len());
+    let changes: Vec<(&LifeEventStatusRow, Option<&LifeEventStatusRow>)> =
+        rows.iter().map(|row| (row, None)).collect();
+    save_life_event_status_changes(tx, &changes).await
+}
+
+/// [`save_life_event_statuses`] for rows whose stored version (`before`) is known, when it is:
+/// a procedure row equal to the stored one of the same procedure is not written again. A
+/// life event's procedure rows change one or two at a time, and writing all of them whenever
+/// one changed rewrote about three rows for each that did (W3 at 500 births/s: 81,000 procedure
+/// rows written in 15 s for some 26,000 procedures).
+pub async fn save_life_event_status_changes(
+    tx: &mut StoreTransaction<'_>,
+    changes: &[(&LifeEventStatusRow, Option<&LifeEventStatusRow>)],
+) -> Result<(), ProjectionError> {
+    let mut events = Vec::with_capacity(changes.len());
     let mut procedures = Vec::new();
-    for row in rows {
+    for &(row, before) in changes {
         events.push(vec![
             Param::Uuid(Some(row.life_event_id)),
             Param::Text(enum_str(&row.kind)?),
@@ -888,6 +902,10 @@ pub async fn save_life_event_statuses(
             Param::Time(Some(row.updated_at)),
         ]);
         for procedure in &row.procedures {
+            let stored = before.and_then(|before| before.procedure(procedure.procedure));
+            if stored == Some(procedure) {
+                continue;
+            }
             procedures.push(vec![
                 Param::Uuid(Some(row.life_event_id)),
                 Param::Text(procedure.procedure.as_str().to_owned()),

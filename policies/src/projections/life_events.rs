@@ -213,7 +213,14 @@ impl Subscriber for LifeEventStatusProjection {
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
         self.held_tasks.clear();
-        projections::save_life_event_statuses(tx, &self.held.drain()).await?;
+        // Against what the table held at the batch's start (looked up ahead), only the
+        // procedure rows that changed are written.
+        let rows = self.held.drain_with_known();
+        let changes: Vec<_> = rows
+            .iter()
+            .map(|(row, known)| (row, known.as_ref()))
+            .collect();
+        projections::save_life_event_status_changes(tx, &changes).await?;
         Ok(())
     }
 }

@@ -277,6 +277,22 @@ impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
         self.known.clear();
     }
 
+    /// The held rows in the order first changed, each with what the table held for its key at
+    /// the batch's start if that was looked up ahead (`None`: unknown, or no row), leaving
+    /// nothing held.
+    pub(crate) fn drain_with_known(&mut self) -> Vec<(R, Option<R>)> {
+        let mut known = std::mem::take(&mut self.known);
+        let rows: Vec<(R, Option<R>)> = std::mem::take(&mut self.order)
+            .iter()
+            .filter_map(|key| {
+                let row = self.rows.remove(key)?;
+                Some((row, known.remove(key).flatten()))
+            })
+            .collect();
+        self.clear();
+        rows
+    }
+
     /// The held rows in the order first changed, leaving nothing held.
     pub(crate) fn drain(&mut self) -> Vec<R> {
         let rows: Vec<R> = std::mem::take(&mut self.order)
