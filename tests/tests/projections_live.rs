@@ -1329,20 +1329,28 @@ async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
     }
     tx.commit().await.unwrap();
 
+    // Saves one change in a transaction of its own and answers the row as stored then.
+    let save_and_read = |after: LifeEventStatusRow, before: Option<LifeEventStatusRow>| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            projections::save_life_event_status_changes(&mut tx, &[(&after, before.as_ref())])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            projections::life_event_status(&store, after.life_event_id)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
     // The first procedure opens; the others stay as they were.
     let mut after = before.clone();
     after.updated_at = at(21, 0);
     after.procedures[0].state = ProcedureState::Open;
     after.procedures[0].opened_at = Some(at(21, 0));
-    let mut tx = store.begin().await.unwrap();
-    projections::save_life_event_status_changes(&mut tx, &[(&after, Some(&before))])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let stored = projections::life_event_status(&store, life_event_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = save_and_read(after.clone(), Some(before)).await;
     assert_eq!(
         stored.updated_at,
         at(21, 0),
@@ -1364,14 +1372,6 @@ async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
     }
 
     // Without the stored version, every row is written.
-    let mut tx = store.begin().await.unwrap();
-    projections::save_life_event_status_changes(&mut tx, &[(&after, None)])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let stored = projections::life_event_status(&store, life_event_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = save_and_read(after, None).await;
     assert!(stored.procedures.iter().all(|row| row.detail.is_none()));
 }

@@ -295,11 +295,9 @@ impl<K: Eq + Hash + Clone, R> HeldRows<K, R> {
 
     /// The held rows in the order first changed, leaving nothing held.
     pub(crate) fn drain(&mut self) -> Vec<R> {
-        let rows: Vec<R> = std::mem::take(&mut self.order)
-            .iter()
-            .filter_map(|key| self.rows.remove(key))
-            .collect();
-        self.clear();
-        rows
+        self.drain_with_known()
+            .into_iter()
+            .map(|(row, _)| row)
+            .collect()
     }
 }

@@ -70,10 +70,13 @@ async fn subscriber_batches_prefer_index_scans(store: EventStore) {
         tokio::spawn(async move { run_subscription(&store, &mut probe, stop).await })
     };
     let end = last_cursor(&store, 3).await;
-    eventually(Duration::from_secs(30), "the probe's 3 events", || {
-        let store = store.clone();
-        async move { store.load_checkpoint("plan-probe").await.unwrap() == end }
-    })
+    await_checkpoint(
+        &store,
+        "plan-probe",
+        end,
+        Duration::from_secs(30),
+        "the probe's 3 events",
+    )
     .await;
     shutdown.send(true).unwrap();
     subscription.await.unwrap().unwrap();
@@ -234,6 +237,21 @@ async fn append_steps(store: &EventStore, stream: &StreamId, from: usize, count:
 
 /// The cursor of the last event once `total` events are readable: on PostgreSQL the global
 /// reader may be held back for a while by transactions still running (also other tests').
+/// Waits (at most `within`) until `subscriber`'s checkpoint is at `end`.
+async fn await_checkpoint(
+    store: &EventStore,
+    subscriber: &str,
+    end: LogCursor,
+    within: Duration,
+    what: &str,
+) {
+    eventually(within, what, || {
+        let store = store.clone();
+        async move { store.load_checkpoint(subscriber).await.unwrap() == end }
+    })
+    .await;
+}
+
 async fn last_cursor(store: &EventStore, total: usize) -> LogCursor {
     let end = std::sync::Mutex::new(LogCursor::START);
     eventually(Duration::from_secs(30), "all events readable", || {
@@ -312,13 +330,12 @@ async fn subscriber_sees_every_event_once_while_writers_append(store: EventStore
     }
     let total = WRITERS * EVENTS_PER_WRITER;
     let end = last_cursor(&store, total).await;
-    eventually(
+    await_checkpoint(
+        &store,
+        "load",
+        end,
         Duration::from_secs(120),
         "the subscriber to catch up",
-        || {
-            let store = store.clone();
-            async move { store.load_checkpoint("load").await.unwrap() == end }
-        },
     )
     .await;
     shutdown.send(true).unwrap();
@@ -448,10 +465,13 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
     second.last_versions.insert(stream.to_string(), rows);
     let (shutdown, task) = spawn_subscription(&store, second, options);
     let end = last_cursor(&store, 50).await;
-    eventually(Duration::from_secs(30), "the first 50 events", || {
-        let store = store.clone();
-        async move { store.load_checkpoint("resume").await.unwrap() == end }
-    })
+    await_checkpoint(
+        &store,
+        "resume",
+        end,
+        Duration::from_secs(30),
+        "the first 50 events",
+    )
     .await;
     shutdown.send(true).unwrap();
     let (second, result) = task.await.unwrap();
@@ -471,10 +491,13 @@ async fn restarted_subscriber_resumes_from_its_checkpoint(store: EventStore) {
         })
     };
     let end = last_cursor(&store, 100).await;
-    eventually(Duration::from_secs(30), "the next 50 events", || {
-        let store = store.clone();
-        async move { store.load_checkpoint("resume").await.unwrap() == end }
-    })
+    await_checkpoint(
+        &store,
+        "resume",
+        end,
+        Duration::from_secs(30),
+        "the next 50 events",
+    )
     .await;
     shutdown.send(true).unwrap();
     let (third, result) = subscription.await.unwrap();
@@ -541,11 +564,7 @@ async fn group_members_start_at_their_own_checkpoints_and_fail_together(store: E
     append(0, 30).await;
     let (shutdown, task) = spawn_subscription(&store, Recorder::new("ahead"), options);
     let end = last_cursor(&store, 30).await;
-    eventually(Duration::from_secs(30), "ahead at 30", || {
-        let store = store.clone();
-        async move { store.load_checkpoint("ahead").await.unwrap() == end }
-    })
-    .await;
+    await_checkpoint(&store, "ahead", end, Duration::from_secs(30), "ahead at 30").await;
     shutdown.send(true).unwrap();
     let (ahead, result) = task.await.unwrap();
     result.unwrap();
