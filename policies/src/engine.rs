@@ -5,7 +5,8 @@
 //! What each policy appends (every event with role `System`, actor `policy:<name>`, the source
 //! event's correlation id, the source event as causation):
 //! - `birth-registration` (on `BirthRecorded`), `death-registration` (on `DeathRecorded`): one
-//!   `TaskCreated` to `task-<task_id(policy, source, procedure)>`.
+//!   `TaskCreated` to `task-<task_id(policy, source, procedure)>`, prefilled from the record as
+//!   it stands (with its corrections; none for a voided record).
 //! - `birth-followups` (on `TaskCompleted` of an original birth registration with a
 //!   certificate): the child's `PersonalIdAssigned` (through the [`IdentityAllocator`], to
 //!   `pin-<pin>`), then a `TaskCreated` per chosen follow-up procedure.
@@ -15,6 +16,11 @@
 //! - `corrections` (on `LifeEventCorrected`, `LifeEventVoided`): `TaskAmended` or
 //!   `TaskCancelled` to open tasks at the version read, re-issue or reversal tasks for completed
 //!   ones.
+//!
+//! The registrations and the follow-ups read the record they prefill from held
+//! ([`StoreTransaction::read_streams_held`]): a correction or a void of it commits before that
+//! read or after their tasks, so `corrections`, which reads the tasks when it runs, never misses
+//! a task prefilled from the record before it.
 //!
 //! A new stream is appended with "stream must not exist" and the event id
 //! [`task_created_event_id`] or [`eligibility_event_id`]; an update with the version read and the
@@ -199,13 +205,12 @@ impl PolicyHandler for PolicyEngine {
             };
             runs.push((index, run));
         }
-        let mut ahead = if matches!(policy, BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS) {
-            ReadAhead::follow_ups(tx, &runs)
-                .await
-                .map_err(|error| (None, PolicyError::Store(error)))?
-        } else {
-            ReadAhead::default()
-        };
+        let mut ahead = match policy {
+            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => ReadAhead::follow_ups(tx, &runs).await,
+            BIRTH_REGISTRATION | DEATH_REGISTRATION => ReadAhead::records(tx, &runs).await,
+            _ => Ok(ReadAhead::default()),
+        }
+        .map_err(|error| (None, PolicyError::Store(error)))?;
         let mut read_runs = Vec::with_capacity(runs.len());
         for (index, run) in runs {
             let read = run
@@ -398,9 +403,32 @@ impl ReadAhead {
         }
         if !records.is_empty() {
             let streams: Vec<&StreamId> = records.iter().collect();
-            ahead.life_events = tx.read_streams(&streams).await?;
+            ahead.life_events = tx.read_streams_held(&streams).await?;
         }
         Ok(ahead)
+    }
+
+    /// A lane batch of registration runs: every run's record (the stream of the event it
+    /// reacts to), held until the batch commits.
+    async fn records(
+        tx: &mut StoreTransaction<'_>,
+        runs: &[(usize, Run<'_>)],
+    ) -> Result<Self, StoreError> {
+        let mut streams: Vec<&StreamId> = Vec::with_capacity(runs.len());
+        for (_, run) in runs {
+            if !streams.contains(&&run.event.stream_id) {
+                streams.push(&run.event.stream_id);
+            }
+        }
+        let life_events = if streams.is_empty() {
+            HashMap::new()
+        } else {
+            tx.read_streams_held(&streams).await?
+        };
+        Ok(Self {
+            life_events,
+            ..Self::default()
+        })
     }
 }
 
@@ -456,15 +484,57 @@ impl Run<'_> {
         )
     }
 
-    fn registration(&self) -> Result<Vec<Command>, PolicyError> {
-        match self.decode::<LifeEventEvent>()? {
-            LifeEventEvent::BirthRecorded(birth) if self.policy == BIRTH_REGISTRATION => {
+    /// The registration task of a recorded birth or death, prefilled from the record as it
+    /// stands (read held: see [`StoreTransaction::read_streams_held`]), not as first recorded:
+    /// a correction the `corrections` policy handled before this task existed found nothing
+    /// to amend, so the task must carry it; a voided record gets no task.
+    async fn registration(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        ahead: &mut ReadAhead,
+    ) -> Result<Vec<Command>, PolicyError> {
+        let recorded = match self.decode::<LifeEventEvent>()? {
+            recorded @ LifeEventEvent::BirthRecorded(_) if self.policy == BIRTH_REGISTRATION => {
+                recorded
+            }
+            recorded @ LifeEventEvent::DeathRecorded(_) if self.policy == DEATH_REGISTRATION => {
+                recorded
+            }
+            _ => return Ok(vec![]),
+        };
+        let stream = &self.event.stream_id;
+        let events = match ahead.life_events.remove(stream) {
+            Some(events) => events,
+            None => tx
+                .read_streams_held(&[stream])
+                .await?
+                .remove(stream)
+                .unwrap_or_default(),
+        };
+        let Some(life_event) = self.fold_life_event(&events, None)? else {
+            return Err(self.refused(format!("{stream} has no record")));
+        };
+        if life_event.record_event_id != self.event.event_id {
+            return Err(self.refused(format!(
+                "{stream} was recorded by event {}",
+                life_event.record_event_id
+            )));
+        }
+        if life_event.voided {
+            return Ok(vec![]);
+        }
+        match (recorded, life_event.declaration) {
+            (LifeEventEvent::BirthRecorded(mut birth), Declaration::Birth(current)) => {
+                birth.declaration = current;
                 self.rule(rules::birth_registration::react(&birth, &self.context))
             }
-            LifeEventEvent::DeathRecorded(death) if self.policy == DEATH_REGISTRATION => {
+            (LifeEventEvent::DeathRecorded(mut death), Declaration::Death(current)) => {
+                death.declaration = current;
                 self.rule(rules::death_registration::react(&death, &self.context))
             }
-            _ => Ok(vec![]),
+            _ => Err(self.refused(format!(
+                "{stream} was corrected into another kind of record"
+            ))),
         }
     }
 
@@ -530,7 +600,11 @@ impl Run<'_> {
         let stream = self.stream(life_event_stream(group, life_event_id))?;
         let events = match ahead.life_events.remove(&stream) {
             Some(events) => events,
-            None => tx.read_stream(&stream).await?,
+            None => tx
+                .read_streams_held(&[&stream])
+                .await?
+                .remove(&stream)
+                .unwrap_or_default(),
         };
         let facts = self.fold_life_event(&events, None)?;
         facts.ok_or_else(|| self.refused(format!("life event {life_event_id} is not recorded")))
@@ -566,7 +640,9 @@ impl Run<'_> {
         ahead: &mut ReadAhead,
     ) -> Result<Read, PolicyError> {
         match self.policy {
-            BIRTH_REGISTRATION | DEATH_REGISTRATION => Ok(Read::Decided(self.registration()?)),
+            BIRTH_REGISTRATION | DEATH_REGISTRATION => {
+                Ok(Read::Decided(self.registration(tx, ahead).await?))
+            }
             BIRTH_FOLLOWUPS => self.birth_followups(tx, ahead).await,
             DEATH_FOLLOWUPS => Ok(Read::Decided(self.death_followups(tx, ahead).await?)),
             other => Err(self.refused(format!("policy {other:?} has no reads step"))),

@@ -797,6 +797,94 @@ async fn a_correction_amends_open_tasks_and_a_void_cancels_them() {
     assert_policy_metadata(&harness.log().await);
 }
 
+/// Applies `policy` to `event` in a transaction of its own, as its consumer would.
+async fn apply_one(harness: &Harness, engine: &PolicyEngine, policy: &str, event: &RecordedEvent) {
+    let mut tx = harness.store.begin().await.unwrap();
+    engine
+        .apply(policy, &mut tx, event)
+        .await
+        .unwrap_or_else(|error| panic!("{policy} on {}: {error}", event.event_type));
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_registration_made_after_corrections_ran_carries_the_correction_and_none_follows_a_void()
+{
+    // Each policy has its own consumer: after an outage, `corrections` may handle a correction
+    // or a void before `birth-registration` has handled the birth (it then finds no task to
+    // amend or cancel). The registration must be prefilled from the record as it stands.
+    let harness = Harness::new().await;
+    let engine = engine_with_seed(9);
+    let (_, corrected_birth) = harness.record("birth", record_birth(birth_body())).await;
+    let mut declaration = match decode_recorded::<LifeEventEvent>(&corrected_birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    declaration.child.full_name =
+        FullName::parse_field("Nguyễn Minh Anh", "child.full_name").unwrap();
+    let correction = harness
+        .amend(
+            &corrected_birth.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(declaration),
+                reason: "sai chính tả".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    let (_, voided_birth) = harness.record("birth", record_birth(birth_body())).await;
+    let void = harness
+        .amend(
+            &voided_birth.stream_id,
+            LifeEventCommand::Void {
+                reason: "nhập nhầm".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+
+    // `corrections` first: no task exists yet, so it appends nothing.
+    apply_one(&harness, &engine, CORRECTIONS, &correction).await;
+    apply_one(&harness, &engine, CORRECTIONS, &void).await;
+    assert!(harness.created_tasks().await.is_empty());
+    // Then the registrations.
+    apply_one(&harness, &engine, BIRTH_REGISTRATION, &corrected_birth).await;
+    apply_one(&harness, &engine, BIRTH_REGISTRATION, &voided_birth).await;
+
+    let tasks = harness.created_tasks().await;
+    assert_eq!(
+        tasks.len(),
+        1,
+        "one task, none for the voided record: {tasks:?}"
+    );
+    let registration = task_id(
+        BIRTH_REGISTRATION,
+        corrected_birth.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let task = harness
+        .task(registration)
+        .await
+        .expect("the registration task");
+    assert_eq!(
+        task.state.application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh Anh"))
+    );
+    assert_eq!(task.version, StreamVersion(1));
+
+    // Handled again in the usual order, nothing changes: the task already carries the
+    // correction, and the voided record still has no task.
+    let mut harness = harness;
+    harness.deliveries = 2;
+    harness.drain(&engine).await;
+    assert_eq!(harness.created_tasks().await.len(), 1);
+    assert_eq!(
+        harness.task(registration).await.unwrap().version,
+        StreamVersion(1)
+    );
+    assert_policy_metadata(&harness.log().await);
+}
+
 #[tokio::test]
 async fn an_event_it_cannot_read_is_refused_and_others_are_ignored() {
     let harness = Harness::new().await;

@@ -421,6 +421,10 @@ fn plan<'g>(
         }
         answers.push(Planned::Write(StreamVersion(state.version)));
     }
+    // Streams moved in stream id order, the order in which a holder locks them
+    // (`StoreTransaction::read_streams_held`): a group and a holder never wait for each other
+    // both ways.
+    order.sort_unstable();
     for key in order {
         let Some(state) = streams.get(key) else {
             continue;

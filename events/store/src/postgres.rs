@@ -277,6 +277,21 @@ pub(crate) async fn read_streams(
     rows.iter().map(decode_event).collect()
 }
 
+/// Locks the rows of `streams` in `streams` `FOR SHARE` until the transaction ends, in stream id
+/// order (two holders never wait for each other: shared locks do not conflict, and an append
+/// moves its streams in the same order). A stream that does not exist is not locked.
+pub(crate) async fn hold_streams(
+    conn: &mut PgConnection,
+    streams: &[&StreamId],
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = streams.iter().map(|stream| stream.as_str()).collect();
+    sqlx::query("SELECT 1 FROM streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR SHARE")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// [`read_stream_after`], and the hash of the last event read (`None` if nothing was read, or
 /// for an event stored before the integrity migration).
 pub(crate) async fn read_stream_after_with_last_hash(

@@ -849,6 +849,30 @@ impl<'s> StoreTransaction<'s> {
         Ok(read)
     }
 
+    /// [`StoreTransaction::read_streams`], with the streams held: until this transaction ends,
+    /// no other transaction can append to any of them, so what was read stays the streams'
+    /// latest events until this transaction's own writes commit.
+    ///
+    /// A policy that prefills tasks from a record reads the record this way: a correction or a
+    /// void of the record then commits either before the read (and is read) or after the
+    /// policy's tasks (and the `corrections` policy, which runs after it commits, finds them).
+    /// Without it, one committing in between was missed by both.
+    ///
+    /// On PostgreSQL the streams' rows are locked `FOR SHARE` first (an append updates its
+    /// stream's row, so it waits), then read in a statement of its own, whose snapshot includes
+    /// an append the lock waited for. The lock gives the transaction its id, and with it holds
+    /// back the gap-free readers of the log until the commit: call it after every read that
+    /// needs no hold. On SQLite every write transaction already excludes the others.
+    pub async fn read_streams_held(
+        &mut self,
+        streams: &[&StreamId],
+    ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            postgres::hold_streams(tx, streams).await?;
+        }
+        self.read_streams(streams).await
+    }
+
     /// The stream's version, as this transaction sees it.
     pub async fn stream_version(
         &mut self,

@@ -1,6 +1,7 @@
 //! Appends: expected versions, conflicts under concurrency, idempotency by event id, reads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lifeline_model::envelope::{ExpectedVersion, LogCursor, StreamId, StreamVersion};
 use lifeline_store::{AppendError, EventStore, TransactionConnection};
@@ -19,6 +20,7 @@ backend_tests!(
     a_storm_of_mixed_appends_is_answered_as_one_at_a_time,
     appends_of_a_transaction_grouped_are_answered_one_by_one,
     a_refused_new_stream_leaves_the_transaction_usable,
+    a_held_stream_takes_no_append_until_its_holder_ends,
 );
 
 async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
@@ -930,4 +932,93 @@ async fn a_refused_new_stream_leaves_the_transaction_usable(store: EventStore) {
     let read = store.read_stream(&fresh).await.unwrap();
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].event_id, fresh_event.event_id);
+}
+
+/// `read_streams_held`: an append to a held stream waits until the holder ends, so it commits
+/// after the holder's own writes; and a hold taken while an append is in flight waits for it and
+/// then reads it.
+async fn a_held_stream_takes_no_append_until_its_holder_ends(store: EventStore) {
+    let held = new_stream("held");
+    let elsewhere = new_stream("held-prefilled");
+    store
+        .append(
+            &held,
+            ExpectedVersion::NoStream,
+            &[new_event("Recorded", json!({"n": 1}))],
+        )
+        .await
+        .unwrap();
+    let mut holder = store.begin().await.unwrap();
+    let read = holder.read_streams_held(&[&held]).await.unwrap();
+    assert_eq!(read[&held].len(), 1);
+    let append = tokio::spawn({
+        let (store, held) = (store.clone(), held.clone());
+        async move {
+            store
+                .append(
+                    &held,
+                    ExpectedVersion::Exact(StreamVersion(1)),
+                    &[new_event("Corrected", json!({"n": 2}))],
+                )
+                .await
+        }
+    });
+    // Were the stream not held, the append would be done in milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !append.is_finished(),
+        "an append to a held stream went through before its holder ended"
+    );
+    holder
+        .append(
+            &elsewhere,
+            ExpectedVersion::NoStream,
+            &[new_event("Prefilled", json!({"n": 1}))],
+        )
+        .await
+        .unwrap();
+    holder.commit().await.unwrap();
+    let outcome = append.await.unwrap().unwrap();
+    assert_eq!(outcome.stream_version, StreamVersion(2));
+
+    // A hold asked for while an append to the stream is uncommitted: it waits, then reads it.
+    let mut writer = store.begin().await.unwrap();
+    writer
+        .append(
+            &held,
+            ExpectedVersion::Exact(StreamVersion(2)),
+            &[new_event("Voided", json!({"n": 3}))],
+        )
+        .await
+        .unwrap();
+    let hold = tokio::spawn({
+        let (store, held) = (store.clone(), held.clone());
+        async move {
+            let mut holder = store.begin().await.unwrap();
+            let read = holder.read_streams_held(&[&held]).await.unwrap();
+            holder.commit().await.unwrap();
+            read
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !hold.is_finished(),
+        "a hold went through an uncommitted append"
+    );
+    writer.commit().await.unwrap();
+    let read = hold.await.unwrap();
+    let types: Vec<&str> = read[&held]
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    assert_eq!(types, ["Recorded", "Corrected", "Voided"]);
+
+    // In commit order, the holder's write came before the append that waited for it.
+    let log = store.read_all(LogCursor::START, 100_000).await.unwrap();
+    let order: Vec<&str> = log
+        .iter()
+        .filter(|event| event.stream_id == held || event.stream_id == elsewhere)
+        .map(|event| event.event_type.as_str())
+        .collect();
+    assert_eq!(order, ["Recorded", "Prefilled", "Corrected", "Voided"]);
 }
