@@ -787,7 +787,24 @@ impl Run<'_> {
                 source.life_event_id()
             )));
         };
-        let tasks = self.tasks_of(tx, &life_event).await?;
+        let mut tasks = self.tasks_of(tx, &life_event).await?;
+        // A task already at what the record says now was prefilled (or amended) from a later
+        // correction: this one must not take it back. Left to that correction's own run.
+        let later = events
+            .iter()
+            .any(|event| event.stream_version > self.event.stream_version);
+        if later && matches!(source, LifeEventEvent::LifeEventCorrected(_)) {
+            if let Some(current) = self.fold_life_event(&events, None)? {
+                let declared = current.application_facts();
+                tasks.retain(|task| {
+                    !task
+                        .state
+                        .application
+                        .changed_fields(&rules::corrections::application_for(task, &declared))
+                        .is_empty()
+                });
+            }
+        }
         match source {
             LifeEventEvent::LifeEventCorrected(corrected) => self.rule(
                 rules::corrections::react_corrected(&corrected, &life_event, &tasks, &self.context),

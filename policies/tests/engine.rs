@@ -886,6 +886,51 @@ async fn a_registration_made_after_corrections_ran_carries_the_correction_and_no
 }
 
 #[tokio::test]
+async fn an_earlier_correction_handled_late_does_not_take_a_task_back() {
+    // Two corrections, the registration made after both (so prefilled from the second), and
+    // only then `corrections` on the first: the task keeps the second's name.
+    let harness = Harness::new().await;
+    let engine = engine_with_seed(10);
+    let (_, birth) = harness.record("birth", record_birth(birth_body())).await;
+    let declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    let mut corrections = Vec::new();
+    for name in ["Nguyễn Minh Anh", "Nguyễn Minh Ánh"] {
+        let mut corrected = declaration.clone();
+        corrected.child.full_name = FullName::parse_field(name, "child.full_name").unwrap();
+        corrections.push(
+            harness
+                .amend(
+                    &birth.stream_id,
+                    LifeEventCommand::Correct {
+                        declaration: Declaration::Birth(corrected),
+                        reason: "sai chính tả".into(),
+                        recorded_on: today(),
+                    },
+                )
+                .await,
+        );
+    }
+    apply_one(&harness, &engine, BIRTH_REGISTRATION, &birth).await;
+    for correction in &corrections {
+        apply_one(&harness, &engine, CORRECTIONS, correction).await;
+    }
+    let registration = task_id(
+        BIRTH_REGISTRATION,
+        birth.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let task = harness.task(registration).await.unwrap();
+    assert_eq!(
+        task.state.application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh Ánh"))
+    );
+    assert_eq!(task.version, StreamVersion(1), "amended back and forth");
+}
+
+#[tokio::test]
 async fn an_event_it_cannot_read_is_refused_and_others_are_ignored() {
     let harness = Harness::new().await;
     let engine = engine_with_seed(9);

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 use lifeline_model::life_event::{LifeEventCorrected, LifeEventVoided};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::task::{Application, FollowUp, FollowUpKind, TaskCommand, TaskStatus};
@@ -24,6 +26,19 @@ fn latest_per_procedure(tasks: &[TaskFacts]) -> BTreeMap<ProcedureId, &TaskFacts
         .collect()
 }
 
+/// What `task`'s application is for a record whose declaration gives `declared`
+/// ([`declaration_facts`]): those facts, with what the policies added to the task (the child's
+/// number, the certificate's...), reduced to the task's procedure.
+pub fn application_for(task: &TaskFacts, declared: &BTreeMap<String, Value>) -> Application {
+    let mut facts = declared.clone();
+    for (field, value) in &task.state.application.0 {
+        if is_added_fact(field) {
+            facts.insert(field.clone(), value.clone());
+        }
+    }
+    Application::for_procedure(task.created.procedure, &facts)
+}
+
 /// On `LifeEventCorrected`.
 pub fn react_corrected(
     event: &LifeEventCorrected,
@@ -34,13 +49,7 @@ pub fn react_corrected(
     let declared = declaration_facts(&event.declaration, life_event.late);
     let mut commands = Vec::new();
     for (procedure, task) in latest_per_procedure(tasks) {
-        let mut facts = declared.clone();
-        for (field, value) in &task.state.application.0 {
-            if is_added_fact(field) {
-                facts.insert(field.clone(), value.clone());
-            }
-        }
-        let application = Application::for_procedure(procedure, &facts);
+        let application = application_for(task, &declared);
         match task.state.status {
             TaskStatus::Open | TaskStatus::Claimed => {
                 let events = task.state.decide(TaskCommand::Amend {
