@@ -277,19 +277,25 @@ pub(crate) async fn read_streams(
     rows.iter().map(decode_event).collect()
 }
 
-/// Locks the rows of `streams` in `streams` `FOR SHARE` until the transaction ends, in stream id
-/// order (two holders never wait for each other: shared locks do not conflict, and an append
-/// moves its streams in the same order). A stream that does not exist is not locked.
-pub(crate) async fn hold_streams(
+/// [`read_streams`], with the streams' rows locked `FOR SHARE` first, until the transaction
+/// ends, in stream id order (shared locks do not conflict with one another, and a group append
+/// moves its streams in that order), and the events read after the lock, with a snapshot that
+/// includes an append the lock waited for: `lifeline_read_streams_held` (migration 12), two
+/// statements in one round trip. A stream that does not exist is not locked.
+pub(crate) async fn read_streams_held(
     conn: &mut PgConnection,
     streams: &[&StreamId],
-) -> Result<(), StoreError> {
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let ids: Vec<&str> = streams.iter().map(|stream| stream.as_str()).collect();
-    sqlx::query("SELECT 1 FROM streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR SHARE")
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM lifeline_read_streams_held($1) \
+         ORDER BY stream_id, stream_version"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(ids)
-        .execute(conn)
+        .fetch_all(conn)
         .await?;
-    Ok(())
+    rows.iter().map(decode_event).collect()
 }
 
 /// [`read_stream_after`], and the hash of the last event read (`None` if nothing was read, or

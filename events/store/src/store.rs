@@ -860,17 +860,27 @@ impl<'s> StoreTransaction<'s> {
     ///
     /// On PostgreSQL the streams' rows are locked `FOR SHARE` first (an append updates its
     /// stream's row, so it waits), then read in a statement of its own, whose snapshot includes
-    /// an append the lock waited for. The lock gives the transaction its id, and with it holds
-    /// back the gap-free readers of the log until the commit: call it after every read that
-    /// needs no hold. On SQLite every write transaction already excludes the others.
+    /// an append the lock waited for; both in one call (migration 12). The lock gives the
+    /// transaction its id, and with it holds back the gap-free readers of the log until the
+    /// commit: call it after every read that needs no hold. On SQLite every write transaction
+    /// already excludes the others.
     pub async fn read_streams_held(
         &mut self,
         streams: &[&StreamId],
     ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
-        if let TxInner::Postgres(tx) = &mut self.inner {
-            postgres::hold_streams(tx, streams).await?;
+        let TxInner::Postgres(tx) = &mut self.inner else {
+            return self.read_streams(streams).await;
+        };
+        let mut read: HashMap<StreamId, Vec<RecordedEvent>> = streams
+            .iter()
+            .map(|stream| ((*stream).clone(), Vec::new()))
+            .collect();
+        for event in postgres::read_streams_held(tx, streams).await? {
+            if let Some(events) = read.get_mut(&event.stream_id) {
+                events.push(event);
+            }
         }
-        self.read_streams(streams).await
+        Ok(read)
     }
 
     /// The stream's version, as this transaction sees it.
