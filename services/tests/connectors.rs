@@ -94,7 +94,7 @@ async fn outcomes(app: &TestApp, task_id: Uuid) -> Vec<(String, Value)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|event| (event.event_type, event.payload))
+        .map(|event| (event.event_type, event.payload.to_value()))
         .collect()
 }
 

@@ -42,7 +42,7 @@ async fn reads(app: &TestApp) -> Vec<Value> {
         .filter(|event| event.event_type == "PersonalDataRead")
         .map(|event| {
             assert!(event.stream_id.as_str().starts_with("access-"));
-            event.payload
+            event.payload.to_value()
         })
         .collect()
 }

@@ -325,7 +325,7 @@ async fn replay_before_a_correction_differs_from_now_and_equals_a_rebuild_up_to_
                     event_id: event.event_id,
                     event_type: event.event_type.clone(),
                     schema_version: event.schema_version,
-                    payload: event.payload.clone(),
+                    payload: event.payload.to_value(),
                     metadata: event.metadata.clone(),
                 }],
             )

@@ -203,15 +203,18 @@ pub fn decode<E: EventFamily>(
     })
 }
 
-/// [`decode`] of a stored event. A body stored at the current version is read in place,
-/// without copying it.
+/// [`decode`] of a stored event. A body stored at the current version is parsed straight from
+/// the payload's text (or read in place from its `Value`, if one was parsed already), without
+/// building or copying a `Value`.
 pub fn decode_recorded<E: EventFamily>(event: &RecordedEvent) -> Result<E, DecodeError> {
+    if event.payload.parsed().is_none() {
+        return decode_recorded_text(event, event.payload.text());
+    }
     let event_type = event.event_type.as_str();
     if E::current_version(event_type) == Some(event.schema_version) {
-        let body = match &event.payload {
-            Value::Object(tagged) if tagged.len() == 1 => {
-                tagged.get(event_type).unwrap_or(&event.payload)
-            }
+        let payload: &Value = &event.payload;
+        let body = match payload {
+            Value::Object(tagged) if tagged.len() == 1 => tagged.get(event_type).unwrap_or(payload),
             other => other,
         };
         if let Some(decoded) = E::from_current_body(event_type, body) {
@@ -224,7 +227,7 @@ pub fn decode_recorded<E: EventFamily>(event: &RecordedEvent) -> Result<E, Decod
     decode(
         &event.event_type,
         event.schema_version,
-        event.payload.clone(),
+        event.payload.to_value(),
     )
 }
 

@@ -3,6 +3,8 @@
 //! These types are what the store reads and writes; they know nothing of what a payload means.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -193,6 +195,139 @@ pub struct NewEvent {
     pub metadata: EventMetadata,
 }
 
+/// A stored event's payload: the JSON text as read from the log (checked to be JSON when read,
+/// without building anything from it), parsed into a `serde_json::Value` only when a reader
+/// asks for one (`Deref`, once per value). Readers that parse the payload into their own types
+/// take [`Payload::text`] instead ([`crate::codec::decode_recorded`] does), so the live readers
+/// never build and drop a `Value` tree per event read.
+pub struct Payload {
+    text: Box<serde_json::value::RawValue>,
+    value: OnceLock<serde_json::Value>,
+}
+
+impl Payload {
+    /// The payload of an event read without it (JSON `null`).
+    pub fn null() -> Self {
+        Self::from(serde_json::Value::Null)
+    }
+
+    /// A payload from its JSON text; an error if the text is not one JSON value.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Self::from_raw)
+    }
+
+    /// A payload from JSON text already checked to be one JSON value.
+    pub fn from_raw(text: Box<serde_json::value::RawValue>) -> Self {
+        Self {
+            text,
+            value: OnceLock::new(),
+        }
+    }
+
+    /// The payload's JSON text, as stored.
+    pub fn text(&self) -> &str {
+        self.text.get()
+    }
+
+    /// Whether the payload is JSON `null` (an event read without its payload).
+    pub fn is_null(&self) -> bool {
+        self.text.get() == "null"
+    }
+
+    /// The payload as a `serde_json::Value` of its own (parsed from the text, not kept, unless
+    /// one was parsed already).
+    pub fn to_value(&self) -> serde_json::Value {
+        match self.value.get() {
+            Some(value) => value.clone(),
+            None => serde_json::from_str(self.text.get()).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// The `Value`, if one was already parsed or given (a reader may then read it in place).
+    pub fn parsed(&self) -> Option<&serde_json::Value> {
+        self.value.get()
+    }
+}
+
+impl Deref for Payload {
+    type Target = serde_json::Value;
+
+    fn deref(&self) -> &serde_json::Value {
+        // The text was checked to be JSON when the payload was made, so this parse cannot
+        // fail short of a value nested deeper than serde_json's recursion limit, which
+        // `RawValue`'s own check refuses too.
+        self.value.get_or_init(|| {
+            serde_json::from_str(self.text.get()).unwrap_or(serde_json::Value::Null)
+        })
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        let text = serde_json::value::to_raw_value(&value)
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        let cell = OnceLock::new();
+        let _ = cell.set(value);
+        Self { text, value: cell }
+    }
+}
+
+impl Clone for Payload {
+    fn clone(&self) -> Self {
+        Self {
+            text: self.text.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text.get())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text.get())
+    }
+}
+
+/// Payloads are equal when their JSON values are (whatever the spacing or key order of the
+/// texts they were read from).
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.text.get() == other.text.get() || **self == **other
+    }
+}
+
+impl PartialEq<serde_json::Value> for Payload {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<Payload> for serde_json::Value {
+    fn eq(&self, other: &Payload) -> bool {
+        *self == **other
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value.get() {
+            Some(value) => value.serialize(serializer),
+            None => self.text.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(Self::from)
+    }
+}
+
 /// An event as stored in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -204,7 +339,7 @@ pub struct RecordedEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub schema_version: u32,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     pub metadata: EventMetadata,
 }
 
@@ -283,6 +418,46 @@ mod tests {
             assert!(StreamId::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(StreamId::parse("task-9").unwrap().kind(), "task");
+    }
+
+    #[test]
+    fn payloads_read_as_text_parse_only_when_asked() {
+        let read = Payload::from_text("{ \"b\": [1, 2],\n \"a\": \"Nguyễn\" }".to_owned()).unwrap();
+        assert!(read.parsed().is_none());
+        assert_eq!(read.text(), "{ \"b\": [1, 2],\n \"a\": \"Nguyễn\" }");
+        // Equal by value, whatever the spacing or key order of the text.
+        let given = Payload::from(serde_json::json!({"a": "Nguyễn", "b": [1, 2]}));
+        assert_eq!(read, given);
+        assert_eq!(read, serde_json::json!({"a": "Nguyễn", "b": [1, 2]}));
+        assert_ne!(
+            read,
+            Payload::from(serde_json::json!({"a": "Nguyễn", "b": [2, 1]}))
+        );
+        assert_eq!(read["a"], "Nguyễn");
+        assert!(read.parsed().is_some(), "parsed once asked, and kept");
+        // Serialised as the JSON value it holds.
+        let text = serde_json::to_string(&Payload::from_text("{\"n\":1}".to_owned()).unwrap());
+        assert_eq!(text.unwrap(), "{\"n\":1}");
+        let round: Payload = serde_json::from_str("{\"n\": 1}").unwrap();
+        assert_eq!(round, serde_json::json!({"n": 1}));
+        assert!(Payload::null().is_null());
+        assert_eq!(Payload::null(), serde_json::Value::Null);
+        assert_eq!(
+            Payload::from_text("{\"n\":1}".to_owned())
+                .unwrap()
+                .to_value(),
+            serde_json::json!({"n": 1})
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_one_json_value_is_refused() {
+        for bad in ["", "{", "{\"a\":1} {\"b\":2}", "nul", "[1,]"] {
+            assert!(
+                Payload::from_text(bad.to_owned()).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
     }
 
     #[test]

@@ -327,7 +327,7 @@ fn domain_event_names_match_the_codec() {
 #[test]
 fn decoding_a_recorded_event_in_place_equals_decode() {
     use lifeline_model::envelope::{
-        EventMetadata, GlobalPosition, RecordedEvent, StreamId, StreamVersion,
+        EventMetadata, GlobalPosition, Payload, RecordedEvent, StreamId, StreamVersion,
     };
     let recorded = |event_type: &str, version: u32, payload: Value| RecordedEvent {
         global_position: GlobalPosition(1),
@@ -337,7 +337,7 @@ fn decoding_a_recorded_event_in_place_equals_decode() {
         event_id: uuid::Uuid::nil(),
         event_type: event_type.to_owned(),
         schema_version: version,
-        payload,
+        payload: payload.into(),
         metadata: EventMetadata::system("test", uuid::Uuid::nil(), None, chrono::Utc::now()),
     };
     for (event_type, version) in [
@@ -352,8 +352,17 @@ fn decoding_a_recorded_event_in_place_equals_decode() {
             let decoded: LifeEventEvent = codec::decode_recorded(&event).unwrap();
             assert_eq!(decoded, expected, "{event_type} v{version}");
             let text = event.payload.to_string();
+            // As read from the log: the text only, no `Value` parsed yet.
+            let read = RecordedEvent {
+                payload: Payload::from_text(text.clone()).unwrap(),
+                ..event.clone()
+            };
+            assert!(read.payload.parsed().is_none());
+            let from_read: LifeEventEvent = codec::decode_recorded(&read).unwrap();
+            assert_eq!(from_read, expected, "{event_type} v{version} as read");
+            assert!(read.payload.parsed().is_none(), "decoded without a Value");
             let without_payload = RecordedEvent {
-                payload: Value::Null,
+                payload: Payload::null(),
                 ..event
             };
             let from_text: LifeEventEvent =

@@ -262,7 +262,7 @@ fn to_serialized<A: Aggregate>(event: &RecordedEvent) -> Result<SerializedEvent,
         event_type: event.event_type.clone(),
         event_version: event.schema_version.to_string(),
         // cqrs-es deserialises the externally tagged form `{"<event type>": body}`.
-        payload: tagged_payload(&event.event_type, event.payload.clone()),
+        payload: tagged_payload(&event.event_type, event.payload.to_value()),
         metadata: metadata_to_map(event),
     })
 }

@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, RecordedEventText,
-    StreamId, StreamVersion,
+    EventHeader, EventMetadata, GlobalPosition, LogCursor, Payload, RecordedEvent,
+    RecordedEventText, StreamId, StreamVersion,
 };
 use lifeline_model::integrity::Hash32;
 use sqlx::postgres::PgRow;
@@ -534,9 +534,11 @@ fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
         // Null only where the read left it out (`EVENT_COLUMNS_SOME_PAYLOADS`).
+        // The text only, checked to be JSON: a reader parses it into its own types
+        // (`lifeline_model::envelope::Payload`).
         payload: row
-            .try_get::<Option<serde_json::Value>, _>("payload")?
-            .unwrap_or(serde_json::Value::Null),
+            .try_get::<Option<sqlx::types::Json<Box<serde_json::value::RawValue>>>, _>("payload")?
+            .map_or_else(Payload::null, |text| Payload::from_raw(text.0)),
         metadata,
     })
 }

@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use lifeline_model::envelope::{
-    EventHeader, EventMetadata, GlobalPosition, LogCursor, RecordedEvent, RecordedEventText,
-    StreamId, StreamVersion,
+    EventHeader, EventMetadata, GlobalPosition, LogCursor, Payload, RecordedEvent,
+    RecordedEventText, StreamId, StreamVersion,
 };
 use lifeline_model::integrity::Hash32;
 use sqlx::sqlite::SqliteRow;
@@ -399,9 +399,10 @@ fn decode_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(format!("schema version {schema_version}")))?,
         payload: match payload {
-            Some(payload) => serde_json::from_str(&payload)
-                .map_err(|error| corrupt(format!("payload: {error}")))?,
-            None => serde_json::Value::Null,
+            Some(payload) => {
+                Payload::from_text(payload).map_err(|error| corrupt(format!("payload: {error}")))?
+            }
+            None => Payload::null(),
         },
         metadata: serde_json::from_str::<EventMetadata>(&metadata)
             .map_err(|error| corrupt(format!("metadata: {error}")))?,

@@ -177,7 +177,7 @@ fn open_runs(events: &[RecordedEvent]) -> Vec<FailedPolicyRun> {
     let mut order: Vec<(String, Uuid)> = Vec::new();
     for event in events {
         if event.event_type == RETRY_SUCCEEDED_TYPE {
-            match serde_json::from_value::<PolicyRetrySucceeded>(event.payload.clone()) {
+            match serde_json::from_str::<PolicyRetrySucceeded>(event.payload.text()) {
                 Ok(marker) => {
                     open.remove(&(marker.policy, marker.event_id));
                 }

@@ -70,7 +70,7 @@ impl From<&RecordedEvent> for AuditEvent {
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             recorded_at: event.metadata.recorded_at,
-            payload: event.payload.clone(),
+            payload: event.payload.to_value(),
             metadata: serde_json::to_value(&event.metadata).unwrap_or(Value::Null),
         }
     }
