@@ -598,19 +598,20 @@ async fn complete(desk: &TaskDesk, task_id: Uuid, serial: u64) -> anyhow::Result
         correlation_id: Uuid::now_v7(),
         idempotency_key: None,
     };
-    desk.execute(
+    let claimed = desk
+        .execute_on(
+            &officer,
+            &task,
+            TaskCommand::Claim {
+                by: officer.id.clone(),
+                at: Utc::now(),
+            },
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("claim: {error}"))?;
+    desk.execute_on(
         &officer,
-        task_id,
-        TaskCommand::Claim {
-            by: officer.id.clone(),
-            at: Utc::now(),
-        },
-    )
-    .await
-    .map_err(|error| anyhow::anyhow!("claim: {error}"))?;
-    desk.execute(
-        &officer,
-        task_id,
+        &claimed,
         TaskCommand::Complete {
             by: officer.id.clone(),
             outcome: TaskOutcome::BirthRegistered {

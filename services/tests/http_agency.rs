@@ -326,3 +326,87 @@ async fn an_inbox_shows_only_its_own_agency() {
         );
     }
 }
+
+fn officer_actor(id: &str) -> Actor {
+    Actor {
+        id: id.to_owned(),
+        role: Role::Agency,
+        office: Some("police".to_owned()),
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    }
+}
+
+/// A command on a task the caller has just read (`TaskDesk::execute_on`, what the claim /
+/// complete / reject routes use) commits against the version it was read at: the task it
+/// returns is the stream's, and a change in between is neither lost nor decided past.
+#[tokio::test]
+async fn a_command_on_a_task_read_before_a_change_runs_on_the_task_as_it_stands() {
+    let app = TestApp::new().await;
+    let desk = &app.state.tasks;
+    let claim = |by: &str| TaskCommand::Claim {
+        by: by.to_owned(),
+        at: now(),
+    };
+
+    // Read, then claimed: the state returned is what a new read of the stream gives.
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let read = desk.load(task).await.unwrap().unwrap();
+    let after = desk
+        .execute_on(&officer_actor("police-alice"), &read, claim("police-alice"))
+        .await
+        .unwrap();
+    let reread = desk.load(task).await.unwrap().unwrap();
+    assert_eq!(after.state, reread.state);
+    assert_eq!(after.version, reread.version);
+    assert_eq!(after.version.0, read.version.0 + 1);
+    assert_eq!(after.state.status, TaskStatus::Claimed);
+
+    // Read, then claimed by someone else: the stale read's claim is refused, not recorded.
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let stale = desk.load(task).await.unwrap().unwrap();
+    desk.execute(&officer_actor("police-bob"), task, claim("police-bob"))
+        .await
+        .unwrap();
+    let refused = desk
+        .execute_on(
+            &officer_actor("police-alice"),
+            &stale,
+            claim("police-alice"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(lifeline::registry::RegistryError::Refused(_))),
+        "{refused:?}"
+    );
+    let reread = desk.load(task).await.unwrap().unwrap();
+    assert_eq!(reread.version.0, stale.version.0 + 1, "one claim only");
+    assert_eq!(reread.state.claimed_by.as_deref(), Some("police-bob"));
+
+    // Read, then marked overdue: the claim runs on the task as it stands and keeps the mark.
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let stale = desk.load(task).await.unwrap().unwrap();
+    desk.execute(
+        &officer_actor("system"),
+        task,
+        TaskCommand::MarkOverdue {
+            at: now() + Duration::days(3),
+        },
+    )
+    .await
+    .unwrap();
+    let after = desk
+        .execute_on(
+            &officer_actor("police-alice"),
+            &stale,
+            claim("police-alice"),
+        )
+        .await
+        .unwrap();
+    let reread = desk.load(task).await.unwrap().unwrap();
+    assert_eq!(after.state, reread.state);
+    assert_eq!(after.version, reread.version);
+    assert_eq!(after.version.0, stale.version.0 + 2);
+    assert!(after.state.overdue);
+    assert_eq!(after.state.status, TaskStatus::Claimed);
+}

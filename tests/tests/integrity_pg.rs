@@ -673,6 +673,96 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
     assert_eq!(report.events_checked, 4);
 }
 
+/// After an append by a known hash, the stream is known at the version and hash that append
+/// left: the next append (an agency's completion after its claim, with no read between) goes
+/// without a lock too, through group commit as well; a stream this process never read is not
+/// learnt from its appends; and an advanced hash is refused like a read one once the stream
+/// moved elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_after_one_read_chain_from_each_other_without_a_lock() {
+    let store = postgres_store().await;
+    let grouped = EventStore::clone(&store).with_group_commit();
+    let (stream, pool) = created_task_stream(&store).await;
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 1);
+    for (version, appender) in [(1, &*store), (2, &grouped), (3, &*store)] {
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR KEY SHARE")
+            .bind(stream.as_str())
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let event = new_event("TaskClaimed", json!({ "n": version + 1 }));
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            appender.append(
+                &stream,
+                ExpectedVersion::Exact(StreamVersion(version as i64)),
+                std::slice::from_ref(&event),
+            ),
+        )
+        .await
+        .expect("the append does not wait for the stream's row lock")
+        .unwrap();
+        assert_eq!(outcome.stream_version.0, version as i64 + 1);
+        holder.rollback().await.unwrap();
+    }
+    assert_eq!(
+        store.known_hash_appends(),
+        lifeline_store::KnownHashAppends {
+            written: 3,
+            refused: 0
+        }
+    );
+
+    // Never read here: its appends lock it, and teach nothing.
+    let (unread, _) = created_task_stream(&store).await;
+    for version in [1, 2] {
+        store
+            .append(
+                &unread,
+                ExpectedVersion::Exact(StreamVersion(version)),
+                &[new_event("TaskClaimed", json!({ "n": version + 1 }))],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.known_hash_appends().written, 3);
+
+    // Another writer moves the stream to 5: the hash known at 4 is refused, nothing is stored.
+    let mut tx = store.begin().await.unwrap();
+    tx.append(
+        &stream,
+        ExpectedVersion::Exact(StreamVersion(4)),
+        &[new_event("TaskClaimed", json!({"n": 5}))],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let late = new_event("TaskClaimed", json!({"n": "late"}));
+    let error = store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(StreamVersion(4)),
+            std::slice::from_ref(&late),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, lifeline_store::AppendError::Conflict { actual: Some(actual), .. } if actual.0 == 5),
+        "{error:?}"
+    );
+    assert_eq!(
+        store.known_hash_appends(),
+        lifeline_store::KnownHashAppends {
+            written: 3,
+            refused: 1
+        }
+    );
+    let report = verify(&store, &Keyring::default()).await.unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 5);
+}
+
 /// The hash read is only trusted while the stream is still where it was read: after another
 /// writer moved it, an append expecting the old version is a conflict and stores nothing; and
 /// the writing statement refuses a last hash that is not the stream's, at the right version.

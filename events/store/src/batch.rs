@@ -73,8 +73,19 @@ pub(crate) struct KnownHashes {
 
 impl KnownHashes {
     /// Counts what became of the group's appends that went by a known hash (none if the group
-    /// took the lock).
+    /// took the lock), and moves each stream such an append stored to the version and last hash
+    /// it left: the next append to it (an agency's completion after its claim, with no read
+    /// between) goes by a known hash too. A stream this process has not read is not added.
     pub(crate) fn count(&self, group: &[GroupAppend<'_>], result: &Result<Vec<Answer>, FastError>) {
+        if let Ok(answers) = result {
+            for (append, answer) in group.iter().zip(answers) {
+                if let (Some(_), Answer::Stored(outcome, last_hash)) = (append.known_hash, answer) {
+                    if !outcome.already_stored {
+                        self.advance(append.stream, outcome.stream_version, *last_hash);
+                    }
+                }
+            }
+        }
         if group.iter().any(needs_lock) {
             return;
         }
@@ -85,7 +96,9 @@ impl KnownHashes {
                 group
                     .iter()
                     .zip(answers)
-                    .filter(|(append, answer)| known(append) && matches!(answer, Answer::Stored(_)))
+                    .filter(|(append, answer)| {
+                        known(append) && matches!(answer, Answer::Stored(..))
+                    })
                     .count(),
             ),
             Err(FastError::Careful) => (&self.refused, group.iter().filter(known).count()),
@@ -100,6 +113,19 @@ impl KnownHashes {
             self.written.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
         )
+    }
+
+    /// Moves a stream this process knows to `version`, whose event has hash `hash` (an append
+    /// it made); a stream it does not know stays unknown.
+    fn advance(&self, stream: &StreamId, version: StreamVersion, hash: Hash32) {
+        let Ok(mut streams) = self.streams.lock() else {
+            return;
+        };
+        if let Some(entry) = streams.get_mut(stream.as_str()) {
+            if entry.0 < version.0 {
+                *entry = (version.0, hash);
+            }
+        }
     }
 
     /// Remembers that `stream` was read at `version`, whose event has hash `hash`.
@@ -138,7 +164,8 @@ impl KnownHashes {
 /// What became of one append of a group that committed.
 #[derive(Debug)]
 pub(crate) enum Answer {
-    Stored(AppendOutcome),
+    /// Stored, or found stored; with the stream's last hash after it (as planned).
+    Stored(AppendOutcome, Hash32),
     /// Not written: run it on the careful path.
     Careful,
 }
@@ -162,8 +189,8 @@ impl From<sqlx::Error> for FastError {
 /// What [`plan`] made of one append.
 enum Planned {
     Careful,
-    /// Its rows are in the writing statement; the stream's version after it.
-    Write(StreamVersion),
+    /// Its rows are in the writing statement; the stream's version and last hash after it.
+    Write(StreamVersion, Hash32),
 }
 
 /// A stream as the group found it and leaves it.
@@ -419,7 +446,10 @@ fn plan<'g>(
             rows.recorded_at.push(event.event.metadata.recorded_at);
             rows.hashes.push(hash.0.to_vec());
         }
-        answers.push(Planned::Write(StreamVersion(state.version)));
+        answers.push(Planned::Write(
+            StreamVersion(state.version),
+            state.last_hash,
+        ));
     }
     // Streams moved in stream id order, the order in which a holder locks them
     // (`StoreTransaction::read_streams_held`): a group and a holder never wait for each other
@@ -544,9 +574,9 @@ fn finish(
         .iter()
         .zip(answers)
         .map(|(append, answer)| {
-            let stream_version = match answer {
+            let (stream_version, last_hash) = match answer {
                 Planned::Careful => return Ok(Answer::Careful),
-                Planned::Write(version) => version,
+                Planned::Write(version, last_hash) => (version, last_hash),
             };
             let position = |event: &EncodedEvent<'_>| {
                 positions
@@ -567,12 +597,15 @@ fn finish(
             };
             let first_position = position(first)?;
             let last_position = position(last)?;
-            Ok(Answer::Stored(AppendOutcome {
-                first_position,
-                last_position,
-                stream_version,
-                already_stored: false,
-            }))
+            Ok(Answer::Stored(
+                AppendOutcome {
+                    first_position,
+                    last_position,
+                    stream_version,
+                    already_stored: false,
+                },
+                last_hash,
+            ))
         })
         .collect()
 }

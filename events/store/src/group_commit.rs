@@ -206,7 +206,7 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
         Ok(results) => {
             let mut stored = false;
             for (index, result) in index_of.iter().zip(results) {
-                if let batch::Answer::Stored(outcome) = result {
+                if let batch::Answer::Stored(outcome, _) = result {
                     stored = true;
                     answers[*index] = Some(Ok(outcome));
                 }

@@ -280,7 +280,7 @@ impl EventStore {
             self.known_hashes.count(&group, &written);
             match written {
                 Ok(answers) => {
-                    if let Some(batch::Answer::Stored(outcome)) = answers.first() {
+                    if let Some(batch::Answer::Stored(outcome, _)) = answers.first() {
                         self.notify_appended();
                         return Ok(*outcome);
                     }
@@ -999,7 +999,7 @@ fn stored_outcomes(answers: Vec<batch::Answer>) -> Vec<Option<AppendOutcome>> {
     answers
         .into_iter()
         .map(|answer| match answer {
-            batch::Answer::Stored(outcome) => Some(outcome),
+            batch::Answer::Stored(outcome, _) => Some(outcome),
             batch::Answer::Careful => None,
         })
         .collect()

@@ -330,7 +330,7 @@ async fn run_task_command(
     command: impl FnOnce(ProcedureId) -> Result<TaskCommand, ApiError>,
 ) -> Result<Json<TaskBody>, ApiError> {
     authorize_role(principal, Action::WorkTask)?;
-    let (task_id, loaded, procedure) = load_task(state, id).await?;
+    let (_, loaded, procedure) = load_task(state, id).await?;
     authorize(
         principal,
         Action::WorkTask,
@@ -338,8 +338,7 @@ async fn run_task_command(
     )?;
     let command = command(procedure)?;
     let actor = actor(principal, context);
-    state.tasks.execute(&actor, task_id, command).await?;
-    let (_, after, _) = load_task(state, id).await?;
+    let after = state.tasks.execute_on(&actor, &loaded, command).await?;
     let appended = after.version.0.saturating_sub(loaded.version.0);
     if appended > 0 {
         state

@@ -183,10 +183,6 @@ pub(crate) async fn apply_agency_result(
         correlation_id: Uuid::now_v7(),
         idempotency_key: None,
     };
-    tasks.execute(&actor, task_id, command).await?;
-    let after = tasks
-        .load(task_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("task"))?;
+    let after = tasks.execute_on(&actor, &loaded, command).await?;
     Ok(status_name(after.state.status).to_owned())
 }
