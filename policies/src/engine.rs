@@ -44,7 +44,7 @@ use lifeline_store::{AppendError, StoreError, StoreTransaction};
 use uuid::Uuid;
 
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
-use crate::handler::{apply_each, PolicyError, PolicyHandler};
+use crate::handler::{apply_each, pick_noticed, read_noticed, Noticed, PolicyError, PolicyHandler};
 use crate::identity::{IdentityAllocator, IdentityError, PinRequest, StoreAllocator};
 use crate::reference::{ReferenceData, ReferenceError};
 use crate::rules::{
@@ -185,75 +185,47 @@ impl PolicyHandler for PolicyEngine {
         tx: &mut StoreTransaction<'_>,
         events: &[RecordedEvent],
     ) -> Result<(), (Option<usize>, PolicyError)> {
-        if !POLICY_NAMES.contains(&policy) || policy == CORRECTIONS {
-            return apply_each(self, policy, tx, events).await;
+        self.apply_read(policy, tx, events, HashMap::new()).await
+    }
+
+    /// The registrations read the stream of each record they are told of anyway (held until
+    /// the batch commits): they read those streams first and take the records from them, one
+    /// statement fewer per batch than reading the events by id first. Other policies (the
+    /// follow-ups see every completion, most of which they skip without reading its task), and
+    /// notices whose stream is not a stream id, read the events by id.
+    async fn apply_notices(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        notices: &[Noticed<'_>],
+    ) -> Result<(), (Option<usize>, PolicyError)> {
+        if !matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION) {
+            let events = read_noticed(tx, notices).await?;
+            return self.apply_batch(policy, tx, &events).await;
         }
-        let now = Utc::now();
-        let mut runs = Vec::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
-            if !self.wants(policy, &event.event_type) {
-                continue;
-            }
-            let run = Run {
-                policy,
-                event,
-                context: Context {
-                    source: Source::of(event),
-                    now,
-                    reference: &self.reference,
-                },
+        let mut streams: Vec<StreamId> = Vec::with_capacity(notices.len());
+        for notice in notices {
+            let Ok(stream) = StreamId::parse(notice.stream_id) else {
+                let events = read_noticed(tx, notices).await?;
+                return self.apply_batch(policy, tx, &events).await;
             };
-            runs.push((index, run));
-        }
-        let mut ahead = match policy {
-            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => ReadAhead::follow_ups(tx, &runs).await,
-            BIRTH_REGISTRATION | DEATH_REGISTRATION => ReadAhead::records(tx, &runs).await,
-            _ => Ok(ReadAhead::default()),
-        }
-        .map_err(|error| (None, PolicyError::Store(error)))?;
-        let mut read_runs = Vec::with_capacity(runs.len());
-        for (index, run) in runs {
-            let read = run
-                .read(tx, &mut ahead)
-                .await
-                .map_err(|error| (Some(index), error))?;
-            read_runs.push((index, run, read));
-        }
-        let runs = read_runs;
-        // Every child's number in one draw (one statement when no number is taken).
-        let requests: Vec<PinRequest> = runs
-            .iter()
-            .filter_map(|(_, _, read)| match read {
-                Read::Birth(birth) => Some(birth.request.clone()),
-                Read::Decided(_) => None,
-            })
-            .collect();
-        let mut assigned = if requests.is_empty() {
-            Vec::new()
-        } else {
-            self.allocator
-                .assign_many(tx, &requests)
-                .await
-                .map_err(|error| (None, PolicyError::Store(error)))?
-        }
-        .into_iter();
-        // (index of the event, stream, expected version, event) of every append, in order.
-        let mut planned = Vec::new();
-        for (index, run, read) in runs {
-            let failed = |error| (Some(index), error);
-            let number = match read {
-                Read::Birth(_) => Some(assigned.next().ok_or_else(|| {
-                    failed(run.refused("the allocator answered fewer requests than asked"))
-                })?),
-                Read::Decided(_) => None,
-            };
-            for command in run.decide(read, number).map_err(failed)? {
-                let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
-                planned.push((Some(index), stream, expected, new_event));
+            if !streams.contains(&stream) {
+                streams.push(stream);
             }
         }
-        append_planned(tx, &planned).await?;
-        Ok(())
+        let refs: Vec<&StreamId> = streams.iter().collect();
+        let read = tx
+            .read_streams_held(&refs)
+            .await
+            .map_err(|error| (None, PolicyError::Store(error)))?;
+        let events = pick_noticed(notices, |notice| {
+            read.iter()
+                .find(|(stream, _)| stream.as_str() == notice.stream_id)?
+                .1
+                .iter()
+                .find(|event| event.event_id == notice.event_id)
+        })?;
+        self.apply_read(policy, tx, &events, read).await
     }
 
     #[tracing::instrument(skip_all, fields(policy, event_id = %event.event_id, stream = %event.stream_id))]
@@ -301,6 +273,88 @@ impl PolicyHandler for PolicyEngine {
             .await
             .map_err(|(_, error)| error)?;
         tracing::debug!(appended, "policy applied");
+        Ok(())
+    }
+}
+
+impl PolicyEngine {
+    /// [`PolicyHandler::apply_batch`], with the records `read` already holds (read held, by a
+    /// registration's [`PolicyHandler::apply_notices`]) taken from it instead of read again.
+    async fn apply_read(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        events: &[RecordedEvent],
+        read: HashMap<StreamId, Vec<RecordedEvent>>,
+    ) -> Result<(), (Option<usize>, PolicyError)> {
+        if !POLICY_NAMES.contains(&policy) || policy == CORRECTIONS {
+            return apply_each(self, policy, tx, events).await;
+        }
+        let now = Utc::now();
+        let mut runs = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            if !self.wants(policy, &event.event_type) {
+                continue;
+            }
+            let run = Run {
+                policy,
+                event,
+                context: Context {
+                    source: Source::of(event),
+                    now,
+                    reference: &self.reference,
+                },
+            };
+            runs.push((index, run));
+        }
+        let mut ahead = match policy {
+            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => ReadAhead::follow_ups(tx, &runs).await,
+            BIRTH_REGISTRATION | DEATH_REGISTRATION => ReadAhead::records(tx, &runs, read).await,
+            _ => Ok(ReadAhead::default()),
+        }
+        .map_err(|error| (None, PolicyError::Store(error)))?;
+        let mut read_runs = Vec::with_capacity(runs.len());
+        for (index, run) in runs {
+            let read = run
+                .read(tx, &mut ahead)
+                .await
+                .map_err(|error| (Some(index), error))?;
+            read_runs.push((index, run, read));
+        }
+        let runs = read_runs;
+        // Every child's number in one draw (one statement when no number is taken).
+        let requests: Vec<PinRequest> = runs
+            .iter()
+            .filter_map(|(_, _, read)| match read {
+                Read::Birth(birth) => Some(birth.request.clone()),
+                Read::Decided(_) => None,
+            })
+            .collect();
+        let mut assigned = if requests.is_empty() {
+            Vec::new()
+        } else {
+            self.allocator
+                .assign_many(tx, &requests)
+                .await
+                .map_err(|error| (None, PolicyError::Store(error)))?
+        }
+        .into_iter();
+        // (index of the event, stream, expected version, event) of every append, in order.
+        let mut planned = Vec::new();
+        for (index, run, read) in runs {
+            let failed = |error| (Some(index), error);
+            let number = match read {
+                Read::Birth(_) => Some(assigned.next().ok_or_else(|| {
+                    failed(run.refused("the allocator answered fewer requests than asked"))
+                })?),
+                Read::Decided(_) => None,
+            };
+            for command in run.decide(read, number).map_err(failed)? {
+                let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
+                planned.push((Some(index), stream, expected, new_event));
+            }
+        }
+        append_planned(tx, &planned).await?;
         Ok(())
     }
 }
@@ -409,22 +463,24 @@ impl ReadAhead {
     }
 
     /// A lane batch of registration runs: every run's record (the stream of the event it
-    /// reacts to), held until the batch commits.
+    /// reacts to), held until the batch commits. `held`: records already read held (the
+    /// batch's own, [`PolicyHandler::apply_notices`]); the others are read held here.
     async fn records(
         tx: &mut StoreTransaction<'_>,
         runs: &[(usize, Run<'_>)],
+        held: HashMap<StreamId, Vec<RecordedEvent>>,
     ) -> Result<Self, StoreError> {
         let mut streams: Vec<&StreamId> = Vec::with_capacity(runs.len());
         for (_, run) in runs {
-            if !streams.contains(&&run.event.stream_id) {
+            if !streams.contains(&&run.event.stream_id) && !held.contains_key(&run.event.stream_id)
+            {
                 streams.push(&run.event.stream_id);
             }
         }
-        let life_events = if streams.is_empty() {
-            HashMap::new()
-        } else {
-            tx.read_streams_held(&streams).await?
-        };
+        let mut life_events = held;
+        if !streams.is_empty() {
+            life_events.extend(tx.read_streams_held(&streams).await?);
+        }
         Ok(Self {
             life_events,
             ..Self::default()

@@ -22,6 +22,9 @@ pub enum PolicyError {
     Store(#[from] lifeline_store::StoreError),
     #[error(transparent)]
     Append(#[from] lifeline_store::AppendError),
+    /// A notice named an event its store does not hold (in the notice's stream).
+    #[error("event {event_id} named by a bus message is not in the store")]
+    Missing { event_id: uuid::Uuid },
 }
 
 /// A set of named policies. Each name is one durable consumer (NATS) or one subscriber
@@ -65,6 +68,64 @@ pub trait PolicyHandler: Send + Sync {
     ) -> Result<(), (Option<usize>, PolicyError)> {
         apply_each(self, policy, tx, events).await
     }
+
+    /// Runs `policy` on the events `notices` name (a runtime's notices: each event's id and
+    /// stream, the event not yet read), in order, inside `tx`: the effect of reading them and
+    /// calling [`PolicyHandler::apply_batch`]. The default reads them by id in one statement; a
+    /// handler that reads their streams anyway may take them from that read instead. An event
+    /// not found fails with its index.
+    async fn apply_notices(
+        &self,
+        policy: &str,
+        tx: &mut StoreTransaction<'_>,
+        notices: &[Noticed<'_>],
+    ) -> Result<(), (Option<usize>, PolicyError)> {
+        let events = read_noticed(tx, notices).await?;
+        self.apply_batch(policy, tx, &events).await
+    }
+}
+
+/// An event a runtime was told of (a bus notice): its id and its stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Noticed<'a> {
+    pub event_id: uuid::Uuid,
+    pub stream_id: &'a str,
+}
+
+/// The events `notices` name, in their order, read by id in one statement. An id twice is
+/// handed over twice, as one at a time would.
+pub async fn read_noticed(
+    tx: &mut StoreTransaction<'_>,
+    notices: &[Noticed<'_>],
+) -> Result<Vec<RecordedEvent>, (Option<usize>, PolicyError)> {
+    let ids: Vec<uuid::Uuid> = notices.iter().map(|notice| notice.event_id).collect();
+    let found = tx
+        .events_by_ids(&ids)
+        .await
+        .map_err(|error| (None, PolicyError::Store(error)))?;
+    pick_noticed(notices, |notice| {
+        found.iter().find(|event| event.event_id == notice.event_id)
+    })
+}
+
+/// The events `notices` name, in their order, each as `find` finds it; one not found fails
+/// with its index (`PolicyError::Missing`).
+pub fn pick_noticed<'e>(
+    notices: &[Noticed<'_>],
+    find: impl Fn(&Noticed<'_>) -> Option<&'e RecordedEvent>,
+) -> Result<Vec<RecordedEvent>, (Option<usize>, PolicyError)> {
+    notices
+        .iter()
+        .enumerate()
+        .map(|(index, notice)| {
+            find(notice).cloned().ok_or((
+                Some(index),
+                PolicyError::Missing {
+                    event_id: notice.event_id,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// [`PolicyHandler::apply`] on each of `events`, in order (what

@@ -21,10 +21,11 @@ use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
 use lifeline_model::values::{FullName, OfficeCode, Sex};
 use lifeline_policies::engine::{task_id, task_stream};
 use lifeline_policies::facts::TaskFacts;
+use lifeline_policies::handler::Noticed;
 use lifeline_policies::identity::{IdentityAllocator, PinRequest, StoreAllocator};
 use lifeline_policies::reference::ReferenceData;
 use lifeline_policies::rules::{BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_REGISTRATION};
-use lifeline_policies::{PolicyEngine, PolicyHandler};
+use lifeline_policies::{PolicyEngine, PolicyError, PolicyHandler};
 use lifeline_store::EventStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -391,9 +392,10 @@ async fn completed_births(
             .await,
         );
     }
+    // As a bus consumer hands them over: notices (id and stream), the records read held.
     let mut tx = store.begin().await.unwrap();
     engine
-        .apply_batch(BIRTH_REGISTRATION, &mut tx, &births)
+        .apply_notices(BIRTH_REGISTRATION, &mut tx, &noticed(&births))
         .await
         .map_err(|(_, error)| error)
         .unwrap();
@@ -419,6 +421,98 @@ async fn completed_births(
         .collect();
     assert_eq!(batch.len(), 3);
     (births, batch)
+}
+
+/// The notices of `events`, as the bus carries them.
+fn noticed(events: &[RecordedEvent]) -> Vec<Noticed<'_>> {
+    events
+        .iter()
+        .map(|event| Noticed {
+            event_id: event.event_id,
+            stream_id: event.stream_id.as_str(),
+        })
+        .collect()
+}
+
+/// Notices handed to `apply_notices` (what the NATS consumers do; `completed_births` hands the
+/// registration its records so, taken from the record streams it reads held): a notice whose
+/// stream does not hold its event (a registration), or whose event is not stored at all (a
+/// follow-up, which reads by id), fails with its index and writes nothing; the follow-ups'
+/// batch, one notice twice, has the effect of `apply_batch`; a registration's notice whose
+/// stream is not a stream id is read by its event id.
+#[tokio::test]
+async fn notices_name_a_missing_event_and_have_the_effect_of_a_batch() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let (births, completions) = completed_births(store, &engine).await;
+    let before = log(store).await.len();
+
+    // A record noticed in another record's stream, behind a good notice.
+    let mut elsewhere = noticed(&births[..2]);
+    elsewhere[1].stream_id = births[2].stream_id.as_str();
+    // A completion that was never stored, behind a good notice.
+    let mut unknown = noticed(&completions[..2]);
+    unknown[1].event_id = Uuid::new_v4();
+    for (policy, notices) in [
+        (BIRTH_REGISTRATION, &elsewhere),
+        (BIRTH_FOLLOWUPS, &unknown),
+    ] {
+        let mut tx = store.begin().await.unwrap();
+        let (index, error) = engine
+            .apply_notices(policy, &mut tx, notices)
+            .await
+            .expect_err("the second notice's event is not where it says");
+        assert_eq!(index, Some(1), "{policy}: {error}");
+        let missing = notices[1].event_id;
+        assert!(
+            matches!(error, PolicyError::Missing { event_id } if event_id == missing),
+            "{policy}: {error:?}"
+        );
+        assert!(error.to_string().contains(&missing.to_string()), "{error}");
+        tx.rollback().await.unwrap();
+    }
+    assert_eq!(log(store).await.len(), before, "nothing written");
+
+    let mut batch = noticed(&completions);
+    batch.push(batch[0]);
+    let mut tx = store.begin().await.unwrap();
+    engine
+        .apply_notices(BIRTH_FOLLOWUPS, &mut tx, &batch)
+        .await
+        .map_err(|(_, error)| error)
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut numbered = BTreeSet::new();
+    let mut created = Vec::new();
+    for event in log(store).await {
+        if let Ok(SystemEvent::PersonalIdAssigned(assigned)) = decode_recorded(&event) {
+            numbered.insert(assigned.life_event_id);
+        }
+        if let Ok(TaskEvent::TaskCreated(task)) = decode_recorded(&event) {
+            if task.procedure != ProcedureId::BirthRegistration {
+                created.push((task.life_event_id, task.procedure));
+            }
+        }
+    }
+    assert_eq!(numbered.len(), 3, "one number per child");
+    assert_eq!(created.len(), 6, "two follow-ups per child: {created:?}");
+
+    // Read by id when the stream is not a stream id: handled again, nothing more written.
+    let after = log(store).await.len();
+    let odd = [Noticed {
+        event_id: births[2].event_id,
+        stream_id: "not a stream id",
+    }];
+    let mut tx = store.begin().await.unwrap();
+    engine
+        .apply_notices(BIRTH_REGISTRATION, &mut tx, &odd)
+        .await
+        .map_err(|(_, error)| error)
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(log(store).await.len(), after);
+    test_store.close().await;
 }
 
 #[tokio::test]

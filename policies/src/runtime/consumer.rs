@@ -10,13 +10,11 @@
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
-use lifeline_model::envelope::RecordedEvent;
 use lifeline_store::EventStore;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -24,7 +22,7 @@ use uuid::Uuid;
 use super::bus::{BusConfig, EventNotice};
 use super::failures::record_failure;
 use super::{sleep_or_shutdown, RetryPolicy, RuntimeError};
-use crate::handler::PolicyHandler;
+use crate::handler::{Noticed, PolicyHandler};
 
 /// How the policy consumers fetch, wait and retry.
 #[derive(Debug, Clone)]
@@ -584,11 +582,16 @@ impl Worker {
                     && matches!(notice, Ok(notice) if self.handler.wants(&self.policy, &notice.event_type))
             });
         if together {
-            let event_ids: Vec<Uuid> = batch
+            let notices: Vec<Noticed<'_>> = batch
                 .iter()
-                .filter_map(|(_, notice)| notice.as_ref().ok().map(|notice| notice.event_id))
+                .filter_map(|(_, notice)| {
+                    notice.as_ref().ok().map(|notice| Noticed {
+                        event_id: notice.event_id,
+                        stream_id: &notice.stream_id,
+                    })
+                })
                 .collect();
-            match self.apply_all(&event_ids).await {
+            match self.apply_all(&notices).await {
                 Ok(()) => {
                     futures::future::join_all(
                         batch
@@ -667,7 +670,7 @@ impl Worker {
 
     /// Applies the policy; on the last attempt records `PolicyFailed` instead of retrying.
     async fn run_policy(&self, notice: &EventNotice, delivered: u32) -> Outcome {
-        let result = self.apply(notice.event_id).await;
+        let result = self.apply(notice).await;
         self.after_attempt(notice, delivered, result).await
     }
 
@@ -697,51 +700,26 @@ impl Worker {
         }
     }
 
-    async fn apply(&self, event_id: Uuid) -> Result<(), String> {
-        self.apply_all(&[event_id])
-            .await
-            .map_err(|(_, error)| error)
+    async fn apply(&self, notice: &EventNotice) -> Result<(), String> {
+        self.apply_all(&[Noticed {
+            event_id: notice.event_id,
+            stream_id: &notice.stream_id,
+        }])
+        .await
+        .map_err(|(_, error)| error)
     }
 
-    /// Applies the policy to each event, in order, in one transaction. On failure, nothing
-    /// stays; the error comes with the index of the event it came from, if one did.
-    async fn apply_all(&self, event_ids: &[Uuid]) -> Result<(), (Option<usize>, String)> {
+    /// Applies the policy to each noticed event, in order, in one transaction (the handler
+    /// reads the events: [`PolicyHandler::apply_notices`]). On failure, nothing stays; the
+    /// error comes with the index of the event it came from, if one did.
+    async fn apply_all(&self, notices: &[Noticed<'_>]) -> Result<(), (Option<usize>, String)> {
         let mut tx = self
             .store
             .begin()
             .await
             .map_err(|error| (None, error.to_string()))?;
-        // The batch's events in one read, in the batch's order.
-        let mut found: HashMap<Uuid, RecordedEvent> = tx
-            .events_by_ids(event_ids)
-            .await
-            .map_err(|error| (None, error.to_string()))?
-            .into_iter()
-            .map(|event| (event.event_id, event))
-            .collect();
-        let mut events = Vec::with_capacity(event_ids.len());
-        for (index, event_id) in event_ids.iter().enumerate() {
-            // An id twice in one batch (a notice republished after the duplicate window) is
-            // handed over twice, as one at a time would.
-            let again = || {
-                events
-                    .iter()
-                    .find(|event: &&RecordedEvent| event.event_id == *event_id)
-                    .cloned()
-            };
-            let event = found.remove(event_id).or_else(again).ok_or_else(|| {
-                (
-                    Some(index),
-                    RuntimeError::EventMissing {
-                        event_id: *event_id,
-                    }
-                    .to_string(),
-                )
-            })?;
-            events.push(event);
-        }
         self.handler
-            .apply_batch(&self.policy, &mut tx, &events)
+            .apply_notices(&self.policy, &mut tx, notices)
             .await
             .map_err(|(index, error)| (index, error.to_string()))?;
         tx.commit().await.map_err(|error| (None, error.to_string()))
