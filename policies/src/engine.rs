@@ -199,29 +199,31 @@ impl PolicyHandler for PolicyEngine {
         tx: &mut StoreTransaction<'_>,
         notices: &[Noticed<'_>],
     ) -> Result<(), (Option<usize>, PolicyError)> {
-        if !matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION) {
+        // Each notice's stream, if this policy reads them held and every one is a stream id.
+        let streams = matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION)
+            .then(|| {
+                notices
+                    .iter()
+                    .map(|notice| StreamId::parse(notice.stream_id).ok())
+                    .collect::<Option<Vec<StreamId>>>()
+            })
+            .flatten();
+        let Some(streams) = streams else {
             let events = read_noticed(tx, notices).await?;
             return self.apply_batch(policy, tx, &events).await;
-        }
-        let mut streams: Vec<StreamId> = Vec::with_capacity(notices.len());
-        for notice in notices {
-            let Ok(stream) = StreamId::parse(notice.stream_id) else {
-                let events = read_noticed(tx, notices).await?;
-                return self.apply_batch(policy, tx, &events).await;
-            };
-            if !streams.contains(&stream) {
-                streams.push(stream);
+        };
+        let mut unique: Vec<&StreamId> = Vec::with_capacity(streams.len());
+        for stream in &streams {
+            if !unique.contains(&stream) {
+                unique.push(stream);
             }
         }
-        let refs: Vec<&StreamId> = streams.iter().collect();
         let read = tx
-            .read_streams_held(&refs)
+            .read_streams_held(&unique)
             .await
             .map_err(|error| (None, PolicyError::Store(error)))?;
-        let events = pick_noticed(notices, |notice| {
-            read.iter()
-                .find(|(stream, _)| stream.as_str() == notice.stream_id)?
-                .1
+        let events = pick_noticed(notices, |index, notice| {
+            read.get(streams.get(index)?)?
                 .iter()
                 .find(|event| event.event_id == notice.event_id)
         })?;

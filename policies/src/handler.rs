@@ -103,22 +103,22 @@ pub async fn read_noticed(
         .events_by_ids(&ids)
         .await
         .map_err(|error| (None, PolicyError::Store(error)))?;
-    pick_noticed(notices, |notice| {
+    pick_noticed(notices, |_, notice| {
         found.iter().find(|event| event.event_id == notice.event_id)
     })
 }
 
-/// The events `notices` name, in their order, each as `find` finds it; one not found fails
-/// with its index (`PolicyError::Missing`).
+/// The events `notices` name, in their order, each as `find` finds it (given the notice's
+/// index); one not found fails with its index (`PolicyError::Missing`).
 pub fn pick_noticed<'e>(
     notices: &[Noticed<'_>],
-    find: impl Fn(&Noticed<'_>) -> Option<&'e RecordedEvent>,
+    find: impl Fn(usize, &Noticed<'_>) -> Option<&'e RecordedEvent>,
 ) -> Result<Vec<RecordedEvent>, (Option<usize>, PolicyError)> {
     notices
         .iter()
         .enumerate()
         .map(|(index, notice)| {
-            find(notice).cloned().ok_or((
+            find(index, notice).cloned().ok_or((
                 Some(index),
                 PolicyError::Missing {
                     event_id: notice.event_id,

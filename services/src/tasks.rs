@@ -140,7 +140,11 @@ impl TaskDesk {
 
     /// The task rebuilt from its stream; `None` if it was never created.
     pub async fn load(&self, task_id: Uuid) -> Result<Option<LoadedTask>, RegistryError> {
-        let stream_id = Self::stream_id(task_id)?;
+        self.load_stream(Self::stream_id(task_id)?).await
+    }
+
+    /// The task of stream `stream_id` rebuilt from it; `None` if it was never created.
+    async fn load_stream(&self, stream_id: StreamId) -> Result<Option<LoadedTask>, RegistryError> {
         let events = self.store.read_stream(&stream_id).await?;
         let Some(last) = events.last() else {
             return Ok(None);
@@ -215,13 +219,7 @@ impl TaskDesk {
             }
             Err(RegistryError::Conflict) => {
                 self.run(actor, &loaded.stream_id, command).await?;
-                let task_id = loaded
-                    .stream_id
-                    .as_str()
-                    .strip_prefix("task-")
-                    .and_then(|id| Uuid::parse_str(id).ok())
-                    .ok_or_else(|| RegistryError::Fault("not a task stream".to_owned()))?;
-                self.load(task_id)
+                self.load_stream(loaded.stream_id.clone())
                     .await?
                     .ok_or_else(|| RegistryError::Fault("the task vanished".to_owned()))
             }

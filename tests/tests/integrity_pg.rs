@@ -614,6 +614,69 @@ async fn created_task_stream(store: &EventStore) -> (StreamId, sqlx::PgPool) {
     (stream, store.postgres_pool().unwrap().clone())
 }
 
+/// Appends the event after `version` to `stream` through `appender` while another transaction
+/// holds a key-share lock on the stream's row: it must not wait for that lock.
+async fn append_past_a_key_share_holder(
+    pool: &sqlx::PgPool,
+    appender: &EventStore,
+    stream: &StreamId,
+    version: i64,
+) {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR KEY SHARE")
+        .bind(stream.as_str())
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let event = new_event("TaskClaimed", json!({ "n": version + 1 }));
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        appender.append(
+            stream,
+            ExpectedVersion::Exact(StreamVersion(version)),
+            std::slice::from_ref(&event),
+        ),
+    )
+    .await
+    .expect("the append does not wait for the stream's row lock")
+    .unwrap();
+    assert_eq!(outcome.stream_version.0, version + 1);
+    holder.rollback().await.unwrap();
+}
+
+/// Another writer (a transaction, which does not use what this process read) moves `stream`
+/// from `version` on by one event.
+async fn moved_by_another_writer(store: &EventStore, stream: &StreamId, version: i64) {
+    let mut tx = store.begin().await.unwrap();
+    tx.append(
+        stream,
+        ExpectedVersion::Exact(StreamVersion(version)),
+        &[new_event("TaskClaimed", json!({ "n": version + 1 }))],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// An append to `stream` expecting `version`, which another writer moved on by one: a conflict
+/// at `version + 1`. Returns the refused event.
+async fn refused_as_stale(store: &EventStore, stream: &StreamId, version: i64) -> NewEvent {
+    let late = new_event("TaskClaimed", json!({"n": "late"}));
+    let error = store
+        .append(
+            stream,
+            ExpectedVersion::Exact(StreamVersion(version)),
+            std::slice::from_ref(&late),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, lifeline_store::AppendError::Conflict { actual: Some(actual), .. } if actual.0 == version + 1),
+        "{error:?}"
+    );
+    late
+}
+
 /// An append that expects the version this process last read of its stream chains from the
 /// hash it read and does not lock the stream (migration 11): it goes through while another
 /// transaction holds a key-share lock on the stream's row, which the lock of the older path
@@ -626,26 +689,7 @@ async fn postgres_an_append_after_a_read_chains_from_the_hash_read_without_a_loc
     for (version, appender) in [(1, &*store), (2, &grouped), (3, &*store)] {
         let read = appender.read_stream(&stream).await.unwrap();
         assert_eq!(read.len(), version);
-        let mut holder = pool.begin().await.unwrap();
-        sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR KEY SHARE")
-            .bind(stream.as_str())
-            .execute(&mut *holder)
-            .await
-            .unwrap();
-        let event = new_event("TaskClaimed", json!({ "n": version + 1 }));
-        let outcome = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            appender.append(
-                &stream,
-                ExpectedVersion::Exact(StreamVersion(version as i64)),
-                std::slice::from_ref(&event),
-            ),
-        )
-        .await
-        .expect("the append does not wait for the stream's row lock")
-        .unwrap();
-        assert_eq!(outcome.stream_version.0, version as i64 + 1);
-        holder.rollback().await.unwrap();
+        append_past_a_key_share_holder(&pool, appender, &stream, version as i64).await;
     }
     let (version, last_hash): (i64, Vec<u8>) =
         sqlx::query_as("SELECT version, last_hash FROM streams WHERE stream_id = $1")
@@ -685,26 +729,7 @@ async fn postgres_appends_after_one_read_chain_from_each_other_without_a_lock() 
     let (stream, pool) = created_task_stream(&store).await;
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 1);
     for (version, appender) in [(1, &*store), (2, &grouped), (3, &*store)] {
-        let mut holder = pool.begin().await.unwrap();
-        sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR KEY SHARE")
-            .bind(stream.as_str())
-            .execute(&mut *holder)
-            .await
-            .unwrap();
-        let event = new_event("TaskClaimed", json!({ "n": version + 1 }));
-        let outcome = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            appender.append(
-                &stream,
-                ExpectedVersion::Exact(StreamVersion(version as i64)),
-                std::slice::from_ref(&event),
-            ),
-        )
-        .await
-        .expect("the append does not wait for the stream's row lock")
-        .unwrap();
-        assert_eq!(outcome.stream_version.0, version as i64 + 1);
-        holder.rollback().await.unwrap();
+        append_past_a_key_share_holder(&pool, appender, &stream, version as i64).await;
     }
     assert_eq!(
         store.known_hash_appends(),
@@ -729,28 +754,8 @@ async fn postgres_appends_after_one_read_chain_from_each_other_without_a_lock() 
     assert_eq!(store.known_hash_appends().written, 3);
 
     // Another writer moves the stream to 5: the hash known at 4 is refused, nothing is stored.
-    let mut tx = store.begin().await.unwrap();
-    tx.append(
-        &stream,
-        ExpectedVersion::Exact(StreamVersion(4)),
-        &[new_event("TaskClaimed", json!({"n": 5}))],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let late = new_event("TaskClaimed", json!({"n": "late"}));
-    let error = store
-        .append(
-            &stream,
-            ExpectedVersion::Exact(StreamVersion(4)),
-            std::slice::from_ref(&late),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, lifeline_store::AppendError::Conflict { actual: Some(actual), .. } if actual.0 == 5),
-        "{error:?}"
-    );
+    moved_by_another_writer(&store, &stream, 4).await;
+    refused_as_stale(&store, &stream, 4).await;
     assert_eq!(
         store.known_hash_appends(),
         lifeline_store::KnownHashAppends {
@@ -772,28 +777,8 @@ async fn postgres_an_append_from_a_stale_read_is_a_conflict_and_a_wrong_hash_is_
     let (stream, pool) = created_task_stream(&store).await;
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 1);
     // Another writer (a transaction does not use what this process read) moves it to 2.
-    let mut tx = store.begin().await.unwrap();
-    tx.append(
-        &stream,
-        ExpectedVersion::Exact(StreamVersion(1)),
-        &[new_event("TaskClaimed", json!({"n": 2}))],
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let late = new_event("TaskClaimed", json!({"n": "late"}));
-    let error = store
-        .append(
-            &stream,
-            ExpectedVersion::Exact(StreamVersion(1)),
-            std::slice::from_ref(&late),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, lifeline_store::AppendError::Conflict { actual: Some(actual), .. } if actual.0 == 2),
-        "{error:?}"
-    );
+    moved_by_another_writer(&store, &stream, 1).await;
+    let late = refused_as_stale(&store, &stream, 1).await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id = $1")
         .bind(late.event_id)
         .fetch_one(&pool)
