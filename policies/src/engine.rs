@@ -15,7 +15,10 @@
 //!   have>`, and a `TaskCreated` for each eligible one.
 //! - `corrections` (on `LifeEventCorrected`, `LifeEventVoided`): `TaskAmended` or
 //!   `TaskCancelled` to open tasks at the version read, re-issue or reversal tasks for completed
-//!   ones.
+//!   ones; on a correction of a death whose registration completed, each follow-up decided
+//!   again: a changed `EligibilityDecided` to `eligibility-<task id of this correction>`, one
+//!   never decided to `death-followups`' own stream (see
+//!   [`rules::corrections::DeathFollowUps`]).
 //!
 //! The registrations and the follow-ups read the record they prefill from held
 //! ([`StoreTransaction::read_streams_held`]): a correction or a void of it commits before that
@@ -26,19 +29,19 @@
 //! [`task_created_event_id`] or [`eligibility_event_id`]; an update with the version read and the
 //! rule's event id. An event id already stored means the work was done: nothing is appended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use lifeline_model::codec::{decode_recorded, to_new_event, EventFamily};
-use lifeline_model::declaration::Declaration;
+use lifeline_model::declaration::{DeathDeclaration, Declaration};
 use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamId, StreamVersion,
 };
 use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
-use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
+use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, SystemEvent};
 use lifeline_model::task::{TaskCompleted, TaskEvent, TaskOutcome};
 use lifeline_store::{AppendError, StoreError, StoreTransaction};
 use uuid::Uuid;
@@ -47,6 +50,7 @@ use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
 use crate::handler::{apply_each, pick_noticed, read_noticed, Noticed, PolicyError, PolicyHandler};
 use crate::identity::{IdentityAllocator, IdentityError, PinRequest, StoreAllocator};
 use crate::reference::{ReferenceData, ReferenceError};
+use crate::rules::corrections::{DeathFollowUps, Redecision};
 use crate::rules::{
     self, Command, BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS,
     DEATH_REGISTRATION,
@@ -801,6 +805,18 @@ impl Run<'_> {
         let Declaration::Death(declaration) = &life_event.declaration else {
             return Err(self.refused("a death-registration task of a birth record"));
         };
+        let person = self.deceased(declaration);
+        self.rule(rules::death_followups::react(
+            &completed,
+            &task,
+            &life_event,
+            &person,
+            &self.context,
+        ))
+    }
+
+    /// The deceased of `declaration` as the registers know them.
+    fn deceased(&self, declaration: &DeathDeclaration) -> PersonFacts {
         let personal_id = declaration.deceased.personal_id.as_ref();
         let registers = &self.context.reference.registers;
         // The disaster is looked up by the province the deceased lived in, else the office's.
@@ -815,19 +831,97 @@ impl Run<'_> {
                     .map(|residence| residence.province.clone())
             })
             .unwrap_or_else(|| declaration.office.province().to_owned());
-        let person = PersonFacts::lookup(
+        PersonFacts::lookup(
             self.context.reference,
             personal_id,
             Some(&province),
             declaration.death.date(),
+        )
+    }
+
+    /// What this correction does to a death record's follow-ups ([`DeathFollowUps`]): decided
+    /// once the original death registration completed; decided again here unless the record
+    /// changed after this correction (`later`). The decisions recorded before are read from the
+    /// streams the policies decide them in (`death-followups` under the completion, each
+    /// earlier correction under itself).
+    async fn death_follow_ups(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        life_event: &LifeEventFacts,
+        tasks: &[TaskFacts],
+        later: bool,
+    ) -> Result<DeathFollowUps, PolicyError> {
+        let Declaration::Death(declaration) = &life_event.declaration else {
+            return Ok(DeathFollowUps::NotDecided);
+        };
+        let registration = task_id(
+            DEATH_REGISTRATION,
+            life_event.record_event_id,
+            ProcedureId::DeathRegistration,
         );
-        self.rule(rules::death_followups::react(
-            &completed,
-            &task,
-            &life_event,
+        let Some(task) = tasks.iter().find(|task| task.task_id() == registration) else {
+            return Ok(DeathFollowUps::NotDecided);
+        };
+        let (Some(completion_id), Some(TaskOutcome::DeathRegistered { extract_number })) =
+            (task.completed_event_id, &task.state.outcome)
+        else {
+            return Ok(DeathFollowUps::NotDecided);
+        };
+        if later {
+            return Ok(DeathFollowUps::LeftToLater);
+        }
+        let Some(completion) = tx.event_by_id(completion_id).await? else {
+            return Err(self.refused(format!(
+                "the completion {completion_id} of death registration {registration} is not in the log"
+            )));
+        };
+        let mut keys = Vec::new();
+        for procedure in rules::death_followups::PROCEDURES {
+            keys.push(task_id(DEATH_FOLLOWUPS, completion_id, procedure));
+            for &amendment in &life_event.amendment_event_ids {
+                if amendment != self.event.event_id {
+                    keys.push(task_id(CORRECTIONS, amendment, procedure));
+                }
+            }
+        }
+        let streams = keys
+            .into_iter()
+            .map(|key| self.stream(StreamId::for_kind(ELIGIBILITY_STREAM_KIND, key)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let read = tx.read_streams(&streams.iter().collect::<Vec<_>>()).await?;
+        let mut latest: BTreeMap<ProcedureId, (i64, EligibilityDecided)> = BTreeMap::new();
+        for recorded in read.values().flatten() {
+            let Ok(SystemEvent::EligibilityDecided(decided)) =
+                decode_recorded::<SystemEvent>(recorded)
+            else {
+                return Err(self.refused(format!(
+                    "{} of {} is not an eligibility decision",
+                    recorded.event_type, recorded.stream_id
+                )));
+            };
+            let position = recorded.global_position.0;
+            if latest
+                .get(&decided.procedure)
+                .is_none_or(|(seen, _)| *seen < position)
+            {
+                latest.insert(decided.procedure, (position, decided));
+            }
+        }
+        let person = self.deceased(declaration);
+        let now = self.rule(rules::death_followups::decide_chosen(
+            extract_number,
+            life_event,
             &person,
-            &self.context,
-        ))
+            self.context.reference,
+        ))?;
+        Ok(DeathFollowUps::Redecide(Redecision {
+            now,
+            decided: latest
+                .into_iter()
+                .map(|(procedure, (_, decided))| (procedure, decided))
+                .collect(),
+            completion: Source::of(&completion),
+        }))
     }
 
     async fn corrections(
@@ -851,6 +945,13 @@ impl Run<'_> {
         let later = events
             .iter()
             .any(|event| event.stream_version > self.event.stream_version);
+        let follow_ups = match source {
+            LifeEventEvent::LifeEventCorrected(_) => {
+                self.death_follow_ups(tx, &life_event, &tasks, later)
+                    .await?
+            }
+            _ => DeathFollowUps::NotDecided,
+        };
         if later && matches!(source, LifeEventEvent::LifeEventCorrected(_)) {
             if let Some(current) = self.fold_life_event(&events, None)? {
                 let declared = current.application_facts();
@@ -864,9 +965,15 @@ impl Run<'_> {
             }
         }
         match source {
-            LifeEventEvent::LifeEventCorrected(corrected) => self.rule(
-                rules::corrections::react_corrected(&corrected, &life_event, &tasks, &self.context),
-            ),
+            LifeEventEvent::LifeEventCorrected(corrected) => {
+                self.rule(rules::corrections::react_corrected(
+                    &corrected,
+                    &life_event,
+                    &tasks,
+                    &follow_ups,
+                    &self.context,
+                ))
+            }
             LifeEventEvent::LifeEventVoided(voided) => self.rule(rules::corrections::react_voided(
                 &voided,
                 &life_event,

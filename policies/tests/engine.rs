@@ -987,3 +987,257 @@ async fn an_event_it_cannot_read_is_refused_and_others_are_ignored() {
     assert!(!engine.wants(BIRTH_REGISTRATION, "DeathRecorded"));
     assert!(!engine.wants(CORRECTIONS, "TaskCompleted"));
 }
+
+/// A death of the pensioner with every procedure chosen, registered (extract `TK-2026-88`) and
+/// its follow-ups decided: (the record, the completion's event id).
+async fn registered_death(harness: &mut Harness, engine: &PolicyEngine) -> (RecordedEvent, Uuid) {
+    let (_, recorded) = harness
+        .record(
+            "death",
+            record_death(death_body(&[
+                "death-registration",
+                "residence-deregistration",
+                "burial-allowance",
+                "funeral-support",
+            ])),
+        )
+        .await;
+    harness.drain(engine).await;
+    let completed = harness
+        .complete(
+            task_id(
+                DEATH_REGISTRATION,
+                recorded.event_id,
+                ProcedureId::DeathRegistration,
+            ),
+            TaskOutcome::DeathRegistered {
+                extract_number: "TK-2026-88".into(),
+            },
+        )
+        .await;
+    (recorded, completed)
+}
+
+/// `recorded`'s death declaration, changed by `change`, as a registrar's correction.
+async fn correct_death(
+    harness: &Harness,
+    recorded: &RecordedEvent,
+    change: impl FnOnce(&mut lifeline_model::declaration::DeathDeclaration),
+) -> RecordedEvent {
+    let mut declaration = match decode_recorded::<LifeEventEvent>(recorded).unwrap() {
+        LifeEventEvent::DeathRecorded(death) => death.declaration,
+        other => panic!("{other:?}"),
+    };
+    change(&mut declaration);
+    harness
+        .amend(
+            &recorded.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Death(declaration),
+                reason: "sai ngày mất".into(),
+                recorded_on: today(),
+            },
+        )
+        .await
+}
+
+fn died_on_2024_06_30(death: &mut lifeline_model::declaration::DeathDeclaration) {
+    death.death.at = chrono::DateTime::parse_from_rfc3339("2024-06-30T06:30:00+07:00").unwrap();
+}
+
+#[tokio::test]
+async fn a_corrected_date_of_death_decides_the_burial_allowance_again_once() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(11);
+    let (recorded, completed) = registered_death(&mut harness, &engine).await;
+    harness.drain(&engine).await;
+    let burial = task_id(DEATH_FOLLOWUPS, completed, ProcedureId::BurialAllowance);
+    assert_eq!(
+        harness
+            .task(burial)
+            .await
+            .unwrap()
+            .state
+            .application
+            .get("eligibility.amount_vnd"),
+        Some(&json!(23_400_000))
+    );
+
+    // The death was on 2024-06-30, before the base salary rose: every delivery twice.
+    harness.deliveries = 2;
+    let correction = correct_death(&harness, &recorded, died_on_2024_06_30).await;
+    harness.drain(&engine).await;
+
+    let decisions = harness.decisions().await;
+    let key = task_id(
+        CORRECTIONS,
+        correction.event_id,
+        ProcedureId::BurialAllowance,
+    );
+    let redecided: Vec<_> = decisions
+        .iter()
+        .filter(|(stream, _)| stream.as_str() == format!("eligibility-{key}"))
+        .collect();
+    assert_eq!(redecided.len(), 1, "{decisions:?}");
+    let decided = &redecided[0].1;
+    assert_eq!(decided.amount_vnd, Some(18_000_000));
+    assert_eq!(decided.parameters["date_of_death"], json!("2024-06-30"));
+    assert_eq!(
+        lifeline_policies::rules::death_followups::recompute(decided),
+        Some(18_000_000)
+    );
+    // 3 decisions first, then the burial allowance and funeral support again (its date moved).
+    assert_eq!(decisions.len(), 5, "{decisions:?}");
+    let task = harness.task(burial).await.unwrap();
+    assert_eq!(task.state.status, TaskStatus::Open);
+    assert_eq!(task.version, StreamVersion(2), "amended once");
+    assert_eq!(
+        task.state.application.get("eligibility.amount_vnd"),
+        Some(&json!(18_000_000))
+    );
+    // The residence task keeps the register's address the declaration never had.
+    let residence = harness
+        .task(task_id(
+            DEATH_FOLLOWUPS,
+            completed,
+            ProcedureId::ResidenceDeregistration,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(residence.version, StreamVersion(2));
+    assert_eq!(
+        residence
+            .state
+            .application
+            .get("deceased.residence.address"),
+        Some(&json!("5 Hàng Bông"))
+    );
+    // Tasks: registration, residence, burial, and the registration's re-issue.
+    assert_eq!(harness.created_tasks().await.len(), 4);
+    assert_policy_metadata(&harness.log().await);
+}
+
+#[tokio::test]
+async fn a_correction_handled_before_death_followups_decides_each_procedure_once() {
+    // `corrections` runs on a correction before `death-followups` has run on the completion
+    // that came before it (separate consumers, one behind): it decides the follow-ups under
+    // `death-followups`' own ids, and `death-followups` then adds nothing.
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(12);
+    let (recorded, completed) = registered_death(&mut harness, &engine).await;
+    let correction = correct_death(&harness, &recorded, died_on_2024_06_30).await;
+    apply_one(&harness, &engine, CORRECTIONS, &correction).await;
+    let decided_first = harness.decisions().await;
+    assert_eq!(decided_first.len(), 3, "{decided_first:?}");
+    let completion = harness
+        .log()
+        .await
+        .into_iter()
+        .find(|event| event.event_id == completed)
+        .unwrap();
+    apply_one(&harness, &engine, DEATH_FOLLOWUPS, &completion).await;
+    harness.deliveries = 2;
+    harness.drain(&engine).await;
+
+    let decisions = harness.decisions().await;
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    for (stream, decided) in &decisions {
+        assert_eq!(
+            stream.as_str(),
+            format!(
+                "eligibility-{}",
+                task_id(DEATH_FOLLOWUPS, completed, decided.procedure)
+            )
+        );
+    }
+    let burial = harness
+        .task(task_id(
+            DEATH_FOLLOWUPS,
+            completed,
+            ProcedureId::BurialAllowance,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(burial.version, StreamVersion(1));
+    assert_eq!(
+        burial.state.application.get("eligibility.amount_vnd"),
+        Some(&json!(18_000_000))
+    );
+    assert_eq!(burial.created.source_event_id, completed);
+    let procedures: Vec<_> = harness
+        .created_tasks()
+        .await
+        .iter()
+        .map(|task| task.procedure)
+        .collect();
+    assert_eq!(
+        procedures,
+        [
+            ProcedureId::DeathRegistration,
+            ProcedureId::DeathRegistration,
+            ProcedureId::ResidenceDeregistration,
+            ProcedureId::BurialAllowance,
+        ],
+        "the registration, its re-issue, each eligible follow-up once"
+    );
+}
+
+#[tokio::test]
+async fn a_procedure_chosen_by_a_correction_after_the_registration_gets_its_decision_and_task() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(13);
+    let (_, recorded) = harness
+        .record(
+            "death",
+            record_death(death_body(&[
+                "death-registration",
+                "residence-deregistration",
+            ])),
+        )
+        .await;
+    harness.drain(&engine).await;
+    let completed = harness
+        .complete(
+            task_id(
+                DEATH_REGISTRATION,
+                recorded.event_id,
+                ProcedureId::DeathRegistration,
+            ),
+            TaskOutcome::DeathRegistered {
+                extract_number: "TK-2026-89".into(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+    assert_eq!(harness.decisions().await.len(), 1);
+
+    // The declarant had asked for the burial allowance too, and no longer for the residence.
+    correct_death(&harness, &recorded, |death| {
+        death.procedures = vec![ProcedureId::DeathRegistration, ProcedureId::BurialAllowance];
+    })
+    .await;
+    harness.drain(&engine).await;
+    let decisions = harness.decisions().await;
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert_eq!(decisions[1].1.procedure, ProcedureId::BurialAllowance);
+    assert_eq!(decisions[1].1.amount_vnd, Some(23_400_000));
+    let burial = harness
+        .task(task_id(
+            DEATH_FOLLOWUPS,
+            completed,
+            ProcedureId::BurialAllowance,
+        ))
+        .await
+        .expect("the burial allowance's task");
+    assert_eq!(burial.state.status, TaskStatus::Open);
+    let residence = harness
+        .task(task_id(
+            DEATH_FOLLOWUPS,
+            completed,
+            ProcedureId::ResidenceDeregistration,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(residence.state.status, TaskStatus::Cancelled);
+    assert_policy_metadata(&harness.log().await);
+}

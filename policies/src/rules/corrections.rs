@@ -1,5 +1,6 @@
 //! `corrections`: a corrected record amends each open task whose application changed and
-//! re-issues each completed one; a voided record cancels open tasks and reverses completed ones.
+//! re-issues each completed one, and has a death's follow-ups decided again; a voided record
+//! cancels open tasks and reverses completed ones.
 
 use std::collections::BTreeMap;
 
@@ -7,11 +8,14 @@ use serde_json::Value;
 
 use lifeline_model::life_event::{LifeEventCorrected, LifeEventVoided};
 use lifeline_model::procedure::ProcedureId;
+use lifeline_model::system_events::EligibilityDecided;
 use lifeline_model::task::{Application, FollowUp, FollowUpKind, TaskCommand, TaskStatus};
+use lifeline_model::values::MAX_TEXT_CHARS;
 
+use super::death_followups::{self, FollowUpDecision};
 use super::{new_task, Command, RuleError, CORRECTIONS};
-use crate::engine::deterministic_id;
-use crate::facts::{declaration_facts, is_added_fact, Context, LifeEventFacts, TaskFacts};
+use crate::engine::{deterministic_id, task_id};
+use crate::facts::{declaration_facts, is_added_fact, Context, LifeEventFacts, Source, TaskFacts};
 
 /// The deterministic event id of what `cause` appends to `task_id`.
 pub fn update_event_id(cause: uuid::Uuid, task_id: uuid::Uuid) -> uuid::Uuid {
@@ -39,61 +43,261 @@ pub fn application_for(task: &TaskFacts, declared: &BTreeMap<String, Value>) -> 
     Application::for_procedure(task.created.procedure, &facts)
 }
 
-/// On `LifeEventCorrected`.
+/// What a correction does to the follow-ups of a death record (residence deregistration,
+/// burial allowance, funeral support), which were decided on the record's facts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeathFollowUps {
+    /// Not decided yet (a birth record, or a death registration not completed): whoever
+    /// decides them later reads the record as corrected. Their tasks, if any, are amended like
+    /// any other.
+    NotDecided,
+    /// Decided: decided again on the record as corrected.
+    Redecide(Redecision),
+    /// The record changed again after this correction: the later change decides them.
+    LeftToLater,
+}
+
+/// What re-deciding a death record's follow-ups needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redecision {
+    /// Each chosen follow-up procedure as `death-followups` decides it for the record as
+    /// corrected ([`death_followups::decide_chosen`]).
+    pub now: Vec<FollowUpDecision>,
+    /// The latest decision recorded for each follow-up procedure.
+    pub decided: BTreeMap<ProcedureId, EligibilityDecided>,
+    /// The death registration's completion that `death-followups` reacts to: a procedure never
+    /// decided (newly chosen, or `death-followups` not run yet) is decided under its ids, as
+    /// `death-followups` would decide it, so that the two never both create its task.
+    pub completion: Source,
+}
+
+/// On `LifeEventCorrected`: open tasks whose application changed are amended, completed ones
+/// re-issued; a death record's follow-ups are decided again ([`DeathFollowUps`]).
 pub fn react_corrected(
     event: &LifeEventCorrected,
     life_event: &LifeEventFacts,
     tasks: &[TaskFacts],
+    follow_ups: &DeathFollowUps,
     context: &Context<'_>,
 ) -> Result<Vec<Command>, RuleError> {
     let declared = declaration_facts(&event.declaration, life_event.late);
     let mut commands = Vec::new();
-    for (procedure, task) in latest_per_procedure(tasks) {
+    let latest = latest_per_procedure(tasks);
+    for (&procedure, task) in &latest {
+        if !matches!(follow_ups, DeathFollowUps::NotDecided)
+            && death_followups::PROCEDURES.contains(&procedure)
+        {
+            continue;
+        }
         let application = application_for(task, &declared);
-        match task.state.status {
-            TaskStatus::Open | TaskStatus::Claimed => {
-                let events = task.state.decide(TaskCommand::Amend {
-                    application,
-                    reason: event.reason.clone(),
-                    cause: Some(context.source.event_id),
-                    at: context.now,
-                })?;
-                for task_event in events {
-                    commands.push(Command::UpdateTask {
-                        task_id: task.task_id(),
-                        expected_version: task.version.0,
-                        event_id: update_event_id(context.source.event_id, task.task_id()),
-                        event: task_event,
-                    });
-                }
-            }
-            TaskStatus::Completed => {
-                if task
-                    .state
-                    .application
-                    .changed_fields(&application)
-                    .is_empty()
-                {
-                    continue;
-                }
-                commands.push(Command::CreateTask(new_task(
-                    CORRECTIONS,
-                    procedure,
-                    life_event.life_event_id,
-                    task.created.office.clone(),
-                    &application.0,
-                    context,
-                    Some(FollowUp {
-                        kind: FollowUpKind::Reissue,
-                        follows: task.task_id(),
-                        reason: event.reason.clone(),
-                    }),
-                )));
-            }
-            _ => {}
+        follow_application(event, procedure, task, application, context, &mut commands)?;
+    }
+    if let DeathFollowUps::Redecide(redecision) = follow_ups {
+        for procedure in death_followups::PROCEDURES {
+            redecide(
+                event,
+                life_event,
+                procedure,
+                latest.get(&procedure).copied(),
+                redecision,
+                context,
+                &mut commands,
+            )?;
         }
     }
     Ok(commands)
+}
+
+/// `task`, the latest of `procedure`, brought to `application`: amended while open, re-issued
+/// once completed if the application changed.
+fn follow_application(
+    event: &LifeEventCorrected,
+    procedure: ProcedureId,
+    task: &TaskFacts,
+    application: Application,
+    context: &Context<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<(), RuleError> {
+    match task.state.status {
+        TaskStatus::Open | TaskStatus::Claimed => {
+            let events = task.state.decide(TaskCommand::Amend {
+                application,
+                reason: event.reason.clone(),
+                cause: Some(context.source.event_id),
+                at: context.now,
+            })?;
+            for task_event in events {
+                commands.push(Command::UpdateTask {
+                    task_id: task.task_id(),
+                    expected_version: task.version.0,
+                    event_id: update_event_id(context.source.event_id, task.task_id()),
+                    event: task_event,
+                });
+            }
+        }
+        TaskStatus::Completed => {
+            if task
+                .state
+                .application
+                .changed_fields(&application)
+                .is_empty()
+            {
+                return Ok(());
+            }
+            commands.push(Command::CreateTask(new_task(
+                CORRECTIONS,
+                procedure,
+                task.created.life_event_id,
+                task.created.office.clone(),
+                &application.0,
+                context,
+                Some(FollowUp {
+                    kind: FollowUpKind::Reissue,
+                    follows: task.task_id(),
+                    reason: event.reason.clone(),
+                }),
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `task`, the latest of its procedure, withdrawn: cancelled while open (`why` added to the
+/// correction's reason), reversed once completed.
+fn withdraw(
+    event: &LifeEventCorrected,
+    task: &TaskFacts,
+    why: &str,
+    context: &Context<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<(), RuleError> {
+    match task.state.status {
+        TaskStatus::Open | TaskStatus::Claimed => {
+            for task_event in task.state.decide(TaskCommand::Cancel {
+                reason: with_why(&event.reason, why),
+                cause: Some(context.source.event_id),
+                at: context.now,
+            })? {
+                commands.push(Command::UpdateTask {
+                    task_id: task.task_id(),
+                    expected_version: task.version.0,
+                    event_id: update_event_id(context.source.event_id, task.task_id()),
+                    event: task_event,
+                });
+            }
+        }
+        TaskStatus::Completed => commands.push(Command::CreateTask(new_task(
+            CORRECTIONS,
+            task.created.procedure,
+            task.created.life_event_id,
+            task.created.office.clone(),
+            &task.state.application.0,
+            context,
+            Some(FollowUp {
+                kind: FollowUpKind::Reversal,
+                follows: task.task_id(),
+                reason: with_why(&event.reason, why),
+            }),
+        ))),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `reason: why`, cut to the longest reason a task event takes.
+fn with_why(reason: &str, why: &str) -> String {
+    format!("{reason}: {why}")
+        .chars()
+        .take(MAX_TEXT_CHARS)
+        .collect()
+}
+
+/// One follow-up procedure of a death record decided again after `event`:
+/// - never decided and now chosen: decided as `death-followups` would (its ids), with its task
+///   if eligible;
+/// - no longer chosen: its latest task withdrawn;
+/// - decided differently (the date of death moved the amount, the deceased's number changed who
+///   the registers find...): the new decision recorded under the id a task of this correction
+///   has; eligible: the open task amended, the completed one re-issued if its application
+///   changed, a new task if none is left; no longer eligible: the task withdrawn;
+/// - decided the same: its task follows the corrected facts like any other.
+fn redecide(
+    event: &LifeEventCorrected,
+    life_event: &LifeEventFacts,
+    procedure: ProcedureId,
+    latest: Option<&TaskFacts>,
+    redecision: &Redecision,
+    context: &Context<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<(), RuleError> {
+    let now = redecision
+        .now
+        .iter()
+        .find(|decided| decided.procedure == procedure);
+    let Some(before) = redecision.decided.get(&procedure) else {
+        if let Some(first) = now {
+            let context = Context {
+                source: redecision.completion,
+                ..*context
+            };
+            commands.extend(death_followups::commands(
+                first,
+                life_event.life_event_id,
+                &context,
+            ));
+        }
+        return Ok(());
+    };
+    let Some(now) = now else {
+        if let Some(task) = latest {
+            withdraw(event, task, "no longer applied for", context, commands)?;
+        }
+        return Ok(());
+    };
+    let changed = !now.decision.same_as(before);
+    let open_or_done = latest.filter(|task| {
+        matches!(
+            task.state.status,
+            TaskStatus::Open | TaskStatus::Claimed | TaskStatus::Completed
+        )
+    });
+    let creates =
+        now.task.is_some() && latest.is_none_or(|task| task.state.status == TaskStatus::Cancelled);
+    if changed || creates {
+        commands.push(Command::DecideEligibility {
+            key: task_id(CORRECTIONS, context.source.event_id, procedure),
+            decision: now
+                .decision
+                .event(life_event.life_event_id, procedure, context.now),
+        });
+    }
+    match (&now.task, open_or_done) {
+        (Some((_, facts)), Some(task)) => {
+            let application = Application::for_procedure(procedure, facts);
+            follow_application(event, procedure, task, application, context, commands)?;
+        }
+        (Some((office, facts)), None) if creates => {
+            commands.push(Command::CreateTask(new_task(
+                CORRECTIONS,
+                procedure,
+                life_event.life_event_id,
+                office.clone(),
+                facts,
+                context,
+                None,
+            )));
+        }
+        (None, Some(task)) => withdraw(
+            event,
+            task,
+            &format!("no longer eligible: {}", now.decision.reason),
+            context,
+            commands,
+        )?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// On `LifeEventVoided`.
@@ -148,11 +352,18 @@ pub fn react_voided(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::PersonFacts;
+    use crate::rules::death_followups::{decide_chosen, react as decide_followups};
     use crate::rules::test_support::*;
-    use lifeline_model::declaration::Declaration;
+    use crate::rules::DEATH_FOLLOWUPS;
+    use chrono::{DateTime, FixedOffset};
+    use lifeline_model::declaration::{DeathDeclaration, Declaration};
+    use lifeline_model::envelope::StreamVersion;
     use lifeline_model::procedure::ProcedureId as P;
-    use lifeline_model::values::FullName;
+    use lifeline_model::task::{TaskCreated, TaskEvent, TaskOutcome};
+    use lifeline_model::values::{Email, FullName, PersonalId};
     use serde_json::json;
+    use uuid::Uuid;
 
     fn corrected(name: &str) -> LifeEventCorrected {
         let mut declaration = birth_facts().declaration;
@@ -177,6 +388,7 @@ mod tests {
             &corrected("Nguyễn Minh Anh"),
             &birth_facts(),
             &[done.clone(), open.clone()],
+            &DeathFollowUps::NotDecided,
             &context(&reference),
         )
         .unwrap();
@@ -222,6 +434,7 @@ mod tests {
             &event,
             &birth_facts(),
             &[open_task(P::ChildHealthInsurance)],
+            &DeathFollowUps::NotDecided,
             &context(&reference),
         )
         .unwrap();
@@ -260,5 +473,355 @@ mod tests {
             FollowUpKind::Reversal
         );
         assert_eq!(reversal.application, done.state.application);
+    }
+
+    // ---- a death record's follow-ups, decided again
+
+    /// The follow-ups `death-followups` made for the test death of `person` (every procedure
+    /// chosen): their decisions and tasks, the tasks open.
+    fn decided_followups(person: &PersonFacts) -> (Vec<EligibilityDecided>, Vec<TaskFacts>) {
+        let reference = reference();
+        let registration = completed_task(P::DeathRegistration, death_registered());
+        let commands = decide_followups(
+            &death_completed(),
+            &registration,
+            &death_facts(),
+            person,
+            &context(&reference),
+        )
+        .unwrap();
+        let mut decisions = Vec::new();
+        let mut tasks = vec![registration];
+        for command in commands {
+            match command {
+                Command::DecideEligibility { decision, .. } => decisions.push(decision),
+                Command::CreateTask(created) => tasks.push(
+                    TaskFacts::from_events(
+                        &[(Uuid::from_u128(50), TaskEvent::TaskCreated(created))],
+                        StreamVersion(1),
+                    )
+                    .unwrap(),
+                ),
+                Command::UpdateTask { .. } => panic!("{command:?}"),
+            }
+        }
+        (decisions, tasks)
+    }
+
+    /// The test death corrected by `change`: the correction and the record as corrected.
+    fn death_corrected(
+        change: impl FnOnce(&mut DeathDeclaration),
+    ) -> (LifeEventCorrected, LifeEventFacts) {
+        let mut life = death_facts();
+        let Declaration::Death(death) = &mut life.declaration else {
+            unreachable!()
+        };
+        change(death);
+        let event = LifeEventCorrected {
+            life_event_id: life_event_id(),
+            reason: "sai ngày mất".into(),
+            recorded_on: date("2026-11-21"),
+            changed_fields: vec![],
+            declaration: life.declaration.clone(),
+        };
+        (event, life)
+    }
+
+    /// The decisions of `before`, and `life` (as corrected) decided again for `person`.
+    fn redecision(
+        before: &[EligibilityDecided],
+        life: &LifeEventFacts,
+        person: &PersonFacts,
+    ) -> DeathFollowUps {
+        DeathFollowUps::Redecide(Redecision {
+            now: decide_chosen("TK-2026-77", life, person, &reference()).unwrap(),
+            decided: before
+                .iter()
+                .map(|decided| (decided.procedure, decided.clone()))
+                .collect(),
+            completion: Source {
+                event_id: Uuid::from_u128(77),
+                recorded_at: utc("2026-11-20T10:00:00+07:00"),
+                correlation_id: Uuid::from_u128(78),
+            },
+        })
+    }
+
+    fn moved_death(death: &mut DeathDeclaration) {
+        death.death.at =
+            DateTime::<FixedOffset>::parse_from_rfc3339("2024-06-30T06:30:00+07:00").unwrap();
+    }
+
+    fn decisions_of(commands: &[Command]) -> Vec<(Uuid, &EligibilityDecided)> {
+        commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::DecideEligibility { key, decision } => Some((*key, decision)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn created_of(commands: &[Command]) -> Vec<&TaskCreated> {
+        commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::CreateTask(created) => Some(created),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_date_of_death_moved_before_a_raise_decides_the_allowance_again_and_amends_its_task() {
+        let reference = reference();
+        let (before, tasks) = decided_followups(&pensioner());
+        assert_eq!(before[1].amount_vnd, Some(23_400_000));
+        let (event, life) = death_corrected(moved_death);
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &pensioner()),
+            &context(&reference),
+        )
+        .unwrap();
+        // The burial allowance decided again at the base salary in force on 2024-06-30 (and
+        // funeral support, still not eligible, on its new date).
+        let decided = decisions_of(&commands);
+        assert_eq!(
+            decided
+                .iter()
+                .map(|(_, d)| (d.procedure, d.eligible))
+                .collect::<Vec<_>>(),
+            [(P::BurialAllowance, true), (P::FuneralSupport, false)],
+        );
+        let (key, burial) = decided[0];
+        assert_eq!(burial.procedure, P::BurialAllowance);
+        assert_eq!(burial.amount_vnd, Some(18_000_000));
+        assert_eq!(
+            crate::rules::death_followups::recompute(burial),
+            Some(18_000_000)
+        );
+        assert_eq!(key, task_id(CORRECTIONS, source_id(), P::BurialAllowance));
+        // Every open task follows the new date; the allowance's also its new amount; the
+        // residence task keeps the register's address the declaration never had.
+        let amended: BTreeMap<Uuid, &Application> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::UpdateTask {
+                    task_id,
+                    event: TaskEvent::TaskAmended(amended),
+                    ..
+                } => Some((*task_id, &amended.application)),
+                _ => None,
+            })
+            .collect();
+        let burial_task = &tasks[2];
+        assert_eq!(
+            amended[&burial_task.task_id()].get("eligibility.amount_vnd"),
+            Some(&json!(18_000_000))
+        );
+        let residence_task = &tasks[1];
+        assert_eq!(residence_task.created.procedure, P::ResidenceDeregistration);
+        let residence = amended[&residence_task.task_id()];
+        assert_eq!(
+            residence.get("death.at"),
+            Some(&json!("2024-06-30T06:30:00+07:00"))
+        );
+        assert_eq!(
+            residence.get("deceased.residence.address"),
+            Some(&json!("5 Hàng Bông"))
+        );
+        // The completed registration is re-issued with the new date, as any completed task.
+        let created = created_of(&commands);
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0].procedure, P::DeathRegistration);
+    }
+
+    #[test]
+    fn a_deceased_no_longer_eligible_has_the_open_task_cancelled_and_the_completed_one_reversed() {
+        let reference = reference();
+        let (before, mut tasks) = decided_followups(&pensioner());
+        // The burial allowance was paid; the residence deregistration is still open.
+        tasks[2] = completed_task(
+            P::BurialAllowance,
+            TaskOutcome::PaymentDecided {
+                decision_number: "QĐ-1".into(),
+                amount_vnd: 23_400_000,
+            },
+        );
+        // The registrar had typed the wrong number: the deceased is in no register.
+        let (event, life) = death_corrected(|death| {
+            death.deceased.personal_id = Some(PersonalId::parse("001052999999").unwrap());
+        });
+        let nobody = PersonFacts::default();
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &nobody),
+            &context(&reference),
+        )
+        .unwrap();
+        let decided = decisions_of(&commands);
+        assert_eq!(
+            decided
+                .iter()
+                .map(|(_, d)| (d.procedure, d.eligible))
+                .collect::<Vec<_>>(),
+            [
+                (P::ResidenceDeregistration, false),
+                (P::BurialAllowance, false)
+            ]
+        );
+        let cancelled: Vec<_> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::UpdateTask {
+                    task_id,
+                    event: TaskEvent::TaskCancelled(cancelled),
+                    ..
+                } => Some((*task_id, cancelled.reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            cancelled,
+            [(
+                tasks[1].task_id(),
+                "sai ngày mất: no longer eligible: no registered permanent residence found"
+                    .to_owned()
+            )]
+        );
+        // The completed registration is re-issued for the new number; the paid allowance is
+        // reversed.
+        let created = created_of(&commands);
+        assert_eq!(
+            created
+                .iter()
+                .map(|task| task.procedure)
+                .collect::<Vec<_>>(),
+            [P::DeathRegistration, P::BurialAllowance]
+        );
+        let follow_up = created[1].follow_up.as_ref().unwrap();
+        assert_eq!(follow_up.kind, FollowUpKind::Reversal);
+        assert_eq!(follow_up.follows, tasks[2].task_id());
+    }
+
+    #[test]
+    fn a_procedure_chosen_by_the_correction_is_decided_as_death_followups_would() {
+        let reference = reference();
+        let (event, life) = death_corrected(|_| {});
+        let mut original = death_facts();
+        if let Declaration::Death(death) = &mut original.declaration {
+            death.procedures = vec![P::DeathRegistration];
+        }
+        // Nothing was decided (nothing chosen); the correction chooses all three.
+        let registration = completed_task(P::DeathRegistration, death_registered());
+        let follow_ups = redecision(&[], &life, &pensioner());
+        let commands = react_corrected(
+            &event,
+            &life,
+            std::slice::from_ref(&registration),
+            &follow_ups,
+            &context(&reference),
+        )
+        .unwrap();
+        let DeathFollowUps::Redecide(redecision) = &follow_ups else {
+            unreachable!()
+        };
+        let keys: Vec<_> = decisions_of(&commands)
+            .iter()
+            .map(|(key, _)| *key)
+            .collect();
+        let expected: Vec<_> = death_followups::PROCEDURES
+            .iter()
+            .map(|&procedure| task_id(DEATH_FOLLOWUPS, redecision.completion.event_id, procedure))
+            .collect();
+        assert_eq!(keys, expected);
+        let created = created_of(&commands);
+        assert_eq!(
+            created
+                .iter()
+                .map(|task| (task.procedure, task.task_id, task.source_event_id))
+                .collect::<Vec<_>>(),
+            [
+                (P::ResidenceDeregistration, expected[0], Uuid::from_u128(77)),
+                (P::BurialAllowance, expected[1], Uuid::from_u128(77)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_procedure_no_longer_chosen_has_its_open_task_cancelled() {
+        let reference = reference();
+        let (before, tasks) = decided_followups(&pensioner());
+        let (event, life) = death_corrected(|death| {
+            death.procedures = vec![P::DeathRegistration, P::BurialAllowance];
+        });
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &pensioner()),
+            &context(&reference),
+        )
+        .unwrap();
+        assert_eq!(commands.len(), 1, "{commands:?}");
+        let Command::UpdateTask {
+            task_id,
+            event: TaskEvent::TaskCancelled(cancelled),
+            ..
+        } = &commands[0]
+        else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(*task_id, tasks[1].task_id());
+        assert_eq!(cancelled.reason, "sai ngày mất: no longer applied for");
+    }
+
+    #[test]
+    fn the_same_decision_records_nothing_new_and_a_later_correction_is_left_the_follow_ups() {
+        let reference = reference();
+        let (before, tasks) = decided_followups(&pensioner());
+        let (event, life) = death_corrected(|death| {
+            death.declarant.email =
+                Some(Email::parse_field("dung.le@example.vn", "declarant.email").unwrap());
+        });
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &pensioner()),
+            &context(&reference),
+        )
+        .unwrap();
+        // Of the open follow-ups, the declarant's email reaches the burial allowance's agency
+        // only: one amendment, and no decision.
+        assert!(decisions_of(&commands).is_empty());
+        let amended: Vec<_> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::UpdateTask { task_id, .. } => Some(*task_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(amended, [tasks[2].task_id()]);
+        let left = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &DeathFollowUps::LeftToLater,
+            &context(&reference),
+        )
+        .unwrap();
+        assert!(
+            left.iter().all(|command| matches!(
+                command,
+                Command::CreateTask(created) if created.procedure == P::DeathRegistration
+            )),
+            "{left:?}"
+        );
     }
 }

@@ -2,17 +2,21 @@
 //! deregistration, burial allowance and funeral support gets an eligibility decision (rule
 //! version and parameters recorded, amounts in integer VND) and, only if eligible, a task.
 
-use chrono::NaiveDate;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
 use lifeline_model::declaration::Declaration;
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::system_events::EligibilityDecided;
 use lifeline_model::task::{TaskCompleted, TaskOutcome};
+use lifeline_model::values::OfficeCode;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::{new_task, Command, RuleError, DEATH_FOLLOWUPS};
 use crate::engine::task_id;
 use crate::facts::{Context, LifeEventFacts, PersonFacts, TaskFacts};
-use crate::reference::{InsuranceStatus, Parameters};
+use crate::reference::{InsuranceStatus, Parameters, ReferenceData};
 
 /// The rule version of the residence-deregistration eligibility rule.
 pub const RESIDENCE_RULE_VERSION: &str = "residence-deregistration/registered-residence-v1";
@@ -173,24 +177,65 @@ pub fn extract_number<'a>(completed: &'a TaskCompleted, task: &TaskFacts) -> Opt
     }
 }
 
-/// On `TaskCompleted` of a death registration: a decision per chosen procedure, a task per
-/// eligible one.
-pub fn react(
-    completed: &TaskCompleted,
-    task: &TaskFacts,
+/// The follow-up procedures of a death, in group order: what `death-followups` decides.
+pub const PROCEDURES: [ProcedureId; 3] = [
+    ProcedureId::ResidenceDeregistration,
+    ProcedureId::BurialAllowance,
+    ProcedureId::FuneralSupport,
+];
+
+impl Decision {
+    /// The decision as the event that records it.
+    pub fn event(
+        &self,
+        life_event_id: Uuid,
+        procedure: ProcedureId,
+        decided_at: DateTime<Utc>,
+    ) -> EligibilityDecided {
+        EligibilityDecided {
+            life_event_id,
+            procedure,
+            eligible: self.eligible,
+            reason: self.reason.clone(),
+            rule_version: self.rule_version.clone(),
+            parameters: self.parameters.clone(),
+            amount_vnd: self.amount_vnd,
+            decided_at,
+        }
+    }
+
+    /// Whether `decided` recorded this same decision (the time it was made aside).
+    pub fn same_as(&self, decided: &EligibilityDecided) -> bool {
+        self.eligible == decided.eligible
+            && self.reason == decided.reason
+            && self.rule_version == decided.rule_version
+            && self.parameters == decided.parameters
+            && self.amount_vnd == decided.amount_vnd
+    }
+}
+
+/// One chosen follow-up procedure of a death record, decided: the decision and, if eligible,
+/// the office its task goes to and the facts the task is prefilled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUpDecision {
+    pub procedure: ProcedureId,
+    pub decision: Decision,
+    pub task: Option<(OfficeCode, BTreeMap<String, Value>)>,
+}
+
+/// Decides every follow-up procedure the record's declarant chose, for the deceased as the
+/// registers know `person`, with the death extract `extract`: what `death-followups` does when
+/// the registration completes, and what `corrections` does again when the record changes.
+/// Nothing for a birth record.
+pub fn decide_chosen(
+    extract: &str,
     life_event: &LifeEventFacts,
     person: &PersonFacts,
-    context: &Context<'_>,
-) -> Result<Vec<Command>, RuleError> {
-    let Some(extract) = extract_number(completed, task) else {
-        return Ok(vec![]);
-    };
+    reference: &ReferenceData,
+) -> Result<Vec<FollowUpDecision>, RuleError> {
     let Declaration::Death(declaration) = &life_event.declaration else {
         return Ok(vec![]);
     };
-    if life_event.voided {
-        return Ok(vec![]);
-    }
     let date_of_death = declaration.death.date();
     let area = declaration
         .deceased
@@ -209,39 +254,21 @@ pub fn react(
                 declaration.office.commune().to_owned(),
             )
         });
-    let mut commands = Vec::new();
-    for procedure in [
-        ProcedureId::ResidenceDeregistration,
-        ProcedureId::BurialAllowance,
-        ProcedureId::FuneralSupport,
-    ] {
+    let mut decided = Vec::new();
+    for procedure in PROCEDURES {
         if !declaration.procedures.contains(&procedure) {
             continue;
         }
-        let Some(decision) = decide(
-            procedure,
-            person,
-            date_of_death,
-            &context.reference.parameters,
-        )?
+        let Some(decision) = decide(procedure, person, date_of_death, &reference.parameters)?
         else {
             continue;
         };
-        let key = task_id(DEATH_FOLLOWUPS, context.source.event_id, procedure);
-        commands.push(Command::DecideEligibility {
-            key,
-            decision: EligibilityDecided {
-                life_event_id: life_event.life_event_id,
-                procedure,
-                eligible: decision.eligible,
-                reason: decision.reason.clone(),
-                rule_version: decision.rule_version.clone(),
-                parameters: decision.parameters.clone(),
-                amount_vnd: decision.amount_vnd,
-                decided_at: context.now,
-            },
-        });
         if !decision.eligible {
+            decided.push(FollowUpDecision {
+                procedure,
+                decision,
+                task: None,
+            });
             continue;
         }
         let mut facts = life_event.application_facts();
@@ -265,23 +292,70 @@ pub fn react(
         if let Some(amount) = decision.amount_vnd {
             facts.insert("eligibility.amount_vnd".to_owned(), json!(amount));
         }
-        let office = context.reference.routing.office_for(
+        let office =
+            reference
+                .routing
+                .office_for(procedure, &area.0, &area.1, &declaration.office)?;
+        decided.push(FollowUpDecision {
             procedure,
-            &area.0,
-            &area.1,
-            &declaration.office,
-        )?;
+            decision,
+            task: Some((office, facts)),
+        });
+    }
+    Ok(decided)
+}
+
+/// The commands of `decided` as `death-followups` appends them for the completion
+/// `context.source`: each decision under the id its procedure's task has (or would have), and
+/// that task for each eligible one.
+pub fn commands(
+    decided: &FollowUpDecision,
+    life_event_id: Uuid,
+    context: &Context<'_>,
+) -> Vec<Command> {
+    let procedure = decided.procedure;
+    let key = task_id(DEATH_FOLLOWUPS, context.source.event_id, procedure);
+    let mut commands = vec![Command::DecideEligibility {
+        key,
+        decision: decided
+            .decision
+            .event(life_event_id, procedure, context.now),
+    }];
+    if let Some((office, facts)) = &decided.task {
         commands.push(Command::CreateTask(new_task(
             DEATH_FOLLOWUPS,
             procedure,
-            life_event.life_event_id,
-            office,
-            &facts,
+            life_event_id,
+            office.clone(),
+            facts,
             context,
             None,
         )));
     }
-    Ok(commands)
+    commands
+}
+
+/// On `TaskCompleted` of a death registration: a decision per chosen procedure, a task per
+/// eligible one.
+pub fn react(
+    completed: &TaskCompleted,
+    task: &TaskFacts,
+    life_event: &LifeEventFacts,
+    person: &PersonFacts,
+    context: &Context<'_>,
+) -> Result<Vec<Command>, RuleError> {
+    let Some(extract) = extract_number(completed, task) else {
+        return Ok(vec![]);
+    };
+    if life_event.voided {
+        return Ok(vec![]);
+    }
+    Ok(
+        decide_chosen(extract, life_event, person, context.reference)?
+            .iter()
+            .flat_map(|decided| commands(decided, life_event.life_event_id, context))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
