@@ -55,6 +55,7 @@ use crate::rules::{
     self, Command, BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS,
     DEATH_REGISTRATION,
 };
+use crate::runtime::Notices;
 
 /// The namespace of every id Lifeline derives (UUIDv5) for exactly-once effects.
 pub const LIFELINE_NAMESPACE: Uuid = Uuid::from_u128(0x6c69_6665_6c69_6e65_8000_0000_0000_0001);
@@ -165,12 +166,16 @@ impl PolicyHandler for PolicyEngine {
         )
     }
 
-    fn only_event_type(&self, policy: &str) -> Option<&'static str> {
+    /// The registrations and follow-ups take their one event type; `corrections` the events of
+    /// records (its two types and the records' first events: one notice a record instead of
+    /// every notice of the stream).
+    fn notices(&self, policy: &str) -> Notices {
         match policy {
-            BIRTH_REGISTRATION => Some("BirthRecorded"),
-            DEATH_REGISTRATION => Some("DeathRecorded"),
-            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => Some("TaskCompleted"),
-            _ => None,
+            BIRTH_REGISTRATION => Notices::OfType("BirthRecorded"),
+            DEATH_REGISTRATION => Notices::OfType("DeathRecorded"),
+            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => Notices::OfType("TaskCompleted"),
+            CORRECTIONS => Notices::OfRecords,
+            _ => Notices::All,
         }
     }
 

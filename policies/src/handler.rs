@@ -5,6 +5,8 @@ use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
 use lifeline_store::StoreTransaction;
 
+use crate::runtime::Notices;
+
 /// Why a policy could not handle an event. The runtime retries (with backoff) and, after the
 /// configured number of deliveries, records `PolicyFailed` and moves on.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +39,12 @@ pub trait PolicyHandler: Send + Sync {
     /// Whether `policy` reacts to events of this type at all (others are acknowledged unread).
     fn wants(&self, policy: &str, event_type: &str) -> bool;
 
-    /// The one event type `policy` reacts to, if it reacts to exactly one: its JetStream
-    /// consumer then only receives events of that type (a filter subject; nats-server 2.9 has
-    /// one filter per consumer). `None` (the default): the consumer receives every event and
-    /// [`PolicyHandler::wants`] sorts them.
-    fn only_event_type(&self, _policy: &str) -> Option<&'static str> {
-        None
+    /// Which notices `policy`'s JetStream consumer receives: one filter subject
+    /// ([`crate::runtime::BusConfig::filter_subject`]; nats-server 2.9 has one filter per
+    /// consumer), narrowed to what the policy can want. [`Notices::All`] (the default): every
+    /// notice, which [`PolicyHandler::wants`] sorts; it still sorts what a filter lets through.
+    fn notices(&self, _policy: &str) -> Notices {
+        Notices::All
     }
 
     /// Runs `policy` on `event`: looks up the facts it needs, decides, and appends the

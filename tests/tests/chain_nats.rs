@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use lifeline::registry::Registry;
+use lifeline_model::declaration::Declaration;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::task::{TaskCreated, TaskOutcome};
 use lifeline_policies::engine::{task_id, POLICY_NAMES};
+use lifeline_policies::rules::corrections::update_event_id;
 use lifeline_policies::rules::{
-    BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_FOLLOWUPS, DEATH_REGISTRATION,
+    BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS, DEATH_REGISTRATION,
 };
 use lifeline_policies::runtime::{
     list_failed, retry_failed, BusConfig, ConsumerOptions, EventNotice, RetryFilter, Role,
@@ -27,8 +29,8 @@ use lifeline_store::{EventStore, StoreTransaction};
 use lifeline_tests::chain::{
     assert_tasks_exactly_once, assigned_pins, claim_and_complete, complete_deterministically,
     count_events, created_tasks, eligibility_decisions, expected_application, lifeline_binary, log,
-    real_engine, record_birth, record_death, test_settings, wait_consumer_drained, wait_for_count,
-    wait_for_event, wait_for_pin, wait_for_task, Roles,
+    real_engine, record_birth, record_death, registrar, test_settings, today,
+    wait_consumer_drained, wait_for_count, wait_for_event, wait_for_pin, wait_for_task, Roles,
 };
 use lifeline_tests::nats::{
     connect, delete_stream, postgres_url_of, shared_nats, shared_nats_url, unique_bus, PrivateNats,
@@ -226,6 +228,77 @@ async fn birth_and_death_chains_run_end_to_end_over_nats() {
     // Data minimisation: the police get no cause of death.
     assert_eq!(death.payload["death"]["cause"], json!("tuổi cao"));
     assert!(residence.application.get("death.cause").is_none());
+
+    // A correction and a void reach `corrections` through its filtered consumer (the records'
+    // subject class): the death's date moved (the residence task amended, funeral support
+    // decided again), the birth voided (its open follow-ups cancelled, its registration
+    // reversed).
+    let death_record = registry
+        .load(death_registration.life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(Declaration::Death(mut corrected)) = death_record.state.declaration.clone() else {
+        panic!("a death record")
+    };
+    corrected.death.at = chrono::DateTime::parse_from_rfc3339("2026-11-17T23:30:00+07:00").unwrap();
+    registry
+        .correct(
+            &registrar("01-00004", None),
+            &death_record.stream_id,
+            Declaration::Death(corrected),
+            "sai ngày mất".into(),
+            today(),
+        )
+        .await
+        .unwrap();
+    let correction = last_event(&store, &death_record.stream_id).await;
+    wait_for_event(
+        &store,
+        update_event_id(correction.event_id, residence.task_id),
+        "the residence task amended",
+        DEADLINE,
+    )
+    .await;
+    wait_for_event(
+        &store,
+        lifeline_policies::engine::eligibility_event_id(task_id(
+            CORRECTIONS,
+            correction.event_id,
+            ProcedureId::FuneralSupport,
+        )),
+        "funeral support decided again",
+        DEADLINE,
+    )
+    .await;
+    registry
+        .void(
+            &registrar("79-26734", None),
+            &birth.stream_id,
+            "nhập nhầm".into(),
+            today(),
+        )
+        .await
+        .unwrap();
+    let void = last_event(&store, &birth.stream_id).await;
+    for procedure in BIRTH_FOLLOWUP_PROCEDURES {
+        wait_for_event(
+            &store,
+            update_event_id(
+                void.event_id,
+                task_id(BIRTH_FOLLOWUPS, completed, procedure),
+            ),
+            "a birth follow-up cancelled",
+            DEADLINE,
+        )
+        .await;
+    }
+    wait_for_task(
+        &store,
+        task_id(CORRECTIONS, void.event_id, ProcedureId::BirthRegistration),
+        DEADLINE,
+    )
+    .await;
     roles.stop().await;
 
     let events = log(&store).await;
@@ -240,8 +313,9 @@ async fn birth_and_death_chains_run_end_to_end_over_nats() {
             (ProcedureId::ResidenceDeregistration, true),
             (ProcedureId::FuneralSupport, false),
         ]),
-        "one decision per chosen follow-up, none for the unchosen burial allowance"
+        "a decision per chosen follow-up (funeral support twice), none for the unchosen burial allowance"
     );
+    assert_eq!(decisions.len(), 3);
     for (_, decided) in &decisions {
         assert!(!decided.rule_version.is_empty());
         assert!(decided.parameters.is_object(), "{decided:?}");
@@ -260,11 +334,20 @@ async fn birth_and_death_chains_run_end_to_end_over_nats() {
             ProcedureId::ResidenceDeregistration,
         ])
     );
-    assert_eq!(tasks.len(), 5);
+    // And the death registration's re-issue, the birth registration's reversal.
+    assert_eq!(tasks.len(), 7);
     assert_eq!(assigned_pins(&events).len(), 1);
     assert!(list_failed(&store).await.unwrap().is_empty());
     delete_stream(&jetstream, &bus).await;
     store.close().await;
+}
+
+/// The last event of `stream`.
+async fn last_event(
+    store: &EventStore,
+    stream: &lifeline_model::envelope::StreamId,
+) -> RecordedEvent {
+    store.read_stream(stream).await.unwrap().pop().unwrap()
 }
 
 /// The real engine, counting the runs of each policy on each event.

@@ -11,8 +11,10 @@ use uuid::Uuid;
 use super::RuntimeError;
 
 /// Where events travel on NATS. Defaults: stream `LIFELINE_EVENTS`, subjects
-/// `lifeline.events.<stream kind>.<event type>`, file storage, one replica, a 2-minute
-/// duplicate window, 30 days of retention.
+/// `lifeline.events.<class>.<event type>` (the class: `record` for the events of a life event
+/// record, whose streams are `birth-<id>` and `death-<id>`; otherwise the stream kind: `task`,
+/// `pin`, `eligibility`...), file storage, one replica, a 2-minute duplicate window, 30 days of
+/// retention.
 ///
 /// Durability: JetStream acknowledges a publish before it is fsynced, and nats-server 2.9 has
 /// no `sync_interval` (2.10 added it); its file store writes each message to the OS at once and
@@ -48,13 +50,21 @@ impl Default for BusConfig {
 }
 
 impl BusConfig {
-    /// The subject an event is published on: `<prefix>.<stream kind>.<event type>`, each token
+    /// The subject an event is published on: `<prefix>.<class>.<event type>`, each token
     /// reduced to `[A-Za-z0-9_-]` so that no stored value can form a wildcard or a new token.
+    /// The class is [`RECORD_CLASS`] for a record's stream (`birth-`, `death-`): a consumer of
+    /// every record event (corrections and voids of both kinds) takes one filter subject, all
+    /// nats-server 2.9 allows. (Before 2026-12-06 the class was the stream kind for every stream:
+    /// notices still in the stream from then are on `<prefix>.birth.*` and `<prefix>.death.*`.)
     pub fn subject_for(&self, event: &EventHeader) -> String {
+        let class = match event.stream_id.kind() {
+            "birth" | "death" => RECORD_CLASS,
+            kind => kind,
+        };
         format!(
             "{}.{}.{}",
             self.subject_prefix,
-            subject_token(event.stream_id.kind()),
+            subject_token(class),
             subject_token(&event.event_type)
         )
     }
@@ -63,6 +73,15 @@ impl BusConfig {
     /// `<prefix>.*.<event type>`.
     pub fn subjects_of_type(&self, event_type: &str) -> String {
         format!("{}.*.{}", self.subject_prefix, subject_token(event_type))
+    }
+
+    /// The one filter subject of a consumer of `notices`, or `None` for every subject.
+    pub fn filter_subject(&self, notices: Notices) -> Option<String> {
+        match notices {
+            Notices::All => None,
+            Notices::OfType(event_type) => Some(self.subjects_of_type(event_type)),
+            Notices::OfRecords => Some(format!("{}.{RECORD_CLASS}.>", self.subject_prefix)),
+        }
     }
 
     /// Every subject of the stream.
@@ -93,6 +112,20 @@ impl BusConfig {
             .map_err(|error| RuntimeError::nats("create or update the event stream", error))?;
         Ok(())
     }
+}
+
+/// The subject class of the events of life event records (streams `birth-<id>`, `death-<id>`).
+pub const RECORD_CLASS: &str = "record";
+
+/// Which notices a policy's consumer receives ([`crate::PolicyHandler::notices`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notices {
+    /// Every notice of the stream; `wants` sorts them.
+    All,
+    /// The notices of one event type, whatever the stream.
+    OfType(&'static str),
+    /// The notices of life event records' events (recorded, corrected, voided), of both kinds.
+    OfRecords,
 }
 
 fn subject_token(value: &str) -> String {
@@ -168,6 +201,42 @@ pub fn nats_connected(jetstream: &jetstream::Context) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(stream: &str, event_type: &str) -> EventHeader {
+        EventHeader {
+            event_id: Uuid::nil(),
+            stream_id: lifeline_model::envelope::StreamId::parse(stream).unwrap(),
+            stream_version: lifeline_model::envelope::StreamVersion(1),
+            global_position: lifeline_model::envelope::GlobalPosition(1),
+            transaction_id: 1,
+            event_type: event_type.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_records_events_share_a_class_and_every_filter_matches_its_subjects() {
+        let bus = BusConfig::default();
+        let corrected = bus.subject_for(&header("birth-1", "LifeEventCorrected"));
+        assert_eq!(corrected, "lifeline.events.record.LifeEventCorrected");
+        assert_eq!(
+            bus.subject_for(&header("death-1", "LifeEventVoided")),
+            "lifeline.events.record.LifeEventVoided"
+        );
+        assert_eq!(
+            bus.subject_for(&header("task-1", "TaskCompleted")),
+            "lifeline.events.task.TaskCompleted"
+        );
+        assert_eq!(bus.filter_subject(Notices::All), None);
+        assert_eq!(
+            bus.filter_subject(Notices::OfRecords).as_deref(),
+            Some("lifeline.events.record.>")
+        );
+        assert_eq!(
+            bus.filter_subject(Notices::OfType("BirthRecorded"))
+                .as_deref(),
+            Some("lifeline.events.*.BirthRecorded")
+        );
+    }
 
     #[test]
     fn subject_tokens_cannot_form_wildcards_or_new_tokens() {

@@ -74,7 +74,7 @@ impl ConsumerOptions {
     /// The consumer's configuration. `max_deliver` is one more than the attempts: the last
     /// attempt records `PolicyFailed`, and if the process dies during it the spare delivery
     /// records it instead of JetStream dropping the message silently. The
-    /// consumer takes `filter_subject` (see [`PolicyHandler::only_event_type`]), or every subject
+    /// consumer takes `filter_subject` (see [`PolicyHandler::notices`]), or every subject
     /// of the stream if `None` (then `wants` decides).
     ///
     /// A durable that already exists is bound as it is: one created unfiltered by an earlier
@@ -445,9 +445,7 @@ impl Worker {
                 &self.options.durable_name(&self.policy),
                 self.options.consumer_config(
                     &self.policy,
-                    self.handler
-                        .only_event_type(&self.policy)
-                        .map(|event_type| bus.subjects_of_type(event_type)),
+                    bus.filter_subject(self.handler.notices(&self.policy)),
                 ),
             )
             .await

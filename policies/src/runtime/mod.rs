@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use bus::{connect_nats, BusConfig, EventNotice};
+pub use bus::{connect_nats, BusConfig, EventNotice, Notices};
 pub use consumer::{run_policy_consumer, run_policy_consumers, ConsumerOptions};
 pub use embedded::{run_embedded_policies, EmbeddedOptions, PolicySubscriber};
 pub use failures::{

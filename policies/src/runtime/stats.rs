@@ -8,10 +8,10 @@
 //!   whole stream (it will start from its first message); no stream counts 0.
 //! - Policies embedded: the committed events after each `policy:<name>` checkpoint.
 //!
-//! A consumer filtered on its policy's one event type (`PolicyHandler::only_event_type`) counts
-//! only the notices of that type; an unfiltered one (`corrections`, or a durable created by an
-//! earlier version) and the embedded subscriptions count every event, also those the policy only
-//! skips.
+//! A filtered consumer (`PolicyHandler::notices`: one event type, or `corrections`' record
+//! events) counts only the notices its filter lets through; an unfiltered one (a durable created
+//! by an earlier version) and the embedded subscriptions count every event, also those the
+//! policy only skips.
 //!
 //! Failures by policy are [`super::failures::failure_counts`].
 
