@@ -222,6 +222,9 @@ fn with_why(reason: &str, why: &str) -> String {
 ///   has; eligible: the open task amended, the completed one re-issued if its application
 ///   changed, a new task if none is left; no longer eligible: the task withdrawn;
 /// - decided the same: its task follows the corrected facts like any other.
+///
+/// A procedure whose latest task is a reversal has no task standing: it gets a new one if it
+/// is eligible again, and nothing more if it is not.
 fn redecide(
     event: &LifeEventCorrected,
     life_event: &LifeEventFacts,
@@ -249,21 +252,29 @@ fn redecide(
         }
         return Ok(());
     };
+    // The task that stands for the procedure: none once its latest is a reversal (an earlier
+    // correction withdrew a completed one), which is neither amended nor withdrawn again.
+    let standing = latest.filter(|task| {
+        task.created
+            .follow_up
+            .as_ref()
+            .is_none_or(|follow_up| follow_up.kind != FollowUpKind::Reversal)
+    });
     let Some(now) = now else {
-        if let Some(task) = latest {
+        if let Some(task) = standing {
             withdraw(event, task, "no longer applied for", context, commands)?;
         }
         return Ok(());
     };
     let changed = !now.decision.same_as(before);
-    let open_or_done = latest.filter(|task| {
+    let open_or_done = standing.filter(|task| {
         matches!(
             task.state.status,
             TaskStatus::Open | TaskStatus::Claimed | TaskStatus::Completed
         )
     });
-    let creates =
-        now.task.is_some() && latest.is_none_or(|task| task.state.status == TaskStatus::Cancelled);
+    let creates = now.task.is_some()
+        && standing.is_none_or(|task| task.state.status == TaskStatus::Cancelled);
     if changed || creates {
         commands.push(Command::DecideEligibility {
             key: task_id(CORRECTIONS, context.source.event_id, procedure),
@@ -707,6 +718,82 @@ mod tests {
         let follow_up = created[1].follow_up.as_ref().unwrap();
         assert_eq!(follow_up.kind, FollowUpKind::Reversal);
         assert_eq!(follow_up.follows, tasks[2].task_id());
+    }
+
+    #[test]
+    fn a_reversed_allowance_is_not_withdrawn_again_and_gets_a_new_task_once_eligible_again() {
+        let reference = reference();
+        let (mut before, mut tasks) = decided_followups(&pensioner());
+        // An earlier correction found the deceased in no register: the paid allowance was
+        // reversed (its reversal task still open) under a decision of not eligible.
+        let paid = completed_task(
+            P::BurialAllowance,
+            TaskOutcome::PaymentDecided {
+                decision_number: "QĐ-1".into(),
+                amount_vnd: 23_400_000,
+            },
+        );
+        let mut reversal = open_task(P::BurialAllowance);
+        reversal.created.task_id = Uuid::from_u128(60);
+        reversal.created.follow_up = Some(FollowUp {
+            kind: FollowUpKind::Reversal,
+            follows: paid.task_id(),
+            reason: "sai số định danh".into(),
+        });
+        tasks[2] = paid;
+        tasks.push(reversal.clone());
+        let nobody = PersonFacts::default();
+        let ineligible = decide_chosen("TK-2026-77", &death_facts(), &nobody, &reference)
+            .unwrap()
+            .into_iter()
+            .find(|decided| decided.procedure == P::BurialAllowance)
+            .unwrap();
+        before[1] = ineligible.decision.event(
+            life_event_id(),
+            P::BurialAllowance,
+            utc("2026-11-21T10:00:00+07:00"),
+        );
+
+        // Still not eligible, on a new date: decided again, the reversal left alone.
+        let (event, life) = death_corrected(moved_death);
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &nobody),
+            &context(&reference),
+        )
+        .unwrap();
+        assert!(
+            commands.iter().all(|command| !matches!(
+                command,
+                Command::UpdateTask { task_id, .. } if *task_id == reversal.task_id()
+            )),
+            "{commands:?}"
+        );
+        assert!(created_of(&commands)
+            .iter()
+            .all(|task| task.procedure != P::BurialAllowance));
+
+        // Eligible again (the number corrected back): a new allowance task at the new amount.
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &pensioner()),
+            &context(&reference),
+        )
+        .unwrap();
+        let burial: Vec<_> = created_of(&commands)
+            .into_iter()
+            .filter(|task| task.procedure == P::BurialAllowance)
+            .collect();
+        assert_eq!(burial.len(), 1, "{commands:?}");
+        assert!(burial[0].follow_up.is_none());
+        assert_eq!(
+            burial[0].application.get("eligibility.amount_vnd"),
+            Some(&json!(18_000_000))
+        );
     }
 
     #[test]
