@@ -1241,3 +1241,48 @@ async fn a_procedure_chosen_by_a_correction_after_the_registration_gets_its_deci
     assert_eq!(residence.state.status, TaskStatus::Cancelled);
     assert_policy_metadata(&harness.log().await);
 }
+
+#[tokio::test]
+async fn a_procedure_made_eligible_by_a_correction_keeps_one_task_when_the_completion_comes_again()
+{
+    // Funeral support was not eligible (the pensioner is no social-protection beneficiary);
+    // the registrar corrects the deceased's number to one who is: its task is made. Then every
+    // event is delivered again from the start (a replayed consumer): death-followups, seeing
+    // the completion again with the corrected record, must not make a second task.
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(14);
+    let (recorded, completed) = registered_death(&mut harness, &engine).await;
+    harness.drain(&engine).await;
+    let funeral = task_id(DEATH_FOLLOWUPS, completed, ProcedureId::FuneralSupport);
+    assert!(harness.task(funeral).await.is_none());
+    correct_death(&harness, &recorded, |death| {
+        death.deceased.personal_id =
+            Some(lifeline_model::values::PersonalId::parse("001140000333").unwrap());
+        death.deceased.sex = lifeline_model::values::Sex::Female;
+        death.deceased.date_of_birth = NaiveDate::from_ymd_opt(1940, 5, 1);
+    })
+    .await;
+    harness.drain(&engine).await;
+    let funeral_tasks = |tasks: Vec<TaskCreated>| {
+        tasks
+            .into_iter()
+            .filter(|task| task.procedure == ProcedureId::FuneralSupport)
+            .collect::<Vec<_>>()
+    };
+    let made = funeral_tasks(harness.created_tasks().await);
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(
+        made[0].application.get("eligibility.amount_vnd"),
+        Some(&json!(7_200_000))
+    );
+    let before = snapshot(&harness).await;
+
+    harness.cursor = LogCursor::START;
+    harness.drain(&engine).await;
+    let after = funeral_tasks(harness.created_tasks().await);
+    assert_eq!(after.len(), 1, "the replay adds no second task: {after:?}");
+    assert_eq!(snapshot(&harness).await, before, "the replay adds nothing");
+    // The procedure's first task, with the id death-followups gives it.
+    assert_eq!(made[0].task_id, funeral);
+    assert_policy_metadata(&harness.log().await);
+}

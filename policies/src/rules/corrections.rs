@@ -13,7 +13,7 @@ use lifeline_model::task::{Application, FollowUp, FollowUpKind, TaskCommand, Tas
 use lifeline_model::values::MAX_TEXT_CHARS;
 
 use super::death_followups::{self, FollowUpDecision};
-use super::{new_task, Command, RuleError, CORRECTIONS};
+use super::{new_task, Command, RuleError, CORRECTIONS, DEATH_FOLLOWUPS};
 use crate::engine::{deterministic_id, task_id};
 use crate::facts::{declaration_facts, is_added_fact, Context, LifeEventFacts, Source, TaskFacts};
 
@@ -289,13 +289,26 @@ fn redecide(
             follow_application(event, procedure, task, application, context, commands)?;
         }
         (Some((office, facts)), None) if creates => {
+            // The procedure's first task has the id `death-followups` would give it (a
+            // redelivered completion then finds it instead of making a second one); a later
+            // one, after a withdrawal, this correction's.
+            let (policy, context) = match latest {
+                None => (
+                    DEATH_FOLLOWUPS,
+                    Context {
+                        source: redecision.completion,
+                        ..*context
+                    },
+                ),
+                Some(_) => (CORRECTIONS, *context),
+            };
             commands.push(Command::CreateTask(new_task(
-                CORRECTIONS,
+                policy,
                 procedure,
                 life_event.life_event_id,
                 office.clone(),
                 facts,
-                context,
+                &context,
                 None,
             )));
         }
@@ -366,7 +379,6 @@ mod tests {
     use crate::facts::PersonFacts;
     use crate::rules::death_followups::{decide_chosen, react as decide_followups};
     use crate::rules::test_support::*;
-    use crate::rules::DEATH_FOLLOWUPS;
     use chrono::{DateTime, FixedOffset};
     use lifeline_model::declaration::{DeathDeclaration, Declaration};
     use lifeline_model::envelope::StreamVersion;
