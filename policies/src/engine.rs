@@ -18,7 +18,7 @@
 //!   ones; on a correction of a death whose registration completed, each follow-up decided
 //!   again: a changed `EligibilityDecided` to `eligibility-<task id of this correction>`, one
 //!   never decided to `death-followups`' own stream (see
-//!   [`rules::corrections::DeathFollowUps`]).
+//!   [`rules::corrections::FollowUps`]).
 //!
 //! The registrations and the follow-ups read the record they prefill from held
 //! ([`StoreTransaction::read_streams_held`]): a correction or a void of it commits before that
@@ -48,9 +48,11 @@ use uuid::Uuid;
 
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
 use crate::handler::{apply_each, pick_noticed, read_noticed, Noticed, PolicyError, PolicyHandler};
-use crate::identity::{IdentityAllocator, IdentityError, PinRequest, StoreAllocator};
+use crate::identity::{
+    assignment_event_id, IdentityAllocator, IdentityError, PinRequest, StoreAllocator,
+};
 use crate::reference::{ReferenceData, ReferenceError};
-use crate::rules::corrections::{DeathFollowUps, Redecision};
+use crate::rules::corrections::{BirthChoice, FollowUps, Redecision};
 use crate::rules::{
     self, Command, BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, CORRECTIONS, DEATH_FOLLOWUPS,
     DEATH_REGISTRATION,
@@ -844,20 +846,73 @@ impl Run<'_> {
         )
     }
 
-    /// What this correction does to a death record's follow-ups ([`DeathFollowUps`]): decided
-    /// once the original death registration completed; decided again here unless the record
-    /// changed after this correction (`later`). The decisions recorded before are read from the
-    /// streams the policies decide them in (`death-followups` under the completion, each
-    /// earlier correction under itself).
-    async fn death_follow_ups(
+    /// What this correction does to a birth record's follow-ups ([`FollowUps`]): made once
+    /// `birth-followups` has run on the original registration's completion (the child has a
+    /// number, assigned in that run's transaction); followed here unless the record changed
+    /// after this correction (`later`).
+    async fn birth_follow_ups(
         &self,
         tx: &mut StoreTransaction<'_>,
         life_event: &LifeEventFacts,
         tasks: &[TaskFacts],
         later: bool,
-    ) -> Result<DeathFollowUps, PolicyError> {
+    ) -> Result<FollowUps, PolicyError> {
+        let registration = task_id(
+            BIRTH_REGISTRATION,
+            life_event.record_event_id,
+            ProcedureId::BirthRegistration,
+        );
+        let Some(task) = tasks.iter().find(|task| task.task_id() == registration) else {
+            return Ok(FollowUps::NotDecided);
+        };
+        let (Some(completion_id), Some(TaskOutcome::BirthRegistered { certificate_number })) =
+            (task.completed_event_id, &task.state.outcome)
+        else {
+            return Ok(FollowUps::NotDecided);
+        };
+        let Some(assignment) = tx
+            .event_by_id(assignment_event_id(life_event.life_event_id))
+            .await?
+        else {
+            return Ok(FollowUps::NotDecided);
+        };
+        if later {
+            return Ok(FollowUps::LeftToLater);
+        }
+        let Ok(SystemEvent::PersonalIdAssigned(assigned)) =
+            decode_recorded::<SystemEvent>(&assignment)
+        else {
+            return Err(self.refused(format!(
+                "{} {} is not the child's personal ID number",
+                assignment.event_type, assignment.event_id
+            )));
+        };
+        let Some(completion) = tx.event_by_id(completion_id).await? else {
+            return Err(self.refused(format!(
+                "the completion {completion_id} of birth registration {registration} is not in the log"
+            )));
+        };
+        Ok(FollowUps::Rechoose(BirthChoice {
+            child_personal_id: assigned.personal_id,
+            certificate_number: certificate_number.clone(),
+            completion: Source::of(&completion),
+        }))
+    }
+
+    /// What this correction does to the record's follow-ups ([`FollowUps`]): a birth's, see
+    /// [`Run::birth_follow_ups`]; a death's, decided once the original death registration
+    /// completed, decided again here unless the record changed after this correction (`later`). The decisions recorded before are read from the
+    /// streams the policies decide them in (`death-followups` under the completion, each
+    /// earlier correction under itself).
+    async fn follow_ups(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        life_event: &LifeEventFacts,
+        tasks: &[TaskFacts],
+        later: bool,
+    ) -> Result<FollowUps, PolicyError> {
         let Declaration::Death(declaration) = &life_event.declaration else {
-            return Ok(DeathFollowUps::NotDecided);
+            return self.birth_follow_ups(tx, life_event, tasks, later).await;
         };
         let registration = task_id(
             DEATH_REGISTRATION,
@@ -865,15 +920,15 @@ impl Run<'_> {
             ProcedureId::DeathRegistration,
         );
         let Some(task) = tasks.iter().find(|task| task.task_id() == registration) else {
-            return Ok(DeathFollowUps::NotDecided);
+            return Ok(FollowUps::NotDecided);
         };
         let (Some(completion_id), Some(TaskOutcome::DeathRegistered { extract_number })) =
             (task.completed_event_id, &task.state.outcome)
         else {
-            return Ok(DeathFollowUps::NotDecided);
+            return Ok(FollowUps::NotDecided);
         };
         if later {
-            return Ok(DeathFollowUps::LeftToLater);
+            return Ok(FollowUps::LeftToLater);
         }
         let Some(completion) = tx.event_by_id(completion_id).await? else {
             return Err(self.refused(format!(
@@ -919,7 +974,7 @@ impl Run<'_> {
             &person,
             self.context.reference,
         ))?;
-        Ok(DeathFollowUps::Redecide(Redecision {
+        Ok(FollowUps::Redecide(Redecision {
             now,
             decided: latest
                 .into_iter()
@@ -952,10 +1007,9 @@ impl Run<'_> {
             .any(|event| event.stream_version > self.event.stream_version);
         let follow_ups = match source {
             LifeEventEvent::LifeEventCorrected(_) => {
-                self.death_follow_ups(tx, &life_event, &tasks, later)
-                    .await?
+                self.follow_ups(tx, &life_event, &tasks, later).await?
             }
-            _ => DeathFollowUps::NotDecided,
+            _ => FollowUps::NotDecided,
         };
         if later && matches!(source, LifeEventEvent::LifeEventCorrected(_)) {
             if let Some(current) = self.fold_life_event(&events, None)? {

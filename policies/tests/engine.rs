@@ -1286,3 +1286,69 @@ async fn a_procedure_made_eligible_by_a_correction_keeps_one_task_when_the_compl
     assert_eq!(made[0].task_id, funeral);
     assert_policy_metadata(&harness.log().await);
 }
+
+#[tokio::test]
+async fn a_birth_follow_up_chosen_by_a_correction_gets_its_task_and_one_dropped_is_cancelled() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(15);
+    let mut body = birth_body();
+    body["procedures"] = json!(["birth-registration", "residence-registration"]);
+    let (_, birth, completed) = registered_birth(&mut harness, &engine, body, "KS-2026-015").await;
+    let residence = task_id(
+        BIRTH_FOLLOWUPS,
+        completed,
+        ProcedureId::ResidenceRegistration,
+    );
+    assert!(harness.task(residence).await.is_some());
+    let pin = harness.pins().await[0].personal_id.as_str().to_owned();
+
+    // The declarant had asked for the child's health-insurance card, not the residence entry.
+    let mut declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    declaration.procedures = vec![
+        ProcedureId::BirthRegistration,
+        ProcedureId::ChildHealthInsurance,
+    ];
+    harness
+        .amend(
+            &birth.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(declaration),
+                reason: "chọn nhầm thủ tục".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+
+    let insurance = harness
+        .task(task_id(
+            BIRTH_FOLLOWUPS,
+            completed,
+            ProcedureId::ChildHealthInsurance,
+        ))
+        .await
+        .expect("the insurance task, with the id birth-followups gives it");
+    assert_eq!(insurance.state.status, TaskStatus::Open);
+    assert_eq!(insurance.created.source_event_id, completed);
+    assert_eq!(
+        insurance.state.application.get("child.personal_id"),
+        Some(&json!(pin))
+    );
+    assert_eq!(
+        insurance.state.application.get("birth_certificate_number"),
+        Some(&json!("KS-2026-015"))
+    );
+    let residence = harness.task(residence).await.unwrap();
+    assert_eq!(residence.state.status, TaskStatus::Cancelled);
+
+    // Every event delivered again from the start adds nothing.
+    let before = snapshot(&harness).await;
+    harness.cursor = LogCursor::START;
+    harness.drain(&engine).await;
+    assert_eq!(snapshot(&harness).await, before);
+    assert_eq!(harness.pins().await.len(), 1);
+    assert_policy_metadata(&harness.log().await);
+}

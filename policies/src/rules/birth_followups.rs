@@ -2,14 +2,17 @@
 //! its personal ID number, the residence-registration and child-health-insurance tasks the
 //! declarant chose are created, prefilled with the child's number and the certificate.
 
-use lifeline_model::declaration::Declaration;
+use std::collections::BTreeMap;
+
+use lifeline_model::declaration::{BirthDeclaration, Declaration};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::task::{TaskCompleted, TaskOutcome};
-use lifeline_model::values::PersonalId;
-use serde_json::json;
+use lifeline_model::values::{OfficeCode, PersonalId};
+use serde_json::{json, Value};
 
 use super::{new_task, Command, RuleError, BIRTH_FOLLOWUPS};
 use crate::facts::{Context, LifeEventFacts, TaskFacts};
+use crate::reference::ReferenceData;
 
 /// The certificate number, if `completed` completes an original birth-registration task (not
 /// a re-issue): only then do the follow-ups (and a personal ID number) apply.
@@ -23,6 +26,43 @@ pub fn certificate_number<'a>(completed: &'a TaskCompleted, task: &TaskFacts) ->
         }
         _ => None,
     }
+}
+
+/// The follow-up procedures of a birth, in group order: what `birth-followups` creates.
+pub const PROCEDURES: [ProcedureId; 2] = [
+    ProcedureId::ResidenceRegistration,
+    ProcedureId::ChildHealthInsurance,
+];
+
+/// What a follow-up task of `life_event` is prefilled from: its declaration's facts, the
+/// child's number and the certificate's.
+pub fn prefill(
+    life_event: &LifeEventFacts,
+    child_personal_id: &PersonalId,
+    certificate: &str,
+) -> BTreeMap<String, Value> {
+    let mut facts = life_event.application_facts();
+    facts.insert(
+        "child.personal_id".to_owned(),
+        json!(child_personal_id.as_str()),
+    );
+    facts.insert("birth_certificate_number".to_owned(), json!(certificate));
+    facts
+}
+
+/// The office a follow-up task of `declaration` goes to: the one for the child's residence.
+pub fn office(
+    procedure: ProcedureId,
+    declaration: &BirthDeclaration,
+    reference: &ReferenceData,
+) -> Result<OfficeCode, RuleError> {
+    let residence = &declaration.residence;
+    Ok(reference.routing.office_for(
+        procedure,
+        &residence.province,
+        &residence.commune,
+        &declaration.office,
+    )?)
 }
 
 /// On `TaskCompleted` of a birth registration: the chosen follow-up tasks.
@@ -42,27 +82,13 @@ pub fn react(
     if life_event.voided {
         return Ok(vec![]);
     }
-    let mut facts = life_event.application_facts();
-    facts.insert(
-        "child.personal_id".to_owned(),
-        json!(child_personal_id.as_str()),
-    );
-    facts.insert("birth_certificate_number".to_owned(), json!(certificate));
-    let residence = &declaration.residence;
+    let facts = prefill(life_event, child_personal_id, certificate);
     let mut commands = Vec::new();
-    for procedure in [
-        ProcedureId::ResidenceRegistration,
-        ProcedureId::ChildHealthInsurance,
-    ] {
+    for procedure in PROCEDURES {
         if !declaration.procedures.contains(&procedure) {
             continue;
         }
-        let office = context.reference.routing.office_for(
-            procedure,
-            &residence.province,
-            &residence.commune,
-            &declaration.office,
-        )?;
+        let office = office(procedure, declaration, context.reference)?;
         commands.push(Command::CreateTask(new_task(
             BIRTH_FOLLOWUPS,
             procedure,

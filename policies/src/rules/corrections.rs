@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use lifeline_model::declaration::Declaration;
 use lifeline_model::life_event::{LifeEventCorrected, LifeEventVoided};
-use lifeline_model::procedure::ProcedureId;
+use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::EligibilityDecided;
 use lifeline_model::task::{Application, FollowUp, FollowUpKind, TaskCommand, TaskStatus};
-use lifeline_model::values::MAX_TEXT_CHARS;
+use lifeline_model::values::{PersonalId, MAX_TEXT_CHARS};
 
 use super::death_followups::{self, FollowUpDecision};
-use super::{new_task, Command, RuleError, CORRECTIONS, DEATH_FOLLOWUPS};
+use super::{
+    birth_followups, new_task, Command, RuleError, BIRTH_FOLLOWUPS, CORRECTIONS, DEATH_FOLLOWUPS,
+};
 use crate::engine::{deterministic_id, task_id};
 use crate::facts::{declaration_facts, is_added_fact, Context, LifeEventFacts, Source, TaskFacts};
 
@@ -43,18 +46,52 @@ pub fn application_for(task: &TaskFacts, declared: &BTreeMap<String, Value>) -> 
     Application::for_procedure(task.created.procedure, &facts)
 }
 
-/// What a correction does to the follow-ups of a death record (residence deregistration,
-/// burial allowance, funeral support), which were decided on the record's facts.
+/// What a correction does to the follow-ups of a record (a birth's residence registration and
+/// child health insurance; a death's residence deregistration, burial allowance and funeral
+/// support), which were chosen by the declarant and, for a death, decided on the record's facts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum DeathFollowUps {
-    /// Not decided yet (a birth record, or a death registration not completed): whoever
-    /// decides them later reads the record as corrected. Their tasks, if any, are amended like
-    /// any other.
+pub enum FollowUps {
+    /// Not made yet (the registration not completed, or its follow-up policy not run yet):
+    /// whoever makes them later reads the record as corrected. Their tasks, if any, are amended
+    /// like any other.
     NotDecided,
-    /// Decided: decided again on the record as corrected.
+    /// A death's, made: decided again on the record as corrected.
     Redecide(Redecision),
-    /// The record changed again after this correction: the later change decides them.
+    /// A birth's, made: the procedures chosen now get a task, the others none.
+    Rechoose(BirthChoice),
+    /// The record changed again after this correction: the later change takes care of them.
     LeftToLater,
+}
+
+/// What following a birth record's choice of follow-ups needs, once `birth-followups` has run
+/// (the child has a number).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BirthChoice {
+    pub child_personal_id: PersonalId,
+    pub certificate_number: String,
+    /// The birth registration's completion `birth-followups` reacted to: a procedure's first
+    /// task gets its ids, as `birth-followups` would make it.
+    pub completion: Source,
+}
+
+/// The follow-up procedures of `group`.
+fn follow_up_procedures(group: ProcedureGroup) -> &'static [ProcedureId] {
+    match group {
+        ProcedureGroup::Birth => &birth_followups::PROCEDURES,
+        ProcedureGroup::Death => &death_followups::PROCEDURES,
+    }
+}
+
+/// The task that stands for a procedure whose latest task is `latest`: none once that is a
+/// reversal (an earlier correction withdrew a completed one), which is neither amended nor
+/// withdrawn again.
+fn standing(latest: Option<&TaskFacts>) -> Option<&TaskFacts> {
+    latest.filter(|task| {
+        task.created
+            .follow_up
+            .as_ref()
+            .is_none_or(|follow_up| follow_up.kind != FollowUpKind::Reversal)
+    })
 }
 
 /// What re-deciding a death record's follow-ups needs.
@@ -72,37 +109,47 @@ pub struct Redecision {
 }
 
 /// On `LifeEventCorrected`: open tasks whose application changed are amended, completed ones
-/// re-issued; a death record's follow-ups are decided again ([`DeathFollowUps`]).
+/// re-issued; a death record's follow-ups are decided again ([`FollowUps`]).
 pub fn react_corrected(
     event: &LifeEventCorrected,
     life_event: &LifeEventFacts,
     tasks: &[TaskFacts],
-    follow_ups: &DeathFollowUps,
+    follow_ups: &FollowUps,
     context: &Context<'_>,
 ) -> Result<Vec<Command>, RuleError> {
     let declared = declaration_facts(&event.declaration, life_event.late);
     let mut commands = Vec::new();
     let latest = latest_per_procedure(tasks);
+    let follow_up = follow_up_procedures(life_event.declaration.group());
     for (&procedure, task) in &latest {
-        if !matches!(follow_ups, DeathFollowUps::NotDecided)
-            && death_followups::PROCEDURES.contains(&procedure)
-        {
+        if !matches!(follow_ups, FollowUps::NotDecided) && follow_up.contains(&procedure) {
             continue;
         }
         let application = application_for(task, &declared);
         follow_application(event, procedure, task, application, context, &mut commands)?;
     }
-    if let DeathFollowUps::Redecide(redecision) = follow_ups {
-        for procedure in death_followups::PROCEDURES {
-            redecide(
+    for &procedure in follow_up {
+        let latest = latest.get(&procedure).copied();
+        match follow_ups {
+            FollowUps::Redecide(redecision) => redecide(
                 event,
                 life_event,
                 procedure,
-                latest.get(&procedure).copied(),
+                latest,
                 redecision,
                 context,
                 &mut commands,
-            )?;
+            )?,
+            FollowUps::Rechoose(choice) => rechoose(
+                event,
+                life_event,
+                procedure,
+                latest,
+                choice,
+                context,
+                &mut commands,
+            )?,
+            FollowUps::NotDecided | FollowUps::LeftToLater => {}
         }
     }
     Ok(commands)
@@ -213,6 +260,65 @@ fn with_why(reason: &str, why: &str) -> String {
         .collect()
 }
 
+/// One follow-up procedure of a birth record after `event`: chosen now, its standing task
+/// follows the corrected facts, or one is made if none stands (the procedure's first with the
+/// ids `birth-followups` gives it, so that a completion delivered again finds it); no longer
+/// chosen, its standing task is withdrawn.
+fn rechoose(
+    event: &LifeEventCorrected,
+    life_event: &LifeEventFacts,
+    procedure: ProcedureId,
+    latest: Option<&TaskFacts>,
+    choice: &BirthChoice,
+    context: &Context<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<(), RuleError> {
+    let Declaration::Birth(declaration) = &life_event.declaration else {
+        return Ok(());
+    };
+    let standing = standing(latest);
+    if !declaration.procedures.contains(&procedure) {
+        if let Some(task) = standing {
+            withdraw(event, task, "no longer applied for", context, commands)?;
+        }
+        return Ok(());
+    }
+    let facts = birth_followups::prefill(
+        life_event,
+        &choice.child_personal_id,
+        &choice.certificate_number,
+    );
+    match standing {
+        Some(task) if task.state.status != TaskStatus::Cancelled => {
+            let application = Application::for_procedure(procedure, &facts);
+            follow_application(event, procedure, task, application, context, commands)
+        }
+        _ => {
+            let office = birth_followups::office(procedure, declaration, context.reference)?;
+            let (policy, context) = match latest {
+                None => (
+                    BIRTH_FOLLOWUPS,
+                    Context {
+                        source: choice.completion,
+                        ..*context
+                    },
+                ),
+                Some(_) => (CORRECTIONS, *context),
+            };
+            commands.push(Command::CreateTask(new_task(
+                policy,
+                procedure,
+                life_event.life_event_id,
+                office,
+                &facts,
+                &context,
+                None,
+            )));
+            Ok(())
+        }
+    }
+}
+
 /// One follow-up procedure of a death record decided again after `event`:
 /// - never decided and now chosen: decided as `death-followups` would (its ids), with its task
 ///   if eligible;
@@ -252,14 +358,7 @@ fn redecide(
         }
         return Ok(());
     };
-    // The task that stands for the procedure: none once its latest is a reversal (an earlier
-    // correction withdrew a completed one), which is neither amended nor withdrawn again.
-    let standing = latest.filter(|task| {
-        task.created
-            .follow_up
-            .as_ref()
-            .is_none_or(|follow_up| follow_up.kind != FollowUpKind::Reversal)
-    });
+    let standing = standing(latest);
     let Some(now) = now else {
         if let Some(task) = standing {
             withdraw(event, task, "no longer applied for", context, commands)?;
@@ -411,7 +510,7 @@ mod tests {
             &corrected("Nguyễn Minh Anh"),
             &birth_facts(),
             &[done.clone(), open.clone()],
-            &DeathFollowUps::NotDecided,
+            &FollowUps::NotDecided,
             &context(&reference),
         )
         .unwrap();
@@ -457,7 +556,7 @@ mod tests {
             &event,
             &birth_facts(),
             &[open_task(P::ChildHealthInsurance)],
-            &DeathFollowUps::NotDecided,
+            &FollowUps::NotDecided,
             &context(&reference),
         )
         .unwrap();
@@ -555,8 +654,8 @@ mod tests {
         before: &[EligibilityDecided],
         life: &LifeEventFacts,
         person: &PersonFacts,
-    ) -> DeathFollowUps {
-        DeathFollowUps::Redecide(Redecision {
+    ) -> FollowUps {
+        FollowUps::Redecide(Redecision {
             now: decide_chosen("TK-2026-77", life, person, &reference()).unwrap(),
             decided: before
                 .iter()
@@ -827,7 +926,7 @@ mod tests {
             &context(&reference),
         )
         .unwrap();
-        let DeathFollowUps::Redecide(redecision) = &follow_ups else {
+        let FollowUps::Redecide(redecision) = &follow_ups else {
             unreachable!()
         };
         let keys: Vec<_> = decisions_of(&commands)
@@ -911,7 +1010,7 @@ mod tests {
             &event,
             &life,
             &tasks,
-            &DeathFollowUps::LeftToLater,
+            &FollowUps::LeftToLater,
             &context(&reference),
         )
         .unwrap();
