@@ -1352,3 +1352,90 @@ async fn a_birth_follow_up_chosen_by_a_correction_gets_its_task_and_one_dropped_
     assert_eq!(harness.pins().await.len(), 1);
     assert_policy_metadata(&harness.log().await);
 }
+
+#[tokio::test]
+async fn a_corrected_residence_moves_the_open_follow_ups_to_the_new_areas_offices() {
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(16);
+    let (_, birth, completed) =
+        registered_birth(&mut harness, &engine, birth_body(), "KS-2026-016").await;
+    let residence = task_id(
+        BIRTH_FOLLOWUPS,
+        completed,
+        ProcedureId::ResidenceRegistration,
+    );
+    let insurance = task_id(
+        BIRTH_FOLLOWUPS,
+        completed,
+        ProcedureId::ChildHealthInsurance,
+    );
+    assert_eq!(
+        harness
+            .task(residence)
+            .await
+            .unwrap()
+            .created
+            .office
+            .as_str(),
+        "79-26734"
+    );
+    assert_eq!(
+        harness
+            .task(insurance)
+            .await
+            .unwrap()
+            .created
+            .office
+            .as_str(),
+        "79-00000"
+    );
+
+    // The family lives in Hà Nội, not in Hồ Chí Minh City.
+    let mut declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    declaration.residence.province = "01".into();
+    declaration.residence.commune = "00004".into();
+    declaration.residence.address = "9 Hàng Bông".into();
+    let correction = harness
+        .amend(
+            &birth.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(declaration),
+                reason: "sai nơi cư trú".into(),
+                recorded_on: today(),
+            },
+        )
+        .await;
+    harness.drain(&engine).await;
+
+    for (old, procedure, office) in [
+        (residence, ProcedureId::ResidenceRegistration, "01-00004"),
+        (insurance, ProcedureId::ChildHealthInsurance, "01-00000"),
+    ] {
+        let old = harness.task(old).await.unwrap();
+        assert_eq!(old.state.status, TaskStatus::Cancelled, "{procedure:?}");
+        let moved = harness
+            .task(task_id(CORRECTIONS, correction.event_id, procedure))
+            .await
+            .expect("the task made again at the new office");
+        assert_eq!(moved.created.office.as_str(), office);
+        assert_eq!(moved.state.status, TaskStatus::Open);
+        assert_eq!(
+            moved.state.application.get("birth_certificate_number"),
+            Some(&json!("KS-2026-016"))
+        );
+        if procedure == ProcedureId::ResidenceRegistration {
+            assert_eq!(
+                moved.state.application.get("residence.address"),
+                Some(&json!("9 Hàng Bông"))
+            );
+        }
+    }
+    let before = snapshot(&harness).await;
+    harness.cursor = LogCursor::START;
+    harness.drain(&engine).await;
+    assert_eq!(snapshot(&harness).await, before);
+    assert_policy_metadata(&harness.log().await);
+}

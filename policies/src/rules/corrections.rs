@@ -11,7 +11,7 @@ use lifeline_model::life_event::{LifeEventCorrected, LifeEventVoided};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::EligibilityDecided;
 use lifeline_model::task::{Application, FollowUp, FollowUpKind, TaskCommand, TaskStatus};
-use lifeline_model::values::{PersonalId, MAX_TEXT_CHARS};
+use lifeline_model::values::{OfficeCode, PersonalId, MAX_TEXT_CHARS};
 
 use super::death_followups::{self, FollowUpDecision};
 use super::{
@@ -126,7 +126,15 @@ pub fn react_corrected(
             continue;
         }
         let application = application_for(task, &declared);
-        follow_application(event, procedure, task, application, context, &mut commands)?;
+        follow_application(
+            event,
+            procedure,
+            task,
+            application,
+            &task.created.office,
+            context,
+            &mut commands,
+        )?;
     }
     for &procedure in follow_up {
         let latest = latest.get(&procedure).copied();
@@ -156,12 +164,13 @@ pub fn react_corrected(
 }
 
 /// `task`, the latest of `procedure`, brought to `application`: amended while open, re-issued
-/// once completed if the application changed.
+/// (at `office`) once completed if the application changed.
 fn follow_application(
     event: &LifeEventCorrected,
     procedure: ProcedureId,
     task: &TaskFacts,
     application: Application,
+    office: &OfficeCode,
     context: &Context<'_>,
     commands: &mut Vec<Command>,
 ) -> Result<(), RuleError> {
@@ -195,7 +204,7 @@ fn follow_application(
                 CORRECTIONS,
                 procedure,
                 task.created.life_event_id,
-                task.created.office.clone(),
+                office.clone(),
                 &application.0,
                 context,
                 Some(FollowUp {
@@ -207,6 +216,50 @@ fn follow_application(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// `task`, the standing task of a follow-up procedure, brought to `application` at `office`,
+/// where the corrected facts route it (a corrected residence can move it to another area's
+/// office): an open task there is amended; an open task elsewhere is cancelled and made again
+/// at `office`; a completed one is re-issued at `office` if its application changed.
+fn follow_routed(
+    event: &LifeEventCorrected,
+    procedure: ProcedureId,
+    task: &TaskFacts,
+    application: Application,
+    office: &OfficeCode,
+    context: &Context<'_>,
+    commands: &mut Vec<Command>,
+) -> Result<(), RuleError> {
+    let open = matches!(task.state.status, TaskStatus::Open | TaskStatus::Claimed);
+    if task.created.office == *office || !open {
+        return follow_application(
+            event,
+            procedure,
+            task,
+            application,
+            office,
+            context,
+            commands,
+        );
+    }
+    withdraw(
+        event,
+        task,
+        &format!("moved to office {office}"),
+        context,
+        commands,
+    )?;
+    commands.push(Command::CreateTask(new_task(
+        CORRECTIONS,
+        procedure,
+        task.created.life_event_id,
+        office.clone(),
+        &application.0,
+        context,
+        None,
+    )));
     Ok(())
 }
 
@@ -288,13 +341,21 @@ fn rechoose(
         &choice.child_personal_id,
         &choice.certificate_number,
     );
+    let office = birth_followups::office(procedure, declaration, context.reference)?;
     match standing {
         Some(task) if task.state.status != TaskStatus::Cancelled => {
             let application = Application::for_procedure(procedure, &facts);
-            follow_application(event, procedure, task, application, context, commands)
+            follow_routed(
+                event,
+                procedure,
+                task,
+                application,
+                &office,
+                context,
+                commands,
+            )
         }
         _ => {
-            let office = birth_followups::office(procedure, declaration, context.reference)?;
             let (policy, context) = match latest {
                 None => (
                     BIRTH_FOLLOWUPS,
@@ -383,9 +444,17 @@ fn redecide(
         });
     }
     match (&now.task, open_or_done) {
-        (Some((_, facts)), Some(task)) => {
+        (Some((office, facts)), Some(task)) => {
             let application = Application::for_procedure(procedure, facts);
-            follow_application(event, procedure, task, application, context, commands)?;
+            follow_routed(
+                event,
+                procedure,
+                task,
+                application,
+                office,
+                context,
+                commands,
+            )?;
         }
         (Some((office, facts)), None) if creates => {
             // The procedure's first task has the id `death-followups` would give it (a
@@ -904,6 +973,69 @@ mod tests {
         assert_eq!(
             burial[0].application.get("eligibility.amount_vnd"),
             Some(&json!(18_000_000))
+        );
+    }
+
+    #[test]
+    fn a_residence_declared_elsewhere_moves_the_open_follow_ups_to_that_areas_offices() {
+        let reference = reference();
+        let (before, tasks) = decided_followups(&pensioner());
+        assert_eq!(tasks[1].created.office.as_str(), "01-00004");
+        let (event, life) = death_corrected(|death| {
+            death.deceased.residence = Some(lifeline_model::declaration::Residence {
+                province: "79".into(),
+                commune: "26734".into(),
+                address: "12 Lê Lợi".into(),
+            });
+        });
+        let commands = react_corrected(
+            &event,
+            &life,
+            &tasks,
+            &redecision(&before, &life, &pensioner()),
+            &context(&reference),
+        )
+        .unwrap();
+        let cancelled: Vec<_> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::UpdateTask {
+                    task_id,
+                    event: TaskEvent::TaskCancelled(cancelled),
+                    ..
+                } => Some((*task_id, cancelled.reason.clone())),
+                _ => None,
+            })
+            .collect();
+        // The burial allowance is routed by the same area: Hồ Chí Minh City's social security.
+        assert_eq!(
+            cancelled,
+            [
+                (
+                    tasks[1].task_id(),
+                    "sai ngày mất: moved to office 79-26734".to_owned()
+                ),
+                (
+                    tasks[2].task_id(),
+                    "sai ngày mất: moved to office 79-00000".to_owned()
+                )
+            ]
+        );
+        let moved: Vec<_> = created_of(&commands)
+            .into_iter()
+            .filter(|task| task.procedure != P::DeathRegistration)
+            .collect();
+        assert_eq!(moved.len(), 2);
+        assert_eq!(moved[0].procedure, P::ResidenceDeregistration);
+        assert_eq!(moved[0].office.as_str(), "79-26734");
+        assert_eq!(moved[1].office.as_str(), "79-00000");
+        assert_eq!(
+            moved[0].task_id,
+            task_id(CORRECTIONS, source_id(), P::ResidenceDeregistration)
+        );
+        assert_eq!(
+            moved[0].application.get("deceased.residence.address"),
+            Some(&json!("12 Lê Lợi"))
         );
     }
 
