@@ -8,15 +8,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
+use lifeline_model::codec::decode_recorded;
 use lifeline_model::declaration::{
-    parse_birth, parse_death, BirthDeclarationInput, ChildInput, DeathDeclarationInput, DeathInput,
-    DeceasedInput, DeclarantInput, Declaration, NoticeInput, ParentInput, ResidenceInput,
+    parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, ChildInput,
+    DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput, Declaration, NoticeInput,
+    ParentInput, ResidenceInput,
 };
 use lifeline_model::life_event::LifeEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
-use lifeline_model::system_events::ReadResource;
+use lifeline_model::system_events::{PersonalIdAssigned, ReadResource, SystemEvent};
 use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_model::values::OfficeCode;
+use lifeline_policies::identity::assignment_event_id;
 use lifeline_store::projections::{self, ProcedureState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -442,7 +445,7 @@ pub async fn get_life_event(
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
-        (status = 422, description = "invalid fields, nothing changed, or voided", body = ErrorBody),
+        (status = 422, description = "invalid fields (also `personal_id_assigned`: a change of a birth's child sex or year of birth that its assigned personal ID number encodes), nothing changed, or voided", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -483,6 +486,10 @@ pub async fn correct_life_event(
     let today = state.today();
     let actor = actor(&principal, &context);
     let offices = state.offices.clone();
+    let assigned = match current_declaration(&loaded.state)? {
+        Declaration::Birth(_) => child_number(&state, life_event_id(&loaded)?).await?,
+        Declaration::Death(_) => None,
+    };
     state
         .registry
         .correct_with(&actor, &loaded.stream_id, reason, today, |current| {
@@ -493,6 +500,9 @@ pub async fn correct_life_event(
                 Action::ChangeLifeEvent,
                 Target::Office(declaration.office()),
             )?;
+            if let (Some(assigned), Declaration::Birth(birth)) = (&assigned, &declaration) {
+                check_child_number(assigned, birth)?;
+            }
             Ok::<_, ApiError>(declaration)
         })
         .await??;
@@ -721,6 +731,62 @@ fn corrected_declaration(
             Err(ApiError::validation_under(&parse_errors, "changes."))
         }
     }
+}
+
+/// The personal ID number assigned to the child of the birth record `life_event_id`, if one
+/// was (by `birth-followups`, once the registration completed).
+async fn child_number(
+    state: &AppState,
+    life_event_id: Uuid,
+) -> Result<Option<PersonalIdAssigned>, ApiError> {
+    let Some(recorded) = state
+        .store
+        .event_by_id(assignment_event_id(life_event_id))
+        .await?
+    else {
+        return Ok(None);
+    };
+    match decode_recorded::<SystemEvent>(&recorded) {
+        Ok(SystemEvent::PersonalIdAssigned(assigned)) => Ok(Some(assigned)),
+        Ok(_) | Err(_) => Err(ApiError::unavailable(format!(
+            "the child's number of life event {life_event_id} cannot be read"
+        ))),
+    }
+}
+
+/// A child's number encodes the century and sex (digit 4) and the year of birth (digits 5-6)
+/// it was assigned for. A correction that changes them needs the number re-established (a
+/// new one assigned, the old one cancelled), which Lifeline does not do yet: it is refused,
+/// naming the field, instead of leaving the child with a number that contradicts the record.
+fn check_child_number(
+    assigned: &PersonalIdAssigned,
+    birth: &BirthDeclaration,
+) -> Result<(), ApiError> {
+    let child = &birth.child;
+    if assigned
+        .personal_id
+        .check_holder(Some(child.date_of_birth), Some(child.sex))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let field = if child.sex == assigned.sex {
+        "changes.child.date_of_birth"
+    } else {
+        "changes.child.sex"
+    };
+    let mut errors = ValidationErrors::default();
+    errors.push(FieldError::new(
+        field,
+        "personal_id_assigned",
+        format!(
+            "the child already has personal ID number {}, which encodes the sex and year of \
+             birth it was assigned for; changing them needs a new number, which Lifeline cannot \
+             assign to an existing record: void the record and record the birth again",
+            assigned.personal_id.as_str()
+        ),
+    ));
+    Err(ApiError::validation(&errors))
 }
 
 /// RFC 7386 JSON merge patch.
