@@ -163,11 +163,12 @@ impl Replay {
                     row.corrections += 1;
                     row.office = corrected.declaration.office().to_string();
                 }
-                // The corrected declaration replaces who the life event names.
+                // The corrected declaration replaces who the life event names; the child, whom
+                // it never names (its number is assigned, not declared), keeps its link.
                 for person in self.persons.values_mut() {
-                    person
-                        .links
-                        .retain(|(life_event_id, ..)| *life_event_id != id);
+                    person.links.retain(|(life_event_id, _, role, _)| {
+                        *life_event_id != id || *role == PersonRole::Child
+                    });
                     if person.death_life_event_id == Some(id) {
                         person.vital_status = VitalStatus::Alive;
                         person.date_of_death = None;
@@ -175,6 +176,19 @@ impl Replay {
                     }
                 }
                 self.name_persons(id, &corrected.declaration);
+                // The child, once it has its number, takes the corrected name and date of birth.
+                if let Declaration::Birth(birth) = &corrected.declaration {
+                    for person in self.persons.values_mut() {
+                        if person
+                            .links
+                            .iter()
+                            .any(|link| link.0 == id && link.2 == PersonRole::Child)
+                        {
+                            person.full_name = birth.child.full_name.to_string();
+                            person.date_of_birth = Some(birth.child.date_of_birth);
+                        }
+                    }
+                }
             }
             LifeEventEvent::LifeEventVoided(voided) => {
                 let id = voided.life_event_id;

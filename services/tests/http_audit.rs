@@ -396,3 +396,66 @@ async fn only_auditors_with_a_purpose_read_the_log() {
     let _ = BTreeSet::<String>::new();
     let _ = Role::Auditor;
 }
+
+#[tokio::test]
+async fn a_correction_of_a_birth_keeps_the_child_linked_and_renames_it_in_the_replay() {
+    use lifeline_model::codec::to_new_event;
+    use lifeline_model::envelope::{EventMetadata, StreamId};
+    use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
+    use lifeline_model::values::{FullName, Sex};
+    use lifeline_policies::identity::{assignment_event_id, PIN_STREAM_KIND};
+
+    let app = TestApp::new().await;
+    let birth = record_birth(&app).await;
+    // The child's number, as birth-followups assigns it once the registration completes.
+    let child = PersonalId::parse("079326000042").unwrap();
+    let life_event_id: uuid::Uuid = birth.parse().unwrap();
+    let assigned = PersonalIdAssigned::new(
+        child.clone(),
+        life_event_id,
+        None,
+        FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        Sex::Female,
+        Utc::now(),
+    )
+    .unwrap();
+    app.store
+        .append(
+            &StreamId::for_kind(PIN_STREAM_KIND, child.as_str()).unwrap(),
+            ExpectedVersion::NoStream,
+            &[to_new_event(
+                &SystemEvent::PersonalIdAssigned(assigned),
+                assignment_event_id(life_event_id),
+                EventMetadata::system("policy:identity", uuid::Uuid::new_v4(), None, Utc::now()),
+            )],
+        )
+        .await
+        .unwrap();
+    let change = json!({ "reason": "name misread", "changes": { "child": { "full_name": "Nguyễn Minh Anh" } } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/life-events/{birth}/corrections"),
+            Some(&registrar(HCM_OFFICE)),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let later = (Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, view) = get(&app, &format!("/v1/audit/replay?as_of={later}")).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let person = view["persons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|person| person["personal_id"] == child.as_str())
+        .unwrap_or_else(|| panic!("the child in {view}"));
+    let links = person["life_events"].as_array().unwrap();
+    assert_eq!(links.len(), 1, "{person}");
+    assert_eq!(links[0]["role"], "child");
+    assert_eq!(links[0]["life_event_id"], birth.as_str());
+    assert_eq!(person["full_name"], "Nguyễn Minh Anh", "{person}");
+}

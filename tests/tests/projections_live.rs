@@ -239,24 +239,31 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         at(21, 4),
     )
     .await;
-    append(
-        store,
-        &stream("person", CHILD),
-        &SystemEvent::PersonalIdAssigned(
-            PersonalIdAssigned::new(
-                pin(CHILD),
-                birth_id,
-                Some(registration_task),
-                FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
-                NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-                Sex::Female,
-                at(21, 4),
-            )
-            .unwrap(),
-        ),
-        at(21, 4),
-    )
-    .await;
+    // As the allocator stores it: `pin-<number>`, under the record's assignment id.
+    let assigned = SystemEvent::PersonalIdAssigned(
+        PersonalIdAssigned::new(
+            pin(CHILD),
+            birth_id,
+            Some(registration_task),
+            FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+            Sex::Female,
+            at(21, 4),
+        )
+        .unwrap(),
+    );
+    store
+        .append(
+            &stream(lifeline_policies::identity::PIN_STREAM_KIND, CHILD),
+            ExpectedVersion::NoStream,
+            &[codec::to_new_event(
+                &assigned,
+                lifeline_policies::identity::assignment_event_id(birth_id),
+                EventMetadata::system("test", Uuid::new_v4(), None, at(21, 4)),
+            )],
+        )
+        .await
+        .unwrap();
     let child_facts = [
         ("child.personal_id", json!(CHILD)),
         ("birth_certificate_number", json!("KS-2026-0001")),
@@ -305,15 +312,16 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         at(21, 6),
     )
     .await;
-    let corrected = birth_declaration("Đồng Nai");
+    let mut corrected = birth_declaration("Đồng Nai");
+    corrected.child.full_name = FullName::parse_field("Nguyễn Minh Anh", "x").unwrap();
     append(
         store,
         &stream("birth", birth_id),
         &LifeEventEvent::LifeEventCorrected(LifeEventCorrected {
             life_event_id: birth_id,
-            reason: "hometown misread".into(),
+            reason: "hometown and name misread".into(),
             recorded_on: today(),
-            changed_fields: vec!["child.hometown".into()],
+            changed_fields: vec!["child.full_name".into(), "child.hometown".into()],
             declaration: Declaration::Birth(corrected),
         }),
         at(21, 7),
@@ -646,7 +654,8 @@ async fn projections_follow_a_birth_and_a_death(store: EventStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(child.full_name, "Nguyễn Minh An");
+    // Named as the correction after its number was assigned says.
+    assert_eq!(child.full_name, "Nguyễn Minh Anh");
     assert_eq!(child.sex, Some(Sex::Female));
     assert_eq!(child.vital_status, VitalStatus::Alive);
     assert_eq!(
@@ -787,12 +796,15 @@ async fn rebuild_equals_live_and_as_of_replays_a_prefix(store: EventStore) {
         .await
         .unwrap()
         .is_none());
-    assert!(projections::person(&store, &pin(CHILD))
+    let child = projections::person(&store, &pin(CHILD))
         .await
         .unwrap()
-        .unwrap()
-        .insurance
-        .is_some());
+        .unwrap();
+    assert!(child.insurance.is_some());
+    assert_eq!(
+        child.full_name, "Nguyễn Minh An",
+        "the name before the correction"
+    );
 
     // The live projections resume from the as-of checkpoints and end where they were.
     let running = start_projections(&store);

@@ -32,6 +32,7 @@ use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
 use super::{DecodedBatch, DecodedEvent, HeldRows, Projection, SharedDecoded};
+use crate::identity::assignment_event_id;
 
 /// The checkpoint name of the person registry projection.
 pub const PERSON_PROJECTION: &str = "projection-persons";
@@ -464,6 +465,9 @@ impl Subscriber for PersonProjection {
                     at,
                 )
                 .await?;
+                if let Declaration::Birth(birth) = &corrected.declaration {
+                    child_follows(tx, rows, event, corrected.life_event_id, birth, at).await?;
+                }
                 let life_event_id = corrected.life_event_id;
                 fold_life_event(&mut after, LifeEventEvent::LifeEventCorrected(corrected));
                 log.life_event_after(event, life_event_id, after);
@@ -656,6 +660,40 @@ async fn apply_declaration(
     }
     for row in rows.into_values() {
         held.save(row);
+    }
+    Ok(())
+}
+
+/// The child of a corrected birth record, once it has its number (the `PersonalIdAssigned` of
+/// the record, before `event`): its row takes the corrected name and date of birth. The
+/// declaration never names the child by number, so nothing else brings the row along.
+async fn child_follows(
+    tx: &mut StoreTransaction<'_>,
+    rows: &mut HeldPersons,
+    event: &RecordedEvent,
+    life_event_id: Uuid,
+    birth: &BirthDeclaration,
+    at: DateTime<Utc>,
+) -> Result<(), SubscriberError> {
+    let Some(recorded) = tx.event_by_id(assignment_event_id(life_event_id)).await? else {
+        return Ok(());
+    };
+    if recorded.cursor() >= event.cursor() {
+        return Ok(());
+    }
+    let SystemEvent::PersonalIdAssigned(assigned) =
+        codec::decode_recorded::<SystemEvent>(&recorded).map_err(SubscriberError::failed)?
+    else {
+        return Err(SubscriberError::failed(format!(
+            "{} {} is not a personal ID number's assignment",
+            recorded.event_type, recorded.event_id
+        )));
+    };
+    if let Some(mut row) = rows.load(tx, &assigned.personal_id).await? {
+        row.full_name = birth.child.full_name.as_str().to_owned();
+        row.date_of_birth = Some(birth.child.date_of_birth);
+        row.updated_at = at;
+        rows.save(row);
     }
     Ok(())
 }
