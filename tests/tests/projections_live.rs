@@ -46,6 +46,7 @@ backend_tests!(
     a_replaced_task_leaves_its_procedure_to_the_new_one,
     a_rebuild_stops_at_an_undecodable_event_and_names_it,
     unchanged_procedure_rows_are_not_written_again,
+    a_voided_birth_marks_its_childs_link_voided,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1386,4 +1387,61 @@ async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
     // Without the stored version, every row is written.
     let stored = save_and_read(after, None).await;
     assert!(stored.procedures.iter().all(|row| row.detail.is_none()));
+}
+
+async fn a_voided_birth_marks_its_childs_link_voided(store: EventStore) {
+    let (birth_id, _) = record_birth(&store).await;
+    let assigned = SystemEvent::PersonalIdAssigned(
+        PersonalIdAssigned::new(
+            pin(CHILD),
+            birth_id,
+            None,
+            FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+            Sex::Female,
+            at(21, 2),
+        )
+        .unwrap(),
+    );
+    store
+        .append(
+            &stream(lifeline_policies::identity::PIN_STREAM_KIND, CHILD),
+            ExpectedVersion::NoStream,
+            &[codec::to_new_event(
+                &assigned,
+                lifeline_policies::identity::assignment_event_id(birth_id),
+                EventMetadata::system("test", Uuid::new_v4(), None, at(21, 2)),
+            )],
+        )
+        .await
+        .unwrap();
+    let last_position = append(
+        &store,
+        &stream("birth", birth_id),
+        &LifeEventEvent::LifeEventVoided(LifeEventVoided {
+            life_event_id: birth_id,
+            reason: "recorded in error".into(),
+            recorded_on: today(),
+        }),
+        at(21, 3),
+    )
+    .await;
+    let running = start_projections(&store);
+    caught_up(&store, last_position).await;
+    running.stop().await;
+
+    // As the replay has it: the child's link to the voided birth kept, and marked voided, like
+    // the mother's.
+    // (The mother is also the declarant: two links.)
+    for (personal_id, links) in [(CHILD, 1), (MOTHER, 2)] {
+        let person = projections::person(&store, &pin(personal_id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(person.life_events.len(), links, "{person:?}");
+        assert!(
+            person.life_events.iter().all(|link| link.voided),
+            "{personal_id}: {person:?}"
+        );
+    }
 }

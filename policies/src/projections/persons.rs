@@ -481,6 +481,13 @@ impl Subscriber for PersonProjection {
                     for named in named_persons(&before) {
                         undo(tx, rows, &named.personal_id, voided.life_event_id, true, at).await?;
                     }
+                    // The child of a voided birth: its link marked voided too.
+                    if matches!(before, Declaration::Birth(_)) {
+                        if let Some(child) = assigned_child(tx, event, voided.life_event_id).await?
+                        {
+                            undo(tx, rows, &child, voided.life_event_id, true, at).await?;
+                        }
+                    }
                 }
                 let life_event_id = voided.life_event_id;
                 fold_life_event(&mut after, LifeEventEvent::LifeEventVoided(voided));
@@ -664,9 +671,31 @@ async fn apply_declaration(
     Ok(())
 }
 
-/// The child of a corrected birth record, once it has its number (the `PersonalIdAssigned` of
-/// the record, before `event`): its row takes the corrected name and date of birth. The
-/// declaration never names the child by number, so nothing else brings the row along.
+/// The child's number of the birth record `life_event_id`, if its `PersonalIdAssigned` (under
+/// the record's deterministic assignment id) comes before `event` in the log. The declaration
+/// never names the child by number, so this is how a record's changes reach the child's row.
+async fn assigned_child(
+    tx: &mut StoreTransaction<'_>,
+    event: &RecordedEvent,
+    life_event_id: Uuid,
+) -> Result<Option<PersonalId>, SubscriberError> {
+    let Some(recorded) = tx.event_by_id(assignment_event_id(life_event_id)).await? else {
+        return Ok(None);
+    };
+    if recorded.cursor() >= event.cursor() {
+        return Ok(None);
+    }
+    match codec::decode_recorded::<SystemEvent>(&recorded).map_err(SubscriberError::failed)? {
+        SystemEvent::PersonalIdAssigned(assigned) => Ok(Some(assigned.personal_id)),
+        _ => Err(SubscriberError::failed(format!(
+            "{} {} is not a personal ID number's assignment",
+            recorded.event_type, recorded.event_id
+        ))),
+    }
+}
+
+/// The child of a corrected birth record, once it has its number: its row takes the corrected
+/// name and date of birth.
 async fn child_follows(
     tx: &mut StoreTransaction<'_>,
     rows: &mut HeldPersons,
@@ -675,21 +704,10 @@ async fn child_follows(
     birth: &BirthDeclaration,
     at: DateTime<Utc>,
 ) -> Result<(), SubscriberError> {
-    let Some(recorded) = tx.event_by_id(assignment_event_id(life_event_id)).await? else {
+    let Some(child) = assigned_child(tx, event, life_event_id).await? else {
         return Ok(());
     };
-    if recorded.cursor() >= event.cursor() {
-        return Ok(());
-    }
-    let SystemEvent::PersonalIdAssigned(assigned) =
-        codec::decode_recorded::<SystemEvent>(&recorded).map_err(SubscriberError::failed)?
-    else {
-        return Err(SubscriberError::failed(format!(
-            "{} {} is not a personal ID number's assignment",
-            recorded.event_type, recorded.event_id
-        )));
-    };
-    if let Some(mut row) = rows.load(tx, &assigned.personal_id).await? {
+    if let Some(mut row) = rows.load(tx, &child).await? {
         row.full_name = birth.child.full_name.as_str().to_owned();
         row.date_of_birth = Some(birth.child.date_of_birth);
         row.updated_at = at;
