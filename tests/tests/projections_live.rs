@@ -48,7 +48,7 @@ backend_tests!(
     a_rebuild_stops_at_an_undecodable_event_and_names_it,
     unchanged_procedure_rows_are_not_written_again,
     a_voided_birth_marks_its_childs_link_voided,
-    the_auditors_replay_names_every_person_as_the_registry_does,
+    the_auditors_replay_folds_persons_and_life_events_as_the_projections_do,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1457,7 +1457,9 @@ type PersonView = (
     BTreeSet<(Uuid, String, String, bool)>,
 );
 
-async fn the_auditors_replay_names_every_person_as_the_registry_does(store: EventStore) {
+async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do(
+    store: EventStore,
+) {
     // The scenario's birth is corrected after its child's number was assigned (the name too),
     // a death is recorded and another voided: the two folds of the same log must agree.
     let scenario = record_scenario(&store).await;
@@ -1516,4 +1518,55 @@ async fn the_auditors_replay_names_every_person_as_the_registry_does(store: Even
         .find(|person| person.personal_id == CHILD)
         .unwrap();
     assert_eq!(child.full_name, "Nguyễn Minh Anh");
+
+    // And every life event, with its procedures' states and tasks, as the status projection.
+    assert_eq!(view.life_events.len(), 3);
+    for replayed in &view.life_events {
+        let row = projections::life_event_status(&store, replayed.life_event_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let procedures: Vec<(String, String, Option<Uuid>)> = row
+            .procedures
+            .iter()
+            .map(|procedure| {
+                (
+                    procedure.procedure.as_str().to_owned(),
+                    procedure.state.as_str().to_owned(),
+                    procedure.task_id,
+                )
+            })
+            .collect();
+        let replayed_procedures: Vec<(String, String, Option<Uuid>)> = replayed
+            .procedures
+            .iter()
+            .map(|procedure| {
+                (
+                    procedure.procedure.clone(),
+                    procedure.state.clone(),
+                    procedure.task_id,
+                )
+            })
+            .collect();
+        assert_eq!(
+            (
+                replayed.reference.as_str(),
+                replayed.office.as_str(),
+                replayed.late,
+                replayed.voided,
+                replayed.corrections,
+                &replayed_procedures,
+            ),
+            (
+                row.reference.as_str(),
+                row.office.as_str(),
+                row.late,
+                row.voided,
+                row.corrections,
+                &procedures,
+            ),
+            "{}",
+            replayed.life_event_id
+        );
+    }
 }
