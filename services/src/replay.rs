@@ -162,6 +162,18 @@ impl Replay {
                 if let Some(row) = self.life_events.get_mut(&id) {
                     row.corrections += 1;
                     row.office = corrected.declaration.office().to_string();
+                    // Only procedures without a task follow a change of the declarant's choice
+                    // (as the status projection).
+                    let chosen = corrected.declaration.procedures();
+                    for entry in &mut row.procedures {
+                        if matches!(entry.1, ProcedureState::Pending | ProcedureState::NotChosen) {
+                            entry.1 = if chosen.contains(&entry.0) {
+                                ProcedureState::Pending
+                            } else {
+                                ProcedureState::NotChosen
+                            };
+                        }
+                    }
                 }
                 // The corrected declaration replaces who the life event names; the child, whom
                 // it never names (its number is assigned, not declared), keeps its link.

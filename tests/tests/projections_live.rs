@@ -1461,10 +1461,33 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
     store: EventStore,
 ) {
     // The scenario's birth is corrected after its child's number was assigned (the name too),
-    // a death is recorded and another voided: the two folds of the same log must agree.
+    // a death is recorded and another voided; one more birth has a procedure dropped by a
+    // correction before any task: the two folds of the same log must agree.
     let scenario = record_scenario(&store).await;
+    let (dropped_id, dropped) = record_birth(&store).await;
+    let Declaration::Birth(mut fewer) = dropped else {
+        unreachable!()
+    };
+    fewer.procedures = vec![
+        ProcedureId::BirthRegistration,
+        ProcedureId::ResidenceRegistration,
+    ];
+    let last_position = append(
+        &store,
+        &stream("birth", dropped_id),
+        &LifeEventEvent::LifeEventCorrected(LifeEventCorrected {
+            life_event_id: dropped_id,
+            reason: "insurance not asked for".into(),
+            recorded_on: today(),
+            changed_fields: vec!["procedures".into()],
+            declaration: Declaration::Birth(fewer),
+        }),
+        at(23, 1),
+    )
+    .await;
+    assert!(last_position > scenario.last_position);
     let running = start_projections(&store);
-    caught_up(&store, scenario.last_position).await;
+    caught_up(&store, last_position).await;
     running.stop().await;
 
     let view = lifeline::replay::replay_until(&store, None).await.unwrap();
@@ -1520,7 +1543,7 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
     assert_eq!(child.full_name, "Nguyễn Minh Anh");
 
     // And every life event, with its procedures' states and tasks, as the status projection.
-    assert_eq!(view.life_events.len(), 3);
+    assert_eq!(view.life_events.len(), 4);
     for replayed in &view.life_events {
         let row = projections::life_event_status(&store, replayed.life_event_id)
             .await
