@@ -15,9 +15,10 @@
 //!   have>`, and a `TaskCreated` for each eligible one.
 //! - `corrections` (on `LifeEventCorrected`, `LifeEventVoided`): `TaskAmended` or
 //!   `TaskCancelled` to open tasks at the version read, re-issue or reversal tasks for completed
-//!   ones; on a correction of a death whose registration completed, each follow-up decided
-//!   again: a changed `EligibilityDecided` to `eligibility-<task id of this correction>`, one
-//!   never decided to `death-followups`' own stream (see
+//!   ones; once a record's follow-ups were made, they follow the corrected choice and area
+//!   (a birth's: a newly chosen one's task, a dropped one's withdrawn), and a death's are
+//!   decided again: a changed `EligibilityDecided` to `eligibility-<task id of this
+//!   correction>`, one never decided to `death-followups`' own stream (see
 //!   [`rules::corrections::FollowUps`]).
 //!
 //! The registrations and the follow-ups read the record they prefill from held

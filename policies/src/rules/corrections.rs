@@ -1,6 +1,7 @@
 //! `corrections`: a corrected record amends each open task whose application changed and
-//! re-issues each completed one, and has a death's follow-ups decided again; a voided record
-//! cancels open tasks and reverses completed ones.
+//! re-issues each completed one; its follow-ups follow the corrected choice of procedures and
+//! the office the corrected facts route them to, and a death's are decided again ([`FollowUps`]);
+//! a voided record cancels open tasks and reverses completed ones.
 
 use std::collections::BTreeMap;
 
