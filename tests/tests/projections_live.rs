@@ -49,6 +49,7 @@ backend_tests!(
     unchanged_procedure_rows_are_not_written_again,
     a_voided_birth_marks_its_childs_link_voided,
     the_auditors_replay_folds_persons_and_life_events_as_the_projections_do,
+    the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_projections,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1490,8 +1491,22 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
     caught_up(&store, last_position).await;
     running.stop().await;
 
-    let view = lifeline::replay::replay_until(&store, None).await.unwrap();
+    let view = assert_replay_equals_projections(&store).await;
     assert!(view.persons.len() >= 5, "{view:?}");
+    assert_eq!(view.life_events.len(), 4);
+    let child = view
+        .persons
+        .iter()
+        .find(|person| person.personal_id == CHILD)
+        .unwrap();
+    assert_eq!(child.full_name, "Nguyễn Minh Anh");
+}
+
+/// The auditors' replay of the whole log (`lifeline::replay`) against the projections: every
+/// person (name, date of birth, vital status, links) and every life event (its procedures'
+/// states and tasks) the same. Answers the replay.
+async fn assert_replay_equals_projections(store: &EventStore) -> lifeline::replay::ReplayView {
+    let view = lifeline::replay::replay_until(store, None).await.unwrap();
     for replayed in &view.persons {
         let from_replay: PersonView = (
             replayed.full_name.clone(),
@@ -1511,7 +1526,7 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
                 })
                 .collect(),
         );
-        let row = projections::person(&store, &pin(&replayed.personal_id))
+        let row = projections::person(store, &pin(&replayed.personal_id))
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{} in the registry", replayed.personal_id));
@@ -1535,17 +1550,9 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
         );
         assert_eq!(from_replay, from_registry, "{}", replayed.personal_id);
     }
-    let child = view
-        .persons
-        .iter()
-        .find(|person| person.personal_id == CHILD)
-        .unwrap();
-    assert_eq!(child.full_name, "Nguyễn Minh Anh");
-
     // And every life event, with its procedures' states and tasks, as the status projection.
-    assert_eq!(view.life_events.len(), 4);
     for replayed in &view.life_events {
-        let row = projections::life_event_status(&store, replayed.life_event_id)
+        let row = projections::life_event_status(store, replayed.life_event_id)
             .await
             .unwrap()
             .unwrap();
@@ -1592,4 +1599,142 @@ async fn the_auditors_replay_folds_persons_and_life_events_as_the_projections_do
             replayed.life_event_id
         );
     }
+    view
+}
+
+async fn the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_projections(
+    store: EventStore,
+) {
+    use lifeline::registry::Registry;
+    use lifeline_policies::engine::{eligibility_event_id, task_id};
+    use lifeline_policies::rules::corrections::update_event_id;
+    use lifeline_policies::rules::{DEATH_FOLLOWUPS, DEATH_REGISTRATION};
+    use lifeline_policies::runtime::{BusConfig, Role};
+    use lifeline_tests::chain::{
+        claim_and_complete, real_engine, record_death, registrar, test_settings,
+        today as chain_today, wait_for_event, wait_for_task, Roles,
+    };
+
+    // The policies and projections embedded, as `lifeline serve` runs them without NATS.
+    let roles = Roles::start(
+        &store,
+        None,
+        &[Role::Embedded],
+        real_engine(Some(21)),
+        test_settings(&BusConfig::default(), 3),
+    );
+    let deadline = Duration::from_secs(20);
+    let registry = Registry::new(store.clone());
+    let death = record_death(
+        &store,
+        &registry,
+        &[
+            "death-registration",
+            "residence-deregistration",
+            "burial-allowance",
+            "funeral-support",
+        ],
+        None,
+    )
+    .await;
+    let registration = task_id(
+        DEATH_REGISTRATION,
+        death.event_id,
+        ProcedureId::DeathRegistration,
+    );
+    let created = wait_for_task(&store, registration, deadline).await;
+    let completed = claim_and_complete(
+        &store,
+        registration,
+        TaskOutcome::DeathRegistered {
+            extract_number: "TK-2026-21".into(),
+        },
+    )
+    .await;
+    let funeral = task_id(DEATH_FOLLOWUPS, completed, ProcedureId::FuneralSupport);
+    wait_for_event(
+        &store,
+        eligibility_event_id(funeral),
+        "funeral support decided",
+        deadline,
+    )
+    .await;
+    let burial = task_id(DEATH_FOLLOWUPS, completed, ProcedureId::BurialAllowance);
+    wait_for_task(&store, burial, deadline).await;
+
+    // The registrar had the wrong person: the deceased is a social-protection beneficiary with
+    // no social insurance, who died on 2024-06-30.
+    let loaded = registry.load(created.life_event_id).await.unwrap().unwrap();
+    let Some(Declaration::Death(mut corrected)) = loaded.state.declaration.clone() else {
+        panic!("a death record")
+    };
+    corrected.deceased.personal_id = Some(pin("001140000333"));
+    corrected.deceased.sex = Sex::Female;
+    corrected.deceased.date_of_birth = NaiveDate::from_ymd_opt(1940, 5, 1);
+    corrected.death.at = DateTime::parse_from_rfc3339("2024-06-30T06:30:00+07:00").unwrap();
+    registry
+        .correct(
+            &registrar("01-00004", None),
+            &loaded.stream_id,
+            Declaration::Death(corrected),
+            "nhầm người mất".into(),
+            chain_today(),
+        )
+        .await
+        .unwrap();
+    let correction = store
+        .read_stream(&loaded.stream_id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let cancelled = wait_for_event(
+        &store,
+        update_event_id(correction.event_id, burial),
+        "the burial allowance's task cancelled",
+        deadline,
+    )
+    .await;
+    let funeral_created = wait_for_event(
+        &store,
+        lifeline_policies::engine::task_created_event_id(funeral),
+        "the funeral-support task",
+        deadline,
+    )
+    .await;
+    // Up to both in the gap-free log (a transaction still open below them holds its readers
+    // back, and the replay reads the same way).
+    caught_up(
+        &store,
+        cancelled
+            .global_position
+            .0
+            .max(funeral_created.global_position.0),
+    )
+    .await;
+    roles.stop().await;
+
+    let view = assert_replay_equals_projections(&store).await;
+    let status = projections::life_event_status(&store, created.life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = |procedure| status.procedure(procedure).unwrap().state;
+    assert_eq!(
+        state(ProcedureId::BurialAllowance),
+        ProcedureState::Cancelled
+    );
+    assert_eq!(state(ProcedureId::FuneralSupport), ProcedureState::Open);
+    let deceased = view
+        .persons
+        .iter()
+        .find(|person| person.personal_id == "001140000333")
+        .unwrap();
+    assert_eq!(deceased.vital_status, "deceased");
+    let wrongly = view
+        .persons
+        .iter()
+        .find(|person| person.personal_id == DECEASED)
+        .unwrap();
+    assert_eq!(wrongly.vital_status, "alive");
 }
