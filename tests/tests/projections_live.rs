@@ -49,7 +49,7 @@ backend_tests!(
     unchanged_procedure_rows_are_not_written_again,
     a_voided_birth_marks_its_childs_link_voided,
     the_auditors_replay_folds_persons_and_life_events_as_the_projections_do,
-    the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_projections,
+    the_real_policies_correcting_a_death_and_a_birth_leave_the_replay_equal_to_the_projections,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1602,7 +1602,7 @@ async fn assert_replay_equals_projections(store: &EventStore) -> lifeline::repla
     view
 }
 
-async fn the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_projections(
+async fn the_real_policies_correcting_a_death_and_a_birth_leave_the_replay_equal_to_the_projections(
     store: EventStore,
 ) {
     use lifeline::registry::Registry;
@@ -1702,16 +1702,98 @@ async fn the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_proj
         deadline,
     )
     .await;
-    // Up to both in the gap-free log (a transaction still open below them holds its readers
-    // back, and the replay reads the same way).
-    caught_up(
+
+    // A birth registered, its child numbered and its follow-ups made; then the family's
+    // residence corrected to Hà Nội and the health-insurance card no longer asked for: the
+    // residence task moves to Hà Nội's police, the insurance task is withdrawn.
+    let birth = lifeline_tests::chain::record_birth(&store, &registry, 0, None).await;
+    let birth_registration = task_id(
+        lifeline_policies::rules::BIRTH_REGISTRATION,
+        birth.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let birth_task = wait_for_task(&store, birth_registration, deadline).await;
+    let birth_completed = claim_and_complete(
         &store,
-        cancelled
-            .global_position
-            .0
-            .max(funeral_created.global_position.0),
+        birth_registration,
+        TaskOutcome::BirthRegistered {
+            certificate_number: "KS-2026-21".into(),
+        },
     )
     .await;
+    lifeline_tests::chain::wait_for_pin(&store, birth_task.life_event_id, deadline).await;
+    let followup = |procedure| {
+        task_id(
+            lifeline_policies::rules::BIRTH_FOLLOWUPS,
+            birth_completed,
+            procedure,
+        )
+    };
+    let residence = followup(ProcedureId::ResidenceRegistration);
+    let insurance = followup(ProcedureId::ChildHealthInsurance);
+    wait_for_task(&store, residence, deadline).await;
+    wait_for_task(&store, insurance, deadline).await;
+    let record = registry
+        .load(birth_task.life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(Declaration::Birth(mut moved)) = record.state.declaration.clone() else {
+        panic!("a birth record")
+    };
+    moved.residence.province = "01".into();
+    moved.residence.commune = "00004".into();
+    moved.residence.address = "9 Hàng Bông".into();
+    moved.procedures = vec![
+        ProcedureId::BirthRegistration,
+        ProcedureId::ResidenceRegistration,
+    ];
+    registry
+        .correct(
+            &registrar("79-26734", None),
+            &record.stream_id,
+            Declaration::Birth(moved),
+            "sai nơi cư trú".into(),
+            chain_today(),
+        )
+        .await
+        .unwrap();
+    let birth_correction = store
+        .read_stream(&record.stream_id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut awaited = vec![cancelled, funeral_created];
+    for (event_id, what) in [
+        (
+            update_event_id(birth_correction.event_id, residence),
+            "the residence task withdrawn from Hồ Chí Minh City",
+        ),
+        (
+            lifeline_policies::engine::task_created_event_id(task_id(
+                lifeline_policies::rules::CORRECTIONS,
+                birth_correction.event_id,
+                ProcedureId::ResidenceRegistration,
+            )),
+            "the residence task made at Hà Nội's police",
+        ),
+        (
+            update_event_id(birth_correction.event_id, insurance),
+            "the insurance task withdrawn",
+        ),
+    ] {
+        awaited.push(wait_for_event(&store, event_id, what, deadline).await);
+    }
+
+    // Up to all of them in the gap-free log (a transaction still open below them holds its
+    // readers back, and the replay reads the same way).
+    let last = awaited
+        .iter()
+        .map(|event| event.global_position.0)
+        .max()
+        .unwrap();
+    caught_up(&store, last).await;
     roles.stop().await;
 
     let view = assert_replay_equals_projections(&store).await;
@@ -1737,4 +1819,20 @@ async fn the_real_policies_correcting_a_death_leave_the_replay_equal_to_the_proj
         .find(|person| person.personal_id == DECEASED)
         .unwrap();
     assert_eq!(wrongly.vital_status, "alive");
+    let status = projections::life_event_status(&store, birth_task.life_event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let residence_row = status
+        .procedure(ProcedureId::ResidenceRegistration)
+        .unwrap();
+    assert_eq!(residence_row.state, ProcedureState::Open);
+    assert_ne!(residence_row.task_id, Some(residence), "the moved task");
+    assert_eq!(
+        status
+            .procedure(ProcedureId::ChildHealthInsurance)
+            .unwrap()
+            .state,
+        ProcedureState::Cancelled
+    );
 }
