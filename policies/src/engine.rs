@@ -50,7 +50,8 @@ use uuid::Uuid;
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
 use crate::handler::{apply_each, pick_noticed, read_noticed, Noticed, PolicyError, PolicyHandler};
 use crate::identity::{
-    assignment_event_id, IdentityAllocator, IdentityError, PinRequest, StoreAllocator,
+    assignment_event_id, decode_assignment, IdentityAllocator, IdentityError, PinRequest,
+    StoreAllocator,
 };
 use crate::reference::{ReferenceData, ReferenceError};
 use crate::rules::corrections::{BirthChoice, FollowUps, Redecision};
@@ -858,17 +859,10 @@ impl Run<'_> {
         tasks: &[TaskFacts],
         later: bool,
     ) -> Result<FollowUps, PolicyError> {
-        let registration = task_id(
-            BIRTH_REGISTRATION,
-            life_event.record_event_id,
-            ProcedureId::BirthRegistration,
-        );
-        let Some(task) = tasks.iter().find(|task| task.task_id() == registration) else {
+        let Some((task, completion_id)) = completed_registration(life_event, tasks) else {
             return Ok(FollowUps::NotDecided);
         };
-        let (Some(completion_id), Some(TaskOutcome::BirthRegistered { certificate_number })) =
-            (task.completed_event_id, &task.state.outcome)
-        else {
+        let Some(TaskOutcome::BirthRegistered { certificate_number }) = &task.state.outcome else {
             return Ok(FollowUps::NotDecided);
         };
         let Some(assignment) = tx
@@ -880,31 +874,34 @@ impl Run<'_> {
         if later {
             return Ok(FollowUps::LeftToLater);
         }
-        let Ok(SystemEvent::PersonalIdAssigned(assigned)) =
-            decode_recorded::<SystemEvent>(&assignment)
-        else {
-            return Err(self.refused(format!(
-                "{} {} is not the child's personal ID number",
-                assignment.event_type, assignment.event_id
-            )));
-        };
-        let Some(completion) = tx.event_by_id(completion_id).await? else {
-            return Err(self.refused(format!(
-                "the completion {completion_id} of birth registration {registration} is not in the log"
-            )));
-        };
+        let assigned = decode_assignment(life_event.life_event_id, &assignment)
+            .map_err(|error| self.refused(error.to_string()))?;
         Ok(FollowUps::Rechoose(BirthChoice {
             child_personal_id: assigned.personal_id,
             certificate_number: certificate_number.clone(),
-            completion: Source::of(&completion),
+            completion: self.completion_source(tx, completion_id).await?,
         }))
+    }
+
+    /// The source of the registration's completion `completion_id`, read from the log.
+    async fn completion_source(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        completion_id: Uuid,
+    ) -> Result<Source, PolicyError> {
+        match tx.event_by_id(completion_id).await? {
+            Some(completion) => Ok(Source::of(&completion)),
+            None => Err(self.refused(format!(
+                "the registration's completion {completion_id} is not in the log"
+            ))),
+        }
     }
 
     /// What this correction does to the record's follow-ups ([`FollowUps`]): a birth's, see
     /// [`Run::birth_follow_ups`]; a death's, decided once the original death registration
-    /// completed, decided again here unless the record changed after this correction (`later`). The decisions recorded before are read from the
-    /// streams the policies decide them in (`death-followups` under the completion, each
-    /// earlier correction under itself).
+    /// completed, decided again here unless the record changed after this correction
+    /// (`later`). The decisions recorded before are read from the streams the policies decide
+    /// them in (`death-followups` under the completion, each earlier correction under itself).
     async fn follow_ups(
         &self,
         tx: &mut StoreTransaction<'_>,
@@ -915,27 +912,16 @@ impl Run<'_> {
         let Declaration::Death(declaration) = &life_event.declaration else {
             return self.birth_follow_ups(tx, life_event, tasks, later).await;
         };
-        let registration = task_id(
-            DEATH_REGISTRATION,
-            life_event.record_event_id,
-            ProcedureId::DeathRegistration,
-        );
-        let Some(task) = tasks.iter().find(|task| task.task_id() == registration) else {
+        let Some((task, completion_id)) = completed_registration(life_event, tasks) else {
             return Ok(FollowUps::NotDecided);
         };
-        let (Some(completion_id), Some(TaskOutcome::DeathRegistered { extract_number })) =
-            (task.completed_event_id, &task.state.outcome)
-        else {
+        let Some(TaskOutcome::DeathRegistered { extract_number }) = &task.state.outcome else {
             return Ok(FollowUps::NotDecided);
         };
         if later {
             return Ok(FollowUps::LeftToLater);
         }
-        let Some(completion) = tx.event_by_id(completion_id).await? else {
-            return Err(self.refused(format!(
-                "the completion {completion_id} of death registration {registration} is not in the log"
-            )));
-        };
+        let completion = self.completion_source(tx, completion_id).await?;
         let mut keys = Vec::new();
         for procedure in rules::death_followups::PROCEDURES {
             keys.push(task_id(DEATH_FOLLOWUPS, completion_id, procedure));
@@ -981,7 +967,7 @@ impl Run<'_> {
                 .into_iter()
                 .map(|(procedure, (_, decided))| (procedure, decided))
                 .collect(),
-            completion: Source::of(&completion),
+            completion,
         }))
     }
 
@@ -1183,6 +1169,21 @@ impl Run<'_> {
         };
         Ok((stream, expected, event))
     }
+}
+
+/// The record's original registration task (the one its registration policy created) and its
+/// completion's event id, if it is among `tasks` and completed.
+fn completed_registration<'t>(
+    life_event: &LifeEventFacts,
+    tasks: &'t [TaskFacts],
+) -> Option<(&'t TaskFacts, Uuid)> {
+    let (policy, procedure) = match life_event.declaration.group() {
+        ProcedureGroup::Birth => (BIRTH_REGISTRATION, ProcedureId::BirthRegistration),
+        ProcedureGroup::Death => (DEATH_REGISTRATION, ProcedureId::DeathRegistration),
+    };
+    let registration = task_id(policy, life_event.record_event_id, procedure);
+    let task = tasks.iter().find(|task| task.task_id() == registration)?;
+    Some((task, task.completed_event_id?))
 }
 
 /// What an append of the event `event_id` came to: true if it appended, false if the event was

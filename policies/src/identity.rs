@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use lifeline_model::codec::{decode_recorded, to_new_event, DecodeError};
-use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, StreamId};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
 use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
 use lifeline_model::values::{province_name, FullName, OfficeCode, PersonalId, Sex};
 use lifeline_store::{AppendError, StoreError, StoreTransaction};
@@ -91,6 +91,27 @@ pub trait IdentityAllocator: Send + Sync {
 /// The event id of the one assignment of a life event: a redelivery finds it.
 pub fn assignment_event_id(life_event_id: Uuid) -> Uuid {
     deterministic_id(&format!("identity/{life_event_id}"))
+}
+
+/// The assignment of life event `life_event_id` from its stored event (the one under
+/// [`assignment_event_id`]).
+pub fn decode_assignment(
+    life_event_id: Uuid,
+    recorded: &RecordedEvent,
+) -> Result<PersonalIdAssigned, IdentityError> {
+    match decode_recorded::<SystemEvent>(recorded) {
+        Ok(SystemEvent::PersonalIdAssigned(assigned)) => Ok(assigned),
+        Ok(_) => Err(IdentityError::Decode {
+            life_event_id,
+            source: DecodeError::UnknownEventType {
+                event_type: recorded.event_type.clone(),
+            },
+        }),
+        Err(source) => Err(IdentityError::Decode {
+            life_event_id,
+            source,
+        }),
+    }
 }
 
 /// The 3-digit personal ID province code of an office (`79-26734` -> `079`).
@@ -208,19 +229,7 @@ impl StoreAllocator {
         let Some(recorded) = tx.event_by_id(assignment_event_id(life_event_id)).await? else {
             return Ok(None);
         };
-        match decode_recorded::<SystemEvent>(&recorded) {
-            Ok(SystemEvent::PersonalIdAssigned(assigned)) => Ok(Some(assigned)),
-            Ok(_) => Err(IdentityError::Decode {
-                life_event_id,
-                source: DecodeError::UnknownEventType {
-                    event_type: recorded.event_type,
-                },
-            }),
-            Err(source) => Err(IdentityError::Decode {
-                life_event_id,
-                source,
-            }),
-        }
+        decode_assignment(life_event_id, &recorded).map(Some)
     }
 }
 

@@ -1041,6 +1041,30 @@ async fn correct_death(
         .await
 }
 
+/// `recorded`'s birth declaration, changed by `change`, as a registrar's correction for `reason`.
+async fn correct_birth(
+    harness: &Harness,
+    recorded: &RecordedEvent,
+    reason: &str,
+    change: impl FnOnce(&mut lifeline_model::declaration::BirthDeclaration),
+) -> RecordedEvent {
+    let mut declaration = match decode_recorded::<LifeEventEvent>(recorded).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        other => panic!("{other:?}"),
+    };
+    change(&mut declaration);
+    harness
+        .amend(
+            &recorded.stream_id,
+            LifeEventCommand::Correct {
+                declaration: Declaration::Birth(declaration),
+                reason: reason.into(),
+                recorded_on: today(),
+            },
+        )
+        .await
+}
+
 fn died_on_2024_06_30(death: &mut lifeline_model::declaration::DeathDeclaration) {
     death.death.at = chrono::DateTime::parse_from_rfc3339("2024-06-30T06:30:00+07:00").unwrap();
 }
@@ -1303,24 +1327,18 @@ async fn a_birth_follow_up_chosen_by_a_correction_gets_its_task_and_one_dropped_
     let pin = harness.pins().await[0].personal_id.as_str().to_owned();
 
     // The declarant had asked for the child's health-insurance card, not the residence entry.
-    let mut declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
-        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
-        _ => unreachable!(),
-    };
-    declaration.procedures = vec![
-        ProcedureId::BirthRegistration,
-        ProcedureId::ChildHealthInsurance,
-    ];
-    harness
-        .amend(
-            &birth.stream_id,
-            LifeEventCommand::Correct {
-                declaration: Declaration::Birth(declaration),
-                reason: "chọn nhầm thủ tục".into(),
-                recorded_on: today(),
-            },
-        )
-        .await;
+    correct_birth(
+        &harness,
+        &birth,
+        "chọn nhầm thủ tục",
+        |declaration| {
+            declaration.procedures = vec![
+                ProcedureId::BirthRegistration,
+                ProcedureId::ChildHealthInsurance,
+            ];
+        },
+    )
+    .await;
     harness.drain(&engine).await;
 
     let insurance = harness
@@ -1391,23 +1409,12 @@ async fn a_corrected_residence_moves_the_open_follow_ups_to_the_new_areas_office
     );
 
     // The family lives in Hà Nội, not in Hồ Chí Minh City.
-    let mut declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
-        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
-        _ => unreachable!(),
-    };
-    declaration.residence.province = "01".into();
-    declaration.residence.commune = "00004".into();
-    declaration.residence.address = "9 Hàng Bông".into();
-    let correction = harness
-        .amend(
-            &birth.stream_id,
-            LifeEventCommand::Correct {
-                declaration: Declaration::Birth(declaration),
-                reason: "sai nơi cư trú".into(),
-                recorded_on: today(),
-            },
-        )
-        .await;
+    let correction = correct_birth(&harness, &birth, "sai nơi cư trú", |declaration| {
+        declaration.residence.province = "01".into();
+        declaration.residence.commune = "00004".into();
+        declaration.residence.address = "9 Hàng Bông".into();
+    })
+    .await;
     harness.drain(&engine).await;
 
     for (old, procedure, office) in [

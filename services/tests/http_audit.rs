@@ -399,39 +399,10 @@ async fn only_auditors_with_a_purpose_read_the_log() {
 
 #[tokio::test]
 async fn a_correction_of_a_birth_keeps_the_child_linked_and_renames_it_in_the_replay() {
-    use lifeline_model::codec::to_new_event;
-    use lifeline_model::envelope::{EventMetadata, StreamId};
-    use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
-    use lifeline_model::values::{FullName, Sex};
-    use lifeline_policies::identity::{assignment_event_id, PIN_STREAM_KIND};
-
     let app = TestApp::new().await;
     let birth = record_birth(&app).await;
     // The child's number, as birth-followups assigns it once the registration completes.
-    let child = PersonalId::parse("079326000042").unwrap();
-    let life_event_id: uuid::Uuid = birth.parse().unwrap();
-    let assigned = PersonalIdAssigned::new(
-        child.clone(),
-        life_event_id,
-        None,
-        FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
-        chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        Sex::Female,
-        Utc::now(),
-    )
-    .unwrap();
-    app.store
-        .append(
-            &StreamId::for_kind(PIN_STREAM_KIND, child.as_str()).unwrap(),
-            ExpectedVersion::NoStream,
-            &[to_new_event(
-                &SystemEvent::PersonalIdAssigned(assigned),
-                assignment_event_id(life_event_id),
-                EventMetadata::system("policy:identity", uuid::Uuid::new_v4(), None, Utc::now()),
-            )],
-        )
-        .await
-        .unwrap();
+    let child = assign_child_number(&app, birth.parse().unwrap()).await;
     let change = json!({ "reason": "name misread", "changes": { "child": { "full_name": "Nguyễn Minh Anh" } } });
     let (status, body, _) = app
         .call(

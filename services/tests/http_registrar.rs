@@ -504,42 +504,13 @@ async fn a_life_event_is_read_corrected_and_voided() {
 
 #[tokio::test]
 async fn a_correction_that_contradicts_the_childs_assigned_number_is_refused() {
-    use lifeline_model::codec::to_new_event;
-    use lifeline_model::envelope::{EventMetadata, ExpectedVersion, StreamId};
-    use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
-    use lifeline_model::values::{FullName, PersonalId, Sex};
-    use lifeline_policies::identity::{assignment_event_id, PIN_STREAM_KIND};
-
     let app = TestApp::new().await;
     let id = record_birth(&app).await;
     let token = registrar(HCM_OFFICE);
     let corrections = format!("/v1/life-events/{id}/corrections");
     // The registration completed and birth-followups assigned the child's number: a girl born
     // in 2026, registered in province 79.
-    let life_event_id: uuid::Uuid = id.parse().unwrap();
-    let pin = PersonalId::parse("079326000042").unwrap();
-    let assigned = PersonalIdAssigned::new(
-        pin.clone(),
-        life_event_id,
-        None,
-        FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
-        chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-        Sex::Female,
-        now(),
-    )
-    .unwrap();
-    app.store
-        .append(
-            &StreamId::for_kind(PIN_STREAM_KIND, pin.as_str()).unwrap(),
-            ExpectedVersion::NoStream,
-            &[to_new_event(
-                &SystemEvent::PersonalIdAssigned(assigned),
-                assignment_event_id(life_event_id),
-                EventMetadata::system("policy:identity", uuid::Uuid::new_v4(), None, now()),
-            )],
-        )
-        .await
-        .unwrap();
+    assign_child_number(&app, id.parse().unwrap()).await;
 
     let before = app.log_len().await;
     for (changes, field) in [

@@ -129,6 +129,40 @@ async fn append<E: EventFamily>(
         .0
 }
 
+/// The child's number (`CHILD`) assigned to the birth `birth_id` at `assigned_at`, stored as the
+/// allocator stores it: `pin-<number>`, under the record's assignment id.
+async fn assign_child_number(
+    store: &EventStore,
+    birth_id: Uuid,
+    registration_task: Option<Uuid>,
+    assigned_at: DateTime<Utc>,
+) {
+    let assigned = SystemEvent::PersonalIdAssigned(
+        PersonalIdAssigned::new(
+            pin(CHILD),
+            birth_id,
+            registration_task,
+            FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+            Sex::Female,
+            assigned_at,
+        )
+        .unwrap(),
+    );
+    store
+        .append(
+            &stream(lifeline_policies::identity::PIN_STREAM_KIND, CHILD),
+            ExpectedVersion::NoStream,
+            &[codec::to_new_event(
+                &assigned,
+                lifeline_policies::identity::assignment_event_id(birth_id),
+                EventMetadata::system("test", Uuid::new_v4(), None, assigned_at),
+            )],
+        )
+        .await
+        .unwrap();
+}
+
 fn stream(kind: &str, id: impl std::fmt::Display) -> StreamId {
     StreamId::for_kind(kind, id).unwrap()
 }
@@ -243,31 +277,7 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         at(21, 4),
     )
     .await;
-    // As the allocator stores it: `pin-<number>`, under the record's assignment id.
-    let assigned = SystemEvent::PersonalIdAssigned(
-        PersonalIdAssigned::new(
-            pin(CHILD),
-            birth_id,
-            Some(registration_task),
-            FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
-            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-            Sex::Female,
-            at(21, 4),
-        )
-        .unwrap(),
-    );
-    store
-        .append(
-            &stream(lifeline_policies::identity::PIN_STREAM_KIND, CHILD),
-            ExpectedVersion::NoStream,
-            &[codec::to_new_event(
-                &assigned,
-                lifeline_policies::identity::assignment_event_id(birth_id),
-                EventMetadata::system("test", Uuid::new_v4(), None, at(21, 4)),
-            )],
-        )
-        .await
-        .unwrap();
+    assign_child_number(store, birth_id, Some(registration_task), at(21, 4)).await;
     let child_facts = [
         ("child.personal_id", json!(CHILD)),
         ("birth_certificate_number", json!("KS-2026-0001")),
@@ -1394,30 +1404,7 @@ async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
 
 async fn a_voided_birth_marks_its_childs_link_voided(store: EventStore) {
     let (birth_id, _) = record_birth(&store).await;
-    let assigned = SystemEvent::PersonalIdAssigned(
-        PersonalIdAssigned::new(
-            pin(CHILD),
-            birth_id,
-            None,
-            FullName::parse_field("Nguyễn Minh An", "x").unwrap(),
-            NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-            Sex::Female,
-            at(21, 2),
-        )
-        .unwrap(),
-    );
-    store
-        .append(
-            &stream(lifeline_policies::identity::PIN_STREAM_KIND, CHILD),
-            ExpectedVersion::NoStream,
-            &[codec::to_new_event(
-                &assigned,
-                lifeline_policies::identity::assignment_event_id(birth_id),
-                EventMetadata::system("test", Uuid::new_v4(), None, at(21, 2)),
-            )],
-        )
-        .await
-        .unwrap();
+    assign_child_number(&store, birth_id, None, at(21, 2)).await;
     let last_position = append(
         &store,
         &stream("birth", birth_id),

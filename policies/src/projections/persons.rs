@@ -32,7 +32,7 @@ use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
 
 use super::{DecodedBatch, DecodedEvent, HeldRows, Projection, SharedDecoded};
-use crate::identity::assignment_event_id;
+use crate::identity::{assignment_event_id, decode_assignment};
 
 /// The checkpoint name of the person registry projection.
 pub const PERSON_PROJECTION: &str = "projection-persons";
@@ -685,13 +685,8 @@ async fn assigned_child(
     if recorded.cursor() >= event.cursor() {
         return Ok(None);
     }
-    match codec::decode_recorded::<SystemEvent>(&recorded).map_err(SubscriberError::failed)? {
-        SystemEvent::PersonalIdAssigned(assigned) => Ok(Some(assigned.personal_id)),
-        _ => Err(SubscriberError::failed(format!(
-            "{} {} is not a personal ID number's assignment",
-            recorded.event_type, recorded.event_id
-        ))),
-    }
+    let assigned = decode_assignment(life_event_id, &recorded).map_err(SubscriberError::failed)?;
+    Ok(Some(assigned.personal_id))
 }
 
 /// The child of a corrected birth record, once it has its number: its row takes the corrected

@@ -306,6 +306,28 @@ fn withdraw(
     Ok(())
 }
 
+/// Who makes a follow-up procedure's new task, and from what source: its first task (no
+/// `latest`) as `follow_up_policy` would make it from `completion`, so that a completion
+/// delivered again finds it instead of making a second one; a later one (after a withdrawal)
+/// as this correction.
+fn creator<'a>(
+    latest: Option<&TaskFacts>,
+    follow_up_policy: &'static str,
+    completion: Source,
+    context: &Context<'a>,
+) -> (&'static str, Context<'a>) {
+    match latest {
+        None => (
+            follow_up_policy,
+            Context {
+                source: completion,
+                ..*context
+            },
+        ),
+        Some(_) => (CORRECTIONS, *context),
+    }
+}
+
 /// `reason: why`, cut to the longest reason a task event takes.
 fn with_why(reason: &str, why: &str) -> String {
     format!("{reason}: {why}")
@@ -357,16 +379,7 @@ fn rechoose(
             )
         }
         _ => {
-            let (policy, context) = match latest {
-                None => (
-                    BIRTH_FOLLOWUPS,
-                    Context {
-                        source: choice.completion,
-                        ..*context
-                    },
-                ),
-                Some(_) => (CORRECTIONS, *context),
-            };
+            let (policy, context) = creator(latest, BIRTH_FOLLOWUPS, choice.completion, context);
             commands.push(Command::CreateTask(new_task(
                 policy,
                 procedure,
@@ -458,19 +471,8 @@ fn redecide(
             )?;
         }
         (Some((office, facts)), None) if creates => {
-            // The procedure's first task has the id `death-followups` would give it (a
-            // redelivered completion then finds it instead of making a second one); a later
-            // one, after a withdrawal, this correction's.
-            let (policy, context) = match latest {
-                None => (
-                    DEATH_FOLLOWUPS,
-                    Context {
-                        source: redecision.completion,
-                        ..*context
-                    },
-                ),
-                Some(_) => (CORRECTIONS, *context),
-            };
+            let (policy, context) =
+                creator(latest, DEATH_FOLLOWUPS, redecision.completion, context);
             commands.push(Command::CreateTask(new_task(
                 policy,
                 procedure,
@@ -739,6 +741,40 @@ mod tests {
         })
     }
 
+    /// `react_corrected` on the test death's `tasks`, its follow-ups decided `before` and
+    /// decided again for `person`.
+    fn redecided(
+        event: &LifeEventCorrected,
+        life: &LifeEventFacts,
+        tasks: &[TaskFacts],
+        before: &[EligibilityDecided],
+        person: &PersonFacts,
+    ) -> Vec<Command> {
+        let reference = reference();
+        react_corrected(
+            event,
+            life,
+            tasks,
+            &redecision(before, life, person),
+            &context(&reference),
+        )
+        .unwrap()
+    }
+
+    fn cancelled_of(commands: &[Command]) -> Vec<(Uuid, String)> {
+        commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::UpdateTask {
+                    task_id,
+                    event: TaskEvent::TaskCancelled(cancelled),
+                    ..
+                } => Some((*task_id, cancelled.reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn moved_death(death: &mut DeathDeclaration) {
         death.death.at =
             DateTime::<FixedOffset>::parse_from_rfc3339("2024-06-30T06:30:00+07:00").unwrap();
@@ -766,18 +802,10 @@ mod tests {
 
     #[test]
     fn a_date_of_death_moved_before_a_raise_decides_the_allowance_again_and_amends_its_task() {
-        let reference = reference();
         let (before, tasks) = decided_followups(&pensioner());
         assert_eq!(before[1].amount_vnd, Some(23_400_000));
         let (event, life) = death_corrected(moved_death);
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &pensioner()),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
         // The burial allowance decided again at the base salary in force on 2024-06-30 (and
         // funeral support, still not eligible, on its new date).
         let decided = decisions_of(&commands);
@@ -833,7 +861,6 @@ mod tests {
 
     #[test]
     fn a_deceased_no_longer_eligible_has_the_open_task_cancelled_and_the_completed_one_reversed() {
-        let reference = reference();
         let (before, mut tasks) = decided_followups(&pensioner());
         // The burial allowance was paid; the residence deregistration is still open.
         tasks[2] = completed_task(
@@ -848,14 +875,7 @@ mod tests {
             death.deceased.personal_id = Some(PersonalId::parse("001052999999").unwrap());
         });
         let nobody = PersonFacts::default();
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &nobody),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &nobody);
         let decided = decisions_of(&commands);
         assert_eq!(
             decided
@@ -867,17 +887,7 @@ mod tests {
                 (P::BurialAllowance, false)
             ]
         );
-        let cancelled: Vec<_> = commands
-            .iter()
-            .filter_map(|command| match command {
-                Command::UpdateTask {
-                    task_id,
-                    event: TaskEvent::TaskCancelled(cancelled),
-                    ..
-                } => Some((*task_id, cancelled.reason.clone())),
-                _ => None,
-            })
-            .collect();
+        let cancelled = cancelled_of(&commands);
         assert_eq!(
             cancelled,
             [(
@@ -937,14 +947,7 @@ mod tests {
 
         // Still not eligible, on a new date: decided again, the reversal left alone.
         let (event, life) = death_corrected(moved_death);
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &nobody),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &nobody);
         assert!(
             commands.iter().all(|command| !matches!(
                 command,
@@ -957,14 +960,7 @@ mod tests {
             .all(|task| task.procedure != P::BurialAllowance));
 
         // Eligible again (the number corrected back): a new allowance task at the new amount.
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &pensioner()),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
         let burial: Vec<_> = created_of(&commands)
             .into_iter()
             .filter(|task| task.procedure == P::BurialAllowance)
@@ -979,7 +975,6 @@ mod tests {
 
     #[test]
     fn a_residence_declared_elsewhere_moves_the_open_follow_ups_to_that_areas_offices() {
-        let reference = reference();
         let (before, tasks) = decided_followups(&pensioner());
         assert_eq!(tasks[1].created.office.as_str(), "01-00004");
         let (event, life) = death_corrected(|death| {
@@ -989,25 +984,8 @@ mod tests {
                 address: "12 Lê Lợi".into(),
             });
         });
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &pensioner()),
-            &context(&reference),
-        )
-        .unwrap();
-        let cancelled: Vec<_> = commands
-            .iter()
-            .filter_map(|command| match command {
-                Command::UpdateTask {
-                    task_id,
-                    event: TaskEvent::TaskCancelled(cancelled),
-                    ..
-                } => Some((*task_id, cancelled.reason.clone())),
-                _ => None,
-            })
-            .collect();
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
+        let cancelled = cancelled_of(&commands);
         // The burial allowance is routed by the same area: Hồ Chí Minh City's social security.
         assert_eq!(
             cancelled,
@@ -1086,19 +1064,11 @@ mod tests {
 
     #[test]
     fn a_procedure_no_longer_chosen_has_its_open_task_cancelled() {
-        let reference = reference();
         let (before, tasks) = decided_followups(&pensioner());
         let (event, life) = death_corrected(|death| {
             death.procedures = vec![P::DeathRegistration, P::BurialAllowance];
         });
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &pensioner()),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
         assert_eq!(commands.len(), 1, "{commands:?}");
         let Command::UpdateTask {
             task_id,
@@ -1120,14 +1090,7 @@ mod tests {
             death.declarant.email =
                 Some(Email::parse_field("dung.le@example.vn", "declarant.email").unwrap());
         });
-        let commands = react_corrected(
-            &event,
-            &life,
-            &tasks,
-            &redecision(&before, &life, &pensioner()),
-            &context(&reference),
-        )
-        .unwrap();
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
         // Of the open follow-ups, the declarant's email reaches the burial allowance's agency
         // only: one amendment, and no decision.
         assert!(decisions_of(&commands).is_empty());

@@ -8,7 +8,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
-use lifeline_model::codec::decode_recorded;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, ChildInput,
     DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput, Declaration, NoticeInput,
@@ -16,10 +15,10 @@ use lifeline_model::declaration::{
 };
 use lifeline_model::life_event::LifeEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
-use lifeline_model::system_events::{PersonalIdAssigned, ReadResource, SystemEvent};
+use lifeline_model::system_events::{PersonalIdAssigned, ReadResource};
 use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_model::values::OfficeCode;
-use lifeline_policies::identity::assignment_event_id;
+use lifeline_policies::identity::{assignment_event_id, decode_assignment};
 use lifeline_store::projections::{self, ProcedureState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -746,12 +745,13 @@ async fn child_number(
     else {
         return Ok(None);
     };
-    match decode_recorded::<SystemEvent>(&recorded) {
-        Ok(SystemEvent::PersonalIdAssigned(assigned)) => Ok(Some(assigned)),
-        Ok(_) | Err(_) => Err(ApiError::unavailable(format!(
-            "the child's number of life event {life_event_id} cannot be read"
-        ))),
-    }
+    decode_assignment(life_event_id, &recorded)
+        .map(Some)
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "the child's number of life event {life_event_id} cannot be read"
+            ))
+        })
 }
 
 /// A child's number encodes the century and sex (digit 4) and the year of birth (digits 5-6)

@@ -14,7 +14,7 @@ use lifeline::auth::{issue_token_for, Scope, TokenVerifier};
 use lifeline::http::{app, AppState};
 use lifeline_model::envelope::{LogCursor, Role};
 use lifeline_model::procedure::AgencyId;
-use lifeline_model::values::OfficeCode;
+use lifeline_model::values::{OfficeCode, PersonalId};
 use lifeline_store::EventStore;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -197,4 +197,40 @@ pub async fn record_birth(app: &TestApp) -> String {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["life_event_id"].as_str().unwrap().to_owned()
+}
+
+/// The child's number `079326000042` (a girl born in 2026, registered in province 79) assigned
+/// to the birth `life_event_id`, stored as `birth-followups`' allocator stores it: `pin-<number>`,
+/// under the record's assignment id. The HTTP tests run no policies.
+pub async fn assign_child_number(app: &TestApp, life_event_id: uuid::Uuid) -> PersonalId {
+    use lifeline_model::codec::to_new_event;
+    use lifeline_model::envelope::{EventMetadata, ExpectedVersion, StreamId};
+    use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
+    use lifeline_model::values::{FullName, Sex};
+    use lifeline_policies::identity::{assignment_event_id, PIN_STREAM_KIND};
+
+    let pin = PersonalId::parse("079326000042").unwrap();
+    let assigned = PersonalIdAssigned::new(
+        pin.clone(),
+        life_event_id,
+        None,
+        FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+        Sex::Female,
+        now(),
+    )
+    .unwrap();
+    app.store
+        .append(
+            &StreamId::for_kind(PIN_STREAM_KIND, pin.as_str()).unwrap(),
+            ExpectedVersion::NoStream,
+            &[to_new_event(
+                &SystemEvent::PersonalIdAssigned(assigned),
+                assignment_event_id(life_event_id),
+                EventMetadata::system("policy:identity", uuid::Uuid::new_v4(), None, now()),
+            )],
+        )
+        .await
+        .unwrap();
+    pin
 }
