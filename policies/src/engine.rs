@@ -170,14 +170,16 @@ impl PolicyHandler for PolicyEngine {
         )
     }
 
-    /// The registrations and follow-ups take their one event type; `corrections` the events of
-    /// records (its two types and the records' first events: one notice a record instead of
-    /// every notice of the stream).
+    /// The registrations take their one event type; the follow-ups the completions of the
+    /// registration they follow (the other's completions, and the second steps', never reach
+    /// them); `corrections` the events of records (its two types and the records' first
+    /// events: one notice a record instead of every notice of the stream).
     fn notices(&self, policy: &str) -> Notices {
         match policy {
             BIRTH_REGISTRATION => Notices::OfType("BirthRecorded"),
             DEATH_REGISTRATION => Notices::OfType("DeathRecorded"),
-            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => Notices::OfType("TaskCompleted"),
+            BIRTH_FOLLOWUPS => completions_of(ProcedureId::BirthRegistration),
+            DEATH_FOLLOWUPS => completions_of(ProcedureId::DeathRegistration),
             CORRECTIONS => Notices::OfRecords,
             _ => Notices::All,
         }
@@ -371,6 +373,16 @@ impl PolicyEngine {
         }
         append_planned(tx, &planned).await?;
         Ok(())
+    }
+}
+
+/// The notices of the completions of `procedure`'s tasks (published under the procedure each
+/// completion names: [`crate::runtime::BusConfig::subject_for`]).
+fn completions_of(procedure: ProcedureId) -> Notices {
+    Notices::OfTopic {
+        kind: "task",
+        topic: procedure.as_str(),
+        event_type: "TaskCompleted",
     }
 }
 

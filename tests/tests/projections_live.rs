@@ -268,6 +268,7 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         store,
         TaskEvent::TaskCompleted(TaskCompleted {
             task_id: registration_task,
+            procedure: Some(ProcedureId::BirthRegistration),
             by: "officer-1".into(),
             outcome: TaskOutcome::BirthRegistered {
                 certificate_number: "KS-2026-0001".into(),
@@ -316,6 +317,7 @@ async fn record_scenario(store: &EventStore) -> Scenario {
         store,
         TaskEvent::TaskCompleted(TaskCompleted {
             task_id: insurance_task,
+            procedure: Some(ProcedureId::ChildHealthInsurance),
             by: "bhxh-1".into(),
             outcome: TaskOutcome::InsuranceCardIssued {
                 card_number: "TE1797926000123".into(),
@@ -1244,6 +1246,7 @@ async fn a_replaced_task_leaves_its_procedure_to_the_new_one(store: EventStore) 
         &store,
         TaskEvent::TaskCompleted(TaskCompleted {
             task_id: first,
+            procedure: Some(ProcedureId::ResidenceRegistration),
             by: "officer-1".into(),
             outcome: TaskOutcome::ResidenceRegistered {
                 entry_number: "HK-1".into(),

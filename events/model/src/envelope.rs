@@ -247,7 +247,31 @@ impl Payload {
     pub fn parsed(&self) -> Option<&serde_json::Value> {
         self.value.get()
     }
+
+    /// The payload's top-level [`TOPIC_FIELD`] if it is a string: the event's
+    /// [`EventHeader::topic`], as the stores' header reads select it.
+    pub fn topic(&self) -> Option<String> {
+        match self.value.get() {
+            Some(value) => value.get(TOPIC_FIELD)?.as_str().map(str::to_owned),
+            None => {
+                #[derive(serde::Deserialize)]
+                struct Topic {
+                    #[serde(default)]
+                    procedure: Option<serde_json::Value>,
+                }
+                let topic: Topic = serde_json::from_str(self.text.get()).ok()?;
+                match topic.procedure? {
+                    serde_json::Value::String(topic) => Some(topic),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
+
+/// The payload field an event's [`EventHeader::topic`] is read from (a task's creation and
+/// completion name their procedure there).
+pub const TOPIC_FIELD: &str = "procedure";
 
 impl Deref for Payload {
     type Target = serde_json::Value;
@@ -361,6 +385,7 @@ impl RecordedEvent {
             stream_version: self.stream_version,
             event_id: self.event_id,
             event_type: self.event_type.clone(),
+            topic: self.payload.topic(),
         }
     }
 }
@@ -386,6 +411,10 @@ pub struct EventHeader {
     pub stream_version: StreamVersion,
     pub event_id: Uuid,
     pub event_type: String,
+    /// The procedure the event names, if its payload has a top-level `procedure` string
+    /// ([`TOPIC_FIELD`]; a task's creation and completion): part of its notice's subject on the
+    /// bus.
+    pub topic: Option<String>,
 }
 
 impl EventHeader {

@@ -80,6 +80,11 @@ pub struct TaskClaimed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCompleted {
     pub task_id: Uuid,
+    /// The completed task's procedure (its `TaskCreated`'s). The relay publishes the notice
+    /// under it (`BusConfig::subject_for`), so that each follow-up policy receives only the
+    /// completions of the registration it follows. Absent on events stored before 2026-12-06.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procedure: Option<ProcedureId>,
     pub by: String,
     pub outcome: TaskOutcome,
     pub at: DateTime<Utc>,
@@ -462,6 +467,7 @@ impl Task {
                 let outcome = outcome.validate(procedure, at.date_naive(), &self.application)?;
                 events.push(TaskEvent::TaskCompleted(TaskCompleted {
                     task_id,
+                    procedure: Some(procedure),
                     by,
                     outcome,
                     at,

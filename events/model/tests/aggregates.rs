@@ -426,6 +426,7 @@ fn complete() {
         })
         .then_expect_events(vec![TaskEvent::TaskCompleted(TaskCompleted {
             task_id: task_id(),
+            procedure: Some(ProcedureId::BirthRegistration),
             by: "officer-1".into(),
             outcome,
             at: at(),
@@ -448,6 +449,7 @@ fn complete_unclaimed_claims_first() {
             claimed("connector:civil-registry"),
             TaskEvent::TaskCompleted(TaskCompleted {
                 task_id: task_id(),
+                procedure: Some(ProcedureId::BirthRegistration),
                 by: "connector:civil-registry".into(),
                 outcome,
                 at: at(),
@@ -559,8 +561,10 @@ fn completion_outcomes_are_validated_per_procedure() {
 
 #[test]
 fn complete_twice_is_refused() {
+    // As stored before completions named their procedure: it still ends the task.
     let completed = TaskEvent::TaskCompleted(TaskCompleted {
         task_id: task_id(),
+        procedure: None,
         by: "officer-1".into(),
         outcome: TaskOutcome::BirthRegistered {
             certificate_number: "1".into(),

@@ -28,8 +28,13 @@ const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stre
 const EVENT_COLUMNS_PAYLOAD_TEXT: &str = "global_position, transaction_id, stream_id, \
      stream_version, event_id, event_type, schema_version, NULL::json AS payload, \
      payload::text AS payload_text, metadata";
+/// An event's header; its topic is the payload's top-level `procedure` if a string
+/// (`lifeline_model::envelope::TOPIC_FIELD`, `Payload::topic`), taken out of the `json` text
+/// once.
 const HEADER_COLUMNS: &str =
-    "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
+    "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
+     (SELECT CASE WHEN json_typeof(field) = 'string' THEN field #>> '{}' END \
+      FROM (SELECT payload -> 'procedure' AS field) AS topic_field) AS topic";
 
 pub(crate) async fn lookup_event_ids(
     conn: &mut PgConnection,
@@ -559,6 +564,7 @@ fn decode_header(row: &PgRow) -> Result<EventHeader, StoreError> {
         stream_version: StreamVersion(row.try_get("stream_version")?),
         event_id: row.try_get("event_id")?,
         event_type: row.try_get("event_type")?,
+        topic: row.try_get("topic")?,
     })
 }
 

@@ -26,8 +26,12 @@ const EVENT_COLUMNS_SOME_PAYLOADS: &str = "global_position, transaction_id, stre
 const EVENT_COLUMNS_PAYLOAD_TEXT: &str = "global_position, transaction_id, stream_id, \
      stream_version, event_id, event_type, schema_version, NULL AS payload, \
      payload AS payload_text, metadata";
+/// An event's header; its topic is the payload's top-level `procedure` if a string
+/// (`lifeline_model::envelope::TOPIC_FIELD`, `Payload::topic`).
 const HEADER_COLUMNS: &str =
-    "global_position, transaction_id, stream_id, stream_version, event_id, event_type";
+    "global_position, transaction_id, stream_id, stream_version, event_id, event_type, \
+     CASE WHEN json_type(payload, '$.procedure') = 'text' \
+          THEN json_extract(payload, '$.procedure') END AS topic";
 
 pub(crate) async fn lookup_event_ids(
     conn: &mut SqliteConnection,
@@ -429,6 +433,7 @@ fn decode_header(row: &SqliteRow) -> Result<EventHeader, StoreError> {
             reason: format!("event id {event_id:?}: {error}"),
         })?,
         event_type: row.try_get("event_type")?,
+        topic: row.try_get("topic")?,
     })
 }
 

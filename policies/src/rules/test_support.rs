@@ -157,6 +157,7 @@ pub(crate) fn death_registered() -> TaskOutcome {
 pub(crate) fn birth_completed() -> TaskCompleted {
     TaskCompleted {
         task_id: Uuid::from_u128(9),
+        procedure: Some(ProcedureId::BirthRegistration),
         by: "officer".into(),
         outcome: birth_registered(),
         at: utc("2026-11-20T10:00:00+07:00"),
@@ -166,6 +167,7 @@ pub(crate) fn birth_completed() -> TaskCompleted {
 pub(crate) fn death_completed() -> TaskCompleted {
     TaskCompleted {
         task_id: Uuid::from_u128(9),
+        procedure: Some(ProcedureId::DeathRegistration),
         by: "officer".into(),
         outcome: death_registered(),
         at: utc("2026-11-20T10:00:00+07:00"),

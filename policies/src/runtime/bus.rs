@@ -13,7 +13,8 @@ use super::RuntimeError;
 /// Where events travel on NATS. Defaults: stream `LIFELINE_EVENTS`, subjects
 /// `lifeline.events.<class>.<event type>` (the class: `record` for the events of a life event
 /// record, whose streams are `birth-<id>` and `death-<id>`; otherwise the stream kind: `task`,
-/// `pin`, `eligibility`...), file storage, one replica, a 2-minute duplicate window, 30 days of
+/// `pin`, `eligibility`..., followed by `-<topic>` for an event that names a procedure, such as
+/// `task-birth-registration`), file storage, one replica, a 2-minute duplicate window, 30 days of
 /// retention.
 ///
 /// Durability: JetStream acknowledges a publish before it is fsynced, and nats-server 2.9 has
@@ -56,15 +57,21 @@ impl BusConfig {
     /// every record event (corrections and voids of both kinds) takes one filter subject, all
     /// nats-server 2.9 allows. (Before 2026-12-06 the class was the stream kind for every stream:
     /// notices still in the stream from then are on `<prefix>.birth.*` and `<prefix>.death.*`.)
+    /// Another stream's event that names a procedure ([`EventHeader::topic`]: a task's creation
+    /// and completion) has the class `<kind>-<topic>`, so that a follow-up policy takes the
+    /// completions of the one registration it follows ([`Notices::OfTopic`]); a record's class
+    /// stays `record` whatever its payload. (Before 2026-12-06 completions were on
+    /// `<prefix>.task.TaskCompleted`.)
     pub fn subject_for(&self, event: &EventHeader) -> String {
-        let class = match event.stream_id.kind() {
-            "birth" | "death" => RECORD_CLASS,
-            kind => kind,
+        let class = match (event.stream_id.kind(), &event.topic) {
+            ("birth" | "death", _) => RECORD_CLASS.to_owned(),
+            (kind, Some(topic)) => topic_class(kind, topic),
+            (kind, None) => kind.to_owned(),
         };
         format!(
             "{}.{}.{}",
             self.subject_prefix,
-            subject_token(class),
+            subject_token(&class),
             subject_token(&event.event_type)
         )
     }
@@ -81,6 +88,16 @@ impl BusConfig {
             Notices::All => None,
             Notices::OfType(event_type) => Some(self.subjects_of_type(event_type)),
             Notices::OfRecords => Some(format!("{}.{RECORD_CLASS}.>", self.subject_prefix)),
+            Notices::OfTopic {
+                kind,
+                topic,
+                event_type,
+            } => Some(format!(
+                "{}.{}.{}",
+                self.subject_prefix,
+                subject_token(&topic_class(kind, topic)),
+                subject_token(event_type)
+            )),
         }
     }
 
@@ -117,6 +134,11 @@ impl BusConfig {
 /// The subject class of the events of life event records (streams `birth-<id>`, `death-<id>`).
 pub const RECORD_CLASS: &str = "record";
 
+/// The subject class of an event of a `kind` stream that names `topic`.
+fn topic_class(kind: &str, topic: &str) -> String {
+    format!("{kind}-{topic}")
+}
+
 /// Which notices a policy's consumer receives ([`crate::PolicyHandler::notices`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notices {
@@ -126,6 +148,14 @@ pub enum Notices {
     OfType(&'static str),
     /// The notices of life event records' events (recorded, corrected, voided), of both kinds.
     OfRecords,
+    /// The notices of one event type of `kind` streams that name `topic` (a procedure): the
+    /// completions of one procedure's tasks. An event of the type stored before it named its
+    /// procedure (before 2026-12-06) is not among them.
+    OfTopic {
+        kind: &'static str,
+        topic: &'static str,
+        event_type: &'static str,
+    },
 }
 
 fn subject_token(value: &str) -> String {
@@ -210,6 +240,7 @@ mod tests {
             global_position: lifeline_model::envelope::GlobalPosition(1),
             transaction_id: 1,
             event_type: event_type.to_owned(),
+            topic: None,
         }
     }
 
@@ -236,6 +267,74 @@ mod tests {
                 .as_deref(),
             Some("lifeline.events.*.BirthRecorded")
         );
+    }
+
+    #[test]
+    fn a_completion_is_published_under_its_procedure_and_its_policy_filter_takes_only_those() {
+        let bus = BusConfig::default();
+        let completed = |topic: Option<&str>| {
+            bus.subject_for(&EventHeader {
+                topic: topic.map(str::to_owned),
+                ..header("task-1", "TaskCompleted")
+            })
+        };
+        let births = bus
+            .filter_subject(Notices::OfTopic {
+                kind: "task",
+                topic: "birth-registration",
+                event_type: "TaskCompleted",
+            })
+            .unwrap();
+        assert_eq!(
+            births,
+            "lifeline.events.task-birth-registration.TaskCompleted"
+        );
+        assert_eq!(completed(Some("birth-registration")), births);
+        assert_eq!(
+            completed(Some("death-registration")),
+            "lifeline.events.task-death-registration.TaskCompleted"
+        );
+        assert_eq!(completed(None), "lifeline.events.task.TaskCompleted");
+        // A consumer made before, filtered on the type alone, still takes every completion.
+        let any = bus
+            .filter_subject(Notices::OfType("TaskCompleted"))
+            .unwrap();
+        assert!(matches_filter(&any, &completed(Some("birth-registration"))));
+        assert!(matches_filter(&any, &completed(None)));
+        assert!(!matches_filter(
+            &births,
+            &completed(Some("death-registration"))
+        ));
+        assert!(!matches_filter(&births, &completed(None)));
+        // A record's class stays `record`, whatever its payload names.
+        let corrected = EventHeader {
+            topic: Some("birth-registration".to_owned()),
+            ..header("birth-1", "LifeEventCorrected")
+        };
+        assert_eq!(
+            bus.subject_for(&corrected),
+            "lifeline.events.record.LifeEventCorrected"
+        );
+        // A topic cannot add tokens or wildcards.
+        assert_eq!(
+            completed(Some("a.b>")),
+            "lifeline.events.task-a_b_.TaskCompleted"
+        );
+    }
+
+    /// NATS subject matching: `*` one token, `>` one or more trailing tokens.
+    fn matches_filter(filter: &str, subject: &str) -> bool {
+        let filter: Vec<&str> = filter.split('.').collect();
+        let subject: Vec<&str> = subject.split('.').collect();
+        for (index, token) in filter.iter().enumerate() {
+            match *token {
+                ">" => return subject.len() > index,
+                "*" if index < subject.len() => {}
+                token if subject.get(index) == Some(&token) => {}
+                _ => return false,
+            }
+        }
+        filter.len() == subject.len()
     }
 
     #[test]

@@ -312,7 +312,15 @@ async fn streams_and_the_global_log_read_in_order(store: EventStore) {
     let mut appended = Vec::new();
     for round in 0..5 {
         for stream in &streams {
-            let event = new_event("Step", json!({ "round": round }));
+            // The header's topic is a top-level `procedure` string, and nothing else.
+            let payload = match round {
+                0 => json!({ "round": round, "procedure": "birth-registration" }),
+                1 => json!({ "round": round, "procedure": 7 }),
+                2 => json!({ "round": round, "procedure": null }),
+                3 => json!({ "round": round, "nested": { "procedure": "death-registration" } }),
+                _ => json!({ "round": round }),
+            };
+            let event = new_event("Step", payload);
             appended.push(event.event_id);
             store
                 .append(stream, ExpectedVersion::Any, &[event])
@@ -377,6 +385,13 @@ async fn streams_and_the_global_log_read_in_order(store: EventStore) {
         .unwrap();
     let expected: Vec<_> = full.iter().map(|event| event.header()).collect();
     assert_eq!(headers, expected);
+    let topics: Vec<Option<&str>> = headers
+        .iter()
+        .map(|header| header.topic.as_deref())
+        .collect();
+    let mut expected_topics = vec![Some("birth-registration"); 3];
+    expected_topics.extend([None; 12]);
+    assert_eq!(topics, expected_topics);
     assert_eq!(
         headers
             .iter()
