@@ -1028,12 +1028,21 @@ async fn a_held_stream_takes_no_append_until_its_holder_ends(store: EventStore) 
         .collect();
     assert_eq!(types, ["Recorded", "Corrected", "Voided"]);
 
-    // In commit order, the holder's write came before the append that waited for it.
-    let log = store.read_all(LogCursor::START, 100_000).await.unwrap();
-    let order: Vec<&str> = log
-        .iter()
-        .filter(|event| event.stream_id == held || event.stream_id == elsewhere)
-        .map(|event| event.event_type.as_str())
-        .collect();
+    // In commit order, the holder's write came before the append that waited for it. The
+    // global reader may be held back a while by transactions still running (other tests' on
+    // PostgreSQL): read until all four are there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let order = loop {
+        let log = store.read_all(LogCursor::START, 100_000).await.unwrap();
+        let order: Vec<String> = log
+            .iter()
+            .filter(|event| event.stream_id == held || event.stream_id == elsewhere)
+            .map(|event| event.event_type.clone())
+            .collect();
+        if order.len() >= 4 || std::time::Instant::now() > deadline {
+            break order;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(order, ["Recorded", "Prefilled", "Corrected", "Voided"]);
 }
