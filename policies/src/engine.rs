@@ -204,18 +204,22 @@ impl PolicyHandler for PolicyEngine {
     }
 
     /// The registrations read the stream of each record they are told of anyway (held until
-    /// the batch commits): they read those streams first and take the records from them, one
-    /// statement fewer per batch than reading the events by id first. Other policies (the
-    /// follow-ups see every completion, most of which they skip without reading its task), and
-    /// notices whose stream is not a stream id, read the events by id.
+    /// the batch commits), and the follow-ups the stream of each completed task: they read
+    /// those streams first and take the noticed events from them, one statement fewer per
+    /// batch than reading the events by id first. (The follow-ups receive only their
+    /// registration's completions, `PolicyHandler::notices`; while they received every
+    /// completion, reading each one's task to skip most of them cost more than it saved.)
+    /// `corrections`, and notices whose stream is not a stream id, read the events by id.
     async fn apply_notices(
         &self,
         policy: &str,
         tx: &mut StoreTransaction<'_>,
         notices: &[Noticed<'_>],
     ) -> Result<(), (Option<usize>, PolicyError)> {
-        // Each notice's stream, if this policy reads them held and every one is a stream id.
-        let streams = matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION)
+        let held = matches!(policy, BIRTH_REGISTRATION | DEATH_REGISTRATION);
+        let tasks = matches!(policy, BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS);
+        // Each notice's stream, if this policy reads them first and every one is a stream id.
+        let streams = (held || tasks)
             .then(|| {
                 notices
                     .iter()
@@ -233,10 +237,12 @@ impl PolicyHandler for PolicyEngine {
                 unique.push(stream);
             }
         }
-        let read = tx
-            .read_streams_held(&unique)
-            .await
-            .map_err(|error| (None, PolicyError::Store(error)))?;
+        let read = if held {
+            tx.read_streams_held(&unique).await
+        } else {
+            tx.read_streams(&unique).await
+        }
+        .map_err(|error| (None, PolicyError::Store(error)))?;
         let events = pick_noticed(notices, |index, notice| {
             read.get(streams.get(index)?)?
                 .iter()
@@ -295,8 +301,9 @@ impl PolicyHandler for PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// [`PolicyHandler::apply_batch`], with the records `read` already holds (read held, by a
-    /// registration's [`PolicyHandler::apply_notices`]) taken from it instead of read again.
+    /// [`PolicyHandler::apply_batch`], with the streams `read` already holds (by
+    /// [`PolicyHandler::apply_notices`]: a registration's records, read held; a follow-up's
+    /// completed tasks) taken from it instead of read again.
     async fn apply_read(
         &self,
         policy: &str,
@@ -325,7 +332,7 @@ impl PolicyEngine {
             runs.push((index, run));
         }
         let mut ahead = match policy {
-            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => ReadAhead::follow_ups(tx, &runs).await,
+            BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS => ReadAhead::follow_ups(tx, &runs, read).await,
             BIRTH_REGISTRATION | DEATH_REGISTRATION => ReadAhead::records(tx, &runs, read).await,
             _ => Ok(ReadAhead::default()),
         }
@@ -436,9 +443,12 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// `read`: task streams already read (the batch's own, [`PolicyHandler::apply_notices`]);
+    /// the others are read here.
     async fn follow_ups(
         tx: &mut StoreTransaction<'_>,
         runs: &[(usize, Run<'_>)],
+        read: HashMap<StreamId, Vec<RecordedEvent>>,
     ) -> Result<Self, StoreError> {
         let mut ahead = Self::default();
         // (the run, the completed task, its stream)
@@ -457,8 +467,16 @@ impl ReadAhead {
         if completed.is_empty() {
             return Ok(ahead);
         }
-        let streams: Vec<&StreamId> = completed.iter().map(|(_, _, stream)| stream).collect();
-        let mut tasks = tx.read_streams(&streams).await?;
+        let mut streams: Vec<&StreamId> = Vec::new();
+        for (_, _, stream) in &completed {
+            if !read.contains_key(stream) && !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        let mut tasks = read;
+        if !streams.is_empty() {
+            tasks.extend(tx.read_streams(&streams).await?);
+        }
         let mut records = Vec::new();
         for (run, task_id, stream) in &completed {
             let Some(events) = tasks.remove(stream) else {
