@@ -101,6 +101,14 @@ async fn run_on(
     let mut settings = RuntimeSettings::default();
     settings.bus.stream_name = format!("BENCH_{run_id}");
     settings.bus.subject_prefix = format!("bench.{run_id}");
+    // W3_ACK_WAIT_MS=N: the policy consumers' ack wait (default 30 s), for experiments only
+    // (a short one makes the server redeliver messages still being handled).
+    if let Some(ms) = std::env::var("W3_ACK_WAIT_MS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        settings.consumer.ack_wait = Duration::from_millis(ms);
+    }
     // W3_LANES=N: the policy consumers' lanes (default 8), for experiments only.
     if let Some(lanes) = std::env::var("W3_LANES")
         .ok()

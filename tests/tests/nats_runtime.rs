@@ -665,3 +665,108 @@ async fn a_relay_aborted_mid_run_resumes_without_duplicate_notices() {
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+/// Fails each event's first attempt, then applies it as [`EffectHandler`] does (for [`ALPHA`]
+/// only), slowly, and keeps the batches of events it had seen before: redeliveries.
+struct FailsFirstAttempt {
+    inner: EffectHandler,
+    seen: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    redelivered_batches: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl PolicyHandler for FailsFirstAttempt {
+    fn policy_names(&self) -> Vec<&'static str> {
+        vec![ALPHA]
+    }
+
+    fn wants(&self, policy: &str, event_type: &str) -> bool {
+        self.inner.wants(policy, event_type)
+    }
+
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_policies::PolicyError> {
+        self.inner.apply(policy, tx, event).await
+    }
+
+    async fn apply_notices(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        notices: &[lifeline_policies::handler::Noticed<'_>],
+    ) -> Result<(), (Option<usize>, lifeline_policies::PolicyError)> {
+        let first = {
+            let mut seen = self.seen.lock().unwrap();
+            notices
+                .iter()
+                .position(|notice| seen.insert(notice.event_id))
+        };
+        if let Some(index) = first {
+            return Err((
+                Some(index),
+                lifeline_policies::PolicyError::Refused {
+                    policy: policy.to_owned(),
+                    event_id: notices[index].event_id,
+                    message: "first attempt".to_owned(),
+                },
+            ));
+        }
+        self.redelivered_batches.lock().unwrap().push(notices.len());
+        // Slow enough that the other redeliveries queue in the lane meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let events = lifeline_policies::handler::read_noticed(tx, notices).await?;
+        self.apply_batch(policy, tx, &events).await
+    }
+}
+
+/// Redelivered messages that queue in a lane are handled in one transaction, as first
+/// deliveries are: a backlog past `ack_wait` (every message redelivered) must not fall back to
+/// a transaction per message, which could not keep up with the arrivals (W3 with a short ack
+/// wait fell into that state). Each event still counts its own attempts, and its effect is
+/// written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivered_messages_are_handled_together_and_once() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        lanes: 1,
+        ..test_consumer_options(3)
+    };
+    let handler = Arc::new(FailsFirstAttempt {
+        inner: EffectHandler::new(0),
+        seen: Default::default(),
+        redelivered_batches: Default::default(),
+    });
+    let sources = append_sources(&store, 20).await;
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let expected: HashMap<(String, Uuid), usize> = sources
+        .iter()
+        .map(|source| ((ALPHA.to_owned(), *source), 1))
+        .collect();
+    wait_for_effects(&store, &expected).await;
+    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
+    running.stop().await;
+
+    let batches = handler.redelivered_batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), sources.len(), "{batches:?}");
+    assert!(
+        batches.iter().any(|size| *size > 1),
+        "redeliveries handled one transaction each: {batches:?}"
+    );
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}

@@ -583,15 +583,21 @@ impl Worker {
         }
     }
 
-    /// Handles the messages a lane took at once, in order. First deliveries of wanted events
-    /// go through one transaction together (one commit instead of one each), then are acked.
-    /// If that transaction fails, nothing of it stays: the event that failed counts that as its
-    /// attempt (nak'd with its retry delay, as alone), and the others are handled on their own.
-    /// Anything else (a redelivery, an unreadable message) is handled on its own from the start.
+    /// Handles the messages a lane took at once, in order. Wanted events go through one
+    /// transaction together (one commit instead of one each), then are acked, redeliveries as
+    /// well as first deliveries. If that transaction fails, nothing of it stays: the event that
+    /// failed counts that as the attempt of its delivery (nak'd with its retry delay, or given
+    /// up after the last, as alone), and the others are handled on their own. A batch holding
+    /// an unreadable message is handled one by one from the start.
+    ///
+    /// Until 2026-12-06 only first deliveries went together: once messages were redelivered
+    /// (a backlog past `ack_wait`), every batch holding one ran one transaction per message,
+    /// a few hundred a second on two cores, so the backlog could not shrink and kept being
+    /// redelivered. W3 with an ack wait of 80 ms (`W3_ACK_WAIT_MS`) fell into that state.
     async fn handle_messages(&self, batch: Vec<Parsed>) {
         let together = batch.len() > 1
             && batch.iter().all(|(message, notice)| {
-                matches!(message.info(), Ok(info) if info.delivered == 1)
+                message.info().is_ok()
                     && matches!(notice, Ok(notice) if self.handler.wants(&self.policy, &notice.event_type))
             });
         if together {
@@ -620,8 +626,12 @@ impl Worker {
                         match notice {
                             // The failing event's attempt for this delivery was the batch's.
                             Ok(notice) if Some(index) == failed => {
-                                let outcome =
-                                    self.after_attempt(&notice, 1, Err(error.clone())).await;
+                                let delivered = message.info().map_or(1, |info| {
+                                    u32::try_from(info.delivered).unwrap_or(u32::MAX)
+                                });
+                                let outcome = self
+                                    .after_attempt(&notice, delivered, Err(error.clone()))
+                                    .await;
                                 self.conclude(&message, &notice, outcome).await;
                             }
                             notice => self.handle_message(&message, notice).await,
