@@ -1,7 +1,8 @@
 //! The JetStream policy consumers: one durable pull consumer per policy name (`policy-<name>`),
 //! explicit acks, each message's event read from the store and applied in a transaction, then
-//! acked (not confirmed: a lost ack is a redelivery the handler absorbs); failures nak'd with an exponential delay, and after the configured attempts
-//! `PolicyFailed` is recorded and the message terminated.
+//! acked (not confirmed: a lost ack is a redelivery the handler absorbs); failures nak'd with
+//! an exponential delay, and after the configured attempts `PolicyFailed` is recorded and the
+//! message terminated.
 //!
 //! Within a process a consumer handles up to `lanes` messages at once, one lane per hash of the
 //! event's stream id, so the events of one stream keep their order. Messages that queue up in a
