@@ -231,12 +231,7 @@ impl PolicyHandler for PolicyEngine {
             let events = read_noticed(tx, notices).await?;
             return self.apply_batch(policy, tx, &events).await;
         };
-        let mut unique: Vec<&StreamId> = Vec::with_capacity(streams.len());
-        for stream in &streams {
-            if !unique.contains(&stream) {
-                unique.push(stream);
-            }
-        }
+        let unique = unread(&streams, &HashMap::new());
         let read = if held {
             tx.read_streams_held(&unique).await
         } else {
@@ -467,12 +462,7 @@ impl ReadAhead {
         if completed.is_empty() {
             return Ok(ahead);
         }
-        let mut streams: Vec<&StreamId> = Vec::new();
-        for (_, _, stream) in &completed {
-            if !read.contains_key(stream) && !streams.contains(&stream) {
-                streams.push(stream);
-            }
-        }
+        let streams = unread(completed.iter().map(|(_, _, stream)| stream), &read);
         let mut tasks = read;
         if !streams.is_empty() {
             tasks.extend(tx.read_streams(&streams).await?);
@@ -515,13 +505,7 @@ impl ReadAhead {
         runs: &[(usize, Run<'_>)],
         held: HashMap<StreamId, Vec<RecordedEvent>>,
     ) -> Result<Self, StoreError> {
-        let mut streams: Vec<&StreamId> = Vec::with_capacity(runs.len());
-        for (_, run) in runs {
-            if !streams.contains(&&run.event.stream_id) && !held.contains_key(&run.event.stream_id)
-            {
-                streams.push(&run.event.stream_id);
-            }
-        }
+        let streams = unread(runs.iter().map(|(_, run)| &run.event.stream_id), &held);
         let mut life_events = held;
         if !streams.is_empty() {
             life_events.extend(tx.read_streams_held(&streams).await?);
@@ -531,6 +515,20 @@ impl ReadAhead {
             ..Self::default()
         })
     }
+}
+
+/// Each of `streams` once, in order, but those `read` holds already.
+fn unread<'s>(
+    streams: impl IntoIterator<Item = &'s StreamId>,
+    read: &HashMap<StreamId, Vec<RecordedEvent>>,
+) -> Vec<&'s StreamId> {
+    let mut unread: Vec<&StreamId> = Vec::new();
+    for stream in streams {
+        if !read.contains_key(stream) && !unread.contains(&stream) {
+            unread.push(stream);
+        }
+    }
+    unread
 }
 
 /// What a policy run read, before it writes anything.
