@@ -382,7 +382,7 @@ impl PolicyEngine {
 /// completion names: [`crate::runtime::BusConfig::subject_for`]).
 fn completions_of(procedure: ProcedureId) -> Notices {
     Notices::OfTopic {
-        kind: "task",
+        kind: TASK_STREAM_KIND,
         topic: procedure.as_str(),
         event_type: "TaskCompleted",
     }
