@@ -4,7 +4,7 @@
 //! lock on SQLite), cheap enough to run every few seconds.
 //!
 //! - Lag after a cursor: the committed events after it in commit order
-//!   (`events_commit_order`), and when the first of them was recorded.
+//!   (the log's key, `events_pkey`), and when the first of them was recorded.
 //! - Tasks: `projection_tasks` grouped by agency, procedure and status, with the open or claimed
 //!   ones past their due time (the covering index `projection_tasks_counts`).
 
