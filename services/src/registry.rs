@@ -245,18 +245,25 @@ impl Registry {
     /// against one stream version, so a concurrent change is [`RegistryError::Conflict`], never
     /// a lost update.
     ///
-    /// `build` may refuse with its own error `E`: the answer is then `Ok(Err(e))` and nothing
-    /// is stored.
-    pub async fn correct_with<F, E>(
+    /// With a `guard` (an event id and a check), the check has the last word on the corrected
+    /// declaration and that event as stored once the correction holds the record's stream
+    /// (`LifelineRepository::append_serialized_checked`): an event a policy stored while it
+    /// held the record is seen, however late it committed.
+    ///
+    /// `build` and the check may refuse with their own error `E`: the answer is then
+    /// `Ok(Err(e))` and nothing is stored.
+    pub async fn correct_with<F, C, E>(
         &self,
         actor: &Actor,
         stream_id: &StreamId,
         reason: String,
         today: NaiveDate,
         build: F,
+        guard: Option<(Uuid, C)>,
     ) -> Result<Result<(), E>, RegistryError>
     where
         F: FnOnce(&LifeEvent) -> Result<Declaration, E>,
+        C: FnOnce(&Declaration, Option<&RecordedEvent>) -> Result<(), E>,
     {
         let mut context = self
             .event_store
@@ -268,7 +275,7 @@ impl Registry {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let command = LifeEventCommand::Correct {
-            declaration,
+            declaration: declaration.clone(),
             reason,
             recorded_on: today,
         };
@@ -278,12 +285,37 @@ impl Registry {
             .handle(command, &(), &sink)
             .await
             .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
-        let events = sink.collect().await;
-        self.event_store
-            .commit(events, context, self.metadata(actor, stream_id))
+        // What cqrs-es's `commit` does (wrap, serialise, persist), so that the append can be
+        // checked in its transaction.
+        let metadata = self.metadata(actor, stream_id);
+        let serialized = sink
+            .collect()
             .await
-            .map_err(RegistryError::from)?;
-        Ok(Ok(()))
+            .into_iter()
+            .zip(context.current_sequence + 1..)
+            .map(|(payload, sequence)| {
+                SerializedEvent::try_from(&EventEnvelope::<LifeEvent> {
+                    aggregate_id: context.aggregate_id.clone(),
+                    sequence,
+                    payload,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(persistence_error)?;
+        let Some((guard, check)) = guard else {
+            self.repository
+                .append_serialized(&serialized)
+                .await
+                .map_err(persistence_error)?;
+            return Ok(Ok(()));
+        };
+        Ok(self
+            .repository
+            .append_serialized_checked(&serialized, guard, |stored| check(&declaration, stored))
+            .await
+            .map_err(persistence_error)?
+            .map(|_| ()))
     }
 
     /// The record of `life_event_id` (a birth or a death), rebuilt from its stream.

@@ -102,6 +102,60 @@ impl LifelineRepository {
         &self,
         events: &[SerializedEvent],
     ) -> Result<Option<AppendOutcome>, PersistenceError> {
+        let Some((stream, expected, new_events)) = self.to_append(events)? else {
+            return Ok(None);
+        };
+        appended(
+            &stream,
+            self.store.append(&stream, expected, &new_events).await,
+        )
+    }
+
+    /// [`Self::append_serialized`] with a last word: in a transaction of its own, the events are
+    /// written (which holds their stream until the commit), then the event `guard` is read and
+    /// handed to `check` (`None` if it is not stored); a refusal rolls the append back and is
+    /// answered as `Ok(Err(refusal))`, with nothing stored.
+    ///
+    /// The read comes after the stream is held, so it sees what any writer that held the same
+    /// stream first committed meanwhile: a policy that read the stream `FOR SHARE`
+    /// (`StoreTransaction::read_streams_held`) and stored `guard` in that transaction makes this
+    /// append wait for its commit, and `check` then sees `guard`. A writer that holds the
+    /// stream after this append reads it with these events. A batch stored before (a retried
+    /// command) is not checked again: `Ok(Ok(None))`, or its first outcome.
+    pub async fn append_serialized_checked<E>(
+        &self,
+        events: &[SerializedEvent],
+        guard: Uuid,
+        check: impl FnOnce(Option<&RecordedEvent>) -> Result<(), E>,
+    ) -> Result<Result<Option<AppendOutcome>, E>, PersistenceError> {
+        let Some((stream, expected, new_events)) = self.to_append(events)? else {
+            return Ok(Ok(None));
+        };
+        let mut tx = self.store.begin().await.map_err(store_error)?;
+        let outcome = match appended(&stream, tx.append(&stream, expected, &new_events).await) {
+            Ok(Some(outcome)) if !outcome.already_stored => outcome,
+            other => {
+                // Nothing was written: the rollback only ends the transaction, and an error
+                // of its own would hide the answer.
+                let _ = tx.rollback().await;
+                return other.map(Ok);
+            }
+        };
+        let guarded = tx.event_by_id(guard).await.map_err(store_error)?;
+        if let Err(refusal) = check(guarded.as_ref()) {
+            tx.rollback().await.map_err(store_error)?;
+            return Ok(Err(refusal));
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(Ok(Some(outcome)))
+    }
+
+    /// One aggregate's serialised events as an append: the stream, the version expected and the
+    /// events, signed when the repository signs; `None` for no events.
+    fn to_append(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<Option<(StreamId, ExpectedVersion, Vec<NewEvent>)>, PersistenceError> {
         let Some(first) = events.first() else {
             return Ok(None);
         };
@@ -148,20 +202,29 @@ impl LifelineRepository {
                 event.metadata.office_signature = Some(OfficeSignature { key_id, signature });
             }
         }
-        match self.store.append(&stream, expected, &new_events).await {
-            Ok(outcome) => Ok(Some(outcome)),
-            Err(AppendError::Conflict { .. }) => Err(PersistenceError::OptimisticLockError),
-            // Every event id of the batch is stored in this stream already: the command (same
-            // command id) was applied before and is being retried; it changes nothing.
-            Err(AppendError::EventIdMismatch {
-                stored_stream,
-                stored_count,
-                batch_len,
-                ..
-            }) if stored_stream == stream && stored_count == batch_len => Ok(None),
-            Err(AppendError::Store(error)) => Err(store_error(error)),
-            Err(error) => Err(unknown(error)),
-        }
+        Ok(Some((stream, expected, new_events)))
+    }
+}
+
+/// An append's answer as cqrs-es takes it: where the events went, `None` for a batch stored
+/// before under the same event ids (a retried command, which changes nothing).
+fn appended(
+    stream: &StreamId,
+    result: Result<AppendOutcome, AppendError>,
+) -> Result<Option<AppendOutcome>, PersistenceError> {
+    match result {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(AppendError::Conflict { .. }) => Err(PersistenceError::OptimisticLockError),
+        // Every event id of the batch is stored in this stream already: the command (same
+        // command id) was applied before and is being retried; it changes nothing.
+        Err(AppendError::EventIdMismatch {
+            stored_stream,
+            stored_count,
+            batch_len,
+            ..
+        }) if stored_stream == *stream && stored_count == batch_len => Ok(None),
+        Err(AppendError::Store(error)) => Err(store_error(error)),
+        Err(error) => Err(unknown(error)),
     }
 }
 

@@ -13,6 +13,7 @@ use lifeline_model::declaration::{
     DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput, Declaration, NoticeInput,
     ParentInput, ResidenceInput,
 };
+use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::life_event::LifeEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{PersonalIdAssigned, ReadResource};
@@ -485,25 +486,47 @@ pub async fn correct_life_event(
     let today = state.today();
     let actor = actor(&principal, &context);
     let offices = state.offices.clone();
-    let assigned = match current_declaration(&loaded.state)? {
-        Declaration::Birth(_) => child_number(&state, life_event_id(&loaded)?).await?,
+    // A birth's child may have been given a number (birth-followups, once the registration
+    // completed): the correction must not contradict it. It is read once the correction holds
+    // the record, so that a number assigned meanwhile (its policy holds the record while it
+    // assigns) is seen.
+    let guard = match current_declaration(&loaded.state)? {
+        Declaration::Birth(_) => Some(life_event_id(&loaded)?),
         Declaration::Death(_) => None,
     };
     state
         .registry
-        .correct_with(&actor, &loaded.stream_id, reason, today, |current| {
-            let declaration = corrected_declaration(current, &changes, today, offices.as_deref())?;
-            // A correction cannot move the record to another office.
-            authorize(
-                &principal,
-                Action::ChangeLifeEvent,
-                Target::Office(declaration.office()),
-            )?;
-            if let (Some(assigned), Declaration::Birth(birth)) = (&assigned, &declaration) {
-                check_child_number(assigned, birth)?;
-            }
-            Ok::<_, ApiError>(declaration)
-        })
+        .correct_with(
+            &actor,
+            &loaded.stream_id,
+            reason,
+            today,
+            |current| {
+                let declaration =
+                    corrected_declaration(current, &changes, today, offices.as_deref())?;
+                // A correction cannot move the record to another office.
+                authorize(
+                    &principal,
+                    Action::ChangeLifeEvent,
+                    Target::Office(declaration.office()),
+                )?;
+                Ok::<_, ApiError>(declaration)
+            },
+            guard.map(|life_event_id| {
+                (
+                    assignment_event_id(life_event_id),
+                    move |declaration: &Declaration, stored: Option<&RecordedEvent>| match (
+                        stored,
+                        declaration,
+                    ) {
+                        (Some(stored), Declaration::Birth(birth)) => {
+                            check_child_number(&child_number(life_event_id, stored)?, birth)
+                        }
+                        _ => Ok(()),
+                    },
+                )
+            }),
+        )
         .await??;
     state.metrics.events_appended("LifeEventCorrected", 1);
     let loaded = load_record(&state, &id).await?;
@@ -732,26 +755,17 @@ fn corrected_declaration(
     }
 }
 
-/// The personal ID number assigned to the child of the birth record `life_event_id`, if one
-/// was (by `birth-followups`, once the registration completed).
-async fn child_number(
-    state: &AppState,
+/// The personal ID number assigned to the child of the birth record `life_event_id` (by
+/// `birth-followups`, once the registration completed), from its stored `PersonalIdAssigned`.
+fn child_number(
     life_event_id: Uuid,
-) -> Result<Option<PersonalIdAssigned>, ApiError> {
-    let Some(recorded) = state
-        .store
-        .event_by_id(assignment_event_id(life_event_id))
-        .await?
-    else {
-        return Ok(None);
-    };
-    decode_assignment(life_event_id, &recorded)
-        .map(Some)
-        .map_err(|_| {
-            ApiError::unavailable(format!(
-                "the child's number of life event {life_event_id} cannot be read"
-            ))
-        })
+    recorded: &RecordedEvent,
+) -> Result<PersonalIdAssigned, ApiError> {
+    decode_assignment(life_event_id, recorded).map_err(|_| {
+        ApiError::unavailable(format!(
+            "the child's number of life event {life_event_id} cannot be read"
+        ))
+    })
 }
 
 /// A child's number encodes the century and sex (digit 4) and the year of birth (digits 5-6)
