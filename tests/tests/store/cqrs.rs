@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore, PersistenceError};
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, DomainEvent, EventStore as _};
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistedEventStore, PersistenceError, SerializedEvent,
+};
+use cqrs_es::{
+    Aggregate, AggregateError, CqrsFramework, DomainEvent, EventEnvelope, EventStore as _,
+};
 use lifeline_model::envelope::{Role, StreamVersion};
 use lifeline_store::{EventStore, LifelineRepository};
 use lifeline_tests::{backend_tests, new_stream};
@@ -14,6 +18,7 @@ use uuid::Uuid;
 backend_tests!(
     commands_run_through_the_cqrs_framework,
     concurrent_modification_is_an_aggregate_conflict,
+    a_checked_append_is_stored_only_if_its_check_agrees,
 );
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -206,4 +211,65 @@ async fn concurrent_modification_is_an_aggregate_conflict(store: EventStore) {
         "{error:?}"
     );
     assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
+}
+
+/// `amount` added to counter `id` as its event number `sequence`, serialised as cqrs-es does.
+fn added(id: &str, sequence: usize, amount: i64) -> SerializedEvent {
+    SerializedEvent::try_from(&EventEnvelope::<Counter> {
+        aggregate_id: id.to_owned(),
+        sequence,
+        payload: CounterEvent::CounterAdded { amount },
+        metadata: HashMap::new(),
+    })
+    .unwrap()
+}
+
+async fn a_checked_append_is_stored_only_if_its_check_agrees(store: EventStore) {
+    let cqrs = framework(&store);
+    let stream = new_stream("counter");
+    let id = stream.as_str();
+    cqrs.execute(id, CounterCommand::Create).await.unwrap();
+    let created = store.read_stream(&stream).await.unwrap()[0].event_id;
+    let repository = LifelineRepository::new(store.clone());
+
+    // The guard is not stored: the check sees nothing and agrees; the append is stored.
+    let absent = Uuid::new_v4();
+    let mut seen = None;
+    let stored = repository
+        .append_serialized_checked(&[added(id, 2, 3)], absent, |guard| {
+            seen = Some(guard.map(|event| event.event_id));
+            Ok::<_, &str>(())
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("stored");
+    assert_eq!(seen, Some(None));
+    assert_eq!(stored.stream_version, StreamVersion(2));
+
+    // The guard is stored: the check sees it and refuses; nothing is stored.
+    let refused = repository
+        .append_serialized_checked(&[added(id, 3, 4)], created, |guard| match guard {
+            Some(event) if event.event_id == created => Err("the guard is stored"),
+            _ => Ok(()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err(), "the guard is stored");
+    assert_eq!(store.read_stream(&stream).await.unwrap().len(), 2);
+
+    // A stale version is a conflict, whatever the check would say; it is not asked.
+    let stale = repository
+        .append_serialized_checked(&[added(id, 2, 5)], absent, |_| -> Result<(), &str> {
+            panic!("a conflicting append is not checked")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, PersistenceError::OptimisticLockError),
+        "{stale:?}"
+    );
+    let events = store.read_stream(&stream).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].payload, serde_json::json!({ "amount": 3 }));
 }
