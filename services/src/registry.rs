@@ -115,6 +115,29 @@ fn persistence_error(error: PersistenceError) -> RegistryError {
     RegistryError::from(AggregateError::<DomainError>::from(error))
 }
 
+/// A record's new events as cqrs-es's `commit` serialises them: wrapped with their sequence
+/// numbers after `current_sequence` and the command's metadata.
+fn serialize(
+    aggregate_id: &str,
+    current_sequence: usize,
+    events: Vec<LifeEventEvent>,
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<SerializedEvent>, RegistryError> {
+    events
+        .into_iter()
+        .zip(current_sequence + 1..)
+        .map(|(payload, sequence)| {
+            SerializedEvent::try_from(&EventEnvelope::<LifeEvent> {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence,
+                payload,
+                metadata: metadata.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(persistence_error)
+}
+
 /// The registrar's side of Lifeline.
 pub struct Registry {
     store: EventStore,
@@ -287,22 +310,12 @@ impl Registry {
             .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
         // What cqrs-es's `commit` does (wrap, serialise, persist), so that the append can be
         // checked in its transaction.
-        let metadata = self.metadata(actor, stream_id);
-        let serialized = sink
-            .collect()
-            .await
-            .into_iter()
-            .zip(context.current_sequence + 1..)
-            .map(|(payload, sequence)| {
-                SerializedEvent::try_from(&EventEnvelope::<LifeEvent> {
-                    aggregate_id: context.aggregate_id.clone(),
-                    sequence,
-                    payload,
-                    metadata: metadata.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(persistence_error)?;
+        let serialized = serialize(
+            &context.aggregate_id,
+            context.current_sequence,
+            sink.collect().await,
+            &self.metadata(actor, stream_id),
+        )?;
         let Some((guard, check)) = guard else {
             self.repository
                 .append_serialized(&serialized)
@@ -429,22 +442,12 @@ impl Registry {
             .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
         // What cqrs-es's `commit` does for a new aggregate (wrap, serialise, persist), keeping
         // the append's answer: the record's position, without reading the stream back.
-        let metadata = self.metadata(actor, stream_id);
-        let serialized = sink
-            .collect()
-            .await
-            .into_iter()
-            .zip(1..)
-            .map(|(payload, sequence)| {
-                SerializedEvent::try_from(&EventEnvelope::<LifeEvent> {
-                    aggregate_id: context.aggregate_id.clone(),
-                    sequence,
-                    payload,
-                    metadata: metadata.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(persistence_error)?;
+        let serialized = serialize(
+            &context.aggregate_id,
+            0,
+            sink.collect().await,
+            &self.metadata(actor, stream_id),
+        )?;
         match self
             .repository
             .append_serialized(&serialized)
