@@ -640,6 +640,11 @@ async fn readers_share_one_listener_and_hear_other_processes() {
     .await;
     let (_stop, mut shutdown) = watch::channel(false);
     let poll = Duration::from_secs(60);
+    // Once connected, the listener wakes every reader once (notifications may have been missed
+    // before it listened), a moment after its `LISTEN` shows in `pg_stat_activity`. The readers
+    // mark that wake-up seen below; a pause lets it come first, so that it is not taken for one
+    // without an append (under load it came after the mark, once in CI).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for reader in &mut readers {
         reader.mark_seen();
         // Nothing was appended: no wake-up.
