@@ -15,6 +15,7 @@ use lifeline_model::envelope::{EventMetadata, ExpectedVersion, Role, StreamId};
 use lifeline_model::system_events::{PersonalIdAssigned, SystemEvent};
 use lifeline_model::values::{FullName, OfficeCode, PersonalId, Sex};
 use lifeline_policies::identity::{assignment_event_id, PIN_STREAM_KIND};
+use lifeline_tests::chain::birth_input;
 use lifeline_tests::{eventually, postgres_store};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -51,20 +52,10 @@ async fn call(state: &AppState, method: Method, uri: &str, body: Value) -> (Stat
     )
 }
 
+/// The birth of `DESIGN.md` (a girl born on 2026-11-20, office 79-26734), as `POST /v1/births`
+/// takes it.
 fn birth() -> Value {
-    json!({
-      "office": OFFICE,
-      "child": { "full_name": "Nguyễn Minh An", "sex": "female", "date_of_birth": "2026-11-20",
-                 "place_of_birth": "Bệnh viện Từ Dũ, TP. Hồ Chí Minh", "hometown": "TP. Hồ Chí Minh",
-                 "ethnicity": "Kinh", "nationality": "VN" },
-      "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "date_of_birth": "1990-04-02",
-                  "ethnicity": "Kinh", "nationality": "VN" },
-      "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
-      "birth_notice": { "number": "TD-2026-118822", "issuer": "Bệnh viện Từ Dũ", "date": "2026-11-20" },
-      "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234", "relationship": "mother",
-                     "phone": "+84901234567" },
-      "procedures": ["birth-registration", "residence-registration", "child-health-insurance"]
-    })
+    serde_json::to_value(birth_input(0)).unwrap()
 }
 
 /// The example girl's number, as `birth-followups`' allocator stores it: `pin-<number>`, under
@@ -76,7 +67,11 @@ fn assignment(life_event_id: Uuid) -> (StreamId, lifeline_model::envelope::NewEv
         pin.clone(),
         life_event_id,
         None,
-        FullName::parse_field("Nguyễn Minh An", "child.full_name").unwrap(),
+        FullName::parse_field(
+            birth_input(0).child.unwrap().full_name.as_deref().unwrap(),
+            "child.full_name",
+        )
+        .unwrap(),
         chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
         Sex::Female,
         now,
