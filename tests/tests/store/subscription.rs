@@ -25,6 +25,7 @@ backend_tests!(
     restarted_subscriber_resumes_from_its_checkpoint,
     group_members_start_at_their_own_checkpoints_and_fail_together,
     subscriber_batches_prefer_index_scans,
+    two_runners_of_one_subscriber_apply_each_event_once,
 );
 
 /// Answers, for each event it handles, `enable_seqscan` as its batch's transaction sees it
@@ -292,6 +293,105 @@ fn spawn_subscription(
         (subscriber, result)
     });
     (shutdown, task)
+}
+
+/// Counts, per event, how many times its effect was applied: an upsert that adds one, so a
+/// doubled effect shows as a count of 2 instead of failing on the key.
+struct Tally;
+
+#[async_trait]
+impl Subscriber for Tally {
+    fn name(&self) -> &str {
+        "tally"
+    }
+
+    async fn handle(
+        &mut self,
+        tx: &mut StoreTransaction<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), SubscriberError> {
+        let sql = "INSERT INTO tally (event_id, times) VALUES ($1, 1) \
+                   ON CONFLICT (event_id) DO UPDATE SET times = tally.times + 1";
+        let event_id = event.event_id.to_string();
+        match tx.connection() {
+            TransactionConnection::Postgres(connection) => {
+                sqlx::query(sql).bind(event_id).execute(connection).await?;
+            }
+            TransactionConnection::Sqlite(connection) => {
+                sqlx::query(sql).bind(event_id).execute(connection).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two runners of one subscriber, in small batches while writers append: each reads its next
+/// batch while its previous one commits, so it often reads from a checkpoint the other has
+/// just moved. Every event's effect is applied once: the runner whose checkpoint moved rolls
+/// its batch back.
+async fn two_runners_of_one_subscriber_apply_each_event_once(store: EventStore) {
+    const WRITERS: usize = 4;
+    const EVENTS_PER_WRITER: usize = 300;
+    let mut tx = store.begin().await.unwrap();
+    let create = "CREATE TABLE tally (event_id TEXT PRIMARY KEY, times BIGINT NOT NULL)";
+    match tx.connection() {
+        TransactionConnection::Postgres(connection) => {
+            sqlx::query(create).execute(connection).await.unwrap();
+        }
+        TransactionConnection::Sqlite(connection) => {
+            sqlx::query(create).execute(connection).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let options = SubscriptionOptions {
+        batch_size: 7,
+        ..SubscriptionOptions::default()
+    };
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let (shutdown, stop) = watch::channel(false);
+            let store = store.clone();
+            let task = tokio::spawn(async move {
+                run_subscription_with(&store, &mut Tally, stop, options).await
+            });
+            (shutdown, task)
+        })
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = new_stream(&format!("tally{writer}"));
+                append_steps(&store, &stream, 0, EVENTS_PER_WRITER).await;
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = WRITERS * EVENTS_PER_WRITER;
+    let end = last_cursor(&store, total).await;
+    await_checkpoint(
+        &store,
+        "tally",
+        end,
+        Duration::from_secs(120),
+        "the runners to catch up",
+    )
+    .await;
+    for (shutdown, task) in runners {
+        shutdown.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        rows_in(&store, "tally").await,
+        i64::try_from(total).unwrap()
+    );
+    assert_eq!(
+        rows_in(&store, "tally WHERE times <> 1").await,
+        0,
+        "an event's effect was applied more than once"
+    );
 }
 
 async fn subscriber_sees_every_event_once_while_writers_append(store: EventStore) {
