@@ -253,6 +253,22 @@ async fn await_checkpoint(
     .await;
 }
 
+/// Waits for every writer, then (at most 120 s) until `subscriber`'s checkpoint is at the last
+/// of the `total` events they appended.
+async fn await_writers_then_checkpoint(
+    store: &EventStore,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    total: usize,
+    subscriber: &str,
+    what: &str,
+) {
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let end = last_cursor(store, total).await;
+    await_checkpoint(store, subscriber, end, Duration::from_secs(120), what).await;
+}
+
 async fn last_cursor(store: &EventStore, total: usize) -> LogCursor {
     let end = std::sync::Mutex::new(LogCursor::START);
     eventually(Duration::from_secs(30), "all events readable", || {
@@ -366,19 +382,8 @@ async fn two_runners_of_one_subscriber_apply_each_event_once(store: EventStore) 
             })
         })
         .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
     let total = WRITERS * EVENTS_PER_WRITER;
-    let end = last_cursor(&store, total).await;
-    await_checkpoint(
-        &store,
-        "tally",
-        end,
-        Duration::from_secs(120),
-        "the runners to catch up",
-    )
-    .await;
+    await_writers_then_checkpoint(&store, writers, total, "tally", "the runners to catch up").await;
     for (shutdown, task) in runners {
         shutdown.send(true).unwrap();
         task.await.unwrap().unwrap();
@@ -425,19 +430,9 @@ async fn subscriber_sees_every_event_once_while_writers_append(store: EventStore
             })
         })
         .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
     let total = WRITERS * EVENTS_PER_WRITER;
-    let end = last_cursor(&store, total).await;
-    await_checkpoint(
-        &store,
-        "load",
-        end,
-        Duration::from_secs(120),
-        "the subscriber to catch up",
-    )
-    .await;
+    await_writers_then_checkpoint(&store, writers, total, "load", "the subscriber to catch up")
+        .await;
     shutdown.send(true).unwrap();
     let (_, result) = subscription.await.unwrap();
     result.unwrap();
