@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::error::{StoreError, SubscriberError, SubscriptionError};
 use crate::postgres::NOTIFY_CHANNEL;
-use crate::store::{BackendKind, EventStore, StoreTransaction};
+use crate::store::{EventStore, StoreTransaction};
 
 /// A reader of the global log whose effects live in the store's database.
 #[async_trait]
@@ -119,46 +119,31 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     tracing::info!(subscriber = %name, ?cursor, "subscription starting");
     let batch_size = options.batch_size.max(1);
     let payload_types = subscriber.payload_types();
-    // The next batch and its transaction, begun while the previous batch committed.
-    let mut ahead = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let (batch, tx) = match ahead.take() {
-            Some(ahead) => ahead,
-            None => {
-                wake_ups.mark_seen();
-                read_and_begin(store, cursor, batch_size, payload_types).await?
-            }
-        };
-        let (Some(last), Some(mut tx)) = (batch.last(), tx) else {
+        wake_ups.mark_seen();
+        let batch = read_batch(store, cursor, batch_size, payload_types).await?;
+        let Some(last) = batch.last() else {
             if wake_ups.wait(&mut shutdown, options.poll_interval).await {
                 break;
             }
             continue;
         };
         let next = last.cursor();
+        let mut tx = store.begin_keyed().await?;
         if let Err(failure) = apply_in(&mut tx, subscriber, &batch).await {
             tx.rollback().await?;
             return Err(failure.into_error(name));
         }
         if tx.advance_checkpoint(&name, cursor, next).await? {
-            // The next batch is read, and its transaction begun, while this one commits.
-            wake_ups.mark_seen();
-            let (committed, following) = tokio::join!(
-                tx.commit(),
-                read_and_begin(store, next, batch_size, payload_types)
-            );
-            committed?;
+            tx.commit().await?;
             cursor = next;
-            let following = following?;
-            if following.1.is_some() {
-                ahead = Some(following);
-            } else if batch.len() < batch_size
-                && wake_ups.wait(&mut shutdown, options.poll_interval).await
+            // A batch smaller than asked for was all there was: wait for the next append
+            // instead of reading again at once to find nothing.
+            if batch.len() < batch_size && wake_ups.wait(&mut shutdown, options.poll_interval).await
             {
-                // Caught up: wait for the next append.
                 break;
             }
         } else {
@@ -169,36 +154,6 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
     }
     tracing::info!(subscriber = %name, ?cursor, "subscription stopped");
     Ok(())
-}
-
-/// The next batch after `after` and, if there is one, the transaction to handle it in. On
-/// PostgreSQL the read and the `BEGIN` run at once, on two connections (the `BEGIN` of an
-/// empty read is dropped, and rolled back as its connection goes back to the pool); a
-/// transaction takes no snapshot before its first statement, so it sees what it would have
-/// seen begun after the read. On SQLite the transaction takes the one writer's lock, so it is
-/// begun only for a batch, after the read.
-async fn read_and_begin<'s>(
-    store: &'s EventStore,
-    after: LogCursor,
-    batch_size: usize,
-    payload_types: Option<&[&'static str]>,
-) -> Result<(Vec<RecordedEvent>, Option<StoreTransaction<'s>>), StoreError> {
-    if store.backend() == BackendKind::Sqlite {
-        let batch = read_batch(store, after, batch_size, payload_types).await?;
-        if batch.is_empty() {
-            return Ok((batch, None));
-        }
-        return Ok((batch, Some(store.begin_keyed().await?)));
-    }
-    let (batch, tx) = tokio::join!(
-        read_batch(store, after, batch_size, payload_types),
-        store.begin_keyed()
-    );
-    let batch = batch?;
-    if batch.is_empty() {
-        return Ok((batch, None));
-    }
-    Ok((batch, Some(tx?)))
 }
 
 /// The next batch after `after`: with every payload, or only those of `payload_types`
@@ -346,8 +301,6 @@ pub async fn run_subscription_group(
     tracing::info!(subscribers = ?names, ?cursors, "group subscription starting");
     let batch_size = options.batch_size.max(1);
     let payload_types = group_payload_types(subscribers);
-    // The next batch and its transaction, begun while the previous batch committed.
-    let mut ahead = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -355,20 +308,16 @@ pub async fn run_subscription_group(
         let Some(from) = cursors.iter().min().copied() else {
             break;
         };
-        let (batch, tx) = match ahead.take() {
-            Some(ahead) => ahead,
-            None => {
-                wake_ups.mark_seen();
-                read_and_begin(store, from, batch_size, payload_types.as_deref()).await?
-            }
-        };
-        let (Some(last), Some(mut tx)) = (batch.last(), tx) else {
+        wake_ups.mark_seen();
+        let batch = read_batch(store, from, batch_size, payload_types.as_deref()).await?;
+        let Some(last) = batch.last() else {
             if wake_ups.wait(&mut shutdown, options.poll_interval).await {
                 break;
             }
             continue;
         };
         let next = last.cursor();
+        let mut tx = store.begin_keyed().await?;
         // The batch is in cursor order: a member's part is what follows its checkpoint.
         let parts: Vec<&[RecordedEvent]> = cursors
             .iter()
@@ -404,29 +353,12 @@ pub async fn run_subscription_group(
             }
         }
         if moved {
-            // The next batch is read, and its transaction begun, while this one commits: every
-            // member's cursor is at `next` or beyond once it has.
-            let from = cursors
-                .iter()
-                .map(|&cursor| cursor.max(next))
-                .min()
-                .unwrap_or(next);
-            wake_ups.mark_seen();
-            let (committed, following) = tokio::join!(
-                tx.commit(),
-                read_and_begin(store, from, batch_size, payload_types.as_deref())
-            );
-            committed?;
+            tx.commit().await?;
             for cursor in &mut cursors {
                 *cursor = (*cursor).max(next);
             }
-            let following = following?;
-            if following.1.is_some() {
-                ahead = Some(following);
-            } else if batch.len() < batch_size
-                && wake_ups.wait(&mut shutdown, options.poll_interval).await
+            if batch.len() < batch_size && wake_ups.wait(&mut shutdown, options.poll_interval).await
             {
-                // Caught up: wait for the next append.
                 break;
             }
         } else {
