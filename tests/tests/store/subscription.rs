@@ -187,10 +187,19 @@ async fn create_seen_table(store: &EventStore) {
 }
 
 async fn create_table(store: &EventStore, table: &str) {
-    let sql = sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE {table} (event_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, \
-         stream_version BIGINT NOT NULL)"
-    ));
+    execute(
+        store,
+        format!(
+            "CREATE TABLE {table} (event_id TEXT PRIMARY KEY, stream_id TEXT NOT NULL, \
+             stream_version BIGINT NOT NULL)"
+        ),
+    )
+    .await;
+}
+
+/// Runs one statement of the test's own in a transaction of its own, on either backend.
+async fn execute(store: &EventStore, sql: String) {
+    let sql = sqlx::AssertSqlSafe(sql);
     let mut tx = store.begin().await.unwrap();
     match tx.connection() {
         TransactionConnection::Postgres(connection) => {
@@ -341,24 +350,17 @@ impl Subscriber for Tally {
     }
 }
 
-/// Two runners of one subscriber, in small batches while writers append: each reads its next
-/// batch while its previous one commits, so it often reads from a checkpoint the other has
-/// just moved. Every event's effect is applied once: the runner whose checkpoint moved rolls
-/// its batch back.
+/// Two runners of one subscriber, in small batches while writers append: each often reads
+/// from a checkpoint the other is about to move. Every event's effect is applied once: the
+/// runner whose checkpoint moved rolls its batch back.
 async fn two_runners_of_one_subscriber_apply_each_event_once(store: EventStore) {
     const WRITERS: usize = 4;
     const EVENTS_PER_WRITER: usize = 300;
-    let mut tx = store.begin().await.unwrap();
-    let create = "CREATE TABLE tally (event_id TEXT PRIMARY KEY, times BIGINT NOT NULL)";
-    match tx.connection() {
-        TransactionConnection::Postgres(connection) => {
-            sqlx::query(create).execute(connection).await.unwrap();
-        }
-        TransactionConnection::Sqlite(connection) => {
-            sqlx::query(create).execute(connection).await.unwrap();
-        }
-    }
-    tx.commit().await.unwrap();
+    execute(
+        &store,
+        "CREATE TABLE tally (event_id TEXT PRIMARY KEY, times BIGINT NOT NULL)".to_owned(),
+    )
+    .await;
     let options = SubscriptionOptions {
         batch_size: 7,
         ..SubscriptionOptions::default()
