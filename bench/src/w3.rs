@@ -2,8 +2,11 @@
 //! in-process API; the relay (store -> JetStream), the policy workers (the real
 //! `PolicyEngine`) and the projection subscribers run in-process under `run_roles` on a
 //! JetStream stream of the run's own. A monitor follows the log (gap-free reader, woken like
-//! the pipeline's readers, and every 3 ms while it awaits inbox rows) and the inbox projection, and a simulated agency completes
-//! each birth-registration task as soon as its inbox row exists (through `TaskDesk`).
+//! the pipeline's readers) and, every 3 ms while a birth answered awaits one, the inbox rows of
+//! the births' life events (looked for by life event, not by the tasks it has read in the log:
+//! a row may exist before its `TaskCreated` is readable by a gap-free reader), and a simulated
+//! agency completes each birth-registration task as soon as its inbox row exists (through
+//! `TaskDesk`).
 //!
 //! Latencies: `http` from each request's scheduled time to its 201; `first_log` / `first_inbox`
 //! from the 201 to the birth-registration `TaskCreated` being readable in the log / its inbox row
@@ -178,12 +181,20 @@ struct Chain {
     completed_log: Option<Instant>,
     second_log: Vec<Instant>,
     second_inbox: Vec<Instant>,
+    /// The second-step tasks whose inbox rows were seen.
+    second_tasks: Vec<Uuid>,
+}
+
+impl Chain {
+    /// Whether the monitor still awaits an inbox row of this chain: answered, and its first
+    /// task or one of its two second steps not yet in the inbox.
+    fn awaits_rows(&self) -> bool {
+        self.created.is_some() && (self.first_inbox.is_none() || self.second_inbox.len() < 2)
+    }
 }
 
 struct Shared {
     chains: HashMap<Uuid, Chain>,
-    /// Inbox rows to look for: task id -> (life event, first step?).
-    pending_inbox: HashMap<Uuid, (Uuid, bool)>,
     /// First-step task id -> life event.
     first_tasks: HashMap<Uuid, Uuid>,
 }
@@ -203,7 +214,6 @@ pub(crate) async fn drive_chains(
     let prepared = bodies(offset, total)?;
     let shared = Arc::new(Mutex::new(Shared {
         chains: HashMap::new(),
-        pending_inbox: HashMap::new(),
         first_tasks: HashMap::new(),
     }));
     let (stop_monitor, monitor_stop) = watch::channel(false);
@@ -512,9 +522,8 @@ async fn monitor(
                 else {
                     continue;
                 };
-                let first = created.procedure == ProcedureId::BirthRegistration;
                 let chain = shared.chains.entry(created.life_event_id).or_default();
-                if first {
+                if created.procedure == ProcedureId::BirthRegistration {
                     chain.first_log.get_or_insert(now);
                     chain.first_task = Some(created.task_id);
                     shared
@@ -523,14 +532,18 @@ async fn monitor(
                 } else {
                     chain.second_log.push(now);
                 }
-                shared
-                    .pending_inbox
-                    .insert(created.task_id, (created.life_event_id, first));
             }
         }
+        // The inbox rows are looked for by life event, not by the tasks read in the log: a row
+        // may be there before its `TaskCreated` is readable by a gap-free reader.
         let pending: Vec<Uuid> = {
             let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            shared.pending_inbox.keys().copied().collect()
+            shared
+                .chains
+                .iter()
+                .filter(|(_, chain)| chain.awaits_rows())
+                .map(|(life_event_id, _)| *life_event_id)
+                .collect()
         };
         awaiting_rows = !pending.is_empty();
         if pending.is_empty() {
@@ -539,23 +552,25 @@ async fn monitor(
         // Unprepared, so planned with its array each time: a prepared statement's generic plan,
         // made while the table was nearly empty, is a sequential scan kept as the table grows
         // (a few ms per poll at 500 births/s, taken from the pipeline it measures).
-        let found: Vec<Uuid> =
-            sqlx::query_scalar("SELECT task_id FROM projection_tasks WHERE task_id = ANY($1)")
-                .bind(&pending)
-                .persistent(false)
-                .fetch_all(&pool)
-                .await?;
+        let found: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT task_id, life_event_id, procedure FROM projection_tasks \
+             WHERE life_event_id = ANY($1)",
+        )
+        .bind(&pending)
+        .persistent(false)
+        .fetch_all(&pool)
+        .await?;
         let now = Instant::now();
         let mut shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        for task_id in found {
-            let Some((life_event_id, first)) = shared.pending_inbox.remove(&task_id) else {
-                continue;
-            };
+        for (task_id, life_event_id, procedure) in found {
             let chain = shared.chains.entry(life_event_id).or_default();
-            if first {
-                chain.first_inbox.get_or_insert(now);
-                let _ = to_agency.send((life_event_id, task_id));
-            } else {
+            if procedure == ProcedureId::BirthRegistration.as_str() {
+                if chain.first_inbox.is_none() {
+                    chain.first_inbox = Some(now);
+                    let _ = to_agency.send((life_event_id, task_id));
+                }
+            } else if !chain.second_tasks.contains(&task_id) {
+                chain.second_tasks.push(task_id);
                 chain.second_inbox.push(now);
             }
         }
