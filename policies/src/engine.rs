@@ -44,6 +44,7 @@ use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, SystemEvent};
 use lifeline_model::task::{TaskCompleted, TaskEvent, TaskOutcome};
+use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{AppendError, StoreError, StoreTransaction};
 use uuid::Uuid;
 
@@ -53,6 +54,7 @@ use crate::identity::{
     assignment_event_id, decode_assignment, IdentityAllocator, IdentityError, PinRequest,
     StoreAllocator,
 };
+use crate::projections::inbox::created_row;
 use crate::reference::{ReferenceData, ReferenceError};
 use crate::rules::corrections::{BirthChoice, FollowUps, Redecision};
 use crate::rules::{
@@ -282,10 +284,7 @@ impl PolicyHandler for PolicyEngine {
         // streams (`StoreTransaction::append_many`), each still answered on its own.
         let planned = commands
             .into_iter()
-            .map(|command| {
-                run.prepare(command)
-                    .map(|(stream, expected, event)| (None, stream, expected, event))
-            })
+            .map(|command| run.prepare(command).map(|prepared| (None, prepared)))
             .collect::<Result<Vec<_>, _>>()?;
         let appended = append_planned(tx, &planned)
             .await
@@ -369,8 +368,7 @@ impl PolicyEngine {
                 Read::Decided(_) => None,
             };
             for command in run.decide(read, number).map_err(failed)? {
-                let (stream, expected, new_event) = run.prepare(command).map_err(failed)?;
-                planned.push((Some(index), stream, expected, new_event));
+                planned.push((Some(index), run.prepare(command).map_err(failed)?));
             }
         }
         append_planned(tx, &planned).await?;
@@ -388,13 +386,30 @@ fn completions_of(procedure: ProcedureId) -> Notices {
     }
 }
 
-/// One append a policy run asks for: the index of its event in the batch (if any), the stream,
-/// the expected version and the event.
-type PlannedAppend = (Option<usize>, StreamId, ExpectedVersion, NewEvent);
+/// One append a policy run asks for: the index of its event in the batch (if any) and the
+/// append.
+type PlannedAppend = (Option<usize>, Prepared);
+
+/// An append a command asks for.
+struct Prepared {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    event: NewEvent,
+    /// A new task's inbox row (`inbox::created_row`), written with its `TaskCreated`.
+    inbox_row: Option<TaskRow>,
+}
 
 /// Appends `planned` in one [`StoreTransaction::append_many`]; an append refused because its
 /// event is already stored (a redelivery) counts as done. Returns how many were appended; an
 /// error comes with its append's event index.
+///
+/// The new tasks' inbox rows are inserted in the same transaction (inline: an agency sees a
+/// task as soon as its creation commits, without waiting for the inbox projection's next
+/// batch), only for the creations this run appended, and without overwriting a row that
+/// exists (`projections::insert_new_tasks`). The inbox projection still folds every task
+/// event, the creation included: the row it writes for a creation is the same
+/// (`apply_task_event` makes it with `created_row`), so a rebuild, or a task created before
+/// the inline write, ends as before.
 async fn append_planned(
     tx: &mut StoreTransaction<'_>,
     planned: &[PlannedAppend],
@@ -404,8 +419,12 @@ async fn append_planned(
     }
     let appends: Vec<_> = planned
         .iter()
-        .map(|(_, stream, expected, new_event)| {
-            (stream, *expected, std::slice::from_ref(new_event))
+        .map(|(_, prepared)| {
+            (
+                &prepared.stream,
+                prepared.expected,
+                std::slice::from_ref(&prepared.event),
+            )
         })
         .collect();
     let results = tx
@@ -413,13 +432,20 @@ async fn append_planned(
         .await
         .map_err(|error| (None, PolicyError::Store(error)))?;
     let mut appended = 0;
-    for ((index, _, _, new_event), result) in planned.iter().zip(results) {
-        if duplicate_or_error(tx, new_event.event_id, result)
+    let mut inbox_rows = Vec::new();
+    for ((index, prepared), result) in planned.iter().zip(results) {
+        if duplicate_or_error(tx, prepared.event.event_id, result)
             .await
             .map_err(|error| (*index, error))?
         {
             appended += 1;
+            inbox_rows.extend(prepared.inbox_row.clone());
         }
+    }
+    if !inbox_rows.is_empty() {
+        projections::insert_new_tasks(tx, &inbox_rows)
+            .await
+            .map_err(|error| (None, PolicyError::Projection(error)))?;
     }
     Ok(appended)
 }
@@ -1156,11 +1182,9 @@ impl Run<'_> {
     }
 
     /// The append `command` asks for: its stream, expected version and event.
-    fn prepare(
-        &self,
-        command: Command,
-    ) -> Result<(StreamId, ExpectedVersion, NewEvent), PolicyError> {
+    fn prepare(&self, command: Command) -> Result<Prepared, PolicyError> {
         let metadata = self.metadata();
+        let mut inbox_row = None;
         let (stream, expected, event) = match command {
             Command::CreateTask(task) => {
                 task.application
@@ -1168,6 +1192,7 @@ impl Run<'_> {
                     .map_err(|error| self.refused(error.to_string()))?;
                 let stream = self.stream(task_stream(task.task_id))?;
                 let event_id = task_created_event_id(task.task_id);
+                inbox_row = Some(created_row(&task));
                 let event = to_new_event(&TaskEvent::TaskCreated(task), event_id, metadata);
                 (stream, ExpectedVersion::NoStream, event)
             }
@@ -1195,7 +1220,12 @@ impl Run<'_> {
                 )
             }
         };
-        Ok((stream, expected, event))
+        Ok(Prepared {
+            stream,
+            expected,
+            event,
+            inbox_row,
+        })
     }
 }
 

@@ -24,6 +24,9 @@ pub enum PolicyError {
     Store(#[from] lifeline_store::StoreError),
     #[error(transparent)]
     Append(#[from] lifeline_store::AppendError),
+    /// A new task's inbox row could not be written beside its creation: retry.
+    #[error(transparent)]
+    Projection(#[from] lifeline_store::projections::ProjectionError),
     /// A notice named an event its store does not hold (in the notice's stream).
     #[error("event {event_id} named by a bus message is not in the store")]
     Missing { event_id: uuid::Uuid },

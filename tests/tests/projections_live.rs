@@ -50,6 +50,7 @@ backend_tests!(
     a_voided_birth_marks_its_childs_link_voided,
     the_auditors_replay_folds_persons_and_life_events_as_the_projections_do,
     the_real_policies_correcting_a_death_and_a_birth_leave_the_replay_equal_to_the_projections,
+    a_new_tasks_inbox_row_commits_with_its_creation_and_never_overwrites_the_projection,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1825,4 +1826,148 @@ async fn the_real_policies_correcting_a_death_and_a_birth_leave_the_replay_equal
             .state,
         ProcedureState::Cancelled
     );
+}
+
+/// A policy writes a new task's inbox row in the transaction that appends its `TaskCreated`:
+/// the row is there when the creation commits, before the inbox projection runs, and is the row
+/// the projection makes of the creation; a run rolled back leaves none; a redelivery (the
+/// creation already stored) writes nothing, so the claim the projection folded meanwhile
+/// stays; a rebuild ends with the same row.
+async fn a_new_tasks_inbox_row_commits_with_its_creation_and_never_overwrites_the_projection(
+    store: EventStore,
+) {
+    use lifeline::registry::Registry;
+    use lifeline::tasks::TaskDesk;
+    use lifeline_model::task::TaskCommand;
+    use lifeline_policies::engine::task_id;
+    use lifeline_policies::projections::inbox::INBOX_PROJECTION;
+    use lifeline_policies::projections::InboxProjection;
+    use lifeline_policies::rules::BIRTH_REGISTRATION;
+    use lifeline_policies::PolicyHandler;
+    use lifeline_tests::chain::{officer, real_engine, record_birth, task_created};
+
+    let engine = real_engine(Some(7));
+    let registry = Registry::new(store.clone());
+    let birth = record_birth(&store, &registry, 0, None).await;
+    let registration = task_id(
+        BIRTH_REGISTRATION,
+        birth.event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let run_policy = || async {
+        let mut tx = store.begin().await.unwrap();
+        engine
+            .apply(BIRTH_REGISTRATION, &mut tx, &birth)
+            .await
+            .unwrap();
+        tx
+    };
+
+    // Rolled back: neither the task nor its row.
+    run_policy().await.rollback().await.unwrap();
+    assert!(task_created(&store, registration).await.is_none());
+    assert_eq!(projections::task(&store, registration).await.unwrap(), None);
+
+    // Committed: the row is there, the inbox projection not having run.
+    run_policy().await.commit().await.unwrap();
+    let created = task_created(&store, registration)
+        .await
+        .expect("the registration task");
+    let row = projections::task(&store, registration)
+        .await
+        .unwrap()
+        .expect("the new task's inbox row, written with its creation");
+    assert_eq!(row.status, TaskStatus::Open);
+    assert_eq!(
+        (row.task_id, &row.office, &row.application),
+        (created.task_id, &created.office, &created.application)
+    );
+    assert_eq!(
+        store.load_checkpoint(INBOX_PROJECTION).await.unwrap(),
+        LogCursor::START
+    );
+    // The projection, folding the creation, comes to the very same row (times as stored), and
+    // so leaves the stored one as it is: on PostgreSQL the row keeps the version (`xmin`) the
+    // policy's transaction wrote.
+    let row_version = || async {
+        let pool = store.postgres_pool()?;
+        let version: String =
+            sqlx::query_scalar("SELECT xmin::text FROM projection_tasks WHERE task_id = $1")
+                .bind(registration)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        Some(version)
+    };
+    let mut inbox = InboxProjection::new();
+    let written = row_version().await;
+    fold_task(&store, &mut inbox, registration).await;
+    assert_eq!(
+        projections::task(&store, registration).await.unwrap(),
+        Some(row)
+    );
+    assert_eq!(
+        row_version().await,
+        written,
+        "the unchanged row was written again"
+    );
+
+    // The agency claims it; the projection folds the claim.
+    let desk = TaskDesk::new(store.clone());
+    let actor = officer(created.office.as_str());
+    desk.execute(
+        &actor,
+        registration,
+        TaskCommand::Claim {
+            by: actor.id.clone(),
+            at: Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    fold_task(&store, &mut inbox, registration).await;
+    let claimed = projections::task(&store, registration)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.status, TaskStatus::Claimed);
+    assert_eq!(claimed.claimed_by.as_deref(), Some(actor.id.as_str()));
+
+    // The record delivered again: its creation is stored, so its row is left as it is.
+    run_policy().await.commit().await.unwrap();
+    assert_eq!(
+        projections::task(&store, registration)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&claimed)
+    );
+
+    // A rebuild folds the log into the same row.
+    rebuild_projections(&store).await.unwrap();
+    assert_eq!(
+        projections::task(&store, registration).await.unwrap(),
+        Some(claimed)
+    );
+}
+
+/// Runs `inbox` until its checkpoint is past the last event of task `task_id` (on PostgreSQL
+/// the gap-free reader hides events while any older transaction of the server runs, other
+/// tests' included).
+async fn fold_task(
+    store: &EventStore,
+    inbox: &mut lifeline_policies::projections::InboxProjection,
+    task_id: Uuid,
+) {
+    use lifeline_policies::projections::catch_up;
+    use lifeline_policies::projections::inbox::INBOX_PROJECTION;
+
+    let stream = lifeline_policies::engine::task_stream(task_id).unwrap();
+    let last = store.read_stream(&stream).await.unwrap().pop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.load_checkpoint(INBOX_PROJECTION).await.unwrap() < last.cursor() {
+        assert!(Instant::now() < deadline, "the inbox did not fold the task");
+        catch_up(store, inbox, None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

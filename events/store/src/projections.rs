@@ -545,6 +545,9 @@ pub async fn save_task(
 }
 
 /// Inserts or replaces the rows of `rows` (task ids all different), a few hundred per statement.
+/// A stored row equal to its replacement in every column is left as it is (no new row version,
+/// none of its bytes written again): the row of a task created since the last batch and not
+/// changed since, which the policy wrote with the creation ([`insert_new_tasks`]).
 pub async fn save_tasks(
     tx: &mut StoreTransaction<'_>,
     rows: &[TaskRow],
@@ -562,7 +565,42 @@ pub async fn save_tasks(
          claimed_by = excluded.claimed_by, due_at = excluded.due_at, \
          overdue = excluded.overdue, created_at = excluded.created_at, \
          updated_at = excluded.updated_at, application = excluded.application, \
-         outcome = excluded.outcome, reason = excluded.reason",
+         outcome = excluded.outcome, reason = excluded.reason \
+         WHERE projection_tasks.procedure IS DISTINCT FROM excluded.procedure \
+         OR projection_tasks.agency IS DISTINCT FROM excluded.agency \
+         OR projection_tasks.office IS DISTINCT FROM excluded.office \
+         OR projection_tasks.life_event_id IS DISTINCT FROM excluded.life_event_id \
+         OR projection_tasks.status IS DISTINCT FROM excluded.status \
+         OR projection_tasks.claimed_by IS DISTINCT FROM excluded.claimed_by \
+         OR projection_tasks.due_at IS DISTINCT FROM excluded.due_at \
+         OR projection_tasks.overdue IS DISTINCT FROM excluded.overdue \
+         OR projection_tasks.created_at IS DISTINCT FROM excluded.created_at \
+         OR projection_tasks.updated_at IS DISTINCT FROM excluded.updated_at \
+         OR CAST(projection_tasks.application AS TEXT) \
+            IS DISTINCT FROM CAST(excluded.application AS TEXT) \
+         OR CAST(projection_tasks.outcome AS TEXT) IS DISTINCT FROM CAST(excluded.outcome AS TEXT) \
+         OR projection_tasks.reason IS DISTINCT FROM excluded.reason",
+        rows,
+    )
+    .await
+}
+
+/// Inserts the rows of `rows` (task ids all different) whose task has no row yet and leaves
+/// every existing row as it is (`ON CONFLICT DO NOTHING`): a new task's row, written in the
+/// transaction that appends its `TaskCreated`, never overwrites what the inbox projection has
+/// folded since.
+pub async fn insert_new_tasks(
+    tx: &mut StoreTransaction<'_>,
+    rows: &[TaskRow],
+) -> Result<(), ProjectionError> {
+    let rows = rows
+        .iter()
+        .map(task_params)
+        .collect::<Result<Vec<_>, _>>()?;
+    upsert(
+        tx,
+        &format!("INSERT INTO projection_tasks ({TASK_COLUMNS})"),
+        "ON CONFLICT (task_id) DO NOTHING",
         rows,
     )
     .await

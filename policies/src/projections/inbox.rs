@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use lifeline_model::codec::EventFamily;
 use lifeline_model::envelope::RecordedEvent;
-use lifeline_model::task::{TaskEvent, TaskStatus};
+use lifeline_model::task::{TaskCreated, TaskEvent, TaskStatus};
 use lifeline_store::projections::{self, TaskRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
@@ -138,26 +138,32 @@ fn task_event_types() -> &'static [&'static str] {
     TYPES.get_or_init(|| TaskEvent::SCHEMAS.iter().map(|(name, _)| *name).collect())
 }
 
+/// The inbox row a task's creation makes: what [`apply_task_event`] folds `TaskCreated` into,
+/// and what a policy writes beside the event it appends ([`crate::engine`]).
+pub fn created_row(created: &TaskCreated) -> TaskRow {
+    TaskRow {
+        task_id: created.task_id,
+        procedure: created.procedure,
+        agency: created.agency,
+        office: created.office.clone(),
+        life_event_id: created.life_event_id,
+        status: TaskStatus::Open,
+        claimed_by: None,
+        due_at: created.due_at,
+        overdue: false,
+        created_at: created.created_at,
+        updated_at: created.created_at,
+        application: created.application.clone(),
+        outcome: None,
+        reason: None,
+    }
+}
+
 /// What one task event does to the task's inbox row. Pure. `None`: the row does not exist and
 /// the event does not create it (an event of a task whose creation was never seen).
 pub fn apply_task_event(row: Option<TaskRow>, event: &TaskEvent) -> Option<TaskRow> {
     if let TaskEvent::TaskCreated(created) = event {
-        return Some(TaskRow {
-            task_id: created.task_id,
-            procedure: created.procedure,
-            agency: created.agency,
-            office: created.office.clone(),
-            life_event_id: created.life_event_id,
-            status: TaskStatus::Open,
-            claimed_by: None,
-            due_at: created.due_at,
-            overdue: false,
-            created_at: created.created_at,
-            updated_at: created.created_at,
-            application: created.application.clone(),
-            outcome: None,
-            reason: None,
-        });
+        return Some(created_row(created));
     }
     let mut row = row?;
     match event {
