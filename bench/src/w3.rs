@@ -1,7 +1,8 @@
 //! W3: end to end at fixed arrival rates (open loop). Births are posted on schedule to the
 //! in-process API; the relay (store -> JetStream), the policy workers (the real
 //! `PolicyEngine`) and the projection subscribers run in-process under `run_roles` on a
-//! JetStream stream of the run's own. A monitor follows the log (gap-free reader, woken like
+//! JetStream stream of the run's own; the load starts once that stream and every policy's
+//! durable consumer exist. A monitor follows the log (gap-free reader, woken like
 //! the pipeline's readers) and, every 3 ms while a birth answered awaits one, the inbox rows of
 //! the births' life events (looked for by life event, not by the tasks it has read in the log:
 //! a row may exist before its `TaskCreated` is readable by a gap-free reader), and a simulated
@@ -129,6 +130,7 @@ async fn run_on(
     let handler: Arc<dyn PolicyHandler> = Arc::new(lifeline::serve::policy_engine(
         lifeline::serve::load_reference()?,
     ));
+    let policies = handler.policy_names();
     let (stop_roles, roles_shutdown) = watch::channel(false);
     let roles = tokio::spawn(run_roles(
         store.clone(),
@@ -141,6 +143,9 @@ async fn run_on(
     ));
     let api = Api::start(lifeline::http::AppState::new(store.clone(), verifier()?)).await?;
     let observers = Observers::open(database).await?;
+    // The load starts once the pipeline is up (its stream and every policy's durable consumer
+    // made), as a `lifeline serve` in service is: the first births do not wait for them.
+    pipeline_ready(&jetstream, &settings, &policies).await?;
     let mut offset = 0;
     for &rate in rates {
         let figures = drive_chains(
@@ -165,6 +170,38 @@ async fn run_on(
     observers.close().await;
     store.close().await;
     Ok(())
+}
+
+/// Waits (at most 30 s) for the run's JetStream stream and every policy's durable consumer.
+async fn pipeline_ready(
+    jetstream: &async_nats::jetstream::Context,
+    settings: &RuntimeSettings,
+    policies: &[&str],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ready = 0;
+        if let Ok(stream) = jetstream.get_stream(&settings.bus.stream_name).await {
+            for policy in policies {
+                if stream
+                    .consumer_info(settings.consumer.durable_name(policy))
+                    .await
+                    .is_ok()
+                {
+                    ready += 1;
+                }
+            }
+        }
+        if ready == policies.len() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pipeline was not up after 30 s ({ready} of {} consumers)",
+            policies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the monitor learnt about one birth.
