@@ -552,13 +552,9 @@ pub async fn save_tasks(
     tx: &mut StoreTransaction<'_>,
     rows: &[TaskRow],
 ) -> Result<(), ProjectionError> {
-    let rows = rows
-        .iter()
-        .map(task_params)
-        .collect::<Result<Vec<_>, _>>()?;
-    upsert(
+    write_tasks(
         tx,
-        &format!("INSERT INTO projection_tasks ({TASK_COLUMNS})"),
+        rows,
         "ON CONFLICT (task_id) DO UPDATE SET procedure = excluded.procedure, \
          agency = excluded.agency, office = excluded.office, \
          life_event_id = excluded.life_event_id, status = excluded.status, \
@@ -580,7 +576,6 @@ pub async fn save_tasks(
             IS DISTINCT FROM CAST(excluded.application AS TEXT) \
          OR CAST(projection_tasks.outcome AS TEXT) IS DISTINCT FROM CAST(excluded.outcome AS TEXT) \
          OR projection_tasks.reason IS DISTINCT FROM excluded.reason",
-        rows,
     )
     .await
 }
@@ -593,6 +588,15 @@ pub async fn insert_new_tasks(
     tx: &mut StoreTransaction<'_>,
     rows: &[TaskRow],
 ) -> Result<(), ProjectionError> {
+    write_tasks(tx, rows, "ON CONFLICT (task_id) DO NOTHING").await
+}
+
+/// Inserts `rows` into `projection_tasks`, `on_conflict` deciding what an existing row becomes.
+async fn write_tasks(
+    tx: &mut StoreTransaction<'_>,
+    rows: &[TaskRow],
+    on_conflict: &str,
+) -> Result<(), ProjectionError> {
     let rows = rows
         .iter()
         .map(task_params)
@@ -600,7 +604,7 @@ pub async fn insert_new_tasks(
     upsert(
         tx,
         &format!("INSERT INTO projection_tasks ({TASK_COLUMNS})"),
-        "ON CONFLICT (task_id) DO NOTHING",
+        on_conflict,
         rows,
     )
     .await
