@@ -274,8 +274,10 @@ async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
     assert_eq!(after, before);
 }
 
-/// A registration policy handed a whole batch (`apply_batch`, one grouped append), the same
-/// batch delivered twice at once and then once more: one task per record.
+/// A registration policy handed a whole batch (`apply_batch`, one grouped append) whose first
+/// record it had handled before, the same batch delivered twice at once and then once more: one
+/// task per record, each with the inbox row written with its creation, the first one's left as
+/// it was.
 #[tokio::test]
 async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
     let test_store = lifeline_tests::postgres_store().await;
@@ -314,19 +316,24 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
     }
     let batch = log(store).await;
     assert_eq!(batch.len(), 3);
-    let deliver = || async {
-        let mut tx = store.begin().await.unwrap();
-        engine
-            .apply_batch(BIRTH_REGISTRATION, &mut tx, &batch)
-            .await
-            .map_err(|(_, error)| error)?;
-        tx.commit().await.unwrap();
-        Ok::<_, lifeline_policies::PolicyError>(())
-    };
-    let (first, second) = futures::join!(deliver(), deliver());
+    let deliver = |events| deliver_registrations(store, &engine, events);
+    // The first birth handled alone before: in the batches, its task is a redelivery among
+    // creations (the grouped append refused, each append then on its own).
+    deliver(&batch[..1]).await.unwrap();
+    let first_task = task_id(
+        BIRTH_REGISTRATION,
+        births[0].event_id,
+        ProcedureId::BirthRegistration,
+    );
+    let first_row = inbox_row_version(store, first_task).await;
+    assert!(
+        first_row.is_some(),
+        "the first task's inbox row, with its creation"
+    );
+    let (first, second) = futures::join!(deliver(&batch), deliver(&batch));
     first.unwrap();
     second.unwrap();
-    deliver().await.unwrap();
+    deliver(&batch).await.unwrap();
 
     let events = log(store).await;
     let created: Vec<Uuid> = events
@@ -349,7 +356,40 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
         .collect();
     assert_eq!(created.len(), 3, "one task per birth: {created:?}");
     assert_eq!(created.into_iter().collect::<BTreeSet<_>>(), expected);
+    // Every task's inbox row was written with its creation (no projection ran), and the
+    // redeliveries left the first one's as it was.
+    for task in &expected {
+        assert!(
+            inbox_row_version(store, *task).await.is_some(),
+            "task {task} has no inbox row"
+        );
+    }
+    assert_eq!(inbox_row_version(store, first_task).await, first_row);
     test_store.close().await;
+}
+
+/// `events` handed to the birth registrations as one batch, in a transaction of its own.
+async fn deliver_registrations(
+    store: &EventStore,
+    engine: &PolicyEngine,
+    events: &[RecordedEvent],
+) -> Result<(), PolicyError> {
+    let mut tx = store.begin().await.unwrap();
+    engine
+        .apply_batch(BIRTH_REGISTRATION, &mut tx, events)
+        .await
+        .map_err(|(_, error)| error)?;
+    tx.commit().await.unwrap();
+    Ok(())
+}
+
+/// The version (`xmin`) of task `task_id`'s inbox row, if it has one.
+async fn inbox_row_version(store: &EventStore, task_id: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT xmin::text FROM projection_tasks WHERE task_id = $1")
+        .bind(task_id)
+        .fetch_optional(store.postgres_pool().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Birth follow-ups handed a whole batch of completions (`apply_batch`: every event's reads,
