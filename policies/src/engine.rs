@@ -286,7 +286,7 @@ impl PolicyHandler for PolicyEngine {
             .into_iter()
             .map(|command| run.prepare(command).map(|prepared| (None, prepared)))
             .collect::<Result<Vec<_>, _>>()?;
-        let appended = append_planned(tx, &planned)
+        let appended = append_planned(tx, planned)
             .await
             .map_err(|(_, error)| error)?;
         tracing::debug!(appended, "policy applied");
@@ -371,7 +371,7 @@ impl PolicyEngine {
                 planned.push((Some(index), run.prepare(command).map_err(failed)?));
             }
         }
-        append_planned(tx, &planned).await?;
+        append_planned(tx, planned).await?;
         Ok(())
     }
 }
@@ -412,7 +412,7 @@ struct Prepared {
 /// the inline write, ends as before.
 async fn append_planned(
     tx: &mut StoreTransaction<'_>,
-    planned: &[PlannedAppend],
+    planned: Vec<PlannedAppend>,
 ) -> Result<usize, (Option<usize>, PolicyError)> {
     if planned.is_empty() {
         return Ok(0);
@@ -433,13 +433,13 @@ async fn append_planned(
         .map_err(|error| (None, PolicyError::Store(error)))?;
     let mut appended = 0;
     let mut inbox_rows = Vec::new();
-    for ((index, prepared), result) in planned.iter().zip(results) {
+    for ((index, prepared), result) in planned.into_iter().zip(results) {
         if duplicate_or_error(tx, prepared.event.event_id, result)
             .await
-            .map_err(|error| (*index, error))?
+            .map_err(|error| (index, error))?
         {
             appended += 1;
-            inbox_rows.extend(prepared.inbox_row.clone());
+            inbox_rows.extend(prepared.inbox_row);
         }
     }
     if !inbox_rows.is_empty() {

@@ -186,6 +186,19 @@ pub async fn task_created(store: &EventStore, task_id: Uuid) -> Option<TaskCreat
     }
 }
 
+/// The version (`xmin`) of task `task_id`'s inbox row on PostgreSQL, `None` without a row.
+pub async fn inbox_row_version(store: &EventStore, task_id: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT xmin::text FROM projection_tasks WHERE task_id = $1")
+        .bind(task_id)
+        .fetch_optional(
+            store
+                .postgres_pool()
+                .expect("row versions are PostgreSQL's"),
+        )
+        .await
+        .expect("read the inbox row's version")
+}
+
 /// Waits (at most `timeout`) for task `task_id` to be created.
 pub async fn wait_for_task(store: &EventStore, task_id: Uuid, timeout: Duration) -> TaskCreated {
     let deadline = Instant::now() + timeout;

@@ -27,6 +27,7 @@ use lifeline_policies::reference::ReferenceData;
 use lifeline_policies::rules::{BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_REGISTRATION};
 use lifeline_policies::{PolicyEngine, PolicyError, PolicyHandler};
 use lifeline_store::EventStore;
+use lifeline_tests::chain::inbox_row_version;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -381,15 +382,6 @@ async fn deliver_registrations(
         .map_err(|(_, error)| error)?;
     tx.commit().await.unwrap();
     Ok(())
-}
-
-/// The version (`xmin`) of task `task_id`'s inbox row, if it has one.
-async fn inbox_row_version(store: &EventStore, task_id: Uuid) -> Option<String> {
-    sqlx::query_scalar("SELECT xmin::text FROM projection_tasks WHERE task_id = $1")
-        .bind(task_id)
-        .fetch_optional(store.postgres_pool().unwrap())
-        .await
-        .unwrap()
 }
 
 /// Birth follow-ups handed a whole batch of completions (`apply_batch`: every event's reads,

@@ -1844,7 +1844,9 @@ async fn a_new_tasks_inbox_row_commits_with_its_creation_and_never_overwrites_th
     use lifeline_policies::projections::InboxProjection;
     use lifeline_policies::rules::BIRTH_REGISTRATION;
     use lifeline_policies::PolicyHandler;
-    use lifeline_tests::chain::{officer, real_engine, record_birth, task_created};
+    use lifeline_tests::chain::{
+        inbox_row_version, officer, real_engine, record_birth, task_created,
+    };
 
     let engine = real_engine(Some(7));
     let registry = Registry::new(store.clone());
@@ -1890,14 +1892,9 @@ async fn a_new_tasks_inbox_row_commits_with_its_creation_and_never_overwrites_th
     // so leaves the stored one as it is: on PostgreSQL the row keeps the version (`xmin`) the
     // policy's transaction wrote.
     let row_version = || async {
-        let pool = store.postgres_pool()?;
-        let version: String =
-            sqlx::query_scalar("SELECT xmin::text FROM projection_tasks WHERE task_id = $1")
-                .bind(registration)
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        Some(version)
+        // SQLite keeps no row versions.
+        store.postgres_pool()?;
+        inbox_row_version(&store, registration).await
     };
     let mut inbox = InboxProjection::new();
     let written = row_version().await;
