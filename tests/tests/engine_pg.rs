@@ -277,33 +277,97 @@ async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
 
 /// A registration policy handed a whole batch (`apply_batch`, one grouped append), the same
 /// batch delivered twice at once and then once more: one task per record. Then a batch of a
-/// record handled before and a new one (the grouped append refused, each append then on its
-/// own): the new one's task. Every task has the inbox row written with its creation, and the
-/// redeliveries leave a row as it was.
+/// record handled before and a new one (the grouped append refused, the handled one answered
+/// as stored): the new one's task. Every task has the inbox row written with its creation, and
+/// the redeliveries leave a row as it was.
 #[tokio::test]
 async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
     let test_store = lifeline_tests::postgres_store().await;
     let store = test_store.store();
     let engine = PolicyEngine::embedded().unwrap();
+    let records = record_births(store, 4).await;
+    let deliver = |events| deliver_registrations(store, &engine, events);
+    let batch = &records[..3];
+    let (first, second) = futures::join!(deliver(batch), deliver(batch));
+    first.unwrap();
+    second.unwrap();
+    deliver(batch).await.unwrap();
+    let first_task = registration_task(&records[0]);
+    let first_row = inbox_row_version(store, first_task).await;
+    assert!(
+        first_row.is_some(),
+        "the first task's inbox row, with its creation"
+    );
+    deliver(&[records[0].clone(), records[3].clone()])
+        .await
+        .unwrap();
+
+    assert_one_task_per_record(store, &records).await;
+    assert_eq!(inbox_row_version(store, first_task).await, first_row);
+    test_store.close().await;
+}
+
+/// Batches that mix a record handled before with new ones, each delivered three times at once
+/// in different orders. Each transaction's grouped append is refused (one task stream exists);
+/// appended one at a time, in its batch's order, the new task streams' keys could be taken
+/// against another transaction's grouped statement (stream-id order) both ways: a deadlock,
+/// PostgreSQL failing one delivery. `StoreTransaction::append_many` answers the handled one
+/// as stored and groups the rest again: every delivery succeeds, one task per record.
+#[tokio::test]
+async fn racing_redeliveries_among_creations_do_not_deadlock() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let mut all = Vec::new();
+    for round in 0..8 {
+        let records = record_births(store, 5).await;
+        deliver_registrations(store, &engine, &records[..1])
+            .await
+            .unwrap();
+        let forward = records.clone();
+        let mut backward = records.clone();
+        backward.reverse();
+        let mut rotated = records.clone();
+        rotated.rotate_left(2);
+        let (first, second, third) = futures::join!(
+            deliver_registrations(store, &engine, &forward),
+            deliver_registrations(store, &engine, &backward),
+            deliver_registrations(store, &engine, &rotated)
+        );
+        for (delivery, result) in [("forward", first), ("backward", second), ("rotated", third)] {
+            if let Err(error) = result {
+                panic!("round {round}, the {delivery} delivery failed: {error}");
+            }
+        }
+        all.extend(records);
+    }
+    assert_one_task_per_record(store, &all).await;
+    test_store.close().await;
+}
+
+/// Records `count` births at one office, each in its own stream; answers them in order.
+async fn record_births(store: &EventStore, count: usize) -> Vec<RecordedEvent> {
     // The fixed day of the chain tests: the example dates never turn late or old.
     let today = lifeline_tests::chain::today();
-    let mut births = Vec::new();
-    for (index, name) in [
+    let names = [
         "Nguyễn Minh An",
         "Phạm Thu Hà",
         "Lê Quốc Bảo",
         "Võ Thanh Tâm",
-    ]
-    .iter()
-    .enumerate()
-    {
+        "Đặng Gia Huy",
+    ];
+    let mut births = Vec::with_capacity(count);
+    for index in 0..count {
         let input: BirthDeclarationInput = serde_json::from_value(json!({
           "office": "79-26734",
-          "child": { "full_name": name, "sex": "female", "date_of_birth": "2026-11-20",
+          "child": { "full_name": names[index % names.len()], "sex": "female",
+                     "date_of_birth": "2026-11-20",
                      "place_of_birth": "Bệnh viện Từ Dũ", "nationality": "VN" },
-          "mother": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}") },
+          "mother": { "full_name": "Trần Thị Bích",
+                      "personal_id": format!("07919000123{}", index % 10) },
           "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
-          "declarant": { "full_name": "Trần Thị Bích", "personal_id": format!("07919000123{index}"),
+          "declarant": { "full_name": "Trần Thị Bích",
+                         "personal_id": format!("07919000123{}", index % 10),
                          "relationship": "mother", "phone": "+84901234567" },
           "procedures": ["birth-registration"]
         }))
@@ -321,31 +385,21 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
             .await,
         );
     }
-    let records = log(store).await;
-    assert_eq!(records.len(), 4);
-    let deliver = |events| deliver_registrations(store, &engine, events);
-    let batch = &records[..3];
-    let (first, second) = futures::join!(deliver(batch), deliver(batch));
-    first.unwrap();
-    second.unwrap();
-    deliver(batch).await.unwrap();
-    let first_task = task_id(
-        BIRTH_REGISTRATION,
-        births[0].event_id,
-        ProcedureId::BirthRegistration,
-    );
-    let first_row = inbox_row_version(store, first_task).await;
-    assert!(
-        first_row.is_some(),
-        "the first task's inbox row, with its creation"
-    );
-    // A redelivery among creations, one after the other (two at once may deadlock on the
-    // streams' keys, the grouped statement and the one-by-one appends taking them in different
-    // orders; PostgreSQL then fails one, which the runtime retries).
-    deliver(&[records[0].clone(), records[3].clone()])
-        .await
-        .unwrap();
+    births
+}
 
+/// The birth-registration task of a birth record.
+fn registration_task(record: &RecordedEvent) -> Uuid {
+    task_id(
+        BIRTH_REGISTRATION,
+        record.event_id,
+        ProcedureId::BirthRegistration,
+    )
+}
+
+/// The log holds exactly one `TaskCreated` per record, its birth-registration task, and each
+/// task has its inbox row (written with its creation: no projection ran).
+async fn assert_one_task_per_record(store: &EventStore, records: &[RecordedEvent]) {
     let events = log(store).await;
     let created: Vec<Uuid> = events
         .iter()
@@ -355,28 +409,19 @@ async fn racing_batches_of_records_have_the_effect_of_one_delivery() {
             other => panic!("{other:?}"),
         })
         .collect();
-    let expected: BTreeSet<Uuid> = births
-        .iter()
-        .map(|birth| {
-            task_id(
-                BIRTH_REGISTRATION,
-                birth.event_id,
-                ProcedureId::BirthRegistration,
-            )
-        })
-        .collect();
-    assert_eq!(created.len(), 4, "one task per birth: {created:?}");
+    let expected: BTreeSet<Uuid> = records.iter().map(registration_task).collect();
+    assert_eq!(
+        created.len(),
+        records.len(),
+        "one task per birth: {created:?}"
+    );
     assert_eq!(created.into_iter().collect::<BTreeSet<_>>(), expected);
-    // Every task's inbox row was written with its creation (no projection ran), and the
-    // redeliveries left the first one's as it was.
     for task in &expected {
         assert!(
             inbox_row_version(store, *task).await.is_some(),
             "task {task} has no inbox row"
         );
     }
-    assert_eq!(inbox_row_version(store, first_task).await, first_row);
-    test_store.close().await;
 }
 
 /// `events` handed to the birth registrations as one batch, in a transaction of its own.

@@ -44,6 +44,7 @@ use crate::postgres;
 const CHECK_FAILED: &str = "LLG01";
 
 /// One append of a group.
+#[derive(Clone, Copy)]
 pub(crate) struct GroupAppend<'a> {
     pub(crate) stream: &'a StreamId,
     pub(crate) expected: ExpectedVersion,

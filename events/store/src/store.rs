@@ -736,8 +736,17 @@ impl<'s> StoreTransaction<'s> {
 
     /// Appends to several streams like [`StoreTransaction::append`] one after another, each
     /// append atomic on its own, and answers each one's result in order. On PostgreSQL the
-    /// appends go in one statement (and one savepoint) when they can; an append that cannot
-    /// (its stream is not as expected, an id already stored) then runs on the careful path.
+    /// appends go in one statement (and one savepoint) when they can. When that statement is
+    /// refused, the appends whose every event is already stored in their stream (a redelivery)
+    /// are answered from their ids and the others go grouped again, up to
+    /// [`REGROUP_ATTEMPTS`] times; what is left (a stream not as expected, an id stored
+    /// elsewhere) runs on the careful path, one append at a time.
+    ///
+    /// The grouped statement takes the new streams' keys in stream-id order, the careful path
+    /// in the order given: two transactions creating the same streams, one grouped and one
+    /// append at a time, could wait for each other both ways (a deadlock PostgreSQL ends by
+    /// failing one). Regrouping the rest of a redelivery keeps such a batch off the careful
+    /// path.
     pub async fn append_many(
         &mut self,
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
@@ -765,6 +774,15 @@ impl<'s> StoreTransaction<'s> {
             stored = append_fast(tx, &group).await?;
             if stored.iter().any(Option::is_some) {
                 self.appended = true;
+            }
+            for _ in 0..REGROUP_ATTEMPTS {
+                let regrouped = regroup(tx, &group, &mut stored).await?;
+                if regrouped.appended {
+                    self.appended = true;
+                }
+                if !regrouped.again {
+                    break;
+                }
             }
         }
         let mut answered = Vec::with_capacity(appends.len());
@@ -992,6 +1010,87 @@ async fn append_fast(
         savepoint.rollback().await?;
     }
     Ok(stored)
+}
+
+/// How many times [`StoreTransaction::append_many`] looks up what a refused group had stored
+/// already and groups the rest again.
+const REGROUP_ATTEMPTS: usize = 2;
+
+/// What one [`regroup`] did.
+struct Regrouped {
+    /// The rest went grouped and stored something.
+    appended: bool,
+    /// Worth another round: the rest was refused again, after some of it was found stored.
+    again: bool,
+}
+
+/// After a group was refused (`stored`: what it stored, `None` for an append left): answers
+/// the appends left whose every event is already stored in their stream, in order (a
+/// redelivery), and appends the others grouped again when there are two or more, filling in
+/// `stored`. Does nothing when none of the appends left is found stored (the refusal is a
+/// conflict, which the careful path answers).
+async fn regroup(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    group: &[batch::GroupAppend<'_>],
+    stored: &mut [Option<AppendOutcome>],
+) -> Result<Regrouped, StoreError> {
+    let done = Regrouped {
+        appended: false,
+        again: false,
+    };
+    let left: Vec<usize> = (0..group.len())
+        .filter(|&index| stored[index].is_none())
+        .collect();
+    if left.len() < 2 {
+        return Ok(done);
+    }
+    let ids: Vec<Uuid> = left
+        .iter()
+        .flat_map(|&index| group[index].events.iter().map(|event| event.event.event_id))
+        .collect();
+    let found = postgres::lookup_event_ids(tx, &ids).await?;
+    if found.is_empty() {
+        return Ok(done);
+    }
+    let mut by_id: HashMap<Uuid, append::StoredRef> = found
+        .into_iter()
+        .map(|stored_ref| (stored_ref.event_id, stored_ref))
+        .collect();
+    let mut rest = Vec::new();
+    for index in left {
+        let append = &group[index];
+        let event_ids: Vec<Uuid> = append
+            .events
+            .iter()
+            .map(|event| event.event.event_id)
+            .collect();
+        let refs: Vec<append::StoredRef> = event_ids
+            .iter()
+            .filter_map(|event_id| by_id.remove(event_id))
+            .collect();
+        if refs.is_empty() {
+            rest.push(index);
+        } else if refs.len() == event_ids.len() {
+            // Stored whole, in this stream and in order: a re-send. Anything else (stored in
+            // part, or elsewhere) is the careful path's to answer.
+            if let Ok(outcome) = append::classify_stored(append.stream, &event_ids, refs) {
+                stored[index] = Some(outcome);
+            }
+        }
+    }
+    if rest.len() < 2 {
+        return Ok(done);
+    }
+    let subgroup: Vec<batch::GroupAppend<'_>> = rest.iter().map(|&index| group[index]).collect();
+    let answers = append_fast(tx, &subgroup).await?;
+    let appended = answers.iter().any(Option::is_some);
+    for (index, answer) in rest.into_iter().zip(answers) {
+        stored[index] = answer;
+    }
+    Ok(Regrouped {
+        appended,
+        again: !appended,
+    })
 }
 
 /// Each append's outcome if the group stored it, `None` for one left to the careful path.

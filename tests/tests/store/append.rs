@@ -864,12 +864,95 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
     );
     assert_eq!(store.read_stream(&c).await.unwrap().len(), 1);
     assert_eq!(store.read_stream(&existing).await.unwrap().len(), 1);
+
+    // Out of stream-id order: written in the order given, whether the group goes in one
+    // statement (all new), every append goes alone (a clash refuses the group), or the group
+    // is refused for a re-send among its appends (answered as stored, the rest grouped again).
+    for variant in ["grouped", "clash", "re-send"] {
+        let (x, y, z) = (
+            new_stream("grouped-x"),
+            new_stream("grouped-y"),
+            new_stream("grouped-z"),
+        );
+        let (event_x, event_y, event_z) = (
+            new_event("X", json!({"n": 5})),
+            new_event("Y", json!({"n": 6})),
+            new_event("Z", json!({"n": 7})),
+        );
+        let mut appends = vec![
+            (
+                &z,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_z),
+            ),
+            (
+                &x,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_x),
+            ),
+            (
+                &y,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event_y),
+            ),
+        ];
+        match variant {
+            "clash" => appends.insert(
+                1,
+                (&a, ExpectedVersion::NoStream, std::slice::from_ref(&clash)),
+            ),
+            "re-send" => appends.insert(
+                1,
+                (
+                    &existing,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&earlier),
+                ),
+            ),
+            _ => {}
+        }
+        let mut tx = store.begin().await.unwrap();
+        let results = tx.append_many(&appends).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut results = results.into_iter();
+        let at_z = results.next().unwrap().unwrap();
+        match variant {
+            "clash" => assert!(results.next().unwrap().is_err(), "the clash is refused"),
+            "re-send" => {
+                let again = results.next().unwrap().unwrap();
+                assert!(again.already_stored);
+                assert_eq!(again.first_position, stored.first_position);
+            }
+            _ => {}
+        }
+        let at_x = results.next().unwrap().unwrap();
+        let at_y = results.next().unwrap().unwrap();
+        assert!(
+            !at_x.already_stored && !at_y.already_stored && !at_z.already_stored,
+            "{variant}"
+        );
+        assert!(
+            at_z.first_position < at_x.first_position && at_x.first_position < at_y.first_position,
+            "the order given ({variant}): z {:?}, x {:?}, y {:?}",
+            at_z.first_position,
+            at_x.first_position,
+            at_y.first_position
+        );
+        for (stream, event) in [(&x, &event_x), (&y, &event_y), (&z, &event_z)] {
+            let read = store.read_stream(stream).await.unwrap();
+            assert_eq!(
+                read.iter().map(|event| event.event_id).collect::<Vec<_>>(),
+                vec![event.event_id]
+            );
+        }
+    }
+    assert_eq!(store.read_stream(&existing).await.unwrap().len(), 1);
     // The hash chain holds across the grouped appends.
     let report = lifeline_store::verify(&store, &lifeline_model::integrity::Keyring::default())
         .await
         .unwrap();
     assert_eq!(report.first_bad, None, "the hash chain verifies");
-    assert_eq!(report.events_checked, 5);
+    assert_eq!(report.events_checked, 14);
 }
 
 /// Inside a transaction, appends that create streams run without a savepoint on PostgreSQL:
