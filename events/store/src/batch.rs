@@ -54,7 +54,8 @@ pub(crate) struct GroupAppend<'a> {
     pub(crate) known_hash: Option<Hash32>,
 }
 
-/// How many streams [`KnownHashes`] remembers; past that it starts again empty.
+/// How many streams one generation of [`KnownHashes`] holds: it remembers the last
+/// `KNOWN_STREAMS` to `2 * KNOWN_STREAMS` streams read.
 const KNOWN_STREAMS: usize = 4096;
 
 /// The version and last hash of streams this process read last (on PostgreSQL). An event never
@@ -63,9 +64,15 @@ const KNOWN_STREAMS: usize = 4096;
 /// and the writing statement moves the stream only if it is still at `v` with that hash
 /// (migration 11). A stream that moved meanwhile makes the statement store nothing, and the
 /// append goes the careful way (a conflict, or a re-sent append), as after a lock.
+///
+/// Two generations: a stream read goes into the current one; when that is full it becomes the
+/// previous one (the one before is forgotten), and a stream found in the previous one moves
+/// back. So the streams read last are never all forgotten at once (until 2026-12-07 the one
+/// map was emptied when full, and an agency's claim or completion of a task read just before
+/// then went the locked way).
 #[derive(Debug, Default)]
 pub(crate) struct KnownHashes {
-    streams: std::sync::Mutex<HashMap<String, (i64, Hash32)>>,
+    streams: std::sync::Mutex<Generations>,
     /// Appends written by a known hash, without a lock.
     written: AtomicU64,
     /// Appends whose known hash the writing statement refused (their stream had moved).
@@ -134,16 +141,12 @@ impl KnownHashes {
         let Ok(mut streams) = self.streams.lock() else {
             return;
         };
-        if let Some(entry) = streams.get_mut(stream.as_str()) {
-            if entry.0 < version.0 {
-                *entry = (version.0, hash);
-            }
-            return;
-        }
-        if streams.len() >= KNOWN_STREAMS {
-            streams.clear();
-        }
-        streams.insert(stream.as_str().to_owned(), (version.0, hash));
+        let known = streams.take(stream.as_str());
+        let entry = match known {
+            Some(entry) if entry.0 >= version.0 => entry,
+            _ => (version.0, hash),
+        };
+        streams.insert(stream.as_str().to_owned(), entry);
     }
 
     /// The last hash of `stream` at the version `expected` names, if this process read it there.
@@ -159,6 +162,106 @@ impl KnownHashes {
             .get(stream.as_str())
             .filter(|(read, _)| *read == version)
             .map(|(_, hash)| *hash)
+    }
+}
+
+/// The two generations of [`KnownHashes`]: stream id -> (version read, its event's hash).
+#[derive(Debug, Default)]
+struct Generations {
+    current: HashMap<String, (i64, Hash32)>,
+    previous: HashMap<String, (i64, Hash32)>,
+}
+
+impl Generations {
+    fn get(&self, stream: &str) -> Option<&(i64, Hash32)> {
+        self.current
+            .get(stream)
+            .or_else(|| self.previous.get(stream))
+    }
+
+    fn get_mut(&mut self, stream: &str) -> Option<&mut (i64, Hash32)> {
+        match self.current.get_mut(stream) {
+            Some(entry) => Some(entry),
+            None => self.previous.get_mut(stream),
+        }
+    }
+
+    /// Takes `stream` out of whichever generation holds it.
+    fn take(&mut self, stream: &str) -> Option<(i64, Hash32)> {
+        self.current
+            .remove(stream)
+            .or_else(|| self.previous.remove(stream))
+    }
+
+    /// Puts `stream` (held by neither generation) into the current one, which becomes the
+    /// previous one first if full.
+    fn insert(&mut self, stream: String, entry: (i64, Hash32)) {
+        if self.current.len() >= KNOWN_STREAMS {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(stream, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(index: usize) -> StreamId {
+        StreamId::parse(format!("task-{index}")).unwrap()
+    }
+
+    fn hash(index: usize) -> Hash32 {
+        let mut bytes = [0_u8; 32];
+        bytes[..8].copy_from_slice(&(index as u64).to_le_bytes());
+        Hash32(bytes)
+    }
+
+    fn known(hashes: &KnownHashes, index: usize, version: i64) -> Option<Hash32> {
+        hashes.at(
+            &stream(index),
+            ExpectedVersion::Exact(StreamVersion(version)),
+        )
+    }
+
+    #[test]
+    fn the_streams_read_last_are_kept_when_a_generation_fills() {
+        let hashes = KnownHashes::default();
+        for index in 0..KNOWN_STREAMS {
+            hashes.remember(&stream(index), StreamVersion(1), hash(index));
+        }
+        // The current generation is full: the next stream starts a new one.
+        hashes.remember(
+            &stream(KNOWN_STREAMS),
+            StreamVersion(1),
+            hash(KNOWN_STREAMS),
+        );
+        assert_eq!(
+            known(&hashes, KNOWN_STREAMS - 1, 1),
+            Some(hash(KNOWN_STREAMS - 1))
+        );
+        assert_eq!(known(&hashes, KNOWN_STREAMS, 1), Some(hash(KNOWN_STREAMS)));
+        // A stream in the previous generation moves on with an append, and a read brings it
+        // back into the current one at its new version.
+        hashes.advance(&stream(5), StreamVersion(2), hash(50));
+        assert_eq!(known(&hashes, 5, 2), Some(hash(50)));
+        assert_eq!(known(&hashes, 5, 1), None);
+        hashes.remember(&stream(5), StreamVersion(2), hash(50));
+        // A read of an older version does not move a stream back.
+        hashes.remember(&stream(5), StreamVersion(1), hash(5));
+        assert_eq!(known(&hashes, 5, 2), Some(hash(50)));
+        // Another generation later, what was not read again is forgotten; what was, is not.
+        for index in KNOWN_STREAMS + 1..2 * KNOWN_STREAMS + 1 {
+            hashes.remember(&stream(index), StreamVersion(1), hash(index));
+        }
+        assert_eq!(known(&hashes, 1, 1), None);
+        assert_eq!(known(&hashes, 5, 2), Some(hash(50)));
+        assert_eq!(
+            known(&hashes, 2 * KNOWN_STREAMS, 1),
+            Some(hash(2 * KNOWN_STREAMS))
+        );
+        let streams = hashes.streams.lock().unwrap();
+        assert!(streams.current.len() + streams.previous.len() <= 2 * KNOWN_STREAMS);
     }
 }
 
