@@ -1,7 +1,6 @@
 //! Rebuilding the projections from the log: empty the tables, forget the checkpoints, replay
 //! every event (or every event recorded before a time) through the live subscribers' code.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +8,9 @@ use lifeline_model::envelope::{LogCursor, RecordedEvent, RecordedEventText};
 use lifeline_store::projections::{self, ProjectionError};
 use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
 
-use super::{decode_event_text, projections, Projection, SharedDecoded, PROJECTION_NAMES};
+use super::{
+    decode_event_text, projections, DecodedMap, Projection, SharedDecoded, PROJECTION_NAMES,
+};
 
 /// Events read and handled per transaction while catching up.
 const CATCH_UP_BATCH: usize = 8000;
@@ -219,7 +220,7 @@ async fn read_decoded_batch(
 ) -> Result<(Vec<RecordedEvent>, SharedDecoded, bool), ProjectionsError> {
     let mut batch = store.read_all_payload_text(cursor, CATCH_UP_BATCH).await?;
     let reached_cutoff = cut_before(&mut batch, recorded_before, |text| &text.event);
-    let mut decoded = HashMap::with_capacity(batch.len());
+    let mut decoded = DecodedMap::with_capacity_and_hasher(batch.len(), Default::default());
     let mut events = Vec::with_capacity(batch.len());
     for RecordedEventText { event, payload } in batch {
         match decode_event_text(&event, &payload) {
