@@ -867,8 +867,10 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
 
     // Out of stream-id order: written in the order given, whether the group goes in one
     // statement (all new), every append goes alone (a clash refuses the group), or the group
-    // is refused for a re-send among its appends (answered as stored, the rest grouped again).
-    for variant in ["grouped", "clash", "re-send"] {
+    // is refused for a re-send among its appends (answered as stored, the rest grouped again)
+    // or for an id stored in another stream (the rest grouped again, that one refused).
+    for variant in ["grouped", "clash", "re-send", "elsewhere"] {
+        let w = new_stream("grouped-w");
         let (x, y, z) = (
             new_stream("grouped-x"),
             new_stream("grouped-y"),
@@ -909,6 +911,14 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
                     std::slice::from_ref(&earlier),
                 ),
             ),
+            "elsewhere" => appends.insert(
+                1,
+                (
+                    &w,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&earlier),
+                ),
+            ),
             _ => {}
         }
         let mut tx = store.begin().await.unwrap();
@@ -922,6 +932,14 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
                 let again = results.next().unwrap().unwrap();
                 assert!(again.already_stored);
                 assert_eq!(again.first_position, stored.first_position);
+            }
+            "elsewhere" => {
+                let error = results.next().unwrap().unwrap_err();
+                assert!(
+                    matches!(error, AppendError::EventIdMismatch { .. }),
+                    "{error}"
+                );
+                assert!(store.read_stream(&w).await.unwrap().is_empty());
             }
             _ => {}
         }
@@ -952,7 +970,7 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
         .await
         .unwrap();
     assert_eq!(report.first_bad, None, "the hash chain verifies");
-    assert_eq!(report.events_checked, 14);
+    assert_eq!(report.events_checked, 17);
 }
 
 /// Inside a transaction, appends that create streams run without a savepoint on PostgreSQL:
