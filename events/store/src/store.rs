@@ -1020,7 +1020,8 @@ const REGROUP_ATTEMPTS: usize = 2;
 struct Regrouped {
     /// The rest went grouped and stored something.
     appended: bool,
-    /// Worth another round: the rest was refused again, after some of it was found stored.
+    /// Worth another round: the rest was refused again (another transaction may have stored
+    /// some of it since the look-up, which the next look-up finds).
     again: bool,
 }
 
