@@ -14,8 +14,9 @@
 #   SETTLE_SECONDS     pause after the CHECKPOINT that precedes every step (default 3)
 #   SKIP_BUILD=1       use the binaries already built
 #   PEERS_ALL=1        also run the peers' cqrs-b, sqlx-batch and nats figures
-# Needs PostgreSQL on 127.0.0.1:5432 (users postgres and root, trust) and NATS with JetStream
-# on 127.0.0.1:4222 (deploy/services.sh starts them).
+# Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust; the peers' role and database
+# `root` are created if missing) and NATS with JetStream on 127.0.0.1:4222
+# (deploy/services.sh starts them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -70,6 +71,21 @@ drop_stale_databases() {
   done
 }
 drop_stale_databases
+
+# The peers connect as role `root` to database `root` (../shared/peers/src/pgutil.rs), which
+# the project's machines have and deploy/services.sh does not create: made here if missing.
+ensure_peer_role() {
+  command -v psql >/dev/null 2>&1 || return 0
+  if [ -z "$(psql "$PG_URL" -qAt -c "SELECT 1 FROM pg_roles WHERE rolname = 'root'")" ]; then
+    echo "== creating role root (SUPERUSER LOGIN) for the peers" >&2
+    psql "$PG_URL" -qAt -c "CREATE ROLE root SUPERUSER LOGIN" >/dev/null
+  fi
+  if [ -z "$(psql "$PG_URL" -qAt -c "SELECT 1 FROM pg_database WHERE datname = 'root'")" ]; then
+    echo "== creating database root for the peers" >&2
+    psql "$PG_URL" -qAt -c "CREATE DATABASE root OWNER root" >/dev/null
+  fi
+}
+ensure_peer_role
 
 # One step: label, then the command; RESULT lines get the round number and the load average
 # at the start of the step, and go to the raw file.
