@@ -60,7 +60,13 @@ pub(crate) struct Observers {
 impl Observers {
     pub(crate) async fn open(database: &FreshDatabase) -> anyhow::Result<Self> {
         Ok(Self {
-            monitor: database.store(6).await?,
+            // Sequential scans off on the monitor's connections: its inbox look-up (below) is
+            // then prepared once, by the index on `life_event_id`, whatever the table's size.
+            monitor: EventStore::connect_postgres(
+                database.options().options([("enable_seqscan", "off")]),
+                6,
+            )
+            .await?,
             desk: database
                 .store(AGENCY_OFFICERS as u32)
                 .await?
@@ -610,15 +616,19 @@ async fn monitor(
         if pending.is_empty() {
             continue;
         }
-        // Unprepared, so planned with its array each time: a prepared statement's generic plan,
-        // made while the table was nearly empty, is a sequential scan kept as the table grows
-        // (a few ms per poll at 500 births/s, taken from the pipeline it measures).
+        // Prepared, with sequential scans off on the monitor's connections (`Observers::open`):
+        // its generic plan goes by the index on `life_event_id`. (Until 2026-12-03 it was
+        // prepared with them on, and the generic plan made while the table was nearly empty was
+        // a sequential scan kept as the table grew; from then until 2026-12-07 it was
+        // unprepared, planned with its array at every poll: on a table never analysed, the
+        // planner's guess for ~70 keys was a bitmap scan over a third of the table, and the
+        // look-up took 2.3 ms of PostgreSQL's time a poll at 500 births/s, the third costliest
+        // statement of the run, taken from the pipeline it measures.)
         let found: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT task_id, life_event_id, procedure FROM projection_tasks \
              WHERE life_event_id = ANY($1)",
         )
         .bind(&pending)
-        .persistent(false)
         .fetch_all(&pool)
         .await?;
         let now = Instant::now();
