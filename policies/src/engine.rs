@@ -399,14 +399,16 @@ struct Prepared {
     inbox_row: Option<TaskRow>,
 }
 
-/// Appends `planned` in one [`StoreTransaction::append_many`]; an append refused because its
-/// event is already stored (a redelivery) counts as done. Returns how many were appended; an
-/// error comes with its append's event index.
+/// Appends `planned` in one [`StoreTransaction::append_many_with_new_tasks`]; an append
+/// refused because its event is already stored (a redelivery) counts as done. Returns how many
+/// were appended; an error comes with its append's event index.
 ///
 /// The new tasks' inbox rows are inserted in the same transaction (inline: an agency sees a
 /// task as soon as its creation commits, without waiting for the inbox projection's next
 /// batch), only for the creations this run appended, and without overwriting a row that
-/// exists (`projections::insert_new_tasks`). The inbox projection still folds every task
+/// exists (`projections::insert_new_tasks`): on PostgreSQL, when the grouped statement stores
+/// every append (the usual case), by that statement; otherwise by a statement of their own
+/// after it, for the appends this run made. The inbox projection still folds every task
 /// event, the creation included: the row it writes for a creation is the same
 /// (`apply_task_event` makes it with `created_row`), so a rebuild, or a task created before
 /// the inline write, ends as before.
@@ -427,22 +429,27 @@ async fn append_planned(
             )
         })
         .collect();
-    let results = tx
-        .append_many(&appends)
+    let rows: Vec<&TaskRow> = planned
+        .iter()
+        .filter_map(|(_, prepared)| prepared.inbox_row.as_ref())
+        .collect();
+    // Usually the grouped statement stores every append and inserts the rows with them.
+    let (results, rows_written) = tx
+        .append_many_with_new_tasks(&appends, &rows)
         .await
         .map_err(|error| (None, PolicyError::Store(error)))?;
     let mut appended = 0;
     let mut inbox_rows = Vec::new();
-    for ((index, prepared), result) in planned.into_iter().zip(results) {
+    for ((index, prepared), result) in planned.iter().zip(results) {
         if duplicate_or_error(tx, prepared.event.event_id, result)
             .await
-            .map_err(|error| (index, error))?
+            .map_err(|error| (*index, error))?
         {
             appended += 1;
-            inbox_rows.extend(prepared.inbox_row);
+            inbox_rows.extend(prepared.inbox_row.as_ref());
         }
     }
-    if !inbox_rows.is_empty() {
+    if !rows_written && !inbox_rows.is_empty() {
         projections::insert_new_tasks(tx, &inbox_rows)
             .await
             .map_err(|error| (None, PolicyError::Projection(error)))?;

@@ -26,6 +26,11 @@
 //! - a group the database refused as planned (someone created one of its streams or stored one
 //!   of its event ids meanwhile) is [`FastError::Careful`]: nothing of it is stored, and every
 //!   append of it goes the careful way.
+//!
+//! A policy's group may carry its new tasks' inbox rows
+//! (`StoreTransaction::append_many_with_new_tasks`): when the group creates streams only and
+//! its statement is to store every append, the rows are inserted by the same statement
+//! ([`append_group_with_new_tasks`]), one round trip instead of two.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +38,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 use lifeline_model::integrity::{canonical_json, event_hash_of_json, EventHashInput, Hash32};
-use sqlx::{Acquire, PgConnection, PgPool, Row};
+use sqlx::{Acquire, AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::append::{AppendOutcome, EncodedEvent};
 use crate::error::StoreError;
 use crate::postgres;
+use crate::projections::NewTaskRows;
 
 /// The SQLSTATE `lifeline_grouped_append_check` raises (migration 4).
 const CHECK_FAILED: &str = "LLG01";
@@ -406,6 +412,22 @@ pub(crate) async fn append_group_on(
     group: &[GroupAppend<'_>],
     refusal: Refusal,
 ) -> Result<Vec<Answer>, FastError> {
+    Ok(append_group_with_new_tasks(conn, group, refusal, None)
+        .await?
+        .0)
+}
+
+/// [`append_group_on`], which also inserts `tasks` (new tasks' inbox rows, as
+/// `projections::insert_new_tasks` does) in its writing statement when that statement stores
+/// the whole group and answers a refusal (creating streams only, [`Refusal::Answer`]); true if
+/// it did. Otherwise the rows are not written (the caller writes those of the appends it
+/// counts as its own).
+pub(crate) async fn append_group_with_new_tasks(
+    conn: &mut PgConnection,
+    group: &[GroupAppend<'_>],
+    refusal: Refusal,
+    tasks: Option<NewTaskRows>,
+) -> Result<(Vec<Answer>, bool), FastError> {
     // With a lock, every stream of the group is seen as it is; without, the known ones are
     // taken as read, and checked by the writing statement.
     let (locked, known) = if group.iter().any(needs_lock) {
@@ -427,10 +449,16 @@ pub(crate) async fn append_group_on(
     };
     let (answers, rows) = plan(group, &locked, &known)?;
     if rows.event_ids.is_empty() {
-        return finish(group, answers, &HashMap::new());
+        return Ok((finish(group, answers, &HashMap::new())?, false));
     }
-    let positions = write(conn, &rows, refusal).await?;
-    finish(group, answers, &positions)
+    // The rows go with the statement only if it is to store every append of the group.
+    let tasks = tasks.filter(|_| {
+        answers
+            .iter()
+            .all(|answer| matches!(answer, Planned::Write(..)))
+    });
+    let (positions, tasks_written) = write(conn, &rows, refusal, tasks).await?;
+    Ok((finish(group, answers, &positions)?, tasks_written))
 }
 
 /// Locks the group's existing streams, in stream-id order; answers their version and last hash.
@@ -605,22 +633,43 @@ const TRY_WRITE_NEW_STREAMS_SQL: &str =
     "SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused \
      FROM lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// The writing statement; answers the global position of every event id it stored.
+/// [`TRY_WRITE_NEW_STREAMS_SQL`] that also inserts new tasks' inbox rows (`tasks`, their arrays
+/// from `$13` on) when the append is not refused: one statement instead of two. The function's
+/// call is materialized once; the insert reads its answer, so it runs after it, and inserts
+/// nothing when it refused (its writes undone).
+fn try_write_new_streams_with_tasks_sql(tasks: &NewTaskRows) -> String {
+    format!(
+        "WITH appended AS MATERIALIZED (SELECT o_ids, o_positions, o_refused \
+         FROM lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)), \
+         inbox AS ({}) \
+         SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused FROM appended",
+        tasks.insert_sql(13, "appended, ", "NOT appended.o_refused")
+    )
+}
+
+/// The writing statement; answers the global position of every event id it stored, and
+/// whether it inserted `tasks` (only a statement that answers its refusal takes them).
 async fn write(
     conn: &mut PgConnection,
     rows: &Rows,
     refusal: Refusal,
-) -> Result<HashMap<Uuid, GlobalPosition>, FastError> {
+    tasks: Option<NewTaskRows>,
+) -> Result<(HashMap<Uuid, GlobalPosition>, bool), FastError> {
     let moves = !rows.moved_ids.is_empty();
     let answers_refusal = !moves && refusal == Refusal::Answer;
+    let tasks = tasks.filter(|_| answers_refusal);
+    let with_tasks = tasks.as_ref().map(try_write_new_streams_with_tasks_sql);
     let sql = if moves {
         WRITE_MOVING_SQL
+    } else if let Some(sql) = &with_tasks {
+        sql.as_str()
     } else if answers_refusal {
         TRY_WRITE_NEW_STREAMS_SQL
     } else {
         WRITE_NEW_STREAMS_SQL
     };
-    let query = sqlx::query(sql)
+    let tasks_written = tasks.is_some();
+    let query = sqlx::query(AssertSqlSafe(sql))
         .bind(&rows.new_ids)
         .bind(&rows.new_versions)
         .bind(&rows.new_hashes)
@@ -640,6 +689,8 @@ async fn write(
             .bind(&rows.moved_versions)
             .bind(&rows.moved_hashes)
             .bind(&rows.moved_prev_hashes)
+    } else if let Some(tasks) = tasks {
+        tasks.bind(query)
     } else {
         query
     };
@@ -653,10 +704,12 @@ async fn write(
     }
     let ids: Vec<Uuid> = row.try_get("ids")?;
     let positions: Vec<i64> = row.try_get("positions")?;
-    Ok(ids
-        .into_iter()
-        .zip(positions.into_iter().map(GlobalPosition))
-        .collect())
+    Ok((
+        ids.into_iter()
+            .zip(positions.into_iter().map(GlobalPosition))
+            .collect(),
+        tasks_written,
+    ))
 }
 
 /// The check refused the group, or a unique key did (a stream's version taken under a stream

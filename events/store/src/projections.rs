@@ -586,19 +586,22 @@ pub async fn save_tasks(
 /// folded since.
 pub async fn insert_new_tasks(
     tx: &mut StoreTransaction<'_>,
-    rows: &[TaskRow],
+    rows: &[&TaskRow],
 ) -> Result<(), ProjectionError> {
-    write_tasks(tx, rows, "ON CONFLICT (task_id) DO NOTHING").await
+    write_tasks(tx, rows.iter().copied(), INSERT_NEW_TASKS).await
 }
 
+/// What [`insert_new_tasks`] makes of an existing row: nothing.
+const INSERT_NEW_TASKS: &str = "ON CONFLICT (task_id) DO NOTHING";
+
 /// Inserts `rows` into `projection_tasks`, `on_conflict` deciding what an existing row becomes.
-async fn write_tasks(
+async fn write_tasks<'r>(
     tx: &mut StoreTransaction<'_>,
-    rows: &[TaskRow],
+    rows: impl IntoIterator<Item = &'r TaskRow>,
     on_conflict: &str,
 ) -> Result<(), ProjectionError> {
     let rows = rows
-        .iter()
+        .into_iter()
         .map(task_params)
         .collect::<Result<Vec<_>, _>>()?;
     upsert(
@@ -693,8 +696,21 @@ async fn upsert_postgres(
     tail: &str,
     rows: Vec<Vec<Param>>,
 ) -> Result<(), ProjectionError> {
-    let Some(first) = rows.first() else {
+    let Some(columns) = columns_of(rows)? else {
         return Ok(());
+    };
+    let sql = format!("{head} {} {tail}", select_unnest(&columns, 1, "", "TRUE"));
+    let query = columns
+        .into_iter()
+        .fold(sqlx::query(AssertSqlSafe(sql)), Column::bind);
+    query.execute(conn).await?;
+    Ok(())
+}
+
+/// `rows` (each the same number of parameters) as one array per column; `None` for no rows.
+fn columns_of(rows: Vec<Vec<Param>>) -> Result<Option<Vec<Column>>, ProjectionError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
     };
     let mut columns: Vec<Column> = first
         .iter()
@@ -705,6 +721,13 @@ async fn upsert_postgres(
             column.push(param)?;
         }
     }
+    Ok(Some(columns))
+}
+
+/// `SELECT c1, .. FROM {from}unnest($first::type[], ..) AS u(c1, ..) WHERE {condition}`: the
+/// rows of `columns`, their arrays numbered from `first` (`from`: other `FROM` items, each
+/// followed by a comma, or empty).
+fn select_unnest(columns: &[Column], first: usize, from: &str, condition: &str) -> String {
     let names: Vec<String> = (1..=columns.len()).map(|n| format!("c{n}")).collect();
     let selected: Vec<String> = columns
         .iter()
@@ -714,19 +737,51 @@ async fn upsert_postgres(
     let arrays: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(index, column)| format!("${}::{}[]", index + 1, column.array_type()))
+        .map(|(index, column)| format!("${}::{}[]", index + first, column.array_type()))
         .collect();
-    let sql = format!(
-        "{head} SELECT {} FROM unnest({}) AS u({}) {tail}",
+    format!(
+        "SELECT {} FROM {from}unnest({}) AS u({}) WHERE {condition}",
         selected.join(", "),
         arrays.join(", "),
         names.join(", ")
-    );
-    let query = columns
-        .into_iter()
-        .fold(sqlx::query(AssertSqlSafe(sql)), Column::bind);
-    query.execute(conn).await?;
-    Ok(())
+    )
+}
+
+/// New tasks' inbox rows, one array per column, for a statement that inserts them as
+/// [`insert_new_tasks`] does along with other work: the grouped append of a policy's new
+/// streams (`StoreTransaction::append_many_with_new_tasks`), so that they cost no statement of
+/// their own.
+pub(crate) struct NewTaskRows {
+    columns: Vec<Column>,
+}
+
+impl NewTaskRows {
+    /// `None` for no rows.
+    pub(crate) fn new(rows: &[&TaskRow]) -> Result<Option<Self>, ProjectionError> {
+        let rows = rows
+            .iter()
+            .map(|row| task_params(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(columns_of(rows)?.map(|columns| Self { columns }))
+    }
+
+    /// [`insert_new_tasks`]'s statement, its arrays numbered from `first`, each row joined to
+    /// `from` (other `FROM` items, each followed by a comma) and inserted where `condition`
+    /// holds.
+    pub(crate) fn insert_sql(&self, first: usize, from: &str, condition: &str) -> String {
+        format!(
+            "INSERT INTO projection_tasks ({TASK_COLUMNS}) {} {INSERT_NEW_TASKS}",
+            select_unnest(&self.columns, first, from, condition)
+        )
+    }
+
+    /// Binds the arrays, in the order [`NewTaskRows::insert_sql`] numbers them.
+    pub(crate) fn bind(
+        self,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Query<'_, Postgres, PgArguments> {
+        self.columns.into_iter().fold(query, Column::bind)
+    }
 }
 
 /// One column of [`upsert_postgres`]'s rows, as the array bound for it.

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::append::{self, AppendOutcome, TxAppendError, TxConnection};
 use crate::error::{AppendError, StoreError};
 use crate::group_commit::GroupCommitter;
+use crate::projections::{self, NewTaskRows};
 use crate::{batch, postgres, sqlite};
 
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -751,6 +752,23 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        Ok(self.append_many_with_new_tasks(appends, &[]).await?.0)
+    }
+
+    /// [`StoreTransaction::append_many`] for appends that create tasks, with the new tasks'
+    /// inbox rows (`tasks`, as [`projections::insert_new_tasks`] writes them): on PostgreSQL,
+    /// when the appends create streams only and their grouped statement stores every one of
+    /// them, that statement inserts the rows too, one round trip instead of two, and the answer
+    /// says so (true). Otherwise (false) no row was written: the caller inserts those of the
+    /// appends it counts as its own (not those found already stored).
+    pub async fn append_many_with_new_tasks(
+        &mut self,
+        appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
+        tasks: &[&projections::TaskRow],
+    ) -> Result<(Vec<Result<AppendOutcome, AppendError>>, bool), StoreError> {
+        // Rows that do not encode are left to the caller's own insert, which reports it.
+        let tasks = NewTaskRows::new(tasks).ok().flatten();
+        let mut tasks_written = false;
         let encoded: Vec<Result<Vec<append::EncodedEvent<'_>>, AppendError>> = appends
             .iter()
             .map(|(_, _, events)| append::encode_batch(events))
@@ -771,7 +789,7 @@ impl<'s> StoreTransaction<'s> {
             })
             .collect();
         if let (TxInner::Postgres(tx), Some(group)) = (&mut self.inner, group) {
-            stored = append_fast(tx, &group).await?;
+            (stored, tasks_written) = append_fast_with_new_tasks(tx, &group, tasks).await?;
             if stored.iter().any(Option::is_some) {
                 self.appended = true;
             }
@@ -793,7 +811,7 @@ impl<'s> StoreTransaction<'s> {
                 (None, Err(error)) => Err(error),
             });
         }
-        Ok(answered)
+        Ok((answered, tasks_written))
     }
 
     /// The stored events among `event_ids`, as this transaction sees them, in no particular
@@ -981,13 +999,26 @@ async fn append_fast(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     group: &[batch::GroupAppend<'_>],
 ) -> Result<Vec<Option<AppendOutcome>>, StoreError> {
+    Ok(append_fast_with_new_tasks(tx, group, None).await?.0)
+}
+
+/// [`append_fast`], which also inserts `tasks` (new tasks' inbox rows) in the group's writing
+/// statement when the group creates streams only and that statement stores all of it; true if
+/// it did (`batch::append_group_with_new_tasks`).
+async fn append_fast_with_new_tasks(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    group: &[batch::GroupAppend<'_>],
+    tasks: Option<NewTaskRows>,
+) -> Result<(Vec<Option<AppendOutcome>>, bool), StoreError> {
     if batch::refuses_without_raising(group) {
         // Creating streams only: a refusal leaves nothing written and `tx` usable, so no
         // savepoint (two round trips) is needed. Any other error fails the transaction, as it
         // would through a savepoint: the caller rolls it back.
-        return match batch::append_group_on(tx, group, batch::Refusal::Answer).await {
-            Ok(answers) => Ok(stored_outcomes(answers)),
-            Err(batch::FastError::Careful) => Ok(vec![None; group.len()]),
+        return match batch::append_group_with_new_tasks(tx, group, batch::Refusal::Answer, tasks)
+            .await
+        {
+            Ok((answers, tasks_written)) => Ok((stored_outcomes(answers), tasks_written)),
+            Err(batch::FastError::Careful) => Ok((vec![None; group.len()], false)),
             Err(batch::FastError::Store(error)) => Err(error),
         };
     }
@@ -996,7 +1027,7 @@ async fn append_fast(
         Ok(answers) => answers,
         Err(batch::FastError::Careful) => {
             savepoint.rollback().await?;
-            return Ok(vec![None; group.len()]);
+            return Ok((vec![None; group.len()], false));
         }
         Err(batch::FastError::Store(error)) => {
             savepoint.rollback().await?;
@@ -1009,7 +1040,7 @@ async fn append_fast(
     } else {
         savepoint.rollback().await?;
     }
-    Ok(stored)
+    Ok((stored, false))
 }
 
 /// How many times [`StoreTransaction::append_many`] looks up what a refused group had stored

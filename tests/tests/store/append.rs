@@ -21,6 +21,7 @@ backend_tests!(
     appends_of_a_transaction_grouped_are_answered_one_by_one,
     a_refused_new_stream_leaves_the_transaction_usable,
     a_held_stream_takes_no_append_until_its_holder_ends,
+    new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams,
 );
 
 async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
@@ -1146,4 +1147,137 @@ async fn a_held_stream_takes_no_append_until_its_holder_ends(store: EventStore) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(order, ["Recorded", "Prefilled", "Corrected", "Voided"]);
+}
+
+/// A policy's new tasks' inbox rows go with the grouped append that creates their streams
+/// (`append_many_with_new_tasks`): on PostgreSQL inserted by the same statement when it stores
+/// every append of the group, and then never over a row that exists; never when the group is
+/// refused (a redelivery among the appends: the rest is stored, regrouped, and the caller
+/// inserts the rows of what it appended); on SQLite never (the caller inserts them).
+async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store: EventStore) {
+    use chrono::{DateTime, Utc};
+    use lifeline_model::procedure::ProcedureId;
+    use lifeline_model::task::{Application, TaskStatus};
+    use lifeline_model::values::OfficeCode;
+    use lifeline_store::projections::{self, TaskRow};
+    use uuid::Uuid;
+
+    let postgres = store.postgres_pool().is_some();
+    let at: DateTime<Utc> = "2026-12-07T01:00:00Z".parse().unwrap();
+    let row = |status: TaskStatus| TaskRow {
+        task_id: Uuid::new_v4(),
+        procedure: ProcedureId::BirthRegistration,
+        agency: ProcedureId::BirthRegistration.agency(),
+        office: OfficeCode::parse("79-26734").unwrap(),
+        life_event_id: Uuid::new_v4(),
+        status,
+        claimed_by: (status == TaskStatus::Claimed).then(|| "officer-1".to_owned()),
+        due_at: at,
+        overdue: false,
+        created_at: at,
+        updated_at: at,
+        application: Application::default(),
+        outcome: None,
+        reason: None,
+    };
+    let stored_row = |task_id: Uuid| {
+        let store = store.clone();
+        async move { projections::task(&store, task_id).await.unwrap() }
+    };
+
+    // Every append new: stored, and on PostgreSQL the rows with them.
+    let (a, b) = (new_stream("with-tasks-a"), new_stream("with-tasks-b"));
+    let (event_a, event_b) = (new_event("A", json!({})), new_event("B", json!({})));
+    let (row_a, row_b) = (row(TaskStatus::Open), row(TaskStatus::Open));
+    let mut tx = store.begin().await.unwrap();
+    let (results, written) = tx
+        .append_many_with_new_tasks(
+            &[
+                (
+                    &a,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&event_a),
+                ),
+                (
+                    &b,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&event_b),
+                ),
+            ],
+            &[&row_a, &row_b],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, postgres);
+    for result in &results {
+        assert!(!result.as_ref().unwrap().already_stored);
+    }
+    if !written {
+        projections::insert_new_tasks(&mut tx, &[&row_a, &row_b])
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(stored_row(row_a.task_id).await.as_ref(), Some(&row_a));
+    assert_eq!(stored_row(row_b.task_id).await.as_ref(), Some(&row_b));
+
+    // A redelivery of `a` with a new `c`: the group is refused, so no row goes with it (not
+    // `a`'s changed one, not `c`'s); the rest is stored all the same.
+    let c = new_stream("with-tasks-c");
+    let event_c = new_event("C", json!({}));
+    let row_c = row(TaskStatus::Open);
+    let changed_a = TaskRow {
+        status: TaskStatus::Rejected,
+        reason: Some("must not be written".to_owned()),
+        ..row_a.clone()
+    };
+    let mut tx = store.begin().await.unwrap();
+    let (results, written) = tx
+        .append_many_with_new_tasks(
+            &[
+                (
+                    &a,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&event_a),
+                ),
+                (
+                    &c,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&event_c),
+                ),
+            ],
+            &[&changed_a, &row_c],
+        )
+        .await
+        .unwrap();
+    assert!(!written, "a refused group's statement wrote its rows");
+    assert!(results[0].as_ref().unwrap().already_stored);
+    assert!(!results[1].as_ref().unwrap().already_stored);
+    tx.commit().await.unwrap();
+    assert_eq!(stored_row(row_a.task_id).await.as_ref(), Some(&row_a));
+    assert_eq!(stored_row(row_c.task_id).await, None);
+    assert_eq!(store.read_stream(&c).await.unwrap().len(), 1);
+
+    // A row that exists (folded by the projection meanwhile) is left as it is.
+    let d = new_stream("with-tasks-d");
+    let claimed_d = row(TaskStatus::Claimed);
+    let mut tx = store.begin().await.unwrap();
+    projections::save_task(&mut tx, &claimed_d).await.unwrap();
+    tx.commit().await.unwrap();
+    let open_d = TaskRow {
+        status: TaskStatus::Open,
+        claimed_by: None,
+        ..claimed_d.clone()
+    };
+    let mut tx = store.begin().await.unwrap();
+    let (_, written) = tx
+        .append_many_with_new_tasks(
+            &[(&d, ExpectedVersion::NoStream, &[new_event("D", json!({}))])],
+            &[&open_d],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, postgres);
+    tx.commit().await.unwrap();
+    assert_eq!(stored_row(claimed_d.task_id).await, Some(claimed_d));
 }
