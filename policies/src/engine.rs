@@ -51,8 +51,8 @@ use uuid::Uuid;
 use crate::facts::{Context, LifeEventFacts, PersonFacts, Source, TaskFacts};
 use crate::handler::{apply_each, pick_noticed, read_noticed, Noticed, PolicyError, PolicyHandler};
 use crate::identity::{
-    assignment_event_id, decode_assignment, IdentityAllocator, IdentityError, PinRequest,
-    StoreAllocator,
+    assignment_event_id, decode_assignment, DraftedAssignment, IdentityAllocator, IdentityError,
+    PinRequest, StoreAllocator,
 };
 use crate::projections::inbox::created_row;
 use crate::reference::{ReferenceData, ReferenceError};
@@ -348,14 +348,31 @@ impl PolicyEngine {
                 Read::Decided(_) => None,
             })
             .collect();
-        let mut assigned = if requests.is_empty() {
-            Vec::new()
+        // Usually the numbers drawn first are free: stored with what they decide, in one
+        // statement. Otherwise (a number taken, an earlier assignment: a redelivery) nothing
+        // of that was written, and the numbers are drawn and stored on their own, as below.
+        let drafts = if requests.is_empty() {
+            None
         } else {
-            self.allocator
-                .assign_many(tx, &requests)
-                .await
-                .map_err(|error| (None, PolicyError::Store(error)))?
+            self.allocator.draft_many(&requests)
+        };
+        if let Some(drafts) = &drafts {
+            if append_drafted(tx, &runs, drafts).await? {
+                return Ok(());
+            }
         }
+        let mut assigned = match drafts {
+            _ if requests.is_empty() => Ok(Vec::new()),
+            // The drafts are the first draws: a number taken is drawn again, an earlier
+            // assignment answered.
+            Some(drafts) => {
+                self.allocator
+                    .assign_many_drafted(tx, &requests, drafts)
+                    .await
+            }
+            None => self.allocator.assign_many(tx, &requests).await,
+        }
+        .map_err(|error| (None, PolicyError::Store(error)))?
         .into_iter();
         // (index of the event, stream, expected version, event) of every append, in order.
         let mut planned = Vec::new();
@@ -374,6 +391,67 @@ impl PolicyEngine {
         append_planned(tx, planned).await?;
         Ok(())
     }
+}
+
+/// A batch's runs decided with the children's drafted numbers (`drafts`, one per birth read, in
+/// order) and appended whole with them and the new tasks' inbox rows, the assignments first, in
+/// one statement (`StoreTransaction::append_whole_with_new_tasks`): true if stored. False when
+/// the store refused the whole (nothing of it written: the caller draws and assigns the numbers
+/// on their own, and decides again), or when a decision or an append could not be made from a
+/// draft (the caller's own run meets that again and answers it for its event).
+async fn append_drafted(
+    tx: &mut StoreTransaction<'_>,
+    runs: &[(usize, Run<'_>, Read)],
+    drafts: &[DraftedAssignment],
+) -> Result<bool, (Option<usize>, PolicyError)> {
+    let mut drafts = drafts.iter();
+    let mut assignments = Vec::new();
+    let mut planned: Vec<PlannedAppend> = Vec::new();
+    for (index, run, read) in runs {
+        let commands = match read {
+            Read::Decided(commands) => commands.clone(),
+            Read::Birth(birth) => {
+                let Some(draft) = drafts.next() else {
+                    return Ok(false);
+                };
+                let Ok(commands) = run.decide_birth(birth, &draft.assigned) else {
+                    return Ok(false);
+                };
+                assignments.push(draft);
+                commands
+            }
+        };
+        for command in commands {
+            let Ok(prepared) = run.prepare(command) else {
+                return Ok(false);
+            };
+            planned.push((Some(*index), prepared));
+        }
+    }
+    let mut appends = Vec::with_capacity(assignments.len() + planned.len());
+    for draft in &assignments {
+        appends.push((
+            &draft.stream,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&draft.event),
+        ));
+    }
+    for (_, prepared) in &planned {
+        appends.push((
+            &prepared.stream,
+            prepared.expected,
+            std::slice::from_ref(&prepared.event),
+        ));
+    }
+    let rows: Vec<&TaskRow> = planned
+        .iter()
+        .filter_map(|(_, prepared)| prepared.inbox_row.as_ref())
+        .collect();
+    let stored = tx
+        .append_whole_with_new_tasks(&appends, &rows)
+        .await
+        .map_err(|error| (None, PolicyError::Store(error)))?;
+    Ok(stored.is_some())
 }
 
 /// The notices of the completions of `procedure`'s tasks (published under the procedure each
@@ -791,12 +869,6 @@ impl Run<'_> {
             Read::Decided(commands) => return Ok(commands),
             Read::Birth(birth) => birth,
         };
-        let BirthRead {
-            completed,
-            task,
-            life_event,
-            request: _,
-        } = *birth;
         let assigned = number
             .ok_or_else(|| self.refused("no personal ID number was drawn"))?
             .map_err(|error| match error {
@@ -804,10 +876,19 @@ impl Run<'_> {
                 IdentityError::Append(error) => PolicyError::Append(error),
                 other => self.refused(format!("no personal ID number: {other}")),
             })?;
+        self.decide_birth(&birth, &assigned)
+    }
+
+    /// The follow-ups of a birth registration's completion, the child having `assigned`.
+    fn decide_birth(
+        &self,
+        birth: &BirthRead,
+        assigned: &PersonalIdAssigned,
+    ) -> Result<Vec<Command>, PolicyError> {
         self.rule(rules::birth_followups::react(
-            &completed,
-            &task,
-            &life_event,
+            &birth.completed,
+            &birth.task,
+            &birth.life_event,
             &assigned.personal_id,
             &self.context,
         ))

@@ -86,6 +86,39 @@ pub trait IdentityAllocator: Send + Sync {
         }
         Ok(answered)
     }
+
+    /// A first draw for each of `requests`, not stored: each assignment with the append that
+    /// would store it (`ExpectedVersion::NoStream` on its stream), for a caller that stores them
+    /// together with what it decides from them, all or nothing
+    /// (`StoreTransaction::append_whole_with_new_tasks`). If that is refused (a number taken,
+    /// an earlier assignment), the caller forgets the drafts and calls
+    /// [`IdentityAllocator::assign_many`]. `None` (the default: an allocator that is another
+    /// system) when this allocator cannot draft, or a draft failed.
+    fn draft_many(&self, requests: &[PinRequest]) -> Option<Vec<DraftedAssignment>> {
+        let _ = requests;
+        None
+    }
+
+    /// [`IdentityAllocator::assign_many`] whose first draws are `drafts` (this allocator's
+    /// [`IdentityAllocator::draft_many`] for the same `requests`, not stored): an allocator
+    /// that drafts starts from them instead of drawing again. By default they are forgotten.
+    async fn assign_many_drafted(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        requests: &[PinRequest],
+        drafts: Vec<DraftedAssignment>,
+    ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
+        let _ = drafts;
+        self.assign_many(tx, requests).await
+    }
+}
+
+/// A drawn assignment not yet stored, with the append that stores it
+/// ([`IdentityAllocator::draft_many`]).
+pub struct DraftedAssignment {
+    pub assigned: PersonalIdAssigned,
+    pub stream: StreamId,
+    pub event: NewEvent,
 }
 
 /// The event id of the one assignment of a life event: a redelivery finds it.
@@ -311,6 +344,22 @@ impl IdentityAllocator for StoreAllocator {
             .unwrap_or(Err(IdentityError::Exhausted(0)))
     }
 
+    /// Each request's first draw (the draw [`IdentityAllocator::assign_many`] starts with).
+    fn draft_many(&self, requests: &[PinRequest]) -> Option<Vec<DraftedAssignment>> {
+        requests
+            .iter()
+            .map(|request| {
+                self.drawn(request, 0)
+                    .ok()
+                    .map(|(assigned, stream, event)| DraftedAssignment {
+                        assigned,
+                        stream,
+                        event,
+                    })
+            })
+            .collect()
+    }
+
     /// Each draw round appends every request still without a number in one
     /// [`StoreTransaction::append_many`] (one statement when no number is taken). No look-up
     /// first: the assignment's event id is the life event's, so an earlier assignment (a
@@ -322,18 +371,49 @@ impl IdentityAllocator for StoreAllocator {
         tx: &mut StoreTransaction<'_>,
         requests: &[PinRequest],
     ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
+        self.assign_rounds(tx, requests, None).await
+    }
+
+    async fn assign_many_drafted(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        requests: &[PinRequest],
+        drafts: Vec<DraftedAssignment>,
+    ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
+        self.assign_rounds(tx, requests, Some(drafts)).await
+    }
+}
+
+impl StoreAllocator {
+    /// [`IdentityAllocator::assign_many`], its first round's draws `drafts` if given (one per
+    /// request, in order).
+    async fn assign_rounds(
+        &self,
+        tx: &mut StoreTransaction<'_>,
+        requests: &[PinRequest],
+        drafts: Option<Vec<DraftedAssignment>>,
+    ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
         let mut answered: Vec<Option<Result<PersonalIdAssigned, IdentityError>>> =
             requests.iter().map(|_| None).collect();
+        let mut drafts = drafts.filter(|drafts| drafts.len() == requests.len());
         for attempt in 0..MAX_DRAWS {
             // (index of the request, its drawn assignment, stream, event)
             let mut drawn = Vec::new();
-            for (index, request) in requests.iter().enumerate() {
-                if answered[index].is_some() {
-                    continue;
+            if let Some(drafts) = drafts.take() {
+                for (index, draft) in drafts.into_iter().enumerate() {
+                    drawn.push((index, draft.assigned, draft.stream, draft.event));
                 }
-                match self.drawn(request, attempt) {
-                    Ok((assigned, stream, event)) => drawn.push((index, assigned, stream, event)),
-                    Err(error) => answered[index] = Some(Err(error)),
+            } else {
+                for (index, request) in requests.iter().enumerate() {
+                    if answered[index].is_some() {
+                        continue;
+                    }
+                    match self.drawn(request, attempt) {
+                        Ok((assigned, stream, event)) => {
+                            drawn.push((index, assigned, stream, event))
+                        }
+                        Err(error) => answered[index] = Some(Err(error)),
+                    }
                 }
             }
             if drawn.is_empty() {

@@ -26,7 +26,7 @@ use lifeline_policies::identity::{IdentityAllocator, PinRequest, StoreAllocator}
 use lifeline_policies::reference::ReferenceData;
 use lifeline_policies::rules::{BIRTH_FOLLOWUPS, BIRTH_REGISTRATION, DEATH_REGISTRATION};
 use lifeline_policies::{PolicyEngine, PolicyError, PolicyHandler};
-use lifeline_store::EventStore;
+use lifeline_store::{EventStore, StoreTransaction, TransactionConnection};
 use lifeline_tests::chain::inbox_row_version;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -758,6 +758,105 @@ async fn a_batch_draws_every_child_a_number_and_draws_again_for_a_taken_one() {
         assert_eq!(
             prefilled[child],
             Some(json!(numbers[child])),
+            "the tasks carry the child's own number"
+        );
+    }
+    test_store.close().await;
+}
+
+/// How many times this transaction has called the grouped append's function that answers its
+/// refusal (`lifeline_try_append_new_streams`), by PostgreSQL's function statistics of the
+/// transaction (`SET LOCAL track_functions = 'pl'` first).
+async fn grouped_append_calls(tx: &mut StoreTransaction<'_>) -> i64 {
+    let TransactionConnection::Postgres(conn) = tx.connection() else {
+        panic!("a PostgreSQL transaction");
+    };
+    sqlx::query_scalar::<_, i64>(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions \
+         WHERE funcname = 'lifeline_try_append_new_streams'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+async fn track_functions(tx: &mut StoreTransaction<'_>) {
+    let TransactionConnection::Postgres(conn) = tx.connection() else {
+        panic!("a PostgreSQL transaction");
+    };
+    sqlx::query("SET LOCAL track_functions = 'pl'")
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// A batch of birth-registration completions whose children's first draws are free is stored
+/// in one statement: the numbers, the follow-up tasks and their inbox rows
+/// (`StoreTransaction::append_whole_with_new_tasks`), one call of the grouped append's function
+/// where the numbers and the tasks took one each. Delivered again, that whole is refused (the
+/// assignments are stored) and nothing of it stays: the batch goes append by append, and
+/// nothing is doubled.
+#[tokio::test]
+async fn a_batch_of_completions_is_stored_whole_with_the_childrens_numbers() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store();
+    let engine = PolicyEngine::embedded().unwrap();
+    let (births, batch) = completed_births(store, &engine).await;
+    let deliver = || async {
+        let mut tx = store.begin().await.unwrap();
+        track_functions(&mut tx).await;
+        engine
+            .apply_batch(BIRTH_FOLLOWUPS, &mut tx, &batch)
+            .await
+            .map_err(|(_, error)| error)
+            .unwrap();
+        let calls = grouped_append_calls(&mut tx).await;
+        tx.commit().await.unwrap();
+        calls
+    };
+    assert_eq!(
+        deliver().await,
+        1,
+        "the numbers and the tasks in one statement"
+    );
+    let after = log(store).await;
+    assert!(deliver().await > 1, "a redelivery is refused whole");
+    assert_eq!(log(store).await.len(), after.len(), "nothing doubled");
+
+    let mut numbers = BTreeMap::new();
+    let mut prefilled = Vec::new();
+    for event in &after {
+        if let Ok(SystemEvent::PersonalIdAssigned(assigned)) = decode_recorded(event) {
+            let earlier = numbers.insert(
+                assigned.life_event_id,
+                assigned.personal_id.as_str().to_owned(),
+            );
+            assert_eq!(earlier, None, "one number per child");
+        }
+        if let Ok(TaskEvent::TaskCreated(task)) = decode_recorded(event) {
+            if task.procedure != ProcedureId::BirthRegistration {
+                let row = lifeline_store::projections::task(store, task.task_id)
+                    .await
+                    .unwrap()
+                    .expect("the follow-up's inbox row, written with its creation");
+                assert_eq!(row.application, task.application);
+                prefilled.push((
+                    task.life_event_id,
+                    task.application.get("child.personal_id").cloned(),
+                ));
+            }
+        }
+    }
+    assert_eq!(numbers.len(), births.len());
+    assert_eq!(
+        prefilled.len(),
+        2 * births.len(),
+        "two follow-ups per child"
+    );
+    for (child, number) in prefilled {
+        assert_eq!(
+            number,
+            Some(json!(numbers[&child])),
             "the tasks carry the child's own number"
         );
     }

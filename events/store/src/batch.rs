@@ -461,6 +461,56 @@ pub(crate) async fn append_group_with_new_tasks(
     Ok((finish(group, answers, &positions)?, tasks_written))
 }
 
+/// A group that creates streams only, stored whole or not at all (inside the caller's
+/// transaction, which stays usable either way), with `tasks` (new tasks' inbox rows) inserted by
+/// the same statement: every append's outcome, or `None` when the group is not stored whole
+/// (an append the plan leaves to the careful path, a stream or event id stored meanwhile) and
+/// nothing of it was written.
+pub(crate) async fn append_group_whole(
+    conn: &mut PgConnection,
+    group: &[GroupAppend<'_>],
+    tasks: Option<NewTaskRows>,
+) -> Result<Option<Vec<AppendOutcome>>, StoreError> {
+    if group.is_empty() || !refuses_without_raising(group) {
+        return Ok(None);
+    }
+    let (answers, rows) = match plan(group, &HashMap::new(), &HashMap::new()) {
+        Ok(planned) => planned,
+        Err(FastError::Careful) => return Ok(None),
+        Err(FastError::Store(error)) => return Err(error),
+    };
+    if rows.event_ids.is_empty()
+        || !answers
+            .iter()
+            .all(|answer| matches!(answer, Planned::Write(..)))
+    {
+        return Ok(None);
+    }
+    let positions = match write(conn, &rows, Refusal::Answer, tasks).await {
+        Ok((positions, _)) => positions,
+        Err(FastError::Careful) => return Ok(None),
+        Err(FastError::Store(error)) => return Err(error),
+    };
+    finish(group, answers, &positions)
+        .map_err(|error| match error {
+            FastError::Store(error) => error,
+            FastError::Careful => StoreError::Corrupt {
+                global_position: 0,
+                reason: "a whole group was stored in part".to_owned(),
+            },
+        })?
+        .into_iter()
+        .map(|answer| match answer {
+            Answer::Stored(outcome, _) => Ok(outcome),
+            Answer::Careful => Err(StoreError::Corrupt {
+                global_position: 0,
+                reason: "a whole group was stored in part".to_owned(),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Locks the group's existing streams, in stream-id order; answers their version and last hash.
 async fn lock_streams(
     conn: &mut PgConnection,

@@ -755,6 +755,48 @@ impl<'s> StoreTransaction<'s> {
         Ok(self.append_many_with_new_tasks(appends, &[]).await?.0)
     }
 
+    /// Appends that all create their streams (`ExpectedVersion::NoStream`), stored whole by one
+    /// statement with the new tasks' inbox rows (`tasks`, as [`projections::insert_new_tasks`]
+    /// writes them), or not at all: every append's outcome, or `None` when the group is not
+    /// stored whole (a stream or event id stored already or meanwhile: a conflict or a
+    /// redelivery, which [`StoreTransaction::append_many`] answers append by append), and then
+    /// nothing of it, rows included, was written and the transaction goes on. Always `None` on
+    /// SQLite, and for appends that do not all create streams.
+    pub async fn append_whole_with_new_tasks(
+        &mut self,
+        appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
+        tasks: &[&projections::TaskRow],
+    ) -> Result<Option<Vec<AppendOutcome>>, StoreError> {
+        let TxInner::Postgres(tx) = &mut self.inner else {
+            return Ok(None);
+        };
+        let Ok(encoded) = appends
+            .iter()
+            .map(|(_, _, events)| append::encode_batch(events))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return Ok(None);
+        };
+        let group: Vec<batch::GroupAppend<'_>> = appends
+            .iter()
+            .zip(&encoded)
+            .map(|((stream, expected, _), events)| batch::GroupAppend {
+                stream,
+                expected: *expected,
+                events,
+                known_hash: None,
+            })
+            .collect();
+        let Ok(tasks) = NewTaskRows::new(tasks) else {
+            return Ok(None);
+        };
+        let stored = batch::append_group_whole(tx, &group, tasks).await?;
+        if stored.is_some() {
+            self.appended = true;
+        }
+        Ok(stored)
+    }
+
     /// [`StoreTransaction::append_many`] for appends that create tasks, with the new tasks'
     /// inbox rows (`tasks`, as [`projections::insert_new_tasks`] writes them): on PostgreSQL,
     /// when the appends create streams only and their grouped statement stores every one of
