@@ -766,7 +766,8 @@ async fn a_batch_draws_every_child_a_number_and_draws_again_for_a_taken_one() {
 
 /// How many times this transaction has called the grouped append's function that answers its
 /// refusal (`lifeline_try_append_new_streams`), by PostgreSQL's function statistics of the
-/// transaction (`SET LOCAL track_functions = 'pl'` first).
+/// transaction (`SET LOCAL track_functions = 'pl'` first, which takes a superuser: the test
+/// server's `postgres` role is one).
 async fn grouped_append_calls(tx: &mut StoreTransaction<'_>) -> i64 {
     let TransactionConnection::Postgres(conn) = tx.connection() else {
         panic!("a PostgreSQL transaction");
