@@ -22,6 +22,7 @@ backend_tests!(
     a_refused_new_stream_leaves_the_transaction_usable,
     a_held_stream_takes_no_append_until_its_holder_ends,
     new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams,
+    a_whole_group_is_stored_whole_or_not_at_all,
 );
 
 async fn concurrent_appends_at_one_version_let_exactly_one_win(store: EventStore) {
@@ -1280,4 +1281,147 @@ async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store
     assert_eq!(written, postgres);
     tx.commit().await.unwrap();
     assert_eq!(stored_row(claimed_d.task_id).await, Some(claimed_d));
+}
+
+/// `append_whole_with_new_tasks`: on PostgreSQL appends that all create their streams are
+/// stored whole, with their inbox rows, in one statement; a group with a stream that exists is
+/// refused whole (`None`), nothing of it written, rows included, and the transaction goes on;
+/// appends that do not all create streams are not tried. SQLite never tries (`None`).
+async fn a_whole_group_is_stored_whole_or_not_at_all(store: EventStore) {
+    use chrono::{DateTime, Utc};
+    use lifeline_model::procedure::ProcedureId;
+    use lifeline_model::task::{Application, TaskStatus};
+    use lifeline_model::values::OfficeCode;
+    use lifeline_store::projections::{self, TaskRow};
+    use uuid::Uuid;
+
+    let postgres = store.postgres_pool().is_some();
+    let at: DateTime<Utc> = "2026-12-07T02:00:00Z".parse().unwrap();
+    let row = || TaskRow {
+        task_id: Uuid::new_v4(),
+        procedure: ProcedureId::ResidenceRegistration,
+        agency: ProcedureId::ResidenceRegistration.agency(),
+        office: OfficeCode::parse("79-26734").unwrap(),
+        life_event_id: Uuid::new_v4(),
+        status: TaskStatus::Open,
+        claimed_by: None,
+        due_at: at,
+        overdue: false,
+        created_at: at,
+        updated_at: at,
+        application: Application::default(),
+        outcome: None,
+        reason: None,
+    };
+    let existing = new_stream("whole-existing");
+    store
+        .append(
+            &existing,
+            ExpectedVersion::NoStream,
+            &[new_event("E", json!({}))],
+        )
+        .await
+        .unwrap();
+
+    // Refused whole: `fresh` is not created, its row not written, and the transaction goes on.
+    let fresh = new_stream("whole-fresh");
+    let (event_fresh, row_fresh) = (new_event("F", json!({})), row());
+    let mut tx = store.begin().await.unwrap();
+    let refused = tx
+        .append_whole_with_new_tasks(
+            &[
+                (
+                    &fresh,
+                    ExpectedVersion::NoStream,
+                    std::slice::from_ref(&event_fresh),
+                ),
+                (
+                    &existing,
+                    ExpectedVersion::NoStream,
+                    &[new_event("E2", json!({}))],
+                ),
+            ],
+            &[&row_fresh],
+        )
+        .await
+        .unwrap();
+    assert!(refused.is_none());
+    // Not all creating streams: not tried.
+    let not_tried = tx
+        .append_whole_with_new_tasks(
+            &[(
+                &existing,
+                ExpectedVersion::Exact(StreamVersion(1)),
+                &[new_event("E3", json!({}))],
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(not_tried.is_none());
+    let alone = tx
+        .append(
+            &fresh,
+            ExpectedVersion::NoStream,
+            std::slice::from_ref(&event_fresh),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !alone.already_stored,
+        "the refused whole left nothing of `fresh`"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(store.read_stream(&existing).await.unwrap().len(), 1);
+    assert_eq!(store.read_stream(&fresh).await.unwrap().len(), 1);
+    assert_eq!(
+        projections::task(&store, row_fresh.task_id).await.unwrap(),
+        None
+    );
+
+    // All new: stored whole with the rows (PostgreSQL).
+    let (one, two) = (new_stream("whole-one"), new_stream("whole-two"));
+    let (row_one, row_two) = (row(), row());
+    let mut tx = store.begin().await.unwrap();
+    let stored = tx
+        .append_whole_with_new_tasks(
+            &[
+                (
+                    &one,
+                    ExpectedVersion::NoStream,
+                    &[new_event("O", json!({}))],
+                ),
+                (
+                    &two,
+                    ExpectedVersion::NoStream,
+                    &[new_event("T", json!({})), new_event("T2", json!({}))],
+                ),
+            ],
+            &[&row_one, &row_two],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    if !postgres {
+        assert!(stored.is_none());
+        return;
+    }
+    let stored = stored.expect("stored whole");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|outcome| outcome.stream_version.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(stored[0].last_position < stored[1].first_position);
+    assert_eq!(store.read_stream(&two).await.unwrap().len(), 2);
+    assert_eq!(
+        projections::task(&store, row_one.task_id).await.unwrap(),
+        Some(row_one)
+    );
+    assert_eq!(
+        projections::task(&store, row_two.task_id).await.unwrap(),
+        Some(row_two)
+    );
 }
