@@ -190,11 +190,14 @@ impl PolicyHandler for PolicyEngine {
     /// Every policy but `corrections` runs a batch in three steps: every event's reads (the
     /// follow-ups' read ahead for the whole batch: `ReadAhead`), then
     /// the writes a decision needs (every child's personal ID number, drawn together:
-    /// `IdentityAllocator::assign_many`), then every event's appends
-    /// in one grouped append (`StoreTransaction::append_many`). The batch's events do not
+    /// `IdentityAllocator::assign_many`), then every event's appends with the new tasks' inbox
+    /// rows in one grouped append (`StoreTransaction::append_many_with_new_tasks`). A batch
+    /// with children to number first tries the last two steps as one statement, the numbers
+    /// drafted (`IdentityAllocator::draft_many`, `append_drafted`). The batch's events do not
     /// read what the batch writes (a completion's task and record were written before it), so
     /// the transaction takes its first write, which holds back every gap-free reader of the
-    /// log, only after the last read. `corrections` reads the tasks that earlier corrections
+    /// log, only after the last read (the held read of records counts as a write: its row
+    /// locks give the transaction its id). `corrections` reads the tasks that earlier corrections
     /// of the batch may have changed, and applies one event after another.
     async fn apply_batch(
         &self,
@@ -281,7 +284,8 @@ impl PolicyHandler for PolicyEngine {
             run.decide(read, number)?
         };
         // The event's commands are appended together: one statement when they all create
-        // streams (`StoreTransaction::append_many`), each still answered on its own.
+        // streams (`StoreTransaction::append_many_with_new_tasks`, through `append_planned`),
+        // each still answered on its own.
         let planned = commands
             .into_iter()
             .map(|command| run.prepare(command).map(|prepared| (None, prepared)))
@@ -356,15 +360,18 @@ impl PolicyEngine {
         } else {
             self.allocator.draft_many(&requests)
         };
-        if let Some(drafts) = &drafts {
-            if append_drafted(tx, &runs, drafts).await? {
+        let whole: Option<Vec<&DraftedAssignment>> = drafts
+            .as_ref()
+            .and_then(|drafts| drafts.iter().map(|draft| draft.as_ref().ok()).collect());
+        if let Some(whole) = whole {
+            if append_drafted(tx, &runs, &whole).await? {
                 return Ok(());
             }
         }
         let mut assigned = match drafts {
             _ if requests.is_empty() => Ok(Vec::new()),
             // The drafts are the first draws: a number taken is drawn again, an earlier
-            // assignment answered.
+            // assignment answered, a failed draft's error answered for its event.
             Some(drafts) => {
                 self.allocator
                     .assign_many_drafted(tx, &requests, drafts)
@@ -396,15 +403,17 @@ impl PolicyEngine {
 /// A batch's runs decided with the children's drafted numbers (`drafts`, one per birth read, in
 /// order) and appended whole with them and the new tasks' inbox rows, the assignments first, in
 /// one statement (`StoreTransaction::append_whole_with_new_tasks`): true if stored. False when
-/// the store refused the whole (nothing of it written: the caller draws and assigns the numbers
-/// on their own, and decides again), or when a decision or an append could not be made from a
-/// draft (the caller's own run meets that again and answers it for its event).
+/// the store refused the whole (nothing of it written: the caller stores the drafts as the
+/// first draws with `IdentityAllocator::assign_many_drafted`, drawing again only for a number
+/// taken, and decides again: one statement more than the two-step way alone), or when a
+/// decision or an append could not be made from a draft (the caller's own run meets that again
+/// and answers it for its event).
 async fn append_drafted(
     tx: &mut StoreTransaction<'_>,
     runs: &[(usize, Run<'_>, Read)],
-    drafts: &[DraftedAssignment],
+    drafts: &[&DraftedAssignment],
 ) -> Result<bool, (Option<usize>, PolicyError)> {
-    let mut drafts = drafts.iter();
+    let mut drafts = drafts.iter().copied();
     let mut assignments = Vec::new();
     let mut planned: Vec<PlannedAppend> = Vec::new();
     for (index, run, read) in runs {

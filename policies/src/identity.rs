@@ -87,31 +87,37 @@ pub trait IdentityAllocator: Send + Sync {
         Ok(answered)
     }
 
-    /// A first draw for each of `requests`, not stored: each assignment with the append that
-    /// would store it (`ExpectedVersion::NoStream` on its stream), for a caller that stores them
-    /// together with what it decides from them, all or nothing
-    /// (`StoreTransaction::append_whole_with_new_tasks`). If that is refused (a number taken,
-    /// an earlier assignment), the caller forgets the drafts and calls
-    /// [`IdentityAllocator::assign_many`]. `None` (the default: an allocator that is another
-    /// system) when this allocator cannot draft, or a draft failed.
-    fn draft_many(&self, requests: &[PinRequest]) -> Option<Vec<DraftedAssignment>> {
+    /// A first draw for each of `requests`, in order, not stored: each assignment with the
+    /// append that would store it (`ExpectedVersion::NoStream` on its stream), or why none
+    /// could be drawn. For a caller that stores them together with what it decides from them,
+    /// all or nothing (`StoreTransaction::append_whole_with_new_tasks`). If that is refused (a
+    /// number taken, an earlier assignment: a redelivery), or a draft failed, the caller
+    /// passes the drafts to [`IdentityAllocator::assign_many_drafted`], which stores them as
+    /// its first draws. `None` (the default: an allocator that is another system) when this
+    /// allocator does not draft.
+    fn draft_many(&self, requests: &[PinRequest]) -> Option<Drafts> {
         let _ = requests;
         None
     }
 
     /// [`IdentityAllocator::assign_many`] whose first draws are `drafts` (this allocator's
     /// [`IdentityAllocator::draft_many`] for the same `requests`, not stored): an allocator
-    /// that drafts starts from them instead of drawing again. By default they are forgotten.
+    /// that drafts starts from them instead of drawing again (a failed draft answers its
+    /// request's error, as a failed first draw does). By default they are forgotten.
     async fn assign_many_drafted(
         &self,
         tx: &mut StoreTransaction<'_>,
         requests: &[PinRequest],
-        drafts: Vec<DraftedAssignment>,
+        drafts: Drafts,
     ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
         let _ = drafts;
         self.assign_many(tx, requests).await
     }
 }
+
+/// Each request's first draw, not stored, in the requests' order
+/// ([`IdentityAllocator::draft_many`]).
+pub type Drafts = Vec<Result<DraftedAssignment, IdentityError>>;
 
 /// A drawn assignment not yet stored, with the append that stores it
 /// ([`IdentityAllocator::draft_many`]).
@@ -345,19 +351,20 @@ impl IdentityAllocator for StoreAllocator {
     }
 
     /// Each request's first draw (the draw [`IdentityAllocator::assign_many`] starts with).
-    fn draft_many(&self, requests: &[PinRequest]) -> Option<Vec<DraftedAssignment>> {
-        requests
-            .iter()
-            .map(|request| {
-                self.drawn(request, 0)
-                    .ok()
-                    .map(|(assigned, stream, event)| DraftedAssignment {
-                        assigned,
-                        stream,
-                        event,
-                    })
-            })
-            .collect()
+    fn draft_many(&self, requests: &[PinRequest]) -> Option<Drafts> {
+        Some(
+            requests
+                .iter()
+                .map(|request| {
+                    self.drawn(request, 0)
+                        .map(|(assigned, stream, event)| DraftedAssignment {
+                            assigned,
+                            stream,
+                            event,
+                        })
+                })
+                .collect(),
+        )
     }
 
     /// Each draw round appends every request still without a number in one
@@ -378,7 +385,7 @@ impl IdentityAllocator for StoreAllocator {
         &self,
         tx: &mut StoreTransaction<'_>,
         requests: &[PinRequest],
-        drafts: Vec<DraftedAssignment>,
+        drafts: Drafts,
     ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
         self.assign_rounds(tx, requests, Some(drafts)).await
     }
@@ -391,7 +398,7 @@ impl StoreAllocator {
         &self,
         tx: &mut StoreTransaction<'_>,
         requests: &[PinRequest],
-        drafts: Option<Vec<DraftedAssignment>>,
+        drafts: Option<Drafts>,
     ) -> Result<Vec<Result<PersonalIdAssigned, IdentityError>>, StoreError> {
         let mut answered: Vec<Option<Result<PersonalIdAssigned, IdentityError>>> =
             requests.iter().map(|_| None).collect();
@@ -401,7 +408,10 @@ impl StoreAllocator {
             let mut drawn = Vec::new();
             if let Some(drafts) = drafts.take() {
                 for (index, draft) in drafts.into_iter().enumerate() {
-                    drawn.push((index, draft.assigned, draft.stream, draft.event));
+                    match draft {
+                        Ok(draft) => drawn.push((index, draft.assigned, draft.stream, draft.event)),
+                        Err(error) => answered[index] = Some(Err(error)),
+                    }
                 }
             } else {
                 for (index, request) in requests.iter().enumerate() {

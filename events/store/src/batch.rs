@@ -28,9 +28,10 @@
 //!   append of it goes the careful way.
 //!
 //! A policy's group may carry its new tasks' inbox rows
-//! (`StoreTransaction::append_many_with_new_tasks`): when the group creates streams only and
-//! its statement is to store every append, the rows are inserted by the same statement
-//! ([`append_group_with_new_tasks`]), one round trip instead of two.
+//! (`StoreTransaction::append_many_with_new_tasks`, `StoreTransaction::append_whole_with_new_tasks`):
+//! when the group creates streams only and its statement is to store every append, the rows
+//! are inserted by the same statement ([`append_group_with_new_tasks`],
+//! [`append_group_whole`]), one round trip instead of two.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -452,11 +453,7 @@ pub(crate) async fn append_group_with_new_tasks(
         return Ok((finish(group, answers, &HashMap::new())?, false));
     }
     // The rows go with the statement only if it is to store every append of the group.
-    let tasks = tasks.filter(|_| {
-        answers
-            .iter()
-            .all(|answer| matches!(answer, Planned::Write(..)))
-    });
+    let tasks = tasks.filter(|_| stores_every_append(group, &answers));
     let (positions, tasks_written) = write(conn, &rows, refusal, tasks).await?;
     Ok((finish(group, answers, &positions)?, tasks_written))
 }
@@ -479,11 +476,7 @@ pub(crate) async fn append_group_whole(
         Err(FastError::Careful) => return Ok(None),
         Err(FastError::Store(error)) => return Err(error),
     };
-    if rows.event_ids.is_empty()
-        || !answers
-            .iter()
-            .all(|answer| matches!(answer, Planned::Write(..)))
-    {
+    if rows.event_ids.is_empty() || !stores_every_append(group, &answers) {
         return Ok(None);
     }
     let positions = match write(conn, &rows, Refusal::Answer, tasks).await {
@@ -509,6 +502,16 @@ pub(crate) async fn append_group_whole(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// Whether the writing statement of `answers` (the plan of `group`) stores every append of
+/// the group: each planned to be written, each with events (an append of none is answered
+/// apart from the statement).
+fn stores_every_append(group: &[GroupAppend<'_>], answers: &[Planned]) -> bool {
+    group
+        .iter()
+        .zip(answers)
+        .all(|(append, answer)| matches!(answer, Planned::Write(..)) && !append.events.is_empty())
 }
 
 /// Locks the group's existing streams, in stream-id order; answers their version and last hash.
@@ -746,7 +749,11 @@ async fn write(
     };
     let row = match query.fetch_one(conn).await {
         Ok(row) => row,
-        Err(error) if is_not_as_planned(&error) => return Err(FastError::Careful),
+        // A statement that answers its refusal raises nothing for one: an error it raises came
+        // from outside the function (the inbox rows' insert), and has failed the transaction.
+        Err(error) if !answers_refusal && is_not_as_planned(&error) => {
+            return Err(FastError::Careful)
+        }
         Err(error) => return Err(error.into()),
     };
     if answers_refusal && row.try_get::<bool, _>("refused")? {

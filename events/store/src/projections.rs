@@ -749,8 +749,9 @@ fn select_unnest(columns: &[Column], first: usize, from: &str, condition: &str) 
 
 /// New tasks' inbox rows, one array per column, for a statement that inserts them as
 /// [`insert_new_tasks`] does along with other work: the grouped append of a policy's new
-/// streams (`StoreTransaction::append_many_with_new_tasks`), so that they cost no statement of
-/// their own.
+/// streams (`StoreTransaction::append_many_with_new_tasks`,
+/// `StoreTransaction::append_whole_with_new_tasks`), so that they cost no statement of their
+/// own.
 pub(crate) struct NewTaskRows {
     columns: Vec<Column>,
 }
