@@ -1156,31 +1156,13 @@ async fn a_held_stream_takes_no_append_until_its_holder_ends(store: EventStore) 
 /// refused (a redelivery among the appends: the rest is stored, regrouped, and the caller
 /// inserts the rows of what it appended); on SQLite never (the caller inserts them).
 async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store: EventStore) {
-    use chrono::{DateTime, Utc};
     use lifeline_model::procedure::ProcedureId;
-    use lifeline_model::task::{Application, TaskStatus};
-    use lifeline_model::values::OfficeCode;
+    use lifeline_model::task::TaskStatus;
     use lifeline_store::projections::{self, TaskRow};
     use uuid::Uuid;
 
     let postgres = store.postgres_pool().is_some();
-    let at: DateTime<Utc> = "2026-12-07T01:00:00Z".parse().unwrap();
-    let row = |status: TaskStatus| TaskRow {
-        task_id: Uuid::new_v4(),
-        procedure: ProcedureId::BirthRegistration,
-        agency: ProcedureId::BirthRegistration.agency(),
-        office: OfficeCode::parse("79-26734").unwrap(),
-        life_event_id: Uuid::new_v4(),
-        status,
-        claimed_by: (status == TaskStatus::Claimed).then(|| "officer-1".to_owned()),
-        due_at: at,
-        overdue: false,
-        created_at: at,
-        updated_at: at,
-        application: Application::default(),
-        outcome: None,
-        reason: None,
-    };
+    let row = |status: TaskStatus| new_task_row(ProcedureId::BirthRegistration, status);
     let stored_row = |task_id: Uuid| {
         let store = store.clone();
         async move { projections::task(&store, task_id).await.unwrap() }
@@ -1288,31 +1270,12 @@ async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store
 /// refused whole (`None`), nothing of it written, rows included, and the transaction goes on;
 /// appends that do not all create streams are not tried. SQLite never tries (`None`).
 async fn a_whole_group_is_stored_whole_or_not_at_all(store: EventStore) {
-    use chrono::{DateTime, Utc};
     use lifeline_model::procedure::ProcedureId;
-    use lifeline_model::task::{Application, TaskStatus};
-    use lifeline_model::values::OfficeCode;
-    use lifeline_store::projections::{self, TaskRow};
-    use uuid::Uuid;
+    use lifeline_model::task::TaskStatus;
+    use lifeline_store::projections;
 
     let postgres = store.postgres_pool().is_some();
-    let at: DateTime<Utc> = "2026-12-07T02:00:00Z".parse().unwrap();
-    let row = || TaskRow {
-        task_id: Uuid::new_v4(),
-        procedure: ProcedureId::ResidenceRegistration,
-        agency: ProcedureId::ResidenceRegistration.agency(),
-        office: OfficeCode::parse("79-26734").unwrap(),
-        life_event_id: Uuid::new_v4(),
-        status: TaskStatus::Open,
-        claimed_by: None,
-        due_at: at,
-        overdue: false,
-        created_at: at,
-        updated_at: at,
-        application: Application::default(),
-        outcome: None,
-        reason: None,
-    };
+    let row = || new_task_row(ProcedureId::ResidenceRegistration, TaskStatus::Open);
     let existing = new_stream("whole-existing");
     store
         .append(
@@ -1424,4 +1387,29 @@ async fn a_whole_group_is_stored_whole_or_not_at_all(store: EventStore) {
         projections::task(&store, row_two.task_id).await.unwrap(),
         Some(row_two)
     );
+}
+
+/// A new task's inbox row for `procedure` in `status`, fixed times, no application.
+fn new_task_row(
+    procedure: lifeline_model::procedure::ProcedureId,
+    status: lifeline_model::task::TaskStatus,
+) -> lifeline_store::projections::TaskRow {
+    use lifeline_model::task::TaskStatus;
+    let at: chrono::DateTime<chrono::Utc> = "2026-12-07T01:00:00Z".parse().unwrap();
+    lifeline_store::projections::TaskRow {
+        task_id: uuid::Uuid::new_v4(),
+        procedure,
+        agency: procedure.agency(),
+        office: lifeline_model::values::OfficeCode::parse("79-26734").unwrap(),
+        life_event_id: uuid::Uuid::new_v4(),
+        status,
+        claimed_by: (status == TaskStatus::Claimed).then(|| "officer-1".to_owned()),
+        due_at: at,
+        overdue: false,
+        created_at: at,
+        updated_at: at,
+        application: lifeline_model::task::Application::default(),
+        outcome: None,
+        reason: None,
+    }
 }
