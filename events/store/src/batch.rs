@@ -471,37 +471,37 @@ pub(crate) async fn append_group_whole(
     if group.is_empty() || !refuses_without_raising(group) {
         return Ok(None);
     }
-    let (answers, rows) = match plan(group, &HashMap::new(), &HashMap::new()) {
-        Ok(planned) => planned,
-        Err(FastError::Careful) => return Ok(None),
-        Err(FastError::Store(error)) => return Err(error),
+    let Some((answers, rows)) = settled(plan(group, &HashMap::new(), &HashMap::new()))? else {
+        return Ok(None);
     };
     if rows.event_ids.is_empty() || !stores_every_append(group, &answers) {
         return Ok(None);
     }
-    let positions = match write(conn, &rows, Refusal::Answer, tasks).await {
-        Ok((positions, _)) => positions,
-        Err(FastError::Careful) => return Ok(None),
-        Err(FastError::Store(error)) => return Err(error),
+    let Some((positions, _)) = settled(write(conn, &rows, Refusal::Answer, tasks).await)? else {
+        return Ok(None);
     };
-    finish(group, answers, &positions)
-        .map_err(|error| match error {
-            FastError::Store(error) => error,
-            FastError::Careful => StoreError::Corrupt {
-                global_position: 0,
-                reason: "a whole group was stored in part".to_owned(),
-            },
-        })?
+    let stored_in_part = || StoreError::Corrupt {
+        global_position: 0,
+        reason: "a whole group was stored in part".to_owned(),
+    };
+    settled(finish(group, answers, &positions))?
+        .ok_or_else(stored_in_part)?
         .into_iter()
         .map(|answer| match answer {
             Answer::Stored(outcome, _) => Ok(outcome),
-            Answer::Careful => Err(StoreError::Corrupt {
-                global_position: 0,
-                reason: "a whole group was stored in part".to_owned(),
-            }),
+            Answer::Careful => Err(stored_in_part()),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// A fast-path step's result with [`FastError::Careful`] as `None` (nothing stored).
+fn settled<T>(result: Result<T, FastError>) -> Result<Option<T>, StoreError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(FastError::Careful) => Ok(None),
+        Err(FastError::Store(error)) => Err(error),
+    }
 }
 
 /// Whether the writing statement of `answers` (the plan of `group`) stores every append of
