@@ -102,6 +102,78 @@ pub struct LoadedLifeEvent {
     pub events: Vec<RecordedEvent>,
 }
 
+impl LoadedLifeEvent {
+    /// The index of the first event stored under the client's `Idempotency-Key` `key`, if any:
+    /// a correction or void with a key derives its event id from the record's stream and the
+    /// key, so a second request with the same key is a retry of that event's request (answered
+    /// as it was, nothing stored) or a reuse of the key for another request (refused).
+    pub fn keyed(&self, key: &str) -> Option<usize> {
+        self.events
+            .iter()
+            .position(|event| event.metadata.idempotency_key.as_deref() == Some(key))
+    }
+
+    /// The record as it stood before its event at `index` (its state after `events[..index]`).
+    pub fn state_before(&self, index: usize) -> Result<LifeEvent, RegistryError> {
+        let mut state = LifeEvent::default();
+        for event in self.events.iter().take(index) {
+            let decoded: LifeEventEvent = codec::decode_recorded(event)
+                .map_err(|error| RegistryError::Fault(error.to_string()))?;
+            state.apply(decoded);
+        }
+        Ok(state)
+    }
+
+    /// The event at `index`, decoded.
+    pub fn decoded(&self, index: usize) -> Result<Option<LifeEventEvent>, RegistryError> {
+        self.events
+            .get(index)
+            .map(|event| {
+                codec::decode_recorded(event)
+                    .map_err(|error| RegistryError::Fault(error.to_string()))
+            })
+            .transpose()
+    }
+}
+
+/// A registrar's change of a record (a correction or a void): the reason, the day it is
+/// recorded on, and the version the registrar read, if given.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub reason: String,
+    pub on: NaiveDate,
+    pub expected: Option<StreamVersion>,
+}
+
+/// Whether a correction or a void stored its event, or found it stored before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Appended now.
+    New,
+    /// Its event id was in the log already (the same `Idempotency-Key` on this record):
+    /// nothing was appended.
+    Before,
+}
+
+impl Stored {
+    fn of(outcome: Option<&lifeline_store::AppendOutcome>) -> Self {
+        match outcome {
+            Some(outcome) if outcome.already_stored => Self::Before,
+            _ => Self::New,
+        }
+    }
+}
+
+/// [`RegistryError::Conflict`] unless the record is at `expected` (if given).
+fn check_expected(expected: Option<StreamVersion>, current: usize) -> Result<(), RegistryError> {
+    match expected {
+        Some(expected) if i64::try_from(current).ok() != Some(expected.0) => {
+            Err(RegistryError::Conflict)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a record command did.
 enum Executed {
     /// Appended the record's first event at this position.
@@ -275,15 +347,20 @@ impl Registry {
     ///
     /// `build` and the check may refuse with their own error `E`: the answer is then
     /// `Ok(Err(e))` and nothing is stored.
+    ///
+    /// With `expected`, a record at another version is [`RegistryError::Conflict`] (checked
+    /// against the version the correction is decided and committed on). The answer is
+    /// [`Stored::New`], or [`Stored::Before`] when the correction's event id was stored already
+    /// (the actor's `Idempotency-Key` was used on this record before: see
+    /// [`LoadedLifeEvent::keyed`]).
     pub async fn correct_with<F, C, E>(
         &self,
         actor: &Actor,
         stream_id: &StreamId,
-        reason: String,
-        today: NaiveDate,
+        change: Change,
         build: F,
         guard: Option<(Uuid, C)>,
-    ) -> Result<Result<(), E>, RegistryError>
+    ) -> Result<Result<Stored, E>, RegistryError>
     where
         F: FnOnce(&LifeEvent) -> Result<Declaration, E>,
         C: FnOnce(&Declaration, Option<&RecordedEvent>) -> Result<(), E>,
@@ -293,6 +370,10 @@ impl Registry {
             .load_aggregate(stream_id.as_str())
             .await
             .map_err(RegistryError::from)?;
+        check_expected(change.expected, context.current_sequence)?;
+        let Change {
+            reason, on: today, ..
+        } = change;
         let declaration = match build(context.aggregate()) {
             Ok(declaration) => declaration,
             Err(refusal) => return Ok(Err(refusal)),
@@ -317,18 +398,19 @@ impl Registry {
             &self.metadata(actor, stream_id),
         )?;
         let Some((guard, check)) = guard else {
-            self.repository
+            let outcome = self
+                .repository
                 .append_serialized(&serialized)
                 .await
                 .map_err(persistence_error)?;
-            return Ok(Ok(()));
+            return Ok(Ok(Stored::of(outcome.as_ref())));
         };
         Ok(self
             .repository
             .append_serialized_checked(&serialized, guard, |stored| check(&declaration, stored))
             .await
             .map_err(persistence_error)?
-            .map(|_| ()))
+            .map(|outcome| Stored::of(outcome.as_ref())))
     }
 
     /// The record of `life_event_id` (a birth or a death), rebuilt from its stream.
@@ -358,18 +440,44 @@ impl Registry {
     }
 
     /// Voids a record made in error, giving the reason.
+    ///
+    /// With `expected`, a record at another version is [`RegistryError::Conflict`]; the answer
+    /// is [`Stored::Before`] when the void's event id was stored already (as for
+    /// [`Registry::correct_with`]).
     pub async fn void(
         &self,
         actor: &Actor,
         stream_id: &StreamId,
-        reason: String,
-        today: NaiveDate,
-    ) -> Result<(), RegistryError> {
+        change: Change,
+    ) -> Result<Stored, RegistryError> {
+        let mut context = self
+            .event_store
+            .load_aggregate(stream_id.as_str())
+            .await
+            .map_err(RegistryError::from)?;
+        check_expected(change.expected, context.current_sequence)?;
         let command = LifeEventCommand::Void {
-            reason,
-            recorded_on: today,
+            reason: change.reason,
+            recorded_on: change.on,
         };
-        self.execute(actor, stream_id, command).await.map(|_| ())
+        let sink: EventSink<LifeEvent> = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
+        let serialized = serialize(
+            &context.aggregate_id,
+            context.current_sequence,
+            sink.collect().await,
+            &self.metadata(actor, stream_id),
+        )?;
+        let outcome = self
+            .repository
+            .append_serialized(&serialized)
+            .await
+            .map_err(persistence_error)?;
+        Ok(Stored::of(outcome.as_ref()))
     }
 
     /// The id of a new record: derived from the idempotency key when there is one, so that a

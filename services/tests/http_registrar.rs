@@ -5,7 +5,12 @@ mod http_common;
 
 use axum::http::{Method, StatusCode};
 use http_common::*;
+use lifeline::registry::{Actor, Change, RegistryError, Stored};
+use lifeline_model::declaration::Declaration;
+use lifeline_model::envelope::{RecordedEvent, Role, StreamVersion};
+use lifeline_model::values::FullName;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 /// One bad request of the table.
 struct Case {
@@ -352,6 +357,180 @@ async fn an_idempotency_key_answers_the_same_and_refuses_another_body() {
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(body["life_event_id"], first["life_event_id"]);
     assert_eq!(app.log_len().await, 2);
+}
+
+/// A correction or a void carries an `Idempotency-Key` like a recording: the same request
+/// again is answered as the first time (not "nothing changed" or "already voided", and not a
+/// 409 for the version it moved on from), and the key used before on the record for anything
+/// else (the recording, another correction) is refused. Before, the command's event id came
+/// from the record and the key alone, so such a request was answered 200 with nothing stored.
+#[tokio::test]
+async fn corrections_and_voids_with_an_idempotency_key_are_retried_safely() {
+    let app = TestApp::new().await;
+    let token = registrar(HCM_OFFICE);
+    let (status, recorded, _) = app
+        .call_raw(
+            Method::POST,
+            "/v1/births",
+            Some(&token),
+            Some(serde_json::to_vec(&birth_body()).unwrap()),
+            &[("idempotency-key", "record-1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    let path = format!(
+        "/v1/life-events/{}",
+        recorded["life_event_id"].as_str().unwrap()
+    );
+    let corrections = format!("{path}/corrections");
+    let send = |uri: &str, body: Value, key: &'static str| {
+        let (app, token, uri) = (&app, token.clone(), uri.to_owned());
+        async move {
+            app.call_raw(
+                Method::POST,
+                &uri,
+                Some(&token),
+                Some(serde_json::to_vec(&body).unwrap()),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let name = json!({ "reason": "typo in the name", "expected_version": 1,
+                       "changes": { "child": { "full_name": "Nguyễn Minh Anh" } } });
+
+    // The recording's key on a correction: refused, nothing stored.
+    let (status, body, _) = send(&corrections, name.clone(), "record-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.log_len().await, 1);
+
+    let (status, first, _) = send(&corrections, name.clone(), "fix-1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["version"], 2);
+    assert_eq!(
+        first["declaration"]["child"]["full_name"],
+        "Nguyễn Minh Anh"
+    );
+    let (status, again, _) = send(&corrections, name.clone(), "fix-1").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a retry is answered as the first time: {again}"
+    );
+    assert_eq!(again, first);
+    assert_eq!(
+        app.log_len().await,
+        2,
+        "a retried correction stores nothing"
+    );
+
+    // The same key for another correction: refused, nothing stored.
+    let hometown =
+        json!({ "reason": "hometown", "changes": { "child": { "hometown": "Bình Dương" } } });
+    let (status, body, _) = send(&corrections, hometown.clone(), "fix-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    let mut other_reason = name.clone();
+    other_reason["reason"] = json!("another reason");
+    let (status, body, _) = send(&corrections, other_reason, "fix-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.log_len().await, 2);
+    let (status, body, _) = send(&corrections, hometown, "fix-2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 3);
+
+    let void = format!("{path}/void");
+    let reason = json!({ "reason": "recorded in error", "expected_version": 3 });
+    let (status, body, _) = send(&void, reason.clone(), "fix-2").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    let (status, voided, _) = send(&void, reason.clone(), "void-1").await;
+    assert_eq!(status, StatusCode::OK, "{voided}");
+    assert_eq!(voided["voided"], true);
+    let (status, again, _) = send(&void, reason, "void-1").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a retried void is answered as the first time: {again}"
+    );
+    assert_eq!(again, voided);
+    let (status, body, _) = send(&void, json!({ "reason": "another" }), "void-1").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.log_len().await, 4);
+}
+
+/// The version a registrar read (`expected_version`) is checked against the version the
+/// change is decided and committed on, not only against the handler's earlier read: a change
+/// committed in between is a conflict, and nothing is stored.
+#[tokio::test]
+async fn a_change_against_a_version_moved_since_is_a_conflict() {
+    let app = TestApp::new().await;
+    let id = record_birth(&app).await;
+    let registry = &app.state.registry;
+    let loaded = registry.load(id.parse().unwrap()).await.unwrap().unwrap();
+    let actor = Actor {
+        id: "registrar-79-26734".to_owned(),
+        role: Role::Registrar,
+        office: Some(HCM_OFFICE.to_owned()),
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    let change = |reason: &str, expected: i64| Change {
+        reason: reason.to_owned(),
+        on: now().date_naive(),
+        expected: Some(StreamVersion(expected)),
+    };
+    let declaration = loaded.state.declaration.clone().unwrap();
+    let renamed = |mut declaration: Declaration, name: &str| {
+        if let Declaration::Birth(birth) = &mut declaration {
+            birth.child.full_name = FullName::parse_field(name, "name").unwrap();
+        }
+        declaration
+    };
+    let unguarded = None::<(
+        Uuid,
+        fn(&Declaration, Option<&RecordedEvent>) -> Result<(), ()>,
+    )>;
+    // Read at version 1; another registrar's correction commits first (version 2).
+    registry
+        .correct_with(
+            &actor,
+            &loaded.stream_id,
+            change("first", 1),
+            |_| Ok(renamed(declaration.clone(), "Nguyễn Minh Anh")),
+            unguarded,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let late = registry
+        .correct_with(
+            &actor,
+            &loaded.stream_id,
+            change("second", 1),
+            |_| Ok(renamed(declaration.clone(), "Nguyễn Minh Châu")),
+            unguarded,
+        )
+        .await;
+    assert!(matches!(late, Err(RegistryError::Conflict)), "{late:?}");
+    let late = registry
+        .void(&actor, &loaded.stream_id, change("void", 1))
+        .await;
+    assert!(matches!(late, Err(RegistryError::Conflict)), "{late:?}");
+    assert_eq!(
+        app.log_len().await,
+        2,
+        "only the first correction is stored"
+    );
+    let stored = registry
+        .void(&actor, &loaded.stream_id, change("void", 2))
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::New);
+    assert_eq!(app.log_len().await, 3);
 }
 
 #[tokio::test]

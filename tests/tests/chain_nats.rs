@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_trait::async_trait;
-use lifeline::registry::Registry;
+use lifeline::registry::{Change, Registry};
 use lifeline_model::declaration::Declaration;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, RecordedEvent};
 use lifeline_model::procedure::ProcedureId;
@@ -275,8 +275,11 @@ async fn birth_and_death_chains_run_end_to_end_over_nats() {
         .void(
             &registrar("79-26734", None),
             &birth.stream_id,
-            "nhập nhầm".into(),
-            today(),
+            Change {
+                reason: "nhập nhầm".into(),
+                on: today(),
+                expected: None,
+            },
         )
         .await
         .unwrap();

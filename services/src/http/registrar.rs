@@ -8,13 +8,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, ChildInput,
     DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput, Declaration, NoticeInput,
     ParentInput, ResidenceInput,
 };
-use lifeline_model::envelope::RecordedEvent;
-use lifeline_model::life_event::LifeEvent;
+use lifeline_model::envelope::{RecordedEvent, StreamVersion};
+use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{PersonalIdAssigned, ReadResource};
 use lifeline_model::validation::{FieldError, ValidationErrors};
@@ -32,7 +34,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_json, ApiJson, RequestContext};
 use super::AppState;
 use crate::auth::{authorize, authorize_role, Action, Principal, Scope, Target};
-use crate::registry::{Actor, LoadedLifeEvent, Recorded};
+use crate::registry::{Actor, Change, LoadedLifeEvent, Recorded, RegistryError, Stored};
 
 // ---------------------------------------------------------------------------------------------
 // Payloads.
@@ -445,7 +447,7 @@ pub async fn get_life_event(
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
-        (status = 422, description = "invalid fields (also `personal_id_assigned`: a change of a birth's child sex or year of birth that its assigned personal ID number encodes), nothing changed, or voided", body = ErrorBody),
+        (status = 422, description = "invalid fields (also `personal_id_assigned`: a change of a birth's child sex or year of birth that its assigned personal ID number encodes), nothing changed, voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same request again is answered 200 and stores nothing)", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -462,7 +464,6 @@ pub async fn correct_life_event(
     let loaded = load_record(&state, &id).await?;
     let office = current_declaration(&loaded.state)?.office().clone();
     authorize(&principal, Action::ChangeLifeEvent, Target::Office(&office))?;
-    check_expected_version(&loaded, body.expected_version)?;
     let mut errors = ValidationErrors::default();
     let reason = required_reason(&mut errors, body.reason);
     let changes = match body.changes {
@@ -483,9 +484,24 @@ pub async fn correct_life_event(
     let (Some(reason), Some(changes)) = (reason, changes) else {
         return Err(ApiError::validation(&errors));
     };
+    let offices = state.offices.clone();
+    // The same correction again (a retry: same Idempotency-Key, same body) is answered as the
+    // first time; the key used before for anything else is refused. Before the version check:
+    // the retried request's `expected_version` is the one its first attempt moved on from.
+    let again = |before: &LifeEvent, recorded_on: NaiveDate| {
+        Ok(LifeEventCommand::Correct {
+            declaration: corrected_declaration(before, &changes, recorded_on, offices.as_deref())?,
+            reason: reason.clone(),
+            recorded_on,
+        })
+    };
+    if let Some(index) = keyed(&context, &loaded) {
+        replay(&loaded, index, &again).await?;
+        return record_body(&state, &id).await;
+    }
+    check_expected_version(&loaded, body.expected_version)?;
     let today = state.today();
     let actor = actor(&principal, &context);
-    let offices = state.offices.clone();
     // A birth's child may have been given a number (birth-followups, once the registration
     // completed): the correction must not contradict it. It is read once the correction holds
     // the record, so that a number assigned meanwhile (its policy holds the record while it
@@ -494,13 +510,16 @@ pub async fn correct_life_event(
         Declaration::Birth(_) => Some(life_event_id(&loaded)?),
         Declaration::Death(_) => None,
     };
-    state
+    let stored = state
         .registry
         .correct_with(
             &actor,
             &loaded.stream_id,
-            reason,
-            today,
+            Change {
+                reason: reason.clone(),
+                on: today,
+                expected: body.expected_version.map(StreamVersion),
+            },
             |current| {
                 let declaration =
                     corrected_declaration(current, &changes, today, offices.as_deref())?;
@@ -528,11 +547,16 @@ pub async fn correct_life_event(
             }),
         )
         .await??;
-    state.metrics.events_appended("LifeEventCorrected", 1);
-    let loaded = load_record(&state, &id).await?;
-    let declaration = current_declaration(&loaded.state)?;
-    let status = projections::life_event_status(&state.store, life_event_id(&loaded)?).await?;
-    Ok(Json(life_event_body(&loaded, declaration, status)?))
+    match stored {
+        Stored::New => state.metrics.events_appended("LifeEventCorrected", 1),
+        // A request with the same key stored its correction first (they ran at once).
+        Stored::Before => {
+            let loaded = load_record(&state, &id).await?;
+            let index = keyed(&context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
+            replay(&loaded, index, &again).await?;
+        }
+    }
+    record_body(&state, &id).await
 }
 
 /// Void a record entered in error, with a reason.
@@ -546,7 +570,7 @@ pub async fn correct_life_event(
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
-        (status = 422, description = "no reason, or already voided", body = ErrorBody),
+        (status = 422, description = "no reason, already voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same void again is answered 200 and stores nothing)", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -563,21 +587,94 @@ pub async fn void_life_event(
     let loaded = load_record(&state, &id).await?;
     let office = current_declaration(&loaded.state)?.office().clone();
     authorize(&principal, Action::ChangeLifeEvent, Target::Office(&office))?;
-    check_expected_version(&loaded, body.expected_version)?;
     let mut errors = ValidationErrors::default();
     let Some(reason) = required_reason(&mut errors, body.reason) else {
         return Err(ApiError::validation(&errors));
     };
+    // As for a correction: a retry is answered as the first time, a reused key refused.
+    let again = |_: &LifeEvent, recorded_on: NaiveDate| {
+        Ok(LifeEventCommand::Void {
+            reason: reason.clone(),
+            recorded_on,
+        })
+    };
+    if let Some(index) = keyed(&context, &loaded) {
+        replay(&loaded, index, &again).await?;
+        return record_body(&state, &id).await;
+    }
+    check_expected_version(&loaded, body.expected_version)?;
     let actor = actor(&principal, &context);
-    state
+    let stored = state
         .registry
-        .void(&actor, &loaded.stream_id, reason, state.today())
+        .void(
+            &actor,
+            &loaded.stream_id,
+            Change {
+                reason: reason.clone(),
+                on: state.today(),
+                expected: body.expected_version.map(StreamVersion),
+            },
+        )
         .await?;
-    state.metrics.events_appended("LifeEventVoided", 1);
-    let loaded = load_record(&state, &id).await?;
+    match stored {
+        Stored::New => state.metrics.events_appended("LifeEventVoided", 1),
+        Stored::Before => {
+            let loaded = load_record(&state, &id).await?;
+            let index = keyed(&context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
+            replay(&loaded, index, &again).await?;
+        }
+    }
+    record_body(&state, &id).await
+}
+
+/// The record `id` as it stands, with its procedures: what a correction or a void answers.
+async fn record_body(state: &AppState, id: &str) -> Result<Json<LifeEventBody>, ApiError> {
+    let loaded = load_record(state, id).await?;
     let declaration = current_declaration(&loaded.state)?;
     let status = projections::life_event_status(&state.store, life_event_id(&loaded)?).await?;
     Ok(Json(life_event_body(&loaded, declaration, status)?))
+}
+
+/// The index of the record's event stored under this request's `Idempotency-Key`, if it has
+/// one and the key was used on this record before ([`LoadedLifeEvent::keyed`]).
+fn keyed(context: &RequestContext, loaded: &LoadedLifeEvent) -> Option<usize> {
+    context
+        .idempotency_key
+        .as_deref()
+        .and_then(|key| loaded.keyed(key))
+}
+
+/// A correction or a void whose `Idempotency-Key` stored `loaded.events[index]` before: the
+/// request (`command`, built on the record as it stood before that event and on that event's
+/// day) is decided again there. If that gives the stored event, the request is a retry and
+/// stands as done (nothing is stored again); anything else (another kind of event, another
+/// body, a request that would now be refused) is the key reused for another request: 422
+/// `idempotency_key_reused`.
+async fn replay(
+    loaded: &LoadedLifeEvent,
+    index: usize,
+    command: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
+) -> Result<(), ApiError> {
+    let reused = || ApiError::from(RegistryError::IdempotencyKeyReused);
+    let stored = loaded.decoded(index)?.ok_or_else(reused)?;
+    let recorded_on = match &stored {
+        LifeEventEvent::LifeEventCorrected(corrected) => corrected.recorded_on,
+        LifeEventEvent::LifeEventVoided(voided) => voided.recorded_on,
+        LifeEventEvent::BirthRecorded(_) | LifeEventEvent::DeathRecorded(_) => return Err(reused()),
+    };
+    let mut before = loaded.state_before(index)?;
+    let Ok(command) = command(&before, recorded_on) else {
+        return Err(reused());
+    };
+    let sink: EventSink<LifeEvent> = EventSink::default();
+    if before.handle(command, &(), &sink).await.is_err() {
+        return Err(reused());
+    }
+    if sink.collect().await == [stored] {
+        Ok(())
+    } else {
+        Err(reused())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
