@@ -56,7 +56,9 @@ pub fn verify(
         .map(str::trim)
         .and_then(|raw| raw.parse().ok())
         .ok_or(SignatureError::BadTimestamp)?;
-    if (now.timestamp() - timestamp).abs() > MAX_SKEW_SECONDS {
+    // `abs_diff`: the header is the caller's, unauthenticated yet, and any i64 (a subtraction
+    // overflowed on `i64::MIN`, a panic in debug builds, and wrapped past the check in release).
+    if now.timestamp().abs_diff(timestamp) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let given = signature
@@ -72,6 +74,20 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_are_stale_not_a_panic() {
+        let now = Utc::now();
+        for ts in [i64::MIN, i64::MIN + now.timestamp(), i64::MAX, -1] {
+            let text = ts.to_string();
+            let signature = sign(b"secret", ts, b"x");
+            assert_eq!(
+                verify(b"secret", Some(&text), Some(&signature), b"x", now),
+                Err(SignatureError::Stale),
+                "{ts}"
+            );
+        }
+    }
 
     #[test]
     fn signatures_verify_and_refuse_tampering_and_staleness() {
