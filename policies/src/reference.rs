@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use chrono::{
-    DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveTime, Offset, TimeZone, Utc, Weekday,
+    DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveTime, TimeZone, Utc, Weekday,
 };
 use lifeline_model::procedure::{AgencyId, ProcedureId};
 use lifeline_model::values::{OfficeCode, PersonalId};
@@ -37,7 +37,7 @@ const EMBEDDED: [(&str, &str); 7] = [
 
 /// Vietnam local time (+07:00, no daylight saving): the zone of working days and office hours.
 pub fn vietnam_offset() -> FixedOffset {
-    FixedOffset::east_opt(7 * 3600).unwrap_or(Utc.fix())
+    lifeline_model::values::vietnam_offset()
 }
 
 /// The hour (local) at which an office day ends: a task due on a day is due at this time.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::error::DomainError;
 use crate::procedure::{AgencyId, ProcedureId};
 use crate::validation::{FieldError, ValidationErrors};
-use crate::values::{parse_text, OfficeCode, MAX_TEXT_CHARS};
+use crate::values::{parse_text, vietnam_date, OfficeCode, MAX_TEXT_CHARS};
 
 /// Everything that happens to a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,7 +464,8 @@ impl Task {
             TaskCommand::Complete { by, outcome, at } => {
                 let by = parse_actor(&by)?;
                 let mut events = self.claim_for(task_id, &by, at)?;
-                let outcome = outcome.validate(procedure, at.date_naive(), &self.application)?;
+                // The completion's day in Vietnam, not in UTC (a day behind until 07:00 there).
+                let outcome = outcome.validate(procedure, vietnam_date(at), &self.application)?;
                 events.push(TaskEvent::TaskCompleted(TaskCompleted {
                     task_id,
                     procedure: Some(procedure),

@@ -7,11 +7,22 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, Utc};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
 use crate::validation::FieldError;
+
+/// Vietnam's offset from UTC: +07:00 all year (no daylight saving time). The domain's dates (a
+/// registration's day, a completion's day, time limits) are calendar dates in Vietnam.
+pub fn vietnam_offset() -> FixedOffset {
+    FixedOffset::east_opt(7 * 3600).unwrap_or(Utc.fix())
+}
+
+/// The calendar date in Vietnam at the instant `at`.
+pub fn vietnam_date(at: DateTime<Utc>) -> NaiveDate {
+    at.with_timezone(&vietnam_offset()).date_naive()
+}
 
 /// The province codes of personal ID numbers (Circular 07/2016/TT-BCA), embedded at build time.
 pub const PROVINCE_CODES_CSV: &str = include_str!("../data/pin-province-codes.csv");

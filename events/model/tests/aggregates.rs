@@ -559,6 +559,28 @@ fn completion_outcomes_are_validated_per_procedure() {
     assert_eq!(events.len(), 2);
 }
 
+/// The completion's day is Vietnam's: at 03:00 on 22 November there (still the 21st in UTC)
+/// a card valid until the 22nd is not valid after its completion day.
+#[test]
+fn a_completion_is_dated_in_vietnam() {
+    let refusal = TaskTest::with(())
+        .given(vec![created(ProcedureId::ChildHealthInsurance)])
+        .when(TaskCommand::Complete {
+            by: "bhxh-1".into(),
+            outcome: insurance_card("2026-11-22"),
+            at: time("2026-11-22T03:00:00+07:00"),
+        })
+        .inspect_result()
+        .unwrap_err();
+    let DomainError::Invalid(ValidationErrors(errors)) = refusal else {
+        panic!("expected invalid input, got {refusal:?}");
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "outcome.valid_until");
+    assert_eq!(errors[0].code, "not_after_completion");
+    assert!(errors[0].message.contains("2026-11-22"), "{errors:?}");
+}
+
 #[test]
 fn complete_twice_is_refused() {
     // As stored before completions named their procedure: it still ends the task.

@@ -44,7 +44,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use lifeline_policies::PolicyHandler;
 use lifeline_store::EventStore;
 use tower::ServiceBuilder;
@@ -195,8 +195,7 @@ impl AppState {
 
     /// Today in Vietnam (+07:00), the date declarations are checked against.
     pub fn today(&self) -> NaiveDate {
-        let vietnam = FixedOffset::east_opt(7 * 3600).unwrap_or(Utc.fix());
-        self.now().with_timezone(&vietnam).date_naive()
+        lifeline_model::values::vietnam_date(self.now())
     }
 }
 
