@@ -20,9 +20,9 @@
 #     4222 are invisible (checked: both ports refuse). There it runs
 #     deploy/services.sh up, which must install (apt-get update fails offline, so it
 #     installs from the cache), configure pg_hba trust, start both servers and wait
-#     for them. Then it checks psql login, the NATS INFO line ("jetstream":true),
-#     nats-server on PATH, `status` naming this script as the starter, a second `up`
-#     that starts nothing, and `down` stopping both. When the namespace's first
+#     for them. Then it checks psql login, the new cluster's UTF8 encoding, the NATS
+#     INFO line ("jetstream":true), nats-server on PATH, `status` naming this script
+#     as the starter, a second `up` that starts nothing, and `down` stopping both. When the namespace's first
 #     process exits the kernel ends anything left in it, so nothing outlives the check
 #     and the host's own servers are never touched.
 #  4. The ROOT directory is removed on success (kept on failure, or with
@@ -45,8 +45,9 @@ for tool in unshare ip chroot; do
 done
 if ! command -v debootstrap >/dev/null 2>&1; then
     say "installing debootstrap"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    # DPkg::Lock::Timeout: wait (up to 10 min) for a dpkg lock held by unattended-upgrades.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null
 fi
 
 host_mirror() {
@@ -144,12 +145,16 @@ unshare --mount --net --pid --fork /bin/bash -c '
     echo "check: \$ psql -h 127.0.0.1 -U postgres -w -c \"select 1\""
     out=$(IN_ROOT psql -h 127.0.0.1 -U postgres -w -X -At -c "select 1") || fail "psql login"
     [[ $out == 1 ]] || fail "psql printed $out"
-    echo "check: psql login as postgres without password: ok"
+    enc=$(IN_ROOT psql -h 127.0.0.1 -U postgres -w -X -At -c "show server_encoding") || fail "psql show server_encoding"
+    [[ $enc == UTF8 ]] || fail "the new cluster has encoding $enc, not UTF8"
+    echo "check: psql login as postgres without password: ok; encoding UTF8"
     info=$(IN_ROOT bash -c "exec 3<>/dev/tcp/127.0.0.1/4222; IFS= read -r -t 3 l <&3; echo \"\$l\"")
     [[ $info == *"\"jetstream\":true"* ]] || fail "NATS INFO lacks jetstream:true: $info"
     echo "check: NATS INFO says \"jetstream\":true"
     IN_ROOT bash -c "command -v nats-server" >/dev/null || fail "nats-server not on PATH"
-    IN_ROOT grep -q "DEVELOPMENT/TEST MACHINE ONLY" /etc/postgresql/*/main/pg_hba.conf || fail "pg_hba.conf lacks the marked trust lines"
+    # The glob must expand inside the chroot (the host has its own /etc/postgresql), so a
+    # bash there runs the grep.
+    IN_ROOT bash -c "grep -q \"DEVELOPMENT/TEST MACHINE ONLY\" /etc/postgresql/*/main/pg_hba.conf" || fail "pg_hba.conf lacks the marked trust lines"
     echo "check: nats-server on PATH; pg_hba.conf carries the marked trust lines"
 
     echo "check: \$ deploy/services.sh status"

@@ -4,19 +4,30 @@
 #   bash deploy/test.sh [extra cargo test arguments...]
 #
 # 1. deploy/services.sh up: PostgreSQL and NATS with JetStream are running (used as
-#    found, started, or installed and started: see that script).
-# 2. cargo test --workspace --locked, with the services' URLs exported for the
-#    integration tests unless they are already set:
+#    found, started, or installed and started: see that script). A service whose URL
+#    below the caller has set is the caller's: services.sh leaves it alone.
+# 2. cargo test --locked (with --workspace unless the arguments pick packages with
+#    -p/--package), with the services' URLs exported for the integration tests unless
+#    they are already set:
 #      LIFELINE_TEST_POSTGRES_URL  default postgres://postgres@127.0.0.1:5432/postgres
 #      LIFELINE_TEST_NATS_URL      default nats://127.0.0.1:4222
 #    and nats-server on PATH (some tests start private nats-server processes).
-# Exits non-zero if the services cannot be brought up or any test fails.
+# Exits non-zero if the services cannot be brought up or any test fails. The servers
+# it started keep running afterwards: `bash deploy/services.sh down` stops them.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
 
-bash "$here/services.sh" up
+# A URL set by the caller names a server of their own (another host or port): then
+# services.sh must not install or start that service on the standard port. It still
+# makes sure nats-server is installed, for the tests' private servers.
+skip_pg=${LIFELINE_SERVICES_SKIP_POSTGRES:-0}
+skip_nats=${LIFELINE_SERVICES_SKIP_NATS:-0}
+if [[ -n ${LIFELINE_TEST_POSTGRES_URL:-} ]]; then skip_pg=1; fi
+if [[ -n ${LIFELINE_TEST_NATS_URL:-} ]]; then skip_nats=1; fi
+LIFELINE_SERVICES_SKIP_POSTGRES=$skip_pg LIFELINE_SERVICES_SKIP_NATS=$skip_nats \
+    bash "$here/services.sh" up
 
 export LIFELINE_TEST_POSTGRES_URL="${LIFELINE_TEST_POSTGRES_URL:-postgres://postgres@${LIFELINE_PG_HOST:-127.0.0.1}:${LIFELINE_PG_PORT:-5432}/postgres}"
 export LIFELINE_TEST_NATS_URL="${LIFELINE_TEST_NATS_URL:-nats://${LIFELINE_NATS_HOST:-127.0.0.1}:${LIFELINE_NATS_PORT:-4222}}"
@@ -35,12 +46,45 @@ command -v nats-server >/dev/null 2>&1 || {
     exit 1
 }
 
-# Process tests run the `lifeline` binary that this very `cargo test` builds (the workspace's
-# tests include the binary's own), rather than each building it again.
-export LIFELINE_TEST_BIN="${LIFELINE_TEST_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/lifeline}"
+# Which packages, and which lifeline binary the process tests run.
+# - `cargo test --workspace -p X` still tests every member (cargo only checks that X
+#   exists), so --workspace is passed only when the arguments pick no package.
+# - tests/src/chain.rs runs LIFELINE_TEST_BIN if it is set, else builds the current
+#   binary itself (`cargo build -p lifeline --bin lifeline`, debug, into
+#   CARGO_TARGET_DIR or target/). A whole-workspace `cargo test` in the dev profile
+#   builds that very binary first (the `lifeline` package's own tests need it), so
+#   pointing LIFELINE_TEST_BIN at it saves each test process a build. With any other
+#   cargo option before `--` (-p, --exclude, --release, --profile, --target, --test,
+#   --features, ...) this run may not build it, and target/debug/lifeline could be
+#   stale or missing: LIFELINE_TEST_BIN is then left unset (unless the caller set it)
+#   and the tests build it. Test-name filters and the options below change nothing
+#   that is built.
+workspace=(--workspace)
+bin_built_here=1
+for arg in "$@"; do
+    case $arg in
+    --) break ;;
+    -p | -p?* | --package | --package=*)
+        workspace=()
+        bin_built_here=0
+        ;;
+    --no-fail-fast | -q | --quiet | -v | -vv | --verbose | -j | -j?* | --jobs | --jobs=* | \
+        --color | --color=* | --locked | --offline | --frozen) ;;
+    -*) bin_built_here=0 ;;
+    esac
+done
+if [[ -n ${LIFELINE_TEST_BIN:-} ]]; then
+    export LIFELINE_TEST_BIN
+elif ((bin_built_here)); then
+    export LIFELINE_TEST_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/lifeline"
+else
+    unset LIFELINE_TEST_BIN # an empty one would name no binary
+fi
 
 echo "test: LIFELINE_TEST_POSTGRES_URL=$LIFELINE_TEST_POSTGRES_URL"
 echo "test: LIFELINE_TEST_NATS_URL=$LIFELINE_TEST_NATS_URL"
 echo "test: nats-server=$(command -v nats-server)"
-echo "test: cargo test --workspace --locked $*"
-exec cargo test --workspace --locked "$@"
+echo "test: LIFELINE_TEST_BIN=${LIFELINE_TEST_BIN:-(unset: the tests build the lifeline binary)}"
+# ${a[@]+"${a[@]}"}: an empty array under `set -u` in any bash.
+echo "test: cargo test ${workspace[*]+${workspace[*]} }--locked $*"
+exec cargo test ${workspace[@]+"${workspace[@]}"} --locked "$@"
