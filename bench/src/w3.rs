@@ -119,7 +119,7 @@ async fn run_on(
     {
         settings.consumer.ack_wait = Duration::from_millis(ms);
     }
-    // W3_LANES=N: the policy consumers' lanes (default 8), for experiments only.
+    // W3_LANES=N: the policy consumers' lanes (default 4), for experiments only.
     if let Some(lanes) = std::env::var("W3_LANES")
         .ok()
         .and_then(|value| value.parse().ok())

@@ -39,6 +39,9 @@ pub struct ConsumerOptions {
     /// stream, so the events of one stream are handled one after another, in order, and
     /// different streams in parallel.
     pub lanes: usize,
+    /// The most messages a lane handles in one transaction, and the most it holds waiting
+    /// (what queued up while its last transaction ran is its next batch).
+    pub lane_batch: usize,
     /// How long one pull request waits for messages; also bounds how long shutdown waits.
     pub fetch_expires: Duration,
     /// Most unacknowledged messages per consumer across all its processes.
@@ -56,7 +59,8 @@ impl Default for ConsumerOptions {
             retry: RetryPolicy::default(),
             ack_wait: Duration::from_secs(30),
             fetch_batch: 100,
-            lanes: 8,
+            lanes: 4,
+            lane_batch: 64,
             fetch_expires: Duration::from_secs(1),
             max_ack_pending: 1000,
             durable_prefix: "policy-".to_owned(),
@@ -352,9 +356,6 @@ impl PullBook {
 /// A message and its payload parsed as an [`EventNotice`] (once, to route it).
 type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
 
-/// The most messages a lane handles in one transaction.
-const LANE_BATCH: usize = 16;
-
 struct Lanes {
     senders: Vec<mpsc::Sender<Parsed>>,
     tasks: tokio::task::JoinSet<()>,
@@ -363,18 +364,20 @@ struct Lanes {
 impl Lanes {
     fn start(worker: &Arc<Worker>, shutdown: &watch::Receiver<bool>) -> Self {
         let count = worker.options.lanes.max(1);
+        let lane_batch = worker.options.lane_batch.max(1);
         let mut senders = Vec::with_capacity(count);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..count {
-            // Small queues: what a lane holds is not yet acked, and counts against
-            // `max_ack_pending`; the pull waits when a lane is full.
-            let (sender, mut receiver) = mpsc::channel::<Parsed>(16);
+            // Bounded queues: what a lane holds is not yet acked, and counts against
+            // `max_ack_pending`; the pull waits when a lane is full (and with it every lane,
+            // so a queue must hold what arrives during one transaction).
+            let (sender, mut receiver) = mpsc::channel::<Parsed>(lane_batch);
             let (worker, shutdown) = (Arc::clone(worker), shutdown.clone());
             tasks.spawn(async move {
                 while let Some(first) = receiver.recv().await {
                     // What queued up behind the first message is handled with it.
                     let mut batch = vec![first];
-                    while batch.len() < LANE_BATCH {
+                    while batch.len() < lane_batch {
                         match receiver.try_recv() {
                             Ok(next) => batch.push(next),
                             Err(_) => break,
