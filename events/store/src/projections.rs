@@ -407,24 +407,28 @@ pub async fn life_event_status(
     read!(store, |conn| load_life_event_on(conn, life_event_id))
 }
 
-/// The status of the life event a citizen's reference names.
+/// The status of every life event a citizen's reference names: normally one, none if unknown.
+/// A reference is 50 bits of the life event's id, not a key: two records can share one (see
+/// migration 14), and the caller must not answer for either then.
 pub async fn life_event_status_by_reference(
     store: &EventStore,
     reference: &Reference,
-) -> Result<Option<LifeEventStatusRow>, ProjectionError> {
-    let sql = "SELECT life_event_id FROM projection_life_events WHERE reference = $1".to_owned();
+) -> Result<Vec<LifeEventStatusRow>, ProjectionError> {
+    let sql = "SELECT life_event_id FROM projection_life_events WHERE reference = $1 \
+               ORDER BY life_event_id LIMIT 2"
+        .to_owned();
     let params = vec![Param::Text(reference.as_str().to_owned())];
     let mut tx = store.begin().await?;
     let found = fetch(tx.connection(), sql, params, |row| {
         row.uuid("life_event_id")
     })
     .await?;
-    let status = match found.first() {
-        Some(life_event_id) => load_life_event_on(tx.connection(), *life_event_id).await?,
-        None => None,
-    };
+    let mut statuses = Vec::with_capacity(found.len());
+    for life_event_id in found {
+        statuses.extend(load_life_event_on(tx.connection(), life_event_id).await?);
+    }
     tx.rollback().await?;
-    Ok(status)
+    Ok(statuses)
 }
 
 // ---------------------------------------------------------------------------------------------

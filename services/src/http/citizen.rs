@@ -47,6 +47,7 @@ pub struct ProcedureStatus {
         (status = 200, description = "procedure names, states and dates", body = StatusBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such reference (or not yet visible)", body = ErrorBody),
+        (status = 409, description = "`ambiguous_reference`: two records share this reference (it is 50 bits of the record's id)", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -59,9 +60,15 @@ pub async fn status(
 ) -> Result<Json<StatusBody>, ApiError> {
     authorize(&principal, Action::ReadCitizenStatus, Target::Nothing)?;
     let reference = Reference::parse(&reference).map_err(|_| ApiError::not_found("reference"))?;
-    let row = projections::life_event_status_by_reference(&state.store, &reference)
-        .await?
-        .ok_or_else(|| ApiError::not_found("reference"))?;
+    let mut rows = projections::life_event_status_by_reference(&state.store, &reference).await?;
+    if rows.len() > 1 {
+        // Two records whose ids fold to one reference: neither family's status is shown.
+        return Err(ApiError::conflict(
+            "ambiguous_reference",
+            "this reference names more than one record; ask the registry office that recorded it",
+        ));
+    }
+    let row = rows.pop().ok_or_else(|| ApiError::not_found("reference"))?;
     Ok(Json(StatusBody {
         reference: row.reference.to_string(),
         kind: group_name(row.kind).to_owned(),
