@@ -172,6 +172,13 @@ async fn officers_claim_complete_and_reject_one_at_a_time() {
             "outcome.kind",
             "unknown_outcome",
         ),
+        // A field of another kind of outcome is named, not dropped.
+        (
+            json!({ "outcome": { "kind": "residence_registered", "entry_number": "HK-1",
+                                 "amount_vnd": 7200000 } }),
+            "outcome.amount_vnd",
+            "not_for_outcome",
+        ),
         (json!({}), "outcome", "required"),
     ] {
         let (status, body, _) = app

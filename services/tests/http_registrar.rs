@@ -7,7 +7,9 @@ use axum::http::{Method, StatusCode};
 use http_common::*;
 use lifeline::registry::{Actor, Change, RegistryError, Stored};
 use lifeline_model::declaration::Declaration;
-use lifeline_model::envelope::{RecordedEvent, Role, StreamVersion};
+use lifeline_model::envelope::{
+    EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Role, StreamId, StreamVersion,
+};
 use lifeline_model::values::FullName;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -531,6 +533,68 @@ async fn a_change_against_a_version_moved_since_is_a_conflict() {
         .unwrap();
     assert_eq!(stored, Stored::New);
     assert_eq!(app.log_len().await, 3);
+}
+
+/// A death recorded before times of death were kept (schema v1: its date only, upcast to
+/// midnight with `time_known: false`) keeps that flag through a correction that does not give
+/// a time; before, every correction set it (and listed `death.time_known` as changed).
+#[tokio::test]
+async fn correcting_a_death_recorded_with_its_date_only_keeps_the_time_unknown() {
+    let app = TestApp::new().await;
+    let payload: Value = serde_json::from_str(include_str!(
+        "../../events/model/tests/fixtures/DeathRecorded.v1.json"
+    ))
+    .unwrap();
+    let life_event_id: Uuid = payload["life_event_id"].as_str().unwrap().parse().unwrap();
+    let stream = StreamId::for_kind("death", life_event_id).unwrap();
+    let mut metadata = EventMetadata::system("registrar-01-00004", Uuid::now_v7(), None, now());
+    metadata.role = Role::Registrar;
+    metadata.office = Some(HANOI_OFFICE.to_owned());
+    app.store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &[NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: "DeathRecorded".to_owned(),
+                schema_version: 1,
+                payload,
+                metadata,
+            }],
+        )
+        .await
+        .unwrap();
+    let path = format!("/v1/life-events/{life_event_id}");
+    let token = registrar(HANOI_OFFICE);
+    let change = json!({ "reason": "cause", "changes": { "death": { "cause": "bệnh tim" } } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("{path}/corrections"),
+            Some(&token),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["declaration"]["death"]["cause"], "bệnh tim");
+    assert_eq!(body["declaration"]["death"]["time_known"], false, "{body}");
+    let corrected = app.store.read_stream(&stream).await.unwrap().pop().unwrap();
+    assert_eq!(corrected.event_type, "LifeEventCorrected");
+    assert_eq!(corrected.payload["changed_fields"], json!(["death.cause"]));
+
+    // A time of death given by a correction is known from then on.
+    let change =
+        json!({ "reason": "time", "changes": { "death": { "at": "2025-06-30T05:10:00+07:00" } } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("{path}/corrections"),
+            Some(&token),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["declaration"]["death"]["time_known"], true, "{body}");
 }
 
 #[tokio::test]

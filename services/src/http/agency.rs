@@ -526,6 +526,34 @@ pub(crate) fn outcome_of(
         ])));
     };
     let mut errors = ValidationErrors::default();
+    // A field of another kind of outcome (an amount on a birth registration, say) is refused,
+    // named, rather than dropped: it is most likely a mistake the officer should see.
+    let present = [
+        ("certificate_number", body.certificate_number.is_some()),
+        ("entry_number", body.entry_number.is_some()),
+        ("card_number", body.card_number.is_some()),
+        ("valid_until", body.valid_until.is_some()),
+        ("extract_number", body.extract_number.is_some()),
+        ("decision_number", body.decision_number.is_some()),
+        ("amount_vnd", body.amount_vnd.is_some()),
+    ];
+    if let Some(kind) = body.kind.as_deref() {
+        if let Some(fields) = outcome_fields(kind) {
+            for (name, _) in present
+                .iter()
+                .filter(|(name, is)| *is && !fields.contains(name))
+            {
+                errors.push(FieldError::new(
+                    format!("outcome.{name}"),
+                    "not_for_outcome",
+                    format!(
+                        "is not a field of a {kind} outcome (its fields: {})",
+                        fields.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     let mut text = |value: Option<String>, name: &str| -> String {
         match value {
             Some(value) => value,
@@ -604,6 +632,18 @@ pub(crate) fn outcome_of(
         Some(outcome) if errors.is_empty() => Ok(outcome),
         _ => Err(ApiError::validation(&errors)),
     }
+}
+
+/// The fields (besides `kind`) of the outcome `kind`, if it is one.
+fn outcome_fields(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "birth_registered" => &["certificate_number"],
+        "residence_registered" | "residence_closed" => &["entry_number"],
+        "death_registered" => &["extract_number"],
+        "insurance_card_issued" => &["card_number", "valid_until"],
+        "payment_decided" => &["decision_number", "amount_vnd"],
+        _ => return None,
+    })
 }
 
 fn expected_kind(procedure: ProcedureId) -> &'static str {

@@ -834,12 +834,20 @@ fn corrected_declaration(
             check_known_office_in(offices, input.office.as_deref(), "office", &mut errors);
             parse_birth(&input, today).map(Declaration::Birth)
         }
-        Declaration::Death(_) => {
+        Declaration::Death(current) => {
             let body: DeathBody = parse_json(&bytes).map_err(prefixed)?;
             let input = DeathDeclarationInput::from(body);
             errors = ValidationErrors::default();
             check_known_office_in(offices, input.office.as_deref(), "office", &mut errors);
-            parse_death(&input, today).map(Declaration::Death)
+            parse_death(&input, today).map(|mut corrected| {
+                // A death recorded with its date only (schema v1, upcast to midnight with
+                // `time_known: false`) keeps that unless the correction gives a time of death:
+                // the body cannot carry the flag, and a parsed `at` counts as known.
+                if !current.death.time_known && corrected.death.at == current.death.at {
+                    corrected.death.time_known = false;
+                }
+                Declaration::Death(corrected)
+            })
         }
     };
     match result {
