@@ -365,7 +365,8 @@ async fn an_idempotency_key_answers_the_same_and_refuses_another_body() {
 /// again is answered as the first time (not "nothing changed" or "already voided", and not a
 /// 409 for the version it moved on from), and the key used before on the record for anything
 /// else (the recording, another correction) is refused. Before, the command's event id came
-/// from the record and the key alone, so such a request was answered 200 with nothing stored.
+/// from the record and the key alone, so a reused key was answered 200 with nothing stored,
+/// and a retry was decided anew (422 or 409).
 #[tokio::test]
 async fn corrections_and_voids_with_an_idempotency_key_are_retried_safely() {
     let app = TestApp::new().await;
@@ -462,6 +463,54 @@ async fn corrections_and_voids_with_an_idempotency_key_are_retried_safely() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "idempotency_key_reused");
     assert_eq!(app.log_len().await, 4);
+}
+
+/// Retries sent while the first attempt is still under way (same key, same body, at once):
+/// whichever attempt a request races, every one is answered 200 and one change is stored.
+/// A request that read the record before another attempt committed, and reached the
+/// registry after, was refused as a conflict or as changing nothing before `overtaken`.
+#[tokio::test]
+async fn concurrent_retries_of_one_correction_or_void_all_succeed_once() {
+    let app = TestApp::new().await;
+    let id = record_birth(&app).await;
+    let token = registrar(HCM_OFFICE);
+    let path = format!("/v1/life-events/{id}");
+    let send = |uri: String, body: Value, key: &'static str| {
+        let (app, token) = (&app, token.clone());
+        async move {
+            let (status, body, _) = app
+                .call_raw(
+                    Method::POST,
+                    &uri,
+                    Some(&token),
+                    Some(serde_json::to_vec(&body).unwrap()),
+                    &[("idempotency-key", key)],
+                )
+                .await;
+            (status, body)
+        }
+    };
+    let name = json!({ "reason": "typo in the name", "expected_version": 1,
+                       "changes": { "child": { "full_name": "Nguyễn Minh Anh" } } });
+    let answers = futures::future::join_all(
+        (0..8).map(|_| send(format!("{path}/corrections"), name.clone(), "fix-1")),
+    )
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(body["corrections"], 1, "{body}");
+    }
+    assert_eq!(app.log_len().await, 2);
+    let void = json!({ "reason": "recorded in error", "expected_version": 2 });
+    let answers = futures::future::join_all(
+        (0..8).map(|_| send(format!("{path}/void"), void.clone(), "void-1")),
+    )
+    .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(body["voided"], true, "{body}");
+    }
+    assert_eq!(app.log_len().await, 3);
 }
 
 /// The version a registrar read (`expected_version`) is checked against the version the

@@ -16,6 +16,7 @@ use lifeline_model::declaration::{
     ParentInput, ResidenceInput,
 };
 use lifeline_model::envelope::{RecordedEvent, StreamVersion};
+use lifeline_model::error::DomainError;
 use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{PersonalIdAssigned, ReadResource};
@@ -546,7 +547,11 @@ pub async fn correct_life_event(
                 )
             }),
         )
-        .await??;
+        .await;
+    let stored = match stored {
+        Ok(stored) => stored?,
+        Err(error) => return overtaken(&state, &context, &id, error, &again).await,
+    };
     match stored {
         Stored::New => state.metrics.events_appended("LifeEventCorrected", 1),
         // A request with the same key stored its correction first (they ran at once).
@@ -615,7 +620,11 @@ pub async fn void_life_event(
                 expected: body.expected_version.map(StreamVersion),
             },
         )
-        .await?;
+        .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(error) => return overtaken(&state, &context, &id, error, &again).await,
+    };
     match stored {
         Stored::New => state.metrics.events_appended("LifeEventVoided", 1),
         Stored::Before => {
@@ -625,6 +634,35 @@ pub async fn void_life_event(
         }
     }
     record_body(&state, &id).await
+}
+
+/// A correction or a void the registry refused as a conflict, as changing nothing, or as
+/// coming after a void: with an `Idempotency-Key`, that may be this request's own first
+/// attempt, committed after the handler's read and before the registry's (a client's retry
+/// while the first attempt was slow). The record is read again: if the key is on it, the
+/// request is answered as a retry ([`replay`]); else the refusal stands.
+async fn overtaken(
+    state: &AppState,
+    context: &RequestContext,
+    id: &str,
+    error: RegistryError,
+    again: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
+) -> Result<Json<LifeEventBody>, ApiError> {
+    let maybe_ours = context.idempotency_key.is_some()
+        && matches!(
+            error,
+            RegistryError::Conflict
+                | RegistryError::Refused(DomainError::NothingChanged | DomainError::Voided)
+        );
+    if !maybe_ours {
+        return Err(error.into());
+    }
+    let loaded = load_record(state, id).await?;
+    let Some(index) = keyed(context, &loaded) else {
+        return Err(error.into());
+    };
+    replay(&loaded, index, again).await?;
+    record_body(state, id).await
 }
 
 /// The record `id` as it stands, with its procedures: what a correction or a void answers.
