@@ -67,6 +67,8 @@ pub async fn serve(
             })?,
         Err(_) => DEFAULT_POOL,
     };
+    // Checked before anything starts: a bad value is a configuration error, named.
+    let runtime_settings = runtime_settings_from_env()?;
     let store = EventStore::connect_with_pool(&config.database_url, pool_size)
         .await
         .with_context(|| format!("connecting to {}", redact_url(&config.database_url)))?;
@@ -151,9 +153,7 @@ pub async fn serve(
             // and each policy's lag (JetStream with NATS, the store's checkpoints without),
             // failures by policy, projections' lag, tasks by state and overdue.
             let probe = match &nats {
-                Some(jetstream) => {
-                    LagProbe::jetstream(jetstream.clone(), runtime_settings_from_env())
-                }
+                Some(jetstream) => LagProbe::jetstream(jetstream.clone(), runtime_settings.clone()),
                 None => LagProbe::Embedded,
             };
             let sampler = RuntimeMetrics::new(
@@ -207,7 +207,7 @@ pub async fn serve(
                 &runtime_roles,
                 handler,
                 subscribers,
-                runtime_settings_from_env(),
+                runtime_settings,
                 shutdown,
             )
             .await
@@ -270,8 +270,11 @@ pub async fn serve(
 
 /// The runtime settings: the defaults, with the JetStream stream name and subject prefix taken
 /// from `LIFELINE_NATS_STREAM` and `LIFELINE_NATS_SUBJECT_PREFIX` when set (several
-/// deployments, or tests, sharing one NATS server each need a stream of their own).
-fn runtime_settings_from_env() -> RuntimeSettings {
+/// deployments, or tests, sharing one NATS server each need a stream of their own), and the
+/// stream's replicas from `LIFELINE_NATS_REPLICAS` (1 to 5, default 1; 3 on the three-node
+/// cluster of `deploy/nats/cluster`, where an acknowledged notice is then on a majority). The
+/// relay creates the stream with them, or updates an existing one to them.
+fn runtime_settings_from_env() -> anyhow::Result<RuntimeSettings> {
     let mut settings = RuntimeSettings::default();
     let set = |name: &str| {
         std::env::var(name)
@@ -284,7 +287,21 @@ fn runtime_settings_from_env() -> RuntimeSettings {
     if let Some(subject_prefix) = set("LIFELINE_NATS_SUBJECT_PREFIX") {
         settings.bus.subject_prefix = subject_prefix;
     }
-    settings
+    if let Some(replicas) = set("LIFELINE_NATS_REPLICAS") {
+        settings.bus.replicas = parse_replicas(&replicas)?;
+    }
+    Ok(settings)
+}
+
+/// `LIFELINE_NATS_REPLICAS`: a JetStream stream has 1 to 5 replicas.
+fn parse_replicas(raw: &str) -> anyhow::Result<usize> {
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|replicas| (1..=5).contains(replicas))
+        .with_context(|| {
+            format!("LIFELINE_NATS_REPLICAS must be a whole number from 1 to 5, not {raw:?}")
+        })
 }
 
 /// The `[connectors.*]` tables of the configuration file, if any.
@@ -316,4 +333,20 @@ pub fn load_reference() -> anyhow::Result<ReferenceData> {
 /// The policy engine with Lifeline's own identity allocator (PINs made unique by the store).
 pub fn policy_engine(reference: ReferenceData) -> PolicyEngine {
     PolicyEngine::new(reference, Arc::new(StoreAllocator::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_replicas;
+
+    #[test]
+    fn nats_replicas_are_one_to_five_and_a_bad_value_is_named() {
+        assert_eq!(parse_replicas("3").unwrap(), 3);
+        assert_eq!(parse_replicas(" 1 ").unwrap(), 1);
+        assert_eq!(parse_replicas("5").unwrap(), 5);
+        for bad in ["0", "6", "-1", "three", "3.0"] {
+            let error = parse_replicas(bad).unwrap_err().to_string();
+            assert!(error.contains("LIFELINE_NATS_REPLICAS"), "{bad}: {error}");
+        }
+    }
 }
