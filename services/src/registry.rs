@@ -383,20 +383,9 @@ impl Registry {
             reason,
             recorded_on: today,
         };
-        let sink: EventSink<LifeEvent> = EventSink::default();
-        context
-            .aggregate()
-            .handle(command, &(), &sink)
-            .await
-            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
         // What cqrs-es's `commit` does (wrap, serialise, persist), so that the append can be
         // checked in its transaction.
-        let serialized = serialize(
-            &context.aggregate_id,
-            context.current_sequence,
-            sink.collect().await,
-            &self.metadata(actor, stream_id),
-        )?;
+        let serialized = self.decide(&mut context, command, actor, stream_id).await?;
         let Some((guard, check)) = guard else {
             let outcome = self
                 .repository
@@ -460,24 +449,36 @@ impl Registry {
             reason: change.reason,
             recorded_on: change.on,
         };
-        let sink: EventSink<LifeEvent> = EventSink::default();
-        context
-            .aggregate()
-            .handle(command, &(), &sink)
-            .await
-            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
-        let serialized = serialize(
-            &context.aggregate_id,
-            context.current_sequence,
-            sink.collect().await,
-            &self.metadata(actor, stream_id),
-        )?;
+        let serialized = self.decide(&mut context, command, actor, stream_id).await?;
         let outcome = self
             .repository
             .append_serialized(&serialized)
             .await
             .map_err(persistence_error)?;
         Ok(Stored::of(outcome.as_ref()))
+    }
+
+    /// Decides `command` on the record `context` loaded and serialises its events as cqrs-es's
+    /// `commit` would (at the loaded version, with the actor's metadata), not yet stored.
+    async fn decide(
+        &self,
+        context: &mut EventStoreAggregateContext<LifeEvent>,
+        command: LifeEventCommand,
+        actor: &Actor,
+        stream_id: &StreamId,
+    ) -> Result<Vec<SerializedEvent>, RegistryError> {
+        let sink: EventSink<LifeEvent> = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(|error| RegistryError::from(AggregateError::UserError(error)))?;
+        serialize(
+            &context.aggregate_id,
+            context.current_sequence,
+            sink.collect().await,
+            &self.metadata(actor, stream_id),
+        )
     }
 
     /// The id of a new record: derived from the idempotency key when there is one, so that a

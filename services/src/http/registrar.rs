@@ -548,20 +548,12 @@ pub async fn correct_life_event(
             }),
         )
         .await;
-    let stored = match stored {
-        Ok(stored) => stored?,
-        Err(error) => return overtaken(&state, &context, &id, error, &again).await,
+    let decided = match stored {
+        Ok(Ok(stored)) => Ok(stored),
+        Ok(Err(refusal)) => return Err(refusal),
+        Err(error) => Err(error),
     };
-    match stored {
-        Stored::New => state.metrics.events_appended("LifeEventCorrected", 1),
-        // A request with the same key stored its correction first (they ran at once).
-        Stored::Before => {
-            let loaded = load_record(&state, &id).await?;
-            let index = keyed(&context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
-            replay(&loaded, index, &again).await?;
-        }
-    }
-    record_body(&state, &id).await
+    settle(&state, &context, &id, decided, "LifeEventCorrected", &again).await
 }
 
 /// Void a record entered in error, with a reason.
@@ -621,19 +613,31 @@ pub async fn void_life_event(
             },
         )
         .await;
-    let stored = match stored {
-        Ok(stored) => stored,
-        Err(error) => return overtaken(&state, &context, &id, error, &again).await,
-    };
-    match stored {
-        Stored::New => state.metrics.events_appended("LifeEventVoided", 1),
-        Stored::Before => {
-            let loaded = load_record(&state, &id).await?;
-            let index = keyed(&context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
-            replay(&loaded, index, &again).await?;
+    settle(&state, &context, &id, stored, "LifeEventVoided", &again).await
+}
+
+/// What a correction or a void answers once the registry decided it: the record as it stands
+/// when the change was stored now (counted as `event_type`), or by a request with the same key
+/// that ran at once (a retry, [`replay`]); a refusal otherwise, after [`overtaken`]'s second
+/// look.
+async fn settle(
+    state: &AppState,
+    context: &RequestContext,
+    id: &str,
+    decided: Result<Stored, RegistryError>,
+    event_type: &str,
+    again: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
+) -> Result<Json<LifeEventBody>, ApiError> {
+    match decided {
+        Ok(Stored::New) => state.metrics.events_appended(event_type, 1),
+        Ok(Stored::Before) => {
+            let loaded = load_record(state, id).await?;
+            let index = keyed(context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
+            replay(&loaded, index, again).await?;
         }
+        Err(error) => return overtaken(state, context, id, error, again).await,
     }
-    record_body(&state, &id).await
+    record_body(state, id).await
 }
 
 /// A correction or a void the registry refused as a conflict, as changing nothing, or as
