@@ -69,6 +69,8 @@ fn table() -> Vec<Row> {
         ("GET", "/v1/audit/verify", None, [403, 403, 403, 403, 200, 403, 401, 401]),
         // An event no seal covers (none is sealed here): the auditor gets 404, nobody else gets in.
         ("GET", "/v1/audit/proof/00000000-0000-0000-0000-000000000000", None, [403, 403, 403, 403, 404, 403, 401, 401]),
+        // An id that is no event id is no such event (as for records and tasks), after the checks.
+        ("GET", "/v1/audit/proof/not-an-id", None, [403, 403, 403, 403, 404, 403, 401, 401]),
         // The citizen status: any authenticated caller with the reference; nothing personal.
         ("GET", "/v1/status/{reference}", None, [200, 200, 200, 200, 200, 200, 401, 401]),
         // Operators: failed policy runs and their retry; no personal data.
@@ -222,7 +224,8 @@ fn the_table_lists_exactly_the_routes_of_the_openapi_document() {
                 .replace("{life_event}", "{id}")
                 .replace("{task}", "{id}")
                 .replace("birth-{id}", "{stream_id}")
-                .replace("00000000-0000-0000-0000-000000000000", "{event_id}");
+                .replace("00000000-0000-0000-0000-000000000000", "{event_id}")
+                .replace("not-an-id", "{event_id}");
             (method.to_owned(), path)
         })
         .collect();

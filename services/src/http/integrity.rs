@@ -76,10 +76,13 @@ pub async fn proof(
     principal: Principal,
     context: RequestContext,
     headers: HeaderMap,
-    Path(event_id): Path<Uuid>,
+    Path(event_id): Path<String>,
 ) -> Result<Json<InclusionProof>, ApiError> {
     authorize(&principal, Action::ReadLog, Target::Nothing)?;
     let purpose = access::purpose(&principal, &headers)?;
+    // A path that is no event id names no event: 404, as for records and tasks (axum's own
+    // rejection of a `Path<Uuid>` was a 400 that named no field, before the checks above).
+    let event_id = Uuid::parse_str(&event_id).map_err(|_| ApiError::not_found("event"))?;
     match lifeline_store::inclusion_proof(&state.store, event_id).await? {
         ProofLookup::Proof(proof) => {
             let stream_id = proof.event.stream_id.clone();
