@@ -365,12 +365,7 @@ impl Registry {
         F: FnOnce(&LifeEvent) -> Result<Declaration, E>,
         C: FnOnce(&Declaration, Option<&RecordedEvent>) -> Result<(), E>,
     {
-        let mut context = self
-            .event_store
-            .load_aggregate(stream_id.as_str())
-            .await
-            .map_err(RegistryError::from)?;
-        check_expected(change.expected, context.current_sequence)?;
+        let mut context = self.load_at(stream_id, change.expected).await?;
         let Change {
             reason, on: today, ..
         } = change;
@@ -439,12 +434,7 @@ impl Registry {
         stream_id: &StreamId,
         change: Change,
     ) -> Result<Stored, RegistryError> {
-        let mut context = self
-            .event_store
-            .load_aggregate(stream_id.as_str())
-            .await
-            .map_err(RegistryError::from)?;
-        check_expected(change.expected, context.current_sequence)?;
+        let mut context = self.load_at(stream_id, change.expected).await?;
         let command = LifeEventCommand::Void {
             reason: change.reason,
             recorded_on: change.on,
@@ -456,6 +446,22 @@ impl Registry {
             .await
             .map_err(persistence_error)?;
         Ok(Stored::of(outcome.as_ref()))
+    }
+
+    /// The record of `stream_id` as cqrs-es loads it; [`RegistryError::Conflict`] unless it is
+    /// at `expected` (if given).
+    async fn load_at(
+        &self,
+        stream_id: &StreamId,
+        expected: Option<StreamVersion>,
+    ) -> Result<EventStoreAggregateContext<LifeEvent>, RegistryError> {
+        let context = self
+            .event_store
+            .load_aggregate(stream_id.as_str())
+            .await
+            .map_err(RegistryError::from)?;
+        check_expected(expected, context.current_sequence)?;
+        Ok(context)
     }
 
     /// Decides `command` on the record `context` loaded and serialises its events as cqrs-es's

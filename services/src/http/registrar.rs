@@ -496,9 +496,8 @@ pub async fn correct_life_event(
             recorded_on,
         })
     };
-    if let Some(index) = keyed(&context, &loaded) {
-        replay(&loaded, index, &again).await?;
-        return record_body(&state, &id).await;
+    if let Some(retried) = retried(&state, &context, &id, &loaded, &again).await {
+        return retried;
     }
     check_expected_version(&loaded, body.expected_version)?;
     let today = state.today();
@@ -595,9 +594,8 @@ pub async fn void_life_event(
             recorded_on,
         })
     };
-    if let Some(index) = keyed(&context, &loaded) {
-        replay(&loaded, index, &again).await?;
-        return record_body(&state, &id).await;
+    if let Some(retried) = retried(&state, &context, &id, &loaded, &again).await {
+        return retried;
     }
     check_expected_version(&loaded, body.expected_version)?;
     let actor = actor(&principal, &context);
@@ -614,6 +612,23 @@ pub async fn void_life_event(
         )
         .await;
     settle(&state, &context, &id, stored, "LifeEventVoided", &again).await
+}
+
+/// A correction or a void whose `Idempotency-Key` is on the record `loaded` already: its
+/// answer ([`replay`]: the record as it stands, or `idempotency_key_reused`); `None` for a
+/// request without a key or with a new one.
+async fn retried(
+    state: &AppState,
+    context: &RequestContext,
+    id: &str,
+    loaded: &LoadedLifeEvent,
+    again: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
+) -> Option<Result<Json<LifeEventBody>, ApiError>> {
+    let index = keyed(context, loaded)?;
+    Some(match replay(loaded, index, again).await {
+        Ok(()) => record_body(state, id).await,
+        Err(error) => Err(error),
+    })
 }
 
 /// What a correction or a void answers once the registry decided it: the record as it stands
