@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeline_model::envelope::{ExpectedVersion, LogCursor, StreamId, StreamVersion};
+use lifeline_model::envelope::{ExpectedVersion, LogCursor, NewEvent, StreamId, StreamVersion};
 use lifeline_store::{AppendError, EventStore, TransactionConnection};
 use lifeline_tests::{backend_tests, new_event, new_stream};
 use serde_json::json;
@@ -761,18 +761,7 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
     );
     let mut tx = store.begin().await.unwrap();
     let results = tx
-        .append_many(&[
-            (
-                &a,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_a),
-            ),
-            (
-                &b,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_b),
-            ),
-        ])
+        .append_many(&[creates(&a, &event_a), creates(&b, &event_b)])
         .await
         .unwrap();
     let outcomes: Vec<_> = results.into_iter().map(Result::unwrap).collect();
@@ -800,17 +789,9 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
     let mut tx = store.begin().await.unwrap();
     let results = tx
         .append_many(&[
-            (
-                &c,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_c),
-            ),
-            (&a, ExpectedVersion::NoStream, std::slice::from_ref(&clash)),
-            (
-                &existing,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&earlier),
-            ),
+            creates(&c, &event_c),
+            creates(&a, &clash),
+            creates(&existing, &earlier),
             (
                 &b,
                 ExpectedVersion::Exact(StreamVersion(1)),
@@ -884,43 +865,14 @@ async fn appends_of_a_transaction_grouped_are_answered_one_by_one(store: EventSt
             new_event("Z", json!({"n": 7})),
         );
         let mut appends = vec![
-            (
-                &z,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_z),
-            ),
-            (
-                &x,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_x),
-            ),
-            (
-                &y,
-                ExpectedVersion::NoStream,
-                std::slice::from_ref(&event_y),
-            ),
+            creates(&z, &event_z),
+            creates(&x, &event_x),
+            creates(&y, &event_y),
         ];
         match variant {
-            "clash" => appends.insert(
-                1,
-                (&a, ExpectedVersion::NoStream, std::slice::from_ref(&clash)),
-            ),
-            "re-send" => appends.insert(
-                1,
-                (
-                    &existing,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&earlier),
-                ),
-            ),
-            "elsewhere" => appends.insert(
-                1,
-                (
-                    &w,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&earlier),
-                ),
-            ),
+            "clash" => appends.insert(1, creates(&a, &clash)),
+            "re-send" => appends.insert(1, creates(&existing, &earlier)),
+            "elsewhere" => appends.insert(1, creates(&w, &earlier)),
             _ => {}
         }
         let mut tx = store.begin().await.unwrap();
@@ -1175,18 +1127,7 @@ async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store
     let mut tx = store.begin().await.unwrap();
     let (results, written) = tx
         .append_many_with_new_tasks(
-            &[
-                (
-                    &a,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&event_a),
-                ),
-                (
-                    &b,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&event_b),
-                ),
-            ],
+            &[creates(&a, &event_a), creates(&b, &event_b)],
             &[&row_a, &row_b],
         )
         .await
@@ -1217,18 +1158,7 @@ async fn new_tasks_inbox_rows_go_with_the_group_that_creates_their_streams(store
     let mut tx = store.begin().await.unwrap();
     let (results, written) = tx
         .append_many_with_new_tasks(
-            &[
-                (
-                    &a,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&event_a),
-                ),
-                (
-                    &c,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&event_c),
-                ),
-            ],
+            &[creates(&a, &event_a), creates(&c, &event_c)],
             &[&changed_a, &row_c],
         )
         .await
@@ -1293,11 +1223,7 @@ async fn a_whole_group_is_stored_whole_or_not_at_all(store: EventStore) {
     let refused = tx
         .append_whole_with_new_tasks(
             &[
-                (
-                    &fresh,
-                    ExpectedVersion::NoStream,
-                    std::slice::from_ref(&event_fresh),
-                ),
+                creates(&fresh, &event_fresh),
                 (
                     &existing,
                     ExpectedVersion::NoStream,
@@ -1390,6 +1316,18 @@ async fn a_whole_group_is_stored_whole_or_not_at_all(store: EventStore) {
 }
 
 /// A new task's inbox row for `procedure` in `status`, fixed times, no application.
+/// A member of a grouped append that creates `stream` with `event`.
+fn creates<'a>(
+    stream: &'a StreamId,
+    event: &'a NewEvent,
+) -> (&'a StreamId, ExpectedVersion, &'a [NewEvent]) {
+    (
+        stream,
+        ExpectedVersion::NoStream,
+        std::slice::from_ref(event),
+    )
+}
+
 fn new_task_row(
     procedure: lifeline_model::procedure::ProcedureId,
     status: lifeline_model::task::TaskStatus,
