@@ -4,6 +4,7 @@
 
 use chrono::NaiveDate;
 use libfuzzer_sys::fuzz_target;
+use lifeline_model::values::vietnam_day_end;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, DeathDeclaration,
     DeathDeclarationInput, Declaration,
@@ -31,7 +32,7 @@ fuzz_target!(|bytes: &[u8]| {
         }
     }
     if let Ok(input) = serde_json::from_slice::<DeathDeclarationInput>(bytes) {
-        match parse_death(&input, today()) {
+        match parse_death(&input, vietnam_day_end(today())) {
             Ok(death) => {
                 let json = serde_json::to_vec(&death).expect("a death serialises");
                 let back: DeathDeclaration =

@@ -7,6 +7,7 @@ use chrono::NaiveDate;
 use libfuzzer_sys::fuzz_target;
 use lifeline::http::extract::parse_json;
 use lifeline::http::registrar::{BirthBody, CorrectionBody, DeathBody, VoidBody};
+use lifeline_model::values::vietnam_day_end;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput,
 };
@@ -31,14 +32,14 @@ fuzz_target!(|bytes: &[u8]| {
     }
     match parse_json::<DeathBody>(bytes) {
         Ok(body) => {
-            if let Ok(death) = parse_death(&DeathDeclarationInput::from(body), today()) {
+            if let Ok(death) = parse_death(&DeathDeclarationInput::from(body), vietnam_day_end(today())) {
                 let mut json = serde_json::to_value(&death).expect("a death serialises");
                 if let Some(facts) = json.get_mut("death").and_then(|v| v.as_object_mut()) {
                     facts.remove("time_known");
                 }
                 let json = serde_json::to_vec(&json).expect("json");
                 let body: DeathBody = parse_json(&json).expect("a stored death is a valid body");
-                let again = parse_death(&DeathDeclarationInput::from(body), today())
+                let again = parse_death(&DeathDeclarationInput::from(body), vietnam_day_end(today()))
                     .expect("a stored death parses again");
                 assert_eq!(again, death);
             }

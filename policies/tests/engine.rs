@@ -19,7 +19,7 @@ use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, SystemEvent};
 use lifeline_model::task::{TaskCommand, TaskCreated, TaskEvent, TaskOutcome, TaskStatus};
-use lifeline_model::values::FullName;
+use lifeline_model::values::{vietnam_day_end, FullName};
 use lifeline_policies::engine::{task_id, task_stream};
 use lifeline_policies::facts::{declaration_facts, TaskFacts};
 use lifeline_policies::identity::{StoreAllocator, PIN_STREAM_KIND};
@@ -301,7 +301,7 @@ fn record_death(body: Value) -> LifeEventCommand {
     let input: DeathDeclarationInput = serde_json::from_value(body).unwrap();
     LifeEventCommand::RecordDeath {
         life_event_id: Uuid::new_v4(),
-        declaration: parse_death(&input, today()).unwrap(),
+        declaration: parse_death(&input, vietnam_day_end(today())).unwrap(),
         recorded_on: today(),
     }
 }

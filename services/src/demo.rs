@@ -5,11 +5,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::{Datelike, Duration, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, Months, NaiveDate, Utc};
 use lifeline_model::declaration::{BirthDeclarationInput, DeathDeclarationInput};
 use lifeline_model::envelope::{LogCursor, RecordedEvent, Role};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
 use lifeline_model::task::{TaskCommand, TaskOutcome, TaskStatus};
+use lifeline_model::values::vietnam_date;
 use lifeline_policies::handler::PolicyHandler;
 use lifeline_policies::projections::projection_subscribers;
 use lifeline_policies::projections::rebuild::catch_up;
@@ -23,11 +24,13 @@ use uuid::Uuid;
 use crate::registry::{Actor, Recorded, Registry};
 use crate::tasks::TaskDesk;
 
-/// Records the sample births and deaths (dates relative to `today`) and returns what was recorded.
+/// Records the sample births and deaths (dates relative to today in Vietnam at `now`) and
+/// returns what was recorded.
 pub async fn record_samples(
     registry: &Registry,
-    today: NaiveDate,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Recorded>> {
+    let today = vietnam_date(now);
     let mut recorded = Vec::new();
     for (office, input) in sample_births(today)? {
         let actor = registrar(office);
@@ -35,7 +38,7 @@ pub async fn record_samples(
     }
     for (office, input) in sample_deaths(today)? {
         let actor = registrar(office);
-        recorded.push(registry.record_death(&actor, &input, today).await?);
+        recorded.push(registry.record_death(&actor, &input, now).await?);
     }
     Ok(recorded)
 }
@@ -44,7 +47,8 @@ pub async fn record_samples(
 /// policies and projections run off the store's subscription (the embedded runtime, no NATS),
 /// simulated agencies claim and complete every task they receive, until nothing moves.
 pub async fn run(store: &EventStore, out: &mut impl Write) -> anyhow::Result<()> {
-    let today = Utc::now().with_timezone(&vietnam_offset()).date_naive();
+    let now = Utc::now();
+    let today = vietnam_date(now);
     let registry = Registry::new(store.clone());
     let desk = TaskDesk::new(store.clone());
     let engine: Arc<dyn PolicyHandler> = Arc::new(crate::serve::policy_engine(
@@ -57,7 +61,7 @@ pub async fn run(store: &EventStore, out: &mut impl Write) -> anyhow::Result<()>
         .collect();
     let mut projections = projection_subscribers();
 
-    let recorded = record_samples(&registry, today).await?;
+    let recorded = record_samples(&registry, now).await?;
     writeln!(
         out,
         "1. Registrars record {} life events on {today}:",

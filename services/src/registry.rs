@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventStore, PersistenceError, SerializedEvent,
@@ -20,6 +20,7 @@ use lifeline_model::envelope::{GlobalPosition, RecordedEvent, Role, StreamId, St
 use lifeline_model::error::DomainError;
 use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent, Reference};
 use lifeline_model::validation::ValidationErrors;
+use lifeline_model::values::vietnam_date;
 use lifeline_store::cqrs::OfficeSigner;
 use lifeline_store::{EventStore, LifelineRepository, StoreError};
 use uuid::Uuid;
@@ -264,14 +265,16 @@ impl Registry {
         .await
     }
 
-    /// Validates and records a death with the procedures the declarant chose.
+    /// Validates and records a death with the procedures the declarant chose, at the instant
+    /// `now` (the time of death must not be after it; the record is dated today in Vietnam).
     pub async fn record_death(
         &self,
         actor: &Actor,
         input: &DeathDeclarationInput,
-        today: NaiveDate,
+        now: DateTime<Utc>,
     ) -> Result<Recorded, RegistryError> {
-        let declaration = parse_death(input, today).map_err(RegistryError::Invalid)?;
+        let today = vietnam_date(now);
+        let declaration = parse_death(input, now).map_err(RegistryError::Invalid)?;
         let life_event_id = self.life_event_id(actor, "death");
         let stream_id = stream_for("death", life_event_id)?;
         let command = LifeEventCommand::RecordDeath {

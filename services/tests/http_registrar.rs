@@ -153,6 +153,20 @@ async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
                 vec![("death.at", "before_birth")],
             )
         },
+        Case {
+            path: "/v1/deaths",
+            token: Some(registrar(HANOI_OFFICE)),
+            ..case(
+                "death later today (the clock says 10:00 in Vietnam)",
+                death_with(|body| {
+                    body["death"]["at"] = json!("2026-11-21T10:00:01+07:00");
+                    body["death"]["notice"]["date"] = Value::Null;
+                }),
+                unprocessable,
+                "validation_failed",
+                vec![("death.at", "in_future")],
+            )
+        },
         case(
             "oversized body",
             birth_with(|body| body["child"]["place_of_birth"] = json!("x".repeat(70 * 1024))),

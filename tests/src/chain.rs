@@ -156,7 +156,7 @@ pub async fn record_death(
         .record_death(
             &registrar("01-00004", idempotency_key),
             &death_input(procedures),
-            today(),
+            lifeline_model::values::vietnam_day_end(today()),
         )
         .await
         .expect("record a death");

@@ -18,7 +18,7 @@ use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::system_events::SystemEvent;
 use lifeline_model::task::{TaskCommand, TaskEvent, TaskOutcome};
-use lifeline_model::values::{FullName, OfficeCode, Sex};
+use lifeline_model::values::{vietnam_day_end, FullName, OfficeCode, Sex};
 use lifeline_policies::engine::{task_id, task_stream};
 use lifeline_policies::facts::TaskFacts;
 use lifeline_policies::handler::Noticed;
@@ -195,7 +195,7 @@ async fn racing_redeliveries_on_postgres_have_the_effect_of_one_delivery() {
         "death",
         LifeEventCommand::RecordDeath {
             life_event_id: Uuid::new_v4(),
-            declaration: parse_death(&death, today).unwrap(),
+            declaration: parse_death(&death, vietnam_day_end(today)).unwrap(),
             recorded_on: today,
         },
     )

@@ -21,7 +21,7 @@ use lifeline_model::system_events::{EligibilityDecided, PersonalIdAssigned, Syst
 use lifeline_model::task::{
     Application, TaskClaimed, TaskCompleted, TaskCreated, TaskEvent, TaskOutcome, TaskStatus,
 };
-use lifeline_model::values::{FullName, PersonalId, Sex};
+use lifeline_model::values::{vietnam_day_end, FullName, PersonalId, Sex};
 use lifeline_policies::projections::{
     rebuild_projections, rebuild_projections_until, PROJECTION_NAMES,
 };
@@ -106,7 +106,7 @@ fn death_declaration(deceased_pin: &str) -> DeathDeclaration {
         "procedures": ["death-registration", "residence-deregistration", "burial-allowance", "funeral-support"]
     }))
     .unwrap();
-    parse_death(&input, today()).unwrap()
+    parse_death(&input, vietnam_day_end(today())).unwrap()
 }
 
 fn pin(raw: &str) -> PersonalId {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, FixedOffset, NaiveDate};
+use chrono::{DateTime, FixedOffset, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,7 +13,8 @@ use crate::procedure::{ProcedureGroup, ProcedureId};
 use crate::validation::{join_path, FieldError, ValidationErrors};
 use crate::values::{
     not_before_1900, not_before_birth, not_in_future, parse_commune, parse_date, parse_province_2,
-    parse_text, Email, FullName, OfficeCode, PersonalId, Phone, Sex, MAX_TEXT_CHARS,
+    parse_text, vietnam_date, vietnam_offset, Email, FullName, OfficeCode, PersonalId, Phone, Sex,
+    MAX_TEXT_CHARS,
 };
 
 /// Days the family has to register a birth (Law on Civil Status 2014); later is `late`, not refused.
@@ -417,11 +418,15 @@ pub fn parse_birth(
     }
 }
 
-/// Validates a death declaration, collecting every field error.
+/// Validates a death declaration at the instant `now`, collecting every field error. Dates are
+/// checked against today in Vietnam; the time of death, an instant, against `now` itself (a
+/// death at 23:59 today is refused at 10:00; one given at +14:00 is not refused because its
+/// own calendar date is already tomorrow in Vietnam).
 pub fn parse_death(
     input: &DeathDeclarationInput,
-    today: NaiveDate,
+    now: DateTime<Utc>,
 ) -> Result<DeathDeclaration, ValidationErrors> {
+    let today = vietnam_date(now);
     let mut errors = ValidationErrors::default();
     let office = required(&mut errors, &input.office, "office")
         .and_then(|raw| errors.take(OfficeCode::parse_field(raw, "office")));
@@ -440,7 +445,7 @@ pub fn parse_death(
             errors.push(FieldError::required("death"));
             None
         }
-        Some(death) => parse_death_facts(&mut errors, death, date_of_birth, today),
+        Some(death) => parse_death_facts(&mut errors, death, date_of_birth, now),
     };
     let declarant = match &input.declarant {
         None => {
@@ -717,8 +722,9 @@ fn parse_death_facts(
     errors: &mut ValidationErrors,
     death: &DeathInput,
     date_of_birth: Option<NaiveDate>,
-    today: NaiveDate,
+    now: DateTime<Utc>,
 ) -> Option<Death> {
+    let today = vietnam_date(now);
     let at = required(errors, &death.at, "death.at").and_then(|raw| {
         let at = errors.take(DateTime::parse_from_rfc3339(raw.trim()).map_err(|_| {
             FieldError::new(
@@ -728,7 +734,18 @@ fn parse_death_facts(
             )
         }))?;
         errors.take(not_before_1900(at.date_naive(), "death.at"))?;
-        errors.take(not_in_future(at.date_naive(), today, "death.at"))?;
+        if at > now {
+            errors.push(FieldError::new(
+                "death.at",
+                "in_future",
+                format!(
+                    "must not be after now ({})",
+                    now.with_timezone(&vietnam_offset())
+                        .to_rfc3339_opts(SecondsFormat::Secs, false)
+                ),
+            ));
+            return None;
+        }
         if let Some(date_of_birth) = date_of_birth {
             errors.take(not_before_birth(at.date_naive(), date_of_birth, "death.at"))?;
         }
@@ -840,8 +857,13 @@ mod tests {
         parse_birth(&serde_json::from_value(body).unwrap(), today())
     }
 
+    /// 2026-11-21 23:00 in Vietnam (16:00 UTC): already 2026-11-22 at +14:00.
+    fn now() -> DateTime<Utc> {
+        "2026-11-21T16:00:00Z".parse().unwrap()
+    }
+
     fn death(body: Value) -> Result<DeathDeclaration, ValidationErrors> {
-        parse_death(&serde_json::from_value(body).unwrap(), today())
+        parse_death(&serde_json::from_value(body).unwrap(), now())
     }
 
     #[test]
@@ -976,6 +998,32 @@ mod tests {
             death(body).unwrap_err().get("death.at").unwrap().code,
             "in_future"
         );
+
+        // The time of death is an instant: later today is the future, and a far-east offset
+        // whose calendar date is already tomorrow is not.
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-21T23:59:00+07:00");
+        body["death"]["notice"]["date"] = Value::Null;
+        let errors = death(body).unwrap_err();
+        let error = errors.get("death.at").unwrap();
+        assert_eq!(error.code, "in_future");
+        assert!(
+            error.message.contains("2026-11-21T23:00:00+07:00"),
+            "{}",
+            error.message
+        );
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-21T23:00:01+07:00");
+        body["death"]["notice"]["date"] = Value::Null;
+        assert_eq!(death(body).unwrap_err().fields(), ["death.at"]);
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-21T22:59:00+07:00");
+        body["death"]["notice"]["date"] = Value::Null;
+        assert!(death(body).is_ok());
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-22T05:00:00+14:00");
+        body["death"]["notice"]["date"] = Value::Null;
+        assert!(death(body).is_ok());
 
         let mut body = death_body();
         body["death"]["at"] = json!("2026-11-18");

@@ -24,6 +24,17 @@ pub fn vietnam_date(at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&vietnam_offset()).date_naive()
 }
 
+/// The last second of `date` in Vietnam (23:59:59 +07:00), as an instant: checking a declaration
+/// at it checks it as of that whole day (a retried correction, tests with a fixed today).
+pub fn vietnam_day_end(date: NaiveDate) -> DateTime<Utc> {
+    date.and_hms_opt(23, 59, 59)
+        .and_then(|time| time.and_local_timezone(vietnam_offset()).single())
+        .map_or_else(
+            || date.and_time(chrono::NaiveTime::MIN).and_utc(),
+            |at| at.to_utc(),
+        )
+}
+
 /// The province codes of personal ID numbers (Circular 07/2016/TT-BCA), embedded at build time.
 pub const PROVINCE_CODES_CSV: &str = include_str!("../data/pin-province-codes.csv");
 

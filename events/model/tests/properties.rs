@@ -14,7 +14,9 @@ use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::system_events::SystemEvent;
 use lifeline_model::task::TaskEvent;
 use lifeline_model::validation::ValidationErrors;
-use lifeline_model::values::{PersonalId, PersonalIdError, Sex, PROVINCE_CODES_CSV};
+use lifeline_model::values::{
+    vietnam_day_end, PersonalId, PersonalIdError, Sex, PROVINCE_CODES_CSV,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -173,7 +175,7 @@ fn check_birth(value: Value) -> Result<(), TestCaseError> {
 
 fn check_death(value: Value) -> Result<(), TestCaseError> {
     if let Ok(input) = serde_json::from_value::<DeathDeclarationInput>(value) {
-        if let Err(errors) = parse_death(&input, today()) {
+        if let Err(errors) = parse_death(&input, vietnam_day_end(today())) {
             names_fields(&errors)?;
         }
     }

@@ -6,7 +6,7 @@ use lifeline_model::envelope::StreamVersion;
 use lifeline_model::life_event::{BirthRecorded, DeathRecorded, Reference};
 use lifeline_model::procedure::ProcedureId;
 use lifeline_model::task::{Task, TaskCompleted, TaskEvent, TaskOutcome};
-use lifeline_model::values::PersonalId;
+use lifeline_model::values::{vietnam_day_end, PersonalId};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -100,7 +100,7 @@ pub(crate) fn death_recorded(late: bool) -> DeathRecorded {
         late,
         declaration: parse_death(
             &serde_json::from_value(death_body()).unwrap(),
-            date("2026-11-21"),
+            vietnam_day_end(date("2026-11-21")),
         )
         .unwrap(),
     }

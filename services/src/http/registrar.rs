@@ -21,7 +21,7 @@ use lifeline_model::life_event::{LifeEvent, LifeEventCommand, LifeEventEvent};
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::{PersonalIdAssigned, ReadResource};
 use lifeline_model::validation::{FieldError, ValidationErrors};
-use lifeline_model::values::OfficeCode;
+use lifeline_model::values::{vietnam_date, vietnam_day_end, OfficeCode};
 use lifeline_policies::identity::{assignment_event_id, decode_assignment};
 use lifeline_store::projections::{self, ProcedureState};
 use serde::{Deserialize, Serialize};
@@ -385,14 +385,14 @@ pub async fn record_death(
     authorize_role(&principal, Action::RecordLifeEvent)?;
     check_office_scope(&principal, body.office.as_deref())?;
     let input = DeathDeclarationInput::from(body);
-    let today = state.today();
-    let mut errors = parse_death(&input, today).err().unwrap_or_default();
+    let now = state.now();
+    let mut errors = parse_death(&input, now).err().unwrap_or_default();
     check_known_office(&state, input.office.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(&errors));
     }
     let actor = actor(&principal, &context);
-    let recorded = state.registry.record_death(&actor, &input, today).await?;
+    let recorded = state.registry.record_death(&actor, &input, now).await?;
     Ok(recorded_response(&state, recorded, "DeathRecorded"))
 }
 
@@ -489,9 +489,11 @@ pub async fn correct_life_event(
     // The same correction again (a retry: same Idempotency-Key, same body) is answered as the
     // first time; the key used before for anything else is refused. Before the version check:
     // the retried request's `expected_version` is the one its first attempt moved on from.
+    // It is checked as of the end of the day the correction was recorded on: it passed then.
     let again = |before: &LifeEvent, recorded_on: NaiveDate| {
+        let as_of = vietnam_day_end(recorded_on);
         Ok(LifeEventCommand::Correct {
-            declaration: corrected_declaration(before, &changes, recorded_on, offices.as_deref())?,
+            declaration: corrected_declaration(before, &changes, as_of, offices.as_deref())?,
             reason: reason.clone(),
             recorded_on,
         })
@@ -500,7 +502,8 @@ pub async fn correct_life_event(
         return retried;
     }
     check_expected_version(&loaded, body.expected_version)?;
-    let today = state.today();
+    let now = state.now();
+    let today = vietnam_date(now);
     let actor = actor(&principal, &context);
     // A birth's child may have been given a number (birth-followups, once the registration
     // completed): the correction must not contradict it. It is read once the correction holds
@@ -522,7 +525,7 @@ pub async fn correct_life_event(
             },
             |current| {
                 let declaration =
-                    corrected_declaration(current, &changes, today, offices.as_deref())?;
+                    corrected_declaration(current, &changes, now, offices.as_deref())?;
                 // A correction cannot move the record to another office.
                 authorize(
                     &principal,
@@ -847,12 +850,12 @@ fn required_reason(errors: &mut ValidationErrors, reason: Option<String>) -> Opt
     }
 }
 
-/// The declaration after merging `changes` over the current one, checked like a new one;
-/// field errors are named `changes.<path>`.
+/// The declaration after merging `changes` over the current one, checked like a new one at
+/// `now`; field errors are named `changes.<path>`.
 fn corrected_declaration(
     current: &LifeEvent,
     changes: &Value,
-    today: NaiveDate,
+    now: DateTime<Utc>,
     offices: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<Declaration, ApiError> {
     let declaration = current
@@ -889,14 +892,14 @@ fn corrected_declaration(
             let input = BirthDeclarationInput::from(body);
             errors = ValidationErrors::default();
             check_known_office_in(offices, input.office.as_deref(), "office", &mut errors);
-            parse_birth(&input, today).map(Declaration::Birth)
+            parse_birth(&input, vietnam_date(now)).map(Declaration::Birth)
         }
         Declaration::Death(current) => {
             let body: DeathBody = parse_json(&bytes).map_err(prefixed)?;
             let input = DeathDeclarationInput::from(body);
             errors = ValidationErrors::default();
             check_known_office_in(offices, input.office.as_deref(), "office", &mut errors);
-            parse_death(&input, today).map(|mut corrected| {
+            parse_death(&input, now).map(|mut corrected| {
                 // A death recorded with its date only (schema v1, upcast to midnight with
                 // `time_known: false`) keeps that unless the correction gives a time of death:
                 // the body cannot carry the flag, and a parsed `at` counts as known.

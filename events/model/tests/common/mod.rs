@@ -7,6 +7,7 @@ use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, DeathDeclaration,
     DeathDeclarationInput,
 };
+use lifeline_model::values::vietnam_day_end;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -70,7 +71,7 @@ pub fn birth_from(body: Value) -> BirthDeclaration {
 
 pub fn death_from(body: Value) -> DeathDeclaration {
     let input: DeathDeclarationInput = serde_json::from_value(body).unwrap();
-    parse_death(&input, today()).unwrap()
+    parse_death(&input, vietnam_day_end(today())).unwrap()
 }
 
 pub fn birth() -> BirthDeclaration {
