@@ -37,6 +37,9 @@ pub enum StoreError {
         global_position: i64,
         reason: String,
     },
+    /// A [`crate::Lease`] could not be taken or is no longer held.
+    #[error("lease: {0}")]
+    Lease(String),
 }
 
 /// Why an append stored nothing.

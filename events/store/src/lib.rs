@@ -31,6 +31,7 @@ pub mod cqrs;
 pub mod error;
 mod group_commit;
 pub mod integrity;
+mod lease;
 mod postgres;
 pub mod projections;
 mod sqlite;
@@ -44,6 +45,7 @@ pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
 pub use integrity::{
     inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
 };
+pub use lease::Lease;
 pub use store::{
     BackendKind, EventStore, KnownHashAppends, StoreTransaction, TransactionConnection,
 };

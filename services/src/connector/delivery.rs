@@ -6,8 +6,14 @@
 //!
 //! No HTTP call runs inside a database transaction. Deliveries are sequential. The outcome
 //! event's id is fixed per (agency, task event), so after a crash at most the one delivery in
-//! flight is sent again: receivers must be idempotent by `delivery_id` / `task_id`. Run one
-//! worker per agency (two would both deliver).
+//! flight is sent again: receivers must be idempotent by `delivery_id` / `task_id`.
+//!
+//! Every worker process runs a worker per connector agency, but only the one holding the
+//! agency's lease ([`lease_name`], a [`Lease`] of the store) delivers; the others wait and try
+//! for it every poll interval. The holder confirms its lease before every delivery, so one whose
+//! database session ended (the lease then passes to another process) stops before it sends
+//! again. (Until 2026-12-07 every worker process delivered every task: two `serve --role
+//! worker` replicas sent each one twice.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
 use lifeline_model::task::{Application, TaskEvent};
-use lifeline_store::{EventStore, StoreError};
+use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
 
@@ -41,11 +47,18 @@ pub fn checkpoint_name(agency: AgencyId) -> String {
     format!("connector:{agency}")
 }
 
+/// The lease that lets one process at a time deliver `agency`'s tasks: `connector:<agency>`.
+pub fn lease_name(agency: AgencyId) -> String {
+    format!("connector:{agency}")
+}
+
 /// A fault that stops a pass of the worker; the next pass starts again at the checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the delivery lease was lost: {0}")]
+    LeaseLost(StoreError),
     #[error("cannot append the delivery outcome of task {task_id}: {reason}")]
     Append { task_id: Uuid, reason: String },
     #[error("cannot build the http client: {0}")]
@@ -124,16 +137,44 @@ impl DeliveryWorker {
         self.agency
     }
 
-    /// Delivers until `shutdown` completes; a failed pass is logged and retried after the poll
-    /// interval. Stopping mid-delivery is safe: the delivery is sent again on restart.
+    /// Delivers until `shutdown` completes, while it holds the agency's lease (waiting for it
+    /// meanwhile); a failed pass is logged and retried after the poll interval. Stopping
+    /// mid-delivery is safe: the delivery is sent again on restart.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut lease: Option<Lease> = None;
+        let mut waiting_logged = false;
         loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                result = self.run_once() => {
-                    if let Err(error) = result {
-                        tracing::error!(agency = %self.agency, %error, "connector pass failed; retrying");
+            if lease.is_none() {
+                match self.store.try_lease(&lease_name(self.agency)).await {
+                    Ok(Some(held)) => {
+                        tracing::info!(agency = %self.agency, "connector lease taken: delivering");
+                        lease = Some(held);
+                        waiting_logged = false;
+                    }
+                    Ok(None) if !waiting_logged => {
+                        tracing::info!(agency = %self.agency,
+                            "another process delivers for this agency; standing by");
+                        waiting_logged = true;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(agency = %self.agency, %error, "cannot take the connector lease; retrying");
+                    }
+                }
+            }
+            if let Some(held) = lease.as_mut() {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    result = self.pass(Some(held)) => match result {
+                        Ok(_) => {}
+                        Err(DeliveryError::LeaseLost(error)) => {
+                            tracing::warn!(agency = %self.agency, %error, "connector lease lost; standing by");
+                            lease = None;
+                        }
+                        Err(error) => {
+                            tracing::error!(agency = %self.agency, %error, "connector pass failed; retrying");
+                        }
                     }
                 }
             }
@@ -144,9 +185,15 @@ impl DeliveryWorker {
         }
     }
 
-    /// One pass: from the checkpoint to the end of the log as it is now. Answers how many
-    /// deliveries were made (accepted or failed).
+    /// One pass: from the checkpoint to the end of the log as it is now, without a lease (the
+    /// caller is the only deliverer: tests, a one-off run). Answers how many deliveries were
+    /// made (accepted or failed).
     pub async fn run_once(&self) -> Result<usize, DeliveryError> {
+        self.pass(None).await
+    }
+
+    /// One pass; with a lease, it is confirmed before every delivery.
+    async fn pass(&self, mut lease: Option<&mut Lease>) -> Result<usize, DeliveryError> {
         let name = checkpoint_name(self.agency);
         let mut cursor = self.store.load_checkpoint(&name).await?;
         let mut deliveries = 0;
@@ -158,6 +205,9 @@ impl DeliveryWorker {
             let end = last.cursor();
             for event in &batch {
                 if let Some(message) = self.due(event).await? {
+                    if let Some(lease) = lease.as_deref_mut() {
+                        lease.confirm().await.map_err(DeliveryError::LeaseLost)?;
+                    }
                     self.deliver_and_record(event, message).await?;
                     deliveries += 1;
                     // The outcome is appended: move past it before the next HTTP call.

@@ -19,5 +19,5 @@ pub mod events;
 pub mod signing;
 
 pub use config::{AgencyConnector, ConnectorConfigError, ConnectorSecret, ConnectorsConfig};
-pub use delivery::{checkpoint_name, DeliveryError, DeliveryWorker};
+pub use delivery::{checkpoint_name, lease_name, DeliveryError, DeliveryWorker};
 pub use events::{ConnectorDelivered, ConnectorDeliveryFailed, DeliveryMessage};
