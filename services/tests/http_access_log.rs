@@ -177,6 +177,88 @@ async fn agency_reads_of_a_task_are_logged_with_the_agency_scope() {
 }
 
 #[tokio::test]
+async fn a_claims_and_a_completions_answers_are_logged_reads_a_claim_again_too() {
+    let app = TestApp::new().await;
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let alice = officer("police-alice", AgencyId::Police);
+    for (suffix, body) in [
+        ("/claim", None),
+        ("/claim", None),
+        (
+            "/complete",
+            Some(
+                serde_json::json!({ "outcome": { "kind": "residence_registered",
+                                                    "entry_number": "CT-2026-1" } }),
+            ),
+        ),
+    ] {
+        let (status, answer, _) = app
+            .call_raw(
+                Method::POST,
+                &format!("/v1/tasks/{task}{suffix}"),
+                Some(&alice),
+                body.map(|body| serde_json::to_vec(&body).unwrap()),
+                &[("x-purpose", "registering the residence")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{suffix}: {answer}");
+        assert!(answer["application"].is_object(), "{answer}");
+    }
+    let reads = reads(&app).await;
+    assert_eq!(reads.len(), 3, "{reads:?}");
+    for read in &reads {
+        assert_eq!(read["subject"], "police-alice");
+        assert_eq!(read["resource"]["kind"], "task");
+        assert_eq!(read["resource"]["task_id"], task.to_string());
+        assert_eq!(read["purpose"], "registering the residence");
+        assert!(
+            !read["personal_ids"].as_array().unwrap().is_empty(),
+            "{read}"
+        );
+    }
+    // A command refused (the task is closed) serves nothing and logs nothing.
+    let (status, _, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/claim"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(reads_len(&app).await, 3);
+}
+
+#[tokio::test]
+async fn a_corrections_answer_is_a_logged_read_of_the_record() {
+    let app = TestApp::new().await;
+    let birth = record_birth(&app).await;
+    let (status, answer, _) = app
+        .call_raw(
+            Method::POST,
+            &format!("/v1/life-events/{birth}/corrections"),
+            Some(&registrar(HCM_OFFICE)),
+            Some(
+                serde_json::to_vec(&serde_json::json!({
+                    "reason": "typo in the place of birth",
+                    "changes": { "child": { "place_of_birth": "Bệnh viện Hùng Vương" } }
+                }))
+                .unwrap(),
+            ),
+            &[("x-purpose", "correcting the record")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let reads = reads(&app).await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["resource"]["kind"], "life_event");
+    assert_eq!(reads[0]["resource"]["life_event_id"], birth);
+    assert_eq!(reads[0]["purpose"], "correcting the record");
+    let named = reads[0]["personal_ids"].as_array().unwrap();
+    assert!(named.iter().any(|pin| pin == MOTHER), "{named:?}");
+}
+
+#[tokio::test]
 async fn health_metrics_inbox_and_citizen_status_record_nothing() {
     let app = TestApp::new().await;
     let (_, recorded, _) = app

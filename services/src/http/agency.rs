@@ -211,14 +211,16 @@ pub async fn get_task(
 /// Claim a task: one officer at a time.
 #[utoipa::path(
     post, path = "/v1/tasks/{id}/claim", tag = "agency",
-    params(("id" = Uuid, Path, description = "the task id")),
+    params(("id" = Uuid, Path, description = "the task id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the answer's personal data is read; recorded in the access log")),
     responses(
         (status = 200, description = "claimed (or already claimed by the caller)", body = TaskBody),
+        (status = 400, description = "an invalid X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another agency's task", body = ErrorBody),
         (status = 404, description = "no such task", body = ErrorBody),
         (status = 409, description = "claimed by another officer, closed, or changed concurrently", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -227,31 +229,40 @@ pub async fn claim_task(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<TaskBody>, ApiError> {
     let command = TaskCommand::Claim {
         by: principal.subject.clone(),
         at: state.now(),
     };
-    run_task_command(&state, &principal, &context, &id, "TaskClaimed", |_| {
-        Ok(command)
-    })
+    run_task_command(
+        &state,
+        &principal,
+        &context,
+        &headers,
+        &id,
+        "TaskClaimed",
+        |_| Ok(command),
+    )
     .await
 }
 
 /// Complete a task with its outcome (checked for the procedure).
 #[utoipa::path(
     post, path = "/v1/tasks/{id}/complete", tag = "agency",
-    params(("id" = Uuid, Path, description = "the task id")),
+    params(("id" = Uuid, Path, description = "the task id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the answer's personal data is read; recorded in the access log")),
     request_body = CompleteBody,
     responses(
         (status = 200, description = "completed", body = TaskBody),
+        (status = 400, description = "an invalid X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another agency's task", body = ErrorBody),
         (status = 404, description = "no such task", body = ErrorBody),
         (status = 409, description = "claimed by another officer, closed, or changed concurrently", body = ErrorBody),
         (status = 422, description = "invalid outcome, fields named", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -260,6 +271,7 @@ pub async fn complete_task(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CompleteBody>,
 ) -> Result<Json<TaskBody>, ApiError> {
@@ -269,6 +281,7 @@ pub async fn complete_task(
         &state,
         &principal,
         &context,
+        &headers,
         &id,
         "TaskCompleted",
         move |procedure| {
@@ -282,16 +295,18 @@ pub async fn complete_task(
 /// Reject a task, with the reason.
 #[utoipa::path(
     post, path = "/v1/tasks/{id}/reject", tag = "agency",
-    params(("id" = Uuid, Path, description = "the task id")),
+    params(("id" = Uuid, Path, description = "the task id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the answer's personal data is read; recorded in the access log")),
     request_body = RejectBody,
     responses(
         (status = 200, description = "rejected", body = TaskBody),
+        (status = 400, description = "an invalid X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another agency's task", body = ErrorBody),
         (status = 404, description = "no such task", body = ErrorBody),
         (status = 409, description = "claimed by another officer, closed, or changed concurrently", body = ErrorBody),
         (status = 422, description = "no reason", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -300,6 +315,7 @@ pub async fn reject_task(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<RejectBody>,
 ) -> Result<Json<TaskBody>, ApiError> {
@@ -309,6 +325,7 @@ pub async fn reject_task(
         &state,
         &principal,
         &context,
+        &headers,
         &id,
         "TaskRejected",
         move |_| match body.reason {
@@ -321,16 +338,25 @@ pub async fn reject_task(
     .await
 }
 
+/// Runs a claim, a completion or a rejection and answers the task after it. The answer carries
+/// the application (personal data), so its read goes to the access log before it is served, as
+/// `GET /v1/tasks/{id}`'s does; a refused command serves nothing and logs nothing. If the read
+/// cannot be recorded the answer is 503 and nothing is served, though the command stands (a
+/// claim again by its holder, or a look at the task, shows it). Until 2026-12-07 these answers
+/// were not logged, and a claim by its own holder (which appends nothing) re-read the
+/// application without a trace.
 async fn run_task_command(
     state: &AppState,
     principal: &Principal,
     context: &RequestContext,
+    headers: &HeaderMap,
     id: &str,
     event_type: &str,
     command: impl FnOnce(ProcedureId) -> Result<TaskCommand, ApiError>,
 ) -> Result<Json<TaskBody>, ApiError> {
     authorize_role(principal, Action::WorkTask)?;
-    let (_, loaded, procedure) = load_task(state, id).await?;
+    let purpose = access::purpose(principal, headers)?;
+    let (task_id, loaded, procedure) = load_task(state, id).await?;
     authorize(
         principal,
         Action::WorkTask,
@@ -345,7 +371,15 @@ async fn run_task_command(
             .metrics
             .events_appended(event_type, u64::try_from(appended).unwrap_or_default());
     }
-    Ok(Json(task_body(&after, procedure)?))
+    let body = task_body(&after, procedure)?;
+    let resource = ReadResource::Task {
+        task_id,
+        life_event_id: body.life_event_id,
+    };
+    let read =
+        Read::new(resource, purpose).naming(body.application.values().flat_map(personal_ids_in));
+    record_read(state, principal, context.correlation_id, read).await?;
+    Ok(Json(body))
 }
 
 async fn load_task(

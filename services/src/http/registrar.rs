@@ -440,16 +440,18 @@ pub async fn get_life_event(
 /// Correct a record: a merge patch over its declaration, with a reason.
 #[utoipa::path(
     post, path = "/v1/life-events/{id}/corrections", tag = "registrar",
-    params(("id" = Uuid, Path, description = "the life event id")),
+    params(("id" = Uuid, Path, description = "the life event id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the answer's personal data is read; recorded in the access log")),
     request_body = CorrectionBody,
     responses(
         (status = 200, description = "corrected: the record after the correction", body = LifeEventBody),
+        (status = 400, description = "an invalid X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
         (status = 422, description = "invalid fields (also `personal_id_assigned`: a change of a birth's child sex or year of birth that its assigned personal ID number encodes), nothing changed, voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same request again is answered 200 and stores nothing)", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -458,10 +460,16 @@ pub async fn correct_life_event(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CorrectionBody>,
 ) -> Result<Json<LifeEventBody>, ApiError> {
     authorize_role(&principal, Action::ChangeLifeEvent)?;
+    let caller = Caller {
+        principal: &principal,
+        context: &context,
+        purpose: access::purpose(&principal, &headers)?,
+    };
     let loaded = load_record(&state, &id).await?;
     let office = current_declaration(&loaded.state)?.office().clone();
     authorize(&principal, Action::ChangeLifeEvent, Target::Office(&office))?;
@@ -498,7 +506,7 @@ pub async fn correct_life_event(
             recorded_on,
         })
     };
-    if let Some(retried) = retried(&state, &context, &id, &loaded, &again).await {
+    if let Some(retried) = retried(&state, &caller, &id, &loaded, &again).await {
         return retried;
     }
     check_expected_version(&loaded, body.expected_version)?;
@@ -555,22 +563,24 @@ pub async fn correct_life_event(
         Ok(Err(refusal)) => return Err(refusal),
         Err(error) => Err(error),
     };
-    settle(&state, &context, &id, decided, "LifeEventCorrected", &again).await
+    settle(&state, &caller, &id, decided, "LifeEventCorrected", &again).await
 }
 
 /// Void a record entered in error, with a reason.
 #[utoipa::path(
     post, path = "/v1/life-events/{id}/void", tag = "registrar",
-    params(("id" = Uuid, Path, description = "the life event id")),
+    params(("id" = Uuid, Path, description = "the life event id"),
+           ("X-Purpose" = Option<String>, Header, description = "why the answer's personal data is read; recorded in the access log")),
     request_body = VoidBody,
     responses(
         (status = 200, description = "voided: the record after the void", body = LifeEventBody),
+        (status = 400, description = "an invalid X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another office's record", body = ErrorBody),
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
         (status = 422, description = "no reason, already voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same void again is answered 200 and stores nothing)", body = ErrorBody),
-        (status = 503, description = "store unavailable", body = ErrorBody),
+        (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -579,10 +589,16 @@ pub async fn void_life_event(
     State(state): State<AppState>,
     principal: Principal,
     context: RequestContext,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<VoidBody>,
 ) -> Result<Json<LifeEventBody>, ApiError> {
     authorize_role(&principal, Action::ChangeLifeEvent)?;
+    let caller = Caller {
+        principal: &principal,
+        context: &context,
+        purpose: access::purpose(&principal, &headers)?,
+    };
     let loaded = load_record(&state, &id).await?;
     let office = current_declaration(&loaded.state)?.office().clone();
     authorize(&principal, Action::ChangeLifeEvent, Target::Office(&office))?;
@@ -597,7 +613,7 @@ pub async fn void_life_event(
             recorded_on,
         })
     };
-    if let Some(retried) = retried(&state, &context, &id, &loaded, &again).await {
+    if let Some(retried) = retried(&state, &caller, &id, &loaded, &again).await {
         return retried;
     }
     check_expected_version(&loaded, body.expected_version)?;
@@ -614,7 +630,14 @@ pub async fn void_life_event(
             },
         )
         .await;
-    settle(&state, &context, &id, stored, "LifeEventVoided", &again).await
+    settle(&state, &caller, &id, stored, "LifeEventVoided", &again).await
+}
+
+/// Who asked for a correction or a void, and why they read its answer (`X-Purpose`).
+struct Caller<'a> {
+    principal: &'a Principal,
+    context: &'a RequestContext,
+    purpose: Option<String>,
 }
 
 /// A correction or a void whose `Idempotency-Key` is on the record `loaded` already: its
@@ -622,14 +645,14 @@ pub async fn void_life_event(
 /// request without a key or with a new one.
 async fn retried(
     state: &AppState,
-    context: &RequestContext,
+    caller: &Caller<'_>,
     id: &str,
     loaded: &LoadedLifeEvent,
     again: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
 ) -> Option<Result<Json<LifeEventBody>, ApiError>> {
-    let index = keyed(context, loaded)?;
+    let index = keyed(caller.context, loaded)?;
     Some(match replay(loaded, index, again).await {
-        Ok(()) => record_body(state, id).await,
+        Ok(()) => record_body(state, caller, id).await,
         Err(error) => Err(error),
     })
 }
@@ -640,7 +663,7 @@ async fn retried(
 /// look.
 async fn settle(
     state: &AppState,
-    context: &RequestContext,
+    caller: &Caller<'_>,
     id: &str,
     decided: Result<Stored, RegistryError>,
     event_type: &str,
@@ -650,12 +673,13 @@ async fn settle(
         Ok(Stored::New) => state.metrics.events_appended(event_type, 1),
         Ok(Stored::Before) => {
             let loaded = load_record(state, id).await?;
-            let index = keyed(context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
+            let index =
+                keyed(caller.context, &loaded).ok_or(RegistryError::IdempotencyKeyReused)?;
             replay(&loaded, index, again).await?;
         }
-        Err(error) => return overtaken(state, context, id, error, again).await,
+        Err(error) => return overtaken(state, caller, id, error, again).await,
     }
-    record_body(state, id).await
+    record_body(state, caller, id).await
 }
 
 /// A correction or a void the registry refused as a conflict, as changing nothing, or as
@@ -665,12 +689,12 @@ async fn settle(
 /// request is answered as a retry ([`replay`]); else the refusal stands.
 async fn overtaken(
     state: &AppState,
-    context: &RequestContext,
+    caller: &Caller<'_>,
     id: &str,
     error: RegistryError,
     again: &impl Fn(&LifeEvent, NaiveDate) -> Result<LifeEventCommand, ApiError>,
 ) -> Result<Json<LifeEventBody>, ApiError> {
-    let maybe_ours = context.idempotency_key.is_some()
+    let maybe_ours = caller.context.idempotency_key.is_some()
         && matches!(
             error,
             RegistryError::Conflict
@@ -680,19 +704,33 @@ async fn overtaken(
         return Err(error.into());
     }
     let loaded = load_record(state, id).await?;
-    let Some(index) = keyed(context, &loaded) else {
+    let Some(index) = keyed(caller.context, &loaded) else {
         return Err(error.into());
     };
     replay(&loaded, index, again).await?;
-    record_body(state, id).await
+    record_body(state, caller, id).await
 }
 
-/// The record `id` as it stands, with its procedures: what a correction or a void answers.
-async fn record_body(state: &AppState, id: &str) -> Result<Json<LifeEventBody>, ApiError> {
+/// The record `id` as it stands, with its procedures: what a correction or a void answers. It
+/// is personal data (the whole declaration, with what others changed since): its read is in
+/// the access log before it is served, as `GET /v1/life-events/{id}`'s is.
+async fn record_body(
+    state: &AppState,
+    caller: &Caller<'_>,
+    id: &str,
+) -> Result<Json<LifeEventBody>, ApiError> {
     let loaded = load_record(state, id).await?;
     let declaration = current_declaration(&loaded.state)?;
-    let status = projections::life_event_status(&state.store, life_event_id(&loaded)?).await?;
-    Ok(Json(life_event_body(&loaded, declaration, status)?))
+    let life_event_id = life_event_id(&loaded)?;
+    let status = projections::life_event_status(&state.store, life_event_id).await?;
+    let body = life_event_body(&loaded, declaration, status)?;
+    let read = Read::new(
+        ReadResource::LifeEvent { life_event_id },
+        caller.purpose.clone(),
+    )
+    .naming(personal_ids_in(&body.declaration));
+    record_read(state, caller.principal, caller.context.correlation_id, read).await?;
+    Ok(Json(body))
 }
 
 /// The index of the record's event stored under this request's `Idempotency-Key`, if it has
