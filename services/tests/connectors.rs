@@ -14,10 +14,13 @@ use lifeline::connector::{
     checkpoint_name, AgencyConnector, ConnectorSecret, ConnectorsConfig, DeliveryWorker,
 };
 use lifeline::registry::Actor;
+use lifeline_model::codec::to_new_event;
 use lifeline_model::declaration::{parse_birth, Declaration};
-use lifeline_model::envelope::{Role, StreamId};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, Role, StreamId};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, TaskCommand, TaskStatus};
+use lifeline_model::task::{
+    Application, FollowUp, FollowUpKind, TaskCommand, TaskCreated, TaskEvent, TaskStatus,
+};
 use lifeline_model::values::OfficeCode;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -334,6 +337,72 @@ async fn a_synchronous_result_completes_the_task_and_a_cancellation_is_delivered
     assert_eq!(last["kind"], "cancelled");
     assert_eq!(last["task_id"], other.to_string());
     assert_eq!(last["application"], json!({}));
+}
+
+/// A reversal task (the record voided after the procedure completed), as the corrections
+/// policy stores it: its delivery and its task body say what it follows up, so that the agency
+/// revokes instead of registering again.
+#[tokio::test]
+async fn a_reversal_reaches_the_agency_as_a_reversal() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let loaded = app.state.tasks.load(first).await.unwrap().unwrap();
+    let reversal = Uuid::now_v7();
+    let created = TaskCreated {
+        task_id: reversal,
+        procedure: ProcedureId::ResidenceRegistration,
+        agency: AgencyId::Police,
+        life_event_id: loaded.state.life_event_id.unwrap(),
+        office: loaded.state.office.clone().unwrap(),
+        application: loaded.state.application.clone(),
+        due_at: now() + chrono::Duration::days(2),
+        source_event_id: Uuid::now_v7(),
+        created_at: now(),
+        follow_up: Some(FollowUp {
+            kind: FollowUpKind::Reversal,
+            follows: first,
+            reason: "nhập nhầm".to_owned(),
+        }),
+    };
+    app.store
+        .append(
+            &StreamId::for_kind("task", reversal).unwrap(),
+            ExpectedVersion::NoStream,
+            &[to_new_event(
+                &TaskEvent::TaskCreated(created),
+                Uuid::now_v7(),
+                EventMetadata::system("policy:corrections", Uuid::now_v7(), None, now()),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 2);
+    let requests = server.received_requests().await.unwrap();
+    let first_sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert!(first_sent.get("follow_up").is_none(), "{first_sent}");
+    let sent: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    assert_eq!(sent["task_id"], reversal.to_string());
+    assert_eq!(sent["kind"], "created");
+    assert_eq!(sent["follow_up"]["kind"], "reversal");
+    assert_eq!(sent["follow_up"]["follows"], first.to_string());
+    assert_eq!(sent["follow_up"]["reason"], "nhập nhầm");
+
+    let (status, body, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/tasks/{reversal}"),
+            Some(&officer("police-alice", AgencyId::Police)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["follow_up"]["kind"], "reversal");
+    assert_eq!(body["follow_up"]["follows"], first.to_string());
 }
 
 fn signed_headers(body: &[u8], secret: &[u8]) -> (String, String) {

@@ -411,6 +411,10 @@ pub struct Task {
     pub claimed_by: Option<String>,
     pub outcome: Option<TaskOutcome>,
     pub overdue: bool,
+    /// What a re-issue or a reversal follows up (from its `TaskCreated`); `None` for a first
+    /// task.
+    #[serde(default)]
+    pub follow_up: Option<FollowUp>,
 }
 
 impl Task {
@@ -602,6 +606,7 @@ impl Aggregate for Task {
                 self.office = Some(event.office);
                 self.application = event.application;
                 self.due_at = Some(event.due_at);
+                self.follow_up = event.follow_up;
                 self.status = TaskStatus::Open;
             }
             TaskEvent::TaskClaimed(event) => {

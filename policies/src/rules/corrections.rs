@@ -320,11 +320,22 @@ fn creator<'a>(
         None => (
             follow_up_policy,
             Context {
-                source: completion,
+                source: as_of_correction(completion, context),
                 ..*context
             },
         ),
         Some(_) => (CORRECTIONS, *context),
+    }
+}
+
+/// `completion` as the source of a follow-up made by this correction: its ids (those the
+/// follow-up policy gives it), but its time limit counted from the correction. (Until
+/// 2026-12-07 from the completion: a procedure the correction made eligible weeks after the
+/// registration completed was overdue when created.)
+fn as_of_correction(completion: Source, context: &Context<'_>) -> Source {
+    Source {
+        recorded_at: completion.recorded_at.max(context.source.recorded_at),
+        ..completion
     }
 }
 
@@ -422,7 +433,7 @@ fn redecide(
     let Some(before) = redecision.decided.get(&procedure) else {
         if let Some(first) = now {
             let context = Context {
-                source: redecision.completion,
+                source: as_of_correction(redecision.completion, context),
                 ..*context
             };
             commands.extend(death_followups::commands(
@@ -527,6 +538,12 @@ pub fn react_voided(
         last_completed.insert(task.created.procedure, task);
     }
     for (procedure, task) in last_completed {
+        // A procedure whose last completed task is a reversal (a correction withdrew it and
+        // the agency completed that) has nothing standing to reverse. (Until 2026-12-07 the
+        // void asked the agency to reverse it again, following the reversal.)
+        let Some(task) = standing(Some(task)) else {
+            continue;
+        };
         commands.push(Command::CreateTask(new_task(
             CORRECTIONS,
             procedure,
@@ -667,6 +684,54 @@ mod tests {
             FollowUpKind::Reversal
         );
         assert_eq!(reversal.application, done.state.application);
+    }
+
+    #[test]
+    fn a_void_does_not_reverse_a_procedure_already_reversed() {
+        let reference = reference();
+        let void = LifeEventVoided {
+            life_event_id: life_event_id(),
+            reason: "nhập nhầm".into(),
+            recorded_on: date("2026-11-21"),
+        };
+        let paid = completed_task(
+            P::BurialAllowance,
+            TaskOutcome::PaymentDecided {
+                decision_number: "QĐ-1".into(),
+                amount_vnd: 23_400_000,
+            },
+        );
+        let mut reversed = completed_task(
+            P::BurialAllowance,
+            TaskOutcome::PaymentDecided {
+                decision_number: "QĐ-2".into(),
+                amount_vnd: 23_400_000,
+            },
+        );
+        reversed.created.task_id = Uuid::from_u128(61);
+        reversed.created.follow_up = Some(FollowUp {
+            kind: FollowUpKind::Reversal,
+            follows: paid.task_id(),
+            reason: "sai số định danh".into(),
+        });
+        let registered = completed_task(P::DeathRegistration, death_registered());
+        let commands = react_voided(
+            &void,
+            &death_facts(),
+            &[registered.clone(), paid, reversed],
+            &context(&reference),
+        )
+        .unwrap();
+        // Only the death registration, still standing, is reversed.
+        assert_eq!(commands.len(), 1, "{commands:?}");
+        let Command::CreateTask(reversal) = &commands[0] else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(reversal.procedure, P::DeathRegistration);
+        assert_eq!(
+            reversal.follow_up.as_ref().unwrap().follows,
+            registered.task_id()
+        );
     }
 
     // ---- a death record's follow-ups, decided again
@@ -1029,12 +1094,16 @@ mod tests {
         // Nothing was decided (nothing chosen); the correction chooses all three.
         let registration = completed_task(P::DeathRegistration, death_registered());
         let follow_ups = redecision(&[], &life, &pensioner());
+        // The correction comes a month after the registration completed.
+        let mut context = context(&reference);
+        context.source.recorded_at = utc("2026-12-21T09:00:00+07:00");
+        context.now = utc("2026-12-21T09:00:01+07:00");
         let commands = react_corrected(
             &event,
             &life,
             std::slice::from_ref(&registration),
             &follow_ups,
-            &context(&reference),
+            &context,
         )
         .unwrap();
         let FollowUps::Redecide(redecision) = &follow_ups else {
@@ -1060,6 +1129,15 @@ mod tests {
                 (P::BurialAllowance, expected[1], Uuid::from_u128(77)),
             ]
         );
+        // Their time limits count from the correction, not from the completion a month before.
+        for task in created {
+            assert!(
+                task.due_at > context.source.recorded_at,
+                "{:?} due {}",
+                task.procedure,
+                task.due_at
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use chrono::Utc;
 use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, TaskEvent};
+use lifeline_model::task::{Application, Task, TaskEvent};
 use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
@@ -34,6 +34,7 @@ use super::events::{
     DeliveryKind, DeliveryMessage, DELIVERED, DELIVERY_FAILED,
 };
 use super::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::http::agency::FollowUpBody;
 use crate::http::connectors::{apply_agency_result, AgencyResult};
 use crate::tasks::TaskDesk;
 
@@ -248,12 +249,11 @@ impl DeliveryWorker {
                     due_at: Some(created.due_at),
                     application: minimised(created.procedure, &created.application),
                     changed_fields: Vec::new(),
+                    follow_up: created.follow_up.as_ref().map(FollowUpBody::of),
                 }
             }
             TaskEvent::TaskAmended(amended) => {
-                let Some((procedure, office, due_at)) =
-                    self.task_of_agency(amended.task_id).await?
-                else {
+                let Some((procedure, task)) = self.task_of_agency(amended.task_id).await? else {
                     return Ok(None);
                 };
                 DeliveryMessage {
@@ -261,16 +261,15 @@ impl DeliveryWorker {
                     kind: DeliveryKind::Amended,
                     task_id: amended.task_id,
                     procedure: procedure.as_str().to_owned(),
-                    office,
-                    due_at,
+                    office: task.office.as_ref().map(ToString::to_string),
+                    due_at: task.due_at,
                     application: minimised(procedure, &amended.application),
                     changed_fields: amended.changed_fields,
+                    follow_up: task.follow_up.as_ref().map(FollowUpBody::of),
                 }
             }
             TaskEvent::TaskCancelled(cancelled) => {
-                let Some((procedure, office, due_at)) =
-                    self.task_of_agency(cancelled.task_id).await?
-                else {
+                let Some((procedure, task)) = self.task_of_agency(cancelled.task_id).await? else {
                     return Ok(None);
                 };
                 DeliveryMessage {
@@ -278,10 +277,11 @@ impl DeliveryWorker {
                     kind: DeliveryKind::Cancelled,
                     task_id: cancelled.task_id,
                     procedure: procedure.as_str().to_owned(),
-                    office,
-                    due_at,
+                    office: task.office.as_ref().map(ToString::to_string),
+                    due_at: task.due_at,
                     application: Default::default(),
                     changed_fields: Vec::new(),
+                    follow_up: task.follow_up.as_ref().map(FollowUpBody::of),
                 }
             }
             _ => return Ok(None),
@@ -294,12 +294,11 @@ impl DeliveryWorker {
         Ok(Some(message))
     }
 
-    /// The procedure, office and due time of `task_id` if it belongs to this agency.
+    /// The procedure and state of `task_id` if it belongs to this agency.
     async fn task_of_agency(
         &self,
         task_id: Uuid,
-    ) -> Result<Option<(ProcedureId, Option<String>, Option<chrono::DateTime<Utc>>)>, DeliveryError>
-    {
+    ) -> Result<Option<(ProcedureId, Task)>, DeliveryError> {
         let loaded = self
             .tasks
             .load(task_id)
@@ -310,13 +309,7 @@ impl DeliveryWorker {
             })?;
         Ok(loaded.and_then(|loaded| {
             let procedure = loaded.state.procedure?;
-            (procedure.agency() == self.agency).then(|| {
-                (
-                    procedure,
-                    loaded.state.office.as_ref().map(ToString::to_string),
-                    loaded.state.due_at,
-                )
-            })
+            (procedure.agency() == self.agency).then_some((procedure, loaded.state))
         }))
     }
 

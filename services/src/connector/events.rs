@@ -46,6 +46,11 @@ pub struct DeliveryMessage {
     /// The fields an amendment changed (names only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_fields: Vec<String>,
+    /// Set when the task repeats (`reissue`) or undoes (`reversal`) a completed task: a
+    /// reversal's `created` asks the agency to revoke what that task produced, not to do it
+    /// again. (Until 2026-12-07 absent: a reversal looked like a new application.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<crate::http::agency::FollowUpBody>,
 }
 
 /// The agency system accepted a delivery.

@@ -88,8 +88,37 @@ pub struct TaskBody {
     pub application: BTreeMap<String, Value>,
     #[schema(value_type = Option<Object>)]
     pub outcome: Option<Value>,
+    /// Set when the task repeats (`reissue`: the record was corrected) or undoes (`reversal`:
+    /// the record was voided, or the procedure no longer applies) a completed task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<FollowUpBody>,
     /// The stream version of the task.
     pub version: i64,
+}
+
+/// What a follow-up task asks of the agency, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FollowUpBody {
+    /// `reissue` or `reversal`.
+    pub kind: String,
+    /// The completed task this one follows up.
+    pub follows: Uuid,
+    /// The registrar's reason.
+    pub reason: String,
+}
+
+impl FollowUpBody {
+    pub fn of(follow_up: &lifeline_model::task::FollowUp) -> Self {
+        Self {
+            kind: match follow_up.kind {
+                lifeline_model::task::FollowUpKind::Reissue => "reissue",
+                lifeline_model::task::FollowUpKind::Reversal => "reversal",
+            }
+            .to_owned(),
+            follows: follow_up.follows,
+            reason: follow_up.reason.clone(),
+        }
+    }
 }
 
 /// `POST /v1/tasks/{id}/complete`.
@@ -427,6 +456,7 @@ fn task_body(loaded: &LoadedTask, procedure: ProcedureId) -> Result<TaskBody, Ap
             .map(|(field, value)| (field.clone(), value.clone()))
             .collect(),
         outcome,
+        follow_up: task.follow_up.as_ref().map(FollowUpBody::of),
         version: loaded.version.0,
     })
 }
