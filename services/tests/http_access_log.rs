@@ -68,6 +68,18 @@ async fn an_auditors_timeline_read_is_in_the_access_log_and_in_the_next_timeline
     assert_eq!(entry["resource"]["personal_id"], MOTHER);
     assert_eq!(entry["read_at"], "2026-11-21T03:00:00Z");
     assert_eq!(page["caught_up"], true);
+    // The mother's timeline showed the birth record, which names the father: his access
+    // history shows that read too.
+    let (status, fathers) = auditor_get(&app, "/v1/audit/access-log?person=079088004321").await;
+    assert_eq!(status, StatusCode::OK, "{fathers}");
+    assert!(
+        fathers["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["resource"]["kind"] == "person_timeline"),
+        "{fathers}"
+    );
 
     // The next timeline shows the first read and the access-log read naming the person.
     let (status, second) = auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;

@@ -322,20 +322,26 @@ pub async fn person_timeline(
     };
     events.sort_by_key(RecordedEvent::cursor);
     let accesses = reads_of_person(&state.store, &refs).await?;
+    let timeline = Timeline {
+        personal_id: pin,
+        source: source.to_owned(),
+        events: events.iter().map(AuditEvent::from).collect(),
+        accesses,
+    };
+    // The read names every number the answer shows, not only the person's: a birth record on
+    // the child's timeline names the parents and the declarant, whose own access history must
+    // show it (until 2026-12-07 only the subject was named).
+    let shown = serde_json::to_value(&timeline)
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
     let read = Read::new(
         ReadResource::PersonTimeline {
             personal_id: personal_id.clone(),
         },
         purpose,
     )
-    .naming([personal_id]);
+    .naming(personal_ids_in(&shown).into_iter().chain([personal_id]));
     record_read(&state, &principal, context.correlation_id, read).await?;
-    Ok(Json(Timeline {
-        personal_id: pin,
-        source: source.to_owned(),
-        events: events.iter().map(AuditEvent::from).collect(),
-        accesses,
-    }))
+    Ok(Json(timeline))
 }
 
 /// The person registry and life-event status as of a moment, folded from the log.
