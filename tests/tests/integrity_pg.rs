@@ -240,6 +240,37 @@ async fn an_altered_payload_is_named(store: &EventStore) {
     assert!(!proof_verifies(store, &fixture.keyring, event_id).await);
 }
 
+/// A row that cannot be decoded (a payload number valid JSON but out of any float's range) is a
+/// finding at its position, not an error of the whole verification.
+async fn an_undecodable_row_is_named(store: &EventStore) {
+    let fixture = fill(store).await;
+    let (position, _, _, _) = fixture.events[3].clone();
+    tamper(
+        store,
+        &format!(
+            "UPDATE events SET payload = '{{\"n\": 1e400}}' WHERE global_position = {position}"
+        ),
+    )
+    .await;
+    let report = verify(store, &fixture.keyring).await.unwrap();
+    let bad = report.first_bad.clone().expect("a finding");
+    assert_eq!(bad.global_position, position, "{report:?}");
+    assert!(bad.reason.contains("cannot be decoded"), "{report:?}");
+    assert_eq!(report.events_checked, 8, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_undecodable_row_is_named() {
+    let store = postgres_store().await;
+    an_undecodable_row_is_named(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_undecodable_row_is_named() {
+    let store = sqlite_store().await;
+    an_undecodable_row_is_named(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_untouched_log_verifies_and_every_proof_holds() {
     let store = postgres_store().await;

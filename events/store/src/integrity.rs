@@ -113,6 +113,18 @@ fn hash_column(global_position: i64, bytes: Option<Vec<u8>>) -> Result<Option<Ha
         .map_err(|error| corrupt(global_position, format!("event_hash: {error}")))
 }
 
+/// A row's stored `event_hash`, if it can be read on its own.
+fn stored_hash<'r, R: Row>(row: &'r R) -> Option<Hash32>
+where
+    Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    row.try_get::<Option<Vec<u8>>, _>("event_hash")
+        .ok()
+        .flatten()
+        .and_then(|bytes| Hash32::from_slice(&bytes).ok())
+}
+
 fn decode_pg_row(row: &PgRow) -> Result<IntegrityRow, StoreError> {
     let global_position: i64 = row.try_get("global_position")?;
     let schema_version: i32 = row.try_get("schema_version")?;
@@ -347,6 +359,15 @@ impl<'k> Verifier<'k> {
         verifier
     }
 
+    /// A row that cannot even be decoded (a hash of the wrong length, a payload number out of
+    /// range): a fault at its position, and the scan goes on. (Until 2026-12-07 it ended the
+    /// verification with an error, answered 503 "retry later", and no position was reported.)
+    /// Its stored hash, if that can be read, still counts in its seal's range.
+    fn undecodable(&mut self, cursor: LogCursor, stored: Option<Hash32>, error: &StoreError) {
+        self.leaf(cursor, stored);
+        self.fault(cursor, format!("the stored row cannot be decoded: {error}"));
+    }
+
     fn fault(&mut self, cursor: LogCursor, reason: String) {
         if self
             .first_bad
@@ -434,8 +455,9 @@ impl<'k> Verifier<'k> {
         }
     }
 
-    fn check(&mut self, row: IntegrityRow) {
-        let cursor = row.cursor;
+    /// Counts the row at `cursor` with its stored hash into its seal's range (closing the
+    /// ranges before it).
+    fn leaf(&mut self, cursor: LogCursor, stored: Option<Hash32>) {
         self.events_checked += 1;
         while self
             .seals
@@ -446,11 +468,16 @@ impl<'k> Verifier<'k> {
         }
         match self.seals.get(self.seal_index) {
             Some(_) => {
-                self.leaves.push(row.event_hash.unwrap_or(Hash32::ZERO));
+                self.leaves.push(stored.unwrap_or(Hash32::ZERO));
                 self.range_first.get_or_insert(cursor);
             }
             None => self.unsealed_events += 1,
         }
+    }
+
+    fn check(&mut self, row: IntegrityRow) {
+        let cursor = row.cursor;
+        self.leaf(cursor, row.event_hash);
         let head = self.heads.get(&row.stream_id);
         let expected_version = head.map_or(1, |head| head.version + 1);
         let prev_hash = head.map_or(Hash32::ZERO, |head| head.hash);
@@ -590,7 +617,17 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
         {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
-                verifier.check(decode_pg_row(&row)?);
+                match decode_pg_row(&row) {
+                    Ok(decoded) => verifier.check(decoded),
+                    Err(error) => verifier.undecodable(
+                        LogCursor {
+                            transaction_id: row.try_get("transaction_id")?,
+                            global_position: row.try_get("global_position")?,
+                        },
+                        stored_hash(&row),
+                        &error,
+                    ),
+                }
             }
         }
         let heads = stream_heads(sqlx::query_as(heads_sql).fetch_all(&mut *tx).await?)?;
@@ -609,7 +646,17 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
     {
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
-            verifier.check(decode_sqlite_row(&row)?);
+            match decode_sqlite_row(&row) {
+                Ok(decoded) => verifier.check(decoded),
+                Err(error) => verifier.undecodable(
+                    LogCursor {
+                        transaction_id: row.try_get("transaction_id")?,
+                        global_position: row.try_get("global_position")?,
+                    },
+                    stored_hash(&row),
+                    &error,
+                ),
+            }
         }
     }
     let heads = stream_heads(sqlx::query_as(heads_sql).fetch_all(&mut *tx).await?)?;
