@@ -60,9 +60,11 @@ impl LifeEventFacts {
     /// Folds the life event's events (with their event ids); `None` if it was never recorded.
     pub fn from_events(events: &[(Uuid, LifeEventEvent)]) -> Option<Self> {
         let mut facts: Option<Self> = None;
+        let mut recorded_on = None;
         for (event_id, event) in events {
             match (event, facts.as_mut()) {
                 (LifeEventEvent::BirthRecorded(birth), None) => {
+                    recorded_on = Some(birth.recorded_on);
                     facts = Some(Self {
                         life_event_id: birth.life_event_id,
                         record_event_id: *event_id,
@@ -73,6 +75,7 @@ impl LifeEventFacts {
                     });
                 }
                 (LifeEventEvent::DeathRecorded(death), None) => {
+                    recorded_on = Some(death.recorded_on);
                     facts = Some(Self {
                         life_event_id: death.life_event_id,
                         record_event_id: *event_id,
@@ -83,6 +86,11 @@ impl LifeEventFacts {
                     });
                 }
                 (LifeEventEvent::LifeEventCorrected(corrected), Some(facts)) => {
+                    // A corrected date decides `late` again against the record's day (until
+                    // 2026-12-07 the tasks kept the flag as first recorded).
+                    if let Some(recorded_on) = recorded_on {
+                        facts.late = corrected.declaration.is_late(recorded_on);
+                    }
                     facts.declaration = corrected.declaration.clone();
                     facts.amendment_event_ids.push(*event_id);
                 }

@@ -161,6 +161,7 @@ impl Replay {
                 let id = corrected.life_event_id;
                 if let Some(row) = self.life_events.get_mut(&id) {
                     row.corrections += 1;
+                    row.late = corrected.declaration.is_late(row.recorded_on);
                     row.office = corrected.declaration.office().to_string();
                     // Only procedures without a task follow a change of the declarant's choice
                     // (as the status projection).

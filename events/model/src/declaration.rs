@@ -266,6 +266,16 @@ pub enum Declaration {
 }
 
 impl Declaration {
+    /// Whether a record of this declaration made on `recorded_on` is late (a birth more than 60
+    /// days, a death more than 15 days after it happened). A correction of the date decides it
+    /// again against the record's own day.
+    pub fn is_late(&self, recorded_on: NaiveDate) -> bool {
+        match self {
+            Self::Birth(birth) => is_late_birth(birth.child.date_of_birth, recorded_on),
+            Self::Death(death) => is_late_death(death.death.date(), recorded_on),
+        }
+    }
+
     pub fn group(&self) -> ProcedureGroup {
         match self {
             Self::Birth(_) => ProcedureGroup::Birth,

@@ -254,6 +254,11 @@ impl Aggregate for LifeEvent {
                 self.declaration = Some(Declaration::Death(event.declaration));
             }
             LifeEventEvent::LifeEventCorrected(event) => {
+                // A corrected date of birth or death decides again whether the record was late
+                // (until 2026-12-07 the flag stayed as first recorded).
+                if let Some(recorded_on) = self.recorded_on {
+                    self.late = event.declaration.is_late(recorded_on);
+                }
                 self.declaration = Some(event.declaration);
                 self.corrections += 1;
             }

@@ -257,12 +257,34 @@ impl TaskOutcome {
                 amount_vnd,
             } => {
                 let decision_number = number(&mut errors, &decision_number, "decision_number");
+                // The amount Lifeline decided from the rules (`eligibility.amount_vnd`, when the
+                // application carries it): the burial allowance is exactly that (10 x the base
+                // salary), funeral support at least that (a province may add to it). Until
+                // 2026-12-07 any positive amount was taken.
+                let decided = application
+                    .0
+                    .get("eligibility.amount_vnd")
+                    .and_then(Value::as_i64);
                 if amount_vnd <= 0 {
                     errors.push(FieldError::new(
                         "outcome.amount_vnd",
                         "not_positive",
                         "must be a positive amount in VND",
                     ));
+                } else if let Some(decided) = decided {
+                    if procedure == ProcedureId::BurialAllowance && amount_vnd != decided {
+                        errors.push(FieldError::new(
+                            "outcome.amount_vnd",
+                            "not_decided_amount",
+                            format!("must be the decided amount, {decided} VND"),
+                        ));
+                    } else if procedure == ProcedureId::FuneralSupport && amount_vnd < decided {
+                        errors.push(FieldError::new(
+                            "outcome.amount_vnd",
+                            "below_decided_amount",
+                            format!("must not be below the decided amount, {decided} VND"),
+                        ));
+                    }
                 }
                 decision_number.map(|decision_number| Self::PaymentDecided {
                     decision_number,

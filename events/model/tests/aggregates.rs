@@ -747,3 +747,78 @@ fn overdue() {
             due_at: time("2026-11-24T17:00:00+07:00"),
         });
 }
+
+/// A payment's amount is the one decided from the rules (`eligibility.amount_vnd`): exactly
+/// for the burial allowance, at least for funeral support (a province may add to it).
+#[test]
+fn a_payment_is_checked_against_the_decided_amount() {
+    let mut facts = BTreeMap::new();
+    facts.insert("eligibility.amount_vnd".to_owned(), json!(23_400_000));
+    let on = date("2026-11-21");
+    let pay = |amount_vnd| TaskOutcome::PaymentDecided {
+        decision_number: "QD-1".into(),
+        amount_vnd,
+    };
+    let codes = |result: Result<TaskOutcome, DomainError>| match result {
+        Ok(_) => Vec::new(),
+        Err(DomainError::Invalid(ValidationErrors(errors))) => errors
+            .into_iter()
+            .map(|error| (error.field, error.code))
+            .collect(),
+        Err(other) => panic!("{other:?}"),
+    };
+    let burial = Application::for_procedure(ProcedureId::BurialAllowance, &facts);
+    assert!(burial.0.contains_key("eligibility.amount_vnd"));
+    assert!(codes(pay(23_400_000).validate(ProcedureId::BurialAllowance, on, &burial)).is_empty());
+    for amount in [1, 23_399_999, 23_400_001, i64::MAX] {
+        assert_eq!(
+            codes(pay(amount).validate(ProcedureId::BurialAllowance, on, &burial)),
+            [(
+                "outcome.amount_vnd".to_owned(),
+                "not_decided_amount".to_owned()
+            )]
+        );
+    }
+    facts.insert("eligibility.amount_vnd".to_owned(), json!(7_200_000));
+    let support = Application::for_procedure(ProcedureId::FuneralSupport, &facts);
+    assert!(codes(pay(7_200_000).validate(ProcedureId::FuneralSupport, on, &support)).is_empty());
+    assert!(codes(pay(9_000_000).validate(ProcedureId::FuneralSupport, on, &support)).is_empty());
+    assert_eq!(
+        codes(pay(7_199_999).validate(ProcedureId::FuneralSupport, on, &support)),
+        [(
+            "outcome.amount_vnd".to_owned(),
+            "below_decided_amount".to_owned()
+        )]
+    );
+    // Without a decided amount (an application from before it was carried), any positive one.
+    let undecided = Application::default();
+    assert!(codes(pay(1).validate(ProcedureId::BurialAllowance, on, &undecided)).is_empty());
+}
+
+/// A correction of the date of birth decides `late` again against the record's own day, both
+/// ways (until 2026-12-07 the flag stayed as first recorded).
+#[test]
+fn a_corrected_date_of_birth_decides_late_again() {
+    use cqrs_es::Aggregate;
+    let corrected = |declaration: Declaration| {
+        LifeEventEvent::LifeEventCorrected(LifeEventCorrected {
+            life_event_id: life_event_id(),
+            reason: "sai ngày sinh".into(),
+            recorded_on: today(),
+            changed_fields: vec!["child.date_of_birth".into()],
+            declaration,
+        })
+    };
+    let mut state = LifeEvent::default();
+    state.apply(birth_recorded());
+    assert!(!state.late);
+    let mut body = birth_body();
+    body["child"]["date_of_birth"] = json!("2026-08-01");
+    body["birth_notice"] = serde_json::Value::Null;
+    let earlier = Declaration::Birth(birth_from(body));
+    assert!(earlier.is_late(today()));
+    state.apply(corrected(earlier));
+    assert!(state.late, "112 days before the record's day");
+    state.apply(corrected(Declaration::Birth(birth())));
+    assert!(!state.late, "corrected back");
+}

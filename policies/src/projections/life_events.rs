@@ -271,6 +271,7 @@ pub fn apply_to_life_event_status(
         DecodedEvent::LifeEvent(LifeEventEvent::LifeEventCorrected(corrected)) => {
             let mut row = row?;
             row.corrections += 1;
+            row.late = corrected.declaration.is_late(row.recorded_on);
             row.office = corrected.declaration.office().clone();
             let chosen = corrected.declaration.procedures();
             for procedure in &mut row.procedures {
