@@ -313,12 +313,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     proof.event.event_id
                 )
             })?;
+            // What the proof authenticates: the event (its hash covers stream, version, id,
+            // type and content), its place among the seal's leaves, and the seal's range. The
+            // proof's `global_position` is not covered by any of them, so it is not printed as
+            // proven (until 2026-12-07 it was, and an edited one still "verified").
             writeln!(
                 out,
-                "event {} at position {} is in seal {} (signed by key {})",
+                "event {} ({} version {}) is leaf {} of {} in seal {} (the log after position {} \
+                 up to {}, signed by key {})",
                 proof.event.event_id,
-                proof.event.global_position,
+                proof.event.stream_id,
+                proof.event.stream_version,
+                proof.leaf_index + 1,
+                proof.seal.event_count,
                 proof.seal.seq,
+                proof.seal.from.global_position,
+                proof.seal.to.global_position,
                 proof.seal.key_id
             )?;
             Ok(())
