@@ -339,6 +339,56 @@ async fn a_synchronous_result_completes_the_task_and_a_cancellation_is_delivered
     assert_eq!(last["application"], json!({}));
 }
 
+/// A task closed before the worker reached its creation (here: cancelled, the record voided)
+/// is not sent to the agency system; an open one is.
+#[tokio::test]
+async fn a_task_closed_before_its_delivery_is_not_sent() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let closed = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let open = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let actor = Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    app.state
+        .tasks
+        .execute(
+            &actor,
+            closed,
+            TaskCommand::Cancel {
+                reason: "the record was voided".to_owned(),
+                cause: None,
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    // The open task's creation only (the cancellation of a task never sent is sent too: the
+    // receiver knows no such task).
+    worker(&app, &server).run_once().await.unwrap();
+    let sent: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|request| serde_json::from_slice(&request.body).unwrap())
+        .collect();
+    let created: Vec<&str> = sent
+        .iter()
+        .filter(|body| body["kind"] == "created")
+        .map(|body| body["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(created, [open.to_string()], "{sent:?}");
+}
+
 /// A reversal task (the record voided after the procedure completed), as the corrections
 /// policy stores it: its delivery and its task body say what it follows up, so that the agency
 /// revokes instead of registering again.

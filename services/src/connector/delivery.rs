@@ -23,7 +23,7 @@ use chrono::Utc;
 use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, Task, TaskEvent};
+use lifeline_model::task::{Application, Task, TaskEvent, TaskStatus};
 use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
@@ -239,6 +239,18 @@ impl DeliveryWorker {
             TaskEvent::TaskCreated(created) => {
                 if created.agency != self.agency {
                     return Ok(None);
+                }
+                // A task closed before its creation is delivered (the worker behind, or a
+                // connector configured for an agency with a history) is not sent: the agency
+                // system would be asked to act on a task completed in the inbox, cancelled,
+                // or of a voided record. (Until 2026-12-07 every creation was sent.) A later
+                // change of such a task is still sent; the receiver knows no such task.
+                if let Some((_, task)) = self.task_of_agency(created.task_id).await? {
+                    if task.status != TaskStatus::Open {
+                        tracing::info!(agency = %self.agency, task_id = %created.task_id,
+                            status = ?task.status, "not delivering a task closed or claimed before its delivery");
+                        return Ok(None);
+                    }
                 }
                 DeliveryMessage {
                     delivery_id: event.event_id,
