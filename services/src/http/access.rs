@@ -469,6 +469,11 @@ pub async fn access_log(
         scanned: scanned as u64,
         caught_up,
     };
+    // The page shows who was read (each entry's numbers): the read names them too, so that
+    // each person's access history shows who looked at their accesses (until 2026-12-07 only
+    // the `person` asked for was named).
+    let shown = serde_json::to_value(&page.entries)
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
     let read = Read::new(
         ReadResource::AccessLog {
             personal_id: person.clone(),
@@ -476,7 +481,7 @@ pub async fn access_log(
         },
         purpose,
     )
-    .naming(person);
+    .naming(person.into_iter().chain(personal_ids_in(&shown)));
     record_read(&state, &principal, context.correlation_id, read).await?;
     Ok(Json(page))
 }
