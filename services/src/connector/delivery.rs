@@ -243,8 +243,8 @@ impl DeliveryWorker {
                 // A task closed before its creation is delivered (the worker behind, or a
                 // connector configured for an agency with a history) is not sent: the agency
                 // system would be asked to act on a task completed in the inbox, cancelled,
-                // or of a voided record. (Until 2026-12-07 every creation was sent.) A later
-                // change of such a task is still sent; the receiver knows no such task.
+                // or of a voided record. (Until 2026-12-07 every creation was sent.) Nor are
+                // its later changes ([`Self::creation_sent`]).
                 if let Some((_, task)) = self.task_of_agency(created.task_id).await? {
                     if task.status != TaskStatus::Open {
                         tracing::info!(agency = %self.agency, task_id = %created.task_id,
@@ -268,6 +268,9 @@ impl DeliveryWorker {
                 let Some((procedure, task)) = self.task_of_agency(amended.task_id).await? else {
                     return Ok(None);
                 };
+                if !self.creation_sent(amended.task_id).await? {
+                    return Ok(None);
+                }
                 DeliveryMessage {
                     delivery_id: event.event_id,
                     kind: DeliveryKind::Amended,
@@ -284,6 +287,9 @@ impl DeliveryWorker {
                 let Some((procedure, task)) = self.task_of_agency(cancelled.task_id).await? else {
                     return Ok(None);
                 };
+                if !self.creation_sent(cancelled.task_id).await? {
+                    return Ok(None);
+                }
                 DeliveryMessage {
                     delivery_id: event.event_id,
                     kind: DeliveryKind::Cancelled,
@@ -304,6 +310,25 @@ impl DeliveryWorker {
             return Ok(None);
         }
         Ok(Some(message))
+    }
+
+    /// Whether the creation of `task_id` was delivered (or its delivery failed): its outcome
+    /// event is stored. A change of a task whose creation was never sent (closed before it)
+    /// is not sent either: the agency system knows no such task.
+    async fn creation_sent(&self, task_id: Uuid) -> Result<bool, DeliveryError> {
+        let stream =
+            lifeline_model::envelope::StreamId::for_kind("task", task_id).map_err(|error| {
+                DeliveryError::Task {
+                    task_id,
+                    reason: error.to_string(),
+                }
+            })?;
+        let events = self.store.read_stream(&stream).await?;
+        let Some(created) = events.first() else {
+            return Ok(false);
+        };
+        let outcome = outcome_event_id(self.agency.as_str(), created.event_id);
+        Ok(self.store.event_by_id(outcome).await?.is_some())
     }
 
     /// The procedure and state of `task_id` if it belongs to this agency.
