@@ -33,19 +33,24 @@ type SignedCase<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>);
 
 const CONNECTOR_SECRET: &[u8] = b"police-connector-secret-0123456789abcdef";
 
+/// The actor a policy acts as.
+fn policy_actor() -> Actor {
+    Actor {
+        id: "policy:test".to_owned(),
+        role: Role::System,
+        office: None,
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    }
+}
+
 /// Creates a task of `procedure` for the example birth, as a policy would.
 async fn create_task(app: &TestApp, procedure: ProcedureId) -> Uuid {
     let input = serde_json::from_value(birth_body()).unwrap();
     let declaration = Declaration::Birth(parse_birth(&input, now().date_naive()).unwrap());
     let application = Application::for_procedure(procedure, &declaration.flatten());
     let task_id = Uuid::now_v7();
-    let actor = Actor {
-        id: "policy:test".to_owned(),
-        role: Role::System,
-        office: None,
-        correlation_id: Uuid::now_v7(),
-        idempotency_key: None,
-    };
+    let actor = policy_actor();
     app.state
         .tasks
         .execute(
@@ -311,13 +316,7 @@ async fn a_synchronous_result_completes_the_task_and_a_cancellation_is_delivered
     let worker = worker(&app, &server);
     assert_eq!(worker.run_once().await.unwrap(), 1);
     assert_eq!(outcomes(&app, other).await[0].1["answer"], "refused");
-    let actor = Actor {
-        id: "policy:test".to_owned(),
-        role: Role::System,
-        office: None,
-        correlation_id: Uuid::now_v7(),
-        idempotency_key: None,
-    };
+    let actor = policy_actor();
     app.state
         .tasks
         .execute(
@@ -351,13 +350,7 @@ async fn a_task_closed_before_its_delivery_is_not_sent() {
         .await;
     let closed = create_task(&app, ProcedureId::ResidenceRegistration).await;
     let open = create_task(&app, ProcedureId::ResidenceRegistration).await;
-    let actor = Actor {
-        id: "policy:test".to_owned(),
-        role: Role::System,
-        office: None,
-        correlation_id: Uuid::now_v7(),
-        idempotency_key: None,
-    };
+    let actor = policy_actor();
     app.state
         .tasks
         .execute(

@@ -227,13 +227,26 @@ pub async fn get_task(
         Target::Agency(procedure.agency()),
     )?;
     let body = task_body(&loaded, procedure)?;
+    serve_task(&state, &principal, &context, purpose, task_id, body).await
+}
+
+/// Answers `body` once its read (the task and the personal ID numbers of its application) is
+/// in the access log.
+async fn serve_task(
+    state: &AppState,
+    principal: &Principal,
+    context: &RequestContext,
+    purpose: Option<String>,
+    task_id: Uuid,
+    body: TaskBody,
+) -> Result<Json<TaskBody>, ApiError> {
     let resource = ReadResource::Task {
         task_id,
         life_event_id: body.life_event_id,
     };
     let read =
         Read::new(resource, purpose).naming(body.application.values().flat_map(personal_ids_in));
-    record_read(&state, &principal, context.correlation_id, read).await?;
+    record_read(state, principal, context.correlation_id, read).await?;
     Ok(Json(body))
 }
 
@@ -401,14 +414,7 @@ async fn run_task_command(
             .events_appended(event_type, u64::try_from(appended).unwrap_or_default());
     }
     let body = task_body(&after, procedure)?;
-    let resource = ReadResource::Task {
-        task_id,
-        life_event_id: body.life_event_id,
-    };
-    let read =
-        Read::new(resource, purpose).naming(body.application.values().flat_map(personal_ids_in));
-    record_read(state, principal, context.correlation_id, read).await?;
-    Ok(Json(body))
+    serve_task(state, principal, context, purpose, task_id, body).await
 }
 
 async fn load_task(
