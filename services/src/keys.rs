@@ -220,17 +220,62 @@ pub fn rotate_node_key(dir: &Path) -> anyhow::Result<KeyPair> {
 /// How often `lifeline serve` (worker, all) seals the newly visible events.
 pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Seals the log every [`SEAL_INTERVAL`] with the node key until `shutdown` turns true. A
-/// failed round is logged and retried at the next tick; several processes may run it (a seal
-/// number is stored once).
+/// What the sealer has seen of the seal chain's head: a head that goes back (the newest seals
+/// deleted) or changes at a number it saw (a seal rewritten) is tampering. Nothing inside the
+/// database anchors the head, so a process that watched it is the check: it then stops
+/// sealing (which would sign the rewritten log) and reports it at every round.
+#[derive(Debug, Default)]
+pub struct SealWatch {
+    head: Option<(i64, lifeline_model::integrity::Hash32)>,
+}
+
+impl SealWatch {
+    /// One round: checks the head against the one seen, then seals what is newly visible.
+    pub async fn round(
+        &mut self,
+        store: &lifeline_store::EventStore,
+        node_key: &lifeline_model::integrity::KeyPair,
+    ) -> anyhow::Result<Vec<lifeline_model::integrity::Seal>> {
+        let now = lifeline_store::integrity::last_seal(store)
+            .await?
+            .map(|seal| (seal.seq, seal.seal_hash));
+        if let Some((seq, hash)) = self.head {
+            match now {
+                None => anyhow::bail!(
+                    "the seal chain went back: seal {seq} was seen, now the log has no seal \
+                     (seals deleted); not sealing"
+                ),
+                Some((now_seq, _)) if now_seq < seq => anyhow::bail!(
+                    "the seal chain went back: seal {seq} was seen, now the newest is \
+                     {now_seq} (seals deleted); not sealing"
+                ),
+                Some((now_seq, now_hash)) if now_seq == seq && now_hash != hash => {
+                    anyhow::bail!("seal {seq} changed since it was seen; not sealing")
+                }
+                _ => {}
+            }
+        }
+        self.head = now.or(self.head);
+        let seals = lifeline_store::seal_all(store, node_key).await?;
+        if let Some(last) = seals.last() {
+            self.head = Some((last.seq, last.seal_hash));
+        }
+        Ok(seals)
+    }
+}
+
+/// Seals the log every [`SEAL_INTERVAL`] with the node key until `shutdown` turns true,
+/// watching the seal chain's head ([`SealWatch`]). A failed round is logged and retried at the
+/// next tick; several processes may run it (a seal number is stored once).
 pub async fn run_sealer(
     store: lifeline_store::EventStore,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node_key = node_key(&key_dir()).context("loading the node key")?;
     tracing::info!(key_id = node_key.key_id(), "sealer running");
+    let mut watch = SealWatch::default();
     loop {
-        match lifeline_store::seal_all(&store, &node_key).await {
+        match watch.round(&store, &node_key).await {
             Ok(seals) => {
                 if let Some(last) = seals.last() {
                     tracing::info!(
@@ -240,7 +285,9 @@ pub async fn run_sealer(
                     );
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "sealing failed; retrying"),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "sealing failed; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(SEAL_INTERVAL) => {}
@@ -310,5 +357,73 @@ mod tests {
             .any(|entry| entry.key_id == office.key_id()));
         let text = fs::read_to_string(keyring_file(dir.path())).unwrap();
         assert!(!text.contains(&hex::encode(first.secret_bytes())));
+    }
+}
+
+#[cfg(test)]
+mod seal_watch_tests {
+    use super::*;
+    use lifeline_model::envelope::{EventMetadata, ExpectedVersion, NewEvent, StreamId};
+    use lifeline_store::EventStore;
+    use uuid::Uuid;
+
+    async fn append_one(store: &EventStore) {
+        let stream = StreamId::for_kind("test", Uuid::now_v7()).unwrap();
+        let event = NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "Noted".to_owned(),
+            schema_version: 1,
+            payload: serde_json::json!({ "n": 1 }),
+            metadata: EventMetadata::system("test", Uuid::now_v7(), None, Utc::now()),
+        };
+        store
+            .append(&stream, ExpectedVersion::NoStream, &[event])
+            .await
+            .unwrap();
+    }
+
+    /// The newest seal deleted behind the store's back (and a rewrite would follow): the
+    /// sealer that saw it refuses to seal again and says why, at every round.
+    #[tokio::test]
+    async fn a_sealer_that_saw_a_seal_refuses_to_seal_once_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
+        let store = EventStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let key = KeyPair::generate();
+        let mut watch = SealWatch::default();
+        append_one(&store).await;
+        assert_eq!(watch.round(&store, &key).await.unwrap().len(), 1);
+        append_one(&store).await;
+        assert_eq!(watch.round(&store, &key).await.unwrap().len(), 1);
+        // Nothing new: a round seals nothing and finds the head as it left it.
+        assert!(watch.round(&store, &key).await.unwrap().is_empty());
+
+        sqlx::raw_sql("DROP TRIGGER log_seals_no_delete; DELETE FROM log_seals WHERE seq = 2;")
+            .execute(store.sqlite_pool().unwrap())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let error = watch.round(&store, &key).await.unwrap_err();
+            assert!(format!("{error:#}").contains("went back"), "{error:#}");
+        }
+        assert_eq!(
+            lifeline_store::integrity::last_seal(&store)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            1,
+            "nothing sealed over the gap"
+        );
+        // A sealer that never saw seal 2 cannot tell (the limit ARCHITECTURE.md names).
+        assert_eq!(
+            SealWatch::default()
+                .round(&store, &key)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
