@@ -314,21 +314,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             // What the proof authenticates: the event (its hash covers stream, version, id,
-            // type and content), its place among the seal's leaves, and the seal's range. The
+            // type and content) and its place among the seal's leaves (in commit order). The
             // proof's `global_position` is not covered by any of them, so it is not printed as
             // proven (until 2026-12-07 it was, and an edited one still "verified").
             writeln!(
                 out,
-                "event {} ({} version {}) is leaf {} of {} in seal {} (the log after position {} \
-                 up to {}, signed by key {})",
+                "event {} ({} version {}) is leaf {} of {} in seal {} (signed by key {})",
                 proof.event.event_id,
                 proof.event.stream_id,
                 proof.event.stream_version,
                 proof.leaf_index + 1,
                 proof.seal.event_count,
                 proof.seal.seq,
-                proof.seal.from.global_position,
-                proof.seal.to.global_position,
                 proof.seal.key_id
             )?;
             Ok(())

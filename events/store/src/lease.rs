@@ -3,8 +3,9 @@
 //!
 //! PostgreSQL: a session advisory lock (`pg_try_advisory_lock` on the name's 64-bit hash) on a
 //! connection of the lease's own, outside the pool. The server releases it when that
-//! connection ends (the process exits, crashes or loses the network), and another process's
-//! next try takes it. [`Lease::confirm`] asks on that connection, so a holder whose connection
+//! connection ends (the process exits or crashes; a holder that vanished from the network is
+//! found by the session's TCP keepalives, set to about 25 s), and another process's next try
+//! takes it. [`Lease::confirm`] asks on that connection, so a holder whose connection
 //! broke learns it before it acts again.
 //!
 //! SQLite: an exclusive OS lock on a file beside the database (`<database>.lease-<name>`),
@@ -81,6 +82,16 @@ impl EventStore {
     pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
         if let Some(pool) = self.postgres_pool() {
             let mut connection = pool.connect_options().connect().await?;
+            // An idle session whose client vanished (power, network) would keep the lock
+            // until the OS's TCP keepalive noticed, about 2 hours by default: the server probes
+            // this one after 10 s idle, every 5 s, and ends it after 3 unanswered probes.
+            sqlx::query(
+                "SELECT set_config('tcp_keepalives_idle', '10', false), \
+                        set_config('tcp_keepalives_interval', '5', false), \
+                        set_config('tcp_keepalives_count', '3', false)",
+            )
+            .execute(&mut connection)
+            .await?;
             let granted: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
                     .bind(name)

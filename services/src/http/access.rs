@@ -469,7 +469,8 @@ pub async fn access_log(
         scanned: scanned as u64,
         caught_up,
     };
-    // The page shows who was read (each entry's numbers): the read names them too, so that
+    // The page shows who was read (each entry's numbers): the read names them too (up to
+    // `MAX_RECORDED_PINS`, as every read), so that
     // each person's access history shows who looked at their accesses (until 2026-12-07 only
     // the `person` asked for was named).
     let shown = serde_json::to_value(&page.entries)

@@ -328,7 +328,8 @@ pub async fn person_timeline(
         events: events.iter().map(AuditEvent::from).collect(),
         accesses,
     };
-    // The read names every number the answer shows, not only the person's: a birth record on
+    // The read names the numbers the answer shows (up to `MAX_RECORDED_PINS`, as every read),
+    // not only the person's: a birth record on
     // the child's timeline names the parents and the declarant, whose own access history must
     // show it (until 2026-12-07 only the subject was named).
     let shown = serde_json::to_value(&timeline)
