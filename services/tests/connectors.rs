@@ -106,6 +106,17 @@ async fn outcomes(app: &TestApp, task_id: Uuid) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The bodies the agency system received, in order.
+async fn sent_bodies(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|request| serde_json::from_slice(&request.body).unwrap())
+        .collect()
+}
+
 /// Checks the signature the way an agency system would, with its own HMAC code.
 fn assert_signed(request: &Request) {
     let timestamp = request.headers["x-lifeline-timestamp"].to_str().unwrap();
@@ -366,13 +377,7 @@ async fn a_task_closed_before_its_delivery_is_not_sent() {
         .unwrap();
     // The open task's creation only: neither the closed task's creation nor its cancellation.
     worker(&app, &server).run_once().await.unwrap();
-    let sent: Vec<Value> = server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|request| serde_json::from_slice(&request.body).unwrap())
-        .collect();
+    let sent = sent_bodies(&server).await;
     let sent: Vec<(&str, &str)> = sent
         .iter()
         .map(|body| {
@@ -428,10 +433,10 @@ async fn a_reversal_reaches_the_agency_as_a_reversal() {
         .await
         .unwrap();
     assert_eq!(worker(&app, &server).run_once().await.unwrap(), 2);
-    let requests = server.received_requests().await.unwrap();
-    let first_sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let bodies = sent_bodies(&server).await;
+    let first_sent = &bodies[0];
     assert!(first_sent.get("follow_up").is_none(), "{first_sent}");
-    let sent: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    let sent = &bodies[1];
     assert_eq!(sent["task_id"], reversal.to_string());
     assert_eq!(sent["kind"], "created");
     assert_eq!(sent["follow_up"]["kind"], "reversal");

@@ -58,6 +58,25 @@ fn case(
     }
 }
 
+/// A Hanoi registrar's death at `at` (without a notice date), refused with `field_code` on
+/// `death.at`.
+fn death_at_case(name: &'static str, at: &'static str, field_code: &'static str) -> Case {
+    Case {
+        path: "/v1/deaths",
+        token: Some(registrar(HANOI_OFFICE)),
+        ..case(
+            name,
+            death_with(|body| {
+                body["death"]["at"] = json!(at);
+                body["death"]["notice"]["date"] = Value::Null;
+            }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            vec![("death.at", field_code)],
+        )
+    }
+}
+
 fn pin_case(name: &'static str, pin: &'static str, field_code: &'static str) -> Case {
     case(
         name,
@@ -139,34 +158,16 @@ async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
             "validation_failed",
             vec![("child.date_of_birth", "in_future")],
         ),
-        Case {
-            path: "/v1/deaths",
-            token: Some(registrar(HANOI_OFFICE)),
-            ..case(
-                "death before birth",
-                death_with(|body| {
-                    body["death"]["at"] = json!("1950-01-01T00:00:00+07:00");
-                    body["death"]["notice"]["date"] = Value::Null;
-                }),
-                unprocessable,
-                "validation_failed",
-                vec![("death.at", "before_birth")],
-            )
-        },
-        Case {
-            path: "/v1/deaths",
-            token: Some(registrar(HANOI_OFFICE)),
-            ..case(
-                "death later today (the clock says 10:00 in Vietnam)",
-                death_with(|body| {
-                    body["death"]["at"] = json!("2026-11-21T10:00:01+07:00");
-                    body["death"]["notice"]["date"] = Value::Null;
-                }),
-                unprocessable,
-                "validation_failed",
-                vec![("death.at", "in_future")],
-            )
-        },
+        death_at_case(
+            "death before birth",
+            "1950-01-01T00:00:00+07:00",
+            "before_birth",
+        ),
+        death_at_case(
+            "death later today (the clock says 10:00 in Vietnam)",
+            "2026-11-21T10:00:01+07:00",
+            "in_future",
+        ),
         case(
             "oversized body",
             birth_with(|body| body["child"]["place_of_birth"] = json!("x".repeat(70 * 1024))),

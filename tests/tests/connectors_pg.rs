@@ -92,6 +92,24 @@ async fn received(server: &MockServer) -> HashMap<String, usize> {
     counts
 }
 
+/// Waits until the agency system received every one of `tasks`, then checks, after time for a
+/// duplicate to come (the workers poll every 50 ms), that it received each once.
+async fn each_delivered_once(server: &MockServer, tasks: &[String]) {
+    eventually(Duration::from_secs(20), "every task delivered", || async {
+        received(server).await.len() == tasks.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = received(server).await;
+    for task in tasks {
+        assert_eq!(
+            counts.get(task),
+            Some(&1),
+            "task {task} delivered {counts:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_worker_processes_deliver_each_task_once_and_the_second_takes_over() {
     let store = postgres_store().await;
@@ -127,20 +145,7 @@ async fn two_worker_processes_deliver_each_task_once_and_the_second_takes_over()
     for _ in 0..5 {
         tasks.push(create_task(&desk).await.to_string());
     }
-    eventually(Duration::from_secs(20), "six deliveries", || async {
-        received(&server).await.len() == 6
-    })
-    .await;
-    // Both workers have had many passes meanwhile (50 ms polls): give a duplicate time to come.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts = received(&server).await;
-    for task in &tasks {
-        assert_eq!(
-            counts.get(task),
-            Some(&1),
-            "task {task} delivered {counts:?}"
-        );
-    }
+    each_delivered_once(&server, &tasks).await;
 
     // The lease is one worker's: a third try fails while both run.
     assert!(store
@@ -155,19 +160,7 @@ async fn two_worker_processes_deliver_each_task_once_and_the_second_takes_over()
     for _ in 0..3 {
         tasks.push(create_task(&desk).await.to_string());
     }
-    eventually(Duration::from_secs(20), "nine deliveries", || async {
-        received(&server).await.len() == 9
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts = received(&server).await;
-    for task in &tasks {
-        assert_eq!(
-            counts.get(task),
-            Some(&1),
-            "task {task} delivered {counts:?}"
-        );
-    }
+    each_delivered_once(&server, &tasks).await;
     stop_second.send(true).unwrap();
     second.await.unwrap();
     second_store.close().await;

@@ -113,16 +113,34 @@ fn hash_column(global_position: i64, bytes: Option<Vec<u8>>) -> Result<Option<Ha
         .map_err(|error| corrupt(global_position, format!("event_hash: {error}")))
 }
 
-/// A row's stored `event_hash`, if it can be read on its own.
-fn stored_hash<'r, R: Row>(row: &'r R) -> Option<Hash32>
+/// Checks `row` as `decoded`, or, if it could not be decoded, names it at its cursor with its
+/// stored `event_hash` if that can be read on its own.
+fn check_row<'r, R: Row>(
+    verifier: &mut Verifier<'_>,
+    row: &'r R,
+    decoded: Result<IntegrityRow, StoreError>,
+) -> Result<(), StoreError>
 where
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     &'static str: sqlx::ColumnIndex<R>,
 {
-    row.try_get::<Option<Vec<u8>>, _>("event_hash")
-        .ok()
-        .flatten()
-        .and_then(|bytes| Hash32::from_slice(&bytes).ok())
+    match decoded {
+        Ok(decoded) => verifier.check(decoded),
+        Err(error) => {
+            let cursor = LogCursor {
+                transaction_id: row.try_get("transaction_id")?,
+                global_position: row.try_get("global_position")?,
+            };
+            let stored = row
+                .try_get::<Option<Vec<u8>>, _>("event_hash")
+                .ok()
+                .flatten()
+                .and_then(|bytes| Hash32::from_slice(&bytes).ok());
+            verifier.undecodable(cursor, stored, &error);
+        }
+    }
+    Ok(())
 }
 
 fn decode_pg_row(row: &PgRow) -> Result<IntegrityRow, StoreError> {
@@ -617,17 +635,7 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
         {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
-                match decode_pg_row(&row) {
-                    Ok(decoded) => verifier.check(decoded),
-                    Err(error) => verifier.undecodable(
-                        LogCursor {
-                            transaction_id: row.try_get("transaction_id")?,
-                            global_position: row.try_get("global_position")?,
-                        },
-                        stored_hash(&row),
-                        &error,
-                    ),
-                }
+                check_row(&mut verifier, &row, decode_pg_row(&row))?;
             }
         }
         let heads = stream_heads(sqlx::query_as(heads_sql).fetch_all(&mut *tx).await?)?;
@@ -646,17 +654,7 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
     {
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
-            match decode_sqlite_row(&row) {
-                Ok(decoded) => verifier.check(decoded),
-                Err(error) => verifier.undecodable(
-                    LogCursor {
-                        transaction_id: row.try_get("transaction_id")?,
-                        global_position: row.try_get("global_position")?,
-                    },
-                    stored_hash(&row),
-                    &error,
-                ),
-            }
+            check_row(&mut verifier, &row, decode_sqlite_row(&row))?;
         }
     }
     let heads = stream_heads(sqlx::query_as(heads_sql).fetch_all(&mut *tx).await?)?;

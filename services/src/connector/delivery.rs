@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lifeline_model::codec;
-use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent};
+use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent, StreamId};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
 use lifeline_model::task::{Application, Task, TaskEvent, TaskStatus};
 use lifeline_store::{EventStore, Lease, StoreError};
@@ -316,13 +316,10 @@ impl DeliveryWorker {
     /// event is stored. A change of a task whose creation was never sent (closed before it)
     /// is not sent either: the agency system knows no such task.
     async fn creation_sent(&self, task_id: Uuid) -> Result<bool, DeliveryError> {
-        let stream =
-            lifeline_model::envelope::StreamId::for_kind("task", task_id).map_err(|error| {
-                DeliveryError::Task {
-                    task_id,
-                    reason: error.to_string(),
-                }
-            })?;
+        let stream = StreamId::for_kind("task", task_id).map_err(|error| DeliveryError::Task {
+            task_id,
+            reason: error.to_string(),
+        })?;
         let events = self.store.read_stream(&stream).await?;
         let Some(created) = events.first() else {
             return Ok(false);
