@@ -283,6 +283,11 @@ pub enum Action {
     ReadPolicyFailures,
     /// `POST /v1/operations/policies/retry`: re-run policy runs that gave up.
     RetryPolicies,
+    /// `GET /v1/operations/deliveries/failed`: connector deliveries given up on (task ids,
+    /// agencies, statuses; no personal data).
+    ReadDeliveryFailures,
+    /// `POST /v1/operations/deliveries/retry`: request failed deliveries sent again.
+    RetryDeliveries,
 }
 
 /// Which resources a permitted role may touch.
@@ -340,6 +345,9 @@ pub const AUTHORISATION: &[(Role, Action, ScopeRule)] = &[
     (Role::Operator, Action::ReadCitizenStatus, ScopeRule::Any),
     (Role::Operator, Action::ReadPolicyFailures, ScopeRule::Any),
     (Role::Operator, Action::RetryPolicies, ScopeRule::Any),
+    (Role::Auditor, Action::ReadDeliveryFailures, ScopeRule::Any),
+    (Role::Operator, Action::ReadDeliveryFailures, ScopeRule::Any),
+    (Role::Operator, Action::RetryDeliveries, ScopeRule::Any),
 ];
 
 /// The office or agency a request touches, when known.

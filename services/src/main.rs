@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use lifeline::auth::{development_secret, issue_token, secret_from_env, Scope};
 use lifeline::config::{redact_url, Config, DEFAULT_DATA_DIR};
+use lifeline::connector::{list_failed_deliveries, request_redelivery, RedeliveryFilter};
 use lifeline::serve::{load_reference, policy_engine, serve, ServeRole};
+use lifeline::tasks::TaskDesk;
 use lifeline::{demo, keys, telemetry};
 use lifeline_model::envelope::{LogCursor, Role};
 use lifeline_model::procedure::AgencyId;
@@ -69,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: PoliciesCommand,
     },
+    /// Connector deliveries given up on (ConnectorDeliveryFailed) and their retry.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// The projections (agency inbox, person registry, life-event status).
     Projections {
         #[command(subcommand)]
@@ -123,6 +130,20 @@ enum PoliciesCommand {
         policy: Option<String>,
         #[arg(long)]
         event_id: Option<Uuid>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// List the connector deliveries given up on and not requested again since.
+    Failed,
+    /// Request failed deliveries sent again (all, or those of one agency or one task); the
+    /// agency's delivery worker (`serve --role worker`) sends them.
+    Retry {
+        #[arg(long)]
+        agency: Option<AgencyId>,
+        #[arg(long)]
+        task_id: Option<Uuid>,
     },
 }
 
@@ -244,6 +265,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         anyhow::bail!("{} policy run(s) still fail", report.failed.len())
                     }
+                }
+            }
+        }
+        Command::Deliveries { command } => {
+            let store = connect_migrated(&config.database_url).await?;
+            match command {
+                DeliveriesCommand::Failed => {
+                    let failed = list_failed_deliveries(&store)
+                        .await
+                        .context("listing failed deliveries")?;
+                    writeln!(out, "{} failed deliveries", failed.len())?;
+                    for delivery in failed {
+                        writeln!(
+                            out,
+                            "{}  {}  task {}  {:?} after {} attempt(s): {}{}{}",
+                            delivery.failed_at.to_rfc3339(),
+                            delivery.agency,
+                            delivery.task_id,
+                            delivery.kind,
+                            delivery.attempts,
+                            delivery.reason,
+                            delivery
+                                .last_status
+                                .map(|status| format!(" (HTTP {status})"))
+                                .unwrap_or_default(),
+                            if delivery.permanent {
+                                ", refused by the agency system"
+                            } else {
+                                ""
+                            },
+                        )?;
+                    }
+                    Ok(())
+                }
+                DeliveriesCommand::Retry { agency, task_id } => {
+                    let tasks = TaskDesk::new(store.clone());
+                    let operator = format!(
+                        "cli:{}",
+                        std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+                    );
+                    let report = request_redelivery(
+                        &store,
+                        &tasks,
+                        &RedeliveryFilter { agency, task_id },
+                        &operator,
+                    )
+                    .await
+                    .context("requesting failed deliveries sent again")?;
+                    for delivery in &report.requested {
+                        writeln!(
+                            out,
+                            "requested: {} task {} ({:?})",
+                            delivery.agency, delivery.task_id, delivery.kind
+                        )?;
+                    }
+                    for (delivery, reason) in &report.skipped {
+                        writeln!(
+                            out,
+                            "skipped: {} task {} ({:?}): {reason}",
+                            delivery.agency, delivery.task_id, delivery.kind
+                        )?;
+                    }
+                    writeln!(
+                        out,
+                        "{} requested, {} skipped; the delivery workers send them",
+                        report.requested.len(),
+                        report.skipped.len()
+                    )?;
+                    Ok(())
                 }
             }
         }

@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use lifeline_model::procedure::AgencyId;
 use lifeline_policies::runtime::stats::{LagProbe, PolicyLag};
 use lifeline_policies::runtime::{failure_counts, FailureCounts};
 use lifeline_store::stats::{self as store_stats, TaskCount};
 use lifeline_store::EventStore;
 use tokio::sync::watch;
 
+use crate::connector::failures::open_failure_counts;
 use crate::http::metrics::{Exposition, Metrics};
 
 /// How often the sampler reads the figures.
@@ -67,7 +69,8 @@ struct RelayFigures {
 struct Snapshot {
     relay: Part<RelayFigures>,
     policies: Part<Vec<PolicyLag>>,
-    failures: Part<BTreeMap<String, FailureCounts>>,
+    /// Policy failures by policy; open delivery failures by agency.
+    failures: Part<(BTreeMap<String, FailureCounts>, BTreeMap<String, u64>)>,
     projections: Part<Vec<(String, u64)>>,
     tasks: Part<Vec<TaskCount>>,
 }
@@ -189,9 +192,13 @@ impl RuntimeMetrics {
                 .map_err(|error| error.to_string())
         };
         let failures = async {
-            failure_counts(store)
+            let policies = failure_counts(store)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            let deliveries = open_failure_counts(store)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok((policies, deliveries))
         };
         let projections = async {
             let mut lags = Vec::with_capacity(self.projections.len());
@@ -263,7 +270,20 @@ impl RuntimeMetrics {
             );
         }
 
-        if let Some(failures) = snapshot.failures.figures() {
+        if let Some((failures, deliveries)) = snapshot.failures.figures() {
+            page.family(
+                "lifeline_connector_delivery_failures_open",
+                "Connector deliveries given up on and not requested again (lifeline deliveries \
+                 retry), by agency.",
+                "gauge",
+            );
+            for agency in AgencyId::ALL {
+                page.sample(
+                    "lifeline_connector_delivery_failures_open",
+                    &[("agency", agency.as_str())],
+                    deliveries.get(agency.as_str()).copied().unwrap_or(0) as f64,
+                );
+            }
             let policies: BTreeSet<&str> = self
                 .policies
                 .iter()

@@ -76,6 +76,9 @@ fn table() -> Vec<Row> {
         // Operators: failed policy runs and their retry; no personal data.
         ("GET", "/v1/operations/policies/failed", None, [403, 403, 403, 403, 200, 200, 401, 401]),
         ("POST", "/v1/operations/policies/retry", Some(json!({})), [403, 403, 403, 403, 403, 200, 401, 401]),
+        // Operators: connector deliveries given up on and their retry; no personal data.
+        ("GET", "/v1/operations/deliveries/failed", None, [403, 403, 403, 403, 200, 200, 401, 401]),
+        ("POST", "/v1/operations/deliveries/retry", Some(json!({})), [403, 403, 403, 403, 403, 200, 401, 401]),
         // No token needed (and a bad one is ignored).
         ("GET", "/healthz", None, [200; 8]),
         ("GET", "/readyz", None, [200; 8]),

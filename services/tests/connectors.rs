@@ -1,6 +1,7 @@
 //! Connectors against wiremock agency systems: the signed application (signature checked here
 //! independently), retries on 5xx and timeouts, a permanent 4xx marked for manual handling, a
-//! synchronous result, and the signed callback (401 and no change when the signature is bad).
+//! synchronous result, the signed callback (401 and no change when the signature is bad), and
+//! a failed delivery listed and sent again at an operator's request.
 
 mod http_common;
 
@@ -11,7 +12,8 @@ use axum::http::{Method, StatusCode};
 use hmac::{Hmac, KeyInit, Mac};
 use http_common::*;
 use lifeline::connector::{
-    checkpoint_name, AgencyConnector, ConnectorSecret, ConnectorsConfig, DeliveryWorker,
+    checkpoint_name, list_failed_deliveries, request_redelivery, AgencyConnector, ConnectorSecret,
+    ConnectorsConfig, DeliveryWorker, RedeliveryFilter,
 };
 use lifeline::registry::Actor;
 use lifeline_model::codec::to_new_event;
@@ -94,13 +96,24 @@ fn worker(app: &TestApp, server: &MockServer) -> DeliveryWorker {
     .unwrap()
 }
 
-/// The recorded outcome events of a task's deliveries: (event type, payload).
+/// The recorded outcome events of a task's deliveries, in log order: (event type, payload).
+/// Accepted ones are in `delivery-<task_id>`, failed ones in `connectorfailures-log`.
 async fn outcomes(app: &TestApp, task_id: Uuid) -> Vec<(String, Value)> {
     let stream = StreamId::for_kind("delivery", task_id).unwrap();
-    app.store
-        .read_stream(&stream)
-        .await
-        .unwrap()
+    let mut events = app.store.read_stream(&stream).await.unwrap();
+    events.extend(
+        app.store
+            .read_stream(&StreamId::parse("connectorfailures-log").unwrap())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|event| {
+                event.event_type == "ConnectorDeliveryFailed"
+                    && event.payload.to_value()["task_id"] == json!(task_id)
+            }),
+    );
+    events.sort_by_key(|event| event.global_position);
+    events
         .into_iter()
         .map(|event| (event.event_type, event.payload.to_value()))
         .collect()
@@ -388,6 +401,156 @@ async fn a_task_closed_before_its_delivery_is_not_sent() {
         })
         .collect();
     assert_eq!(sent, [("created", open.to_string().as_str())]);
+}
+
+/// An agency system down for longer than the attempts last: the failure is listed for the
+/// operator, nothing is sent again until the operator asks, two operators asking at once
+/// request it once, and the worker then sends the same message (same `delivery_id`) once.
+#[tokio::test]
+async fn a_failed_delivery_is_listed_and_sent_again_once_on_request() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let other = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let worker = worker(&app, &server);
+    // Three attempts at the first task fail; the second task's creation goes through.
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    let failed = list_failed_deliveries(&app.store).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].task_id, task_id);
+    assert_eq!(failed[0].agency, "police");
+    assert_eq!((failed[0].attempts, failed[0].last_status), (3, Some(503)));
+    assert_eq!(failed[0].reason, "server_error");
+    assert!(!failed[0].permanent);
+    assert_eq!(outcomes(&app, other).await[0].0, "ConnectorDelivered");
+
+    // Nothing is sent again by itself.
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert_eq!(sent_bodies(&server).await.len(), 4);
+
+    // Two operators at once: one request between them.
+    let filter = RedeliveryFilter {
+        agency: Some(AgencyId::Police),
+        task_id: None,
+    };
+    let (first, second) = tokio::join!(
+        request_redelivery(&app.store, &app.state.tasks, &filter, "op-1"),
+        request_redelivery(&app.store, &app.state.tasks, &filter, "op-2"),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.requested.len() + second.requested.len(), 1);
+    assert!(first.skipped.is_empty() && second.skipped.is_empty());
+    assert!(list_failed_deliveries(&app.store).await.unwrap().is_empty());
+
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(worker.run_once().await.unwrap(), 0, "sent once");
+    let sent = sent_bodies(&server).await;
+    assert_eq!(sent.len(), 5);
+    assert_eq!(sent[4], sent[0], "the same message, the same delivery_id");
+    let recorded = outcomes(&app, task_id).await;
+    assert_eq!(
+        recorded
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect::<Vec<_>>(),
+        ["ConnectorDeliveryFailed", "ConnectorDelivered"]
+    );
+    assert_eq!(
+        recorded[1].1["source_event_id"],
+        recorded[0].1["source_event_id"]
+    );
+    assert!(recorded[1].1["redelivery_of"].is_string());
+    // A worker started afresh (checkpoint lost) sends nothing again either.
+    app.store
+        .save_checkpoint(&checkpoint_name(AgencyId::Police), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert_eq!(sent_bodies(&server).await.len(), 5);
+    // Nothing left to request.
+    let again = request_redelivery(&app.store, &app.state.tasks, &filter, "op-1")
+        .await
+        .unwrap();
+    assert!(again.requested.is_empty() && again.skipped.is_empty());
+}
+
+/// A creation that failed, of a task an officer claimed in the inbox meanwhile, is not
+/// requested again (the agency system would be asked to do what a person is doing); it stays
+/// listed. Through the operator's HTTP routes.
+#[tokio::test]
+async fn a_failed_creation_of_a_task_handled_meanwhile_is_not_sent_again() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 1);
+    let (status, body, _) = app
+        .call(
+            Method::GET,
+            "/v1/operations/deliveries/failed",
+            Some(&operator()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["failed"][0]["task_id"], json!(task_id));
+    assert_eq!(body["failed"][0]["kind"], "created");
+    assert_eq!(body["failed"][0]["permanent"], true);
+    assert_eq!(body["failed"][0]["last_status"], 400);
+
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/deliveries/retry",
+            Some(&operator()),
+            Some(json!({ "agency": "polis" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["fields"]["agency"].is_string(), "{body}");
+
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task_id}/claim"),
+            Some(&officer("officer-1", AgencyId::Police)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/deliveries/retry",
+            Some(&operator()),
+            Some(json!({ "task_id": task_id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["requested"], json!([]));
+    assert_eq!(body["skipped"][0]["delivery"]["task_id"], json!(task_id));
+    assert!(body["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("claimed"));
+    let failed = list_failed_deliveries(&app.store).await.unwrap();
+    assert_eq!(failed.len(), 1, "still listed");
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 0);
+    assert_eq!(sent_bodies(&server).await.len(), 1);
 }
 
 /// A reversal task (the record voided after the procedure completed), as the corrections

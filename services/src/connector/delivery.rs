@@ -8,6 +8,11 @@
 //! event's id is fixed per (agency, task event), so after a crash at most the one delivery in
 //! flight is sent again: receivers must be idempotent by `delivery_id` / `task_id`.
 //!
+//! A delivery given up on (`ConnectorDeliveryFailed`, in `connectorfailures-log`) is sent again
+//! only when an operator asks ([`super::failures`]): the worker meets the
+//! `ConnectorRedeliveryRequested` in the log and sends the task event it names, the same
+//! message with the same `delivery_id`, its outcome's id fixed per request.
+//!
 //! Every worker process runs a worker per connector agency, but only the one holding the
 //! agency's lease ([`lease_name`], a [`Lease`] of the store) delivers; the others wait and try
 //! for it every poll interval. The holder confirms its lease before every delivery, so one whose
@@ -23,16 +28,18 @@ use chrono::Utc;
 use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent, StreamId};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, Task, TaskEvent, TaskStatus};
+use lifeline_model::task::{Application, Task, TaskEvent};
 use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
 
 use super::config::AgencyConnector;
 use super::events::{
-    delivery_stream, outcome_event, outcome_event_id, ConnectorDelivered, ConnectorDeliveryFailed,
-    DeliveryKind, DeliveryMessage, DELIVERED, DELIVERY_FAILED,
+    delivery_stream, failures_stream, outcome_event, outcome_event_id, ConnectorDelivered,
+    ConnectorDeliveryFailed, ConnectorRedeliveryRequested, DeliveryKind, DeliveryMessage,
+    DELIVERED, DELIVERY_FAILED, REDELIVERY_REQUESTED,
 };
+use super::failures::still_wanted;
 use super::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::http::agency::FollowUpBody;
 use crate::http::connectors::{apply_agency_result, AgencyResult};
@@ -84,6 +91,16 @@ enum Attempts {
         reason: &'static str,
         permanent: bool,
     },
+}
+
+/// A delivery to make: the message, the task event it carries, the id its outcome gets, and
+/// the operator's request it answers (a redelivery).
+#[derive(Debug)]
+struct Due {
+    message: DeliveryMessage,
+    source_event_id: Uuid,
+    outcome_id: Uuid,
+    redelivery_of: Option<Uuid>,
 }
 
 /// The outbound side of one agency's connector.
@@ -205,11 +222,11 @@ impl DeliveryWorker {
             };
             let end = last.cursor();
             for event in &batch {
-                if let Some(message) = self.due(event).await? {
+                if let Some(due) = self.due(event).await? {
                     if let Some(lease) = lease.as_deref_mut() {
                         lease.confirm().await.map_err(DeliveryError::LeaseLost)?;
                     }
-                    self.deliver_and_record(event, message).await?;
+                    self.deliver_and_record(event, due).await?;
                     deliveries += 1;
                     // The outcome is appended: move past it before the next HTTP call.
                     self.store.save_checkpoint(&name, event.cursor()).await?;
@@ -220,8 +237,56 @@ impl DeliveryWorker {
         }
     }
 
-    /// The message to send for `event`, if it is a task change of this agency not delivered yet.
-    async fn due(&self, event: &RecordedEvent) -> Result<Option<DeliveryMessage>, DeliveryError> {
+    /// The delivery to make for `event`, if it is a task change of this agency, or an operator's
+    /// request to send one again, not delivered yet.
+    async fn due(&self, event: &RecordedEvent) -> Result<Option<Due>, DeliveryError> {
+        let (source, redelivery_of) = if event.event_type == REDELIVERY_REQUESTED
+            && event.stream_id == failures_stream()
+        {
+            let request: ConnectorRedeliveryRequested = serde_json::from_str(event.payload.text())
+                .map_err(|error| DeliveryError::Decode {
+                    event_id: event.event_id,
+                    reason: error.to_string(),
+                })?;
+            if request.agency != self.agency.as_str() {
+                return Ok(None);
+            }
+            let Some(source) = self.store.event_by_id(request.source_event_id).await? else {
+                tracing::warn!(agency = %self.agency, task_id = %request.task_id,
+                    source_event_id = %request.source_event_id,
+                    "redelivery requested of an event that is not stored; nothing sent");
+                return Ok(None);
+            };
+            (source, Some(event.event_id))
+        } else {
+            (event.clone(), None)
+        };
+        let Some(message) = self.message_for(&source).await? else {
+            if redelivery_of.is_some() {
+                tracing::info!(agency = %self.agency, source_event_id = %source.event_id,
+                    "redelivery requested of a task change no longer to send; nothing sent");
+            }
+            return Ok(None);
+        };
+        let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
+        if self.store.event_by_id(outcome_id).await?.is_some() {
+            // Delivered before a restart that came ahead of the checkpoint.
+            return Ok(None);
+        }
+        Ok(Some(Due {
+            message,
+            source_event_id: source.event_id,
+            outcome_id,
+            redelivery_of,
+        }))
+    }
+
+    /// The message for the task event `event` if it is a change of this agency's task that is
+    /// to be sent (whether or not it was sent before).
+    async fn message_for(
+        &self,
+        event: &RecordedEvent,
+    ) -> Result<Option<DeliveryMessage>, DeliveryError> {
         if event.stream_id.kind() != "task"
             || !matches!(
                 event.event_type.as_str(),
@@ -246,7 +311,7 @@ impl DeliveryWorker {
                 // or of a voided record. (Until 2026-12-07 every creation was sent.) Nor are
                 // its later changes ([`Self::creation_sent`]).
                 if let Some((_, task)) = self.task_of_agency(created.task_id).await? {
-                    if task.status != TaskStatus::Open {
+                    if !still_wanted(DeliveryKind::Created, task.status) {
                         tracing::info!(agency = %self.agency, task_id = %created.task_id,
                             status = ?task.status, "not delivering a task closed or claimed before its delivery");
                         return Ok(None);
@@ -304,11 +369,6 @@ impl DeliveryWorker {
             }
             _ => return Ok(None),
         };
-        let done = outcome_event_id(self.agency.as_str(), event.event_id);
-        if self.store.event_by_id(done).await?.is_some() {
-            // Delivered before a restart that came ahead of the checkpoint.
-            return Ok(None);
-        }
         Ok(Some(message))
     }
 
@@ -347,11 +407,18 @@ impl DeliveryWorker {
         }))
     }
 
+    /// Delivers `due`, found at the log event `event`, and appends its outcome.
     async fn deliver_and_record(
         &self,
         event: &RecordedEvent,
-        message: DeliveryMessage,
+        due: Due,
     ) -> Result<(), DeliveryError> {
+        let Due {
+            message,
+            source_event_id,
+            outcome_id,
+            redelivery_of,
+        } = due;
         let task_id = message.task_id;
         let body = serde_json::to_vec(&message).map_err(|error| DeliveryError::Append {
             task_id,
@@ -371,15 +438,17 @@ impl DeliveryWorker {
                 } else {
                     self.apply_answer(task_id, &answer).await?
                 };
-                tracing::info!(agency = %self.agency, %task_id, status, attempts, answer, "delivered to the agency system");
+                tracing::info!(agency = %self.agency, %task_id, status, attempts, answer,
+                    redelivery = redelivery_of.is_some(), "delivered to the agency system");
                 let body = ConnectorDelivered {
                     task_id,
                     agency,
-                    source_event_id: event.event_id,
+                    source_event_id,
                     kind: message.kind,
                     attempts,
                     status,
                     answer,
+                    redelivery_of,
                     at,
                 };
                 (DELIVERED, serde_json::to_value(body))
@@ -391,17 +460,18 @@ impl DeliveryWorker {
                 permanent,
             } => {
                 tracing::warn!(agency = %self.agency, %task_id, attempts, ?last_status, reason, permanent,
-                    "delivery failed; the task needs manual handling");
+                    "delivery failed; listed for the operator (lifeline deliveries failed)");
                 let body = ConnectorDeliveryFailed {
                     task_id,
                     agency,
-                    source_event_id: event.event_id,
+                    source_event_id,
                     kind: message.kind,
                     attempts,
                     last_status,
                     reason: reason.to_owned(),
                     permanent,
                     manual_handling: true,
+                    redelivery_of,
                     at,
                 };
                 (DELIVERY_FAILED, serde_json::to_value(body))
@@ -415,15 +485,13 @@ impl DeliveryWorker {
             Some(event.event_id),
             at,
         );
-        let new_event = outcome_event(
-            event_type,
-            &payload,
-            outcome_event_id(self.agency.as_str(), event.event_id),
-            metadata,
-        )
-        .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
-        let stream =
-            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?;
+        let new_event = outcome_event(event_type, &payload, outcome_id, metadata)
+            .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
+        let stream = if event_type == DELIVERY_FAILED {
+            failures_stream()
+        } else {
+            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?
+        };
         self.store
             .append(&stream, ExpectedVersion::Any, &[new_event])
             .await

@@ -1,10 +1,12 @@
 //! What a connector sends (the [`DeliveryMessage`]: a task's application, nothing else) and
-//! what it records about each delivery: [`ConnectorDelivered`] or [`ConnectorDeliveryFailed`],
-//! schema version 1, in the stream `delivery-<task_id>`.
+//! what it records about each delivery: [`ConnectorDelivered`] in the stream
+//! `delivery-<task_id>`, or [`ConnectorDeliveryFailed`] in [`FAILURES_STREAM`], beside the
+//! operators' [`ConnectorRedeliveryRequested`]; schema version 1.
 //!
 //! These are services' own events, appended through the store API: no model change, no SQL.
-//! A `ConnectorDeliveryFailed` with `manual_handling` is the mark an operator looks for: the
-//! agency refused the application (4xx) or never answered, and the task needs a person.
+//! A `ConnectorDeliveryFailed` is what an operator looks for (`GET
+//! /v1/operations/deliveries/failed`): the agency refused the application (4xx) or never
+//! answered; the task stays open in the inbox, and the operator may have it sent again.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +68,10 @@ pub struct ConnectorDelivered {
     /// What the agency answered with its 2xx: `none`, `completed`, `rejected`, or `refused`
     /// (a result Lifeline could not apply, e.g. an invalid outcome: the task stays open).
     pub answer: String,
+    /// The [`ConnectorRedeliveryRequested`] event this delivery answers, if it was sent again
+    /// at an operator's request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery_of: Option<Uuid>,
     pub at: DateTime<Utc>,
 }
 
@@ -81,20 +87,56 @@ pub struct ConnectorDeliveryFailed {
     pub last_status: Option<u16>,
     /// `refused` (4xx), `server_error`, `timeout` or `connection`.
     pub reason: String,
-    /// True when the agency refused the application itself: retrying will not help.
+    /// True when the agency refused the application itself: sending it again helps only once
+    /// the agency system's side changed.
     pub permanent: bool,
-    /// The task needs a person (always true today).
+    /// The task needs a person (always true today): an operator may have it sent again.
     pub manual_handling: bool,
+    /// As in [`ConnectorDelivered::redelivery_of`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery_of: Option<Uuid>,
     pub at: DateTime<Utc>,
 }
 
-/// `delivery-<task_id>`.
+/// An operator's request to send a failed delivery again (`POST
+/// /v1/operations/deliveries/retry`, `lifeline deliveries retry`), in [`FAILURES_STREAM`].
+/// The agency's worker sends the task event `source_event_id` again when it reaches this event
+/// in the log, and records the outcome under an id derived from this event's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorRedeliveryRequested {
+    pub task_id: Uuid,
+    pub agency: String,
+    /// The task event to send again.
+    pub source_event_id: Uuid,
+    /// The `ConnectorDeliveryFailed` event this request answers.
+    pub failure_event_id: Uuid,
+    /// The operator (token subject or `cli:<user>`).
+    pub requested_by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The event type of [`ConnectorRedeliveryRequested`].
+pub const REDELIVERY_REQUESTED: &str = "ConnectorRedeliveryRequested";
+
+/// The stream of every `ConnectorDeliveryFailed` and every [`ConnectorRedeliveryRequested`]:
+/// failures are rare, and the operator lists them without scanning the log. (Until 2026-12-07
+/// a failure went to `delivery-<task_id>`, where nobody looked, and could not be retried.)
+pub const FAILURES_STREAM: &str = "connectorfailures-log";
+
+/// [`FAILURES_STREAM`] as a stream id.
+pub fn failures_stream() -> StreamId {
+    // A constant in the stream id alphabet: parsing cannot fail.
+    StreamId::parse(FAILURES_STREAM).unwrap_or_else(|_| unreachable!("constant stream id"))
+}
+
+/// `delivery-<task_id>`: the accepted deliveries of a task.
 pub fn delivery_stream(task_id: Uuid) -> Option<StreamId> {
     StreamId::for_kind("delivery", task_id).ok()
 }
 
 /// The id of the outcome event of delivering `source_event_id` by `agency`'s connector: the
 /// same for every run, so a restart appends it at most once and can tell a delivery is done.
+/// For a redelivery, `source_event_id` is the [`ConnectorRedeliveryRequested`] event's id.
 pub fn outcome_event_id(agency: &str, source_event_id: Uuid) -> Uuid {
     Uuid::new_v5(
         &Uuid::NAMESPACE_URL,

@@ -14,6 +14,8 @@
 //!   does not exist yet; embedded: events after its `policy:<name>` checkpoint).
 //! - `lifeline_policy_failures_total{policy}` (counter): `PolicyFailed` events recorded;
 //!   `lifeline_policy_failures_open{policy}`: of those, not yet retried successfully.
+//! - `lifeline_connector_delivery_failures_open{agency}`: connector deliveries given up on and
+//!   not requested again (`lifeline deliveries retry`); part `failures`.
 //! - `lifeline_projection_lag_events{projection}`: events after each projection's checkpoint.
 //! - `lifeline_tasks{agency,procedure,state}`: tasks in the inbox by state;
 //!   `lifeline_tasks_overdue{agency,procedure}`: open or claimed tasks past their due time.

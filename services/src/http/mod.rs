@@ -22,6 +22,7 @@ pub mod agency;
 pub mod audit;
 pub mod citizen;
 pub mod connectors;
+pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod integrity;
@@ -237,6 +238,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/audit/access-log", get(access::access_log))
         .route("/v1/operations/policies/failed", get(policies::failed))
         .route("/v1/operations/policies/retry", post(policies::retry))
+        .route("/v1/operations/deliveries/failed", get(deliveries::failed))
+        .route("/v1/operations/deliveries/retry", post(deliveries::retry))
         .route("/v1/status/{reference}", get(citizen::status))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -7,7 +7,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    access, agency, audit, citizen, connectors, error, integrity, ops, policies, registrar,
+    access, agency, audit, citizen, connectors, deliveries, error, integrity, ops, policies,
+    registrar,
 };
 
 /// The API description.
@@ -45,6 +46,8 @@ use super::{
         ops::metrics,
         policies::failed,
         policies::retry,
+        deliveries::failed,
+        deliveries::retry,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -53,7 +56,7 @@ use super::{
         (name = "agency", description = "inboxes and task commands"),
         (name = "audit", description = "read-only history, replay and export; X-Purpose required"),
         (name = "citizen", description = "status by reference, through the portal"),
-        (name = "operations", description = "health, readiness, metrics; failed policy runs and their retry"),
+        (name = "operations", description = "health, readiness, metrics; failed policy runs and connector deliveries, and their retry"),
     )
 )]
 pub struct ApiDoc;
