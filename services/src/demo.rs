@@ -286,6 +286,9 @@ fn describe_outcome(outcome: &TaskOutcome) -> String {
             "decision {decision_number}: {} VND",
             group_thousands(*amount_vnd)
         ),
+        TaskOutcome::Revoked { decision_number } => {
+            format!("revoked by decision {decision_number}")
+        }
     }
 }
 

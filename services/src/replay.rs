@@ -18,6 +18,7 @@ use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::SystemEvent;
 use lifeline_model::task::TaskEvent;
+use lifeline_policies::projections::life_events::completed_state;
 use lifeline_store::projections::{PersonRole, ProcedureState, VitalStatus};
 use lifeline_store::{EventStore, StoreError};
 use serde::{Deserialize, Serialize};
@@ -65,7 +66,8 @@ pub struct ReplayLifeEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReplayProcedure {
     pub procedure: String,
-    /// pending, open, claimed, completed, rejected, cancelled, not-eligible, not-chosen.
+    /// pending, open, claimed, completed, reversed (a reversal completed), rejected, cancelled,
+    /// not-eligible, not-chosen.
     pub state: String,
     pub task_id: Option<Uuid>,
 }
@@ -352,7 +354,7 @@ impl Replay {
                 (created.task_id, Some(ProcedureState::Open))
             }
             TaskEvent::TaskClaimed(claimed) => (claimed.task_id, Some(ProcedureState::Claimed)),
-            TaskEvent::TaskCompleted(done) => (done.task_id, Some(ProcedureState::Completed)),
+            TaskEvent::TaskCompleted(done) => (done.task_id, Some(completed_state(&done.outcome))),
             TaskEvent::TaskRejected(rejected) => (rejected.task_id, Some(ProcedureState::Rejected)),
             TaskEvent::TaskCancelled(cancelled) => {
                 (cancelled.task_id, Some(ProcedureState::Cancelled))

@@ -617,6 +617,39 @@ async fn a_reversal_reaches_the_agency_as_a_reversal() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["follow_up"]["kind"], "reversal");
     assert_eq!(body["follow_up"]["follows"], first.to_string());
+
+    // The officer completes it with the revocation, not with a registration.
+    let complete = |outcome: Value| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/v1/tasks/{reversal}/complete"),
+                Some(&officer("police-alice", AgencyId::Police)),
+                Some(json!({ "outcome": outcome })),
+            )
+            .await
+        }
+    };
+    let (status, body, _) =
+        complete(json!({ "kind": "residence_registered", "entry_number": "CT-9" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "outcome_not_for_reversal", "{body}");
+    assert!(
+        body["error"]["fields"]["outcome.kind"].is_string(),
+        "{body}"
+    );
+    let (status, body, _) =
+        complete(json!({ "kind": "revoked", "decision_number": "TH-2026-7" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let task = app.state.tasks.load(reversal).await.unwrap().unwrap();
+    assert_eq!(task.state.status, TaskStatus::Completed);
+    assert_eq!(
+        task.state.outcome,
+        Some(lifeline_model::task::TaskOutcome::Revoked {
+            decision_number: "TH-2026-7".to_owned()
+        })
+    );
 }
 
 fn signed_headers(body: &[u8], secret: &[u8]) -> (String, String) {

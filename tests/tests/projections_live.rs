@@ -52,6 +52,7 @@ backend_tests!(
     the_real_policies_correcting_a_death_and_a_birth_leave_the_replay_equal_to_the_projections,
     a_new_tasks_inbox_row_commits_with_its_creation_and_never_overwrites_the_projection,
     two_records_sharing_a_reference_are_both_stored_and_the_reference_is_ambiguous,
+    a_completed_reversal_undoes_its_procedure,
 );
 
 const MOTHER: &str = "079190001234";
@@ -1440,6 +1441,114 @@ async fn a_voided_birth_marks_its_childs_link_voided(store: EventStore) {
             "{personal_id}: {person:?}"
         );
     }
+}
+
+/// A death whose residence deregistration completed, then voided: the reversal task, completed
+/// with `revoked`, gives the person back the residence the deregistration closed, and the
+/// procedure reads `reversed` (projection and replay alike). Until 2026-12-07 a reversal was
+/// completed with `residence_closed`, which closed the residence again.
+async fn a_completed_reversal_undoes_its_procedure(store: EventStore) {
+    let death_id = Uuid::now_v7();
+    let death = death_declaration(DECEASED);
+    let death_decl = Declaration::Death(death.clone());
+    append(
+        &store,
+        &stream("death", death_id),
+        &LifeEventEvent::DeathRecorded(DeathRecorded {
+            life_event_id: death_id,
+            reference: Reference::for_life_event(death_id),
+            recorded_on: today(),
+            late: false,
+            declaration: death,
+        }),
+        at(21, 8),
+    )
+    .await;
+    let deregistration = Uuid::now_v7();
+    let created = task_created(
+        deregistration,
+        ProcedureId::ResidenceDeregistration,
+        death_id,
+        &death_decl,
+        &[],
+        at(21, 9),
+        at(25, 9),
+    );
+    let TaskEvent::TaskCreated(mut reversal) = created.clone() else {
+        unreachable!()
+    };
+    append_task(&store, created, at(21, 9)).await;
+    let completed = |task_id, outcome, hour| {
+        TaskEvent::TaskCompleted(TaskCompleted {
+            task_id,
+            procedure: Some(ProcedureId::ResidenceDeregistration),
+            by: "officer-1".into(),
+            outcome,
+            at: at(21, hour),
+        })
+    };
+    let closed = TaskOutcome::ResidenceClosed {
+        entry_number: "XT-1".into(),
+    };
+    append_task(&store, completed(deregistration, closed, 10), at(21, 10)).await;
+    let last_position = append(
+        &store,
+        &stream("death", death_id),
+        &LifeEventEvent::LifeEventVoided(LifeEventVoided {
+            life_event_id: death_id,
+            reason: "the person is alive".into(),
+            recorded_on: today(),
+        }),
+        at(21, 11),
+    )
+    .await;
+    let running = start_projections(&store);
+    caught_up(&store, last_position).await;
+    running.stop().await;
+    let person = projections::person(&store, &pin(DECEASED))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(person.residence, None, "the deregistration closed it");
+
+    reversal.task_id = Uuid::now_v7();
+    reversal.created_at = at(21, 12);
+    reversal.follow_up = Some(lifeline_model::task::FollowUp {
+        kind: lifeline_model::task::FollowUpKind::Reversal,
+        follows: deregistration,
+        reason: "the person is alive".into(),
+    });
+    let reversal_id = reversal.task_id;
+    append_task(&store, TaskEvent::TaskCreated(reversal), at(21, 12)).await;
+    let revoked = TaskOutcome::Revoked {
+        decision_number: "TH-2026-1".into(),
+    };
+    let last_position = append_task(&store, completed(reversal_id, revoked, 13), at(21, 13)).await;
+    let running = start_projections(&store);
+    caught_up(&store, last_position).await;
+    running.stop().await;
+
+    let person = projections::person(&store, &pin(DECEASED))
+        .await
+        .unwrap()
+        .unwrap();
+    let residence = person.residence.expect("the residence is back");
+    assert_eq!(
+        (residence.province.as_str(), residence.commune.as_str()),
+        ("01", "00004")
+    );
+    assert_eq!(residence.address, "5 Hàng Bông");
+    assert_eq!(person.facts.last().unwrap().kind, "revoked");
+    let status = projections::life_event_status(&store, death_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let procedure = status
+        .procedure(ProcedureId::ResidenceDeregistration)
+        .unwrap();
+    assert_eq!(procedure.state, ProcedureState::Reversed);
+    assert_eq!(procedure.task_id, Some(reversal_id));
+    assert_replay_equals_projections(&store).await;
 }
 
 /// What the auditors' replay and the person registry say of someone, in the replay's words.

@@ -39,6 +39,11 @@ pub enum DomainError {
         procedure: ProcedureId,
         outcome: &'static str,
     },
+    #[error(
+        "a reversal task is completed with a revoked outcome (the revocation's decision_number), \
+         not {outcome}"
+    )]
+    OutcomeNotForReversal { outcome: &'static str },
     #[error("the {procedure} agency does not receive field {field}")]
     FieldNotReceived {
         procedure: ProcedureId,
@@ -63,6 +68,7 @@ impl DomainError {
             Self::TaskClosed { .. } => "task_closed",
             Self::ClaimedByOther { .. } => "claimed_by_other",
             Self::OutcomeNotForProcedure { .. } => "outcome_not_for_procedure",
+            Self::OutcomeNotForReversal { .. } => "outcome_not_for_reversal",
             Self::FieldNotReceived { .. } => "field_not_received",
             Self::NotYetDue { .. } => "not_yet_due",
         }

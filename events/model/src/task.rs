@@ -152,6 +152,14 @@ pub enum TaskOutcome {
         decision_number: String,
         amount_vnd: i64,
     },
+    /// What completes a reversal task (a record voided, or corrected so that the procedure no
+    /// longer applies, after the procedure completed): the agency revoked what the task it
+    /// follows produced, by the decision `decision_number`. Completes no procedure itself.
+    /// (Until 2026-12-07 a reversal could only be completed with the procedure's own outcome,
+    /// which the person registry then applied again, as if the procedure had been done.)
+    Revoked {
+        decision_number: String,
+    },
 }
 
 /// The longest document number accepted in an outcome.
@@ -166,6 +174,7 @@ impl TaskOutcome {
             Self::DeathRegistered { .. } => "death_registered",
             Self::ResidenceClosed { .. } => "residence_closed",
             Self::PaymentDecided { .. } => "payment_decided",
+            Self::Revoked { .. } => "revoked",
         }
     }
 
@@ -184,6 +193,24 @@ impl TaskOutcome {
                     P::BurialAllowance | P::FuneralSupport
                 )
         )
+    }
+
+    /// Checks the outcome of a reversal task: only `revoked`, its decision number trimmed.
+    pub fn validate_revocation(self) -> Result<Self, DomainError> {
+        let Self::Revoked { decision_number } = self else {
+            return Err(DomainError::OutcomeNotForReversal {
+                outcome: self.kind(),
+            });
+        };
+        let mut errors = ValidationErrors::default();
+        match errors.take(parse_text(
+            &decision_number,
+            "outcome.decision_number",
+            MAX_NUMBER_CHARS,
+        )) {
+            Some(decision_number) if errors.is_empty() => Ok(Self::Revoked { decision_number }),
+            _ => Err(errors.into()),
+        }
     }
 
     /// Checks the outcome for `procedure` completed on `on`, answering it normalised (trimmed).
@@ -290,6 +317,12 @@ impl TaskOutcome {
                     decision_number,
                     amount_vnd,
                 })
+            }
+            // Completes no procedure: refused by `fits` above (a reversal's is checked by
+            // `validate_revocation`).
+            Self::Revoked { decision_number } => {
+                number(&mut errors, &decision_number, "decision_number")
+                    .map(|decision_number| Self::Revoked { decision_number })
             }
         };
         match outcome {
@@ -491,7 +524,17 @@ impl Task {
                 let by = parse_actor(&by)?;
                 let mut events = self.claim_for(task_id, &by, at)?;
                 // The completion's day in Vietnam, not in UTC (a day behind until 07:00 there).
-                let outcome = outcome.validate(procedure, vietnam_date(at), &self.application)?;
+                // A reversal is completed by the revocation, any other task by what its
+                // procedure produces.
+                let reversal = self
+                    .follow_up
+                    .as_ref()
+                    .is_some_and(|follow_up| follow_up.kind == FollowUpKind::Reversal);
+                let outcome = if reversal {
+                    outcome.validate_revocation()?
+                } else {
+                    outcome.validate(procedure, vietnam_date(at), &self.application)?
+                };
                 events.push(TaskEvent::TaskCompleted(TaskCompleted {
                     task_id,
                     procedure: Some(procedure),

@@ -14,8 +14,9 @@ use lifeline_model::life_event::{
 };
 use lifeline_model::procedure::{AgencyId, ProcedureId};
 use lifeline_model::task::{
-    Application, Task, TaskAmended, TaskCancelled, TaskClaimed, TaskCommand, TaskCompleted,
-    TaskCreated, TaskEvent, TaskOutcome, TaskOverdue, TaskRejected, TaskStatus,
+    Application, FollowUp, FollowUpKind, Task, TaskAmended, TaskCancelled, TaskClaimed,
+    TaskCommand, TaskCompleted, TaskCreated, TaskEvent, TaskOutcome, TaskOverdue, TaskRejected,
+    TaskStatus,
 };
 use lifeline_model::validation::ValidationErrors;
 use lifeline_model::values::OfficeCode;
@@ -491,6 +492,94 @@ fn complete_with_an_outcome_of_another_procedure_is_refused() {
             procedure: ProcedureId::BirthRegistration,
             outcome: "death_registered",
         });
+}
+
+/// A reversal task of `procedure` (the record was voided after the procedure completed).
+fn reversal_created(procedure: ProcedureId) -> TaskEvent {
+    let TaskEvent::TaskCreated(mut created) = created(procedure) else {
+        unreachable!()
+    };
+    created.follow_up = Some(FollowUp {
+        kind: FollowUpKind::Reversal,
+        follows: Uuid::from_u128(7),
+        reason: "the record was voided".into(),
+    });
+    TaskEvent::TaskCreated(created)
+}
+
+#[test]
+fn a_reversal_is_completed_by_a_revocation_and_nothing_else() {
+    // The procedure's own outcome would say it was done again.
+    TaskTest::with(())
+        .given(vec![reversal_created(ProcedureId::ResidenceRegistration)])
+        .when(TaskCommand::Complete {
+            by: "officer-1".into(),
+            outcome: TaskOutcome::ResidenceRegistered {
+                entry_number: "CT-1".into(),
+            },
+            at: at(),
+        })
+        .then_expect_error(DomainError::OutcomeNotForReversal {
+            outcome: "residence_registered",
+        });
+    TaskTest::with(())
+        .given(vec![reversal_created(ProcedureId::ResidenceRegistration)])
+        .when(TaskCommand::Complete {
+            by: "officer-1".into(),
+            outcome: TaskOutcome::Revoked {
+                decision_number: " TH-2026-1 ".into(),
+            },
+            at: at(),
+        })
+        .then_expect_events(vec![
+            claimed_at("officer-1", at()),
+            TaskEvent::TaskCompleted(TaskCompleted {
+                task_id: task_id(),
+                procedure: Some(ProcedureId::ResidenceRegistration),
+                by: "officer-1".into(),
+                outcome: TaskOutcome::Revoked {
+                    decision_number: "TH-2026-1".into(),
+                },
+                at: at(),
+            }),
+        ]);
+    let refusal = TaskTest::with(())
+        .given(vec![reversal_created(ProcedureId::BurialAllowance)])
+        .when(TaskCommand::Complete {
+            by: "officer-1".into(),
+            outcome: TaskOutcome::Revoked {
+                decision_number: "  ".into(),
+            },
+            at: at(),
+        })
+        .inspect_result()
+        .unwrap_err();
+    let DomainError::Invalid(ValidationErrors(errors)) = refusal else {
+        panic!("expected invalid input, got {refusal:?}");
+    };
+    assert_eq!(errors[0].field, "outcome.decision_number");
+    // An ordinary task is not completed by a revocation.
+    TaskTest::with(())
+        .given(vec![created(ProcedureId::ResidenceRegistration)])
+        .when(TaskCommand::Complete {
+            by: "officer-1".into(),
+            outcome: TaskOutcome::Revoked {
+                decision_number: "TH-2026-1".into(),
+            },
+            at: at(),
+        })
+        .then_expect_error(DomainError::OutcomeNotForProcedure {
+            procedure: ProcedureId::ResidenceRegistration,
+            outcome: "revoked",
+        });
+}
+
+fn claimed_at(by: &str, at: chrono::DateTime<chrono::Utc>) -> TaskEvent {
+    TaskEvent::TaskClaimed(TaskClaimed {
+        task_id: task_id(),
+        by: by.into(),
+        at,
+    })
 }
 
 fn completion_refusal(procedure: ProcedureId, outcome: TaskOutcome) -> Vec<String> {

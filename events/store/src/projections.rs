@@ -201,6 +201,8 @@ pub enum ProcedureState {
     Open,
     Claimed,
     Completed,
+    /// Its last task was a reversal, completed: the agency revoked what the procedure produced.
+    Reversed,
     Rejected,
     Cancelled,
     NotEligible,
@@ -214,6 +216,7 @@ impl ProcedureState {
             Self::Open => "open",
             Self::Claimed => "claimed",
             Self::Completed => "completed",
+            Self::Reversed => "reversed",
             Self::Rejected => "rejected",
             Self::Cancelled => "cancelled",
             Self::NotEligible => "not-eligible",

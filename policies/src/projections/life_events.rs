@@ -10,7 +10,7 @@ use lifeline_model::envelope::RecordedEvent;
 use lifeline_model::life_event::LifeEventEvent;
 use lifeline_model::procedure::{ProcedureGroup, ProcedureId};
 use lifeline_model::system_events::SystemEvent;
-use lifeline_model::task::TaskEvent;
+use lifeline_model::task::{TaskEvent, TaskOutcome};
 use lifeline_store::projections::{self, LifeEventStatusRow, ProcedureState, ProcedureStatusRow};
 use lifeline_store::{StoreTransaction, Subscriber, SubscriberError};
 use uuid::Uuid;
@@ -380,7 +380,7 @@ fn apply_task_event(row: &mut LifeEventStatusRow, event: &TaskEvent) -> Option<(
         TaskEvent::TaskCreated(_) | TaskEvent::TaskAmended(_) => {}
         TaskEvent::TaskClaimed(_) => procedure.state = ProcedureState::Claimed,
         TaskEvent::TaskCompleted(completed) => {
-            procedure.state = ProcedureState::Completed;
+            procedure.state = completed_state(&completed.outcome);
             procedure.closed_at = Some(completed.at);
         }
         TaskEvent::TaskRejected(rejected) => {
@@ -396,6 +396,15 @@ fn apply_task_event(row: &mut LifeEventStatusRow, event: &TaskEvent) -> Option<(
         TaskEvent::TaskOverdue(_) => procedure.overdue = true,
     }
     Some(())
+}
+
+/// The state a completion leaves its procedure in: `reversed` when it completed a reversal
+/// (the `revoked` outcome), `completed` otherwise.
+pub fn completed_state(outcome: &TaskOutcome) -> ProcedureState {
+    match outcome {
+        TaskOutcome::Revoked { .. } => ProcedureState::Reversed,
+        _ => ProcedureState::Completed,
+    }
 }
 
 fn procedure_row(

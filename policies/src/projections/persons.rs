@@ -339,7 +339,43 @@ pub fn apply_outcome(
     outcome: &TaskOutcome,
     at: DateTime<Utc>,
 ) -> PersonRow {
+    let residence_at = |prefix: &str| {
+        let field = |name: &str| {
+            application
+                .get(&format!("{prefix}.{name}"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        match (field("province"), field("commune"), field("address")) {
+            (Some(province), Some(commune), Some(address)) => Some(Residence {
+                province,
+                commune,
+                address,
+            }),
+            _ => None,
+        }
+    };
     match outcome {
+        // A reversal undoes what its procedure did to the person: the residence it registered
+        // goes (if it is still the registered one), the one it closed comes back (if none was
+        // registered since), the card it issued goes. Its application is the reversed task's.
+        TaskOutcome::Revoked { .. } => match procedure {
+            ProcedureId::ResidenceRegistration => {
+                if row.residence.is_some() && row.residence == residence_at("residence") {
+                    row.residence = None;
+                }
+            }
+            ProcedureId::ResidenceDeregistration => {
+                if row.residence.is_none() {
+                    row.residence = residence_at("deceased.residence");
+                }
+            }
+            ProcedureId::ChildHealthInsurance => row.insurance = None,
+            ProcedureId::BirthRegistration
+            | ProcedureId::DeathRegistration
+            | ProcedureId::BurialAllowance
+            | ProcedureId::FuneralSupport => {}
+        },
         TaskOutcome::InsuranceCardIssued {
             card_number,
             valid_until,
@@ -350,20 +386,8 @@ pub fn apply_outcome(
             });
         }
         TaskOutcome::ResidenceRegistered { .. } => {
-            let field = |name: &str| {
-                application
-                    .get(&format!("residence.{name}"))
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned)
-            };
-            if let (Some(province), Some(commune), Some(address)) =
-                (field("province"), field("commune"), field("address"))
-            {
-                row.residence = Some(Residence {
-                    province,
-                    commune,
-                    address,
-                });
+            if let Some(residence) = residence_at("residence") {
+                row.residence = Some(residence);
             }
         }
         TaskOutcome::ResidenceClosed { .. } => row.residence = None,

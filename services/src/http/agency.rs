@@ -131,7 +131,9 @@ pub struct CompleteBody {
 /// What the agency produced. `kind` picks the fields: `birth_registered`
 /// (`certificate_number`), `residence_registered` (`entry_number`), `insurance_card_issued`
 /// (`card_number`, `valid_until`), `death_registered` (`extract_number`), `residence_closed`
-/// (`entry_number`), `payment_decided` (`decision_number`, `amount_vnd` in integer VND).
+/// (`entry_number`), `payment_decided` (`decision_number`, `amount_vnd` in integer VND);
+/// a reversal task (`follow_up.kind` = `reversal`) only `revoked` (`decision_number` of the
+/// revocation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeBody {
@@ -646,6 +648,9 @@ pub(crate) fn outcome_of(
         Some("residence_closed") => Some(TaskOutcome::ResidenceClosed {
             entry_number: text(body.entry_number, "entry_number"),
         }),
+        Some("revoked") => Some(TaskOutcome::Revoked {
+            decision_number: text(body.decision_number, "decision_number"),
+        }),
         Some("insurance_card_issued") => {
             let card_number = text(body.card_number, "card_number");
             let valid_until = match body.valid_until.as_deref() {
@@ -712,6 +717,7 @@ fn outcome_fields(kind: &str) -> Option<&'static [&'static str]> {
         "death_registered" => &["extract_number"],
         "insurance_card_issued" => &["card_number", "valid_until"],
         "payment_decided" => &["decision_number", "amount_vnd"],
+        "revoked" => &["decision_number"],
         _ => return None,
     })
 }

@@ -274,7 +274,8 @@ impl From<DomainError> for ApiError {
             DomainError::NotRecorded | DomainError::TaskNotCreated => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
             }
-            DomainError::OutcomeNotForProcedure { .. } => Self::unprocessable(
+            DomainError::OutcomeNotForProcedure { .. }
+            | DomainError::OutcomeNotForReversal { .. } => Self::unprocessable(
                 error.code(),
                 error.to_string(),
             )

@@ -204,7 +204,8 @@ pub struct LifeEventBody {
 pub struct ProcedureBody {
     pub procedure: String,
     pub agency: String,
-    /// pending, open, claimed, completed, rejected, cancelled, not-eligible, not-chosen.
+    /// pending, open, claimed, completed, reversed (a reversal completed), rejected, cancelled,
+    /// not-eligible, not-chosen.
     pub state: String,
     pub task_id: Option<Uuid>,
     pub opened_at: Option<DateTime<Utc>>,
