@@ -1149,16 +1149,46 @@ impl Run<'_> {
             }
             _ => FollowUps::NotDecided,
         };
+        // Nor may it act on a procedure a later correction already brought to the record as it
+        // stands: one whose latest task is at the record now, or for which a later correction
+        // made a task (a re-issue, a follow-up). Falling back to an older task of it would
+        // re-issue that one a second time, with this correction's older facts (until
+        // 2026-12-07, when the corrections of a record were handled out of order).
         if later && matches!(source, LifeEventEvent::LifeEventCorrected(_)) {
             if let Some(current) = self.fold_life_event(&events, None)? {
                 let declared = current.application_facts();
-                tasks.retain(|task| {
-                    !task
-                        .state
+                let at_current = |task: &TaskFacts| {
+                    task.state
                         .application
                         .changed_fields(&rules::corrections::application_for(task, &declared))
                         .is_empty()
-                });
+                };
+                let mut settled: Vec<ProcedureId> = Vec::new();
+                let mut latest: HashMap<ProcedureId, &TaskFacts> = HashMap::new();
+                for task in &tasks {
+                    latest.insert(task.created.procedure, task);
+                }
+                for (procedure, task) in latest {
+                    if at_current(task) {
+                        settled.push(procedure);
+                    }
+                }
+                let group = current.declaration.group();
+                for amendment in current
+                    .amendment_event_ids
+                    .iter()
+                    .filter(|id| !life_event.amendment_event_ids.contains(id))
+                    .filter(|id| **id != self.event.event_id)
+                {
+                    for &procedure in group.procedures() {
+                        let id = task_id(CORRECTIONS, *amendment, procedure);
+                        if self.find_task(tx, id).await?.is_some() {
+                            settled.push(procedure);
+                        }
+                    }
+                }
+                tasks
+                    .retain(|task| !settled.contains(&task.created.procedure) && !at_current(task));
             }
         }
         match source {

@@ -931,6 +931,54 @@ async fn an_earlier_correction_handled_late_does_not_take_a_task_back() {
 }
 
 #[tokio::test]
+async fn corrections_of_a_completed_registration_handled_out_of_order_reissue_it_once() {
+    // Two corrections of a registered birth, `corrections` handling the second first (a
+    // retried batch, two worker processes): the second re-issues the registration with its
+    // name; the first, handled late, finds that re-issue already at the record as it stands and
+    // leaves the procedure alone. (Until 2026-12-07 it re-issued the completed task a second
+    // time, with its own, older name.)
+    let mut harness = Harness::new().await;
+    let engine = engine_with_seed(11);
+    let (_, birth, _) = registered_birth(&mut harness, &engine, birth_body(), "KS-1").await;
+    let declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
+        _ => unreachable!(),
+    };
+    let mut corrections = Vec::new();
+    for name in ["Nguyễn Minh Anh", "Nguyễn Minh Ánh"] {
+        let mut corrected = declaration.clone();
+        corrected.child.full_name = FullName::parse_field(name, "child.full_name").unwrap();
+        corrections.push(
+            harness
+                .amend(
+                    &birth.stream_id,
+                    LifeEventCommand::Correct {
+                        declaration: Declaration::Birth(corrected),
+                        reason: "sai chính tả".into(),
+                        recorded_on: today(),
+                    },
+                )
+                .await,
+        );
+    }
+    apply_one(&harness, &engine, CORRECTIONS, &corrections[1]).await;
+    apply_one(&harness, &engine, CORRECTIONS, &corrections[0]).await;
+    let reissues: Vec<TaskCreated> = harness
+        .created_tasks()
+        .await
+        .into_iter()
+        .filter(|task| task.procedure == ProcedureId::BirthRegistration && task.follow_up.is_some())
+        .collect();
+    assert_eq!(reissues.len(), 1, "{reissues:?}");
+    assert_eq!(
+        reissues[0].application.get("child.full_name"),
+        Some(&json!("Nguyễn Minh Ánh"))
+    );
+    let reissue = harness.task(reissues[0].task_id).await.unwrap();
+    assert_eq!(reissue.version, StreamVersion(1), "not amended back");
+}
+
+#[tokio::test]
 async fn an_event_it_cannot_read_is_refused_and_others_are_ignored() {
     let harness = Harness::new().await;
     let engine = engine_with_seed(9);
