@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn embedded_defaults_load() {
         let reference = reference();
-        assert_eq!(reference.parameters.base_salary.len(), 2);
+        assert_eq!(reference.parameters.base_salary.len(), 7);
         assert!(reference.registers.insured.len() >= 3);
         assert!(reference.calendar.holiday(date("2026-02-17")).is_some());
     }
@@ -635,8 +635,24 @@ mod tests {
                 .amount_vnd,
             2_340_000
         );
+        // A death registered late is decided with the salary of its own month, back to the
+        // burial allowance rule's start (2016-01-01) and before.
+        for (day, amount) in [
+            ("2023-06-30", 1_490_000),
+            ("2019-07-01", 1_490_000),
+            ("2019-06-30", 1_390_000),
+            ("2016-04-30", 1_150_000),
+            ("2016-05-01", 1_210_000),
+            ("2013-07-01", 1_150_000),
+        ] {
+            assert_eq!(
+                parameters.base_salary(date(day)).unwrap().amount_vnd,
+                amount,
+                "{day}"
+            );
+        }
         assert!(matches!(
-            parameters.base_salary(date("2023-06-30")),
+            parameters.base_salary(date("2013-06-30")),
             Err(ReferenceError::NoParameter {
                 name: "base_salary",
                 ..

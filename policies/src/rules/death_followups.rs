@@ -535,6 +535,21 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(before.amount_vnd, Some(18_000_000));
+        // A death registered years late: the base salary of its own month (until 2026-12-07
+        // the parameters began in 2023-07, and such a death failed every follow-up).
+        let late = decide(
+            P::BurialAllowance,
+            &pensioner(),
+            date("2019-08-01"),
+            &parameters,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(late.amount_vnd, Some(14_900_000));
+        assert_eq!(
+            late.parameters["base_rule_version"],
+            "base-salary/decree-38-2019"
+        );
         // A raise effective after the death changes nothing for it.
         parameters.base_salary.push(AmountEntry {
             rule_version: "base-salary/future".into(),
