@@ -202,3 +202,48 @@ async fn a_sqlite_lease_is_one_holders_until_dropped() {
     drop(lease);
     assert!(store.try_lease("connector:police").await.unwrap().is_some());
 }
+
+/// The backends of this test's database whose last statement was a lease try.
+async fn lease_trying_backends(store: &EventStore) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND query LIKE 'SELECT pg_try_advisory_lock%' ORDER BY pid",
+    )
+    .fetch_all(store.postgres_pool().unwrap())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_standby_tries_the_lease_on_one_connection_and_takes_it_when_released() {
+    let store = postgres_store().await;
+    let store = store.store();
+    let mut held = store.try_lease("connector:police").await.unwrap().unwrap();
+    // Its session's last statement is the confirmation, not the try.
+    held.confirm().await.unwrap();
+    let mut candidate = store.lease_candidate("connector:police");
+    assert!(candidate.try_take(store).await.unwrap().is_none());
+    let standing = lease_trying_backends(store).await;
+    assert_eq!(standing.len(), 1, "the standby's connection stays open");
+    for _ in 0..5 {
+        assert!(candidate.try_take(store).await.unwrap().is_none());
+    }
+    // Until 2026-12-07 each try opened a session and closed it.
+    assert_eq!(
+        lease_trying_backends(store).await,
+        standing,
+        "the same session"
+    );
+    held.release().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut lease = loop {
+        if let Some(lease) = candidate.try_take(store).await.unwrap() {
+            break lease;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lease never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    lease.confirm().await.unwrap();
+    assert!(store.try_lease("connector:police").await.unwrap().is_none());
+    candidate.close().await;
+}

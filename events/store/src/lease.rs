@@ -76,36 +76,86 @@ impl Lease {
     }
 }
 
-impl EventStore {
-    /// Takes the lease `name` if no other process (or holder in this one) has it; `None` if one
-    /// has. See [`Lease`].
-    pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        if let Some(pool) = self.postgres_pool() {
-            let mut connection = pool.connect_options().connect().await?;
-            // An idle session whose client vanished (power, network) would keep the lock
-            // until the OS's TCP keepalive noticed, about 2 hours by default: the server probes
-            // this one after 10 s idle, every 5 s, and ends it after 3 unanswered probes.
-            sqlx::query(
-                "SELECT set_config('tcp_keepalives_idle', '10', false), \
-                        set_config('tcp_keepalives_interval', '5', false), \
-                        set_config('tcp_keepalives_count', '3', false)",
-            )
-            .execute(&mut connection)
-            .await?;
-            let granted: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                    .bind(name)
-                    .fetch_one(&mut connection)
-                    .await?;
-            if !granted {
-                let _ = connection.close().await;
-                return Ok(None);
+/// A process standing by for a lease: tries it again and again on one connection of its own
+/// (PostgreSQL), kept between tries, so that a standby worker does not open a database session
+/// per try (until 2026-12-07 it did, every poll interval, for every agency). The connection
+/// becomes the lease's when a try succeeds; a failed try drops it, and the next opens another.
+#[derive(Debug)]
+pub struct LeaseCandidate {
+    name: String,
+    connection: Option<Box<PgConnection>>,
+}
+
+impl LeaseCandidate {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes the lease if no other process (or holder in this one) has it; `None` if one has.
+    pub async fn try_take(&mut self, store: &EventStore) -> Result<Option<Lease>, StoreError> {
+        let Some(pool) = store.postgres_pool() else {
+            return store.try_lease_without_postgres(&self.name);
+        };
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => {
+                let mut connection = pool.connect_options().connect().await?;
+                // An idle session whose client vanished (power, network) would keep the lock
+                // until the OS's TCP keepalive noticed, about 2 hours by default: the server
+                // probes this one after 10 s idle, every 5 s, and ends it after 3 unanswered
+                // probes.
+                sqlx::query(
+                    "SELECT set_config('tcp_keepalives_idle', '10', false), \
+                            set_config('tcp_keepalives_interval', '5', false), \
+                            set_config('tcp_keepalives_count', '3', false)",
+                )
+                .execute(&mut connection)
+                .await?;
+                Box::new(connection)
             }
-            return Ok(Some(Lease {
-                name: name.to_owned(),
-                holder: Holder::Postgres(Box::new(connection)),
-            }));
+        };
+        let granted: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(&self.name)
+                .fetch_one(&mut *connection)
+                .await?;
+        if !granted {
+            self.connection = Some(connection);
+            return Ok(None);
         }
+        Ok(Some(Lease {
+            name: self.name.clone(),
+            holder: Holder::Postgres(connection),
+        }))
+    }
+
+    /// Closes the standby connection, if any (dropping the candidate does too).
+    pub async fn close(mut self) {
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+impl EventStore {
+    /// A [`LeaseCandidate`] for the lease `name`; nothing is opened until its first try.
+    pub fn lease_candidate(&self, name: &str) -> LeaseCandidate {
+        LeaseCandidate {
+            name: name.to_owned(),
+            connection: None,
+        }
+    }
+
+    /// Takes the lease `name` if no other process (or holder in this one) has it; `None` if one
+    /// has. See [`Lease`]; to try again and again, a [`LeaseCandidate`].
+    pub async fn try_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let mut candidate = self.lease_candidate(name);
+        let taken = candidate.try_take(self).await;
+        candidate.close().await;
+        taken
+    }
+
+    fn try_lease_without_postgres(&self, name: &str) -> Result<Option<Lease>, StoreError> {
         let Some(pool) = self.sqlite_pool() else {
             return Ok(None);
         };

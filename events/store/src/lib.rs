@@ -45,7 +45,7 @@ pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
 pub use integrity::{
     inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
 };
-pub use lease::Lease;
+pub use lease::{Lease, LeaseCandidate};
 pub use store::{
     BackendKind, EventStore, KnownHashAppends, StoreTransaction, TransactionConnection,
 };

@@ -15,10 +15,11 @@
 //!
 //! Every worker process runs a worker per connector agency, but only the one holding the
 //! agency's lease ([`lease_name`], a [`Lease`] of the store) delivers; the others wait and try
-//! for it every poll interval. The holder confirms its lease before every delivery, so one whose
-//! database session ended (the lease then passes to another process) stops before it sends
-//! again. (Until 2026-12-07 every worker process delivered every task: two `serve --role
-//! worker` replicas sent each one twice.)
+//! for it every poll interval, each on one standing database connection
+//! ([`lifeline_store::LeaseCandidate`]). The holder confirms its lease before every delivery,
+//! so one whose database session ended (the lease then passes to another process) stops before
+//! it sends again. (Until 2026-12-07 every worker process delivered every task: two `serve
+//! --role worker` replicas sent each one twice.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -161,10 +162,11 @@ impl DeliveryWorker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut lease: Option<Lease> = None;
+        let mut candidate = self.store.lease_candidate(&lease_name(self.agency));
         let mut waiting_logged = false;
         loop {
             if lease.is_none() {
-                match self.store.try_lease(&lease_name(self.agency)).await {
+                match candidate.try_take(&self.store).await {
                     Ok(Some(held)) => {
                         tracing::info!(agency = %self.agency, "connector lease taken: delivering");
                         lease = Some(held);
