@@ -235,6 +235,29 @@ impl Parameters {
         in_force(&self.funeral_support, "funeral_support", date)
     }
 
+    /// The first date of death the rules can decide `procedure` for: from then on every
+    /// parameter it needs has an entry in force (`None`: it needs none; [`NaiveDate::MAX`]: a
+    /// list it needs is empty). A death before it would fail `death-followups` as a whole, so
+    /// the registrar's API refuses to choose the procedure for it.
+    pub fn decidable_from(&self, procedure: ProcedureId) -> Option<NaiveDate> {
+        fn first<T: Effective>(entries: &[T]) -> NaiveDate {
+            entries
+                .iter()
+                .map(Effective::effective_from)
+                .min()
+                .unwrap_or(NaiveDate::MAX)
+        }
+        match procedure {
+            ProcedureId::BurialAllowance => {
+                Some(first(&self.burial_allowance).max(first(&self.base_salary)))
+            }
+            ProcedureId::FuneralSupport => {
+                Some(first(&self.funeral_support).max(first(&self.assistance_standard)))
+            }
+            _ => None,
+        }
+    }
+
     /// The service time limit of `procedure` in working days.
     pub fn service_days(&self, procedure: ProcedureId) -> u32 {
         self.service_days
@@ -651,6 +674,22 @@ mod tests {
                 "{day}"
             );
         }
+        assert_eq!(
+            parameters.decidable_from(ProcedureId::BurialAllowance),
+            Some(date("2016-01-01"))
+        );
+        assert_eq!(
+            parameters.decidable_from(ProcedureId::FuneralSupport),
+            Some(date("2021-07-01"))
+        );
+        assert_eq!(
+            parameters.decidable_from(ProcedureId::ResidenceDeregistration),
+            None
+        );
+        assert_eq!(
+            Parameters::default().decidable_from(ProcedureId::BurialAllowance),
+            Some(NaiveDate::MAX)
+        );
         assert!(matches!(
             parameters.base_salary(date("2013-06-30")),
             Err(ReferenceError::NoParameter {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::NaiveDate;
+use lifeline_model::procedure::ProcedureId;
 use lifeline_policies::engine::PolicyEngine;
 use lifeline_policies::handler::PolicyHandler;
 use lifeline_policies::identity::StoreAllocator;
@@ -115,6 +117,7 @@ pub async fn serve(
     }
 
     let reference = load_reference()?;
+    let decidable_from = decidable_from(&reference);
     let handler: Arc<dyn PolicyHandler> = Arc::new(policy_engine(reference));
 
     let connectors = Arc::new(load_connectors(config_file)?);
@@ -133,7 +136,8 @@ pub async fn serve(
         let verifier = TokenVerifier::hs256(&secret).context("token secret")?;
         let mut state = AppState::new(store.clone(), verifier)
             .with_connectors(Arc::clone(&connectors))
-            .with_policy_handler(Arc::clone(&handler));
+            .with_policy_handler(Arc::clone(&handler))
+            .with_decidable_from(decidable_from);
         if let Some(jetstream) = &nats {
             let jetstream = jetstream.clone();
             state = state.with_readiness_probe(
@@ -328,6 +332,20 @@ pub fn load_reference() -> anyhow::Result<ReferenceData> {
             .context("loading reference data from LIFELINE_REFERENCE_DIR"),
         None => ReferenceData::embedded().context("loading the embedded reference data"),
     }
+}
+
+/// For each follow-up procedure that needs date-effective parameters, the first date of death
+/// the reference data lets the rules decide it for ([`AppState::with_decidable_from`]).
+pub fn decidable_from(reference: &ReferenceData) -> Vec<(ProcedureId, NaiveDate)> {
+    ProcedureId::ALL
+        .into_iter()
+        .filter_map(|procedure| {
+            reference
+                .parameters
+                .decidable_from(procedure)
+                .map(|from| (procedure, from))
+        })
+        .collect()
 }
 
 /// The policy engine with Lifeline's own identity allocator (PINs made unique by the store).

@@ -861,3 +861,62 @@ async fn a_correction_that_contradicts_the_childs_assigned_number_is_refused() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A follow-up whose rules have no parameters for the date of death (funeral support before
+/// the assistance standard of 2021-07-01, the burial allowance before 2016-01-01) is refused
+/// when recorded or corrected, naming `procedures`, with nothing stored: `death-followups`
+/// would fail on the record as a whole, residence deregistration included.
+#[tokio::test]
+async fn a_follow_up_the_rules_cannot_decide_for_its_date_of_death_is_refused() {
+    let app = TestApp::new().await;
+    let token = registrar(HANOI_OFFICE);
+    let mut body = death_body();
+    body["death"]["at"] = json!("2020-05-01T06:30:00+07:00");
+    body["death"]["notice"]["date"] = json!("2020-05-01");
+    let before = app.log_len().await;
+    let (status, answer, _) = app
+        .call(Method::POST, "/v1/deaths", Some(&token), Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let problem = answer["error"]["fields"]["procedures"].as_str().unwrap();
+    assert!(
+        problem.contains("funeral-support") && problem.contains("2021-07-01"),
+        "{answer}"
+    );
+    assert!(!problem.contains("burial-allowance"), "{answer}");
+    assert_eq!(app.log_len().await, before, "nothing stored");
+
+    // Without it, the death is recorded (late), its burial allowance decided on 2020's salary.
+    body["procedures"] = json!([
+        "death-registration",
+        "residence-deregistration",
+        "burial-allowance"
+    ]);
+    let (status, recorded, _) = app
+        .call(Method::POST, "/v1/deaths", Some(&token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+
+    // A correction moving the death before the burial allowance's rules: refused.
+    let path = format!(
+        "/v1/life-events/{}/corrections",
+        recorded["life_event_id"].as_str().unwrap()
+    );
+    let before = app.log_len().await;
+    let (status, answer, _) = app
+        .call(
+            Method::POST,
+            &path,
+            Some(&token),
+            Some(json!({ "reason": "năm mất ghi sai",
+                          "changes": { "death": { "at": "2015-06-01T06:30:00+07:00",
+                                                  "notice": { "date": "2015-06-01" } } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let problem = answer["error"]["fields"]["changes.procedures"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(problem.contains("burial-allowance"), "{answer}");
+    assert_eq!(app.log_len().await, before, "nothing stored");
+}

@@ -32,7 +32,7 @@ pub mod ops;
 pub mod policies;
 pub mod registrar;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -46,6 +46,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, NaiveDate, Utc};
+use lifeline_model::procedure::ProcedureId;
 use lifeline_policies::PolicyHandler;
 use lifeline_store::EventStore;
 use tower::ServiceBuilder;
@@ -103,6 +104,9 @@ pub struct AppState {
     /// The registry offices known from reference data; `None`: any well-formed office code of a
     /// known province is accepted (the model's own check).
     pub offices: Option<Arc<BTreeSet<String>>>,
+    /// The first date of death the rules can decide each follow-up procedure for
+    /// (`Parameters::decidable_from`); a death before it may not choose it. Empty: no check.
+    pub decidable_from: Arc<BTreeMap<ProcedureId, NaiveDate>>,
     /// Checks `/readyz` runs besides the store's (NATS when configured), by name.
     pub readiness: Arc<Vec<(String, ReadinessProbe)>>,
     pub clock: Clock,
@@ -133,6 +137,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             metrics: Arc::new(Metrics::new()),
             offices: None,
+            decidable_from: Arc::new(BTreeMap::new()),
             readiness: Arc::new(Vec::new()),
             clock: Arc::new(Utc::now),
             settings: HttpSettings::default(),
@@ -159,6 +164,17 @@ impl AppState {
     #[must_use]
     pub fn with_offices(mut self, offices: impl IntoIterator<Item = String>) -> Self {
         self.offices = Some(Arc::new(offices.into_iter().collect()));
+        self
+    }
+
+    /// The follow-up procedures a death may choose only from a date on (the rules' parameters
+    /// begin then): `Parameters::decidable_from` of each.
+    #[must_use]
+    pub fn with_decidable_from(
+        mut self,
+        decidable_from: impl IntoIterator<Item = (ProcedureId, NaiveDate)>,
+    ) -> Self {
+        self.decidable_from = Arc::new(decidable_from.into_iter().collect());
         self
     }
 

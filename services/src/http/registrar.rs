@@ -3,6 +3,9 @@
 //! declaration) or void it. The payload types here are the HTTP contract; they map onto the
 //! model's declaration inputs.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,8 +15,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use lifeline_model::declaration::{
     parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, ChildInput,
-    DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput, Declaration, NoticeInput,
-    ParentInput, ResidenceInput,
+    DeathDeclaration, DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput,
+    Declaration, NoticeInput, ParentInput, ResidenceInput,
 };
 use lifeline_model::envelope::{RecordedEvent, StreamVersion};
 use lifeline_model::error::DomainError;
@@ -387,7 +390,14 @@ pub async fn record_death(
     check_office_scope(&principal, body.office.as_deref())?;
     let input = DeathDeclarationInput::from(body);
     let now = state.now();
-    let mut errors = parse_death(&input, now).err().unwrap_or_default();
+    let mut errors = match parse_death(&input, now) {
+        Ok(declaration) => {
+            let mut errors = ValidationErrors::default();
+            check_decidable(&state.decidable_from, &declaration, &mut errors);
+            errors
+        }
+        Err(errors) => errors,
+    };
     check_known_office(&state, input.office.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(&errors));
@@ -495,6 +505,7 @@ pub async fn correct_life_event(
         return Err(ApiError::validation(&errors));
     };
     let offices = state.offices.clone();
+    let decidable_from = Arc::clone(&state.decidable_from);
     // The same correction again (a retry: same Idempotency-Key, same body) is answered as the
     // first time; the key used before for anything else is refused. Before the version check:
     // the retried request's `expected_version` is the one its first attempt moved on from.
@@ -502,7 +513,13 @@ pub async fn correct_life_event(
     let again = |before: &LifeEvent, recorded_on: NaiveDate| {
         let as_of = vietnam_day_end(recorded_on);
         Ok(LifeEventCommand::Correct {
-            declaration: corrected_declaration(before, &changes, as_of, offices.as_deref())?,
+            declaration: corrected_declaration(
+                before,
+                &changes,
+                as_of,
+                offices.as_deref(),
+                &decidable_from,
+            )?,
             reason: reason.clone(),
             recorded_on,
         })
@@ -533,8 +550,13 @@ pub async fn correct_life_event(
                 expected: body.expected_version.map(StreamVersion),
             },
             |current| {
-                let declaration =
-                    corrected_declaration(current, &changes, now, offices.as_deref())?;
+                let declaration = corrected_declaration(
+                    current,
+                    &changes,
+                    now,
+                    offices.as_deref(),
+                    &decidable_from,
+                )?;
                 // A correction cannot move the record to another office.
                 authorize(
                     &principal,
@@ -828,6 +850,30 @@ fn check_known_office_in(
     }
 }
 
+/// A follow-up procedure the rules cannot decide for this date of death (their parameters
+/// begin later) is refused, naming `procedures`: `death-followups` would fail on the record as
+/// a whole, residence deregistration included (until 2026-12-07 it was taken, and did). The
+/// registrar leaves it out; the agency decides such a case by hand.
+fn check_decidable(
+    decidable_from: &BTreeMap<ProcedureId, NaiveDate>,
+    death: &DeathDeclaration,
+    errors: &mut ValidationErrors,
+) {
+    let died = death.death.date();
+    for procedure in &death.procedures {
+        if let Some(from) = decidable_from.get(procedure).filter(|from| died < **from) {
+            errors.push(FieldError::new(
+                "procedures",
+                "not_decidable",
+                format!(
+                    "{procedure} cannot be decided for a death before {from} (the rules' \
+                     parameters begin then): leave it out and have the agency decide it"
+                ),
+            ));
+        }
+    }
+}
+
 fn recorded_response(state: &AppState, recorded: Recorded, event_type: &str) -> Response {
     tracing::Span::current().record("life_event_id", recorded.life_event_id.to_string());
     if !recorded.replayed {
@@ -896,6 +942,7 @@ fn corrected_declaration(
     changes: &Value,
     now: DateTime<Utc>,
     offices: Option<&std::collections::BTreeSet<String>>,
+    decidable_from: &BTreeMap<ProcedureId, NaiveDate>,
 ) -> Result<Declaration, ApiError> {
     let declaration = current
         .declaration
@@ -945,6 +992,7 @@ fn corrected_declaration(
                 if !current.death.time_known && corrected.death.at == current.death.at {
                     corrected.death.time_known = false;
                 }
+                check_decidable(decidable_from, &corrected, &mut errors);
                 Declaration::Death(corrected)
             })
         }

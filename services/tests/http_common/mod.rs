@@ -42,7 +42,10 @@ impl TestApp {
         store.migrate().await.unwrap();
         let state = AppState::new(store.clone(), TokenVerifier::hs256(SECRET).unwrap())
             .with_clock(Arc::new(now))
-            .with_offices([HCM_OFFICE.to_owned(), HANOI_OFFICE.to_owned()]);
+            .with_offices([HCM_OFFICE.to_owned(), HANOI_OFFICE.to_owned()])
+            .with_decidable_from(lifeline::serve::decidable_from(
+                &lifeline_policies::reference::ReferenceData::embedded().unwrap(),
+            ));
         Self {
             state,
             store,
