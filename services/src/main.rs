@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lifeline::auth::{development_secret, issue_token, secret_from_env, Scope};
 use lifeline::config::{redact_url, Config, DEFAULT_DATA_DIR};
 use lifeline::connector::{list_failed_deliveries, request_redelivery, RedeliveryFilter};
-use lifeline::serve::{load_reference, policy_engine, serve, ServeRole};
+use lifeline::serve::{load_connectors, load_reference, policy_engine, serve, ServeRole};
 use lifeline::tasks::TaskDesk;
 use lifeline::{demo, keys, telemetry};
 use lifeline_model::envelope::{LogCursor, Role};
@@ -300,6 +300,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 DeliveriesCommand::Retry { agency, task_id } => {
+                    let connectors = load_connectors(cli.config.as_deref())?;
+                    let configured: Vec<AgencyId> = connectors.agencies.keys().copied().collect();
+                    if let Some(agency) = agency.filter(|agency| !configured.contains(agency)) {
+                        anyhow::bail!(
+                            "no connector is configured for {agency} (--config): its tasks are \
+                             worked in the inbox"
+                        );
+                    }
                     let tasks = TaskDesk::new(store.clone());
                     let operator = format!(
                         "cli:{}",
@@ -308,7 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let report = request_redelivery(
                         &store,
                         &tasks,
-                        &RedeliveryFilter { agency, task_id },
+                        &RedeliveryFilter {
+                            agency,
+                            task_id,
+                            configured,
+                        },
                         &operator,
                     )
                     .await
@@ -320,17 +332,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             delivery.agency, delivery.task_id, delivery.kind
                         )?;
                     }
+                    for (delivery, reason) in &report.settled {
+                        writeln!(
+                            out,
+                            "settled: {} task {} ({:?}): {reason}",
+                            delivery.agency, delivery.task_id, delivery.kind
+                        )?;
+                    }
                     for (delivery, reason) in &report.skipped {
                         writeln!(
                             out,
-                            "skipped: {} task {} ({:?}): {reason}",
+                            "left listed: {} task {} ({:?}): {reason}",
                             delivery.agency, delivery.task_id, delivery.kind
                         )?;
                     }
                     writeln!(
                         out,
-                        "{} requested, {} skipped; the delivery workers send them",
+                        "{} requested (the delivery workers send them), {} settled, {} left listed",
                         report.requested.len(),
+                        report.settled.len(),
                         report.skipped.len()
                     )?;
                     Ok(())

@@ -34,6 +34,7 @@ const PART_TIMEOUT: Duration = Duration::from_secs(10);
 const RELAY: &str = "relay";
 const POLICIES: &str = "policies";
 const FAILURES: &str = "failures";
+const DELIVERIES: &str = "deliveries";
 const PROJECTIONS: &str = "projections";
 const TASKS: &str = "tasks";
 
@@ -69,8 +70,9 @@ struct RelayFigures {
 struct Snapshot {
     relay: Part<RelayFigures>,
     policies: Part<Vec<PolicyLag>>,
-    /// Policy failures by policy; open delivery failures by agency.
-    failures: Part<(BTreeMap<String, FailureCounts>, BTreeMap<String, u64>)>,
+    failures: Part<BTreeMap<String, FailureCounts>>,
+    /// Open delivery failures by agency.
+    deliveries: Part<BTreeMap<String, u64>>,
     projections: Part<Vec<(String, u64)>>,
     tasks: Part<Vec<TaskCount>>,
 }
@@ -192,13 +194,14 @@ impl RuntimeMetrics {
                 .map_err(|error| error.to_string())
         };
         let failures = async {
-            let policies = failure_counts(store)
+            failure_counts(store)
                 .await
-                .map_err(|error| error.to_string())?;
-            let deliveries = open_failure_counts(store)
+                .map_err(|error| error.to_string())
+        };
+        let deliveries = async {
+            open_failure_counts(store)
                 .await
-                .map_err(|error| error.to_string())?;
-            Ok((policies, deliveries))
+                .map_err(|error| error.to_string())
         };
         let projections = async {
             let mut lags = Vec::with_capacity(self.projections.len());
@@ -215,10 +218,11 @@ impl RuntimeMetrics {
                 .await
                 .map_err(|error| error.to_string())
         };
-        let (relay, policies, failures, projections, tasks) = tokio::join!(
+        let (relay, policies, failures, deliveries, projections, tasks) = tokio::join!(
             limited(relay),
             limited(policies),
             limited(failures),
+            limited(deliveries),
             limited(projections),
             limited(tasks),
         );
@@ -231,6 +235,7 @@ impl RuntimeMetrics {
         }
         snapshot.policies.record(POLICIES, policies, at);
         snapshot.failures.record(FAILURES, failures, at);
+        snapshot.deliveries.record(DELIVERIES, deliveries, at);
         snapshot.projections.record(PROJECTIONS, projections, at);
         snapshot.tasks.record(TASKS, tasks, at);
     }
@@ -270,7 +275,7 @@ impl RuntimeMetrics {
             );
         }
 
-        if let Some((failures, deliveries)) = snapshot.failures.figures() {
+        if let Some(deliveries) = snapshot.deliveries.figures() {
             page.family(
                 "lifeline_connector_delivery_failures_open",
                 "Connector deliveries given up on and not requested again (lifeline deliveries \
@@ -284,6 +289,8 @@ impl RuntimeMetrics {
                     deliveries.get(agency.as_str()).copied().unwrap_or(0) as f64,
                 );
             }
+        }
+        if let Some(failures) = snapshot.failures.figures() {
             let policies: BTreeSet<&str> = self
                 .policies
                 .iter()
@@ -367,7 +374,7 @@ impl RuntimeMetrics {
             }
         }
 
-        let parts: [(&str, bool, Option<Instant>, u64); 5] = [
+        let parts: [(&str, bool, Option<Instant>, u64); 6] = [
             (
                 RELAY,
                 self.probe.has_relay(),
@@ -387,6 +394,12 @@ impl RuntimeMetrics {
                 snapshot.failures.failures,
             ),
             (
+                DELIVERIES,
+                true,
+                snapshot.deliveries.read_at(),
+                snapshot.deliveries.failures,
+            ),
+            (
                 PROJECTIONS,
                 true,
                 snapshot.projections.read_at(),
@@ -401,8 +414,8 @@ impl RuntimeMetrics {
         ];
         page.family(
             "lifeline_metrics_sample_age_seconds",
-            "Seconds since the figures of a part (relay, policies, failures, projections, tasks) \
-             were last read successfully; absent until they first are.",
+            "Seconds since the figures of a part (relay, policies, failures, deliveries, \
+             projections, tasks) were last read successfully; absent until they first are.",
             "gauge",
         );
         for (part, applies, read_at, _) in &parts {

@@ -309,7 +309,9 @@ fn parse_replicas(raw: &str) -> anyhow::Result<usize> {
 }
 
 /// The `[connectors.*]` tables of the configuration file, if any.
-fn load_connectors(config_file: Option<&Path>) -> anyhow::Result<ConnectorsConfig> {
+/// The `[connectors.<agency>]` of the configuration file (`lifeline.toml` if none is given;
+/// none configured if it does not exist).
+pub fn load_connectors(config_file: Option<&Path>) -> anyhow::Result<ConnectorsConfig> {
     let path = config_file.map_or_else(
         || Path::new("lifeline.toml").to_path_buf(),
         Path::to_path_buf,

@@ -443,6 +443,7 @@ async fn a_failed_delivery_is_listed_and_sent_again_once_on_request() {
     let filter = RedeliveryFilter {
         agency: Some(AgencyId::Police),
         task_id: None,
+        configured: vec![AgencyId::Police],
     };
     let (first, second) = tokio::join!(
         request_redelivery(&app.store, &app.state.tasks, &filter, "op-1"),
@@ -482,15 +483,160 @@ async fn a_failed_delivery_is_listed_and_sent_again_once_on_request() {
     let again = request_redelivery(&app.store, &app.state.tasks, &filter, "op-1")
         .await
         .unwrap();
-    assert!(again.requested.is_empty() && again.skipped.is_empty());
+    assert!(again.requested.is_empty() && again.settled.is_empty() && again.skipped.is_empty());
+}
+
+/// Amends `task_id` to `application` as the corrections policy would.
+async fn amend(app: &TestApp, task_id: Uuid, application: Application) {
+    app.state
+        .tasks
+        .execute(
+            &policy_actor(),
+            task_id,
+            TaskCommand::Amend {
+                application,
+                reason: "corrected".to_owned(),
+                cause: None,
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// An amendment that failed, then a later one delivered: sending the first again would take
+/// the agency system back to older facts, so a retry settles it (no longer listed, nothing
+/// sent). And a request the worker reaches after the task was handled in the inbox is not sent
+/// but recorded as skipped.
+#[tokio::test]
+async fn a_superseded_or_overtaken_redelivery_is_not_sent_and_is_accounted_for() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    // The creation goes through, the first amendment's three attempts fail, the rest pass.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    let task_id = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let worker = worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let application = app
+        .state
+        .tasks
+        .load(task_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+        .application;
+    let mut first = application.clone();
+    first
+        .0
+        .insert("residence.address".to_owned(), json!("14 Lê Lợi"));
+    amend(&app, task_id, first).await;
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let mut second = application;
+    second
+        .0
+        .insert("residence.address".to_owned(), json!("16 Lê Lợi"));
+    amend(&app, task_id, second).await;
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let failed = list_failed_deliveries(&app.store).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].kind,
+        lifeline::connector::events::DeliveryKind::Amended
+    );
+
+    let filter = RedeliveryFilter {
+        configured: vec![AgencyId::Police],
+        ..RedeliveryFilter::default()
+    };
+    let report = request_redelivery(&app.store, &app.state.tasks, &filter, "op-1")
+        .await
+        .unwrap();
+    assert!(report.requested.is_empty());
+    assert_eq!(report.settled.len(), 1);
+    assert!(
+        report.settled[0].1.contains("superseded"),
+        "{:?}",
+        report.settled
+    );
+    assert!(list_failed_deliveries(&app.store).await.unwrap().is_empty());
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    let sent = sent_bodies(&server).await;
+    assert_eq!(
+        sent.len(),
+        5,
+        "creation, three failed attempts, the second amendment"
+    );
+    assert_eq!(sent[4]["application"]["residence.address"], "16 Lê Lợi");
+
+    // Another task: its creation fails; the operator asks for it again, but an officer claims
+    // the task in the inbox before the worker reaches the request.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&server)
+        .await;
+    let other = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let worker = self::worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    let report = request_redelivery(&app.store, &app.state.tasks, &filter, "op-1")
+        .await
+        .unwrap();
+    assert_eq!(report.requested.len(), 1);
+    app.state
+        .tasks
+        .execute(
+            &policy_actor(),
+            other,
+            TaskCommand::Claim {
+                by: "officer-1".to_owned(),
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert_eq!(sent_bodies(&server).await.len(), 1, "not sent again");
+    let stream = StreamId::for_kind("delivery", other).unwrap();
+    let recorded = app.store.read_stream(&stream).await.unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].event_type, "ConnectorRedeliverySkipped");
+    assert!(recorded[0].payload.to_value()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("claimed"));
+    // Reached again (a restart): recorded once.
+    app.store
+        .save_checkpoint(&checkpoint_name(AgencyId::Police), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert_eq!(app.store.read_stream(&stream).await.unwrap().len(), 1);
 }
 
 /// A creation that failed, of a task an officer claimed in the inbox meanwhile, is not
-/// requested again (the agency system would be asked to do what a person is doing); it stays
-/// listed. Through the operator's HTTP routes.
+/// requested again (the agency system would be asked to do what a person is doing): the retry
+/// settles it. A failure of an agency without a connector here is left listed. Through the
+/// operator's HTTP routes.
 #[tokio::test]
 async fn a_failed_creation_of_a_task_handled_meanwhile_is_not_sent_again() {
-    let app = TestApp::new().await;
+    let mut app = TestApp::new().await;
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(400))
@@ -522,6 +668,36 @@ async fn a_failed_creation_of_a_task_handled_meanwhile_is_not_sent_again() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["error"]["fields"]["agency"].is_string(), "{body}");
+    // No connector is configured for the police in this process: nothing would send it.
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/deliveries/retry",
+            Some(&operator()),
+            Some(json!({ "agency": "police" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"]["fields"]["agency"]
+        .as_str()
+        .unwrap()
+        .contains("no connector"));
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/deliveries/retry",
+            Some(&operator()),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["skipped"][0]["delivery"]["task_id"], json!(task_id));
+    assert_eq!(
+        list_failed_deliveries(&app.store).await.unwrap().len(),
+        1,
+        "left listed"
+    );
+    with_police_connector(&mut app);
 
     let (status, body, _) = app
         .call(
@@ -542,13 +718,13 @@ async fn a_failed_creation_of_a_task_handled_meanwhile_is_not_sent_again() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["requested"], json!([]));
-    assert_eq!(body["skipped"][0]["delivery"]["task_id"], json!(task_id));
-    assert!(body["skipped"][0]["reason"]
+    assert_eq!(body["settled"][0]["delivery"]["task_id"], json!(task_id));
+    assert!(body["settled"][0]["reason"]
         .as_str()
         .unwrap()
         .contains("claimed"));
     let failed = list_failed_deliveries(&app.store).await.unwrap();
-    assert_eq!(failed.len(), 1, "still listed");
+    assert!(failed.is_empty(), "settled: no longer listed");
     assert_eq!(worker(&app, &server).run_once().await.unwrap(), 0);
     assert_eq!(sent_bodies(&server).await.len(), 1);
 }

@@ -330,11 +330,13 @@ pub fn apply_unnamed(
     row
 }
 
-/// Applies a completed task's outcome to the person it concerns. Pure.
+/// Applies a completed task's outcome to the person it concerns; `follows`, the task a
+/// reversal undoes. Pure.
 pub fn apply_outcome(
     mut row: PersonRow,
     procedure: ProcedureId,
     task_id: Uuid,
+    follows: Option<Uuid>,
     application: &Application,
     outcome: &TaskOutcome,
     at: DateTime<Utc>,
@@ -358,7 +360,8 @@ pub fn apply_outcome(
     match outcome {
         // A reversal undoes what its procedure did to the person: the residence it registered
         // goes (if it is still the registered one), the one it closed comes back (if none was
-        // registered since), the card it issued goes. Its application is the reversed task's.
+        // registered since), the card it issued goes (if it is still the person's: a card
+        // issued after it stays). Its application is the reversed task's.
         TaskOutcome::Revoked { .. } => match procedure {
             ProcedureId::ResidenceRegistration => {
                 if row.residence.is_some() && row.residence == residence_at("residence") {
@@ -370,7 +373,20 @@ pub fn apply_outcome(
                     row.residence = residence_at("deceased.residence");
                 }
             }
-            ProcedureId::ChildHealthInsurance => row.insurance = None,
+            ProcedureId::ChildHealthInsurance => {
+                let issued = row
+                    .facts
+                    .iter()
+                    .rev()
+                    .find(|fact| Some(fact.task_id) == follows)
+                    .and_then(|fact| fact.details.get("card_number"))
+                    .and_then(serde_json::Value::as_str);
+                if issued.is_some()
+                    && row.insurance.as_ref().map(|card| card.card_number.as_str()) == issued
+                {
+                    row.insurance = None;
+                }
+            }
             ProcedureId::BirthRegistration
             | ProcedureId::DeathRegistration
             | ProcedureId::BurialAllowance
@@ -569,6 +585,10 @@ impl Subscriber for PersonProjection {
                     row,
                     created.procedure,
                     completed.task_id,
+                    created
+                        .follow_up
+                        .as_ref()
+                        .map(|follow_up| follow_up.follows),
                     &created.application,
                     &completed.outcome,
                     at,
@@ -871,5 +891,54 @@ mod tests {
         memory.insert(key(LOG_MEMORY_ENTRIES + 1), 7);
         assert_eq!(memory.get(&key(LOG_MEMORY_ENTRIES + 1)), Some(&7));
         assert!(!memory.previous.contains_key(&key(LOG_MEMORY_ENTRIES + 1)));
+    }
+
+    #[test]
+    fn a_completed_reversal_takes_back_only_the_card_its_task_issued() {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let child = PersonalId::parse("079326000123").unwrap();
+        let card = |number: &str| TaskOutcome::InsuranceCardIssued {
+            card_number: number.to_owned(),
+            valid_until: chrono::NaiveDate::from_ymd_opt(2032, 11, 19).unwrap(),
+        };
+        let revoked = TaskOutcome::Revoked {
+            decision_number: "TH-1".to_owned(),
+        };
+        let insurance = ProcedureId::ChildHealthInsurance;
+        let none = Application::default();
+        let first = key(1);
+        let row = apply_outcome(
+            new_person(&child, "An", at),
+            insurance,
+            first,
+            None,
+            &none,
+            &card("TE1-A"),
+            at,
+        );
+        // Reissued meanwhile (a correction made the child eligible again): card B stays.
+        let reissued = apply_outcome(
+            row.clone(),
+            insurance,
+            key(2),
+            None,
+            &none,
+            &card("TE1-B"),
+            at,
+        );
+        let kept = apply_outcome(
+            reissued,
+            insurance,
+            key(3),
+            Some(first),
+            &none,
+            &revoked,
+            at,
+        );
+        assert_eq!(kept.insurance.unwrap().card_number, "TE1-B");
+        // Card A still the person's: it goes.
+        let taken = apply_outcome(row, insurance, key(3), Some(first), &none, &revoked, at);
+        assert_eq!(taken.insurance, None);
+        assert_eq!(taken.facts.last().unwrap().kind, "revoked");
     }
 }

@@ -37,10 +37,11 @@ use uuid::Uuid;
 use super::config::AgencyConnector;
 use super::events::{
     delivery_stream, failures_stream, outcome_event, outcome_event_id, ConnectorDelivered,
-    ConnectorDeliveryFailed, ConnectorRedeliveryRequested, DeliveryKind, DeliveryMessage,
-    DELIVERED, DELIVERY_FAILED, REDELIVERY_REQUESTED,
+    ConnectorDeliveryFailed, ConnectorRedeliveryRequested, ConnectorRedeliverySkipped,
+    DeliveryKind, DeliveryMessage, DELIVERED, DELIVERY_FAILED, REDELIVERY_REQUESTED,
+    REDELIVERY_SKIPPED,
 };
-use super::failures::still_wanted;
+use super::failures::{redelivery_refusal, still_wanted};
 use super::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::http::agency::FollowUpBody;
 use crate::http::connectors::{apply_agency_result, AgencyResult};
@@ -240,34 +241,13 @@ impl DeliveryWorker {
     }
 
     /// The delivery to make for `event`, if it is a task change of this agency, or an operator's
-    /// request to send one again, not delivered yet.
+    /// request to send one again, not delivered yet. A request no longer to send (the task
+    /// handled or changed since) gets its outcome here, `ConnectorRedeliverySkipped`.
     async fn due(&self, event: &RecordedEvent) -> Result<Option<Due>, DeliveryError> {
-        let (source, redelivery_of) = if event.event_type == REDELIVERY_REQUESTED
-            && event.stream_id == failures_stream()
-        {
-            let request: ConnectorRedeliveryRequested = serde_json::from_str(event.payload.text())
-                .map_err(|error| DeliveryError::Decode {
-                    event_id: event.event_id,
-                    reason: error.to_string(),
-                })?;
-            if request.agency != self.agency.as_str() {
-                return Ok(None);
-            }
-            let Some(source) = self.store.event_by_id(request.source_event_id).await? else {
-                tracing::warn!(agency = %self.agency, task_id = %request.task_id,
-                    source_event_id = %request.source_event_id,
-                    "redelivery requested of an event that is not stored; nothing sent");
-                return Ok(None);
-            };
-            (source, Some(event.event_id))
-        } else {
-            (event.clone(), None)
-        };
-        let Some(message) = self.message_for(&source).await? else {
-            if redelivery_of.is_some() {
-                tracing::info!(agency = %self.agency, source_event_id = %source.event_id,
-                    "redelivery requested of a task change no longer to send; nothing sent");
-            }
+        if event.event_type == REDELIVERY_REQUESTED && event.stream_id == failures_stream() {
+            return self.redelivery_due(event).await;
+        }
+        let Some(message) = self.message_for(event).await? else {
             return Ok(None);
         };
         let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
@@ -277,10 +257,109 @@ impl DeliveryWorker {
         }
         Ok(Some(Due {
             message,
-            source_event_id: source.event_id,
+            source_event_id: event.event_id,
             outcome_id,
-            redelivery_of,
+            redelivery_of: None,
         }))
+    }
+
+    /// [`Self::due`] for an operator's `ConnectorRedeliveryRequested`: the task event it names,
+    /// checked again as the operator's retry checked it ([`redelivery_refusal`]).
+    async fn redelivery_due(&self, event: &RecordedEvent) -> Result<Option<Due>, DeliveryError> {
+        let request: ConnectorRedeliveryRequested = serde_json::from_str(event.payload.text())
+            .map_err(|error| DeliveryError::Decode {
+                event_id: event.event_id,
+                reason: error.to_string(),
+            })?;
+        if request.agency != self.agency.as_str() {
+            return Ok(None);
+        }
+        let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
+        if self.store.event_by_id(outcome_id).await?.is_some() {
+            return Ok(None);
+        }
+        let source = self.store.event_by_id(request.source_event_id).await?;
+        let kind = source
+            .as_ref()
+            .and_then(|source| match source.event_type.as_str() {
+                "TaskCreated" => Some(DeliveryKind::Created),
+                "TaskAmended" => Some(DeliveryKind::Amended),
+                "TaskCancelled" => Some(DeliveryKind::Cancelled),
+                _ => None,
+            });
+        let refusal = match (&source, kind) {
+            (Some(_), Some(kind)) => redelivery_refusal(
+                &self.store,
+                &self.tasks,
+                request.task_id,
+                kind,
+                request.source_event_id,
+            )
+            .await
+            .map_err(|error| DeliveryError::Task {
+                task_id: request.task_id,
+                reason: error.to_string(),
+            })?,
+            _ => Some("the task event named is not a stored task change".to_owned()),
+        };
+        let message = match (refusal, &source) {
+            (None, Some(source)) => self.message_for(source).await?.ok_or_else(|| {
+                "the task change is no longer to send (its creation was never sent)".to_owned()
+            }),
+            (Some(reason), _) => Err(reason),
+            (None, None) => Err("the task event named is not stored".to_owned()),
+        };
+        match message {
+            Ok(message) => Ok(Some(Due {
+                message,
+                source_event_id: request.source_event_id,
+                outcome_id,
+                redelivery_of: Some(event.event_id),
+            })),
+            Err(reason) => {
+                self.record_skipped(event, &request, outcome_id, reason)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records that the redelivery `request` (the log event `event`) was not sent, and why.
+    async fn record_skipped(
+        &self,
+        event: &RecordedEvent,
+        request: &ConnectorRedeliveryRequested,
+        outcome_id: Uuid,
+        reason: String,
+    ) -> Result<(), DeliveryError> {
+        let task_id = request.task_id;
+        tracing::info!(agency = %self.agency, %task_id, source_event_id = %request.source_event_id,
+            reason, "redelivery requested but not sent");
+        let at = Utc::now();
+        let skipped = ConnectorRedeliverySkipped {
+            task_id,
+            agency: request.agency.clone(),
+            source_event_id: request.source_event_id,
+            redelivery_of: event.event_id,
+            reason,
+            at,
+        };
+        let append_error = |reason: String| DeliveryError::Append { task_id, reason };
+        let metadata = EventMetadata::system(
+            checkpoint_name(self.agency),
+            event.metadata.correlation_id,
+            Some(event.event_id),
+            at,
+        );
+        let new_event = outcome_event(REDELIVERY_SKIPPED, &skipped, outcome_id, metadata)
+            .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
+        let stream =
+            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?;
+        self.store
+            .append(&stream, ExpectedVersion::Any, &[new_event])
+            .await
+            .map_err(|error| append_error(error.to_string()))?;
+        Ok(())
     }
 
     /// The message for the task event `event` if it is a change of this agency's task that is

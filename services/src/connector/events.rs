@@ -118,6 +118,39 @@ pub struct ConnectorRedeliveryRequested {
 /// The event type of [`ConnectorRedeliveryRequested`].
 pub const REDELIVERY_REQUESTED: &str = "ConnectorRedeliveryRequested";
 
+/// A failed delivery an operator's retry found no longer worth sending (its task handled in
+/// the inbox, a later change superseding it), in [`FAILURES_STREAM`]: no longer listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorFailureSettled {
+    pub task_id: Uuid,
+    pub agency: String,
+    /// The `ConnectorDeliveryFailed` event settled.
+    pub failure_event_id: Uuid,
+    pub reason: String,
+    /// The operator whose retry settled it.
+    pub settled_by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The event type of [`ConnectorFailureSettled`].
+pub const FAILURE_SETTLED: &str = "ConnectorFailureSettled";
+
+/// A requested redelivery the worker did not send, with why (the task handled or changed since
+/// the request): its outcome, in `delivery-<task_id>`, so that the request is accounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorRedeliverySkipped {
+    pub task_id: Uuid,
+    pub agency: String,
+    pub source_event_id: Uuid,
+    /// The [`ConnectorRedeliveryRequested`] event.
+    pub redelivery_of: Uuid,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The event type of [`ConnectorRedeliverySkipped`].
+pub const REDELIVERY_SKIPPED: &str = "ConnectorRedeliverySkipped";
+
 /// The stream of every `ConnectorDeliveryFailed` and every [`ConnectorRedeliveryRequested`]:
 /// failures are rare, and the operator lists them without scanning the log. (Until 2026-12-07
 /// a failure went to `delivery-<task_id>`, where nobody looked, and could not be retried.)

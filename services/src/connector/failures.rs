@@ -6,7 +6,11 @@
 //! [`FAILURES_STREAM`] (at the stream's version read, so two operators retrying at once request
 //! each failure once), and the agency's delivery worker, the one process holding its lease,
 //! sends the task event again when it reaches that request in the log. A failure answered by a
-//! request is no longer listed; if the delivery fails again, that new failure is.
+//! request is no longer listed; if the delivery fails again, that new failure is. A failure no
+//! longer worth sending when an operator retries it (its task handled in the inbox, or a later
+//! change of the task superseding it) is settled instead (`ConnectorFailureSettled`, with the
+//! reason) and leaves the list too; the worker checks again when it reaches a request, and
+//! records a request it no longer sends (`ConnectorRedeliverySkipped`).
 
 use std::collections::HashMap;
 
@@ -18,8 +22,9 @@ use lifeline_store::{AppendError, EventStore, StoreError};
 use uuid::Uuid;
 
 use super::events::{
-    failures_stream, ConnectorDeliveryFailed, ConnectorRedeliveryRequested, DeliveryKind,
-    DELIVERY_FAILED, REDELIVERY_REQUESTED, SCHEMA_VERSION,
+    failures_stream, ConnectorDeliveryFailed, ConnectorFailureSettled,
+    ConnectorRedeliveryRequested, DeliveryKind, DELIVERY_FAILED, FAILURE_SETTLED,
+    REDELIVERY_REQUESTED, SCHEMA_VERSION,
 };
 use crate::tasks::TaskDesk;
 
@@ -44,10 +49,13 @@ pub struct FailedDelivery {
 }
 
 /// Which failed deliveries [`request_redelivery`] asks to send again; `None` matches all.
+/// `configured`: the agencies with a connector (a failure of another is left listed, not
+/// requested: no worker would send it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedeliveryFilter {
     pub agency: Option<AgencyId>,
     pub task_id: Option<Uuid>,
+    pub configured: Vec<AgencyId>,
 }
 
 impl RedeliveryFilter {
@@ -63,8 +71,10 @@ impl RedeliveryFilter {
 pub struct RedeliveryReport {
     /// Requested: the agency's worker sends each again; no longer listed.
     pub requested: Vec<FailedDelivery>,
-    /// Not requested, with why: a creation whose task is no longer open (handled in the inbox,
-    /// cancelled, or of a voided record) is not sent again. Still listed.
+    /// Settled, with why: no longer worth sending (a creation whose task is no longer open, a
+    /// change a later one superseded, a task that does not exist); no longer listed.
+    pub settled: Vec<(FailedDelivery, String)>,
+    /// Left listed, with why: its agency has no connector configured here.
     pub skipped: Vec<(FailedDelivery, String)>,
 }
 
@@ -141,6 +151,16 @@ fn open_failures(events: &[RecordedEvent]) -> Vec<FailedDelivery> {
                     }
                 }
             }
+            FAILURE_SETTLED => {
+                match serde_json::from_str::<ConnectorFailureSettled>(event.payload.text()) {
+                    Ok(settled) => {
+                        open.remove(&settled.failure_event_id);
+                    }
+                    Err(error) => {
+                        tracing::warn!(event_id = %event.event_id, %error, "unreadable settlement");
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -156,6 +176,49 @@ fn open_failures(events: &[RecordedEvent]) -> Vec<FailedDelivery> {
 /// task). The delivery worker decides the same way when it reaches the request.
 pub fn still_wanted(kind: DeliveryKind, status: TaskStatus) -> bool {
     kind != DeliveryKind::Created || status == TaskStatus::Open
+}
+
+/// Why the task event `source_event_id` (a change of kind `kind` of `task_id`) is no longer to
+/// be sent again, if it is not: the task does not exist, a creation's task is no longer open,
+/// an amendment's task is closed, or an amendment was superseded by a later change (sending it
+/// would take the agency system back to older facts). Asked by the operator's retry and again
+/// by the worker when it reaches the request.
+pub async fn redelivery_refusal(
+    store: &EventStore,
+    tasks: &TaskDesk,
+    task_id: Uuid,
+    kind: DeliveryKind,
+    source_event_id: Uuid,
+) -> Result<Option<String>, FailuresError> {
+    let task_error = |reason: String| FailuresError::Task { task_id, reason };
+    let Some(loaded) = tasks
+        .load(task_id)
+        .await
+        .map_err(|error| task_error(error.to_string()))?
+    else {
+        return Ok(Some("no such task".to_owned()));
+    };
+    let status = loaded.state.status;
+    if !still_wanted(kind, status) {
+        return Ok(Some(
+            format!("the task is {status:?}, no longer open").to_lowercase(),
+        ));
+    }
+    if kind == DeliveryKind::Amended {
+        if status.is_closed() {
+            return Ok(Some(format!("the task is {status:?}").to_lowercase()));
+        }
+        let events = store.read_stream(&loaded.stream_id).await?;
+        let later = events
+            .iter()
+            .skip_while(|event| event.event_id != source_event_id)
+            .skip(1)
+            .any(|event| matches!(event.event_type.as_str(), "TaskAmended" | "TaskCancelled"));
+        if later {
+            return Ok(Some("superseded by a later change of the task".to_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Requests every listed failed delivery that `filter` matches to be sent again, as
@@ -179,25 +242,54 @@ pub async fn request_redelivery(
             if !filter.matches(&failed) {
                 continue;
             }
-            let status = tasks
-                .load(failed.task_id)
-                .await
-                .map_err(|error| FailuresError::Task {
+            let correlation_id = events
+                .iter()
+                .find(|event| event.event_id == failed.failure_event_id)
+                .map_or(failed.failure_event_id, |event| {
+                    event.metadata.correlation_id
+                });
+            let metadata = EventMetadata::system(
+                format!("operator:{requested_by}"),
+                correlation_id,
+                Some(failed.failure_event_id),
+                at,
+            );
+            if !filter
+                .configured
+                .iter()
+                .any(|agency| agency.as_str() == failed.agency)
+            {
+                let why = format!("no connector is configured for {}", failed.agency);
+                report.skipped.push((failed, why));
+                continue;
+            }
+            if let Some(reason) = redelivery_refusal(
+                store,
+                tasks,
+                failed.task_id,
+                failed.kind,
+                failed.source_event_id,
+            )
+            .await?
+            {
+                let settled = ConnectorFailureSettled {
                     task_id: failed.task_id,
-                    reason: error.to_string(),
-                })?
-                .map(|loaded| loaded.state.status);
-            match status {
-                Some(status) if still_wanted(failed.kind, status) => {}
-                Some(status) => {
-                    let why = format!("the task is {status:?}, no longer open").to_lowercase();
-                    report.skipped.push((failed, why));
-                    continue;
-                }
-                None => {
-                    report.skipped.push((failed, "no such task".to_owned()));
-                    continue;
-                }
+                    agency: failed.agency.clone(),
+                    failure_event_id: failed.failure_event_id,
+                    reason: reason.clone(),
+                    settled_by: requested_by.to_owned(),
+                    at,
+                };
+                new_events.push(NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: FAILURE_SETTLED.to_owned(),
+                    schema_version: SCHEMA_VERSION,
+                    payload: serde_json::to_value(&settled)
+                        .map_err(|error| FailuresError::Append(error.to_string()))?,
+                    metadata,
+                });
+                report.settled.push((failed, reason));
+                continue;
             }
             let request = ConnectorRedeliveryRequested {
                 task_id: failed.task_id,
@@ -207,24 +299,13 @@ pub async fn request_redelivery(
                 requested_by: requested_by.to_owned(),
                 at,
             };
-            let correlation_id = events
-                .iter()
-                .find(|event| event.event_id == failed.failure_event_id)
-                .map_or(failed.failure_event_id, |event| {
-                    event.metadata.correlation_id
-                });
             new_events.push(NewEvent {
                 event_id: Uuid::now_v7(),
                 event_type: REDELIVERY_REQUESTED.to_owned(),
                 schema_version: SCHEMA_VERSION,
                 payload: serde_json::to_value(&request)
                     .map_err(|error| FailuresError::Append(error.to_string()))?,
-                metadata: EventMetadata::system(
-                    format!("operator:{requested_by}"),
-                    correlation_id,
-                    Some(failed.failure_event_id),
-                    at,
-                ),
+                metadata,
             });
             report.requested.push(failed);
         }
@@ -237,6 +318,11 @@ pub async fn request_redelivery(
                     tracing::info!(task_id = %failed.task_id, agency = %failed.agency,
                         source_event_id = %failed.source_event_id, requested_by,
                         "redelivery requested");
+                }
+                for (failed, reason) in &report.settled {
+                    tracing::info!(task_id = %failed.task_id, agency = %failed.agency,
+                        source_event_id = %failed.source_event_id, requested_by, reason,
+                        "failed delivery settled without sending it again");
                 }
                 return Ok(report);
             }

@@ -691,7 +691,7 @@ pub(crate) fn outcome_of(
                 "outcome.kind",
                 "unknown_outcome",
                 format!(
-                    "is not an outcome; {} expects {}",
+                    "is not an outcome; {} expects {} (a reversal task of it: revoked)",
                     procedure,
                     expected_kind(procedure)
                 ),

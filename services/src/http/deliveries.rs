@@ -3,6 +3,7 @@
 //! HTTP statuses and counts: no personal data.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use lifeline_model::procedure::AgencyId;
@@ -87,17 +88,39 @@ pub struct SkippedDelivery {
     pub reason: String,
 }
 
-/// What a retry requested.
+/// What a retry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RedeliveryAnswer {
     /// Requested: the agency's delivery worker sends each again; no longer listed as failed.
     pub requested: Vec<FailedDeliveryBody>,
-    /// Not requested (a creation whose task is no longer open); still listed.
+    /// Settled without sending (a creation whose task is no longer open, a change a later one
+    /// superseded); no longer listed.
+    pub settled: Vec<SkippedDelivery>,
+    /// Left as they are (no connector configured for their agency); still listed.
     pub skipped: Vec<SkippedDelivery>,
 }
 
-fn unavailable(error: FailuresError) -> ApiError {
-    ApiError::unavailable(error.to_string())
+/// 503 when the store is away or busy; 500 for a task or request that cannot be read or
+/// written (a fault to look into, not to retry).
+fn failure(error: FailuresError) -> ApiError {
+    match error {
+        FailuresError::Store(_) | FailuresError::Busy => ApiError::unavailable(error.to_string()),
+        FailuresError::Task { .. } | FailuresError::Append(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the failed deliveries cannot be handled",
+        )
+        .with_detail(error.to_string()),
+    }
+}
+
+fn skipped(list: Vec<(FailedDelivery, String)>) -> Vec<SkippedDelivery> {
+    list.into_iter()
+        .map(|(failed, reason)| SkippedDelivery {
+            delivery: failed.into(),
+            reason,
+        })
+        .collect()
 }
 
 /// Connector deliveries given up on, oldest first.
@@ -107,6 +130,7 @@ fn unavailable(error: FailuresError) -> ApiError {
         (status = 200, description = "the deliveries given up on and not requested again", body = FailedDeliveries),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an operator or auditor", body = ErrorBody),
+        (status = 500, description = "the failures cannot be read", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -119,7 +143,7 @@ pub async fn failed(
     authorize(&principal, Action::ReadDeliveryFailures, Target::Nothing)?;
     let failed = list_failed_deliveries(&state.store)
         .await
-        .map_err(unavailable)?;
+        .map_err(failure)?;
     Ok(Json(FailedDeliveries {
         failed: failed.into_iter().map(FailedDeliveryBody::from).collect(),
     }))
@@ -127,15 +151,17 @@ pub async fn failed(
 
 /// Request failed deliveries sent again (all, or those of one agency and/or one task). The
 /// agency's delivery worker sends each when it reaches the request; the request is recorded
-/// once however many operators ask at the same time.
+/// once however many operators ask at the same time. A failure no longer worth sending (its
+/// task handled in the inbox, a later change superseding it) is settled instead.
 #[utoipa::path(
     post, path = "/v1/operations/deliveries/retry", tag = "operations",
     request_body = RedeliveryBody,
     responses(
-        (status = 200, description = "what was requested and what was skipped", body = RedeliveryAnswer),
+        (status = 200, description = "what was requested, settled and left", body = RedeliveryAnswer),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an operator", body = ErrorBody),
-        (status = 422, description = "an unknown field or agency", body = ErrorBody),
+        (status = 422, description = "an unknown field, an unknown agency or one without a connector", body = ErrorBody),
+        (status = 500, description = "a failed delivery's task cannot be read", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -147,36 +173,45 @@ pub async fn retry(
     ApiJson(body): ApiJson<RedeliveryBody>,
 ) -> Result<Json<RedeliveryAnswer>, ApiError> {
     authorize(&principal, Action::RetryDeliveries, Target::Nothing)?;
-    let agency =
-        match body.agency.as_deref() {
-            None => None,
-            Some(agency) => Some(agency.parse::<AgencyId>().map_err(|_| {
+    let configured: Vec<AgencyId> = state.connectors.agencies.keys().copied().collect();
+    let agency = match body.agency.as_deref() {
+        None => None,
+        Some(agency) => {
+            let invalid = |code: &str, message: String| {
                 ApiError::unprocessable("validation_failed", "some fields are not valid")
-                    .with_field("agency", "unknown_agency", format!("no agency {agency:?}"))
-            })?),
-        };
+                    .with_field("agency", code, message)
+            };
+            let parsed = agency
+                .parse::<AgencyId>()
+                .map_err(|_| invalid("unknown_agency", format!("no agency {agency:?}")))?;
+            if !configured.contains(&parsed) {
+                return Err(invalid(
+                    "no_connector",
+                    format!(
+                        "no connector is configured for {parsed}: its tasks are worked in the inbox"
+                    ),
+                ));
+            }
+            Some(parsed)
+        }
+    };
     let filter = RedeliveryFilter {
         agency,
         task_id: body.task_id,
+        configured,
     };
     tracing::info!(subject = %principal.subject, agency = ?filter.agency, task_id = ?filter.task_id,
         "operator requests failed deliveries sent again");
     let report = request_redelivery(&state.store, &state.tasks, &filter, &principal.subject)
         .await
-        .map_err(unavailable)?;
+        .map_err(failure)?;
     Ok(Json(RedeliveryAnswer {
         requested: report
             .requested
             .into_iter()
             .map(FailedDeliveryBody::from)
             .collect(),
-        skipped: report
-            .skipped
-            .into_iter()
-            .map(|(failed, reason)| SkippedDelivery {
-                delivery: failed.into(),
-                reason,
-            })
-            .collect(),
+        settled: skipped(report.settled),
+        skipped: skipped(report.skipped),
     }))
 }

@@ -15,7 +15,7 @@
 //! - `lifeline_policy_failures_total{policy}` (counter): `PolicyFailed` events recorded;
 //!   `lifeline_policy_failures_open{policy}`: of those, not yet retried successfully.
 //! - `lifeline_connector_delivery_failures_open{agency}`: connector deliveries given up on and
-//!   not requested again (`lifeline deliveries retry`); part `failures`.
+//!   not requested again (`lifeline deliveries retry`) nor settled; part `deliveries`.
 //! - `lifeline_projection_lag_events{projection}`: events after each projection's checkpoint.
 //! - `lifeline_tasks{agency,procedure,state}`: tasks in the inbox by state;
 //!   `lifeline_tasks_overdue{agency,procedure}`: open or claimed tasks past their due time.
