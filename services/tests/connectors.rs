@@ -729,18 +729,9 @@ async fn a_failed_creation_of_a_task_handled_meanwhile_is_not_sent_again() {
     assert_eq!(sent_bodies(&server).await.len(), 1);
 }
 
-/// A reversal task (the record voided after the procedure completed), as the corrections
-/// policy stores it: its delivery and its task body say what it follows up, so that the agency
-/// revokes instead of registering again.
-#[tokio::test]
-async fn a_reversal_reaches_the_agency_as_a_reversal() {
-    let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(202))
-        .mount(&server)
-        .await;
-    let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
+/// A reversal of `first` (its record voided after it completed), as the corrections policy
+/// stores it; answers its task id.
+async fn append_reversal(app: &TestApp, first: Uuid) -> Uuid {
     let loaded = app.state.tasks.load(first).await.unwrap().unwrap();
     let reversal = Uuid::now_v7();
     let created = TaskCreated {
@@ -771,6 +762,22 @@ async fn a_reversal_reaches_the_agency_as_a_reversal() {
         )
         .await
         .unwrap();
+    reversal
+}
+
+/// A reversal task (the record voided after the procedure completed), as the corrections
+/// policy stores it: its delivery and its task body say what it follows up, so that the agency
+/// revokes instead of registering again.
+#[tokio::test]
+async fn a_reversal_reaches_the_agency_as_a_reversal() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let reversal = append_reversal(&app, first).await;
     assert_eq!(worker(&app, &server).run_once().await.unwrap(), 2);
     let bodies = sent_bodies(&server).await;
     let first_sent = &bodies[0];
@@ -826,6 +833,34 @@ async fn a_reversal_reaches_the_agency_as_a_reversal() {
             decision_number: "TH-2026-7".to_owned()
         })
     );
+}
+
+/// A reversal of a task the agency system never received (claimed in the inbox before the
+/// worker reached it) is not sent either: the person who did it undoes it.
+#[tokio::test]
+async fn a_reversal_of_a_task_never_sent_is_not_sent() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    app.state
+        .tasks
+        .execute(
+            &policy_actor(),
+            first,
+            TaskCommand::Claim {
+                by: "police-alice".to_owned(),
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    append_reversal(&app, first).await;
+    assert_eq!(worker(&app, &server).run_once().await.unwrap(), 0);
+    assert!(sent_bodies(&server).await.is_empty());
 }
 
 fn signed_headers(body: &[u8], secret: &[u8]) -> (String, String) {

@@ -29,7 +29,7 @@ use chrono::Utc;
 use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent, StreamId};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, Task, TaskEvent};
+use lifeline_model::task::{Application, FollowUpKind, Task, TaskEvent};
 use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
@@ -398,6 +398,22 @@ impl DeliveryWorker {
                         return Ok(None);
                     }
                 }
+                // A reversal asks the agency system to revoke what the task it follows
+                // produced: if that task never reached it (worked in the inbox), neither does
+                // the reversal, which a person works in the inbox too. (Until 2026-12-07 it
+                // was sent, naming a task the agency system never had.)
+                if let Some(follow_up) = created
+                    .follow_up
+                    .as_ref()
+                    .filter(|follow_up| follow_up.kind == FollowUpKind::Reversal)
+                {
+                    if !self.creation_delivered(follow_up.follows).await? {
+                        tracing::info!(agency = %self.agency, task_id = %created.task_id,
+                            follows = %follow_up.follows,
+                            "not delivering a reversal of a task the agency system never received");
+                        return Ok(None);
+                    }
+                }
                 DeliveryMessage {
                     delivery_id: event.event_id,
                     kind: DeliveryKind::Created,
@@ -467,6 +483,19 @@ impl DeliveryWorker {
         };
         let outcome = outcome_event_id(self.agency.as_str(), created.event_id);
         Ok(self.store.event_by_id(outcome).await?.is_some())
+    }
+
+    /// Whether the agency system accepted the creation of `task_id` (a `ConnectorDelivered` of
+    /// kind `created` in `delivery-<task_id>`, first time or at an operator's request).
+    async fn creation_delivered(&self, task_id: Uuid) -> Result<bool, DeliveryError> {
+        let Some(stream) = delivery_stream(task_id) else {
+            return Ok(false);
+        };
+        Ok(self.store.read_stream(&stream).await?.iter().any(|event| {
+            event.event_type == DELIVERED
+                && serde_json::from_str::<ConnectorDelivered>(event.payload.text())
+                    .is_ok_and(|delivered| delivered.kind == DeliveryKind::Created)
+        }))
     }
 
     /// The procedure and state of `task_id` if it belongs to this agency.
