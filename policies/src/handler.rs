@@ -32,6 +32,23 @@ pub enum PolicyError {
     Missing { event_id: uuid::Uuid },
 }
 
+impl PolicyError {
+    /// Whether the store was unreachable or overloaded ([`lifeline_store::StoreError::is_transient`]):
+    /// the policy did not get to decide, so the runtimes retry without counting an attempt and
+    /// never give up on it (a database outage must not turn events into `PolicyFailed`, nor
+    /// let JetStream drop them).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_transient(),
+            Self::Append(lifeline_store::AppendError::Store(error))
+            | Self::Projection(lifeline_store::projections::ProjectionError::Store(error)) => {
+                error.is_transient()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A set of named policies. Each name is one durable consumer (NATS) or one subscriber
 /// (embedded): its checkpoint and its retries are its own.
 #[async_trait]

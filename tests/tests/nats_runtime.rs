@@ -770,3 +770,154 @@ async fn redelivered_messages_are_handled_together_and_once() {
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+/// Fails every attempt with the store away (a pool time-out: PostgreSQL down or failing over)
+/// until `outage` attempts have failed, then applies as [`EffectHandler`] does (for [`ALPHA`]).
+struct StoreAwayFor {
+    inner: EffectHandler,
+    outage: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl PolicyHandler for StoreAwayFor {
+    fn policy_names(&self) -> Vec<&'static str> {
+        vec![ALPHA]
+    }
+
+    fn wants(&self, policy: &str, event_type: &str) -> bool {
+        self.inner.wants(policy, event_type)
+    }
+
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_policies::PolicyError> {
+        self.away()?;
+        self.inner.apply(policy, tx, event).await
+    }
+
+    async fn apply_notices(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        notices: &[lifeline_policies::handler::Noticed<'_>],
+    ) -> Result<(), (Option<usize>, lifeline_policies::PolicyError)> {
+        self.away().map_err(|error| (None, error))?;
+        let events = lifeline_policies::handler::read_noticed(tx, notices).await?;
+        let mut result = Ok(());
+        for (index, event) in events.iter().enumerate() {
+            if let Err(error) = self.inner.apply(policy, tx, event).await {
+                result = Err((Some(index), error));
+                break;
+            }
+        }
+        result
+    }
+}
+
+impl StoreAwayFor {
+    /// The store's answer while the outage lasts: a pool time-out.
+    fn away(&self) -> Result<(), lifeline_policies::PolicyError> {
+        let away = self
+            .outage
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            )
+            .is_ok();
+        if away {
+            return Err(lifeline_policies::PolicyError::Store(
+                lifeline_store::StoreError::Database(sqlx::Error::PoolTimedOut),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL away for many more deliveries than a policy's attempts: nothing is given up on
+/// (no `PolicyFailed`) and nothing dropped by JetStream; every event is applied once the store
+/// is back. A durable created with the old settings (`max_deliver` = attempts + 1, with which
+/// JetStream dropped the messages after about 30 s of outage) is brought to the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_outage_longer_than_the_attempts_loses_nothing_and_fails_nothing() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = test_consumer_options(3);
+    let handler = Arc::new(StoreAwayFor {
+        inner: EffectHandler::new(0),
+        outage: std::sync::atomic::AtomicU32::new(25),
+    });
+    let stream = jetstream
+        .get_or_create_stream(bus.stream_config())
+        .await
+        .unwrap();
+    let mut old = options.consumer_config(ALPHA, None);
+    old.max_deliver = 4;
+    stream.create_consumer(old).await.unwrap();
+    let sources = append_sources(&store, 20).await;
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let expected: HashMap<(String, Uuid), usize> = sources
+        .iter()
+        .map(|source| ((ALPHA.to_owned(), *source), 1))
+        .collect();
+    wait_for_effects(&store, &expected).await;
+    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
+    running.stop().await;
+
+    assert_eq!(
+        handler.outage.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the outage outlasted every attempt"
+    );
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    assert_exactly(&effects(&store).await, &expected);
+    let info = stream
+        .consumer_info(&options.durable_name(ALPHA))
+        .await
+        .unwrap();
+    assert_eq!(info.config.max_deliver, -1);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
+/// The same outage in embedded mode (no NATS): retried until the store is back, no
+/// `PolicyFailed` (until 2026-12-07 each failure counted, and the event was recorded as failed
+/// after the attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_embedded_policy_waits_out_a_store_outage_without_giving_up() {
+    let store = postgres_store().await;
+    let handler = Arc::new(StoreAwayFor {
+        inner: EffectHandler::new(0),
+        outage: std::sync::atomic::AtomicU32::new(10),
+    });
+    let sources = append_sources(&store, 5).await;
+    let (stop, shutdown) = watch::channel(false);
+    let running = tokio::spawn(run_embedded_policies(
+        store.store().clone(),
+        handler.clone(),
+        test_embedded_options(3),
+        shutdown,
+    ));
+    let expected: HashMap<(String, Uuid), usize> = sources
+        .iter()
+        .map(|source| ((ALPHA.to_owned(), *source), 1))
+        .collect();
+    wait_for_effects(&store, &expected).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(handler.outage.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    assert_exactly(&effects(&store).await, &expected);
+    store.close().await;
+}

@@ -42,6 +42,38 @@ pub enum StoreError {
     Lease(String),
 }
 
+impl StoreError {
+    /// Whether this is the database being unreachable or overloaded for now, not a fault of
+    /// the work at hand: the connection lost or refused, the pool exhausted or closed, the
+    /// server shutting down, starting or out of connections (SQLSTATE classes 08, 53, 57P),
+    /// a serialization failure or a deadlock (40001, 40P01), or a commit whose fate is unknown.
+    /// Retrying later is the answer, however often; a policy run that failed so has not been
+    /// attempted. On SQLite, a busy or locked database (codes 5 and 6).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(error) => match error {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+                    let code = code.as_ref();
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || matches!(code, "40001" | "40P01" | "5" | "6")
+                }),
+                _ => false,
+            },
+            Self::CommitFailed(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Why an append stored nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {

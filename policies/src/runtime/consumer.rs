@@ -76,14 +76,17 @@ impl ConsumerOptions {
         format!("{}{policy}", self.durable_prefix)
     }
 
-    /// The consumer's configuration. `max_deliver` is one more than the attempts: the last
-    /// attempt records `PolicyFailed`, and if the process dies during it the spare delivery
-    /// records it instead of JetStream dropping the message silently. The
-    /// consumer takes `filter_subject` (see [`PolicyHandler::notices`]), or every subject
+    /// The consumer's configuration. `max_deliver` is unlimited (-1): JetStream never drops a
+    /// message; the worker ends one only after recording `PolicyFailed` (the last attempt), so
+    /// a database outage, which is retried without counting attempts, loses nothing. (Until
+    /// 2026-12-07 it was the attempts plus one, and every delivery failed by an outage of
+    /// PostgreSQL counted: after about 30 s, JetStream dropped the messages without a trace.)
+    /// The consumer takes `filter_subject` (see [`PolicyHandler::notices`]), or every subject
     /// of the stream if `None` (then `wants` decides).
     ///
-    /// A durable that already exists is bound as it is: one created unfiltered by an earlier
-    /// version keeps receiving every event, which `wants` still sorts.
+    /// A durable that already exists keeps its filter: one created unfiltered by an earlier
+    /// version keeps receiving every event, which `wants` still sorts. Its other settings are
+    /// brought to these when it is bound ([`Worker::bind`]).
     pub fn consumer_config(
         &self,
         policy: &str,
@@ -97,7 +100,7 @@ impl ConsumerOptions {
             deliver_policy: consumer::DeliverPolicy::All,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            max_deliver: i64::from(self.retry.attempts()) + 1,
+            max_deliver: -1,
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }
@@ -448,6 +451,26 @@ enum Outcome {
     GaveUp,
 }
 
+/// A failed attempt at a lane's batch: the event it came from (if one), what it said, and
+/// whether the store was merely unavailable ([`crate::PolicyError::is_transient`]): then the policy
+/// did not get to decide, and it counts as no attempt.
+#[derive(Debug, Clone)]
+struct Failure {
+    index: Option<usize>,
+    message: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn of_store(error: &lifeline_store::StoreError) -> Self {
+        Self {
+            index: None,
+            message: error.to_string(),
+            transient: error.is_transient(),
+        }
+    }
+}
+
 impl Worker {
     async fn bind(
         &self,
@@ -459,7 +482,7 @@ impl Worker {
             .get_or_create_stream(bus.stream_config())
             .await
             .map_err(|error| RuntimeError::nats("get the event stream", error))?;
-        stream
+        let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &self.options.durable_name(&self.policy),
                 self.options.consumer_config(
@@ -468,7 +491,25 @@ impl Worker {
                 ),
             )
             .await
-            .map_err(|error| RuntimeError::nats("create the policy consumer", error))
+            .map_err(|error| RuntimeError::nats("create the policy consumer", error))?;
+        // A durable created by an earlier version (or with other options) is bound with its
+        // settings: bring `max_deliver`, `ack_wait` and `max_ack_pending` to this process's,
+        // keeping its filter. An old `max_deliver` would let JetStream drop messages.
+        let existing = &consumer.cached_info().config;
+        if existing.max_deliver != -1
+            || existing.ack_wait != self.options.ack_wait
+            || existing.max_ack_pending != self.options.max_ack_pending
+        {
+            let filter =
+                (!existing.filter_subject.is_empty()).then(|| existing.filter_subject.clone());
+            tracing::info!(policy = %self.policy, max_deliver = existing.max_deliver,
+                "updating the policy consumer's settings");
+            return stream
+                .create_consumer(self.options.consumer_config(&self.policy, filter))
+                .await
+                .map_err(|error| RuntimeError::nats("update the policy consumer", error));
+        }
+        Ok(consumer)
     }
 
     /// Pulls until `shutdown` (then returns `Ok`) or a NATS failure: keeps pull requests
@@ -615,6 +656,21 @@ impl Worker {
                 })
                 .collect();
             match self.apply_all(&notices).await {
+                Err(failure) if failure.transient => {
+                    // The store is away: no attempt was made. Every message comes back later.
+                    for (message, notice) in &batch {
+                        let delivered = message
+                            .info()
+                            .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+                        if let Ok(notice) = notice {
+                            let outcome = self
+                                .after_attempt(notice, delivered, Err(failure.clone()))
+                                .await;
+                            self.conclude(message, notice, outcome).await;
+                        }
+                    }
+                    return;
+                }
                 Ok(()) => {
                     futures::future::join_all(
                         batch
@@ -624,8 +680,9 @@ impl Worker {
                     .await;
                     return;
                 }
-                Err((failed, error)) => {
-                    tracing::debug!(policy = %self.policy, count = batch.len(), %error, "a lane's batch failed; handling its messages one by one");
+                Err(failure) => {
+                    let failed = failure.index;
+                    tracing::debug!(policy = %self.policy, count = batch.len(), error = %failure.message, "a lane's batch failed; handling its messages one by one");
                     for (index, (message, notice)) in batch.into_iter().enumerate() {
                         match notice {
                             // The failing event's attempt for this delivery was the batch's.
@@ -634,7 +691,7 @@ impl Worker {
                                     u32::try_from(info.delivered).unwrap_or(u32::MAX)
                                 });
                                 let outcome = self
-                                    .after_attempt(&notice, delivered, Err(error.clone()))
+                                    .after_attempt(&notice, delivered, Err(failure.clone()))
                                     .await;
                                 self.conclude(&message, &notice, outcome).await;
                             }
@@ -702,17 +759,27 @@ impl Worker {
     }
 
     /// What comes of an attempt: done, a retry, or (after the last attempt) `PolicyFailed`.
+    /// A transient failure (the store away) is retried, with the delay of the attempts made so
+    /// far (at most the last's), however long it lasts: it is never given up on.
     async fn after_attempt(
         &self,
         notice: &EventNotice,
         delivered: u32,
-        result: Result<(), String>,
+        result: Result<(), Failure>,
     ) -> Outcome {
-        let error = match result {
+        let failure = match result {
             Ok(()) => return Outcome::Done,
-            Err(error) => error,
+            Err(failure) => failure,
         };
-        if delivered < self.options.retry.attempts() {
+        let attempts = self.options.retry.attempts();
+        if failure.transient {
+            return Outcome::Retry {
+                attempt: delivered.min(attempts),
+                error: format!("store unavailable: {}", failure.message),
+            };
+        }
+        let error = failure.message;
+        if delivered < attempts {
             return Outcome::Retry {
                 attempt: delivered,
                 error,
@@ -727,29 +794,32 @@ impl Worker {
         }
     }
 
-    async fn apply(&self, notice: &EventNotice) -> Result<(), String> {
+    async fn apply(&self, notice: &EventNotice) -> Result<(), Failure> {
         self.apply_all(&[Noticed {
             event_id: notice.event_id,
             stream_id: &notice.stream_id,
         }])
         .await
-        .map_err(|(_, error)| error)
     }
 
     /// Applies the policy to each noticed event, in order, in one transaction (the handler
     /// reads the events: [`PolicyHandler::apply_notices`]). On failure, nothing stays; the
     /// error comes with the index of the event it came from, if one did.
-    async fn apply_all(&self, notices: &[Noticed<'_>]) -> Result<(), (Option<usize>, String)> {
+    async fn apply_all(&self, notices: &[Noticed<'_>]) -> Result<(), Failure> {
         let mut tx = self
             .store
             .begin()
             .await
-            .map_err(|error| (None, error.to_string()))?;
+            .map_err(|error| Failure::of_store(&error))?;
         self.handler
             .apply_notices(&self.policy, &mut tx, notices)
             .await
-            .map_err(|(index, error)| (index, error.to_string()))?;
-        tx.commit().await.map_err(|error| (None, error.to_string()))
+            .map_err(|(index, error)| Failure {
+                index,
+                message: error.to_string(),
+                transient: error.is_transient(),
+            })?;
+        tx.commit().await.map_err(|error| Failure::of_store(&error))
     }
 
     async fn give_up(

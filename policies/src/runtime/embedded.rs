@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::failures::record_failure;
 use super::{sleep_or_shutdown, RetryPolicy};
-use crate::handler::PolicyHandler;
+use crate::handler::{PolicyError, PolicyHandler};
 
 /// How the embedded policies read and retry.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +69,13 @@ impl PolicySubscriber {
                     .await;
             let delay = match result {
                 Ok(()) => break,
+                // The store away (a transient error inside the policy): no attempt was made;
+                // waited out however long it lasts, never recorded as PolicyFailed.
+                Err(SubscriptionError::Handler { source, .. }) if transient(&source) => {
+                    let delay = options.retry.max_delay.min(options.retry.base_delay * 4);
+                    tracing::warn!(subscriber = %self.name, %source, ?delay, "store unavailable; will retry");
+                    delay
+                }
                 Err(SubscriptionError::Handler {
                     event_id, source, ..
                 }) => {
@@ -131,6 +138,18 @@ impl Subscriber for PolicySubscriber {
             .apply(&self.policy, tx, event)
             .await
             .map_err(SubscriberError::failed)
+    }
+}
+
+/// Whether a subscriber's failure is the store being unavailable, not the policy's.
+fn transient(error: &SubscriberError) -> bool {
+    match error {
+        SubscriberError::Store(error) => error.is_transient(),
+        SubscriberError::Append(lifeline_store::AppendError::Store(error)) => error.is_transient(),
+        SubscriberError::Failed(error) => error
+            .downcast_ref::<PolicyError>()
+            .is_some_and(PolicyError::is_transient),
+        SubscriberError::Append(_) => false,
     }
 }
 
