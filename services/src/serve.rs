@@ -15,7 +15,7 @@ use lifeline_policies::handler::PolicyHandler;
 use lifeline_policies::identity::StoreAllocator;
 use lifeline_policies::projections::{projection_subscribers, PROJECTION_NAMES};
 use lifeline_policies::reference::ReferenceData;
-use lifeline_policies::runtime::bus::{connect_nats, nats_connected};
+use lifeline_policies::runtime::bus::{connect_nats_in_background, nats_connected};
 use lifeline_policies::runtime::roles::{run_roles, Role as RuntimeRole, RuntimeSettings};
 use lifeline_policies::runtime::stats::LagProbe;
 use lifeline_policies::watcher::{run_overdue_watcher, SystemClock};
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::auth::TokenVerifier;
 use crate::config::{redact_url, Config};
 use crate::connector::{ConnectorsConfig, DeliveryWorker};
+use crate::http::metrics::Exposition;
 use crate::http::{AppState, Application};
 use crate::runtime_metrics::{RuntimeMetrics, SAMPLE_INTERVAL as METRICS_SAMPLE_INTERVAL};
 
@@ -91,7 +92,7 @@ pub async fn serve(
     let wants = |role: ServeRole| roles.contains(&role) || roles.contains(&ServeRole::All);
     let nats = match &config.nats_url {
         Some(url) => Some(
-            connect_nats(url)
+            connect_nats_in_background(url)
                 .await
                 .with_context(|| format!("connecting to NATS at {}", redact_url(url)))?,
         ),
@@ -138,15 +139,31 @@ pub async fn serve(
             .with_connectors(Arc::clone(&connectors))
             .with_policy_handler(Arc::clone(&handler))
             .with_decidable_from(decidable_from);
+        // NATS down must not take the API out of service: a registrar's write needs only the
+        // store, and the relay catches up once NATS is back. `/readyz` reports it, and
+        // `lifeline_nats_connected` shows it. (Until 2026-12-07 it failed readiness, so a NATS
+        // outage left the API Service without endpoints.)
         if let Some(jetstream) = &nats {
-            let jetstream = jetstream.clone();
-            state = state.with_readiness_probe(
+            let probe_connection = jetstream.clone();
+            state = state.with_informational_probe(
                 "nats",
                 Arc::new(move || {
-                    let ready = nats_connected(&jetstream);
+                    let ready = nats_connected(&probe_connection);
                     Box::pin(async move { ready })
                 }),
             );
+            let gauge_connection = jetstream.clone();
+            state
+                .metrics
+                .register_collector(Arc::new(move |page: &mut Exposition| {
+                    page.family(
+                        "lifeline_nats_connected",
+                        "1 while this process's NATS connection is up, else 0.",
+                        "gauge",
+                    );
+                    let up = nats_connected(&gauge_connection).is_ok();
+                    page.sample("lifeline_nats_connected", &[], if up { 1.0 } else { 0.0 });
+                }));
         }
         api_state = Some(state);
     }

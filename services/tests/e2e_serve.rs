@@ -113,6 +113,66 @@ async fn a_birth_and_a_death_flow_through_the_real_server_to_every_chosen_proced
     }
 }
 
+/// The real binary started while NATS is down: it comes up (until 2026-12-07 it exited), its
+/// API is ready and records a birth (NATS is reported down in `/readyz`, not required); once
+/// NATS starts, the relay and the consumers catch up and the birth's registration task reaches
+/// the inbox.
+#[tokio::test]
+async fn the_server_starts_and_records_while_nats_is_down_and_catches_up_when_it_comes() {
+    let database = FreshDatabase::create().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let id = Uuid::new_v4().simple().to_string();
+    let stream = format!("E2E_{}", id.to_uppercase());
+    let agency_system = MockServer::start().await;
+    let mut server = Server::start(&database.url, &nats_url, &stream, &id, &agency_system).await;
+
+    let (status, ready) = server.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}\n{}", server.log());
+    assert!(
+        ready["checks"]["nats"]
+            .as_str()
+            .unwrap()
+            .starts_with("down"),
+        "{ready}"
+    );
+    let registrar = token(
+        Role::Registrar,
+        Scope::Office(OfficeCode::parse("79-26734").unwrap()),
+    );
+    let (status, recorded) = server
+        .call(Method::POST, "/v1/births", &registrar, Some(birth_body()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    let life_event_id = recorded["life_event_id"].as_str().unwrap().to_owned();
+
+    let store = tempfile::tempdir().unwrap();
+    let mut nats = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server (deploy/services.sh installs it)");
+    server
+        .task_in_inbox(
+            &officer(AgencyId::CivilRegistry),
+            "civil-registry",
+            "birth-registration",
+            &life_event_id,
+        )
+        .await;
+    let (_, ready) = server.call(Method::GET, "/readyz", "", None).await;
+    assert_eq!(ready["checks"]["nats"], "ok", "{ready}");
+    let status = server.terminate().await;
+    let _ = nats.kill();
+    let _ = nats.wait();
+    assert!(status.success(), "{status}\n{}", server.log());
+}
+
 /// The DESIGN.md birth: registration at the civil registry (through its inbox), then residence
 /// registration (police, inbox) and the child's card (social security, connector), prefilled
 /// with the personal ID number and the certificate number.

@@ -91,6 +91,23 @@ async fn readiness_names_a_dependency_that_does_not_answer() {
     );
 }
 
+/// NATS down does not take the API out of service (writes need only the store): `/readyz`
+/// reports it and stays 200.
+#[tokio::test]
+async fn an_informational_dependency_down_is_reported_without_failing_readiness() {
+    let mut app = TestApp::new().await;
+    let probe: ReadinessProbe =
+        Arc::new(|| Box::pin(async { Err("nats is disconnected".to_owned()) }));
+    app.state = app.state.clone().with_informational_probe("nats", probe);
+    let (status, body, _) = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["store"], "ok");
+    assert!(
+        body["checks"]["nats"].as_str().unwrap().starts_with("down"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn request_ids_are_kept_or_made_and_unknown_routes_answer_in_the_error_format() {
     let app = TestApp::new().await;

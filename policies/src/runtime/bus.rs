@@ -201,9 +201,33 @@ impl EventNotice {
 
 /// Connects to NATS and returns its JetStream context. The client reconnects by itself, for
 /// ever, when the server goes away; publishes and fetches fail meanwhile and are retried by the
-/// runtimes. `retry_on_initial_connect` is off so that a wrong url fails start-up loudly.
+/// runtimes. It waits for the first connection (a server not there fails it): for tests and
+/// tools; `serve` connects in the background ([`connect_nats_in_background`]).
 pub async fn connect_nats(url: &str) -> Result<jetstream::Context, RuntimeError> {
-    let client = async_nats::ConnectOptions::new()
+    let client = connect_options()
+        .connect(url)
+        .await
+        .map_err(|error| RuntimeError::nats("connect", error))?;
+    Ok(jetstream::new(client))
+}
+
+/// [`connect_nats`] that does not wait for the server: the client connects (and reconnects)
+/// in the background, and calls made meanwhile fail and are retried by their loops. For
+/// `serve`: a process started while NATS is down comes up (its API serves, its relay and
+/// consumers wait) instead of exiting and being restarted with growing back-off. A malformed
+/// url still fails here.
+pub async fn connect_nats_in_background(url: &str) -> Result<jetstream::Context, RuntimeError> {
+    let client = connect_options()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|error| RuntimeError::nats("connect", error))?;
+    Ok(jetstream::new(client))
+}
+
+/// Reconnecting for ever, its state changes logged.
+fn connect_options() -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
         .name("lifeline")
         .max_reconnects(None)
         .event_callback(|event| async move {
@@ -213,10 +237,6 @@ pub async fn connect_nats(url: &str) -> Result<jetstream::Context, RuntimeError>
                 other => tracing::debug!(event = %other, "nats event"),
             }
         })
-        .connect(url)
-        .await
-        .map_err(|error| RuntimeError::nats("connect", error))?;
-    Ok(jetstream::new(client))
 }
 
 /// Whether the NATS connection behind `jetstream` is up: the readiness probe of a process that

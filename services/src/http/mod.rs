@@ -107,8 +107,11 @@ pub struct AppState {
     /// The first date of death the rules can decide each follow-up procedure for
     /// (`Parameters::decidable_from`); a death before it may not choose it. Empty: no check.
     pub decidable_from: Arc<BTreeMap<ProcedureId, NaiveDate>>,
-    /// Checks `/readyz` runs besides the store's (NATS when configured), by name.
+    /// Checks `/readyz` requires besides the store's, by name.
     pub readiness: Arc<Vec<(String, ReadinessProbe)>>,
+    /// Dependencies `/readyz` reports on without failing for them (NATS for the API: a
+    /// registrar's write needs only the store; the relay catches up once NATS is back).
+    pub informational: Arc<Vec<(String, ReadinessProbe)>>,
     pub clock: Clock,
     pub settings: HttpSettings,
     /// The agencies that are external systems (their callback secrets); empty: none.
@@ -139,6 +142,7 @@ impl AppState {
             offices: None,
             decidable_from: Arc::new(BTreeMap::new()),
             readiness: Arc::new(Vec::new()),
+            informational: Arc::new(Vec::new()),
             clock: Arc::new(Utc::now),
             settings: HttpSettings::default(),
             connectors: Arc::new(ConnectorsConfig::default()),
@@ -184,6 +188,16 @@ impl AppState {
         let mut probes: Vec<(String, ReadinessProbe)> = self.readiness.iter().cloned().collect();
         probes.push((name.to_owned(), probe));
         self.readiness = Arc::new(probes);
+        self
+    }
+
+    /// Adds a dependency `/readyz` reports on (`down: ...` in its checks) without failing.
+    #[must_use]
+    pub fn with_informational_probe(mut self, name: &str, probe: ReadinessProbe) -> Self {
+        let mut probes: Vec<(String, ReadinessProbe)> =
+            self.informational.iter().cloned().collect();
+        probes.push((name.to_owned(), probe));
+        self.informational = Arc::new(probes);
         self
     }
 

@@ -1,5 +1,6 @@
 //! Operations routes, without a token: `/healthz` (the process answers), `/readyz` (the store
-//! and every configured dependency answer), `/metrics` (Prometheus text).
+//! and every required dependency answer; NATS is reported, not required), `/metrics`
+//! (Prometheus text).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HealthBody {
     /// `ok` or `ready`.
     pub status: String,
-    /// Each dependency checked -> `ok`.
+    /// Each dependency checked -> `ok` (an informational one may read `down ...`).
     pub checks: BTreeMap<String, String>,
 }
 
@@ -37,7 +38,8 @@ pub async fn healthz() -> Json<HealthBody> {
     })
 }
 
-/// The store (and NATS, when configured) answer.
+/// The store (and any other required dependency) answer. NATS, when configured, is reported
+/// in `checks` but never fails readiness: writes need only the store.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "ready", body = HealthBody),
@@ -94,6 +96,17 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, A
     }
     if any_failed {
         return Err(failed);
+    }
+    for (name, probe) in state.informational.iter() {
+        let state = match tokio::time::timeout(READINESS_TIMEOUT, probe()).await {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(reason)) => {
+                tracing::debug!(dependency = %name, reason, "an informational dependency is down");
+                "down (not required: work waits for it)".to_owned()
+            }
+            Err(_) => "down: no answer in time (not required: work waits for it)".to_owned(),
+        };
+        checks.insert(name.clone(), state);
     }
     Ok(Json(HealthBody {
         status: "ready".to_owned(),
