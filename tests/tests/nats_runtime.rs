@@ -921,3 +921,79 @@ async fn an_embedded_policy_waits_out_a_store_outage_without_giving_up() {
     assert_exactly(&effects(&store).await, &expected);
     store.close().await;
 }
+
+/// The messages the test's stream holds now (0 if it does not exist).
+async fn stream_messages(jetstream: &jetstream::Context, bus: &BusConfig) -> u64 {
+    match jetstream.get_stream(&bus.stream_name).await {
+        Ok(stream) => stream.cached_info().state.messages,
+        Err(_) => 0,
+    }
+}
+
+/// Notices the stream no longer holds though the relay had published them (the server lost
+/// its store, or the notices it acknowledged before its fsync; the stream deleted and made
+/// again) are published again, and only those. Until 2026-12-07 the relay's checkpoint was
+/// past them: they were lost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notices_the_stream_lost_are_published_again() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    append_sources(&store, 20).await;
+    let options = RelayOptions {
+        batch_size: 10,
+        ..test_relay_options()
+    };
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        options.clone(),
+    );
+    let run = |relay: Relay| {
+        let (stop, shutdown) = watch::channel(false);
+        (stop, tokio::spawn(async move { relay.run(shutdown).await }))
+    };
+    let all_published = || async { stream_messages(&jetstream, &bus).await == 20 };
+    let (stop, task) = run(relay.clone());
+    eventually(DEADLINE, "20 notices", all_published).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let end = store.load_checkpoint(&options.checkpoint).await.unwrap();
+
+    // The server lost its store: the stream is made again, empty.
+    delete_stream(&jetstream, &bus).await;
+    let (stop, task) = run(relay.clone());
+    eventually(DEADLINE, "20 notices again", all_published).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    // It lost the last ten it had acknowledged: the stream holds the first ten only.
+    delete_stream(&jetstream, &bus).await;
+    bus.ensure_stream(&jetstream).await.unwrap();
+    relay
+        .relay_batch(lifeline_model::envelope::LogCursor::START)
+        .await
+        .unwrap();
+    store
+        .save_checkpoint(&options.checkpoint, end)
+        .await
+        .unwrap();
+    assert_eq!(stream_messages(&jetstream, &bus).await, 10);
+    let (stop, task) = run(relay.clone());
+    eventually(DEADLINE, "the last ten again", all_published).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        stream_messages(&jetstream, &bus).await,
+        20,
+        "the first ten not twice"
+    );
+    assert_eq!(
+        store.load_checkpoint(&options.checkpoint).await.unwrap(),
+        end
+    );
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}

@@ -21,9 +21,10 @@ use super::RuntimeError;
 /// no `sync_interval` (2.10 added it); its file store writes each message to the OS at once and
 /// fsyncs periodically. A killed server loses nothing the OS holds; a power loss of a single
 /// server can lose the last acknowledged notices. The PostgreSQL log stays the source of truth:
-/// such notices can be republished by moving the relay's checkpoint back (Nats-Msg-Id
-/// deduplicates what is still there). In production: `replicas: 3` on the three-node cluster,
-/// where an ack means a majority holds the message.
+/// the relay, whenever it reconnects, compares the stream's last notice with its checkpoint and
+/// republishes what is missing ([`super::Relay::reconcile`]; Nats-Msg-Id deduplicates what is
+/// still there). In production: `replicas: 3` on the three-node cluster, where an ack means a
+/// majority holds the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusConfig {
     /// The JetStream stream name (no `.`, `*`, `>` or whitespace).

@@ -8,8 +8,10 @@
 //! A crash anywhere republishes at most the last batch: JetStream drops it within the
 //! duplicate window (`Nats-Msg-Id` = event id), and consumers are idempotent past it. When NATS
 //! is away, publishes fail (the client reconnects by itself) and the relay backs off and resumes
-//! from its checkpoint.
+//! from its checkpoint, after checking that the stream still holds what it published
+//! ([`Relay::reconcile`]: a server that lost notices, or a stream made again, is republished).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
@@ -88,15 +90,28 @@ impl Relay {
         let mut stream_ready = false;
         let mut cursor: Option<LogCursor> = None;
         let mut wake_ups = WakeUps::new(&self.store).await;
+        // The connections made so far: a new one (the server came back, maybe without the
+        // last notices it had acknowledged) has the stream checked again, even if no publish
+        // failed meanwhile (a caught-up relay publishes nothing).
+        let statistics = self.jetstream.client().statistics();
+        let mut connects = statistics.connects.load(Ordering::Relaxed);
         tracing::info!(checkpoint = %self.options.checkpoint, stream = %self.bus.stream_name, "relay starting");
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let now_connects = statistics.connects.load(Ordering::Relaxed);
+            if now_connects != connects {
+                connects = now_connects;
+                stream_ready = false;
+            }
             wake_ups.mark_seen();
             let step = async {
                 if !stream_ready {
                     self.bus.ensure_stream(&self.jetstream).await?;
+                    if self.reconcile().await? {
+                        cursor = None;
+                    }
                     stream_ready = true;
                 }
                 let from = match cursor {
@@ -146,6 +161,65 @@ impl Relay {
             }
         }
         tracing::info!(checkpoint = %self.options.checkpoint, "relay stopped");
+    }
+
+    /// Brings the checkpoint back to what the stream holds, if it holds less than the
+    /// checkpoint says was published: a server that lost its store, or the last notices it
+    /// acknowledged before writing them to disk (JetStream 2.9 acknowledges before the fsync),
+    /// or a stream deleted and made again empty. The relay then goes back to the stream's last
+    /// notice (the start of the log for a stream that never held one) and republishes what
+    /// is missing; JetStream drops duplicates within its window, and the consumers find work
+    /// past it done. Answers whether it moved the checkpoint. Run whenever the relay (re)makes
+    /// sure of the stream: at start and after every NATS failure. (Until 2026-12-07 such
+    /// notices were lost for good: the checkpoint had moved past them.)
+    pub async fn reconcile(&self) -> Result<bool, RuntimeError> {
+        let checkpoint = self.store.load_checkpoint(&self.options.checkpoint).await?;
+        if checkpoint == LogCursor::START {
+            return Ok(false);
+        }
+        let stream = self
+            .jetstream
+            .get_stream(&self.bus.stream_name)
+            .await
+            .map_err(|error| RuntimeError::nats("read the event stream's state", error))?;
+        let last_sequence = stream.cached_info().state.last_sequence;
+        let held = if last_sequence == 0 {
+            Some(LogCursor::START)
+        } else {
+            match stream.get_raw_message(last_sequence).await {
+                Ok(message) => {
+                    let event_id = message
+                        .headers
+                        .get("Nats-Msg-Id")
+                        .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok());
+                    match event_id {
+                        Some(event_id) => self
+                            .store
+                            .event_by_id(event_id)
+                            .await?
+                            .map(|event| event.cursor()),
+                        None => None,
+                    }
+                }
+                // Removed (aged out past `max_age`): nothing to compare with.
+                Err(error) => {
+                    tracing::debug!(%error, last_sequence, "the stream's last notice cannot be read");
+                    None
+                }
+            }
+        };
+        match held {
+            Some(held) if held < checkpoint => {
+                tracing::error!(?checkpoint, stream_holds_up_to = ?held, stream = %self.bus.stream_name,
+                    "the event stream holds less than the relay published (a NATS server lost \
+                     notices, or the stream was made again): republishing the rest");
+                self.store
+                    .save_checkpoint(&self.options.checkpoint, held)
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Publishes one batch after `from` and, once every message is acknowledged, saves the
