@@ -48,24 +48,36 @@ impl StoreError {
     /// server shutting down, starting or out of connections (SQLSTATE classes 08, 53, 57P),
     /// a serialization failure or a deadlock (40001, 40P01), or a commit whose fate is unknown.
     /// Retrying later is the answer, however often; a policy run that failed so has not been
-    /// attempted. On SQLite, a busy or locked database (codes 5 and 6).
+    /// attempted. On SQLite, a busy or locked database (primary codes 5 and 6). A protocol
+    /// error is not transient (it can come from the statement itself).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Database(error) => match error {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::BeginFailed => true,
-                sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+                sqlx::Error::Database(database) => {
+                    let Some(code) = database.code() else {
+                        return false;
+                    };
+                    if database
+                        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                        .is_some()
+                    {
+                        // Extended result codes: the primary code is the low byte.
+                        return code
+                            .parse::<i32>()
+                            .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+                    }
                     let code = code.as_ref();
                     code.starts_with("08")
                         || code.starts_with("53")
                         || code.starts_with("57P")
-                        || matches!(code, "40001" | "40P01" | "5" | "6")
-                }),
+                        || matches!(code, "40001" | "40P01")
+                }
                 _ => false,
             },
             Self::CommitFailed(_) => true,

@@ -235,6 +235,10 @@ fn connect_options() -> async_nats::ConnectOptions {
             match event {
                 async_nats::Event::Connected => tracing::info!("nats connected"),
                 async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                // A server that cannot be reached (a wrong host, or down) says so here.
+                async_nats::Event::ClientError(error) => {
+                    tracing::warn!(%error, "nats client error");
+                }
                 other => tracing::debug!(event = %other, "nats event"),
             }
         })

@@ -11,6 +11,7 @@
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,6 +153,7 @@ pub async fn run_policy_consumer(
         handler,
         options,
         policy,
+        unavailable: Default::default(),
     });
     tracing::info!(policy = %worker.policy, "policy consumer starting");
     let lanes = Lanes::start(&worker, &shutdown);
@@ -160,6 +162,15 @@ pub async fn run_policy_consumer(
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        // Nothing is asked of a server not connected (a request would wait for its time-out
+        // and stay queued in the client until the connection comes).
+        if super::bus::nats_connected(&jetstream).is_err() {
+            if sleep_or_shutdown(backoff, &mut shutdown).await {
+                break;
+            }
+            backoff = (backoff * 2).min(worker.options.max_backoff);
+            continue;
         }
         let consumer = match &pull {
             Some(consumer) => consumer.clone(),
@@ -442,6 +453,9 @@ struct Worker {
     handler: Arc<dyn PolicyHandler>,
     options: ConsumerOptions,
     policy: String,
+    /// The deliveries of each event that failed only because the store was away, in this
+    /// process: JetStream's delivery count includes them, the policy's attempts do not.
+    unavailable: std::sync::Mutex<HashMap<Uuid, u32>>,
 }
 
 /// What became of one message.
@@ -504,10 +518,18 @@ impl Worker {
                 (!existing.filter_subject.is_empty()).then(|| existing.filter_subject.clone());
             tracing::info!(policy = %self.policy, max_deliver = existing.max_deliver,
                 "updating the policy consumer's settings");
-            return stream
+            match stream
                 .create_consumer(self.options.consumer_config(&self.policy, filter))
                 .await
-                .map_err(|error| RuntimeError::nats("update the policy consumer", error));
+            {
+                Ok(updated) => return Ok(updated),
+                // A setting the server will not change (a durable made by hand, say): bound as
+                // it is, loudly; its `max_deliver` may let JetStream drop messages.
+                Err(error) => {
+                    tracing::error!(policy = %self.policy, %error, max_deliver = existing.max_deliver,
+                        "cannot update the policy consumer's settings; bound as it is");
+                }
+            }
         }
         Ok(consumer)
     }
@@ -767,24 +789,46 @@ impl Worker {
         delivered: u32,
         result: Result<(), Failure>,
     ) -> Outcome {
-        let failure = match result {
-            Ok(()) => return Outcome::Done,
-            Err(failure) => failure,
-        };
         let attempts = self.options.retry.attempts();
-        if failure.transient {
-            return Outcome::Retry {
-                attempt: delivered.min(attempts),
-                error: format!("store unavailable: {}", failure.message),
-            };
-        }
-        let error = failure.message;
-        if delivered < attempts {
-            return Outcome::Retry {
-                attempt: delivered,
-                error,
-            };
-        }
+        // Decided under the lock, released before any await.
+        let decided = {
+            let mut unavailable = self
+                .unavailable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match result {
+                Ok(()) => {
+                    unavailable.remove(&notice.event_id);
+                    Err(Outcome::Done)
+                }
+                Err(failure) if failure.transient => {
+                    *unavailable.entry(notice.event_id).or_insert(0) += 1;
+                    Err(Outcome::Retry {
+                        attempt: delivered.min(attempts),
+                        error: format!("store unavailable: {}", failure.message),
+                    })
+                }
+                Err(failure) => {
+                    // The attempts: the deliveries but those the store's absence failed here.
+                    let attempted = delivered
+                        .saturating_sub(unavailable.get(&notice.event_id).copied().unwrap_or(0))
+                        .max(1);
+                    if attempted < attempts {
+                        Err(Outcome::Retry {
+                            attempt: attempted,
+                            error: failure.message,
+                        })
+                    } else {
+                        unavailable.remove(&notice.event_id);
+                        Ok(failure.message)
+                    }
+                }
+            }
+        };
+        let error = match decided {
+            Ok(error) => error,
+            Err(outcome) => return outcome,
+        };
         match self.give_up(notice.event_id, &error, delivered).await {
             Ok(()) => Outcome::GaveUp,
             Err(record_error) => Outcome::Retry {

@@ -58,6 +58,20 @@ impl Default for RelayOptions {
     }
 }
 
+/// How often a caught-up relay looks at the stream's state (a stream made again by someone
+/// else, or a server that lost notices while nothing was published).
+const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the relay knows of the stream it publishes to: when it was made, the sequence of the
+/// last notice it acknowledged, and the sequence before which a loss was seen (acks that went
+/// back: a server that came back without its last notices).
+#[derive(Debug, Default)]
+struct StreamWatch {
+    created: Option<String>,
+    last_acked: u64,
+    lost_after: Option<u64>,
+}
+
 /// Publishes the store's log to JetStream.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -65,6 +79,7 @@ pub struct Relay {
     jetstream: jetstream::Context,
     bus: BusConfig,
     options: RelayOptions,
+    watch: std::sync::Arc<std::sync::Mutex<StreamWatch>>,
 }
 
 impl Relay {
@@ -79,7 +94,26 @@ impl Relay {
             jetstream,
             bus,
             options,
+            watch: Default::default(),
         }
+    }
+
+    fn watch(&self) -> std::sync::MutexGuard<'_, StreamWatch> {
+        self.watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the stream was made again (by a consumer, an operator) or holds fewer notices
+    /// than the relay had acknowledged, since the relay last made sure of it.
+    async fn stream_changed(&self) -> bool {
+        let Ok(stream) = self.jetstream.get_stream(&self.bus.stream_name).await else {
+            return false; // a failing publish will tell
+        };
+        let info = stream.cached_info();
+        let watch = self.watch();
+        watch.created.as_deref() != Some(format!("{:?}", info.created).as_str())
+            || info.state.last_sequence < watch.last_acked
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped): makes sure the stream
@@ -95,6 +129,7 @@ impl Relay {
         // failed meanwhile (a caught-up relay publishes nothing).
         let statistics = self.jetstream.client().statistics();
         let mut connects = statistics.connects.load(Ordering::Relaxed);
+        let mut checked = tokio::time::Instant::now();
         tracing::info!(checkpoint = %self.options.checkpoint, stream = %self.bus.stream_name, "relay starting");
         loop {
             if *shutdown.borrow() {
@@ -104,6 +139,21 @@ impl Relay {
             if now_connects != connects {
                 connects = now_connects;
                 stream_ready = false;
+            }
+            // Nothing is asked of a server not connected (each request would wait for its
+            // time-out and stay queued in the client): the relay waits for the connection.
+            if super::bus::nats_connected(&self.jetstream).is_err() {
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(self.options.max_backoff);
+                continue;
+            }
+            if stream_ready && checked.elapsed() >= STREAM_CHECK_INTERVAL {
+                checked = tokio::time::Instant::now();
+                if self.stream_changed().await {
+                    stream_ready = false;
+                }
             }
             wake_ups.mark_seen();
             let step = async {
@@ -182,29 +232,53 @@ impl Relay {
             .get_stream(&self.bus.stream_name)
             .await
             .map_err(|error| RuntimeError::nats("read the event stream's state", error))?;
-        let last_sequence = stream.cached_info().state.last_sequence;
-        let held = if last_sequence == 0 {
+        let info = stream.cached_info();
+        let last_sequence = info.state.last_sequence;
+        // After acks that went back, the notice before the first of them: what the server kept.
+        let probe = {
+            let mut watch = self.watch();
+            watch.created = Some(format!("{:?}", info.created));
+            watch.last_acked = last_sequence;
+            watch
+                .lost_after
+                .take()
+                .map_or(last_sequence, |lost_after| lost_after.min(last_sequence))
+        };
+        let held = if probe == 0 {
             Some(LogCursor::START)
         } else {
-            match stream.get_raw_message(last_sequence).await {
+            match stream.get_raw_message(probe).await {
                 Ok(message) => {
                     let event_id = message
                         .headers
                         .get("Nats-Msg-Id")
                         .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok());
-                    match event_id {
+                    let cursor = match event_id {
                         Some(event_id) => self
                             .store
                             .event_by_id(event_id)
                             .await?
                             .map(|event| event.cursor()),
                         None => None,
+                    };
+                    if cursor.is_none() {
+                        tracing::warn!(sequence = probe, stream = %self.bus.stream_name,
+                            "the stream's last notice names no event of this store; not compared");
                     }
+                    cursor
                 }
-                // Removed (aged out past `max_age`): nothing to compare with.
-                Err(error) => {
-                    tracing::debug!(%error, last_sequence, "the stream's last notice cannot be read");
+                // Removed (aged out past `max_age`, or deleted): nothing to compare with.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    tracing::debug!(%error, probe, "the stream's last notice is gone");
                     None
+                }
+                Err(error) => {
+                    return Err(RuntimeError::nats("read the stream's last notice", error))
                 }
             }
         };
@@ -266,7 +340,28 @@ impl Relay {
                 if ack.duplicate {
                     duplicates += 1;
                     tracing::debug!(event_id = %event.event_id, "notice was already on the stream");
+                    continue;
                 }
+                // A new notice at a sequence not after the last one acknowledged: the server
+                // came back without its last notices. Not saved: the stream is checked again
+                // from the notice before this one ([`Relay::reconcile`]).
+                let mut watch = self.watch();
+                if ack.sequence <= watch.last_acked {
+                    let lost_after = ack.sequence.saturating_sub(1);
+                    watch.lost_after = Some(
+                        watch
+                            .lost_after
+                            .map_or(lost_after, |seen| seen.min(lost_after)),
+                    );
+                    return Err(RuntimeError::nats(
+                        "publish an event notice",
+                        format!(
+                            "the stream's sequence went back from {} to {}: notices were lost",
+                            watch.last_acked, ack.sequence
+                        ),
+                    ));
+                }
+                watch.last_acked = ack.sequence;
             }
             Ok::<_, RuntimeError>(duplicates)
         })

@@ -72,6 +72,10 @@ impl LagProbe {
     ) -> Result<Vec<PolicyLag>, RuntimeError> {
         match self {
             Self::JetStream(probe) => {
+                // Nothing is asked of a server not connected: a request would only wait for
+                // its time-out, and stay queued in the client until the connection comes.
+                super::bus::nats_connected(&probe.jetstream)
+                    .map_err(|reason| RuntimeError::nats("read the consumers' lag", reason))?;
                 let settings = &probe.settings;
                 jetstream_policy_lags(
                     &probe.jetstream,
