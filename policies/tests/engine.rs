@@ -885,14 +885,9 @@ async fn a_registration_made_after_corrections_ran_carries_the_correction_and_no
     assert_policy_metadata(&harness.log().await);
 }
 
-#[tokio::test]
-async fn an_earlier_correction_handled_late_does_not_take_a_task_back() {
-    // Two corrections, the registration made after both (so prefilled from the second), and
-    // only then `corrections` on the first: the task keeps the second's name.
-    let harness = Harness::new().await;
-    let engine = engine_with_seed(10);
-    let (_, birth) = harness.record("birth", record_birth(birth_body())).await;
-    let declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
+/// Two corrections of the child's name of `birth` ("Nguyễn Minh Anh", then "Nguyễn Minh Ánh").
+async fn two_name_corrections(harness: &Harness, birth: &RecordedEvent) -> Vec<RecordedEvent> {
+    let declaration = match decode_recorded::<LifeEventEvent>(birth).unwrap() {
         LifeEventEvent::BirthRecorded(birth) => birth.declaration,
         _ => unreachable!(),
     };
@@ -913,6 +908,17 @@ async fn an_earlier_correction_handled_late_does_not_take_a_task_back() {
                 .await,
         );
     }
+    corrections
+}
+
+#[tokio::test]
+async fn an_earlier_correction_handled_late_does_not_take_a_task_back() {
+    // Two corrections, the registration made after both (so prefilled from the second), and
+    // only then `corrections` on the first: the task keeps the second's name.
+    let harness = Harness::new().await;
+    let engine = engine_with_seed(10);
+    let (_, birth) = harness.record("birth", record_birth(birth_body())).await;
+    let corrections = two_name_corrections(&harness, &birth).await;
     apply_one(&harness, &engine, BIRTH_REGISTRATION, &birth).await;
     for correction in &corrections {
         apply_one(&harness, &engine, CORRECTIONS, correction).await;
@@ -940,27 +946,7 @@ async fn corrections_of_a_completed_registration_handled_out_of_order_reissue_it
     let mut harness = Harness::new().await;
     let engine = engine_with_seed(11);
     let (_, birth, _) = registered_birth(&mut harness, &engine, birth_body(), "KS-1").await;
-    let declaration = match decode_recorded::<LifeEventEvent>(&birth).unwrap() {
-        LifeEventEvent::BirthRecorded(birth) => birth.declaration,
-        _ => unreachable!(),
-    };
-    let mut corrections = Vec::new();
-    for name in ["Nguyễn Minh Anh", "Nguyễn Minh Ánh"] {
-        let mut corrected = declaration.clone();
-        corrected.child.full_name = FullName::parse_field(name, "child.full_name").unwrap();
-        corrections.push(
-            harness
-                .amend(
-                    &birth.stream_id,
-                    LifeEventCommand::Correct {
-                        declaration: Declaration::Birth(corrected),
-                        reason: "sai chính tả".into(),
-                        recorded_on: today(),
-                    },
-                )
-                .await,
-        );
-    }
+    let corrections = two_name_corrections(&harness, &birth).await;
     apply_one(&harness, &engine, CORRECTIONS, &corrections[1]).await;
     apply_one(&harness, &engine, CORRECTIONS, &corrections[0]).await;
     let reissues: Vec<TaskCreated> = harness

@@ -141,23 +141,18 @@ fn open_failures(events: &[RecordedEvent]) -> Vec<FailedDelivery> {
                     }
                 }
             }
-            REDELIVERY_REQUESTED => {
-                match serde_json::from_str::<ConnectorRedeliveryRequested>(event.payload.text()) {
-                    Ok(request) => {
-                        open.remove(&request.failure_event_id);
-                    }
-                    Err(error) => {
-                        tracing::warn!(event_id = %event.event_id, %error, "unreadable redelivery request");
-                    }
+            // A request or a settlement: it answers the failure it names.
+            REDELIVERY_REQUESTED | FAILURE_SETTLED => {
+                #[derive(serde::Deserialize)]
+                struct Answers {
+                    failure_event_id: Uuid,
                 }
-            }
-            FAILURE_SETTLED => {
-                match serde_json::from_str::<ConnectorFailureSettled>(event.payload.text()) {
-                    Ok(settled) => {
-                        open.remove(&settled.failure_event_id);
+                match serde_json::from_str::<Answers>(event.payload.text()) {
+                    Ok(answer) => {
+                        open.remove(&answer.failure_event_id);
                     }
                     Err(error) => {
-                        tracing::warn!(event_id = %event.event_id, %error, "unreadable settlement");
+                        tracing::warn!(event_id = %event.event_id, %error, "unreadable answer to a delivery failure");
                     }
                 }
             }
