@@ -91,11 +91,22 @@ pub async fn serve(
 
     let wants = |role: ServeRole| roles.contains(&role) || roles.contains(&ServeRole::All);
     let nats = match &config.nats_url {
-        Some(url) => Some(
-            connect_nats_in_background(url)
+        Some(url) => {
+            let jetstream = connect_nats_in_background(url)
                 .await
-                .with_context(|| format!("connecting to NATS at {}", redact_url(url)))?,
-        ),
+                .with_context(|| format!("connecting to NATS at {}", redact_url(url)))?;
+            // Usually up in a moment: wait a little so that the first figures and binds find
+            // it, but never for long (a process started while NATS is down comes up).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while nats_connected(&jetstream).is_err() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Err(state) = nats_connected(&jetstream) {
+                tracing::warn!(url = %redact_url(url), state,
+                    "NATS is not reachable yet; connecting in the background");
+            }
+            Some(jetstream)
+        }
         None => None,
     };
     let mut runtime_roles = Vec::new();

@@ -1009,3 +1009,41 @@ async fn notices_the_stream_lost_are_published_again() {
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+/// The relay makes the stream if it is missing, and otherwise sets only what Lifeline owns:
+/// limits an operator set (`max_bytes`, `discard`) stay. Until 2026-12-07 every relay start
+/// reset them to the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn making_sure_of_the_stream_keeps_the_limits_an_operator_set() {
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    bus.ensure_stream(&jetstream).await.unwrap();
+    let mut config = jetstream
+        .get_stream(&bus.stream_name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.subjects, vec![bus.stream_subjects()]);
+    config.max_bytes = 64 * 1024 * 1024;
+    config.discard = jetstream::stream::DiscardPolicy::New;
+    config.max_age = Duration::from_secs(3600);
+    jetstream.update_stream(&config).await.unwrap();
+    bus.ensure_stream(&jetstream).await.unwrap();
+    let kept = jetstream
+        .get_stream(&bus.stream_name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(kept.max_bytes, 64 * 1024 * 1024);
+    assert_eq!(kept.discard, jetstream::stream::DiscardPolicy::New);
+    assert_eq!(
+        kept.max_age,
+        bus.stream_config().max_age,
+        "what Lifeline owns is set"
+    );
+    delete_stream(&jetstream, &bus).await;
+}

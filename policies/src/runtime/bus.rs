@@ -122,12 +122,43 @@ impl BusConfig {
         }
     }
 
-    /// Creates the stream, or updates it to this configuration if it exists.
+    /// Creates the stream if it is missing; if it exists, brings only the settings Lifeline
+    /// owns (subjects, storage, retention, replicas, duplicate window, age) to this
+    /// configuration, keeping the others an operator may have set (`max_bytes`, `discard`,
+    /// placement...). (Until 2026-12-07 every relay start reset those to the defaults.)
     pub async fn ensure_stream(&self, jetstream: &jetstream::Context) -> Result<(), RuntimeError> {
-        jetstream
-            .create_or_update_stream(self.stream_config())
-            .await
-            .map_err(|error| RuntimeError::nats("create or update the event stream", error))?;
+        let wanted = self.stream_config();
+        let existing = match jetstream.get_stream(&self.stream_name).await {
+            Ok(stream) => stream.cached_info().config.clone(),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref source)
+                        if source.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                jetstream
+                    .create_stream(wanted)
+                    .await
+                    .map_err(|error| RuntimeError::nats("create the event stream", error))?;
+                return Ok(());
+            }
+            Err(error) => return Err(RuntimeError::nats("read the event stream", error)),
+        };
+        let mut config = existing.clone();
+        config.subjects = wanted.subjects;
+        config.storage = wanted.storage;
+        config.retention = wanted.retention;
+        config.num_replicas = wanted.num_replicas;
+        config.duplicate_window = wanted.duplicate_window;
+        config.max_age = wanted.max_age;
+        config.description = wanted.description;
+        if config != existing {
+            jetstream
+                .update_stream(&config)
+                .await
+                .map_err(|error| RuntimeError::nats("update the event stream", error))?;
+        }
         Ok(())
     }
 }
