@@ -1047,3 +1047,43 @@ async fn making_sure_of_the_stream_keeps_the_limits_an_operator_set() {
     );
     delete_stream(&jetstream, &bus).await;
 }
+
+/// An event that always fails as if the store were away (a fault that only looks like it) is
+/// not retried for ever: past `max_unavailable_deliveries` such failures count as attempts,
+/// and it ends as `PolicyFailed`, which an operator sees and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fault_that_only_looks_like_the_store_away_ends_as_policy_failed() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        max_unavailable_deliveries: 5,
+        ..test_consumer_options(3)
+    };
+    let handler = Arc::new(StoreAwayFor {
+        inner: EffectHandler::new(0),
+        outage: std::sync::atomic::AtomicU32::new(u32::MAX),
+    });
+    let source = append_sources(&store, 1).await[0];
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    eventually(DEADLINE, "PolicyFailed of the event", || async {
+        !list_failed(&store).await.unwrap().is_empty()
+    })
+    .await;
+    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
+    running.stop().await;
+    let failed = list_failed(&store).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].event_id, source);
+    assert!(failed[0].deliveries >= 8, "{failed:?}");
+    assert!(failed[0].error.contains("pool timed out"), "{failed:?}");
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}

@@ -52,6 +52,12 @@ pub struct ConsumerOptions {
     /// Back-off bounds after a NATS or store failure.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How many deliveries of one event the store's absence may fail (in one process) before
+    /// such failures count as attempts: an event that always fails with an error classified
+    /// as the store's absence (a fault that only looks like it) then ends as `PolicyFailed`
+    /// once the store answers, instead of being retried for ever. With the default retry
+    /// delays, about half an hour of outage per event.
+    pub max_unavailable_deliveries: u32,
 }
 
 impl Default for ConsumerOptions {
@@ -67,6 +73,7 @@ impl Default for ConsumerOptions {
             durable_prefix: "policy-".to_owned(),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            max_unavailable_deliveries: 100,
         }
     }
 }
@@ -801,7 +808,11 @@ impl Worker {
                     unavailable.remove(&notice.event_id);
                     Err(Outcome::Done)
                 }
-                Err(failure) if failure.transient => {
+                Err(failure)
+                    if failure.transient
+                        && unavailable.get(&notice.event_id).copied().unwrap_or(0)
+                            < self.options.max_unavailable_deliveries =>
+                {
                     *unavailable.entry(notice.event_id).or_insert(0) += 1;
                     Err(Outcome::Retry {
                         attempt: delivered.min(attempts),
@@ -809,7 +820,8 @@ impl Worker {
                     })
                 }
                 Err(failure) => {
-                    // The attempts: the deliveries but those the store's absence failed here.
+                    // The attempts: the deliveries but those the store's absence failed here
+                    // (at most `max_unavailable_deliveries` of them).
                     let attempted = delivered
                         .saturating_sub(unavailable.get(&notice.event_id).copied().unwrap_or(0))
                         .max(1);

@@ -63,6 +63,7 @@ impl PolicySubscriber {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut attempts: HashMap<Uuid, u32> = HashMap::new();
+        let mut unavailable: HashMap<Uuid, u32> = HashMap::new();
         loop {
             let result =
                 run_subscription_with(&store, &mut self, shutdown.clone(), options.subscription)
@@ -70,8 +71,15 @@ impl PolicySubscriber {
             let delay = match result {
                 Ok(()) => break,
                 // The store away (a transient error inside the policy): no attempt was made;
-                // waited out however long it lasts, never recorded as PolicyFailed.
-                Err(SubscriptionError::Handler { source, .. }) if transient(&source) => {
+                // waited out, never recorded as PolicyFailed. Past `MAX_UNAVAILABLE_RUNS` for
+                // one event (a fault that only looks like the store's absence), such failures
+                // count as attempts, as in the JetStream consumers.
+                Err(SubscriptionError::Handler {
+                    event_id, source, ..
+                }) if transient(&source)
+                    && unavailable.get(&event_id).copied().unwrap_or(0) < MAX_UNAVAILABLE_RUNS =>
+                {
+                    *unavailable.entry(event_id).or_insert(0) += 1;
                     let delay = options.retry.max_delay.min(options.retry.base_delay * 4);
                     tracing::warn!(subscriber = %self.name, %source, ?delay, "store unavailable; will retry");
                     delay
@@ -84,6 +92,7 @@ impl PolicySubscriber {
                     let attempt = *attempt;
                     if attempt >= options.retry.attempts() {
                         attempts.remove(&event_id);
+                        unavailable.remove(&event_id);
                         self.given_up
                             .insert(event_id, (source.to_string(), attempt));
                         continue;
@@ -140,6 +149,10 @@ impl Subscriber for PolicySubscriber {
             .map_err(SubscriberError::failed)
     }
 }
+
+/// How many runs the store's absence may fail on one event before such failures count as
+/// attempts (`ConsumerOptions::max_unavailable_deliveries` of the JetStream consumers).
+const MAX_UNAVAILABLE_RUNS: u32 = 100;
 
 /// Whether a subscriber's failure is the store being unavailable, not the policy's.
 fn transient(error: &SubscriberError) -> bool {
