@@ -957,11 +957,16 @@ async fn notices_the_stream_lost_are_published_again() {
     let all_published = || async { stream_messages(&jetstream, &bus).await == 20 };
     let (stop, task) = run(relay.clone());
     eventually(DEADLINE, "20 notices", all_published).await;
-    let end = store.load_checkpoint(&options.checkpoint).await.unwrap();
+    let end = log_head_cursor(&store).await;
+    eventually(DEADLINE, "the checkpoint at the head", || async {
+        store.load_checkpoint(&options.checkpoint).await.unwrap() == end
+    })
+    .await;
 
     // While the relay runs, caught up, the stream is deleted and made again, empty (by an
     // operator, or by a consumer binding): the relay's look at the stream sees it.
     delete_stream(&jetstream, &bus).await;
+    assert_eq!(stream_messages(&jetstream, &bus).await, 0, "deleted");
     bus.ensure_stream(&jetstream).await.unwrap();
     eventually(DEADLINE, "20 notices again", all_published).await;
     stop.send(true).unwrap();
@@ -1028,7 +1033,7 @@ async fn making_sure_of_the_stream_keeps_the_limits_an_operator_set() {
     assert_eq!(config.subjects, vec![bus.stream_subjects()]);
     config.max_bytes = 64 * 1024 * 1024;
     config.discard = jetstream::stream::DiscardPolicy::New;
-    config.max_age = Duration::from_secs(3600);
+    config.max_age = Duration::from_secs(7200);
     jetstream.update_stream(&config).await.unwrap();
     bus.ensure_stream(&jetstream).await.unwrap();
     let kept = jetstream
@@ -1086,4 +1091,16 @@ async fn a_fault_that_only_looks_like_the_store_away_ends_as_policy_failed() {
     assert!(failed[0].error.contains("pool timed out"), "{failed:?}");
     delete_stream(&jetstream, &bus).await;
     store.close().await;
+}
+
+/// The cursor of the last event of the log.
+async fn log_head_cursor(store: &EventStore) -> lifeline_model::envelope::LogCursor {
+    let mut cursor = lifeline_model::envelope::LogCursor::START;
+    loop {
+        let batch = store.read_all(cursor, 1000).await.unwrap();
+        match batch.last() {
+            Some(last) => cursor = last.cursor(),
+            None => return cursor,
+        }
+    }
 }

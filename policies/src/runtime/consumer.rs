@@ -532,9 +532,18 @@ impl Worker {
                 Ok(updated) => return Ok(updated),
                 // A setting the server will not change (a durable made by hand, say): bound as
                 // it is, loudly; its `max_deliver` may let JetStream drop messages.
-                Err(error) => {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        async_nats::jetstream::stream::ConsumerErrorKind::JetStream(_)
+                    ) =>
+                {
                     tracing::error!(policy = %self.policy, %error, max_deliver = existing.max_deliver,
                         "cannot update the policy consumer's settings; bound as it is");
+                }
+                // Not an answer (a time-out after a reconnect): bind again later.
+                Err(error) => {
+                    return Err(RuntimeError::nats("update the policy consumer", error));
                 }
             }
         }
@@ -685,8 +694,10 @@ impl Worker {
                 })
                 .collect();
             match self.apply_all(&notices).await {
-                Err(failure) if failure.transient => {
-                    // The store is away: no attempt was made. Every message comes back later.
+                Err(failure) if failure.transient && failure.index.is_none() => {
+                    // The store is away (the transaction could not begin or commit): no attempt
+                    // was made. Every message comes back later. (A transient failure of one
+                    // event goes below: only that event counts it.)
                     for (message, notice) in &batch {
                         let delivered = message
                             .info()
@@ -701,6 +712,9 @@ impl Worker {
                     return;
                 }
                 Ok(()) => {
+                    self.forget_unavailable(batch.iter().filter_map(|(_, notice)| {
+                        notice.as_ref().ok().map(|notice| notice.event_id)
+                    }));
                     futures::future::join_all(
                         batch
                             .iter()
@@ -797,6 +811,16 @@ impl Worker {
         result: Result<(), Failure>,
     ) -> Outcome {
         let attempts = self.options.retry.attempts();
+        // Past the cap, a failure that looks like the store's absence counts as an attempt
+        // only if the store answers now: during a real outage nothing is counted (or given up).
+        let past_cap = matches!(&result, Err(failure) if failure.transient)
+            && self.unavailable_count(notice.event_id) >= self.options.max_unavailable_deliveries;
+        if past_cap && !self.store_answers().await {
+            return Outcome::Retry {
+                attempt: delivered.min(attempts),
+                error: "store unavailable".to_owned(),
+            };
+        }
         // Decided under the lock, released before any await.
         let decided = {
             let mut unavailable = self
@@ -808,11 +832,7 @@ impl Worker {
                     unavailable.remove(&notice.event_id);
                     Err(Outcome::Done)
                 }
-                Err(failure)
-                    if failure.transient
-                        && unavailable.get(&notice.event_id).copied().unwrap_or(0)
-                            < self.options.max_unavailable_deliveries =>
-                {
+                Err(failure) if failure.transient && !past_cap => {
                     *unavailable.entry(notice.event_id).or_insert(0) += 1;
                     Err(Outcome::Retry {
                         attempt: delivered.min(attempts),
@@ -848,6 +868,38 @@ impl Worker {
                 error: format!("{error}; and recording PolicyFailed failed: {record_error}"),
             },
         }
+    }
+
+    fn unavailable_count(&self, event_id: Uuid) -> u32 {
+        self.unavailable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&event_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn forget_unavailable(&self, event_ids: impl Iterator<Item = Uuid>) {
+        let mut unavailable = self
+            .unavailable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for event_id in event_ids {
+            unavailable.remove(&event_id);
+        }
+    }
+
+    /// Whether the store answers a one-row read within a second.
+    async fn store_answers(&self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                self.store
+                    .read_all_headers(lifeline_model::envelope::LogCursor::START, 1),
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     async fn apply(&self, notice: &EventNotice) -> Result<(), Failure> {

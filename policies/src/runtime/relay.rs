@@ -223,10 +223,6 @@ impl Relay {
     /// sure of the stream: at start and after every NATS failure. (Until 2026-12-07 such
     /// notices were lost for good: the checkpoint had moved past them.)
     pub async fn reconcile(&self) -> Result<bool, RuntimeError> {
-        let checkpoint = self.store.load_checkpoint(&self.options.checkpoint).await?;
-        if checkpoint == LogCursor::START {
-            return Ok(false);
-        }
         let stream = self
             .jetstream
             .get_stream(&self.bus.stream_name)
@@ -234,65 +230,77 @@ impl Relay {
             .map_err(|error| RuntimeError::nats("read the event stream's state", error))?;
         let info = stream.cached_info();
         let last_sequence = info.state.last_sequence;
+        let created = format!("{:?}", info.created);
         // After acks that went back, the notice before the first of them: what the server kept.
-        let probe = {
-            let mut watch = self.watch();
-            watch.created = Some(format!("{:?}", info.created));
-            watch.last_acked = last_sequence;
-            watch
-                .lost_after
-                .take()
-                .map_or(last_sequence, |lost_after| lost_after.min(last_sequence))
-        };
-        let held = if probe == 0 {
-            Some(LogCursor::START)
+        let lost_after = self.watch().lost_after;
+        let checkpoint = self.store.load_checkpoint(&self.options.checkpoint).await?;
+        let moved = if checkpoint == LogCursor::START {
+            false
         } else {
-            match stream.get_raw_message(probe).await {
-                Ok(message) => {
-                    let event_id = message
-                        .headers
-                        .get("Nats-Msg-Id")
-                        .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok());
-                    let cursor = match event_id {
-                        Some(event_id) => self
-                            .store
-                            .event_by_id(event_id)
-                            .await?
-                            .map(|event| event.cursor()),
-                        None => None,
-                    };
-                    if cursor.is_none() {
-                        tracing::warn!(sequence = probe, stream = %self.bus.stream_name,
-                            "the stream's last notice names no event of this store; not compared");
-                    }
-                    cursor
+            let probe =
+                lost_after.map_or(last_sequence, |lost_after| lost_after.min(last_sequence));
+            match self.held_up_to(&stream, probe).await? {
+                Some(held) if held < checkpoint => {
+                    tracing::error!(?checkpoint, stream_holds_up_to = ?held, stream = %self.bus.stream_name,
+                        "the event stream holds less than the relay published (a NATS server lost \
+                         notices, or the stream was made again): republishing the rest");
+                    self.store
+                        .save_checkpoint(&self.options.checkpoint, held)
+                        .await?;
+                    true
                 }
-                // Removed (aged out past `max_age`, or deleted): nothing to compare with.
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                    ) =>
-                {
-                    tracing::debug!(%error, probe, "the stream's last notice is gone");
-                    None
-                }
-                Err(error) => {
-                    return Err(RuntimeError::nats("read the stream's last notice", error))
-                }
+                _ => false,
             }
         };
-        match held {
-            Some(held) if held < checkpoint => {
-                tracing::error!(?checkpoint, stream_holds_up_to = ?held, stream = %self.bus.stream_name,
-                    "the event stream holds less than the relay published (a NATS server lost \
-                     notices, or the stream was made again): republishing the rest");
-                self.store
-                    .save_checkpoint(&self.options.checkpoint, held)
-                    .await?;
-                Ok(true)
+        // Only once everything was read (and saved): a failure above leaves the marks for the
+        // next try.
+        let mut watch = self.watch();
+        watch.created = Some(created);
+        watch.last_acked = last_sequence;
+        watch.lost_after = None;
+        Ok(moved)
+    }
+
+    /// The cursor of the event whose notice is at `sequence` (the start of the log for 0);
+    /// `None` if that notice is gone (aged out, deleted) or names no event of this store.
+    async fn held_up_to(
+        &self,
+        stream: &jetstream::stream::Stream,
+        sequence: u64,
+    ) -> Result<Option<LogCursor>, RuntimeError> {
+        if sequence == 0 {
+            return Ok(Some(LogCursor::START));
+        }
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => {
+                let event_id = message
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok());
+                let cursor = match event_id {
+                    Some(event_id) => self
+                        .store
+                        .event_by_id(event_id)
+                        .await?
+                        .map(|event| event.cursor()),
+                    None => None,
+                };
+                if cursor.is_none() {
+                    tracing::warn!(sequence, stream = %self.bus.stream_name,
+                        "the stream's notice names no event of this store; not compared");
+                }
+                Ok(cursor)
             }
-            _ => Ok(false),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                tracing::debug!(%error, sequence, "the stream's notice is gone");
+                Ok(None)
+            }
+            Err(error) => Err(RuntimeError::nats("read the stream's last notice", error)),
         }
     }
 
