@@ -1104,3 +1104,68 @@ async fn log_head_cursor(store: &EventStore) -> lifeline_model::envelope::LogCur
         }
     }
 }
+
+/// A running relay whose stream comes back with only its first notices (a server restarted
+/// without the last ones it had acknowledged) while new events arrive: the first new notice is
+/// acknowledged at a sequence not after the last one the relay saw, and the relay publishes the
+/// lost ones again, then the new ones, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_relay_republishes_the_notices_a_restarted_server_lost() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    append_sources(&store, 20).await;
+    let options = RelayOptions {
+        batch_size: 10,
+        ..test_relay_options()
+    };
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        options.clone(),
+    );
+    let (stop, shutdown) = watch::channel(false);
+    let running = {
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.run(shutdown).await })
+    };
+    eventually(DEADLINE, "20 notices", || async {
+        stream_messages(&jetstream, &bus).await == 20
+    })
+    .await;
+    let head = log_head_cursor(&store).await;
+    eventually(DEADLINE, "the checkpoint at the head", || async {
+        store.load_checkpoint(&options.checkpoint).await.unwrap() == head
+    })
+    .await;
+
+    // The server comes back holding the first ten notices only (made here by a relay of its
+    // own, which leaves the shared checkpoint where the running relay had it).
+    delete_stream(&jetstream, &bus).await;
+    bus.ensure_stream(&jetstream).await.unwrap();
+    Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        options.clone(),
+    )
+    .relay_batch(lifeline_model::envelope::LogCursor::START)
+    .await
+    .unwrap();
+    store
+        .save_checkpoint(&options.checkpoint, head)
+        .await
+        .unwrap();
+    append_sources(&store, 5).await;
+    eventually(DEADLINE, "25 notices", || async {
+        stream_messages(&jetstream, &bus).await == 25
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(stream_messages(&jetstream, &bus).await, 25, "each once");
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
