@@ -344,6 +344,26 @@ impl DeliveryWorker {
             reason,
             at,
         };
+        let payload = serde_json::to_value(skipped).map_err(|error| DeliveryError::Append {
+            task_id,
+            reason: error.to_string(),
+        })?;
+        self.append_outcome(event, task_id, REDELIVERY_SKIPPED, payload, outcome_id, at)
+            .await
+    }
+
+    /// Appends the outcome `payload` (of type `event_type`, id `outcome_id`) of the delivery
+    /// found at the log event `event`: a failure to the failures stream, anything else to
+    /// `delivery-<task_id>`.
+    async fn append_outcome(
+        &self,
+        event: &RecordedEvent,
+        task_id: Uuid,
+        event_type: &str,
+        payload: serde_json::Value,
+        outcome_id: Uuid,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<(), DeliveryError> {
         let append_error = |reason: String| DeliveryError::Append { task_id, reason };
         let metadata = EventMetadata::system(
             checkpoint_name(self.agency),
@@ -351,10 +371,13 @@ impl DeliveryWorker {
             Some(event.event_id),
             at,
         );
-        let new_event = outcome_event(REDELIVERY_SKIPPED, &skipped, outcome_id, metadata)
+        let new_event = outcome_event(event_type, &payload, outcome_id, metadata)
             .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
-        let stream =
-            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?;
+        let stream = if event_type == DELIVERY_FAILED {
+            failures_stream()
+        } else {
+            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?
+        };
         self.store
             .append(&stream, ExpectedVersion::Any, &[new_event])
             .await
@@ -587,26 +610,12 @@ impl DeliveryWorker {
                 (DELIVERY_FAILED, serde_json::to_value(body))
             }
         };
-        let append_error = |reason: String| DeliveryError::Append { task_id, reason };
-        let payload = payload.map_err(|error| append_error(error.to_string()))?;
-        let metadata = EventMetadata::system(
-            checkpoint_name(self.agency),
-            event.metadata.correlation_id,
-            Some(event.event_id),
-            at,
-        );
-        let new_event = outcome_event(event_type, &payload, outcome_id, metadata)
-            .ok_or_else(|| append_error("unserialisable outcome".to_owned()))?;
-        let stream = if event_type == DELIVERY_FAILED {
-            failures_stream()
-        } else {
-            delivery_stream(task_id).ok_or_else(|| append_error("bad stream id".to_owned()))?
-        };
-        self.store
-            .append(&stream, ExpectedVersion::Any, &[new_event])
+        let payload = payload.map_err(|error| DeliveryError::Append {
+            task_id,
+            reason: error.to_string(),
+        })?;
+        self.append_outcome(event, task_id, event_type, payload, outcome_id, at)
             .await
-            .map_err(|error| append_error(error.to_string()))?;
-        Ok(())
     }
 
     /// Sends `body` until it is accepted, refused for good, or the attempts run out.
