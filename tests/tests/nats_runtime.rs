@@ -771,6 +771,60 @@ async fn redelivered_messages_are_handled_together_and_once() {
     store.close().await;
 }
 
+/// Lanes whose batches take longer than `ack_wait` (a slow database): the messages being
+/// handled, and those waiting behind them, are told to JetStream as in progress, so none is
+/// redelivered while held and handled again. (Until the thirty-first session nothing was
+/// sent: with the default 30 s `ack_wait`, equal to sqlx's acquire time-out, a batch waiting
+/// out a saturated pool had every message it held redelivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_held_past_the_ack_wait_are_kept_in_progress_not_redelivered() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        lanes: 1,
+        ack_wait: Duration::from_secs(1),
+        ..test_consumer_options(3)
+    };
+    // Five events a policy, 400 ms each: the lane holds them about 2 s.
+    let handler = Arc::new(EffectHandler::new(0).with_delay(Duration::from_millis(400)));
+    let sources = append_sources(&store, 5).await;
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let expected = expected_effects(&sources, &[]);
+    wait_for_effects(&store, &expected).await;
+    for policy in [ALPHA, BETA] {
+        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
+    }
+    running.stop().await;
+
+    let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+    for policy in [ALPHA, BETA] {
+        let info = stream
+            .consumer_info(options.durable_name(policy))
+            .await
+            .unwrap();
+        assert_eq!(
+            info.delivered.consumer_sequence, info.delivered.stream_sequence,
+            "{policy}: deliveries past the stream's messages are redeliveries"
+        );
+    }
+    assert_eq!(
+        handler.applied(),
+        expected.len(),
+        "each event applied once: no redelivered copy handled again"
+    );
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
 /// Fails every attempt with the store away (a pool time-out: PostgreSQL down or failing over)
 /// until `outage` attempts have failed, then applies as [`EffectHandler`] does (for [`ALPHA`]).
 struct StoreAwayFor {

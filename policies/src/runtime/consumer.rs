@@ -11,7 +11,7 @@
 //! Any number of processes may run the same consumer: JetStream hands each message to one of
 //! them, and the handler's deterministic ids make a redelivery harmless.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,9 +161,10 @@ pub async fn run_policy_consumer(
         options,
         policy,
         unavailable: Default::default(),
+        held: Default::default(),
     });
     tracing::info!(policy = %worker.policy, "policy consumer starting");
-    let lanes = Lanes::start(&worker, &shutdown);
+    let lanes = Lanes::start(&worker, jetstream.client(), &shutdown);
     let mut backoff = worker.options.min_backoff;
     let mut pull: Option<consumer::PullConsumer> = None;
     loop {
@@ -233,6 +234,11 @@ pub async fn run_policy_consumer(
     }
     tracing::info!(policy = %worker.policy, "policy consumer stopped");
 }
+
+/// The longest a worker keeps telling JetStream that a message it holds is in progress
+/// ([`Worker::keep_alive`]): a batch is given up or done well within it (a store failure is
+/// nak'd), so a message held longer is stuck and is left to be redelivered.
+const KEEP_ALIVE_AT_MOST: Duration = Duration::from_secs(600);
 
 /// How long a stopping consumer waits for its last acknowledgements to be written out.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
@@ -380,10 +386,16 @@ type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
 struct Lanes {
     senders: Vec<mpsc::Sender<Parsed>>,
     tasks: tokio::task::JoinSet<()>,
+    /// Tells JetStream that the held messages are in progress ([`Worker::keep_alive`]).
+    keep_alive: tokio::task::JoinHandle<()>,
 }
 
 impl Lanes {
-    fn start(worker: &Arc<Worker>, shutdown: &watch::Receiver<bool>) -> Self {
+    fn start(
+        worker: &Arc<Worker>,
+        client: async_nats::Client,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Self {
         let count = worker.options.lanes.max(1);
         let lane_batch = worker.options.lane_batch.max(1);
         let mut senders = Vec::with_capacity(count);
@@ -404,6 +416,10 @@ impl Lanes {
                             Err(_) => break,
                         }
                     }
+                    let replies: Vec<async_nats::Subject> = batch
+                        .iter()
+                        .filter_map(|(message, _)| message.reply.clone())
+                        .collect();
                     if *shutdown.borrow() {
                         // Another process takes them at once.
                         for (message, _) in batch {
@@ -411,23 +427,30 @@ impl Lanes {
                                 tracing::debug!(%error, "cannot nak a message at shutdown");
                             }
                         }
-                        continue;
+                    } else {
+                        worker.handle_messages(batch).await;
                     }
-                    worker.handle_messages(batch).await;
+                    worker.release(&replies);
                 }
             });
             senders.push(sender);
         }
-        Self { senders, tasks }
+        let keep_alive = tokio::spawn(Arc::clone(worker).keep_alive(client));
+        Self {
+            senders,
+            tasks,
+            keep_alive,
+        }
     }
 
     /// Hands `message`, its payload parsed into `notice`, to the lane of its event's stream
-    /// (lane 0 if the notice does not parse: the handler terminates it there).
+    /// (lane 0 if the notice does not parse: the handler terminates it there). False if the
+    /// lane has stopped.
     async fn dispatch(
         &self,
         message: jetstream::Message,
         notice: Result<EventNotice, serde_json::Error>,
-    ) {
+    ) -> bool {
         let lane = match &notice {
             Ok(notice) => {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -437,21 +460,29 @@ impl Lanes {
             }
             Err(_) => 0,
         };
-        if let Some(sender) = self.senders.get(lane) {
-            if sender.send((message, notice)).await.is_err() {
-                tracing::error!("a policy lane has stopped; the message comes back after ack_wait");
-            }
+        let Some(sender) = self.senders.get(lane) else {
+            return false;
+        };
+        if sender.send((message, notice)).await.is_err() {
+            tracing::error!("a policy lane has stopped; the message comes back after ack_wait");
+            return false;
         }
+        true
     }
 
     async fn finish(self) {
-        let Self { senders, mut tasks } = self;
+        let Self {
+            senders,
+            mut tasks,
+            keep_alive,
+        } = self;
         drop(senders);
         while let Some(joined) = tasks.join_next().await {
             if let Err(error) = joined {
                 tracing::error!(%error, "a policy lane ended abnormally");
             }
         }
+        keep_alive.abort();
     }
 }
 
@@ -463,6 +494,9 @@ struct Worker {
     /// The deliveries of each event that failed only because the store was away, in this
     /// process: JetStream's delivery count includes them, the policy's attempts do not.
     unavailable: std::sync::Mutex<HashMap<Uuid, u32>>,
+    /// The messages this worker holds (handed to a lane, waiting there or being handled), by
+    /// reply subject, with when each was handed over ([`Worker::keep_alive`]).
+    held: std::sync::Mutex<BTreeMap<async_nats::Subject, tokio::time::Instant>>,
 }
 
 /// What became of one message.
@@ -493,6 +527,69 @@ impl Failure {
 }
 
 impl Worker {
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<async_nats::Subject, tokio::time::Instant>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `message` as held until [`Worker::release`].
+    fn hold(&self, message: &jetstream::Message) {
+        if let Some(reply) = &message.reply {
+            self.held()
+                .insert(reply.clone(), tokio::time::Instant::now());
+        }
+    }
+
+    /// The messages of `replies` are settled (acked, nak'd or terminated).
+    fn release(&self, replies: &[async_nats::Subject]) {
+        let mut held = self.held();
+        for reply in replies {
+            held.remove(reply);
+        }
+    }
+
+    /// Every third of `ack_wait`, tells JetStream that each message held longer than that is
+    /// still in progress (`+WPI`, which restarts its ack wait), until aborted. A message waits
+    /// in its lane behind the batch being handled, and a batch can take long (a slow or
+    /// saturated database: a connection may take up to sqlx's 30 s acquire time-out, the
+    /// default `ack_wait`): without it such messages were redelivered while still held, handled
+    /// twice, and the redelivery counted against the event's attempts.
+    async fn keep_alive(self: Arc<Self>, client: async_nats::Client) {
+        let period = (self.options.ack_wait / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(since) = tokio::time::Instant::now().checked_sub(period) else {
+                continue;
+            };
+            let due: Vec<async_nats::Subject> = {
+                let mut held = self.held();
+                // A message held this long is stuck (its lane ended abnormally): no longer
+                // kept, it comes back after `ack_wait`.
+                let stuck = since.checked_sub(KEEP_ALIVE_AT_MOST);
+                let before = held.len();
+                held.retain(|_, held_since| stuck.is_none_or(|stuck| *held_since > stuck));
+                if held.len() < before {
+                    tracing::warn!(policy = %self.policy, count = before - held.len(), "messages held past the keep-alive limit are left to be redelivered");
+                }
+                held.iter()
+                    .filter(|(_, held_since)| **held_since <= since)
+                    .map(|(reply, _)| reply.clone())
+                    .collect()
+            };
+            for reply in due {
+                if let Err(error) = client
+                    .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                    .await
+                {
+                    tracing::debug!(policy = %self.policy, %error, "cannot tell JetStream a message is in progress");
+                }
+            }
+        }
+    }
+
     async fn bind(
         &self,
         jetstream: &jetstream::Context,
@@ -662,7 +759,11 @@ impl Worker {
                     continue;
                 }
             }
-            lanes.dispatch(message, notice).await;
+            let reply = message.reply.clone();
+            self.hold(&message);
+            if !lanes.dispatch(message, notice).await {
+                self.release(reply.as_slice());
+            }
         }
     }
 
