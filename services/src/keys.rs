@@ -24,6 +24,9 @@ pub const KEY_DIR_VAR: &str = "LIFELINE_KEY_DIR";
 /// The variable naming the node's secret key file.
 pub const NODE_KEY_FILE_VAR: &str = "LIFELINE_NODE_KEY_FILE";
 
+/// The variable naming the sealer's anchor file; empty: no anchor file.
+pub const SEAL_ANCHOR_FILE_VAR: &str = "LIFELINE_SEAL_ANCHOR_FILE";
+
 /// The key directory: `LIFELINE_KEY_DIR` or `./lifeline-data/keys`.
 pub fn key_dir() -> PathBuf {
     std::env::var_os(KEY_DIR_VAR)
@@ -220,13 +223,85 @@ pub fn rotate_node_key(dir: &Path) -> anyhow::Result<KeyPair> {
 /// How often `lifeline serve` (worker, all) seals the newly visible events.
 pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The sealer's anchor file: `LIFELINE_SEAL_ANCHOR_FILE` (empty: none), else
+/// `seal-anchors.jsonl` in the key directory.
+pub fn seal_anchor_file() -> Option<PathBuf> {
+    match std::env::var_os(SEAL_ANCHOR_FILE_VAR) {
+        Some(value) if value.is_empty() => None,
+        Some(value) => Some(PathBuf::from(value)),
+        None => Some(key_dir().join("seal-anchors.jsonl")),
+    }
+}
+
+/// How often at most the sealer writes the newest seal to its anchor file: the seals made in
+/// the last minute are the ones a rewrite could remake unseen by the file.
+pub const ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads anchors (seals kept outside the database) from `path`: one JSON seal per line (the
+/// sealer's anchor file; blank lines skipped), or one JSON seal, or a JSON array of seals (as
+/// `GET /v1/audit/seals/head` answers, saved by an auditor). An unreadable one names its line.
+pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity::Seal>> {
+    use lifeline_model::integrity::Seal;
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        return serde_json::from_str::<Vec<Seal>>(&text)
+            .with_context(|| format!("{}: not a JSON array of seals", path.display()));
+    }
+    if let Ok(seal) = serde_json::from_str::<Seal>(&text) {
+        return Ok(vec![seal]);
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str::<Seal>(line)
+                .with_context(|| format!("{} line {}: not a JSON seal", path.display(), index + 1))
+        })
+        .collect()
+}
+
+/// Appends `seal` to the anchor file at `path` (created if missing, with its directory) as one
+/// JSON line, and syncs it to disk before answering.
+pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut line = serde_json::to_vec(seal)?;
+    line.push(b'\n');
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(&line)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_data()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
 /// What the sealer has seen of the seal chain's head: a head that goes back (the newest seals
 /// deleted) or changes at a number it saw (a seal rewritten) is tampering. Nothing inside the
-/// database anchors the head, so a process that watched it is the check: it then stops
-/// sealing (which would sign the rewritten log) and reports it at every round.
+/// database anchors the head, so a running process that watched it is one check: it then
+/// stops sealing (which would sign the rewritten log) and reports it at every round.
+///
+/// With an anchor file ([`SealWatch::anchored`]) it also keeps the head outside the database:
+/// the newest seal, at most once per [`ANCHOR_INTERVAL`], appended to the file, which
+/// `lifeline verify --anchor FILE` compares with the log. A seal not yet written (the file
+/// could not be written) is written at a later round.
 #[derive(Debug, Default)]
 pub struct SealWatch {
     head: Option<(i64, lifeline_model::integrity::Hash32)>,
+    anchors: Option<AnchorFile>,
+}
+
+#[derive(Debug)]
+struct AnchorFile {
+    path: PathBuf,
+    /// The newest seal made and not yet written to the file.
+    pending: Option<lifeline_model::integrity::Seal>,
+    last_written: Option<std::time::Instant>,
 }
 
 impl SealWatch {
@@ -260,20 +335,54 @@ impl SealWatch {
         if let Some(last) = seals.last() {
             self.head = Some((last.seq, last.seal_hash));
         }
+        if let Some(anchors) = &mut self.anchors {
+            if let Some(last) = seals.last() {
+                anchors.pending = Some(last.clone());
+            }
+            let due = anchors
+                .last_written
+                .is_none_or(|written| written.elapsed() >= ANCHOR_INTERVAL);
+            if let Some(seal) = anchors.pending.as_ref().filter(|_| due) {
+                append_anchor(&anchors.path, seal).with_context(|| {
+                    format!(
+                        "seal {} was made but could not be anchored; retrying at the next round",
+                        seal.seq
+                    )
+                })?;
+                anchors.pending = None;
+                anchors.last_written = Some(std::time::Instant::now());
+            }
+        }
         Ok(seals)
+    }
+
+    /// A watch that also writes the newest seal to the anchor file at `path`.
+    pub fn anchored(path: PathBuf) -> Self {
+        Self {
+            head: None,
+            anchors: Some(AnchorFile {
+                path,
+                pending: None,
+                last_written: None,
+            }),
+        }
     }
 }
 
 /// Seals the log every [`SEAL_INTERVAL`] with the node key until `shutdown` turns true,
-/// watching the seal chain's head ([`SealWatch`]). A failed round is logged and retried at the
+/// watching the seal chain's head ([`SealWatch`]) and writing it to `anchor_file`, if given. A failed round is logged and retried at the
 /// next tick; several processes may run it (a seal number is stored once).
 pub async fn run_sealer(
     store: lifeline_store::EventStore,
+    anchor_file: Option<PathBuf>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let node_key = node_key(&key_dir()).context("loading the node key")?;
-    tracing::info!(key_id = node_key.key_id(), "sealer running");
-    let mut watch = SealWatch::default();
+    tracing::info!(key_id = node_key.key_id(), anchor_file = ?anchor_file, "sealer running");
+    let mut watch = match anchor_file {
+        Some(path) => SealWatch::anchored(path),
+        None => SealWatch::default(),
+    };
     loop {
         match watch.round(&store, &node_key).await {
             Ok(seals) => {
@@ -380,6 +489,101 @@ mod seal_watch_tests {
             .append(&stream, ExpectedVersion::NoStream, &[event])
             .await
             .unwrap();
+    }
+
+    /// The newest seal goes to the anchor file at once, then at most once per interval; a seal
+    /// the file could not take is kept and written at a later round.
+    #[tokio::test]
+    async fn the_newest_seal_is_anchored_once_per_interval_and_kept_until_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
+        let store = EventStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let key = KeyPair::generate();
+        let file = dir.path().join("anchors").join("seal-anchors.jsonl");
+        let mut watch = SealWatch::anchored(file.clone());
+        let seqs = |path: &Path| -> Vec<i64> {
+            read_anchors(path)
+                .unwrap()
+                .iter()
+                .map(|seal| seal.seq)
+                .collect()
+        };
+        let interval_passed = |watch: &mut SealWatch| {
+            let anchors = watch.anchors.as_mut().unwrap();
+            anchors.last_written = anchors
+                .last_written
+                .and_then(|written| written.checked_sub(ANCHOR_INTERVAL));
+        };
+
+        append_one(&store).await;
+        let made = watch.round(&store, &key).await.unwrap();
+        assert_eq!(
+            read_anchors(&file).unwrap(),
+            made,
+            "the first seal, as made"
+        );
+        append_one(&store).await;
+        assert_eq!(watch.round(&store, &key).await.unwrap().len(), 1);
+        assert_eq!(seqs(&file), [1], "seal 2 waits for the interval");
+        interval_passed(&mut watch);
+        assert!(watch.round(&store, &key).await.unwrap().is_empty());
+        assert_eq!(seqs(&file), [1, 2], "written once the interval passed");
+
+        // A file that cannot be written (its directory is a file): the round fails after
+        // sealing, and the seal is written once the file can take it.
+        let blocked = dir.path().join("blocker");
+        std::fs::write(&blocked, b"").unwrap();
+        watch.anchors.as_mut().unwrap().path = blocked.join("seal-anchors.jsonl");
+        append_one(&store).await;
+        interval_passed(&mut watch);
+        let error = watch.round(&store, &key).await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("seal 3 was made but could not be anchored"),
+            "{error:#}"
+        );
+        watch.anchors.as_mut().unwrap().path = file.clone();
+        assert!(watch.round(&store, &key).await.unwrap().is_empty());
+        assert_eq!(seqs(&file), [1, 2, 3]);
+    }
+
+    /// Anchors are read as the sealer writes them (a JSON line each) and as an auditor saves
+    /// them (one seal, pretty or not, or an array); a bad line is named.
+    #[test]
+    fn anchors_are_read_from_lines_a_seal_or_an_array() {
+        use lifeline_model::envelope::LogCursor;
+        use lifeline_model::integrity::{Hash32, Seal};
+        let key = KeyPair::generate();
+        let first = Seal::sign(None, LogCursor::START, &[Hash32::ZERO], &key);
+        let second = Seal::sign(Some(&first), LogCursor::START, &[Hash32::ZERO], &key);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anchors");
+        let both = vec![first.clone(), second.clone()];
+        for (text, expected) in [
+            (
+                format!(
+                    "{}\n\n{}\n",
+                    serde_json::to_string(&first).unwrap(),
+                    serde_json::to_string(&second).unwrap()
+                ),
+                both.clone(),
+            ),
+            (
+                serde_json::to_string_pretty(&second).unwrap(),
+                vec![second.clone()],
+            ),
+            (serde_json::to_string_pretty(&both).unwrap(), both.clone()),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(read_anchors(&path).unwrap(), expected);
+        }
+        std::fs::write(
+            &path,
+            format!("{}\nnot a seal\n", serde_json::to_string(&first).unwrap()),
+        )
+        .unwrap();
+        let error = format!("{:#}", read_anchors(&path).unwrap_err());
+        assert!(error.contains("line 2: not a JSON seal"), "{error}");
     }
 
     /// The newest seal deleted behind the store's back (and a rewrite would follow): the

@@ -95,9 +95,18 @@ enum Command {
         /// Keyring of public keys (default: <key dir>/keyring.json).
         #[arg(long)]
         keyring: Option<PathBuf>,
+        /// Seals kept outside the database, compared with the log's (repeatable): the
+        /// sealer's anchor file (one JSON seal per line), or a saved `lifeline seal-head` or
+        /// `GET /v1/audit/seals/head`. Catches seals deleted and made again over rewritten
+        /// events, which the log alone cannot show.
+        #[arg(long = "anchor", value_name = "FILE")]
+        anchors: Vec<PathBuf>,
     },
     /// Seal the events committed since the last seal (signed with the node key).
     Seal,
+    /// Print the newest seal (one JSON line), to keep outside the database as an anchor for
+    /// `lifeline verify --anchor`.
+    SealHead,
     /// Check an inclusion proof (from GET /v1/audit/proof/{event_id}) offline.
     VerifyProof {
         file: PathBuf,
@@ -378,10 +387,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out)?;
             Ok(())
         }
-        Command::Verify { keyring } => {
+        Command::Verify { keyring, anchors } => {
             let keyring = load_keyring_or_default(keyring.as_deref())?;
+            let mut anchored = Vec::new();
+            for path in &anchors {
+                for anchor in keys::read_anchors(path)? {
+                    lifeline_store::check_anchor(&anchor, &keyring)
+                        .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))?;
+                    anchored.push(anchor);
+                }
+            }
             let store = connect_migrated(&config.database_url).await?;
-            let report = lifeline_store::verify(&store, &keyring)
+            let report = lifeline_store::verify_anchored(&store, &keyring, &anchored)
                 .await
                 .context("verifying the log")?;
             serde_json::to_writer_pretty(&mut out, &report)?;
@@ -409,6 +426,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
             }
             writeln!(out, "{} new seal(s)", seals.len())?;
+            Ok(())
+        }
+        Command::SealHead => {
+            let store = connect_migrated(&config.database_url).await?;
+            let seal = lifeline_store::integrity::last_seal(&store)
+                .await
+                .context("reading the newest seal")?
+                .ok_or_else(|| anyhow::anyhow!("the log has no seal yet (`lifeline seal`)"))?;
+            serde_json::to_writer(&mut out, &seal)?;
+            writeln!(out)?;
             Ok(())
         }
         Command::VerifyProof { file, keyring } => {

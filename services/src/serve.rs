@@ -260,7 +260,11 @@ pub async fn serve(
             .await
             .context("overdue watcher")
         });
-        parts.spawn(crate::keys::run_sealer(store.clone(), shutdown.clone()));
+        parts.spawn(crate::keys::run_sealer(
+            store.clone(),
+            crate::keys::seal_anchor_file(),
+            shutdown.clone(),
+        ));
         if let Some(state) = &api_state {
             for (agency, connector) in &connectors.agencies {
                 let worker = DeliveryWorker::new(

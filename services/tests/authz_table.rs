@@ -67,6 +67,9 @@ fn table() -> Vec<Row> {
         ("GET", "/v1/audit/export", None, [403, 403, 403, 403, 200, 403, 401, 401]),
         ("GET", "/v1/audit/access-log", None, [403, 403, 403, 403, 200, 403, 401, 401]),
         ("GET", "/v1/audit/verify", None, [403, 403, 403, 403, 200, 403, 401, 401]),
+        ("POST", "/v1/audit/verify", Some(json!({"anchors": []})), [403, 403, 403, 403, 200, 403, 401, 401]),
+        // Nothing is sealed here: the auditor gets 404 `no_seal`.
+        ("GET", "/v1/audit/seals/head", None, [403, 403, 403, 403, 404, 403, 401, 401]),
         // An event no seal covers (none is sealed here): the auditor gets 404, nobody else gets in.
         ("GET", "/v1/audit/proof/00000000-0000-0000-0000-000000000000", None, [403, 403, 403, 403, 404, 403, 401, 401]),
         // An id that is no event id is no such event (as for records and tasks), after the checks.

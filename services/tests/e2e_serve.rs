@@ -69,6 +69,8 @@ async fn a_birth_and_a_death_flow_through_the_real_server_to_every_chosen_proced
     eprintln!("birth chain done after {:?}", started.elapsed());
     death_chain(&server, &agency_system).await;
     eprintln!("death chain done after {:?}", started.elapsed());
+    anchored_verification(&server, &database.url).await;
+    eprintln!("anchors verified after {:?}", started.elapsed());
 
     // Every delivery was signed with the agency's secret and carried only its fields.
     let requests = agency_system.received_requests().await.unwrap();
@@ -111,6 +113,80 @@ async fn a_birth_and_a_death_flow_through_the_real_server_to_every_chosen_proced
     if let Err(error) = jetstream.delete_stream(&stream).await {
         eprintln!("could not delete the test stream {stream}: {error}");
     }
+}
+
+/// The sealer keeps the newest seal outside the database, in its anchor file (by default in
+/// the key directory); an auditor fetches the head over HTTP. The log verifies against both,
+/// over HTTP and with `lifeline verify --anchor`; an anchor with a forged field is refused.
+async fn anchored_verification(server: &Server, database_url: &str) {
+    let dir = server._dir.path();
+    let file = dir.join("lifeline-data/keys/seal-anchors.jsonl");
+    let kept: Vec<Value> = match eventually("a seal in the sealer's anchor file", || async {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let seals: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        (!seals.is_empty()).then_some(seals)
+    })
+    .await
+    {
+        Ok(seals) => seals,
+        Err(error) => panic!("{error}:\n{}", server.log()),
+    };
+    let auditor = token(Role::Auditor, Scope::Unscoped);
+    let (status, head) = server
+        .call(Method::GET, "/v1/audit/seals/head", &auditor, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{head}");
+    assert!(head["seq"].as_i64().unwrap() >= kept[0]["seq"].as_i64().unwrap());
+    let mut anchors = kept.clone();
+    anchors.push(head.clone());
+    let (status, report) = server
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            &auditor,
+            Some(json!({ "anchors": anchors })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["first_bad"], Value::Null, "{report}");
+    assert_eq!(report["anchors_checked"], json!(anchors.len()), "{report}");
+
+    let mut forged = head.clone();
+    forged["event_count"] = json!(forged["event_count"].as_i64().unwrap() + 1);
+    let (status, refused) = server
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            &auditor,
+            Some(json!({ "anchors": [head, forged] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(
+        refused["error"]["field_codes"]["anchors[1]"], "invalid_anchor",
+        "{refused}"
+    );
+
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["verify", "--anchor"])
+        .arg(&file)
+        .current_dir(dir)
+        .env("LIFELINE_DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["first_bad"], Value::Null, "{report}");
+    assert!(report["anchors_checked"].as_u64().unwrap() >= 1, "{report}");
 }
 
 /// The real binary started while NATS is down: it comes up (until 2026-12-07 it exited), its

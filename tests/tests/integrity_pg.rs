@@ -9,11 +9,15 @@ use lifeline_model::envelope::{
     EventMetadata, ExpectedVersion, LogCursor, NewEvent, OfficeSignature, Role, StreamId,
     StreamVersion,
 };
+use lifeline_model::integrity::Seal;
 use lifeline_model::integrity::{
     canonical_json, event_hash, office_owner, sign_office_event, EventHashInput, Hash32, KeyPair,
     Keyring, NODE_OWNER,
 };
-use lifeline_store::{inclusion_proof, seal_new_events, verify, EventStore, ProofLookup};
+use lifeline_store::{
+    check_anchor, inclusion_proof, seal_new_events, verify, verify_anchored, EventStore,
+    ProofLookup,
+};
 use lifeline_tests::{new_event, new_stream, postgres_store, sqlite_store};
 use serde_json::json;
 use uuid::Uuid;
@@ -343,6 +347,123 @@ async fn postgres_a_rehashed_payload_breaks_the_chain_and_the_seal() {
     assert_eq!(bad, position, "{reason}");
     assert!(reason.contains("Merkle root"), "{reason}");
     assert!(!proof_verifies(&store, &fixture.keyring, event_id).await);
+}
+
+/// The seal that covers `event_id`, as an auditor would have kept it (from its proof).
+async fn seal_of(store: &EventStore, event_id: Uuid) -> Seal {
+    match inclusion_proof(store, event_id).await.unwrap() {
+        ProofLookup::Proof(proof) => proof.seal,
+        other => panic!("no proof for {event_id}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_seals_made_again_over_a_rewritten_event_are_caught_by_their_anchors() {
+    // The attack the log alone cannot show: someone able to write the tables rewrites a sealed
+    // event with its hash recomputed (and its stream's head), deletes the seals from the one
+    // covering it, and has the node key seal again. Seals kept outside the database (anchors)
+    // catch it; the plain check cannot.
+    let store = postgres_store().await;
+    let fixture = fill(&store).await;
+    let anchors: Vec<Seal> = [0, 1, 2, 4, 5]
+        .iter()
+        .map(|&index| seal_of(&store, fixture.events[index].3))
+        .collect::<futures::future::JoinAll<_>>()
+        .await;
+    assert_eq!(
+        anchors.iter().map(|seal| seal.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    for anchor in &anchors {
+        check_anchor(anchor, &fixture.keyring).unwrap();
+    }
+    let intact = verify_anchored(&store, &fixture.keyring, &anchors)
+        .await
+        .unwrap();
+    assert_eq!(intact.first_bad, None, "{intact:?}");
+    assert_eq!(intact.anchors_checked, 5);
+
+    // The person event (alone in its stream, covered by seal 4) rewritten and rehashed.
+    let (position, stream, version, event_id) = fixture.events[4].clone();
+    let pool = store.postgres_pool().unwrap();
+    let (metadata, event_type): (serde_json::Value, String) =
+        sqlx::query_as("SELECT metadata, event_type FROM events WHERE global_position = $1")
+            .bind(position)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let payload = json!({"pin": "079190009999"});
+    let forged = event_hash(
+        &EventHashInput {
+            stream_id: stream.as_str(),
+            stream_version: version,
+            event_id,
+            event_type: &event_type,
+            schema_version: 1,
+            payload: &payload,
+            metadata: &metadata,
+        },
+        &Hash32::ZERO,
+    );
+    tamper(
+        &store,
+        &format!(
+            "UPDATE events SET payload = '{payload}'::jsonb, event_hash = '\\x{hash}' \
+             WHERE global_position = {position}; \
+             UPDATE streams SET last_hash = '\\x{hash}' WHERE stream_id = '{stream}'; \
+             DELETE FROM log_seals WHERE seq >= 4",
+            hash = forged.to_hex(),
+            stream = stream.as_str()
+        ),
+    )
+    .await;
+    seal_when_visible(&store, &fixture.node).await;
+    let report = verify(&store, &fixture.keyring).await.unwrap();
+    assert_eq!(
+        report.first_bad, None,
+        "the log alone shows nothing: {report:?}"
+    );
+
+    // Seals 1 to 3 are still the anchored ones; seal 4 was made again; seal 5 is gone (the new
+    // seal 4 covers its events too).
+    let anchored = |seqs: &[i64]| -> Vec<Seal> {
+        anchors
+            .iter()
+            .filter(|seal| seqs.contains(&seal.seq))
+            .cloned()
+            .collect()
+    };
+    let report = verify_anchored(&store, &fixture.keyring, &anchored(&[1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(report.first_bad, None, "{report:?}");
+    for (seqs, expected) in [
+        (&[4][..], "is not the one anchored"),
+        (&[5][..], "is no longer in the log"),
+        (&[3, 4, 5][..], "is not the one anchored"),
+    ] {
+        let report = verify_anchored(&store, &fixture.keyring, &anchored(seqs))
+            .await
+            .unwrap();
+        let bad = report.first_bad.expect("an anchor was not kept");
+        assert!(bad.reason.contains(expected), "{seqs:?}: {}", bad.reason);
+        let first = anchored(seqs)
+            .into_iter()
+            .find(|seal| seal.seq >= 4)
+            .unwrap();
+        assert_eq!(bad.global_position, first.from.global_position + 1);
+        assert_eq!(report.anchors_checked, seqs.len() as u64);
+    }
+    // Seal 4's range starts at the rewritten event.
+    assert_eq!(anchors[3].from.global_position + 1, position);
+
+    // An anchor is the auditor's evidence: one whose fields or signature do not hold is refused.
+    let mut edited = anchors[3].clone();
+    edited.event_count += 1;
+    assert!(check_anchor(&edited, &fixture.keyring).is_err());
+    let mut other_node = Keyring::default();
+    other_node.add(&KeyPair::generate(), NODE_OWNER, None);
+    assert!(check_anchor(&anchors[3], &other_node).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,10 @@ pub struct VerifyReport {
     pub seals_checked: u64,
     /// Events after the last seal: chained and signed, not yet sealed.
     pub unsealed_events: u64,
+    /// Seals kept outside the database (anchors) compared with the log's
+    /// ([`verify_anchored`]); 0 for a plain [`verify`].
+    #[serde(default)]
+    pub anchors_checked: u64,
     /// The first bad position in commit order; `None`: the log is intact.
     pub first_bad: Option<BadPosition>,
 }
@@ -351,6 +355,7 @@ struct Verifier<'k> {
     events_checked: u64,
     seals_checked: u64,
     unsealed_events: u64,
+    anchors_checked: u64,
 }
 
 struct StreamHead {
@@ -360,7 +365,7 @@ struct StreamHead {
 }
 
 impl<'k> Verifier<'k> {
-    fn new(keyring: &'k Keyring, seals: Vec<Seal>) -> Self {
+    fn new(keyring: &'k Keyring, seals: Vec<Seal>, anchors: &[Seal]) -> Self {
         let mut verifier = Self {
             keyring,
             seals,
@@ -372,9 +377,50 @@ impl<'k> Verifier<'k> {
             events_checked: 0,
             seals_checked: 0,
             unsealed_events: 0,
+            anchors_checked: 0,
         };
         verifier.check_seal_chain();
+        verifier.check_anchors(anchors);
         verifier
+    }
+
+    /// Each anchor (a seal kept outside the database when it was made) against the log's seal
+    /// of its number: the same seal, or a fault at the start of the anchored range. The seals
+    /// chain by hash ([`Verifier::check_seal_chain`]), so an anchored seal still in the log
+    /// vouches for every seal before it; one gone or different means seals were deleted or
+    /// made again, which the log alone cannot show once they are made again over rewritten
+    /// events. The anchors' signatures were checked by the caller ([`check_anchor`]).
+    fn check_anchors(&mut self, anchors: &[Seal]) {
+        let mut faults = Vec::new();
+        for anchor in anchors {
+            let stored = self.seals.iter().find(|seal| seal.seq == anchor.seq);
+            let problem = match stored {
+                None => Some(format!(
+                    "seal {} (anchored with hash {}) is no longer in the log (seals deleted)",
+                    anchor.seq,
+                    anchor.seal_hash.to_hex()
+                )),
+                Some(stored) if stored.seal_hash != anchor.seal_hash => Some(format!(
+                    "seal {} is not the one anchored (hash {} in the log, {} anchored): the \
+                     seals were made again, the events they cover may have been rewritten",
+                    anchor.seq,
+                    stored.seal_hash.to_hex(),
+                    anchor.seal_hash.to_hex()
+                )),
+                Some(_) => None,
+            };
+            self.anchors_checked += 1;
+            if let Some(problem) = problem {
+                let at = LogCursor {
+                    transaction_id: anchor.from.transaction_id,
+                    global_position: anchor.from.global_position.saturating_add(1),
+                };
+                faults.push((at, problem));
+            }
+        }
+        for (at, problem) in faults {
+            self.fault(at, problem);
+        }
     }
 
     /// A row that cannot even be decoded (a hash of the wrong length, a payload number out of
@@ -604,6 +650,7 @@ impl<'k> Verifier<'k> {
             events_checked: self.events_checked,
             seals_checked: self.seals_checked,
             unsealed_events: self.unsealed_events,
+            anchors_checked: self.anchors_checked,
             first_bad: self.first_bad.map(|(_, bad)| bad),
         }
     }
@@ -613,7 +660,32 @@ impl<'k> Verifier<'k> {
 /// every seal (its range's Merkle root, the seal chain, the node's signature) and every life
 /// event's office signature, with the public keys of `keyring`. Names the first bad position in
 /// commit order.
+///
+/// The log alone cannot show that its newest seals were deleted and made again over rewritten
+/// events (by someone able to write its tables, with the sealer signing the result):
+/// [`verify_anchored`] compares seals kept outside the database.
 pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyReport, StoreError> {
+    verify_anchored(store, keyring, &[]).await
+}
+
+/// Why an anchor cannot be used: its own hash does not match its fields, or its signature is
+/// not one of `keyring`'s node keys. Checked before [`verify_anchored`]: a bad anchor is the
+/// auditor's evidence gone wrong, not the log's.
+pub fn check_anchor(anchor: &Seal, keyring: &Keyring) -> Result<(), String> {
+    anchor
+        .check_signature(keyring)
+        .map_err(|error| format!("anchor of seal {}: {error}", anchor.seq))
+}
+
+/// [`verify`], also comparing each of `anchors` (seals kept outside the database: the sealer's
+/// anchor file, or seals an auditor fetched earlier) with the log's seal of the same number: a
+/// seal gone or different is a fault at the start of the anchored range. The anchors'
+/// signatures must have been checked ([`check_anchor`]).
+pub async fn verify_anchored(
+    store: &EventStore,
+    keyring: &Keyring,
+    anchors: &[Seal],
+) -> Result<VerifyReport, StoreError> {
     let seals_sql = format!("SELECT {SEAL_COLUMNS} FROM log_seals ORDER BY seq");
     let events_sql =
         format!("SELECT {ROW_COLUMNS} FROM events ORDER BY transaction_id, global_position");
@@ -631,7 +703,7 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
             .iter()
             .map(decode_seal)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut verifier = Verifier::new(keyring, seals);
+        let mut verifier = Verifier::new(keyring, seals, anchors);
         {
             let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
@@ -650,7 +722,7 @@ pub async fn verify(store: &EventStore, keyring: &Keyring) -> Result<VerifyRepor
         .iter()
         .map(decode_seal)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut verifier = Verifier::new(keyring, seals);
+    let mut verifier = Verifier::new(keyring, seals, anchors);
     {
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(events_sql)).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {

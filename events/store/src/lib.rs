@@ -43,7 +43,8 @@ pub use append::AppendOutcome;
 pub use cqrs::LifelineRepository;
 pub use error::{AppendError, StoreError, SubscriberError, SubscriptionError};
 pub use integrity::{
-    inclusion_proof, seal_all, seal_new_events, verify, BadPosition, ProofLookup, VerifyReport,
+    check_anchor, inclusion_proof, seal_all, seal_new_events, verify, verify_anchored, BadPosition,
+    ProofLookup, VerifyReport,
 };
 pub use lease::{Lease, LeaseCandidate};
 pub use store::{

@@ -1,12 +1,14 @@
 //! The auditors' tamper-evidence routes: `GET /v1/audit/verify` (the whole log checked, the
-//! first bad position named) and `GET /v1/audit/proof/{event_id}` (an inclusion proof to check
-//! offline with `lifeline verify-proof`). The keyring is read from the key directory on each
+//! first bad position named), `GET /v1/audit/seals/head` (the newest seal, to keep outside the
+//! database) and `POST /v1/audit/verify` (the check, also against seals kept that way), and
+//! `GET /v1/audit/proof/{event_id}` (an inclusion proof to check offline with
+//! `lifeline verify-proof`). The keyring is read from the key directory on each
 //! request, so a rotated key is picked up without a restart.
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use lifeline_model::integrity::InclusionProof;
+use lifeline_model::integrity::{InclusionProof, Seal};
 use lifeline_model::system_events::ReadResource;
 use lifeline_store::{ProofLookup, VerifyReport};
 use tracing::instrument;
@@ -14,7 +16,7 @@ use uuid::Uuid;
 
 use super::access::{self, record_read, Read};
 use super::error::{ApiError, ErrorBody};
-use super::extract::RequestContext;
+use super::extract::{ApiJson, RequestContext};
 use super::AppState;
 use crate::auth::{authorize, Action, Principal, Target};
 use crate::keys;
@@ -43,7 +45,74 @@ pub async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     authorize(&principal, Action::ReadLog, Target::Nothing)?;
     let keyring = keyring()?;
-    let mut report = lifeline_store::verify(&state.store, &keyring).await?;
+    verified(&state, &keyring, &[]).await
+}
+
+/// The body of `POST /v1/audit/verify`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Seals kept outside the database (answers of `GET /v1/audit/seals/head` saved earlier,
+    /// or lines of the sealer's anchor file), each compared with the log's seal of its number.
+    #[schema(value_type = Vec<Object>)]
+    pub anchors: Vec<Seal>,
+}
+
+/// The most anchors one request may carry.
+const MAX_ANCHORS: usize = 10_000;
+
+/// `POST /v1/audit/verify`: the check of `GET /v1/audit/verify`, also comparing the given
+/// anchors with the log's seals: a seal gone or made again (the only trace of seals deleted and
+/// re-signed over rewritten events) is the report's `first_bad`. An anchor whose own hash or
+/// signature does not hold is refused (422 naming it), not reported against the log.
+#[utoipa::path(
+    post, path = "/v1/audit/verify", tag = "audit",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "the verification report, `anchors_checked` counting the anchors compared; `first_bad` names the start of an anchored seal the log no longer holds as anchored"),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not an auditor", body = ErrorBody),
+        (status = 422, description = "an anchor that is no seal, or whose hash or signature does not hold with the keyring (`anchors[i]`), or more than 10,000 anchors", body = ErrorBody),
+        (status = 503, description = "store or keyring unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[instrument(skip_all)]
+pub async fn verify_anchored(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    authorize(&principal, Action::ReadLog, Target::Nothing)?;
+    if body.anchors.len() > MAX_ANCHORS {
+        return Err(
+            ApiError::unprocessable("validation_failed", "too many anchors").with_field(
+                "anchors",
+                "too_many",
+                format!("at most {MAX_ANCHORS}"),
+            ),
+        );
+    }
+    let keyring = keyring()?;
+    for (index, anchor) in body.anchors.iter().enumerate() {
+        lifeline_store::check_anchor(anchor, &keyring).map_err(|problem| {
+            ApiError::unprocessable("validation_failed", "an anchor does not hold").with_field(
+                format!("anchors[{index}]"),
+                "invalid_anchor",
+                problem,
+            )
+        })?;
+    }
+    verified(&state, &keyring, &body.anchors).await
+}
+
+/// The log checked against `anchors`; a finding is logged as an error, its reason masked.
+async fn verified(
+    state: &AppState,
+    keyring: &lifeline_model::integrity::Keyring,
+    anchors: &[Seal],
+) -> Result<Json<VerifyReport>, ApiError> {
+    let mut report = lifeline_store::verify_anchored(&state.store, keyring, anchors).await?;
     if let Some(bad) = &mut report.first_bad {
         // A reason can name a stream `person-<personal ID number>`: the number goes neither to
         // the logs nor to this answer, which is not a logged read (the position locates it).
@@ -51,6 +120,38 @@ pub async fn verify(
         tracing::error!(global_position = bad.global_position, reason = %bad.reason, "the log failed verification");
     }
     Ok(Json(report))
+}
+
+/// `GET /v1/audit/seals/head`: the newest seal (signed by the node key), for an auditor to keep
+/// outside the database and give back to `POST /v1/audit/verify` (or `lifeline verify
+/// --anchor`) later. 404 `no_seal` while nothing is sealed.
+#[utoipa::path(
+    get, path = "/v1/audit/seals/head", tag = "audit",
+    responses(
+        (status = 200, description = "the newest seal: its number, range, Merkle root, link to the seal before, hash, key id and signature"),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "not an auditor", body = ErrorBody),
+        (status = 404, description = "`no_seal`: nothing sealed yet", body = ErrorBody),
+        (status = 503, description = "store unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[instrument(skip_all)]
+pub async fn seal_head(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Seal>, ApiError> {
+    authorize(&principal, Action::ReadLog, Target::Nothing)?;
+    lifeline_store::integrity::last_seal(&state.store)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "no_seal",
+                "nothing is sealed yet; retry after the next seal",
+            )
+        })
 }
 
 /// `text` with every run of exactly 12 digits (a personal ID number's shape) masked.

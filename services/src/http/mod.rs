@@ -263,7 +263,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/audit/replay", get(audit::replay))
         .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/verify", get(integrity::verify))
+        .route(
+            "/v1/audit/verify",
+            get(integrity::verify).post(integrity::verify_anchored),
+        )
+        .route("/v1/audit/seals/head", get(integrity::seal_head))
         .route("/v1/audit/proof/{event_id}", get(integrity::proof))
         .route("/v1/audit/access-log", get(access::access_log))
         .route("/v1/operations/policies/failed", get(policies::failed))

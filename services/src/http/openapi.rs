@@ -39,6 +39,8 @@ use super::{
         audit::export,
         access::access_log,
         integrity::verify,
+        integrity::verify_anchored,
+        integrity::seal_head,
         integrity::proof,
         citizen::status,
         ops::healthz,
