@@ -772,8 +772,8 @@ async fn redelivered_messages_are_handled_together_and_once() {
 }
 
 /// Lanes whose batches take longer than `ack_wait` (a slow database): the messages being
-/// handled, and those waiting behind them, are told to JetStream as in progress, so none is
-/// redelivered while held and handled again. (Until the thirty-first session nothing was
+/// handled, and those waiting behind them (in the lane or beyond what it takes at once), are
+/// told to JetStream as in progress, so none is redelivered while held and handled again. (Until the thirty-first session nothing was
 /// sent: with the default 30 s `ack_wait`, equal to sqlx's acquire time-out, a batch waiting
 /// out a saturated pool had every message it held redelivered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -781,14 +781,18 @@ async fn messages_held_past_the_ack_wait_are_kept_in_progress_not_redelivered() 
     let store = postgres_store().await;
     let jetstream = shared_nats().await;
     let bus = unique_bus();
+    // One lane of two: most messages wait behind the batch being handled, more than the lane
+    // takes at once (until this session, those sat in the client's buffer, not kept alive).
     let options = ConsumerOptions {
         lanes: 1,
+        lane_batch: 2,
         ack_wait: Duration::from_secs(1),
         ..test_consumer_options(3)
     };
-    // Five events a policy, 400 ms each: the lane holds them about 2 s.
-    let handler = Arc::new(EffectHandler::new(0).with_delay(Duration::from_millis(400)));
-    let sources = append_sources(&store, 5).await;
+    // Seven events a policy, 600 ms each: the lane holds them about 4 s, and the sixth waits
+    // 1.2 s before the lane has room for it.
+    let handler = Arc::new(EffectHandler::new(0).with_delay(Duration::from_millis(600)));
+    let sources = append_sources(&store, 7).await;
     let running = Running::start(
         &store,
         &jetstream,

@@ -155,6 +155,7 @@ pub async fn run_policy_consumer(
     policy: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ack_wait_ms = u64::try_from(options.ack_wait.as_millis()).unwrap_or(u64::MAX);
     let worker = Arc::new(Worker {
         store,
         handler,
@@ -162,6 +163,8 @@ pub async fn run_policy_consumer(
         policy,
         unavailable: Default::default(),
         held: Default::default(),
+        released: tokio::sync::Notify::new(),
+        ack_wait_ms: std::sync::atomic::AtomicU64::new(ack_wait_ms),
     });
     tracing::info!(policy = %worker.policy, "policy consumer starting");
     let lanes = Lanes::start(&worker, jetstream.client(), &shutdown);
@@ -184,6 +187,11 @@ pub async fn run_policy_consumer(
             Some(consumer) => consumer.clone(),
             None => match worker.bind(&jetstream, &bus).await {
                 Ok(consumer) => {
+                    let ack_wait = consumer.cached_info().config.ack_wait;
+                    worker.ack_wait_ms.store(
+                        u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     pull = Some(consumer.clone());
                     consumer
                 }
@@ -384,10 +392,13 @@ impl PullBook {
 type Parsed = (jetstream::Message, Result<EventNotice, serde_json::Error>);
 
 struct Lanes {
-    senders: Vec<mpsc::Sender<Parsed>>,
+    senders: Vec<mpsc::UnboundedSender<Parsed>>,
     tasks: tokio::task::JoinSet<()>,
     /// Tells JetStream that the held messages are in progress ([`Worker::keep_alive`]).
     keep_alive: tokio::task::JoinHandle<()>,
+    /// How many messages the worker holds before it asks for more: each lane's batch being
+    /// handled and as many waiting behind it.
+    capacity: usize,
 }
 
 impl Lanes {
@@ -401,10 +412,14 @@ impl Lanes {
         let mut senders = Vec::with_capacity(count);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..count {
-            // Bounded queues: what a lane holds is not yet acked, and counts against
-            // `max_ack_pending`; the pull waits when a lane is full (and with it every lane,
-            // so a queue must hold what arrives during one transaction).
-            let (sender, mut receiver) = mpsc::channel::<Parsed>(lane_batch);
+            // What a lane holds is not yet acked and counts against `max_ack_pending`: the
+            // pull asks for more only while the worker holds fewer than `capacity` messages
+            // (`Worker::pull`), so the queues stay bounded; every message is held (kept
+            // alive, `Worker::keep_alive`) from the moment it is taken from the subscription.
+            // (Until the thirty-first session the queues were bounded and the pull waited
+            // while one was full: the messages that went on arriving meanwhile sat in the
+            // client's buffer, not kept alive.)
+            let (sender, mut receiver) = mpsc::unbounded_channel::<Parsed>();
             let (worker, shutdown) = (Arc::clone(worker), shutdown.clone());
             tasks.spawn(async move {
                 while let Some(first) = receiver.recv().await {
@@ -428,7 +443,16 @@ impl Lanes {
                             }
                         }
                     } else {
-                        worker.handle_messages(batch).await;
+                        let handled = futures::FutureExt::catch_unwind(
+                            std::panic::AssertUnwindSafe(worker.handle_messages(batch)),
+                        )
+                        .await;
+                        if handled.is_err() {
+                            // Its messages are no longer kept alive: they come back after
+                            // `ack_wait` (not at once: a panic that repeats would spin).
+                            tracing::error!(policy = %worker.policy, count = replies.len(),
+                                "a policy lane's batch panicked; its messages will be redelivered");
+                        }
                     }
                     worker.release(&replies);
                 }
@@ -440,13 +464,14 @@ impl Lanes {
             senders,
             tasks,
             keep_alive,
+            capacity: count * lane_batch * 2,
         }
     }
 
     /// Hands `message`, its payload parsed into `notice`, to the lane of its event's stream
     /// (lane 0 if the notice does not parse: the handler terminates it there). False if the
     /// lane has stopped.
-    async fn dispatch(
+    fn dispatch(
         &self,
         message: jetstream::Message,
         notice: Result<EventNotice, serde_json::Error>,
@@ -463,7 +488,7 @@ impl Lanes {
         let Some(sender) = self.senders.get(lane) else {
             return false;
         };
-        if sender.send((message, notice)).await.is_err() {
+        if sender.send((message, notice)).is_err() {
             tracing::error!("a policy lane has stopped; the message comes back after ack_wait");
             return false;
         }
@@ -475,6 +500,7 @@ impl Lanes {
             senders,
             mut tasks,
             keep_alive,
+            capacity: _,
         } = self;
         drop(senders);
         while let Some(joined) = tasks.join_next().await {
@@ -497,6 +523,11 @@ struct Worker {
     /// The messages this worker holds (handed to a lane, waiting there or being handled), by
     /// reply subject, with when each was handed over ([`Worker::keep_alive`]).
     held: std::sync::Mutex<BTreeMap<async_nats::Subject, tokio::time::Instant>>,
+    /// Wakes a pull loop waiting for the lanes to hold fewer messages.
+    released: tokio::sync::Notify,
+    /// The bound consumer's `ack_wait` in milliseconds (the durable's, which may not be
+    /// `options.ack_wait` if the server would not change it): the keep-alive's period.
+    ack_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What became of one message.
@@ -543,12 +574,16 @@ impl Worker {
         }
     }
 
-    /// The messages of `replies` are settled (acked, nak'd or terminated).
+    /// The messages of `replies` are settled (acked, nak'd or terminated), or left to be
+    /// redelivered.
     fn release(&self, replies: &[async_nats::Subject]) {
-        let mut held = self.held();
-        for reply in replies {
-            held.remove(reply);
+        {
+            let mut held = self.held();
+            for reply in replies {
+                held.remove(reply);
+            }
         }
+        self.released.notify_one();
     }
 
     /// Every third of `ack_wait`, tells JetStream that each message held longer than that is
@@ -556,10 +591,14 @@ impl Worker {
     /// in its lane behind the batch being handled, and a batch can take long (a slow or
     /// saturated database: a connection may take up to sqlx's 30 s acquire time-out, the
     /// default `ack_wait`): without it such messages were redelivered while still held, handled
-    /// twice, and the redelivery counted against the event's attempts.
+    /// twice, and the redelivery counted against the event's attempts. A message is settled
+    /// (and released) as soon as it is acked or nak'd, and each is checked again just before
+    /// its `+WPI`, so that a retry's delay is not replaced by a late one.
     async fn keep_alive(self: Arc<Self>, client: async_nats::Client) {
-        let period = (self.options.ack_wait / 3).max(Duration::from_millis(10));
         loop {
+            let ack_wait =
+                Duration::from_millis(self.ack_wait_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let period = (ack_wait / 3).max(Duration::from_millis(10));
             tokio::time::sleep(period).await;
             let Some(since) = tokio::time::Instant::now().checked_sub(period) else {
                 continue;
@@ -580,6 +619,9 @@ impl Worker {
                     .collect()
             };
             for reply in due {
+                if !self.held().contains_key(&reply) {
+                    continue;
+                }
                 if let Err(error) = client
                     .publish(reply, bytes::Bytes::from_static(b"+WPI"))
                     .await
@@ -675,11 +717,14 @@ impl Worker {
             if given_up > 0 {
                 tracing::debug!(policy = %self.policy, given_up, "pull requests past their expiry without the server's end-of-request status");
             }
+            // The lanes hold at most `capacity` messages (waiting or being handled) before
+            // more are asked for; what outstanding requests still bring is held too.
+            let full = self.held().len() >= lanes.capacity;
             if stopping {
                 if book.outstanding.is_empty() {
                     return Ok(());
                 }
-            } else if book.wants_request(now) {
+            } else if !full && book.wants_request(now) {
                 client
                     .publish_with_reply(subject.clone(), inbox.clone(), request.clone())
                     .await
@@ -691,6 +736,7 @@ impl Worker {
             let message = tokio::select! {
                 message = subscription.next() => message,
                 () = tokio::time::sleep_until(wake) => continue,
+                () = self.released.notified(), if full => continue,
                 changed = shutdown.changed(), if !stopping => {
                     stopping = changed.is_err() || *shutdown.borrow();
                     continue;
@@ -761,7 +807,7 @@ impl Worker {
             }
             let reply = message.reply.clone();
             self.hold(&message);
-            if !lanes.dispatch(message, notice).await {
+            if !lanes.dispatch(message, notice) {
                 self.release(reply.as_slice());
             }
         }
@@ -889,6 +935,7 @@ impl Worker {
             Outcome::Retry { attempt, error } => {
                 let delay = self.options.retry.delay_after(attempt);
                 tracing::warn!(policy = %self.policy, event_id = %notice.event_id, attempt, ?delay, %error, "policy failed; will retry");
+                self.release(message.reply.as_slice());
                 if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::warn!(policy = %self.policy, %error, "cannot nak; the message comes back after ack_wait");
                 }
@@ -1059,6 +1106,7 @@ impl Worker {
     /// back after `ack_wait`, where the handler finds its events stored and acks again (nothing
     /// is done twice). A termination waits for the confirmation: it ends the message for good.
     async fn finish(&self, message: &jetstream::Message, kind: AckKind) {
+        self.release(message.reply.as_slice());
         let result = match kind {
             AckKind::Ack => message.ack().await,
             other => message.double_ack_with(other).await,
