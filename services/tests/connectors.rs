@@ -863,6 +863,66 @@ async fn a_reversal_of_a_task_never_sent_is_not_sent() {
     assert!(sent_bodies(&server).await.is_empty());
 }
 
+/// The worker stopped after the agency system's synchronous "completed" was applied and before
+/// it recorded the delivery (here: the answer applied as the worker applies it, as officer
+/// `connector:police`, the worker not run yet). On its next pass the creation is recorded as
+/// delivered (`recovered`) rather than skipped as a closed task, and a later reversal of the
+/// task reaches the agency system, which had it. (Until the thirty-first session the reversal
+/// was not sent and the delivery history stayed empty.)
+#[tokio::test]
+async fn a_creation_answered_before_the_worker_stopped_is_recorded_and_its_reversal_sent() {
+    let app = TestApp::new().await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let connector_officer = Actor {
+        id: "connector:police".to_owned(),
+        role: Role::Agency,
+        office: Some("police".to_owned()),
+        correlation_id: Uuid::now_v7(),
+        idempotency_key: None,
+    };
+    app.state
+        .tasks
+        .execute(
+            &connector_officer,
+            first,
+            TaskCommand::Complete {
+                by: "connector:police".to_owned(),
+                outcome: lifeline_model::task::TaskOutcome::ResidenceRegistered {
+                    entry_number: "CT-2026-0001".to_owned(),
+                },
+                at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    let reversal = append_reversal(&app, first).await;
+
+    let worker = worker(&app, &server);
+    assert_eq!(worker.run_once().await.unwrap(), 1, "the reversal only");
+    let bodies = sent_bodies(&server).await;
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["task_id"], reversal.to_string());
+    assert_eq!(bodies[0]["follow_up"]["kind"], "reversal");
+    let recorded = outcomes(&app, first).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (event_type, delivered) = &recorded[0];
+    assert_eq!(event_type, "ConnectorDelivered");
+    assert_eq!(delivered["kind"], "created");
+    assert_eq!(delivered["answer"], "completed");
+    assert_eq!(delivered["recovered"], true);
+    assert_eq!(delivered["attempts"], 0);
+
+    // Another pass records nothing more and sends nothing.
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    assert_eq!(outcomes(&app, first).await.len(), 1);
+    assert_eq!(sent_bodies(&server).await.len(), 1);
+}
+
 fn signed_headers(body: &[u8], secret: &[u8]) -> (String, String) {
     let timestamp = now().timestamp();
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();

@@ -29,7 +29,7 @@ use chrono::Utc;
 use lifeline_model::codec;
 use lifeline_model::envelope::{EventMetadata, ExpectedVersion, RecordedEvent, StreamId};
 use lifeline_model::procedure::{AgencyId, ProcedureId};
-use lifeline_model::task::{Application, FollowUpKind, Task, TaskEvent};
+use lifeline_model::task::{Application, FollowUpKind, Task, TaskEvent, TaskStatus};
 use lifeline_store::{EventStore, Lease, StoreError};
 use rand::Rng;
 use uuid::Uuid;
@@ -44,7 +44,7 @@ use super::events::{
 use super::failures::{redelivery_refusal, still_wanted};
 use super::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::http::agency::FollowUpBody;
-use crate::http::connectors::{apply_agency_result, AgencyResult};
+use crate::http::connectors::{apply_agency_result, connector_officer, AgencyResult};
 use crate::tasks::TaskDesk;
 
 /// The largest answer body read from an agency system.
@@ -248,6 +248,7 @@ impl DeliveryWorker {
             return self.redelivery_due(event).await;
         }
         let Some(message) = self.message_for(event).await? else {
+            self.record_answered_creation(event).await?;
             return Ok(None);
         };
         let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
@@ -509,16 +510,86 @@ impl DeliveryWorker {
     }
 
     /// Whether the agency system accepted the creation of `task_id` (a `ConnectorDelivered` of
-    /// kind `created` in `delivery-<task_id>`, first time or at an operator's request).
+    /// kind `created` in `delivery-<task_id>`, first time or at an operator's request), or
+    /// acted on the task through this connector (its answer or callback claimed it: it had
+    /// the task, even if the worker stopped before recording the delivery).
     async fn creation_delivered(&self, task_id: Uuid) -> Result<bool, DeliveryError> {
         let Some(stream) = delivery_stream(task_id) else {
             return Ok(false);
         };
-        Ok(self.store.read_stream(&stream).await?.iter().any(|event| {
+        let recorded = self.store.read_stream(&stream).await?.iter().any(|event| {
             event.event_type == DELIVERED
                 && serde_json::from_str::<ConnectorDelivered>(event.payload.text())
                     .is_ok_and(|delivered| delivered.kind == DeliveryKind::Created)
-        }))
+        });
+        if recorded {
+            return Ok(true);
+        }
+        Ok(self
+            .task_of_agency(task_id)
+            .await?
+            .is_some_and(|(_, task)| self.acted_on(&task)))
+    }
+
+    /// Whether this agency's system acted on `task` through the connector (claimed it with its
+    /// answer to a delivery, or with a callback).
+    fn acted_on(&self, task: &Task) -> bool {
+        task.claimed_by.as_deref() == Some(connector_officer(self.agency).as_str())
+    }
+
+    /// A creation of this agency's task left unsent because the task is closed, where the
+    /// agency system closed it itself (its answer to this very creation, applied before the
+    /// worker stopped short of recording the delivery): recorded now as delivered, `recovered`,
+    /// so that the task's delivery history is whole. (Until the thirty-first session nothing
+    /// was recorded, and a later reversal of the task was not sent, as if the agency system
+    /// had never had it.)
+    async fn record_answered_creation(&self, event: &RecordedEvent) -> Result<(), DeliveryError> {
+        if event.event_type != "TaskCreated" || event.stream_id.kind() != "task" {
+            return Ok(());
+        }
+        let Ok(TaskEvent::TaskCreated(created)) = codec::decode_recorded::<TaskEvent>(event) else {
+            return Ok(());
+        };
+        if created.agency != self.agency {
+            return Ok(());
+        }
+        let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
+        if self.store.event_by_id(outcome_id).await?.is_some() {
+            return Ok(());
+        }
+        let Some((_, task)) = self.task_of_agency(created.task_id).await? else {
+            return Ok(());
+        };
+        let answer = match task.status {
+            TaskStatus::Completed => "completed",
+            TaskStatus::Rejected => "rejected",
+            _ => return Ok(()),
+        };
+        if !self.acted_on(&task) {
+            return Ok(());
+        }
+        let task_id = created.task_id;
+        tracing::warn!(agency = %self.agency, %task_id, answer,
+            "the agency system closed a task whose delivery was not recorded (the worker stopped in between); recorded now");
+        let at = Utc::now();
+        let delivered = ConnectorDelivered {
+            task_id,
+            agency: self.agency.as_str().to_owned(),
+            source_event_id: event.event_id,
+            kind: DeliveryKind::Created,
+            attempts: 0,
+            status: 0,
+            answer: answer.to_owned(),
+            redelivery_of: None,
+            recovered: true,
+            at,
+        };
+        let payload = serde_json::to_value(delivered).map_err(|error| DeliveryError::Append {
+            task_id,
+            reason: error.to_string(),
+        })?;
+        self.append_outcome(event, task_id, DELIVERED, payload, outcome_id, at)
+            .await
     }
 
     /// The procedure and state of `task_id` if it belongs to this agency.
@@ -582,6 +653,7 @@ impl DeliveryWorker {
                     status,
                     answer,
                     redelivery_of,
+                    recovered: false,
                     at,
                 };
                 (DELIVERED, serde_json::to_value(body))

@@ -72,6 +72,11 @@ pub struct ConnectorDelivered {
     /// at an operator's request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivery_of: Option<Uuid>,
+    /// Recorded after the fact: the worker stopped after the agency system's answer was
+    /// applied (the task claimed and closed by `connector:<agency>`) and before it recorded
+    /// the delivery; `attempts` and `status` are then not known (0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
     pub at: DateTime<Utc>,
 }
 

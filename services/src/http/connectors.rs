@@ -118,6 +118,11 @@ pub async fn callback(
     Ok(Json(CallbackAnswer { task_id, status }))
 }
 
+/// The officer an agency system acts as, through its connector: `connector:<agency>`.
+pub(crate) fn connector_officer(agency: AgencyId) -> String {
+    format!("connector:{agency}")
+}
+
 /// Completes or rejects `task_id` of `agency` as officer `connector:<agency>`; answers the
 /// task's status afterwards. A task of another agency is "not found".
 pub(crate) async fn apply_agency_result(
@@ -127,7 +132,7 @@ pub(crate) async fn apply_agency_result(
     result: AgencyResult,
     at: DateTime<Utc>,
 ) -> Result<String, ApiError> {
-    let subject = format!("connector:{agency}");
+    let subject = connector_officer(agency);
     let principal = Principal {
         subject: subject.clone(),
         role: Role::Agency,
