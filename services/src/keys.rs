@@ -239,7 +239,9 @@ pub const ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 
 /// Reads anchors (seals kept outside the database) from `path`: one JSON seal per line (the
 /// sealer's anchor file; blank lines skipped), or one JSON seal, or a JSON array of seals (as
-/// `GET /v1/audit/seals/head` answers, saved by an auditor). An unreadable one names its line.
+/// `GET /v1/audit/seals/head` answers, saved by an auditor). An unreadable line is named,
+/// except an unended last one (a write cut short by a crash or a full disk), which is left
+/// out with a warning.
 pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity::Seal>> {
     use lifeline_model::integrity::Seal;
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -251,33 +253,86 @@ pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity
     if let Ok(seal) = serde_json::from_str::<Seal>(&text) {
         return Ok(vec![seal]);
     }
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            serde_json::from_str::<Seal>(line)
-                .with_context(|| format!("{} line {}: not a JSON seal", path.display(), index + 1))
-        })
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seals = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Seal>(line) {
+            Ok(seal) => seals.push(seal),
+            Err(_) if index + 1 == lines.len() && !text.ends_with('\n') => {
+                tracing::warn!(file = %path.display(), line = index + 1,
+                    "the anchor file's last line was cut short; left out");
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("{} line {}: not a JSON seal", path.display(), index + 1)
+                })
+            }
+        }
+    }
+    Ok(seals)
 }
 
+/// The longest line an anchor file is expected to hold (a seal is about 600 bytes).
+const MAX_ANCHOR_LINE: u64 = 64 * 1024;
+
 /// Appends `seal` to the anchor file at `path` (created if missing, with its directory) as one
-/// JSON line, and syncs it to disk before answering.
+/// JSON line, under the file's lock (sealers of several processes may share it), and syncs it
+/// to disk (and a new file's directory) before answering. A last line left unended (a write
+/// cut short by a crash or a full disk) is removed first.
 pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut line = serde_json::to_vec(seal)?;
-    line.push(b'\n');
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let existed = path.exists();
     let mut file = fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    // A last line without its end is a write cut short: never a whole anchor. It is cut off,
+    // so that the file stays readable line by line.
+    let length = file.metadata()?.len();
+    if length > 0 {
+        let tail_length = length.min(MAX_ANCHOR_LINE);
+        let mut tail = vec![0_u8; usize::try_from(tail_length).unwrap_or(0)];
+        file.seek(SeekFrom::Start(length - tail_length))?;
+        file.read_exact(&mut tail)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if tail.last() != Some(&b'\n') {
+            let kept = match tail.iter().rposition(|byte| *byte == b'\n') {
+                Some(end) => length - tail_length + end as u64 + 1,
+                None if tail_length == length => 0,
+                None => anyhow::bail!(
+                    "{} ends in a line longer than {MAX_ANCHOR_LINE} bytes: not an anchor file",
+                    path.display()
+                ),
+            };
+            tracing::warn!(file = %path.display(), cut = length - kept,
+                "the anchor file's last line was cut short; removed before appending");
+            file.set_len(kept)
+                .with_context(|| format!("truncating {}", path.display()))?;
+        }
+    }
+    let mut line = serde_json::to_vec(seal)?;
+    line.push(b'\n');
     file.write_all(&line)
         .with_context(|| format!("writing {}", path.display()))?;
     file.sync_data()
         .with_context(|| format!("syncing {}", path.display()))?;
+    if !existed {
+        fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
     Ok(())
 }
 
@@ -306,6 +361,8 @@ struct AnchorFile {
 
 impl SealWatch {
     /// One round: checks the head against the one seen, then seals what is newly visible.
+    /// A head gone back or changed is an error (nothing sealed); the newest seal made before,
+    /// if not yet anchored, is written to the anchor file first: it is the one that shows it.
     pub async fn round(
         &mut self,
         store: &lifeline_store::EventStore,
@@ -314,46 +371,77 @@ impl SealWatch {
         let now = lifeline_store::integrity::last_seal(store)
             .await?
             .map(|seal| (seal.seq, seal.seal_hash));
-        if let Some((seq, hash)) = self.head {
-            match now {
-                None => anyhow::bail!(
-                    "the seal chain went back: seal {seq} was seen, now the log has no seal \
-                     (seals deleted); not sealing"
-                ),
-                Some((now_seq, _)) if now_seq < seq => anyhow::bail!(
-                    "the seal chain went back: seal {seq} was seen, now the newest is \
-                     {now_seq} (seals deleted); not sealing"
-                ),
-                Some((now_seq, now_hash)) if now_seq == seq && now_hash != hash => {
-                    anyhow::bail!("seal {seq} changed since it was seen; not sealing")
-                }
-                _ => {}
+        if let Err(tampered) = self.check_head(now) {
+            if let Err(error) = self.flush_anchor() {
+                tracing::error!(error = %format!("{error:#}"), "cannot anchor the last seal seen");
             }
+            return Err(tampered);
         }
         self.head = now.or(self.head);
         let seals = lifeline_store::seal_all(store, node_key).await?;
         if let Some(last) = seals.last() {
             self.head = Some((last.seq, last.seal_hash));
         }
-        if let Some(anchors) = &mut self.anchors {
-            if let Some(last) = seals.last() {
-                anchors.pending = Some(last.clone());
+        let due = match &mut self.anchors {
+            Some(anchors) => {
+                if let Some(last) = seals.last() {
+                    anchors.pending = Some(last.clone());
+                }
+                anchors
+                    .last_written
+                    .is_none_or(|written| written.elapsed() >= ANCHOR_INTERVAL)
             }
-            let due = anchors
-                .last_written
-                .is_none_or(|written| written.elapsed() >= ANCHOR_INTERVAL);
-            if let Some(seal) = anchors.pending.as_ref().filter(|_| due) {
-                append_anchor(&anchors.path, seal).with_context(|| {
-                    format!(
-                        "seal {} was made but could not be anchored; retrying at the next round",
-                        seal.seq
-                    )
-                })?;
-                anchors.pending = None;
-                anchors.last_written = Some(std::time::Instant::now());
-            }
+            None => false,
+        };
+        if due {
+            self.flush_anchor()?;
         }
         Ok(seals)
+    }
+
+    /// The head as the log has it now (`now`) against the one seen.
+    fn check_head(
+        &self,
+        now: Option<(i64, lifeline_model::integrity::Hash32)>,
+    ) -> anyhow::Result<()> {
+        let Some((seq, hash)) = self.head else {
+            return Ok(());
+        };
+        match now {
+            None => anyhow::bail!(
+                "the seal chain went back: seal {seq} was seen, now the log has no seal \
+                 (seals deleted); not sealing"
+            ),
+            Some((now_seq, _)) if now_seq < seq => anyhow::bail!(
+                "the seal chain went back: seal {seq} was seen, now the newest is \
+                 {now_seq} (seals deleted); not sealing"
+            ),
+            Some((now_seq, now_hash)) if now_seq == seq && now_hash != hash => {
+                anyhow::bail!("seal {seq} changed since it was seen; not sealing")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the newest seal not yet anchored to the anchor file now, whatever the interval
+    /// (at shutdown, and when the head is seen tampered with). Kept for a later try if the
+    /// file cannot be written.
+    pub fn flush_anchor(&mut self) -> anyhow::Result<()> {
+        let Some(anchors) = &mut self.anchors else {
+            return Ok(());
+        };
+        let Some(seal) = &anchors.pending else {
+            return Ok(());
+        };
+        append_anchor(&anchors.path, seal).with_context(|| {
+            format!(
+                "seal {} was made but could not be anchored; retrying at the next round",
+                seal.seq
+            )
+        })?;
+        anchors.pending = None;
+        anchors.last_written = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// A watch that also writes the newest seal to the anchor file at `path`.
@@ -400,7 +488,13 @@ pub async fn run_sealer(
         }
         tokio::select! {
             _ = tokio::time::sleep(SEAL_INTERVAL) => {}
-            _ = shutdown.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = shutdown.wait_for(|stopped| *stopped) => {
+                // The newest seal made within the last interval is anchored before stopping.
+                if let Err(error) = watch.flush_anchor() {
+                    tracing::error!(error = %format!("{error:#}"), "cannot anchor the newest seal at shutdown");
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -545,6 +639,61 @@ mod seal_watch_tests {
         watch.anchors.as_mut().unwrap().path = file.clone();
         assert!(watch.round(&store, &key).await.unwrap().is_empty());
         assert_eq!(seqs(&file), [1, 2, 3]);
+
+        // Seal 4 is made within the interval (not yet anchored), then deleted behind the
+        // store's back: the round that sees the head go back anchors seal 4 before refusing.
+        append_one(&store).await;
+        assert_eq!(watch.round(&store, &key).await.unwrap().len(), 1);
+        assert_eq!(seqs(&file), [1, 2, 3]);
+        sqlx::raw_sql("DROP TRIGGER log_seals_no_delete; DELETE FROM log_seals WHERE seq = 4;")
+            .execute(store.sqlite_pool().unwrap())
+            .await
+            .unwrap();
+        let error = watch.round(&store, &key).await.unwrap_err();
+        assert!(format!("{error:#}").contains("went back"), "{error:#}");
+        assert_eq!(
+            seqs(&file),
+            [1, 2, 3, 4],
+            "the seal that shows it, anchored"
+        );
+    }
+
+    /// A write cut short (a crash, a full disk) leaves an unended last line: a reader leaves it
+    /// out, and the next append removes it, so the file stays readable line by line.
+    #[test]
+    fn a_line_cut_short_is_left_out_and_removed_by_the_next_append() {
+        use lifeline_model::envelope::LogCursor;
+        use lifeline_model::integrity::{Hash32, Seal};
+        let key = KeyPair::generate();
+        let first = Seal::sign(None, LogCursor::START, &[Hash32::ZERO], &key);
+        let second = Seal::sign(Some(&first), LogCursor::START, &[Hash32::ZERO], &key);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal-anchors.jsonl");
+        let whole = serde_json::to_string(&second).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{}",
+                serde_json::to_string(&first).unwrap(),
+                &whole[..whole.len() / 2]
+            ),
+        )
+        .unwrap();
+        assert_eq!(read_anchors(&path).unwrap(), std::slice::from_ref(&first));
+        append_anchor(&path, &second).unwrap();
+        assert_eq!(
+            read_anchors(&path).unwrap(),
+            [first.clone(), second.clone()]
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n{whole}\n", serde_json::to_string(&first).unwrap())
+        );
+        // A file holding only a cut-short line.
+        std::fs::write(&path, &whole[..10]).unwrap();
+        assert!(read_anchors(&path).unwrap().is_empty());
+        append_anchor(&path, &first).unwrap();
+        assert_eq!(read_anchors(&path).unwrap(), [first]);
     }
 
     /// Anchors are read as the sealer writes them (a JSON line each) and as an auditor saves

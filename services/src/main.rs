@@ -391,7 +391,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let keyring = load_keyring_or_default(keyring.as_deref())?;
             let mut anchored = Vec::new();
             for path in &anchors {
-                for anchor in keys::read_anchors(path)? {
+                let read = keys::read_anchors(path)?;
+                if read.is_empty() {
+                    anyhow::bail!("{} holds no seal to compare", path.display());
+                }
+                for anchor in read {
                     lifeline_store::check_anchor(&anchor, &keyring)
                         .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))?;
                     anchored.push(anchor);
@@ -426,6 +430,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
             }
             writeln!(out, "{} new seal(s)", seals.len())?;
+            if let (Some(last), Some(path)) = (seals.last(), keys::seal_anchor_file()) {
+                keys::append_anchor(&path, last)
+                    .with_context(|| format!("anchoring seal {}", last.seq))?;
+                writeln!(out, "seal {} anchored in {}", last.seq, path.display())?;
+            }
             Ok(())
         }
         Command::SealHead => {

@@ -170,6 +170,22 @@ async fn anchored_verification(server: &Server, database_url: &str) {
         "{refused}"
     );
 
+    // At most 1,000 anchors a request (the newest alone vouches for every seal before it).
+    let too_many: Vec<Value> = std::iter::repeat_n(head.clone(), 1_001).collect();
+    let (status, refused) = server
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            &auditor,
+            Some(json!({ "anchors": too_many })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(
+        refused["error"]["field_codes"]["anchors"], "too_many",
+        "{refused}"
+    );
+
     let verified = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
         .args(["verify", "--anchor"])
         .arg(&file)

@@ -391,9 +391,10 @@ impl<'k> Verifier<'k> {
     /// made again, which the log alone cannot show once they are made again over rewritten
     /// events. The anchors' signatures were checked by the caller ([`check_anchor`]).
     fn check_anchors(&mut self, anchors: &[Seal]) {
+        let by_seq: HashMap<i64, &Seal> = self.seals.iter().map(|seal| (seal.seq, seal)).collect();
         let mut faults = Vec::new();
         for anchor in anchors {
-            let stored = self.seals.iter().find(|seal| seal.seq == anchor.seq);
+            let stored = by_seq.get(&anchor.seq);
             let problem = match stored {
                 None => Some(format!(
                     "seal {} (anchored with hash {}) is no longer in the log (seals deleted)",

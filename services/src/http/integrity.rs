@@ -58,8 +58,12 @@ pub struct VerifyRequest {
     pub anchors: Vec<Seal>,
 }
 
-/// The most anchors one request may carry.
-const MAX_ANCHORS: usize = 10_000;
+/// The most anchors one request may carry: the newest anchor alone vouches for every seal
+/// before it (the seals chain by hash); older ones tell from where the log changed.
+pub const MAX_ANCHORS: usize = 1_000;
+
+/// The body limit of `POST /v1/audit/verify`: [`MAX_ANCHORS`] seals of about 600 bytes.
+pub const VERIFY_BODY_LIMIT: usize = 1024 * 1024;
 
 /// `POST /v1/audit/verify`: the check of `GET /v1/audit/verify`, also comparing the given
 /// anchors with the log's seals: a seal gone or made again (the only trace of seals deleted and
@@ -72,7 +76,8 @@ const MAX_ANCHORS: usize = 10_000;
         (status = 200, description = "the verification report, `anchors_checked` counting the anchors compared; `first_bad` names the start of an anchored seal the log no longer holds as anchored"),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "an anchor that is no seal, or whose hash or signature does not hold with the keyring (`anchors[i]`), or more than 10,000 anchors", body = ErrorBody),
+        (status = 413, description = "a body over 1 MiB", body = ErrorBody),
+        (status = 422, description = "an anchor that is no seal, or whose hash or signature does not hold with the keyring (`anchors[i]`), or more than 1,000 anchors", body = ErrorBody),
         (status = 503, description = "store or keyring unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))

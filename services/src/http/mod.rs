@@ -265,7 +265,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/audit/export", get(audit::export))
         .route(
             "/v1/audit/verify",
-            get(integrity::verify).post(integrity::verify_anchored),
+            get(integrity::verify)
+                .post(integrity::verify_anchored)
+                .layer(DefaultBodyLimit::max(integrity::VERIFY_BODY_LIMIT)),
         )
         .route("/v1/audit/seals/head", get(integrity::seal_head))
         .route("/v1/audit/proof/{event_id}", get(integrity::proof))
