@@ -829,6 +829,81 @@ async fn messages_held_past_the_ack_wait_are_kept_in_progress_not_redelivered() 
     store.close().await;
 }
 
+/// Panics on the poison event, and applies every other as [`EffectHandler`] does.
+struct PanicsOnPoison(EffectHandler);
+
+#[async_trait::async_trait]
+impl PolicyHandler for PanicsOnPoison {
+    fn policy_names(&self) -> Vec<&'static str> {
+        self.0.policy_names()
+    }
+
+    fn wants(&self, policy: &str, event_type: &str) -> bool {
+        self.0.wants(policy, event_type)
+    }
+
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_policies::PolicyError> {
+        assert!(
+            event.event_type != POISON_TYPE,
+            "a handler bug on this event"
+        );
+        self.0.apply(policy, tx, event).await
+    }
+}
+
+/// A handler that panics on one event, handled in the same lane batch as others: the others are
+/// applied (the batch is handled one by one after the panic), and the poison event counts its
+/// attempts and ends as `PolicyFailed`, as an error would. (Until the thirty-first session a
+/// panic ended the lane: nothing of its stream hash was handled again by that worker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_that_panics_fails_its_event_only() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        lanes: 1,
+        ..test_consumer_options(3)
+    };
+    let handler = Arc::new(PanicsOnPoison(EffectHandler::new(0)));
+    let mut sources = append_sources(&store, 10).await;
+    let poison = append_one(&store, POISON_TYPE, 10).await;
+    sources.extend(append_sources(&store, 10).await);
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let expected = expected_effects(&sources, &[]);
+    wait_for_effects(&store, &expected).await;
+    eventually(DEADLINE, "PolicyFailed of the poison event", || async {
+        !list_failed(&store).await.unwrap().is_empty()
+    })
+    .await;
+    for policy in [ALPHA, BETA] {
+        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
+    }
+    running.stop().await;
+
+    let failed = list_failed(&store).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        (failed[0].policy.as_str(), failed[0].event_id),
+        (ALPHA, poison)
+    );
+    assert!(failed[0].error.contains("panicked"), "{failed:?}");
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
 /// Fails every attempt with the store away (a pool time-out: PostgreSQL down or failing over)
 /// until `outage` attempts have failed, then applies as [`EffectHandler`] does (for [`ALPHA`]).
 struct StoreAwayFor {

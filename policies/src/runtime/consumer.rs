@@ -365,6 +365,13 @@ impl PullBook {
         before - self.outstanding.len()
     }
 
+    /// When the oldest outstanding request is given up on, if any.
+    fn next_give_up(&self) -> Option<tokio::time::Instant> {
+        self.outstanding
+            .front()
+            .map(|(expires_at, _)| *expires_at + PULL_GRACE)
+    }
+
     /// When the book next changes without a message: a request to give up, or to send.
     fn next_wake(&self) -> Option<tokio::time::Instant> {
         let give_up = self
@@ -732,7 +739,14 @@ impl Worker {
                 book.sent(now);
                 continue;
             }
-            let wake = book.next_wake().unwrap_or(now + self.options.fetch_expires);
+            // While no request may go out (the lanes full, or stopping), a renewal already due
+            // is no reason to wake: the loop would spin until the request is given up on.
+            let wake = if full || stopping {
+                book.next_give_up()
+            } else {
+                book.next_wake()
+            }
+            .unwrap_or(now + self.options.fetch_expires);
             let message = tokio::select! {
                 message = subscription.next() => message,
                 () = tokio::time::sleep_until(wake) => continue,
@@ -1067,14 +1081,35 @@ impl Worker {
             .begin()
             .await
             .map_err(|error| Failure::of_store(&error))?;
-        self.handler
-            .apply_notices(&self.policy, &mut tx, notices)
-            .await
-            .map_err(|(index, error)| Failure {
-                index,
-                message: error.to_string(),
-                transient: error.is_transient(),
-            })?;
+        // A handler that panics fails like one that errs (its transaction rolled back): the
+        // batch is handled one by one, and an event that panics on its own counts attempts
+        // and ends as `PolicyFailed`. (A panic caught only by the lane left the whole batch
+        // to come back together, and panic again, for ever.)
+        let applied = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            self.handler.apply_notices(&self.policy, &mut tx, notices),
+        ))
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the policy handler panicked".to_owned());
+            tracing::error!(policy = %self.policy, count = notices.len(), %message, "a policy handler panicked");
+            Err((
+                None,
+                crate::PolicyError::Refused {
+                    policy: self.policy.clone(),
+                    event_id: notices.first().map_or(Uuid::nil(), |notice| notice.event_id),
+                    message: format!("the policy handler panicked: {message}"),
+                },
+            ))
+        });
+        applied.map_err(|(index, error)| Failure {
+            index,
+            message: error.to_string(),
+            transient: error.is_transient(),
+        })?;
         tx.commit().await.map_err(|error| Failure::of_store(&error))
     }
 
@@ -1154,6 +1189,20 @@ mod tests {
         assert_eq!(book.outstanding.len(), 1);
         assert!(!book.wants_request(start + SECOND + PULL_GRACE));
         assert!(book.wants_request(start + 2 * SECOND - SECOND / 2));
+    }
+
+    /// While no request may go out (lanes full, stopping), the loop wakes for the oldest
+    /// request's give-up, not for a renewal already due (which woke it at once, again and again).
+    #[tokio::test(start_paused = true)]
+    async fn with_no_request_to_send_the_next_wake_is_the_give_up() {
+        let mut book = PullBook::new(100, SECOND);
+        let start = Instant::now();
+        book.sent(start);
+        let renewal_due = start + SECOND - SECOND / 4;
+        assert_eq!(book.next_wake(), Some(renewal_due));
+        assert_eq!(book.next_give_up(), Some(start + SECOND + PULL_GRACE));
+        assert!(book.next_give_up().unwrap() > renewal_due);
+        assert_eq!(PullBook::new(100, SECOND).next_give_up(), None);
     }
 
     #[tokio::test(start_paused = true)]
