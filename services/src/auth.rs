@@ -117,8 +117,18 @@ impl TokenVerifier {
     }
 }
 
+/// The subjects Lifeline acts as itself: agency systems through their connector
+/// (`connector:<agency>`) and the policies (`policy:<name>`). No token may name one: the
+/// connector worker counts a task claimed by `connector:<agency>` as one the agency system had.
+const RESERVED_SUBJECTS: [&str; 2] = ["connector:", "policy:"];
+
 fn principal_of(claims: Claims) -> Result<Principal, TokenError> {
-    if claims.sub.trim().is_empty() || claims.sub.len() > 200 {
+    if claims.sub.trim().is_empty()
+        || claims.sub.len() > 200
+        || RESERVED_SUBJECTS
+            .iter()
+            .any(|prefix| claims.sub.trim().starts_with(prefix))
+    {
         return Err(TokenError::BadClaims("sub"));
     }
     let scope = match (claims.role, claims.office, claims.agency) {
@@ -433,6 +443,50 @@ mod tests {
         );
         assert!(issue_token(SECRET, Role::Registrar, Scope::Unscoped, Duration::ZERO).is_err());
         assert!(TokenVerifier::hs256(b"short").is_err());
+    }
+
+    /// A token cannot name a subject Lifeline acts as itself (an officer named
+    /// `connector:police` would make inbox work look like the agency system's).
+    #[test]
+    fn reserved_subjects_are_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        for subject in [
+            "connector:police",
+            " connector:police",
+            "policy:corrections",
+        ] {
+            let claims = Claims {
+                sub: subject.to_owned(),
+                role: Role::Agency,
+                office: None,
+                agency: Some("police".to_owned()),
+                exp: now + 60,
+                iat: now,
+            };
+            assert_eq!(
+                principal_of(claims.clone()),
+                Err(TokenError::BadClaims("sub")),
+                "{subject}"
+            );
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap();
+            assert_eq!(
+                TokenVerifier::hs256(SECRET).unwrap().verify(&forged),
+                Err(TokenError::BadClaims("sub"))
+            );
+        }
+        assert!(issue_token_for(
+            SECRET,
+            "connector:police",
+            Role::Agency,
+            Scope::Agency(AgencyId::Police),
+            Duration::from_secs(60)
+        )
+        .is_err());
     }
 
     #[test]
