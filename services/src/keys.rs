@@ -244,7 +244,14 @@ pub const ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// out with a warning.
 pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity::Seal>> {
     use lifeline_model::integrity::Seal;
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    use std::io::Read;
+    let mut text = String::new();
+    let mut file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // Not while a sealer appends (or cuts a line short off).
+    file.lock_shared()
+        .with_context(|| format!("locking {}", path.display()))?;
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
         return serde_json::from_str::<Vec<Seal>>(&text)
@@ -275,6 +282,15 @@ pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity
     Ok(seals)
 }
 
+/// The bytes of `file` from `from` to `to`.
+fn read_at(file: &mut fs::File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = vec![0_u8; usize::try_from(to - from).unwrap_or(0)];
+    file.seek(SeekFrom::Start(from))?;
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The longest line an anchor file is expected to hold (a seal is about 600 bytes).
 const MAX_ANCHOR_LINE: u64 = 64 * 1024;
 
@@ -283,7 +299,6 @@ const MAX_ANCHOR_LINE: u64 = 64 * 1024;
 /// to disk (and a new file's directory) before answering. A last line left unended (a write
 /// cut short by a crash or a full disk) is removed first.
 pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> anyhow::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -298,31 +313,53 @@ pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> any
         .with_context(|| format!("opening {}", path.display()))?;
     file.lock()
         .with_context(|| format!("locking {}", path.display()))?;
-    // A last line without its end is a write cut short: never a whole anchor. It is cut off,
-    // so that the file stays readable line by line.
+    // A last line without its end: a whole seal written by hand (kept, ended) or a write cut
+    // short by a crash or a full disk (never a whole anchor: cut off, so that the file stays
+    // readable line by line). A file that is not one seal per line is not appended to.
     let length = file.metadata()?.len();
+    let mut line = Vec::new();
     if length > 0 {
-        let tail_length = length.min(MAX_ANCHOR_LINE);
-        let mut tail = vec![0_u8; usize::try_from(tail_length).unwrap_or(0)];
-        file.seek(SeekFrom::Start(length - tail_length))?;
-        file.read_exact(&mut tail)
+        let tail = read_at(&mut file, length - length.min(MAX_ANCHOR_LINE), length)
             .with_context(|| format!("reading {}", path.display()))?;
         if tail.last() != Some(&b'\n') {
-            let kept = match tail.iter().rposition(|byte| *byte == b'\n') {
-                Some(end) => length - tail_length + end as u64 + 1,
-                None if tail_length == length => 0,
+            let tail_start = length - tail.len() as u64;
+            let line_start = match tail.iter().rposition(|byte| *byte == b'\n') {
+                Some(end) => end + 1,
+                None if tail_start == 0 => 0,
                 None => anyhow::bail!(
                     "{} ends in a line longer than {MAX_ANCHOR_LINE} bytes: not an anchor file",
                     path.display()
                 ),
             };
-            tracing::warn!(file = %path.display(), cut = length - kept,
-                "the anchor file's last line was cut short; removed before appending");
-            file.set_len(kept)
-                .with_context(|| format!("truncating {}", path.display()))?;
+            let is_seal = |bytes: &[u8]| {
+                serde_json::from_slice::<lifeline_model::integrity::Seal>(bytes).is_ok()
+            };
+            if is_seal(&tail[line_start..]) {
+                line.push(b'\n');
+            } else {
+                let head = read_at(&mut file, 0, length.min(MAX_ANCHOR_LINE))
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let one_seal_per_line = match head.iter().position(|byte| *byte == b'\n') {
+                    // Only the line cut short.
+                    None => true,
+                    Some(end) => is_seal(&head[..end]),
+                };
+                if !one_seal_per_line {
+                    anyhow::bail!(
+                        "{} is not an anchor file of one JSON seal per line (a saved seal or \
+                         array?); not appended to",
+                        path.display()
+                    );
+                }
+                let kept = tail_start + line_start as u64;
+                tracing::warn!(file = %path.display(), cut = length - kept,
+                    "the anchor file's last line was cut short; removed before appending");
+                file.set_len(kept)
+                    .with_context(|| format!("truncating {}", path.display()))?;
+            }
         }
     }
-    let mut line = serde_json::to_vec(seal)?;
+    line.extend(serde_json::to_vec(seal)?);
     line.push(b'\n');
     file.write_all(&line)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -693,7 +730,30 @@ mod seal_watch_tests {
         std::fs::write(&path, &whole[..10]).unwrap();
         assert!(read_anchors(&path).unwrap().is_empty());
         append_anchor(&path, &first).unwrap();
-        assert_eq!(read_anchors(&path).unwrap(), [first]);
+        assert_eq!(read_anchors(&path).unwrap(), std::slice::from_ref(&first));
+
+        // A whole seal without its line end (written by hand) is kept.
+        std::fs::write(&path, serde_json::to_string(&first).unwrap()).unwrap();
+        append_anchor(&path, &second).unwrap();
+        assert_eq!(
+            read_anchors(&path).unwrap(),
+            [first.clone(), second.clone()]
+        );
+
+        // A saved seal (pretty) or array is no anchor file of the sealer's: not appended to,
+        // not cut.
+        for saved in [
+            serde_json::to_string_pretty(&first).unwrap(),
+            serde_json::to_string_pretty(&vec![first.clone(), second.clone()]).unwrap(),
+        ] {
+            std::fs::write(&path, &saved).unwrap();
+            let error = format!("{:#}", append_anchor(&path, &second).unwrap_err());
+            assert!(
+                error.contains("not an anchor file of one JSON seal per line"),
+                "{error}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), saved);
+        }
     }
 
     /// Anchors are read as the sealer writes them (a JSON line each) and as an auditor saves
