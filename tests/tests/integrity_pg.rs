@@ -305,35 +305,23 @@ async fn postgres_a_rehashed_payload_breaks_the_chain_and_the_seal() {
     // no longer matches, and its proof fails.
     let store = postgres_store().await;
     let fixture = fill(&store).await;
-    let (position, stream, version, event_id) = fixture.events[2].clone();
-    let pool = store.postgres_pool().unwrap();
-    let (metadata, event_type): (serde_json::Value, String) =
-        sqlx::query_as("SELECT metadata, event_type FROM events WHERE global_position = $1")
-            .bind(position)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (position, stream, version, _) = fixture.events[2].clone();
     let prev: Vec<u8> = sqlx::query_scalar(
         "SELECT event_hash FROM events WHERE stream_id = $1 AND stream_version = $2",
     )
     .bind(stream.as_str())
     .bind(version - 1)
-    .fetch_one(pool)
+    .fetch_one(store.postgres_pool().unwrap())
     .await
     .unwrap();
-    let payload = json!({"n": 99});
-    let forged = event_hash(
-        &EventHashInput {
-            stream_id: stream.as_str(),
-            stream_version: version,
-            event_id,
-            event_type: &event_type,
-            schema_version: 1,
-            payload: &payload,
-            metadata: &metadata,
-        },
+    let forged = hash_with_payload(
+        &store,
+        &fixture.events[2],
+        &json!({"n": 99}),
         &Hash32::from_slice(&prev).unwrap(),
-    );
+    )
+    .await;
+    let event_id = fixture.events[2].3;
     tamper(
         &store,
         &format!(
@@ -347,6 +335,35 @@ async fn postgres_a_rehashed_payload_breaks_the_chain_and_the_seal() {
     assert_eq!(bad, position, "{reason}");
     assert!(reason.contains("Merkle root"), "{reason}");
     assert!(!proof_verifies(&store, &fixture.keyring, event_id).await);
+}
+
+/// The hash a forger computes for the fixture's event `event` (position, stream, version, id)
+/// with `payload` instead of its own, chained to `prev`: its stored metadata and type kept.
+async fn hash_with_payload(
+    store: &EventStore,
+    event: &(i64, StreamId, i64, Uuid),
+    payload: &serde_json::Value,
+    prev: &Hash32,
+) -> Hash32 {
+    let (position, stream, version, event_id) = event;
+    let (metadata, event_type): (serde_json::Value, String) =
+        sqlx::query_as("SELECT metadata, event_type FROM events WHERE global_position = $1")
+            .bind(position)
+            .fetch_one(store.postgres_pool().unwrap())
+            .await
+            .unwrap();
+    event_hash(
+        &EventHashInput {
+            stream_id: stream.as_str(),
+            stream_version: *version,
+            event_id: *event_id,
+            event_type: &event_type,
+            schema_version: 1,
+            payload,
+            metadata: &metadata,
+        },
+        prev,
+    )
 }
 
 /// The seal that covers `event_id`, as an auditor would have kept it (from its proof).
@@ -384,27 +401,9 @@ async fn postgres_seals_made_again_over_a_rewritten_event_are_caught_by_their_an
     assert_eq!(intact.anchors_checked, 5);
 
     // The person event (alone in its stream, covered by seal 4) rewritten and rehashed.
-    let (position, stream, version, event_id) = fixture.events[4].clone();
-    let pool = store.postgres_pool().unwrap();
-    let (metadata, event_type): (serde_json::Value, String) =
-        sqlx::query_as("SELECT metadata, event_type FROM events WHERE global_position = $1")
-            .bind(position)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (position, stream, _, _) = fixture.events[4].clone();
     let payload = json!({"pin": "079190009999"});
-    let forged = event_hash(
-        &EventHashInput {
-            stream_id: stream.as_str(),
-            stream_version: version,
-            event_id,
-            event_type: &event_type,
-            schema_version: 1,
-            payload: &payload,
-            metadata: &metadata,
-        },
-        &Hash32::ZERO,
-    );
+    let forged = hash_with_payload(&store, &fixture.events[4], &payload, &Hash32::ZERO).await;
     tamper(
         &store,
         &format!(

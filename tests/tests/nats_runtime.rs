@@ -283,6 +283,38 @@ async fn a_nats_outage_while_appending_loses_nothing() {
     store.close().await;
 }
 
+/// `count` source events, a poison event, `count` more: the sources and the poison's id.
+async fn sources_around_a_poison(store: &EventStore, count: usize) -> (Vec<Uuid>, Uuid) {
+    let mut sources = append_sources(store, count).await;
+    let poison = append_one(store, POISON_TYPE, count).await;
+    sources.extend(append_sources(store, count).await);
+    (sources, poison)
+}
+
+/// Runs the relay and `handler`'s consumers until every effect of `expected` is stored, a
+/// `PolicyFailed` is recorded and both consumers are drained, then stops them; answers the
+/// failed runs.
+async fn run_until_the_poison_failed(
+    store: &EventStore,
+    jetstream: &jetstream::Context,
+    bus: &BusConfig,
+    handler: Arc<dyn PolicyHandler>,
+    options: &ConsumerOptions,
+    expected: &HashMap<(String, Uuid), usize>,
+) -> Vec<lifeline_policies::runtime::FailedPolicyRun> {
+    let running = Running::start(store, jetstream, bus, handler, options.clone(), true);
+    wait_for_effects(store, expected).await;
+    eventually(DEADLINE, "PolicyFailed of the poison event", || async {
+        !list_failed(store).await.unwrap().is_empty()
+    })
+    .await;
+    for policy in [ALPHA, BETA] {
+        wait_consumer_drained(jetstream, bus, options, policy).await;
+    }
+    running.stop().await;
+    list_failed(store).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_event_is_recorded_once_and_retried_after_the_fix() {
     let store = postgres_store().await;
@@ -290,30 +322,17 @@ async fn a_poison_event_is_recorded_once_and_retried_after_the_fix() {
     let bus = unique_bus();
     let options = test_consumer_options(3);
     let handler = Arc::new(EffectHandler::new(u32::MAX));
-    let mut sources = append_sources(&store, 20).await;
-    let poison = append_one(&store, POISON_TYPE, 20).await;
-    sources.extend(append_sources(&store, 20).await);
-
-    let running = Running::start(
+    let (sources, poison) = sources_around_a_poison(&store, 20).await;
+    let flowing = expected_effects(&sources, &[]);
+    let failed = run_until_the_poison_failed(
         &store,
         &jetstream,
         &bus,
         handler.clone(),
-        options.clone(),
-        true,
-    );
-    let flowing = expected_effects(&sources, &[]);
-    wait_for_effects(&store, &flowing).await;
-    eventually(DEADLINE, "PolicyFailed of the poison event", || async {
-        !list_failed(&store).await.unwrap().is_empty()
-    })
+        &options,
+        &flowing,
+    )
     .await;
-    for policy in [ALPHA, BETA] {
-        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
-    }
-    running.stop().await;
-
-    let failed = list_failed(&store).await.unwrap();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(
         (failed[0].policy.as_str(), failed[0].event_id),
@@ -773,9 +792,10 @@ async fn redelivered_messages_are_handled_together_and_once() {
 
 /// Lanes whose batches take longer than `ack_wait` (a slow database): the messages being
 /// handled, and those waiting behind them (in the lane or beyond what it takes at once), are
-/// told to JetStream as in progress, so none is redelivered while held and handled again. (Until the thirty-first session nothing was
-/// sent: with the default 30 s `ack_wait`, equal to sqlx's acquire time-out, a batch waiting
-/// out a saturated pool had every message it held redelivered.)
+/// told to JetStream as in progress, so none is redelivered while held and handled again.
+/// (Until the thirty-first session nothing was sent: with the default 30 s `ack_wait`, equal
+/// to sqlx's acquire time-out, a batch waiting out a saturated pool had every message it held
+/// redelivered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_held_past_the_ack_wait_are_kept_in_progress_not_redelivered() {
     let store = postgres_store().await;
@@ -870,29 +890,10 @@ async fn a_handler_that_panics_fails_its_event_only() {
         ..test_consumer_options(3)
     };
     let handler = Arc::new(PanicsOnPoison(EffectHandler::new(0)));
-    let mut sources = append_sources(&store, 10).await;
-    let poison = append_one(&store, POISON_TYPE, 10).await;
-    sources.extend(append_sources(&store, 10).await);
-    let running = Running::start(
-        &store,
-        &jetstream,
-        &bus,
-        handler.clone(),
-        options.clone(),
-        true,
-    );
+    let (sources, poison) = sources_around_a_poison(&store, 10).await;
     let expected = expected_effects(&sources, &[]);
-    wait_for_effects(&store, &expected).await;
-    eventually(DEADLINE, "PolicyFailed of the poison event", || async {
-        !list_failed(&store).await.unwrap().is_empty()
-    })
-    .await;
-    for policy in [ALPHA, BETA] {
-        wait_consumer_drained(&jetstream, &bus, &options, policy).await;
-    }
-    running.stop().await;
-
-    let failed = list_failed(&store).await.unwrap();
+    let failed =
+        run_until_the_poison_failed(&store, &jetstream, &bus, handler, &options, &expected).await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(
         (failed[0].policy.as_str(), failed[0].event_id),
