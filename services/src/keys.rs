@@ -248,8 +248,7 @@ pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity
     let mut text = String::new();
     let mut file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     // Not while a sealer appends (or cuts a line short off).
-    file.lock_shared()
-        .with_context(|| format!("locking {}", path.display()))?;
+    lock_file(&file, true, path)?;
     file.read_to_string(&mut text)
         .with_context(|| format!("reading {}", path.display()))?;
     let trimmed = text.trim_start();
@@ -282,6 +281,90 @@ pub fn read_anchors(path: &Path) -> anyhow::Result<Vec<lifeline_model::integrity
     Ok(seals)
 }
 
+/// How an anchor file of `length` bytes ends, from its first and last (at most
+/// [`MAX_ANCHOR_LINE`]) bytes, `head` and `tail`.
+#[derive(Debug, PartialEq, Eq)]
+enum AnchorFileEnd {
+    /// With a line end: append.
+    Ended,
+    /// With a whole seal missing only its line end (written by hand): end it, then append.
+    SealUnended,
+    /// With a write cut short by a crash or a full disk (never a whole anchor): keep the first
+    /// `.0` bytes, then append.
+    CutShort(u64),
+}
+
+/// [`AnchorFileEnd`] of a file of one JSON seal per line (the sealer's own), or why it is not
+/// one (a saved seal or array, pretty or compact, or anything else): then it is not touched.
+fn anchor_file_end(head: &[u8], tail: &[u8], length: u64) -> Result<AnchorFileEnd, String> {
+    let is_seal =
+        |bytes: &[u8]| serde_json::from_slice::<lifeline_model::integrity::Seal>(bytes).is_ok();
+    let blank = |bytes: &[u8]| bytes.iter().all(u8::is_ascii_whitespace);
+    let not_lines = "not an anchor file of one JSON seal per line (a saved seal or array?)";
+    // The first line that is not blank, if it has its end, must be a seal.
+    let mut offset = 0;
+    for line in head.split(|byte| *byte == b'\n') {
+        let ended = offset + line.len() < head.len();
+        if !ended {
+            if head.len() as u64 == length {
+                break; // the last line: looked at below
+            }
+            return Err(format!(
+                "a line longer than {MAX_ANCHOR_LINE} bytes: {not_lines}"
+            ));
+        }
+        if !blank(line) {
+            if !is_seal(line) {
+                return Err(not_lines.to_owned());
+            }
+            break;
+        }
+        offset += line.len() + 1;
+    }
+    if tail.last() == Some(&b'\n') {
+        return Ok(AnchorFileEnd::Ended);
+    }
+    let tail_start = length - tail.len() as u64;
+    let line_start = match tail.iter().rposition(|byte| *byte == b'\n') {
+        Some(end) => end + 1,
+        None if tail_start == 0 => 0,
+        None => {
+            return Err(format!(
+                "ends in a line longer than {MAX_ANCHOR_LINE} bytes: {not_lines}"
+            ))
+        }
+    };
+    let last = &tail[line_start..];
+    if is_seal(last) {
+        return Ok(AnchorFileEnd::SealUnended);
+    }
+    // A complete JSON document is no write cut short; a seal's line starts with `{`.
+    if serde_json::from_slice::<serde_json::Value>(last).is_ok()
+        || !String::from_utf8_lossy(last).trim_start().starts_with('{')
+    {
+        return Err(not_lines.to_owned());
+    }
+    Ok(AnchorFileEnd::CutShort(tail_start + line_start as u64))
+}
+
+/// Locks `file` (`shared` for a reader), waiting for the lock. A file system without locks is
+/// used without, with a warning: one writer at a time is then up to the operator.
+fn lock_file(file: &fs::File, shared: bool, path: &Path) -> anyhow::Result<()> {
+    let locked = if shared {
+        file.lock_shared()
+    } else {
+        file.lock()
+    };
+    match locked {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(file = %path.display(), %error, "the file system does not lock files; used without a lock");
+            Ok(())
+        }
+        Err(error) => Err(error).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
 /// The bytes of `file` from `from` to `to`.
 fn read_at(file: &mut fs::File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
@@ -311,52 +394,24 @@ pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> any
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
-    // A last line without its end: a whole seal written by hand (kept, ended) or a write cut
-    // short by a crash or a full disk (never a whole anchor: cut off, so that the file stays
-    // readable line by line). A file that is not one seal per line is not appended to.
+    lock_file(&file, false, path)?;
     let length = file.metadata()?.len();
     let mut line = Vec::new();
     if length > 0 {
+        let head = read_at(&mut file, 0, length.min(MAX_ANCHOR_LINE))
+            .with_context(|| format!("reading {}", path.display()))?;
         let tail = read_at(&mut file, length - length.min(MAX_ANCHOR_LINE), length)
             .with_context(|| format!("reading {}", path.display()))?;
-        if tail.last() != Some(&b'\n') {
-            let tail_start = length - tail.len() as u64;
-            let line_start = match tail.iter().rposition(|byte| *byte == b'\n') {
-                Some(end) => end + 1,
-                None if tail_start == 0 => 0,
-                None => anyhow::bail!(
-                    "{} ends in a line longer than {MAX_ANCHOR_LINE} bytes: not an anchor file",
-                    path.display()
-                ),
-            };
-            let is_seal = |bytes: &[u8]| {
-                serde_json::from_slice::<lifeline_model::integrity::Seal>(bytes).is_ok()
-            };
-            if is_seal(&tail[line_start..]) {
-                line.push(b'\n');
-            } else {
-                let head = read_at(&mut file, 0, length.min(MAX_ANCHOR_LINE))
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let one_seal_per_line = match head.iter().position(|byte| *byte == b'\n') {
-                    // Only the line cut short.
-                    None => true,
-                    Some(end) => is_seal(&head[..end]),
-                };
-                if !one_seal_per_line {
-                    anyhow::bail!(
-                        "{} is not an anchor file of one JSON seal per line (a saved seal or \
-                         array?); not appended to",
-                        path.display()
-                    );
-                }
-                let kept = tail_start + line_start as u64;
+        match anchor_file_end(&head, &tail, length) {
+            Ok(AnchorFileEnd::Ended) => {}
+            Ok(AnchorFileEnd::SealUnended) => line.push(b'\n'),
+            Ok(AnchorFileEnd::CutShort(kept)) => {
                 tracing::warn!(file = %path.display(), cut = length - kept,
                     "the anchor file's last line was cut short; removed before appending");
                 file.set_len(kept)
                     .with_context(|| format!("truncating {}", path.display()))?;
             }
+            Err(problem) => anyhow::bail!("{}: {problem}; not appended to", path.display()),
         }
     }
     line.extend(serde_json::to_vec(seal)?);
@@ -740,17 +795,25 @@ mod seal_watch_tests {
             [first.clone(), second.clone()]
         );
 
-        // A saved seal (pretty) or array is no anchor file of the sealer's: not appended to,
-        // not cut.
+        // A saved seal or array, pretty or compact, with or without a final line end, or
+        // anything else: no anchor file of the sealer's: not appended to, not cut.
+        let pretty = serde_json::to_string_pretty(&first).unwrap();
+        let both = vec![first.clone(), second.clone()];
+        let array = serde_json::to_string(&both).unwrap();
         for saved in [
-            serde_json::to_string_pretty(&first).unwrap(),
-            serde_json::to_string_pretty(&vec![first.clone(), second.clone()]).unwrap(),
+            pretty.clone(),
+            format!("{pretty}\n"),
+            array.clone(),
+            format!("{array}\n"),
+            serde_json::to_string_pretty(&both).unwrap(),
+            "{\"not\": \"a seal\"}".to_owned(),
+            "some notes".to_owned(),
         ] {
             std::fs::write(&path, &saved).unwrap();
             let error = format!("{:#}", append_anchor(&path, &second).unwrap_err());
             assert!(
                 error.contains("not an anchor file of one JSON seal per line"),
-                "{error}"
+                "{saved}: {error}"
             );
             assert_eq!(std::fs::read_to_string(&path).unwrap(), saved);
         }
