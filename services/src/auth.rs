@@ -118,9 +118,11 @@ impl TokenVerifier {
 }
 
 /// The subjects Lifeline acts as itself: agency systems through their connector
-/// (`connector:<agency>`) and the policies (`policy:<name>`). No token may name one: the
-/// connector worker counts a task claimed by `connector:<agency>` as one the agency system had.
-const RESERVED_SUBJECTS: [&str; 2] = ["connector:", "policy:"];
+/// (`connector:<agency>`), the policies (`policy:<name>`), the overdue watcher
+/// (`watcher:overdue`) and operators' retries (`operator:<who>`). No token may name one: the
+/// connector worker counts a task claimed by `connector:<agency>` as one the agency system had,
+/// and the audit trail tells these actors apart from people by the name.
+const RESERVED_SUBJECTS: [&str; 4] = ["connector:", "policy:", "watcher:", "operator:"];
 
 fn principal_of(claims: Claims) -> Result<Principal, TokenError> {
     if claims.sub.trim().is_empty()
@@ -454,6 +456,8 @@ mod tests {
             "connector:police",
             " connector:police",
             "policy:corrections",
+            "watcher:overdue",
+            "operator:policies-retry",
         ] {
             let claims = Claims {
                 sub: subject.to_owned(),
