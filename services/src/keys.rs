@@ -400,8 +400,13 @@ pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> any
     if length > 0 {
         let head = read_at(&mut file, 0, length.min(MAX_ANCHOR_LINE))
             .with_context(|| format!("reading {}", path.display()))?;
-        let tail = read_at(&mut file, length - length.min(MAX_ANCHOR_LINE), length)
-            .with_context(|| format!("reading {}", path.display()))?;
+        // A file within one read's length is read once.
+        let tail = if length <= MAX_ANCHOR_LINE {
+            head.clone()
+        } else {
+            read_at(&mut file, length - MAX_ANCHOR_LINE, length)
+                .with_context(|| format!("reading {}", path.display()))?
+        };
         match anchor_file_end(&head, &tail, length) {
             Ok(AnchorFileEnd::Ended) => {}
             Ok(AnchorFileEnd::SealUnended) => line.push(b'\n'),

@@ -57,6 +57,17 @@ pub fn checkpoint_name(agency: AgencyId) -> String {
     format!("connector:{agency}")
 }
 
+/// What a task event comes to for an agency's system ([`DeliveryWorker::change_for`]).
+enum Change {
+    /// A message to send.
+    Send(DeliveryMessage),
+    /// A creation of this agency's task not sent because the task was closed (or claimed)
+    /// first: the task id and the task as it stands.
+    ClosedBeforeSent(Uuid, Task),
+    /// Nothing for this agency.
+    Nothing,
+}
+
 /// The lease that lets one process at a time deliver `agency`'s tasks: `connector:<agency>`.
 pub fn lease_name(agency: AgencyId) -> String {
     format!("connector:{agency}")
@@ -247,9 +258,13 @@ impl DeliveryWorker {
         if event.event_type == REDELIVERY_REQUESTED && event.stream_id == failures_stream() {
             return self.redelivery_due(event).await;
         }
-        let Some(message) = self.message_for(event).await? else {
-            self.record_answered_creation(event).await?;
-            return Ok(None);
+        let message = match self.change_for(event).await? {
+            Change::Send(message) => message,
+            Change::ClosedBeforeSent(task_id, task) => {
+                self.record_answered_creation(event, task_id, &task).await?;
+                return Ok(None);
+            }
+            Change::Nothing => return Ok(None),
         };
         let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
         if self.store.event_by_id(outcome_id).await?.is_some() {
@@ -392,13 +407,21 @@ impl DeliveryWorker {
         &self,
         event: &RecordedEvent,
     ) -> Result<Option<DeliveryMessage>, DeliveryError> {
+        Ok(match self.change_for(event).await? {
+            Change::Send(message) => Some(message),
+            Change::ClosedBeforeSent(..) | Change::Nothing => None,
+        })
+    }
+
+    /// What the task event `event` comes to for this agency's system ([`Change`]).
+    async fn change_for(&self, event: &RecordedEvent) -> Result<Change, DeliveryError> {
         if event.stream_id.kind() != "task"
             || !matches!(
                 event.event_type.as_str(),
                 "TaskCreated" | "TaskAmended" | "TaskCancelled"
             )
         {
-            return Ok(None);
+            return Ok(Change::Nothing);
         }
         let decoded: TaskEvent =
             codec::decode_recorded(event).map_err(|error| DeliveryError::Decode {
@@ -408,7 +431,7 @@ impl DeliveryWorker {
         let message = match decoded {
             TaskEvent::TaskCreated(created) => {
                 if created.agency != self.agency {
-                    return Ok(None);
+                    return Ok(Change::Nothing);
                 }
                 // A task closed before its creation is delivered (the worker behind, or a
                 // connector configured for an agency with a history) is not sent: the agency
@@ -419,7 +442,7 @@ impl DeliveryWorker {
                     if !still_wanted(DeliveryKind::Created, task.status) {
                         tracing::info!(agency = %self.agency, task_id = %created.task_id,
                             status = ?task.status, "not delivering a task closed or claimed before its delivery");
-                        return Ok(None);
+                        return Ok(Change::ClosedBeforeSent(created.task_id, task));
                     }
                 }
                 // A reversal asks the agency system to revoke what the task it follows
@@ -435,7 +458,7 @@ impl DeliveryWorker {
                         tracing::info!(agency = %self.agency, task_id = %created.task_id,
                             follows = %follow_up.follows,
                             "not delivering a reversal of a task the agency system never received");
-                        return Ok(None);
+                        return Ok(Change::Nothing);
                     }
                 }
                 DeliveryMessage {
@@ -452,10 +475,10 @@ impl DeliveryWorker {
             }
             TaskEvent::TaskAmended(amended) => {
                 let Some((procedure, task)) = self.task_of_agency(amended.task_id).await? else {
-                    return Ok(None);
+                    return Ok(Change::Nothing);
                 };
                 if !self.creation_sent(amended.task_id).await? {
-                    return Ok(None);
+                    return Ok(Change::Nothing);
                 }
                 DeliveryMessage {
                     delivery_id: event.event_id,
@@ -471,10 +494,10 @@ impl DeliveryWorker {
             }
             TaskEvent::TaskCancelled(cancelled) => {
                 let Some((procedure, task)) = self.task_of_agency(cancelled.task_id).await? else {
-                    return Ok(None);
+                    return Ok(Change::Nothing);
                 };
                 if !self.creation_sent(cancelled.task_id).await? {
-                    return Ok(None);
+                    return Ok(Change::Nothing);
                 }
                 DeliveryMessage {
                     delivery_id: event.event_id,
@@ -488,9 +511,9 @@ impl DeliveryWorker {
                     follow_up: task.follow_up.as_ref().map(FollowUpBody::of),
                 }
             }
-            _ => return Ok(None),
+            _ => return Ok(Change::Nothing),
         };
-        Ok(Some(message))
+        Ok(Change::Send(message))
     }
 
     /// Whether the creation of `task_id` was delivered (or its delivery failed): its outcome
@@ -543,32 +566,24 @@ impl DeliveryWorker {
     /// so that the task's delivery history is whole. (Until the thirty-first session nothing
     /// was recorded, and a later reversal of the task was not sent, as if the agency system
     /// had never had it.)
-    async fn record_answered_creation(&self, event: &RecordedEvent) -> Result<(), DeliveryError> {
-        if event.event_type != "TaskCreated" || event.stream_id.kind() != "task" {
-            return Ok(());
-        }
-        let Ok(TaskEvent::TaskCreated(created)) = codec::decode_recorded::<TaskEvent>(event) else {
-            return Ok(());
-        };
-        if created.agency != self.agency {
+    async fn record_answered_creation(
+        &self,
+        event: &RecordedEvent,
+        task_id: Uuid,
+        task: &Task,
+    ) -> Result<(), DeliveryError> {
+        if !self.acted_on(task) {
             return Ok(());
         }
         let outcome_id = outcome_event_id(self.agency.as_str(), event.event_id);
         if self.store.event_by_id(outcome_id).await?.is_some() {
             return Ok(());
         }
-        let Some((_, task)) = self.task_of_agency(created.task_id).await? else {
-            return Ok(());
-        };
         let answer = match task.status {
             TaskStatus::Completed => "completed",
             TaskStatus::Rejected => "rejected",
             _ => return Ok(()),
         };
-        if !self.acted_on(&task) {
-            return Ok(());
-        }
-        let task_id = created.task_id;
         tracing::warn!(agency = %self.agency, %task_id, answer,
             "the agency system closed a task whose delivery was not recorded (the worker stopped in between); recorded now");
         let at = Utc::now();
