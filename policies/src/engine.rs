@@ -176,6 +176,15 @@ impl PolicyHandler for PolicyEngine {
     /// registration they follow (the other's completions, and the second steps', never reach
     /// them); `corrections` the events of records (its two types and the records' first
     /// events: one notice a record instead of every notice of the stream).
+    fn defers_begin(&self, policy: &str) -> bool {
+        // The registrations and the follow-ups read every record and task first and write once
+        // at the end (`apply_read`); `corrections` reads between its writes.
+        matches!(
+            policy,
+            BIRTH_REGISTRATION | DEATH_REGISTRATION | BIRTH_FOLLOWUPS | DEATH_FOLLOWUPS
+        )
+    }
+
     fn notices(&self, policy: &str) -> Notices {
         match policy {
             BIRTH_REGISTRATION => Notices::OfType("BirthRecorded"),
@@ -196,8 +205,9 @@ impl PolicyHandler for PolicyEngine {
     /// drafted (`IdentityAllocator::draft_many`, `append_drafted`). The batch's events do not
     /// read what the batch writes (a completion's task and record were written before it), so
     /// the transaction takes its first write, which holds back every gap-free reader of the
-    /// log, only after the last read (the held read of records counts as a write: its row
-    /// locks give the transaction its id). `corrections` reads the tasks that earlier corrections
+    /// log, only after the last read. In a deferred transaction (the runtimes':
+    /// [`PolicyHandler::defers_begin`]) the held reads are plain, and the one write holds the
+    /// records read (failing if one moved), usually as a statement of its own. `corrections` reads the tasks that earlier corrections
     /// of the batch may have changed, and applies one event after another.
     async fn apply_batch(
         &self,
@@ -290,7 +300,7 @@ impl PolicyHandler for PolicyEngine {
             .into_iter()
             .map(|command| run.prepare(command).map(|prepared| (None, prepared)))
             .collect::<Result<Vec<_>, _>>()?;
-        let appended = append_planned(tx, planned)
+        let appended = append_planned(tx, planned, false)
             .await
             .map_err(|(_, error)| error)?;
         tracing::debug!(appended, "policy applied");
@@ -395,7 +405,8 @@ impl PolicyEngine {
                 planned.push((Some(index), run.prepare(command).map_err(failed)?));
             }
         }
-        append_planned(tx, planned).await?;
+        // The batch's last write: in a deferred transaction, its own transaction if it can be.
+        append_planned(tx, planned, true).await?;
         Ok(())
     }
 }
@@ -499,9 +510,17 @@ struct Prepared {
 /// event, the creation included: the row it writes for a creation is the same
 /// (`apply_task_event` makes it with `created_row`), so a rebuild, or a task created before
 /// the inline write, ends as before.
+///
+/// `last`: nothing is written after these appends. In a deferred transaction not begun yet
+/// (`EventStore::begin_deferred`), appends that all create streams are then first tried whole,
+/// with their rows, as the transaction's one write
+/// ([`StoreTransaction::append_whole_with_new_tasks`]: its own transaction, holding the
+/// records read held); what that does not store (a redelivery, a record moved) goes the way
+/// above, in the transaction begun.
 async fn append_planned(
     tx: &mut StoreTransaction<'_>,
     planned: Vec<PlannedAppend>,
+    last: bool,
 ) -> Result<usize, (Option<usize>, PolicyError)> {
     if planned.is_empty() {
         return Ok(0);
@@ -520,6 +539,18 @@ async fn append_planned(
         .iter()
         .filter_map(|(_, prepared)| prepared.inbox_row.as_ref())
         .collect();
+    if last && tx.is_deferred() {
+        let whole = tx
+            .append_whole_with_new_tasks(&appends, &rows)
+            .await
+            .map_err(|error| (None, PolicyError::Store(error)))?;
+        if let Some(outcomes) = whole {
+            return Ok(outcomes
+                .iter()
+                .filter(|outcome| !outcome.already_stored)
+                .count());
+        }
+    }
     // Usually the grouped statement stores every append and inserts the rows with them.
     let (results, rows_written) = tx
         .append_many_with_new_tasks(&appends, &rows)

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use lifeline_model::envelope::RecordedEvent;
-use lifeline_store::StoreTransaction;
+use lifeline_store::{StoreError, StoreTransaction};
 
 use crate::runtime::Notices;
 
@@ -47,6 +47,22 @@ impl PolicyError {
             _ => false,
         }
     }
+
+    /// Whether this is a deferred transaction's first write finding a stream it read held
+    /// moved ([`lifeline_store::StoreError::HeldStreamMoved`]): nothing was written, and the
+    /// batch is to run again in a transaction begun at once.
+    pub fn is_held_stream_moved(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(StoreError::HeldStreamMoved)
+                | Self::Append(lifeline_store::AppendError::Store(
+                    StoreError::HeldStreamMoved
+                ))
+                | Self::Projection(lifeline_store::projections::ProjectionError::Store(
+                    StoreError::HeldStreamMoved
+                ))
+        )
+    }
 }
 
 /// A set of named policies. Each name is one durable consumer (NATS) or one subscriber
@@ -65,6 +81,17 @@ pub trait PolicyHandler: Send + Sync {
     /// notice, which [`PolicyHandler::wants`] sorts; it still sorts what a filter lets through.
     fn notices(&self, _policy: &str) -> Notices {
         Notices::All
+    }
+
+    /// Whether a runtime may run `policy`'s batches in a deferred transaction
+    /// ([`lifeline_store::EventStore::begin_deferred`]: begun on PostgreSQL only at its first
+    /// write, so that its reads hold back no reader of the log). A handler that says so reads
+    /// before it writes, calls [`StoreTransaction::begin_writes`] before writing through the
+    /// transaction's connection, and writes nothing after a write that ended the transaction;
+    /// a batch that fails with [`PolicyError::is_held_stream_moved`] is run again in a plain
+    /// transaction. False by default.
+    fn defers_begin(&self, _policy: &str) -> bool {
+        false
     }
 
     /// Runs `policy` on `event`: looks up the facts it needs, decides, and appends the

@@ -769,7 +769,7 @@ async fn a_batch_draws_every_child_a_number_and_draws_again_for_a_taken_one() {
 /// transaction (`SET LOCAL track_functions = 'pl'` first, which takes a superuser: the test
 /// server's `postgres` role is one).
 async fn grouped_append_calls(tx: &mut StoreTransaction<'_>) -> i64 {
-    let TransactionConnection::Postgres(conn) = tx.connection() else {
+    let TransactionConnection::Postgres(conn) = tx.connection().unwrap() else {
         panic!("a PostgreSQL transaction");
     };
     sqlx::query_scalar::<_, i64>(
@@ -782,7 +782,7 @@ async fn grouped_append_calls(tx: &mut StoreTransaction<'_>) -> i64 {
 }
 
 async fn track_functions(tx: &mut StoreTransaction<'_>) {
-    let TransactionConnection::Postgres(conn) = tx.connection() else {
+    let TransactionConnection::Postgres(conn) = tx.connection().unwrap() else {
         panic!("a PostgreSQL transaction");
     };
     sqlx::query("SET LOCAL track_functions = 'pl'")

@@ -1303,3 +1303,116 @@ async fn a_running_relay_republishes_the_notices_a_restarted_server_lost() {
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }
+
+/// A handler that runs its batches in deferred transactions and reads each noticed event's
+/// stream held before writing (as the registrations read their records); in its first batch,
+/// one of those streams moves (an event appended from outside, as a correction would) between
+/// the read and the write.
+struct RecordMovesOnce {
+    inner: EffectHandler,
+    store: EventStore,
+    moved: std::sync::atomic::AtomicBool,
+    /// Whether each batch run began deferred, in order.
+    runs: std::sync::Mutex<Vec<bool>>,
+}
+
+#[async_trait::async_trait]
+impl PolicyHandler for RecordMovesOnce {
+    fn policy_names(&self) -> Vec<&'static str> {
+        vec![ALPHA]
+    }
+
+    fn wants(&self, policy: &str, event_type: &str) -> bool {
+        self.inner.wants(policy, event_type)
+    }
+
+    fn defers_begin(&self, _policy: &str) -> bool {
+        true
+    }
+
+    async fn apply(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        event: &lifeline_model::envelope::RecordedEvent,
+    ) -> Result<(), lifeline_policies::PolicyError> {
+        self.inner.apply(policy, tx, event).await
+    }
+
+    async fn apply_notices(
+        &self,
+        policy: &str,
+        tx: &mut lifeline_store::StoreTransaction<'_>,
+        notices: &[lifeline_policies::handler::Noticed<'_>],
+    ) -> Result<(), (Option<usize>, lifeline_policies::PolicyError)> {
+        self.runs.lock().unwrap().push(tx.is_deferred());
+        let streams: Vec<StreamId> = notices
+            .iter()
+            .map(|notice| StreamId::parse(notice.stream_id).unwrap())
+            .collect();
+        let held: Vec<&StreamId> = streams.iter().collect();
+        tx.read_streams_held(&held)
+            .await
+            .map_err(|error| (None, lifeline_policies::PolicyError::Store(error)))?;
+        if !self.moved.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.store
+                .append(
+                    &streams[0],
+                    ExpectedVersion::Any,
+                    &[new_event("Moved", serde_json::json!({}))],
+                )
+                .await
+                .unwrap();
+        }
+        let events = lifeline_policies::handler::read_noticed(tx, notices).await?;
+        lifeline_policies::handler::apply_each(self, policy, tx, &events).await
+    }
+}
+
+/// A deferred batch whose record moved between its read and its write writes nothing and runs
+/// again at once, in a transaction that holds its records as it reads them: every effect once,
+/// nothing failed, no attempt lost to a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deferred_batch_whose_record_moved_runs_again_held() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        lanes: 1,
+        ..test_consumer_options(3)
+    };
+    let handler = Arc::new(RecordMovesOnce {
+        inner: EffectHandler::new(0),
+        store: store.clone(),
+        moved: Default::default(),
+        runs: Default::default(),
+    });
+    let sources = append_sources(&store, 10).await;
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        handler.clone(),
+        options.clone(),
+        true,
+    );
+    let expected: HashMap<(String, Uuid), usize> = sources
+        .iter()
+        .map(|source| ((ALPHA.to_owned(), *source), 1))
+        .collect();
+    wait_for_effects(&store, &expected).await;
+    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
+    running.stop().await;
+
+    let runs = handler.runs.lock().unwrap().clone();
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert_eq!(&runs[..2], [true, false], "{runs:?}");
+    assert!(
+        runs[2..].iter().all(|deferred| *deferred),
+        "later batches ran deferred: {runs:?}"
+    );
+    assert!(list_failed(&store).await.unwrap().is_empty());
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}

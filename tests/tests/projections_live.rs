@@ -1352,7 +1352,7 @@ async fn unchanged_procedure_rows_are_not_written_again(store: EventStore) {
     // Someone else's mark on every stored procedure row, to see which rows get written.
     let mut tx = store.begin().await.unwrap();
     let mark = "UPDATE projection_life_event_procedures SET detail = 'untouched'";
-    match tx.connection() {
+    match tx.connection().unwrap() {
         lifeline_store::TransactionConnection::Postgres(connection) => {
             sqlx::query(mark).execute(connection).await.unwrap();
         }

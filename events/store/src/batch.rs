@@ -454,7 +454,7 @@ pub(crate) async fn append_group_with_new_tasks(
     }
     // The rows go with the statement only if it is to store every append of the group.
     let tasks = tasks.filter(|_| stores_every_append(group, &answers));
-    let (positions, tasks_written) = write(conn, &rows, refusal, tasks).await?;
+    let (positions, tasks_written) = write(conn, &rows, refusal, tasks, None).await?;
     Ok((finish(group, answers, &positions)?, tasks_written))
 }
 
@@ -463,10 +463,16 @@ pub(crate) async fn append_group_with_new_tasks(
 /// the same statement: every append's outcome, or `None` when the group is not stored whole
 /// (an append the plan leaves to the careful path, a stream or event id stored meanwhile) and
 /// nothing of it was written.
+///
+/// With `held` (streams read plainly by a deferred transaction, and the versions read), the
+/// statement first locks those streams `FOR SHARE` and stores nothing (`None`) if one of them
+/// moved since (migration 15): run outside a transaction, it is then the deferred transaction's
+/// one write and its commit.
 pub(crate) async fn append_group_whole(
     conn: &mut PgConnection,
     group: &[GroupAppend<'_>],
     tasks: Option<NewTaskRows>,
+    held: Option<&HeldStreams>,
 ) -> Result<Option<Vec<AppendOutcome>>, StoreError> {
     if group.is_empty() || !refuses_without_raising(group) {
         return Ok(None);
@@ -477,7 +483,8 @@ pub(crate) async fn append_group_whole(
     if rows.event_ids.is_empty() || !stores_every_append(group, &answers) {
         return Ok(None);
     }
-    let Some((positions, _)) = settled(write(conn, &rows, Refusal::Answer, tasks).await)? else {
+    let Some((positions, _)) = settled(write(conn, &rows, Refusal::Answer, tasks, held).await)?
+    else {
         return Ok(None);
     };
     let stored_in_part = || StoreError::Corrupt {
@@ -686,36 +693,93 @@ const TRY_WRITE_NEW_STREAMS_SQL: &str =
     "SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused \
      FROM lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// [`TRY_WRITE_NEW_STREAMS_SQL`] that also inserts new tasks' inbox rows (`tasks`, their arrays
-/// from `$13` on) when the append is not refused: one statement instead of two. The function's
-/// call is materialized once; the insert reads its answer, so it runs after it, and inserts
-/// nothing when it refused (its writes undone).
-fn try_write_new_streams_with_tasks_sql(tasks: &NewTaskRows) -> String {
+/// [`TRY_WRITE_NEW_STREAMS_SQL`] holding streams first (`$13`, `$14`: migration 15).
+const TRY_WRITE_NEW_STREAMS_HELD_SQL: &str =
+    "SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused \
+     FROM lifeline_try_append_new_streams_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14)";
+
+/// [`TRY_WRITE_NEW_STREAMS_SQL`] (or, `held`, [`TRY_WRITE_NEW_STREAMS_HELD_SQL`]) that also
+/// inserts new tasks' inbox rows (`tasks`, their arrays from `$first` on) when the append is not
+/// refused: one statement instead of two. The function's call is materialized once; the insert
+/// reads its answer, so it runs after it, and inserts nothing when it refused (its writes
+/// undone).
+fn try_write_new_streams_with_tasks_sql(tasks: &NewTaskRows, held: bool, first: usize) -> String {
+    let call = if held {
+        "lifeline_try_append_new_streams_held($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14)"
+    } else {
+        "lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    };
     format!(
-        "WITH appended AS MATERIALIZED (SELECT o_ids, o_positions, o_refused \
-         FROM lifeline_try_append_new_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)), \
+        "WITH appended AS MATERIALIZED (SELECT o_ids, o_positions, o_refused FROM {call}), \
          inbox AS ({}) \
          SELECT o_ids AS ids, o_positions AS positions, o_refused AS refused FROM appended",
-        tasks.insert_sql(13, "appended, ", "NOT appended.o_refused")
+        tasks.insert_sql(first, "appended, ", "NOT appended.o_refused")
     )
 }
 
+/// Streams a deferred transaction read without a lock, to be held where it writes: each one's
+/// id and the version it was read at (0: no events).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HeldStreams {
+    pub(crate) ids: Vec<String>,
+    pub(crate) versions: Vec<i64>,
+}
+
+impl HeldStreams {
+    /// Notes `stream`, read at `version` (a stream noted twice keeps its first version: the
+    /// hold then finds it moved if it did in between).
+    pub(crate) fn note(&mut self, stream: &str, version: i64) {
+        if !self.ids.iter().any(|id| id == stream) {
+            self.ids.push(stream.to_owned());
+            self.versions.push(version);
+        }
+    }
+
+    /// Locks the streams `FOR SHARE` until the transaction `conn` is in ends, and answers
+    /// whether each is still at the version noted (`lifeline_hold_streams`, migration 15).
+    pub(crate) async fn hold(&self, conn: &mut PgConnection) -> Result<bool, StoreError> {
+        if self.ids.is_empty() {
+            return Ok(true);
+        }
+        let held: bool = sqlx::query_scalar("SELECT lifeline_hold_streams($1, $2)")
+            .bind(&self.ids)
+            .bind(&self.versions)
+            .fetch_one(conn)
+            .await?;
+        Ok(held)
+    }
+}
+
 /// The writing statement; answers the global position of every event id it stored, and
-/// whether it inserted `tasks` (only a statement that answers its refusal takes them).
+/// whether it inserted `tasks` (only a statement that answers its refusal takes them). `held`
+/// streams are held first (only by a statement that creates streams and answers its refusal:
+/// any other is refused, [`FastError::Careful`], before it is sent).
 async fn write(
     conn: &mut PgConnection,
     rows: &Rows,
     refusal: Refusal,
     tasks: Option<NewTaskRows>,
+    held: Option<&HeldStreams>,
 ) -> Result<(HashMap<Uuid, GlobalPosition>, bool), FastError> {
     let moves = !rows.moved_ids.is_empty();
     let answers_refusal = !moves && refusal == Refusal::Answer;
+    let held = held.filter(|held| !held.ids.is_empty());
+    if held.is_some() && !answers_refusal {
+        return Err(FastError::Careful);
+    }
     let tasks = tasks.filter(|_| answers_refusal);
-    let with_tasks = tasks.as_ref().map(try_write_new_streams_with_tasks_sql);
+    let first_task_param = if held.is_some() { 15 } else { 13 };
+    let with_tasks = tasks
+        .as_ref()
+        .map(|tasks| try_write_new_streams_with_tasks_sql(tasks, held.is_some(), first_task_param));
     let sql = if moves {
         WRITE_MOVING_SQL
     } else if let Some(sql) = &with_tasks {
         sql.as_str()
+    } else if held.is_some() {
+        TRY_WRITE_NEW_STREAMS_HELD_SQL
     } else if answers_refusal {
         TRY_WRITE_NEW_STREAMS_SQL
     } else {
@@ -735,6 +799,10 @@ async fn write(
         .bind(&rows.metadata)
         .bind(&rows.recorded_at)
         .bind(&rows.hashes);
+    let query = match held {
+        Some(held) => query.bind(&held.ids).bind(&held.versions),
+        None => query,
+    };
     let query = if moves {
         query
             .bind(&rows.moved_ids)

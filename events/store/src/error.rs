@@ -40,6 +40,14 @@ pub enum StoreError {
     /// A [`crate::Lease`] could not be taken or is no longer held.
     #[error("lease: {0}")]
     Lease(String),
+    /// A deferred transaction's first write found a stream it had read held moved since the
+    /// read (`EventStore::begin_deferred`): nothing was written; read again, held.
+    #[error("a stream read held moved before the transaction's first write: read it again")]
+    HeldStreamMoved,
+    /// A deferred transaction that ended with its first write (or whose begin failed) was asked
+    /// to go on.
+    #[error("the transaction has ended: its write committed on its own, or it could not begin")]
+    TransactionEnded,
 }
 
 impl StoreError {
@@ -80,7 +88,7 @@ impl StoreError {
                 }
                 _ => false,
             },
-            Self::CommitFailed(_) => true,
+            Self::CommitFailed(_) | Self::HeldStreamMoved => true,
             _ => false,
         }
     }

@@ -284,7 +284,7 @@ macro_rules! read {
     ($store:expr, |$conn:ident| $body:expr) => {{
         let mut tx = $store.begin().await?;
         let result = {
-            let $conn = tx.connection();
+            let $conn = tx.connection()?;
             $body.await
         };
         tx.rollback().await?;
@@ -374,7 +374,7 @@ pub async fn tasks_of_life_event_in_tx(
     tx: &mut StoreTransaction<'_>,
     life_event_id: Uuid,
 ) -> Result<Vec<TaskRow>, ProjectionError> {
-    tasks_of_life_event_on(tx.connection(), life_event_id).await
+    tasks_of_life_event_on(tx.connection()?, life_event_id).await
 }
 
 /// Open or claimed tasks due before `at` and not yet marked overdue, earliest first, at most
@@ -422,13 +422,13 @@ pub async fn life_event_status_by_reference(
         .to_owned();
     let params = vec![Param::Text(reference.as_str().to_owned())];
     let mut tx = store.begin().await?;
-    let found = fetch(tx.connection(), sql, params, |row| {
+    let found = fetch(tx.connection()?, sql, params, |row| {
         row.uuid("life_event_id")
     })
     .await?;
     let mut statuses = Vec::with_capacity(found.len());
     for life_event_id in found {
-        statuses.extend(load_life_event_on(tx.connection(), life_event_id).await?);
+        statuses.extend(load_life_event_on(tx.connection()?, life_event_id).await?);
     }
     tx.rollback().await?;
     Ok(statuses)
@@ -453,7 +453,7 @@ async fn fetch_in<T>(
         let chunk: Vec<Param> = keys.by_ref().take(LOOKUP_KEYS).collect();
         let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
         let statement = format!("{sql} IN ({})", placeholders.join(", "));
-        found.extend(fetch(tx.connection(), statement, chunk, decode).await?);
+        found.extend(fetch(tx.connection()?, statement, chunk, decode).await?);
     }
     Ok(found)
 }
@@ -540,7 +540,7 @@ pub async fn load_task(
     tx: &mut StoreTransaction<'_>,
     task_id: Uuid,
 ) -> Result<Option<TaskRow>, ProjectionError> {
-    load_task_on(tx.connection(), task_id).await
+    load_task_on(tx.connection()?, task_id).await
 }
 
 /// Inserts or replaces the row of `row.task_id`.
@@ -652,7 +652,8 @@ async fn upsert(
     tail: &str,
     rows: Vec<Vec<Param>>,
 ) -> Result<(), ProjectionError> {
-    if let TransactionConnection::Postgres(conn) = tx.connection() {
+    tx.begin_writes().await?;
+    if let TransactionConnection::Postgres(conn) = tx.connection()? {
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Param>> = rows.by_ref().take(UNNEST_ROWS).collect();
@@ -684,7 +685,7 @@ async fn upsert(
         }
         sql.push(' ');
         sql.push_str(tail);
-        execute(tx.connection(), sql, chunk.into_iter().flatten().collect()).await?;
+        execute(tx.connection()?, sql, chunk.into_iter().flatten().collect()).await?;
     }
     Ok(())
 }
@@ -879,7 +880,7 @@ pub async fn load_person(
     tx: &mut StoreTransaction<'_>,
     personal_id: &PersonalId,
 ) -> Result<Option<PersonRow>, ProjectionError> {
-    load_person_on(tx.connection(), personal_id.clone()).await
+    load_person_on(tx.connection()?, personal_id.clone()).await
 }
 
 /// Inserts or replaces the row of `row.personal_id`.
@@ -944,7 +945,7 @@ pub async fn load_life_event_status(
     tx: &mut StoreTransaction<'_>,
     life_event_id: Uuid,
 ) -> Result<Option<LifeEventStatusRow>, ProjectionError> {
-    load_life_event_on(tx.connection(), life_event_id).await
+    load_life_event_on(tx.connection()?, life_event_id).await
 }
 
 /// The life event whose procedure row names `task_id`, if any.
@@ -955,7 +956,7 @@ pub async fn life_event_of_task(
     let sql =
         "SELECT life_event_id FROM projection_life_event_procedures WHERE task_id = $1".to_owned();
     let found = fetch(
-        tx.connection(),
+        tx.connection()?,
         sql,
         vec![Param::Uuid(Some(task_id))],
         |row| row.uuid("life_event_id"),
@@ -1056,24 +1057,25 @@ pub async fn clear_projections(
     tx: &mut StoreTransaction<'_>,
     subscribers: &[&str],
 ) -> Result<(), ProjectionError> {
-    match tx.connection() {
+    tx.begin_writes().await?;
+    match tx.connection()? {
         // TRUNCATE, not DELETE: a DELETE of every row leaves each one behind as a dead tuple (and
         // its index entries) until a vacuum, so that every rebuild would double the tables on
         // disk where autovacuum is off or behind, and the DELETE itself wrote every row to the
         // WAL. Readers of these tables wait for the clearing transaction's commit (its lock).
         TransactionConnection::Postgres(_) => {
             let sql = format!("TRUNCATE {}", PROJECTION_TABLES.join(", "));
-            execute(tx.connection(), sql, Vec::new()).await?;
+            execute(tx.connection()?, sql, Vec::new()).await?;
         }
         TransactionConnection::Sqlite(_) => {
             for table in PROJECTION_TABLES {
-                execute(tx.connection(), format!("DELETE FROM {table}"), Vec::new()).await?;
+                execute(tx.connection()?, format!("DELETE FROM {table}"), Vec::new()).await?;
             }
         }
     }
     for subscriber in subscribers {
         execute(
-            tx.connection(),
+            tx.connection()?,
             "DELETE FROM checkpoints WHERE subscriber = $1".to_owned(),
             vec![Param::Text((*subscriber).to_owned())],
         )

@@ -11,6 +11,7 @@ use lifeline_model::envelope::{
     EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, RecordedEventText, StreamId,
     StreamVersion,
 };
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool};
@@ -303,7 +304,7 @@ impl EventStore {
     ) -> Result<AppendOutcome, AppendError> {
         for _ in 0..DUPLICATE_RACE_RETRIES {
             let mut tx = self.begin().await?;
-            match append::append_in_tx(&mut tx.connection_for_append(), stream, expected, encoded)
+            match append::append_in_tx(&mut tx.connection_for_append()?, stream, expected, encoded)
                 .await
             {
                 Ok(outcome) if outcome.already_stored => {
@@ -326,7 +327,7 @@ impl EventStore {
                     let event_ids: Vec<Uuid> =
                         encoded.iter().map(|event| event.event.event_id).collect();
                     let stored =
-                        append::lookup_event_ids(&mut tx.connection_for_append(), &event_ids)
+                        append::lookup_event_ids(&mut tx.connection_for_append()?, &event_ids)
                             .await?;
                     tx.rollback().await?;
                     if !stored.is_empty() {
@@ -368,6 +369,31 @@ impl EventStore {
         self.begin_on(true).await
     }
 
+    /// [`EventStore::begin`] for a policy batch that reads first and writes last, which
+    /// PostgreSQL is asked to begin only at its first write: until then its reads run on its
+    /// connection outside any transaction (each statement with its own snapshot, as inside a
+    /// `READ COMMITTED` one), and the transaction has no id to hold back the gap-free readers
+    /// of the log with. Streams read held ([`StoreTransaction::read_streams_held`]) are read
+    /// plainly and held at the first write, which fails
+    /// ([`StoreError::HeldStreamMoved`], nothing written) if one of them moved in between:
+    /// read again, in a transaction begun at once. A first write that is a whole group of new
+    /// streams ([`StoreTransaction::append_whole_with_new_tasks`]) holds them in its own
+    /// statement, run as its own transaction: the transaction's id then lives for that one
+    /// statement, and the transaction ends with it (any later write fails,
+    /// [`StoreError::TransactionEnded`]; [`StoreTransaction::commit`] only wakes the
+    /// subscriptions). On SQLite, [`EventStore::begin`].
+    pub async fn begin_deferred(&self) -> Result<StoreTransaction<'_>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => Ok(StoreTransaction {
+                store: self,
+                inner: TxInner::Deferred(pool.acquire().await?),
+                appended: false,
+                held: batch::HeldStreams::default(),
+            }),
+            Backend::Sqlite { .. } => self.begin_on(false).await,
+        }
+    }
+
     async fn begin_on(&self, keyed: bool) -> Result<StoreTransaction<'_>, StoreError> {
         let inner = match &self.backend {
             Backend::Postgres(pool) if keyed => TxInner::Postgres(
@@ -388,6 +414,7 @@ impl EventStore {
             store: self,
             inner,
             appended: false,
+            held: batch::HeldStreams::default(),
         })
     }
 
@@ -404,6 +431,7 @@ impl EventStore {
             store: self,
             inner,
             appended: false,
+            held: batch::HeldStreams::default(),
         })
     }
 
@@ -626,10 +654,17 @@ pub struct StoreTransaction<'s> {
     store: &'s EventStore,
     inner: TxInner,
     appended: bool,
+    /// What a deferred transaction read held before it began ([`EventStore::begin_deferred`]).
+    held: batch::HeldStreams,
 }
 
 enum TxInner {
     Postgres(sqlx::Transaction<'static, Postgres>),
+    /// A deferred transaction not begun yet: its connection, outside any transaction.
+    Deferred(PoolConnection<Postgres>),
+    /// A deferred transaction that ended with its first write (its own transaction), or whose
+    /// begin failed: nothing more can be written or read.
+    Ended,
     Sqlite {
         tx: sqlx::Transaction<'static, Sqlite>,
         /// The store's writer lock; `None` for read-only transactions.
@@ -668,6 +703,7 @@ impl<'s> StoreTransaction<'s> {
         events: &[NewEvent],
     ) -> Result<AppendOutcome, AppendError> {
         let encoded = append::encode_batch(events)?;
+        self.begin_writes().await?;
         if let TxInner::Postgres(tx) = &mut self.inner {
             // The fast path first (`batch`): about four round trips instead of the careful
             // path's eight.
@@ -694,7 +730,11 @@ impl<'s> StoreTransaction<'s> {
         expected: ExpectedVersion,
         encoded: &[append::EncodedEvent<'_>],
     ) -> Result<AppendOutcome, AppendError> {
+        self.begin_writes().await?;
         let outcome = match &mut self.inner {
+            TxInner::Deferred(_) | TxInner::Ended => {
+                return Err(StoreError::TransactionEnded.into())
+            }
             TxInner::Postgres(tx) => {
                 let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
                 let result = append::append_in_tx(
@@ -725,7 +765,8 @@ impl<'s> StoreTransaction<'s> {
                 let event_ids: Vec<Uuid> =
                     encoded.iter().map(|event| event.event.event_id).collect();
                 let stored =
-                    append::lookup_event_ids(&mut self.connection_for_append(), &event_ids).await?;
+                    append::lookup_event_ids(&mut self.connection_for_append()?, &event_ids)
+                        .await?;
                 append::classify_stored(stream, &event_ids, stored)?
             }
         };
@@ -767,8 +808,13 @@ impl<'s> StoreTransaction<'s> {
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
         tasks: &[&projections::TaskRow],
     ) -> Result<Option<Vec<AppendOutcome>>, StoreError> {
-        let TxInner::Postgres(tx) = &mut self.inner else {
-            return Ok(None);
+        // A deferred transaction not begun yet writes the group as its own transaction, holding
+        // what it read held; begun, the transaction holds them already.
+        let (conn, held): (&mut PgConnection, _) = match &mut self.inner {
+            TxInner::Postgres(tx) => (tx, None),
+            TxInner::Deferred(conn) => (conn, Some(&self.held)),
+            TxInner::Ended => return Err(StoreError::TransactionEnded),
+            TxInner::Sqlite { .. } => return Ok(None),
         };
         let Ok(encoded) = appends
             .iter()
@@ -790,9 +836,13 @@ impl<'s> StoreTransaction<'s> {
         let Ok(tasks) = NewTaskRows::new(tasks) else {
             return Ok(None);
         };
-        let stored = batch::append_group_whole(tx, &group, tasks).await?;
+        let ends = held.is_some();
+        let stored = batch::append_group_whole(conn, &group, tasks, held).await?;
         if stored.is_some() {
             self.appended = true;
+            if ends {
+                self.inner = TxInner::Ended;
+            }
         }
         Ok(stored)
     }
@@ -808,6 +858,7 @@ impl<'s> StoreTransaction<'s> {
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
         tasks: &[&projections::TaskRow],
     ) -> Result<(Vec<Result<AppendOutcome, AppendError>>, bool), StoreError> {
+        self.begin_writes().await?;
         // Rows that do not encode are left to the caller's own insert, which reports it.
         let tasks = NewTaskRows::new(tasks).ok().flatten();
         let mut tasks_written = false;
@@ -862,9 +913,9 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         event_ids: &[Uuid],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => postgres::events_by_ids(tx, event_ids).await,
-            TxInner::Sqlite { tx, .. } => {
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => postgres::events_by_ids(conn, event_ids).await,
+            TransactionConnection::Sqlite(tx) => {
                 let mut found = Vec::with_capacity(event_ids.len());
                 for &event_id in event_ids {
                     found.extend(sqlite::event_by_id(tx, event_id).await?);
@@ -879,9 +930,9 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         event_id: Uuid,
     ) -> Result<Option<RecordedEvent>, StoreError> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => postgres::event_by_id(tx, event_id).await,
-            TxInner::Sqlite { tx, .. } => sqlite::event_by_id(tx, event_id).await,
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => postgres::event_by_id(conn, event_id).await,
+            TransactionConnection::Sqlite(conn) => sqlite::event_by_id(conn, event_id).await,
         }
     }
 
@@ -890,12 +941,12 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         stream: &StreamId,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => {
-                postgres::read_stream_after(tx, stream, StreamVersion(0)).await
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => {
+                postgres::read_stream_after(conn, stream, StreamVersion(0)).await
             }
-            TxInner::Sqlite { tx, .. } => {
-                sqlite::read_stream_after(tx, stream, StreamVersion(0)).await
+            TransactionConnection::Sqlite(conn) => {
+                sqlite::read_stream_after(conn, stream, StreamVersion(0)).await
             }
         }
     }
@@ -910,17 +961,17 @@ impl<'s> StoreTransaction<'s> {
             .iter()
             .map(|stream| ((*stream).clone(), Vec::new()))
             .collect();
-        match &mut self.inner {
-            TxInner::Postgres(tx) => {
-                for event in postgres::read_streams(tx, streams).await? {
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => {
+                for event in postgres::read_streams(conn, streams).await? {
                     if let Some(events) = read.get_mut(&event.stream_id) {
                         events.push(event);
                     }
                 }
             }
-            TxInner::Sqlite { tx, .. } => {
+            TransactionConnection::Sqlite(conn) => {
                 for (stream, events) in &mut read {
-                    *events = sqlite::read_stream_after(tx, stream, StreamVersion(0)).await?;
+                    *events = sqlite::read_stream_after(conn, stream, StreamVersion(0)).await?;
                 }
             }
         }
@@ -942,10 +993,25 @@ impl<'s> StoreTransaction<'s> {
     /// transaction its id, and with it holds back the gap-free readers of the log until the
     /// commit: call it after every read that needs no hold. On SQLite every write transaction
     /// already excludes the others.
+    ///
+    /// In a deferred transaction not begun yet ([`EventStore::begin_deferred`]) the streams are
+    /// read plainly and their versions noted: its first write holds them, and fails if one
+    /// moved in between.
     pub async fn read_streams_held(
         &mut self,
         streams: &[&StreamId],
     ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
+        if matches!(self.inner, TxInner::Deferred(_)) {
+            let read = self.read_streams(streams).await?;
+            for stream in streams {
+                let version = read
+                    .get(*stream)
+                    .and_then(|events| events.last())
+                    .map_or(0, |event| event.stream_version.0);
+                self.held.note(stream.as_str(), version);
+            }
+            return Ok(read);
+        }
         let TxInner::Postgres(tx) = &mut self.inner else {
             return self.read_streams(streams).await;
         };
@@ -966,7 +1032,7 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         stream: &StreamId,
     ) -> Result<Option<StreamVersion>, StoreError> {
-        append::current_version(&mut self.connection_for_append(), stream).await
+        append::current_version(&mut self.connection_for_append()?, stream).await
     }
 
     /// Saves where `subscriber` stands, committed with the rest of this transaction.
@@ -975,9 +1041,14 @@ impl<'s> StoreTransaction<'s> {
         subscriber: &str,
         cursor: LogCursor,
     ) -> Result<(), StoreError> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => postgres::save_checkpoint(tx, subscriber, cursor).await,
-            TxInner::Sqlite { tx, .. } => sqlite::save_checkpoint(tx, subscriber, cursor).await,
+        self.begin_writes().await?;
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => {
+                postgres::save_checkpoint(conn, subscriber, cursor).await
+            }
+            TransactionConnection::Sqlite(conn) => {
+                sqlite::save_checkpoint(conn, subscriber, cursor).await
+            }
         }
     }
 
@@ -989,26 +1060,65 @@ impl<'s> StoreTransaction<'s> {
         from: LogCursor,
         to: LogCursor,
     ) -> Result<bool, StoreError> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => postgres::advance_checkpoint(tx, subscriber, from, to).await,
-            TxInner::Sqlite { tx, .. } => {
-                sqlite::advance_checkpoint(tx, subscriber, from, to).await
+        self.begin_writes().await?;
+        match self.connection()? {
+            TransactionConnection::Postgres(conn) => {
+                postgres::advance_checkpoint(conn, subscriber, from, to).await
+            }
+            TransactionConnection::Sqlite(conn) => {
+                sqlite::advance_checkpoint(conn, subscriber, from, to).await
             }
         }
     }
 
-    /// The transaction's connection, for a subscriber's own tables.
-    pub fn connection(&mut self) -> TransactionConnection<'_> {
+    /// The transaction's connection, for a subscriber's own tables. Call
+    /// [`StoreTransaction::begin_writes`] before writing through it: in a deferred transaction
+    /// not begun yet, the connection is outside any transaction. Fails only for a deferred
+    /// transaction that has ended ([`StoreError::TransactionEnded`]).
+    pub fn connection(&mut self) -> Result<TransactionConnection<'_>, StoreError> {
         match &mut self.inner {
-            TxInner::Postgres(tx) => TransactionConnection::Postgres(tx),
-            TxInner::Sqlite { tx, .. } => TransactionConnection::Sqlite(tx),
+            TxInner::Postgres(tx) => Ok(TransactionConnection::Postgres(tx)),
+            TxInner::Deferred(conn) => Ok(TransactionConnection::Postgres(conn)),
+            TxInner::Ended => Err(StoreError::TransactionEnded),
+            TxInner::Sqlite { tx, .. } => Ok(TransactionConnection::Sqlite(tx)),
         }
     }
 
-    /// Commits; then wakes this process's subscriptions if anything was appended.
+    /// Whether this is a deferred transaction that has not begun yet
+    /// ([`EventStore::begin_deferred`]): nothing written.
+    pub fn is_deferred(&self) -> bool {
+        matches!(self.inner, TxInner::Deferred(_))
+    }
+
+    /// Begins a deferred transaction that has not begun yet, holding the streams it read held
+    /// ([`StoreTransaction::read_streams_held`]): [`StoreError::HeldStreamMoved`] (and nothing
+    /// written, the transaction unusable) if one moved since it was read. Every write of the
+    /// store's calls it first; a caller that writes through [`StoreTransaction::connection`]
+    /// calls it before. Any other transaction is begun already.
+    pub async fn begin_writes(&mut self) -> Result<(), StoreError> {
+        match &self.inner {
+            TxInner::Deferred(_) => {}
+            TxInner::Ended => return Err(StoreError::TransactionEnded),
+            TxInner::Postgres(_) | TxInner::Sqlite { .. } => return Ok(()),
+        }
+        let TxInner::Deferred(conn) = std::mem::replace(&mut self.inner, TxInner::Ended) else {
+            return Err(StoreError::TransactionEnded);
+        };
+        let mut tx = sqlx::Transaction::begin(conn, None).await?;
+        if !self.held.hold(&mut tx).await? {
+            return Err(StoreError::HeldStreamMoved);
+        }
+        self.inner = TxInner::Postgres(tx);
+        Ok(())
+    }
+
+    /// Commits; then wakes this process's subscriptions if anything was appended. A deferred
+    /// transaction not begun has nothing to commit; one that ended with its write, committed
+    /// it then.
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Deferred(_) | TxInner::Ended => {}
             TxInner::Sqlite { tx, _writer } => tx.commit().await?,
         }
         if self.appended {
@@ -1021,16 +1131,19 @@ impl<'s> StoreTransaction<'s> {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.rollback().await?,
+            TxInner::Deferred(_) => {}
+            // Its write committed on its own: nothing to roll back.
+            TxInner::Ended => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, _writer } => tx.rollback().await?,
         }
         Ok(())
     }
 
-    fn connection_for_append(&mut self) -> TxConnection<'_> {
-        match &mut self.inner {
-            TxInner::Postgres(tx) => TxConnection::Postgres(tx),
-            TxInner::Sqlite { tx, .. } => TxConnection::Sqlite(tx),
-        }
+    fn connection_for_append(&mut self) -> Result<TxConnection<'_>, StoreError> {
+        Ok(match self.connection()? {
+            TransactionConnection::Postgres(conn) => TxConnection::Postgres(conn),
+            TransactionConnection::Sqlite(conn) => TxConnection::Sqlite(conn),
+        })
     }
 }
 

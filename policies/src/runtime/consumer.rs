@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
-use lifeline_store::EventStore;
+use lifeline_store::{EventStore, StoreError};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -554,6 +554,13 @@ struct Failure {
     transient: bool,
 }
 
+/// How a batch's run in one transaction ended when it did not commit.
+enum Applied {
+    Failed(Failure),
+    /// A deferred transaction's write found a record moved since it was read: nothing written.
+    HeldStreamMoved,
+}
+
 impl Failure {
     fn of_store(error: &lifeline_store::StoreError) -> Self {
         Self {
@@ -1075,12 +1082,39 @@ impl Worker {
     /// Applies the policy to each noticed event, in order, in one transaction (the handler
     /// reads the events: [`PolicyHandler::apply_notices`]). On failure, nothing stays; the
     /// error comes with the index of the event it came from, if one did.
+    ///
+    /// A policy whose handler defers its transaction's begin ([`PolicyHandler::defers_begin`])
+    /// runs in a deferred transaction (`EventStore::begin_deferred`): its reads take no
+    /// transaction id, and its write (usually one statement, its own transaction) holds the
+    /// records it read. A record that moved in between fails that write, nothing written, and
+    /// the batch runs again at once in a plain transaction that holds its records as it reads
+    /// them.
     async fn apply_all(&self, notices: &[Noticed<'_>]) -> Result<(), Failure> {
-        let mut tx = self
-            .store
-            .begin()
+        if self.handler.defers_begin(&self.policy) {
+            match self.apply_all_in(notices, true).await {
+                Err(Applied::HeldStreamMoved) => {
+                    tracing::debug!(policy = %self.policy, count = notices.len(), "a record moved after its read: the batch runs again, held");
+                }
+                Err(Applied::Failed(failure)) => return Err(failure),
+                Ok(()) => return Ok(()),
+            }
+        }
+        self.apply_all_in(notices, false)
             .await
-            .map_err(|error| Failure::of_store(&error))?;
+            .map_err(|applied| match applied {
+                Applied::Failed(failure) => failure,
+                Applied::HeldStreamMoved => Failure::of_store(&StoreError::HeldStreamMoved),
+            })
+    }
+
+    /// [`Self::apply_all`] in a transaction begun at once, or (`deferred`) at its first write.
+    async fn apply_all_in(&self, notices: &[Noticed<'_>], deferred: bool) -> Result<(), Applied> {
+        let begun = if deferred {
+            self.store.begin_deferred().await
+        } else {
+            self.store.begin().await
+        };
+        let mut tx = begun.map_err(|error| Applied::Failed(Failure::of_store(&error)))?;
         // A handler that panics fails like one that errs (its transaction rolled back): the
         // batch is handled one by one, and an event that panics on its own counts attempts
         // and ends as `PolicyFailed`. (A panic caught only by the lane left the whole batch
@@ -1105,12 +1139,19 @@ impl Worker {
                 },
             ))
         });
-        applied.map_err(|(index, error)| Failure {
-            index,
-            message: error.to_string(),
-            transient: error.is_transient(),
+        applied.map_err(|(index, error)| {
+            if deferred && error.is_held_stream_moved() {
+                return Applied::HeldStreamMoved;
+            }
+            Applied::Failed(Failure {
+                index,
+                message: error.to_string(),
+                transient: error.is_transient(),
+            })
         })?;
-        tx.commit().await.map_err(|error| Failure::of_store(&error))
+        tx.commit()
+            .await
+            .map_err(|error| Applied::Failed(Failure::of_store(&error)))
     }
 
     async fn give_up(

@@ -536,7 +536,7 @@ async fn event_rows_cannot_be_updated_or_deleted(store: EventStore) {
         "DELETE FROM events",
     ] {
         let mut tx = store.begin().await.unwrap();
-        let result = match tx.connection() {
+        let result = match tx.connection().unwrap() {
             TransactionConnection::Postgres(connection) => {
                 sqlx::query(sql).execute(connection).await.map(|_| ())
             }
@@ -1349,5 +1349,182 @@ fn new_task_row(
         application: lifeline_model::task::Application::default(),
         outcome: None,
         reason: None,
+    }
+}
+
+/// Deferred transactions (`EventStore::begin_deferred`, PostgreSQL only: on SQLite it is a
+/// plain `begin`).
+mod deferred {
+    use super::*;
+    use lifeline_store::StoreError;
+
+    async fn recorded(store: &EventStore) -> StreamId {
+        let record = new_stream("record");
+        store
+            .append(
+                &record,
+                ExpectedVersion::NoStream,
+                &[new_event("Recorded", json!({"n": 1}))],
+            )
+            .await
+            .unwrap();
+        record
+    }
+
+    /// Whether the gap-free reader of the log sees `stream` within `patience` (other tests'
+    /// transactions on the same server may hold it back a moment).
+    async fn log_shows(store: &EventStore, stream: &StreamId, patience: Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let log = store.read_all(LogCursor::START, 100_000).await.unwrap();
+            if log.iter().any(|event| event.stream_id == *stream) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reading held takes no transaction id before the first write: a commit made meanwhile
+    /// reaches the gap-free reader of the log while the deferred transaction is still open (a
+    /// held read in a plain transaction holds it back until that transaction ends). A record
+    /// that moved after the read fails the first write: the whole group is refused, and a
+    /// write that begins the transaction answers `HeldStreamMoved`, nothing written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reads_hold_back_no_reader_and_a_moved_record_fails_the_first_write() {
+        let test_store = lifeline_tests::postgres_store().await;
+        let store = test_store.store().clone();
+        let record = recorded(&store).await;
+
+        let mut tx = store.begin_deferred().await.unwrap();
+        let read = tx.read_streams_held(&[&record]).await.unwrap();
+        assert_eq!(read[&record].len(), 1);
+        let meanwhile = new_stream("meanwhile");
+        store
+            .append(
+                &meanwhile,
+                ExpectedVersion::NoStream,
+                &[new_event("Meanwhile", json!({}))],
+            )
+            .await
+            .unwrap();
+        // Well within PostgreSQL's idle-in-transaction time-out (15 s), which would end a
+        // holder that held the reader back.
+        assert!(
+            log_shows(&store, &meanwhile, Duration::from_secs(5)).await,
+            "a deferred transaction's held read held back the log's reader"
+        );
+
+        // A correction of the record commits between the read and the write.
+        store
+            .append(
+                &record,
+                ExpectedVersion::Exact(StreamVersion(1)),
+                &[new_event("Corrected", json!({"n": 2}))],
+            )
+            .await
+            .unwrap();
+        let task = new_stream("task");
+        let created = [new_event("TaskCreated", json!({}))];
+        let whole = tx
+            .append_whole_with_new_tasks(&[(&task, ExpectedVersion::NoStream, &created)], &[])
+            .await
+            .unwrap();
+        assert!(whole.is_none(), "a group was stored over a moved record");
+        assert!(tx.is_deferred(), "a refused group began the transaction");
+        let error = tx
+            .append(&task, ExpectedVersion::NoStream, &created)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AppendError::Store(StoreError::HeldStreamMoved)),
+            "{error:?}"
+        );
+        drop(tx);
+        assert_eq!(store.stream_version(&task).await.unwrap(), None);
+        test_store.close().await;
+    }
+
+    /// A whole group written before the transaction began is its own transaction: committed
+    /// at once (another connection reads it before `commit`), and the transaction has ended:
+    /// a later write fails, `commit` only wakes the subscriptions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_whole_group_as_the_first_write_commits_on_its_own_and_ends_the_transaction() {
+        let test_store = lifeline_tests::postgres_store().await;
+        let store = test_store.store().clone();
+        let record = recorded(&store).await;
+
+        let mut tx = store.begin_deferred().await.unwrap();
+        tx.read_streams_held(&[&record]).await.unwrap();
+        let task = new_stream("task");
+        let created = [new_event("TaskCreated", json!({}))];
+        let outcomes = tx
+            .append_whole_with_new_tasks(&[(&task, ExpectedVersion::NoStream, &created)], &[])
+            .await
+            .unwrap()
+            .expect("the group stored whole");
+        assert_eq!(outcomes.len(), 1);
+        assert!(!tx.is_deferred());
+        assert_eq!(store.read_stream(&task).await.unwrap().len(), 1);
+        let later = tx
+            .append(
+                &new_stream("later"),
+                ExpectedVersion::NoStream,
+                &[new_event("Later", json!({}))],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(later, AppendError::Store(StoreError::TransactionEnded)),
+            "{later:?}"
+        );
+        tx.commit().await.unwrap();
+        assert!(log_shows(&store, &task, Duration::from_secs(20)).await);
+        test_store.close().await;
+    }
+
+    /// The first write of a deferred transaction that goes the ordinary way begins it and holds
+    /// the records it read: no append can lock them until it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_first_write_holds_the_records_read_until_the_transaction_ends() {
+        let test_store = lifeline_tests::postgres_store().await;
+        let store = test_store.store().clone();
+        let record = recorded(&store).await;
+        let pool = store.postgres_pool().unwrap().clone();
+        let can_lock = || async {
+            sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR UPDATE NOWAIT")
+                .bind(record.as_str())
+                .fetch_optional(&pool)
+                .await
+                .map(|_| ())
+        };
+
+        let mut tx = store.begin_deferred().await.unwrap();
+        tx.read_streams_held(&[&record]).await.unwrap();
+        can_lock().await.expect("a plain read holds nothing");
+        tx.append(
+            &new_stream("prefilled"),
+            ExpectedVersion::NoStream,
+            &[new_event("Prefilled", json!({}))],
+        )
+        .await
+        .unwrap();
+        assert!(!tx.is_deferred());
+        let error = can_lock().await.unwrap_err();
+        assert_eq!(
+            error
+                .as_database_error()
+                .and_then(|error| error.code())
+                .as_deref(),
+            Some("55P03"),
+            "{error}"
+        );
+        tx.commit().await.unwrap();
+        can_lock()
+            .await
+            .expect("the hold ends with the transaction");
+        test_store.close().await;
     }
 }

@@ -45,7 +45,7 @@ impl Subscriber for PlanProbe {
         tx: &mut StoreTransaction<'_>,
         _event: &RecordedEvent,
     ) -> Result<(), SubscriberError> {
-        if let TransactionConnection::Postgres(connection) = tx.connection() {
+        if let TransactionConnection::Postgres(connection) = tx.connection().unwrap() {
             let setting: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
                 .fetch_one(connection)
                 .await?;
@@ -159,7 +159,7 @@ impl Subscriber for Recorder {
         let sql = sqlx::AssertSqlSafe(sql);
         let event_id = event.event_id.to_string();
         let stream_id = event.stream_id.to_string();
-        match tx.connection() {
+        match tx.connection().unwrap() {
             TransactionConnection::Postgres(connection) => {
                 sqlx::query(sql)
                     .bind(event_id)
@@ -201,7 +201,7 @@ async fn create_table(store: &EventStore, table: &str) {
 async fn execute(store: &EventStore, sql: String) {
     let sql = sqlx::AssertSqlSafe(sql);
     let mut tx = store.begin().await.unwrap();
-    match tx.connection() {
+    match tx.connection().unwrap() {
         TransactionConnection::Postgres(connection) => {
             sqlx::query(sql).execute(connection).await.unwrap();
         }
@@ -219,7 +219,7 @@ async fn seen_rows(store: &EventStore) -> i64 {
 async fn rows_in(store: &EventStore, table: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
     let mut tx = store.begin().await.unwrap();
-    let count = match tx.connection() {
+    let count = match tx.connection().unwrap() {
         TransactionConnection::Postgres(connection) => {
             sqlx::query_scalar(sql).fetch_one(connection).await.unwrap()
         }
@@ -338,7 +338,7 @@ impl Subscriber for Tally {
         let sql = "INSERT INTO tally (event_id, times) VALUES ($1, 1) \
                    ON CONFLICT (event_id) DO UPDATE SET times = tally.times + 1";
         let event_id = event.event_id.to_string();
-        match tx.connection() {
+        match tx.connection().unwrap() {
             TransactionConnection::Postgres(connection) => {
                 sqlx::query(sql).bind(event_id).execute(connection).await?;
             }
@@ -794,7 +794,7 @@ struct DeferredWriter {
 
 impl DeferredWriter {
     async fn note_xid(&self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        let TransactionConnection::Postgres(connection) = tx.connection() else {
+        let TransactionConnection::Postgres(connection) = tx.connection().unwrap() else {
             unreachable!("a PostgreSQL test");
         };
         let assigned: Option<i64> =
@@ -842,7 +842,7 @@ impl Subscriber for DeferredWriter {
     }
 
     async fn end_batch(&mut self, tx: &mut StoreTransaction<'_>) -> Result<(), SubscriberError> {
-        let TransactionConnection::Postgres(connection) = tx.connection() else {
+        let TransactionConnection::Postgres(connection) = tx.connection().unwrap() else {
             unreachable!("a PostgreSQL test");
         };
         let sql = format!(
