@@ -24,7 +24,10 @@
 //! The registrations and the follow-ups read the record they prefill from held
 //! ([`StoreTransaction::read_streams_held`]): a correction or a void of it commits before that
 //! read or after their tasks, so `corrections`, which reads the tasks when it runs, never misses
-//! a task prefilled from the record before it.
+//! a task prefilled from the record before it. In a deferred transaction (the NATS consumers',
+//! [`PolicyHandler::defers_begin`]) the hold is taken by the first write instead, which fails
+//! if the record moved since the read (the batch then runs again, held from its read): a
+//! correction commits before the hold, and is read on the second run, or after the tasks.
 //!
 //! A new stream is appended with "stream must not exist" and the event id
 //! [`task_created_event_id`] or [`eligibility_event_id`]; an update with the version read and the
@@ -205,10 +208,11 @@ impl PolicyHandler for PolicyEngine {
     /// drafted (`IdentityAllocator::draft_many`, `append_drafted`). The batch's events do not
     /// read what the batch writes (a completion's task and record were written before it), so
     /// the transaction takes its first write, which holds back every gap-free reader of the
-    /// log, only after the last read. In a deferred transaction (the runtimes':
+    /// log, only after the last read. In a deferred transaction (the NATS consumers':
     /// [`PolicyHandler::defers_begin`]) the held reads are plain, and the one write holds the
-    /// records read (failing if one moved), usually as a statement of its own. `corrections` reads the tasks that earlier corrections
-    /// of the batch may have changed, and applies one event after another.
+    /// records read (failing if one moved), usually as a statement of its own. `corrections`
+    /// reads the tasks that earlier corrections of the batch may have changed, and applies one
+    /// event after another.
     async fn apply_batch(
         &self,
         policy: &str,
@@ -219,7 +223,7 @@ impl PolicyHandler for PolicyEngine {
     }
 
     /// The registrations read the stream of each record they are told of anyway (held until
-    /// the batch commits), and the follow-ups the stream of each completed task: they read
+    /// the batch commits; in a deferred transaction, from its first write), and the follow-ups the stream of each completed task: they read
     /// those streams first and take the noticed events from them, one statement fewer per
     /// batch than reading the events by id first. (The follow-ups receive only their
     /// registration's completions, `PolicyHandler::notices`; while they received every
@@ -649,7 +653,8 @@ impl ReadAhead {
     }
 
     /// A lane batch of registration runs: every run's record (the stream of the event it
-    /// reacts to), held until the batch commits. `held`: records already read held (the
+    /// reacts to), held until the batch commits (in a deferred transaction, from its first
+    /// write). `held`: records already read held (the
     /// batch's own, [`PolicyHandler::apply_notices`]); the others are read held here.
     async fn records(
         tx: &mut StoreTransaction<'_>,

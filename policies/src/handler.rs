@@ -107,7 +107,8 @@ pub trait PolicyHandler: Send + Sync {
 
     /// Runs `policy` on each of `events`, in order, inside `tx`, with the effect of
     /// [`PolicyHandler::apply`] on each one after another. On failure the caller rolls `tx`
-    /// back; the error comes with the index of the event it came from, if one did. The
+    /// back (a deferred transaction's write that ended it is committed: see
+    /// [`PolicyHandler::defers_begin`]); the error comes with the index of the event it came from, if one did. The
     /// default applies them one by one; a handler may write a batch's effects together.
     async fn apply_batch(
         &self,

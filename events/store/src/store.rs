@@ -662,9 +662,13 @@ enum TxInner {
     Postgres(sqlx::Transaction<'static, Postgres>),
     /// A deferred transaction not begun yet: its connection, outside any transaction.
     Deferred(PoolConnection<Postgres>),
-    /// A deferred transaction that ended with its first write (its own transaction), or whose
-    /// begin failed: nothing more can be written or read.
+    /// A deferred transaction that ended with its first write (its own transaction, committed):
+    /// nothing more can be written or read.
     Ended,
+    /// A deferred transaction whose begin, hold or first write failed: nothing more can be
+    /// written or read, and nothing was written (but for a write that was its own transaction,
+    /// whose error may have come after its commit).
+    Failed,
     Sqlite {
         tx: sqlx::Transaction<'static, Sqlite>,
         /// The store's writer lock; `None` for read-only transactions.
@@ -732,7 +736,7 @@ impl<'s> StoreTransaction<'s> {
     ) -> Result<AppendOutcome, AppendError> {
         self.begin_writes().await?;
         let outcome = match &mut self.inner {
-            TxInner::Deferred(_) | TxInner::Ended => {
+            TxInner::Deferred(_) | TxInner::Ended | TxInner::Failed => {
                 return Err(StoreError::TransactionEnded.into())
             }
             TxInner::Postgres(tx) => {
@@ -803,6 +807,12 @@ impl<'s> StoreTransaction<'s> {
     /// redelivery, which [`StoreTransaction::append_many`] answers append by append), and then
     /// nothing of it, rows included, was written and the transaction goes on. Always `None` on
     /// SQLite, and for appends that do not all create streams.
+    ///
+    /// In a deferred transaction not begun yet ([`EventStore::begin_deferred`]) the statement is
+    /// its own transaction and holds the streams read held first (`None`, nothing written, if
+    /// one moved): stored, it has committed and this transaction has ended. An error may then
+    /// come after its commit (re-sending the same event ids is safe), and the transaction has
+    /// failed either way.
     pub async fn append_whole_with_new_tasks(
         &mut self,
         appends: &[(&StreamId, ExpectedVersion, &[NewEvent])],
@@ -813,7 +823,7 @@ impl<'s> StoreTransaction<'s> {
         let (conn, held): (&mut PgConnection, _) = match &mut self.inner {
             TxInner::Postgres(tx) => (tx, None),
             TxInner::Deferred(conn) => (conn, Some(&self.held)),
-            TxInner::Ended => return Err(StoreError::TransactionEnded),
+            TxInner::Ended | TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { .. } => return Ok(None),
         };
         let Ok(encoded) = appends
@@ -837,7 +847,15 @@ impl<'s> StoreTransaction<'s> {
             return Ok(None);
         };
         let ends = held.is_some();
-        let stored = batch::append_group_whole(conn, &group, tasks, held).await?;
+        let stored = match batch::append_group_whole(conn, &group, tasks, held).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                if ends {
+                    self.inner = TxInner::Failed;
+                }
+                return Err(error);
+            }
+        };
         if stored.is_some() {
             self.appended = true;
             if ends {
@@ -1079,7 +1097,7 @@ impl<'s> StoreTransaction<'s> {
         match &mut self.inner {
             TxInner::Postgres(tx) => Ok(TransactionConnection::Postgres(tx)),
             TxInner::Deferred(conn) => Ok(TransactionConnection::Postgres(conn)),
-            TxInner::Ended => Err(StoreError::TransactionEnded),
+            TxInner::Ended | TxInner::Failed => Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, .. } => Ok(TransactionConnection::Sqlite(tx)),
         }
     }
@@ -1098,10 +1116,10 @@ impl<'s> StoreTransaction<'s> {
     pub async fn begin_writes(&mut self) -> Result<(), StoreError> {
         match &self.inner {
             TxInner::Deferred(_) => {}
-            TxInner::Ended => return Err(StoreError::TransactionEnded),
+            TxInner::Ended | TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Postgres(_) | TxInner::Sqlite { .. } => return Ok(()),
         }
-        let TxInner::Deferred(conn) = std::mem::replace(&mut self.inner, TxInner::Ended) else {
+        let TxInner::Deferred(conn) = std::mem::replace(&mut self.inner, TxInner::Failed) else {
             return Err(StoreError::TransactionEnded);
         };
         let mut tx = sqlx::Transaction::begin(conn, None).await?;
@@ -1114,11 +1132,13 @@ impl<'s> StoreTransaction<'s> {
 
     /// Commits; then wakes this process's subscriptions if anything was appended. A deferred
     /// transaction not begun has nothing to commit; one that ended with its write, committed
-    /// it then.
+    /// it then; one whose begin, hold or write failed answers [`StoreError::TransactionEnded`].
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.commit().await?,
             TxInner::Deferred(_) | TxInner::Ended => {}
+            // Its begin, hold or write failed: committing would drop that failure silently.
+            TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, _writer } => tx.commit().await?,
         }
         if self.appended {
@@ -1131,7 +1151,7 @@ impl<'s> StoreTransaction<'s> {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.rollback().await?,
-            TxInner::Deferred(_) => {}
+            TxInner::Deferred(_) | TxInner::Failed => {}
             // Its write committed on its own: nothing to roll back.
             TxInner::Ended => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, _writer } => tx.rollback().await?,

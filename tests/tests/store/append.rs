@@ -1442,7 +1442,11 @@ mod deferred {
             matches!(error, AppendError::Store(StoreError::HeldStreamMoved)),
             "{error:?}"
         );
-        drop(tx);
+        // A failed hold is not committed as if nothing happened.
+        assert!(matches!(
+            tx.commit().await,
+            Err(StoreError::TransactionEnded)
+        ));
         assert_eq!(store.stream_version(&task).await.unwrap(), None);
         test_store.close().await;
     }
