@@ -309,7 +309,10 @@ pub async fn serve(
 /// deployments, or tests, sharing one NATS server each need a stream of their own), and the
 /// stream's replicas from `LIFELINE_NATS_REPLICAS` (1 to 5, default 1; 3 on the three-node
 /// cluster of `deploy/nats/cluster`, where an acknowledged notice is then on a majority). The
-/// relay creates the stream with them, or updates an existing one to them.
+/// relay creates the stream with them, or updates an existing one to them. The policy
+/// consumers' ack wait from `LIFELINE_NATS_ACK_WAIT_SECS` (1 to 3,600, default 30): how long a
+/// message a worker took and never answered (the worker was killed) waits before JetStream
+/// hands it to another; a worker brings its durables to its own value when it binds them.
 fn runtime_settings_from_env() -> anyhow::Result<RuntimeSettings> {
     let mut settings = RuntimeSettings::default();
     let set = |name: &str| {
@@ -326,7 +329,25 @@ fn runtime_settings_from_env() -> anyhow::Result<RuntimeSettings> {
     if let Some(replicas) = set("LIFELINE_NATS_REPLICAS") {
         settings.bus.replicas = parse_replicas(&replicas)?;
     }
+    if let Some(seconds) = set("LIFELINE_NATS_ACK_WAIT_SECS") {
+        settings.consumer.ack_wait = parse_ack_wait(&seconds)?;
+    }
     Ok(settings)
+}
+
+/// `LIFELINE_NATS_ACK_WAIT_SECS`: whole seconds, 1 to 3,600.
+fn parse_ack_wait(raw: &str) -> anyhow::Result<std::time::Duration> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|seconds| (1..=3600).contains(seconds))
+        .map(std::time::Duration::from_secs)
+        .with_context(|| {
+            format!(
+                "LIFELINE_NATS_ACK_WAIT_SECS must be a whole number of seconds from 1 to 3600, \
+                 not {raw:?}"
+            )
+        })
 }
 
 /// `LIFELINE_NATS_REPLICAS`: a JetStream stream has 1 to 5 replicas.
@@ -389,7 +410,7 @@ pub fn policy_engine(reference: ReferenceData) -> PolicyEngine {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_replicas;
+    use super::{parse_ack_wait, parse_replicas};
 
     #[test]
     fn nats_replicas_are_one_to_five_and_a_bad_value_is_named() {
@@ -399,6 +420,19 @@ mod tests {
         for bad in ["0", "6", "-1", "three", "3.0"] {
             let error = parse_replicas(bad).unwrap_err().to_string();
             assert!(error.contains("LIFELINE_NATS_REPLICAS"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_ack_wait_is_whole_seconds_from_one_to_an_hour_and_a_bad_value_is_named() {
+        assert_eq!(parse_ack_wait("2").unwrap().as_secs(), 2);
+        assert_eq!(parse_ack_wait(" 3600 ").unwrap().as_secs(), 3600);
+        for bad in ["0", "3601", "-1", "2.5", "two", "2s"] {
+            let error = parse_ack_wait(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("LIFELINE_NATS_ACK_WAIT_SECS"),
+                "{bad}: {error}"
+            );
         }
     }
 }

@@ -571,6 +571,7 @@ fn spawn_worker(
         .env("LIFELINE_NATS_URL", nats_url)
         .env("LIFELINE_NATS_STREAM", &bus.stream_name)
         .env("LIFELINE_NATS_SUBJECT_PREFIX", &bus.subject_prefix)
+        .env("LIFELINE_NATS_ACK_WAIT_SECS", "2")
         .env(
             "LIFELINE_TOKEN_SECRET",
             "chain-nats-test-secret-of-at-least-32-bytes",
@@ -593,7 +594,10 @@ async fn the_worker_process_killed_mid_run_and_restarted_creates_every_task_once
     let bus = unique_bus();
     let directory = tempfile::tempdir().unwrap();
     // The operator's consumers: the binary's defaults but a 2 s ack wait, so that what the
-    // killed worker held comes back quickly (a consumer binds to an existing durable as it is).
+    // killed worker held comes back quickly. The workers run with the same ack wait
+    // (`LIFELINE_NATS_ACK_WAIT_SECS`, `spawn_worker`): a worker brings the durables it binds to
+    // its own, and with the default 30 s (until the thirty-second session, whatever the
+    // durables said) what the killed worker held came back only after 30 s.
     bus.ensure_stream(&jetstream).await.unwrap();
     let worker_options = ConsumerOptions {
         ack_wait: Duration::from_secs(2),
