@@ -21,6 +21,11 @@
 --
 -- The statement of migration 8 (as migration 10 left it) is repeated rather than called, as
 -- there (a nested PL/pgSQL call costs about 0.1 ms).
+--
+-- Both functions run with `enable_seqscan = off`: PL/pgSQL keeps a statement's plan for the
+-- session, and a plan made while `streams` was small (a new database, no statistics yet)
+-- joined the held ids to a sequential scan of the whole table, kept as the table grew. In W3 at
+-- 500 births/s that scan, once per lane batch, slowed every append (HTTP 201 p50 +25 ms).
 CREATE FUNCTION lifeline_hold_streams(p_ids text[], p_versions bigint[])
 RETURNS boolean
 LANGUAGE plpgsql
@@ -55,6 +60,7 @@ CREATE FUNCTION lifeline_try_append_new_streams_held(
     OUT o_refused boolean)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 BEGIN
     o_refused := false;
