@@ -7,7 +7,10 @@
 //! Each part (relay, policies, failures, projections, tasks) is read on its own, with a time
 //! limit: when one fails (PostgreSQL or NATS away) the sampler logs a warning, keeps that
 //! part's last figures and counts the failure; `lifeline_metrics_sample_age_seconds{part}`
-//! shows how old the figures are, so stale ones can be told apart.
+//! shows how old the figures are, so stale ones can be told apart. The two failures streams
+//! (policies', connectors') are append-only: the sampler keeps what it read of them and reads
+//! only what was appended since ([`StreamTail`]; until the thirty-second session every sample
+//! read both whole).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -15,14 +18,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use lifeline_model::envelope::{RecordedEvent, StreamId, StreamVersion};
 use lifeline_model::procedure::AgencyId;
+use lifeline_policies::runtime::failures::FAILURES_STREAM;
 use lifeline_policies::runtime::stats::{LagProbe, PolicyLag};
-use lifeline_policies::runtime::{failure_counts, FailureCounts};
+use lifeline_policies::runtime::{failure_counts_of, FailureCounts};
 use lifeline_store::stats::{self as store_stats, TaskCount};
-use lifeline_store::EventStore;
+use lifeline_store::{EventStore, StoreError};
 use tokio::sync::watch;
 
-use crate::connector::failures::open_failure_counts;
+use crate::connector::events::failures_stream as delivery_failures_stream;
+use crate::connector::failures::open_failure_counts_of;
 use crate::http::metrics::{Exposition, Metrics};
 
 /// How often the sampler reads the figures.
@@ -46,6 +52,35 @@ pub struct RuntimeMetrics {
     policies: Arc<[String]>,
     projections: Arc<[String]>,
     snapshot: Arc<Mutex<Snapshot>>,
+    /// The policies' failures stream, as read so far.
+    policy_failures: Arc<tokio::sync::Mutex<StreamTail>>,
+    /// The connectors' failures stream, as read so far.
+    delivery_failures: Arc<tokio::sync::Mutex<StreamTail>>,
+}
+
+/// An append-only stream's events as read so far: each read asks only for what was appended
+/// after the last event it holds.
+#[derive(Default)]
+struct StreamTail {
+    events: Vec<RecordedEvent>,
+}
+
+impl StreamTail {
+    /// Every event of `stream`, reading only those appended since the last read. Nothing is
+    /// kept of a read that fails (or is dropped by the part's time limit).
+    async fn read(
+        &mut self,
+        store: &EventStore,
+        stream: &StreamId,
+    ) -> Result<&[RecordedEvent], StoreError> {
+        let after = self
+            .events
+            .last()
+            .map_or(StreamVersion(0), |event| event.stream_version);
+        let appended = store.read_stream_after(stream, after).await?;
+        self.events.extend(appended);
+        Ok(&self.events)
+    }
 }
 
 impl std::fmt::Debug for RuntimeMetrics {
@@ -143,6 +178,8 @@ impl RuntimeMetrics {
             policies: policies.into_iter().map(Into::into).collect(),
             projections: projections.into_iter().map(Into::into).collect(),
             snapshot: Arc::new(Mutex::new(Snapshot::default())),
+            policy_failures: Arc::default(),
+            delivery_failures: Arc::default(),
         }
     }
 
@@ -194,14 +231,21 @@ impl RuntimeMetrics {
                 .map_err(|error| error.to_string())
         };
         let failures = async {
-            failure_counts(store)
+            let stream = StreamId::parse(FAILURES_STREAM).map_err(|error| error.to_string())?;
+            let mut tail = self.policy_failures.lock().await;
+            let events = tail
+                .read(store, &stream)
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            Ok(failure_counts_of(events))
         };
         let deliveries = async {
-            open_failure_counts(store)
+            let mut tail = self.delivery_failures.lock().await;
+            let events = tail
+                .read(store, &delivery_failures_stream())
                 .await
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            Ok(open_failure_counts_of(events))
         };
         let projections = async {
             let mut lags = Vec::with_capacity(self.projections.len());

@@ -270,6 +270,41 @@ async fn metrics_show_embedded_policy_lag_and_tasks_on_sqlite_without_a_relay() 
         !page.contains("lifeline_relay_lag") && !page.contains(r#"part="relay""#),
         "no relay without NATS: {page}"
     );
+
+    // The sampler keeps what it read of the failures stream and reads what was appended
+    // since: a new failure, and a retry marker for a failure it read before, both count.
+    let beta_failure = failures
+        .iter()
+        .find(|event| event.payload.text().contains(BETA))
+        .map(|event| event.metadata.causation_id.unwrap())
+        .unwrap();
+    append_failures(
+        &store,
+        &[
+            policy_failed(ALPHA, Uuid::new_v4()),
+            retry_marker(BETA, beta_failure),
+        ],
+    )
+    .await;
+    sampler.sample_at(now).await;
+    let page = server.metrics().await;
+    assert_series(
+        &page,
+        &[
+            (
+                r#"lifeline_policy_failures_total{policy="effect-alpha"}"#,
+                "3",
+            ),
+            (
+                r#"lifeline_policy_failures_open{policy="effect-alpha"}"#,
+                "2",
+            ),
+            (
+                r#"lifeline_policy_failures_open{policy="effect-beta"}"#,
+                "0",
+            ),
+        ],
+    );
     server.stop().await;
     store.close().await;
 }
@@ -487,50 +522,65 @@ fn task(procedure: ProcedureId, status: TaskStatus, due_at: DateTime<Utc>) -> Ta
 
 /// Records alpha giving up on two events (one of them retried successfully since) and beta on
 /// one, in the failures stream as the runtimes do; answers the four events.
-async fn record_failures(store: &EventStore) -> Vec<RecordedEvent> {
-    let stream = StreamId::parse(FAILURES_STREAM).unwrap();
+/// A `PolicyFailed` of `policy` on `event_id`.
+fn policy_failed(policy: &str, event_id: Uuid) -> NewEvent {
     let now = Utc::now();
-    let failed = |policy: &str, event_id: Uuid| {
-        let event = SystemEvent::PolicyFailed(PolicyFailed {
-            policy: policy.to_owned(),
-            event_id,
-            error: "refused".to_owned(),
-            deliveries: 5,
-            failed_at: now,
-        });
-        let metadata =
-            EventMetadata::system(format!("policy:{policy}"), event_id, Some(event_id), now);
-        codec::to_new_event(
-            &event,
-            policy_failed_event_id(policy, event_id, 0),
-            metadata,
-        )
-    };
-    let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let event = SystemEvent::PolicyFailed(PolicyFailed {
+        policy: policy.to_owned(),
+        event_id,
+        error: "refused".to_owned(),
+        deliveries: 5,
+        failed_at: now,
+    });
+    let metadata = EventMetadata::system(format!("policy:{policy}"), event_id, Some(event_id), now);
+    codec::to_new_event(
+        &event,
+        policy_failed_event_id(policy, event_id, 0),
+        metadata,
+    )
+}
+
+/// The marker of a successful retry of `policy` on `event_id`.
+fn retry_marker(policy: &str, event_id: Uuid) -> NewEvent {
+    let now = Utc::now();
     let retried = PolicyRetrySucceeded {
-        policy: ALPHA.to_owned(),
-        event_id: first,
-        failure_event_id: policy_failed_event_id(ALPHA, first, 0),
+        policy: policy.to_owned(),
+        event_id,
+        failure_event_id: policy_failed_event_id(policy, event_id, 0),
         retried_at: now,
     };
-    let marker = NewEvent {
+    NewEvent {
         event_id: Uuid::new_v4(),
         event_type: RETRY_SUCCEEDED_TYPE.to_owned(),
         schema_version: 1,
         payload: serde_json::to_value(&retried).unwrap(),
-        metadata: EventMetadata::system("operator:test", first, None, now),
-    };
-    let events = [
-        failed(ALPHA, first),
-        failed(ALPHA, second),
-        failed(BETA, third),
-        marker,
-    ];
+        metadata: EventMetadata::system("operator:test", event_id, None, now),
+    }
+}
+
+/// Appends `events` to the failures stream; answers the whole stream.
+async fn append_failures(store: &EventStore, events: &[NewEvent]) -> Vec<RecordedEvent> {
+    let stream = StreamId::parse(FAILURES_STREAM).unwrap();
     store
-        .append(&stream, ExpectedVersion::NoStream, &events)
+        .append(&stream, ExpectedVersion::Any, events)
         .await
         .unwrap();
     store.read_stream(&stream).await.unwrap()
+}
+
+/// Alpha failed twice, one of them retried since; beta failed once.
+async fn record_failures(store: &EventStore) -> Vec<RecordedEvent> {
+    let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    append_failures(
+        store,
+        &[
+            policy_failed(ALPHA, first),
+            policy_failed(ALPHA, second),
+            policy_failed(BETA, third),
+            retry_marker(ALPHA, first),
+        ],
+    )
+    .await
 }
 
 fn settings(bus: &BusConfig) -> RuntimeSettings {

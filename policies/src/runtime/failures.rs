@@ -155,6 +155,12 @@ pub async fn failure_counts(
     store: &EventStore,
 ) -> Result<BTreeMap<String, FailureCounts>, RuntimeError> {
     let events = store.read_stream(&failures_stream()).await?;
+    Ok(failure_counts_of(&events))
+}
+
+/// [`failure_counts`] of the failures stream's `events` (all of them, in order), for a reader
+/// that keeps what it read and reads only what was appended since.
+pub fn failure_counts_of(events: &[RecordedEvent]) -> BTreeMap<String, FailureCounts> {
     let mut counts: BTreeMap<String, FailureCounts> = BTreeMap::new();
     for event in events
         .iter()
@@ -164,10 +170,10 @@ pub async fn failure_counts(
             counts.entry(failed.policy).or_default().recorded += 1;
         }
     }
-    for run in open_runs(&events) {
+    for run in open_runs(events) {
         counts.entry(run.policy).or_default().open += 1;
     }
-    Ok(counts)
+    counts
 }
 
 /// The failed runs of the failures stream's `events` that no retry marker resolved, oldest
@@ -190,7 +196,10 @@ fn open_runs(events: &[RecordedEvent]) -> Vec<FailedPolicyRun> {
         match decode_recorded::<SystemEvent>(event) {
             Ok(SystemEvent::PolicyFailed(failed)) => {
                 let key = (failed.policy.clone(), failed.event_id);
-                if !order.contains(&key) {
+                // A run seen before keeps its first place (`order` may hold it twice, once
+                // retried and failed again: the first removal below takes it). Until the
+                // thirty-second session a linear search here made a long stream quadratic.
+                if !open.contains_key(&key) {
                     order.push(key.clone());
                 }
                 open.insert(

@@ -21,8 +21,8 @@ pub use bus::{connect_nats, BusConfig, EventNotice, Notices};
 pub use consumer::{run_policy_consumer, run_policy_consumers, ConsumerOptions};
 pub use embedded::{run_embedded_policies, EmbeddedOptions, PolicySubscriber};
 pub use failures::{
-    failure_counts, list_failed, retry_failed, FailedPolicyRun, FailureCounts, RetryFilter,
-    RetryReport,
+    failure_counts, failure_counts_of, list_failed, retry_failed, FailedPolicyRun, FailureCounts,
+    RetryFilter, RetryReport,
 };
 pub use relay::{Relay, RelayOptions};
 pub use roles::{run_roles, Role, RuntimeSettings};

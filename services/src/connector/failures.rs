@@ -103,11 +103,18 @@ pub async fn list_failed_deliveries(
 pub async fn open_failure_counts(
     store: &EventStore,
 ) -> Result<std::collections::BTreeMap<String, u64>, FailuresError> {
+    let events = store.read_stream(&failures_stream()).await?;
+    Ok(open_failure_counts_of(&events))
+}
+
+/// [`open_failure_counts`] of the failures stream's `events` (all of them, in order), for a
+/// reader that keeps what it read and reads only what was appended since.
+pub fn open_failure_counts_of(events: &[RecordedEvent]) -> std::collections::BTreeMap<String, u64> {
     let mut counts = std::collections::BTreeMap::new();
-    for failed in list_failed_deliveries(store).await? {
+    for failed in open_failures(events) {
         *counts.entry(failed.agency).or_insert(0) += 1;
     }
-    Ok(counts)
+    counts
 }
 
 /// The failures among `events` (of the failures stream) that no request answered, oldest first.
