@@ -44,9 +44,12 @@ pub enum StoreError {
     /// read (`EventStore::begin_deferred`): nothing was written; read again, held.
     #[error("a stream read held moved before the transaction's first write: read it again")]
     HeldStreamMoved,
-    /// A deferred transaction that ended with its first write (or whose begin failed) was asked
-    /// to go on.
-    #[error("the transaction has ended: its write committed on its own, or it could not begin")]
+    /// A deferred transaction that ended with its first write (committed on its own), or whose
+    /// begin, hold or first write failed, was asked to go on (or, failed, to commit).
+    #[error(
+        "the transaction has ended: its write committed on its own, or its begin, hold or write \
+         failed"
+    )]
     TransactionEnded,
 }
 

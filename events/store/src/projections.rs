@@ -652,6 +652,9 @@ async fn upsert(
     tail: &str,
     rows: Vec<Vec<Param>>,
 ) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     tx.begin_writes().await?;
     if let TransactionConnection::Postgres(conn) = tx.connection()? {
         let mut rows = rows.into_iter().peekable();

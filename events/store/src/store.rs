@@ -649,7 +649,8 @@ impl EventStore {
 /// A transaction on the store: appends (each atomic on its own, in a savepoint), reads, and
 /// checkpoints, all committed together or not at all.
 ///
-/// Dropping it without [`StoreTransaction::commit`] rolls it back.
+/// Dropping it without [`StoreTransaction::commit`] rolls it back (but for a deferred one whose
+/// write was its own transaction: [`EventStore::begin_deferred`]).
 pub struct StoreTransaction<'s> {
     store: &'s EventStore,
     inner: TxInner,
@@ -1147,7 +1148,8 @@ impl<'s> StoreTransaction<'s> {
         Ok(())
     }
 
-    /// Rolls back everything this transaction did.
+    /// Rolls back everything this transaction did. A deferred transaction whose write was its
+    /// own transaction has committed it: [`StoreError::TransactionEnded`].
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.rollback().await?,

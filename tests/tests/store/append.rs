@@ -1413,7 +1413,7 @@ mod deferred {
         // Well within PostgreSQL's idle-in-transaction time-out (15 s), which would end a
         // holder that held the reader back.
         assert!(
-            log_shows(&store, &meanwhile, Duration::from_secs(5)).await,
+            log_shows(&store, &meanwhile, Duration::from_secs(10)).await,
             "a deferred transaction's held read held back the log's reader"
         );
 
@@ -1500,6 +1500,12 @@ mod deferred {
         let record = recorded(&store).await;
         let pool = store.postgres_pool().unwrap().clone();
         let mut tx = pool.begin().await.unwrap();
+        // Generic plans, as a session that has called a function often enough gets them
+        // (`lifeline_hold_streams` does not force them itself).
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         // Counted since the connection last reported (migrations, the append above): the
         // difference is this test's.
         let seq_scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'streams'";
