@@ -742,6 +742,27 @@ impl PolicyHandler for FailsFirstAttempt {
     }
 }
 
+/// Runs `handler` (its [`ALPHA`] policy, with `options`) behind a relay until each of `sources`
+/// has its one effect and the consumer is drained, then stops it; answers the effects expected.
+async fn run_until_each_applied(
+    store: &EventStore,
+    jetstream: &jetstream::Context,
+    bus: &BusConfig,
+    handler: Arc<dyn PolicyHandler>,
+    options: &ConsumerOptions,
+    sources: &[Uuid],
+) -> HashMap<(String, Uuid), usize> {
+    let running = Running::start(store, jetstream, bus, handler, options.clone(), true);
+    let expected: HashMap<(String, Uuid), usize> = sources
+        .iter()
+        .map(|source| ((ALPHA.to_owned(), *source), 1))
+        .collect();
+    wait_for_effects(store, &expected).await;
+    wait_consumer_drained(jetstream, bus, options, ALPHA).await;
+    running.stop().await;
+    expected
+}
+
 /// Redelivered messages that queue in a lane are handled in one transaction, as first
 /// deliveries are: a backlog past `ack_wait` (every message redelivered) must not fall back to
 /// a transaction per message, which could not keep up with the arrivals (W3 with a short ack
@@ -762,21 +783,15 @@ async fn redelivered_messages_are_handled_together_and_once() {
         redelivered_batches: Default::default(),
     });
     let sources = append_sources(&store, 20).await;
-    let running = Running::start(
+    let expected = run_until_each_applied(
         &store,
         &jetstream,
         &bus,
         handler.clone(),
-        options.clone(),
-        true,
-    );
-    let expected: HashMap<(String, Uuid), usize> = sources
-        .iter()
-        .map(|source| ((ALPHA.to_owned(), *source), 1))
-        .collect();
-    wait_for_effects(&store, &expected).await;
-    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
-    running.stop().await;
+        &options,
+        &sources,
+    )
+    .await;
 
     let batches = handler.redelivered_batches.lock().unwrap().clone();
     assert_eq!(batches.iter().sum::<usize>(), sources.len(), "{batches:?}");
@@ -1388,21 +1403,15 @@ async fn a_deferred_batch_whose_record_moved_runs_again_held() {
         runs: Default::default(),
     });
     let sources = append_sources(&store, 10).await;
-    let running = Running::start(
+    let expected = run_until_each_applied(
         &store,
         &jetstream,
         &bus,
         handler.clone(),
-        options.clone(),
-        true,
-    );
-    let expected: HashMap<(String, Uuid), usize> = sources
-        .iter()
-        .map(|source| ((ALPHA.to_owned(), *source), 1))
-        .collect();
-    wait_for_effects(&store, &expected).await;
-    wait_consumer_drained(&jetstream, &bus, &options, ALPHA).await;
-    running.stop().await;
+        &options,
+        &sources,
+    )
+    .await;
 
     let runs = handler.runs.lock().unwrap().clone();
     assert!(runs.len() >= 2, "{runs:?}");
