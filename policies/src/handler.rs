@@ -38,30 +38,26 @@ impl PolicyError {
     /// never give up on it (a database outage must not turn events into `PolicyFailed`, nor
     /// let JetStream drop them).
     pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Store(error) => error.is_transient(),
-            Self::Append(lifeline_store::AppendError::Store(error))
-            | Self::Projection(lifeline_store::projections::ProjectionError::Store(error)) => {
-                error.is_transient()
-            }
-            _ => false,
-        }
+        self.store_error().is_some_and(StoreError::is_transient)
     }
 
     /// Whether this is a deferred transaction's first write finding a stream it read held
     /// moved ([`lifeline_store::StoreError::HeldStreamMoved`]): nothing was written, and the
     /// batch is to run again in a transaction begun at once.
     pub fn is_held_stream_moved(&self) -> bool {
-        matches!(
-            self,
-            Self::Store(StoreError::HeldStreamMoved)
-                | Self::Append(lifeline_store::AppendError::Store(
-                    StoreError::HeldStreamMoved
-                ))
-                | Self::Projection(lifeline_store::projections::ProjectionError::Store(
-                    StoreError::HeldStreamMoved
-                ))
-        )
+        matches!(self.store_error(), Some(StoreError::HeldStreamMoved))
+    }
+
+    /// The store's own error, however the policy's store calls wrapped it.
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(error)
+            | Self::Append(lifeline_store::AppendError::Store(error))
+            | Self::Projection(lifeline_store::projections::ProjectionError::Store(error)) => {
+                Some(error)
+            }
+            _ => None,
+        }
     }
 }
 

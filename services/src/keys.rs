@@ -401,13 +401,15 @@ pub fn append_anchor(path: &Path, seal: &lifeline_model::integrity::Seal) -> any
         let head = read_at(&mut file, 0, length.min(MAX_ANCHOR_LINE))
             .with_context(|| format!("reading {}", path.display()))?;
         // A file within one read's length is read once.
-        let tail = if length <= MAX_ANCHOR_LINE {
-            head.clone()
+        let rest;
+        let tail: &[u8] = if length <= MAX_ANCHOR_LINE {
+            &head
         } else {
-            read_at(&mut file, length - MAX_ANCHOR_LINE, length)
-                .with_context(|| format!("reading {}", path.display()))?
+            rest = read_at(&mut file, length - MAX_ANCHOR_LINE, length)
+                .with_context(|| format!("reading {}", path.display()))?;
+            &rest
         };
-        match anchor_file_end(&head, &tail, length) {
+        match anchor_file_end(&head, tail, length) {
             Ok(AnchorFileEnd::Ended) => {}
             Ok(AnchorFileEnd::SealUnended) => line.push(b'\n'),
             Ok(AnchorFileEnd::CutShort(kept)) => {

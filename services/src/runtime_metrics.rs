@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{RecordedEvent, StreamId, StreamVersion};
 use lifeline_model::procedure::AgencyId;
-use lifeline_policies::runtime::failures::FAILURES_STREAM;
+use lifeline_policies::runtime::failures::failures_stream as policy_failures_stream;
 use lifeline_policies::runtime::stats::{LagProbe, PolicyLag};
 use lifeline_policies::runtime::{failure_counts_of, FailureCounts};
 use lifeline_store::stats::{self as store_stats, TaskCount};
@@ -231,10 +231,9 @@ impl RuntimeMetrics {
                 .map_err(|error| error.to_string())
         };
         let failures = async {
-            let stream = StreamId::parse(FAILURES_STREAM).map_err(|error| error.to_string())?;
             let mut tail = self.policy_failures.lock().await;
             let events = tail
-                .read(store, &stream)
+                .read(store, &policy_failures_stream())
                 .await
                 .map_err(|error| error.to_string())?;
             Ok(failure_counts_of(events))

@@ -367,11 +367,7 @@ async fn a_synchronous_result_completes_the_task_and_a_cancellation_is_delivered
 #[tokio::test]
 async fn a_task_closed_before_its_delivery_is_not_sent() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(202))
-        .mount(&server)
-        .await;
+    let server = accepting_server().await;
     let closed = create_task(&app, ProcedureId::ResidenceRegistration).await;
     let open = create_task(&app, ProcedureId::ResidenceRegistration).await;
     let actor = policy_actor();
@@ -771,11 +767,7 @@ async fn append_reversal(app: &TestApp, first: Uuid) -> Uuid {
 #[tokio::test]
 async fn a_reversal_reaches_the_agency_as_a_reversal() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(202))
-        .mount(&server)
-        .await;
+    let server = accepting_server().await;
     let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
     let reversal = append_reversal(&app, first).await;
     assert_eq!(worker(&app, &server).run_once().await.unwrap(), 2);
@@ -840,11 +832,7 @@ async fn a_reversal_reaches_the_agency_as_a_reversal() {
 #[tokio::test]
 async fn a_reversal_of_a_task_never_sent_is_not_sent() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(202))
-        .mount(&server)
-        .await;
+    let server = accepting_server().await;
     let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
     app.state
         .tasks
@@ -872,11 +860,7 @@ async fn a_reversal_of_a_task_never_sent_is_not_sent() {
 #[tokio::test]
 async fn a_creation_answered_before_the_worker_stopped_is_recorded_and_its_reversal_sent() {
     let app = TestApp::new().await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(202))
-        .mount(&server)
-        .await;
+    let server = accepting_server().await;
     let first = create_task(&app, ProcedureId::ResidenceRegistration).await;
     let connector_officer = Actor {
         id: "connector:police".to_owned(),
@@ -1120,4 +1104,14 @@ async fn a_good_callback_completes_the_task_and_outcomes_are_validated() {
     let task = app.state.tasks.load(task_id).await.unwrap().unwrap();
     assert_eq!(task.state.status, TaskStatus::Completed);
     assert_eq!(task.state.claimed_by.as_deref(), Some("connector:police"));
+}
+
+/// An agency system that accepts every delivery (202).
+async fn accepting_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&server)
+        .await;
+    server
 }

@@ -386,9 +386,11 @@ impl EventStore {
         match &self.backend {
             Backend::Postgres(pool) => Ok(StoreTransaction {
                 store: self,
-                inner: TxInner::Deferred(pool.acquire().await?),
+                inner: TxInner::Deferred {
+                    conn: pool.acquire().await?,
+                    held: batch::HeldStreams::default(),
+                },
                 appended: false,
-                held: batch::HeldStreams::default(),
             }),
             Backend::Sqlite { .. } => self.begin_on(false).await,
         }
@@ -414,7 +416,6 @@ impl EventStore {
             store: self,
             inner,
             appended: false,
-            held: batch::HeldStreams::default(),
         })
     }
 
@@ -431,7 +432,6 @@ impl EventStore {
             store: self,
             inner,
             appended: false,
-            held: batch::HeldStreams::default(),
         })
     }
 
@@ -655,14 +655,16 @@ pub struct StoreTransaction<'s> {
     store: &'s EventStore,
     inner: TxInner,
     appended: bool,
-    /// What a deferred transaction read held before it began ([`EventStore::begin_deferred`]).
-    held: batch::HeldStreams,
 }
 
 enum TxInner {
     Postgres(sqlx::Transaction<'static, Postgres>),
-    /// A deferred transaction not begun yet: its connection, outside any transaction.
-    Deferred(PoolConnection<Postgres>),
+    /// A deferred transaction not begun yet: its connection, outside any transaction, and what
+    /// it read held ([`StoreTransaction::read_streams_held`]).
+    Deferred {
+        conn: PoolConnection<Postgres>,
+        held: batch::HeldStreams,
+    },
     /// A deferred transaction that ended with its first write (its own transaction, committed):
     /// nothing more can be written or read.
     Ended,
@@ -735,9 +737,9 @@ impl<'s> StoreTransaction<'s> {
         expected: ExpectedVersion,
         encoded: &[append::EncodedEvent<'_>],
     ) -> Result<AppendOutcome, AppendError> {
-        self.begin_writes().await?;
+        // Its callers began the transaction (`begin_writes`).
         let outcome = match &mut self.inner {
-            TxInner::Deferred(_) | TxInner::Ended | TxInner::Failed => {
+            TxInner::Deferred { .. } | TxInner::Ended | TxInner::Failed => {
                 return Err(StoreError::TransactionEnded.into())
             }
             TxInner::Postgres(tx) => {
@@ -823,7 +825,7 @@ impl<'s> StoreTransaction<'s> {
         // what it read held; begun, the transaction holds them already.
         let (conn, held): (&mut PgConnection, _) = match &mut self.inner {
             TxInner::Postgres(tx) => (tx, None),
-            TxInner::Deferred(conn) => (conn, Some(&self.held)),
+            TxInner::Deferred { conn, held } => (conn, Some(&*held)),
             TxInner::Ended | TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { .. } => return Ok(None),
         };
@@ -1020,14 +1022,16 @@ impl<'s> StoreTransaction<'s> {
         &mut self,
         streams: &[&StreamId],
     ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
-        if matches!(self.inner, TxInner::Deferred(_)) {
+        if self.is_deferred() {
             let read = self.read_streams(streams).await?;
-            for stream in streams {
-                let version = read
-                    .get(*stream)
-                    .and_then(|events| events.last())
-                    .map_or(0, |event| event.stream_version.0);
-                self.held.note(stream.as_str(), version);
+            if let TxInner::Deferred { held, .. } = &mut self.inner {
+                for stream in streams {
+                    let version = read
+                        .get(*stream)
+                        .and_then(|events| events.last())
+                        .map_or(0, |event| event.stream_version.0);
+                    held.note(stream.as_str(), version);
+                }
             }
             return Ok(read);
         }
@@ -1097,7 +1101,7 @@ impl<'s> StoreTransaction<'s> {
     pub fn connection(&mut self) -> Result<TransactionConnection<'_>, StoreError> {
         match &mut self.inner {
             TxInner::Postgres(tx) => Ok(TransactionConnection::Postgres(tx)),
-            TxInner::Deferred(conn) => Ok(TransactionConnection::Postgres(conn)),
+            TxInner::Deferred { conn, .. } => Ok(TransactionConnection::Postgres(conn)),
             TxInner::Ended | TxInner::Failed => Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, .. } => Ok(TransactionConnection::Sqlite(tx)),
         }
@@ -1106,7 +1110,7 @@ impl<'s> StoreTransaction<'s> {
     /// Whether this is a deferred transaction that has not begun yet
     /// ([`EventStore::begin_deferred`]): nothing written.
     pub fn is_deferred(&self) -> bool {
-        matches!(self.inner, TxInner::Deferred(_))
+        matches!(self.inner, TxInner::Deferred { .. })
     }
 
     /// Begins a deferred transaction that has not begun yet, holding the streams it read held
@@ -1116,15 +1120,16 @@ impl<'s> StoreTransaction<'s> {
     /// calls it before. Any other transaction is begun already.
     pub async fn begin_writes(&mut self) -> Result<(), StoreError> {
         match &self.inner {
-            TxInner::Deferred(_) => {}
+            TxInner::Deferred { .. } => {}
             TxInner::Ended | TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Postgres(_) | TxInner::Sqlite { .. } => return Ok(()),
         }
-        let TxInner::Deferred(conn) = std::mem::replace(&mut self.inner, TxInner::Failed) else {
+        let TxInner::Deferred { conn, held } = std::mem::replace(&mut self.inner, TxInner::Failed)
+        else {
             return Err(StoreError::TransactionEnded);
         };
         let mut tx = sqlx::Transaction::begin(conn, None).await?;
-        if !self.held.hold(&mut tx).await? {
+        if !held.hold(&mut tx).await? {
             return Err(StoreError::HeldStreamMoved);
         }
         self.inner = TxInner::Postgres(tx);
@@ -1137,7 +1142,7 @@ impl<'s> StoreTransaction<'s> {
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.commit().await?,
-            TxInner::Deferred(_) | TxInner::Ended => {}
+            TxInner::Deferred { .. } | TxInner::Ended => {}
             // Its begin, hold or write failed: committing would drop that failure silently.
             TxInner::Failed => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, _writer } => tx.commit().await?,
@@ -1153,7 +1158,7 @@ impl<'s> StoreTransaction<'s> {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(tx) => tx.rollback().await?,
-            TxInner::Deferred(_) | TxInner::Failed => {}
+            TxInner::Deferred { .. } | TxInner::Failed => {}
             // Its write committed on its own: nothing to roll back.
             TxInner::Ended => return Err(StoreError::TransactionEnded),
             TxInner::Sqlite { tx, _writer } => tx.rollback().await?,

@@ -155,7 +155,7 @@ pub async fn run_policy_consumer(
     policy: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ack_wait_ms = u64::try_from(options.ack_wait.as_millis()).unwrap_or(u64::MAX);
+    let ack_wait_ms = millis(options.ack_wait);
     let worker = Arc::new(Worker {
         store,
         handler,
@@ -188,10 +188,9 @@ pub async fn run_policy_consumer(
             None => match worker.bind(&jetstream, &bus).await {
                 Ok(consumer) => {
                     let ack_wait = consumer.cached_info().config.ack_wait;
-                    worker.ack_wait_ms.store(
-                        u64::try_from(ack_wait.as_millis()).unwrap_or(u64::MAX),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    worker
+                        .ack_wait_ms
+                        .store(millis(ack_wait), std::sync::atomic::Ordering::Relaxed);
                     pull = Some(consumer.clone());
                     consumer
                 }
@@ -259,6 +258,11 @@ const PULL_YIELD_EVERY: usize = 1024;
 /// the server has not ended it (its messages and its end-of-request status travel one
 /// connection, in order).
 const PULL_GRACE: Duration = Duration::from_millis(250);
+
+/// `duration` in whole milliseconds (saturating).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The subject of a pull request for `consumer`. The contexts come from `jetstream::new`
 /// ([`super::bus::connect_nats`] and the tests), whose API prefix is `$JS.API`.

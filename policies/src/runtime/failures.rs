@@ -89,7 +89,8 @@ pub fn policy_failed_event_id(policy: &str, event_id: Uuid, round: u32) -> Uuid 
     )
 }
 
-fn failures_stream() -> StreamId {
+/// [`FAILURES_STREAM`] as a stream id.
+pub fn failures_stream() -> StreamId {
     // A constant in the stream id alphabet: parsing cannot fail.
     StreamId::parse(FAILURES_STREAM).unwrap_or_else(|_| unreachable!("constant stream id"))
 }
