@@ -48,7 +48,8 @@ pub use integrity::{
 };
 pub use lease::{Lease, LeaseCandidate};
 pub use store::{
-    BackendKind, EventStore, KnownHashAppends, StoreTransaction, TransactionConnection,
+    BackendKind, CheckpointMove, EventStore, KnownHashAppends, StoreTransaction,
+    TransactionConnection,
 };
 pub use subscription::{
     run_subscription, run_subscription_group, run_subscription_with, Subscriber,

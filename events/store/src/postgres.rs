@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::append::{CanonicalTexts, Claim, EncodedEvent, InsertError, StoredRef};
 use crate::error::StoreError;
+use crate::store::CheckpointMove;
 
 /// The channel every append notifies in its transaction; only a wake-up, never a cursor.
 pub(crate) const NOTIFY_CHANNEL: &str = "lifeline_events";
@@ -478,6 +479,50 @@ pub(crate) async fn save_checkpoint(
     Ok(())
 }
 
+/// The SQLSTATE `lifeline_advance_checkpoints` raises (migration 16).
+const CHECKPOINT_MOVED: &str = "LLC01";
+
+/// The simple-query message of [`crate::StoreTransaction::commit_advancing`]: the checkpoints
+/// moved by `lifeline_advance_checkpoints`, `COMMIT`, and `BEGIN` (an empty transaction for
+/// sqlx to commit). Its values are literals (a simple query takes no parameters): cursors are
+/// numbers, and a subscriber name with any character but ASCII letters, digits and `-_.:/@`
+/// gets `None` (the statement-by-statement way) rather than being quoted. `None` too for no
+/// move.
+pub(crate) fn advance_and_commit_message(moves: &[CheckpointMove<'_>]) -> Option<String> {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c))
+    };
+    if moves.is_empty() || !moves.iter().all(|one| plain(one.subscriber)) {
+        return None;
+    }
+    let numbers = |of: &dyn Fn(&CheckpointMove<'_>) -> i64| {
+        let listed: Vec<String> = moves.iter().map(|one| of(one).to_string()).collect();
+        format!("ARRAY[{}]::bigint[]", listed.join(","))
+    };
+    let names: Vec<String> = moves
+        .iter()
+        .map(|one| format!("'{}'", one.subscriber))
+        .collect();
+    Some(format!(
+        "SELECT lifeline_advance_checkpoints(ARRAY[{}]::text[], {}, {}, {}, {}); COMMIT; BEGIN",
+        names.join(","),
+        numbers(&|one| one.from.transaction_id),
+        numbers(&|one| one.from.global_position),
+        numbers(&|one| one.to.transaction_id),
+        numbers(&|one| one.to.global_position),
+    ))
+}
+
+/// Whether `error` is `lifeline_advance_checkpoints` refusing a checkpoint that moved.
+pub(crate) fn is_checkpoint_moved(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|database_error| database_error.code().as_deref() == Some(CHECKPOINT_MOVED))
+}
+
 /// Moves the checkpoint of `subscriber` from `from` to `to`; false if it is no longer at `from`
 /// (another runner of the same subscriber moved it).
 pub(crate) async fn advance_checkpoint(
@@ -573,4 +618,52 @@ fn parse_stream_id(global_position: i64, stream_id: String) -> Result<StreamId, 
         global_position,
         reason: error.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(n: i64) -> LogCursor {
+        LogCursor {
+            transaction_id: n,
+            global_position: n + 1,
+        }
+    }
+
+    #[test]
+    fn the_checkpoints_message_commits_right_after_moving_them() {
+        let moves = [
+            CheckpointMove {
+                subscriber: "projection-persons",
+                from: cursor(1),
+                to: cursor(7),
+            },
+            CheckpointMove {
+                subscriber: "policy:birth/x_1.2@a",
+                from: cursor(2),
+                to: cursor(7),
+            },
+        ];
+        assert_eq!(
+            advance_and_commit_message(&moves).unwrap(),
+            "SELECT lifeline_advance_checkpoints(\
+             ARRAY['projection-persons','policy:birth/x_1.2@a']::text[], \
+             ARRAY[1,2]::bigint[], ARRAY[2,3]::bigint[], ARRAY[7,7]::bigint[], \
+             ARRAY[8,8]::bigint[]); COMMIT; BEGIN"
+        );
+    }
+
+    #[test]
+    fn a_name_that_would_need_quoting_is_not_put_in_the_message() {
+        for name in ["it's", "back\\slash", "space d", "", "é"] {
+            let moves = [CheckpointMove {
+                subscriber: name,
+                from: cursor(1),
+                to: cursor(2),
+            }];
+            assert_eq!(advance_and_commit_message(&moves), None, "{name}");
+        }
+        assert_eq!(advance_and_commit_message(&[]), None);
+    }
 }

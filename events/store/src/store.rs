@@ -68,6 +68,14 @@ enum Backend {
     },
 }
 
+/// One subscriber's checkpoint move, for [`StoreTransaction::commit_advancing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointMove<'a> {
+    pub subscriber: &'a str,
+    pub from: LogCursor,
+    pub to: LogCursor,
+}
+
 /// See [`EventStore::known_hash_appends`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KnownHashAppends {
@@ -1151,6 +1159,54 @@ impl<'s> StoreTransaction<'s> {
             self.store.notify_appended();
         }
         Ok(())
+    }
+
+    /// Moves the checkpoints of `moves` (each like [`StoreTransaction::advance_checkpoint`]) and
+    /// commits: true once committed; false if a checkpoint was no longer at its `from` (another
+    /// runner of the same subscriber moved it), and then the transaction is rolled back.
+    ///
+    /// On PostgreSQL, when every checkpoint is stored already, the moves and the `COMMIT` go in
+    /// one message (`lifeline_advance_checkpoints`, migration 16): a subscription's transaction
+    /// holds an id from its first write, and with it every gap-free reader of the log, and it
+    /// now ends without waiting for this client's turn to send `COMMIT`. The message ends with
+    /// a `BEGIN`, so that the sqlx transaction it runs in stays open until its own (empty)
+    /// commit, which holds nothing back.
+    pub async fn commit_advancing(
+        mut self,
+        moves: &[CheckpointMove<'_>],
+    ) -> Result<bool, StoreError> {
+        let all_stored = moves.iter().all(|one| one.from != LogCursor::START);
+        let message = match &self.inner {
+            TxInner::Postgres(_) if all_stored => postgres::advance_and_commit_message(moves),
+            _ => None,
+        };
+        if let (Some(message), TxInner::Postgres(tx)) = (message, &mut self.inner) {
+            return match sqlx::raw_sql(sqlx::AssertSqlSafe(message))
+                .execute(&mut **tx)
+                .await
+            {
+                Ok(_) => {
+                    self.commit().await?;
+                    Ok(true)
+                }
+                Err(error) if postgres::is_checkpoint_moved(&error) => {
+                    self.rollback().await?;
+                    Ok(false)
+                }
+                Err(error) => Err(error.into()),
+            };
+        }
+        for one in moves {
+            if !self
+                .advance_checkpoint(one.subscriber, one.from, one.to)
+                .await?
+            {
+                self.rollback().await?;
+                return Ok(false);
+            }
+        }
+        self.commit().await?;
+        Ok(true)
     }
 
     /// Rolls back everything this transaction did. A deferred transaction whose write was its

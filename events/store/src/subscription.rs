@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::error::{StoreError, SubscriberError, SubscriptionError};
 use crate::postgres::NOTIFY_CHANNEL;
-use crate::store::{EventStore, StoreTransaction};
+use crate::store::{CheckpointMove, EventStore, StoreTransaction};
 
 /// A reader of the global log whose effects live in the store's database.
 #[async_trait]
@@ -137,8 +137,12 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
             tx.rollback().await?;
             return Err(failure.into_error(name));
         }
-        if tx.advance_checkpoint(&name, cursor, next).await? {
-            tx.commit().await?;
+        let advanced = [CheckpointMove {
+            subscriber: &name,
+            from: cursor,
+            to: next,
+        }];
+        if tx.commit_advancing(&advanced).await? {
             cursor = next;
             // A batch smaller than asked for was all there was: wait for the next append
             // instead of reading again at once to find nothing.
@@ -147,7 +151,6 @@ pub async fn run_subscription_with<S: Subscriber + ?Sized>(
                 break;
             }
         } else {
-            tx.rollback().await?;
             cursor = store.load_checkpoint(&name).await?;
             tracing::warn!(subscriber = %name, ?cursor, "checkpoint moved by another runner; batch rolled back");
         }
@@ -336,7 +339,7 @@ pub async fn run_subscription_group(
                 return Err(failure.into_error(name.clone()));
             }
         }
-        let mut moved = true;
+        let mut moves = Vec::with_capacity(names.len());
         for (((subscriber, name), &cursor), part) in
             subscribers.iter_mut().zip(&names).zip(&cursors).zip(&parts)
         {
@@ -347,13 +350,14 @@ pub async fn run_subscription_group(
                 tx.rollback().await?;
                 return Err(failure.into_error(name.clone()));
             }
-            if !tx.advance_checkpoint(name, cursor, next).await? {
-                moved = false;
-                break;
-            }
+            moves.push(CheckpointMove {
+                subscriber: name,
+                from: cursor,
+                to: next,
+            });
         }
-        if moved {
-            tx.commit().await?;
+        // Every member's checkpoint at once, sent with the commit (on PostgreSQL).
+        if tx.commit_advancing(&moves).await? {
             for cursor in &mut cursors {
                 *cursor = (*cursor).max(next);
             }
@@ -362,7 +366,6 @@ pub async fn run_subscription_group(
                 break;
             }
         } else {
-            tx.rollback().await?;
             cursors = load_checkpoints(store, &names).await?;
             tracing::warn!(subscribers = ?names, ?cursors, "a checkpoint was moved by another runner; batch rolled back");
         }

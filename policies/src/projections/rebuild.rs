@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{LogCursor, RecordedEvent, RecordedEventText};
 use lifeline_store::projections::{self, ProjectionError};
-use lifeline_store::{EventStore, StoreError, Subscriber, SubscriberError};
+use lifeline_store::{CheckpointMove, EventStore, StoreError, Subscriber, SubscriberError};
 
 use super::{
     decode_event_text, projections, DecodedMap, Projection, SharedDecoded, PROJECTION_NAMES,
@@ -281,11 +281,14 @@ async fn apply_batch<S: Subscriber + ?Sized>(
             source,
         });
     }
-    if !tx.advance_checkpoint(&name, cursor, last.cursor()).await? {
-        tx.rollback().await?;
+    let advanced = [CheckpointMove {
+        subscriber: &name,
+        from: cursor,
+        to: last.cursor(),
+    }];
+    if !tx.commit_advancing(&advanced).await? {
         return Err(ProjectionsError::CheckpointMoved { subscriber: name });
     }
-    tx.commit().await?;
     Ok(())
 }
 

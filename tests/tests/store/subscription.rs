@@ -11,9 +11,9 @@ use lifeline_model::envelope::{
     ExpectedVersion, LogCursor, RecordedEvent, StreamId, StreamVersion,
 };
 use lifeline_store::{
-    run_subscription, run_subscription_group, run_subscription_with, BackendKind, EventStore,
-    StoreTransaction, Subscriber, SubscriberError, SubscriptionError, SubscriptionOptions,
-    TransactionConnection, WakeUps,
+    run_subscription, run_subscription_group, run_subscription_with, BackendKind, CheckpointMove,
+    EventStore, StoreTransaction, Subscriber, SubscriberError, SubscriptionError,
+    SubscriptionOptions, TransactionConnection, WakeUps,
 };
 use lifeline_tests::{backend_tests, eventually, new_event, new_stream};
 use serde_json::json;
@@ -26,6 +26,7 @@ backend_tests!(
     group_members_start_at_their_own_checkpoints_and_fail_together,
     subscriber_batches_prefer_index_scans,
     two_runners_of_one_subscriber_apply_each_event_once,
+    checkpoints_advance_together_or_not_at_all,
 );
 
 /// Answers, for each event it handles, `enable_seqscan` as its batch's transaction sees it
@@ -904,4 +905,103 @@ async fn group_members_fold_before_any_member_writes() {
         folded.iter().filter(|with_xid| **with_xid).count(),
         folded.len()
     );
+}
+
+/// A group's checkpoints move and commit in one call (one message on PostgreSQL), stored ones
+/// and new ones alike; when another runner moved one of them, the call says so and rolls back:
+/// no checkpoint moves, and the transaction's own writes are gone too.
+async fn checkpoints_advance_together_or_not_at_all(store: EventStore) {
+    create_table(&store, "advanced").await;
+    let cursor = |n: i64| LogCursor {
+        transaction_id: n,
+        global_position: n,
+    };
+    let names = [
+        new_stream("ckpt-a").to_string(),
+        new_stream("ckpt-b").to_string(),
+    ];
+    let moves = |from: LogCursor, to: LogCursor| -> Vec<CheckpointMove<'_>> {
+        names
+            .iter()
+            .map(|name| CheckpointMove {
+                subscriber: name,
+                from,
+                to,
+            })
+            .collect()
+    };
+    let at = |expected: [LogCursor; 2]| {
+        let store = store.clone();
+        let names = names.clone();
+        async move {
+            for (name, expected) in names.iter().zip(expected) {
+                assert_eq!(
+                    store.load_checkpoint(name).await.unwrap(),
+                    expected,
+                    "{name}"
+                );
+            }
+        }
+    };
+    // Not stored yet: created, with the transaction's own write.
+    let mut tx = store.begin().await.unwrap();
+    insert_row(&mut tx, "advanced", 1).await;
+    assert!(tx
+        .commit_advancing(&moves(LogCursor::START, cursor(5)))
+        .await
+        .unwrap());
+    at([cursor(5), cursor(5)]).await;
+    assert_eq!(rows_in(&store, "advanced").await, 1);
+    // Stored: moved together, committed.
+    let mut tx = store.begin_keyed().await.unwrap();
+    insert_row(&mut tx, "advanced", 2).await;
+    assert!(tx
+        .commit_advancing(&moves(cursor(5), cursor(9)))
+        .await
+        .unwrap());
+    at([cursor(9), cursor(9)]).await;
+    assert_eq!(rows_in(&store, "advanced").await, 2);
+    // Another runner moved the second: refused, rolled back (the first did not move, the row
+    // is not there), and the store's connections are usable after.
+    let mut other = store.begin().await.unwrap();
+    other.save_checkpoint(&names[1], cursor(12)).await.unwrap();
+    other.commit().await.unwrap();
+    let mut tx = store.begin_keyed().await.unwrap();
+    insert_row(&mut tx, "advanced", 3).await;
+    assert!(!tx
+        .commit_advancing(&moves(cursor(9), cursor(15)))
+        .await
+        .unwrap());
+    at([cursor(9), cursor(12)]).await;
+    assert_eq!(rows_in(&store, "advanced").await, 2);
+    // Nothing to move: committed.
+    let mut tx = store.begin().await.unwrap();
+    insert_row(&mut tx, "advanced", 4).await;
+    assert!(tx.commit_advancing(&[]).await.unwrap());
+    assert_eq!(rows_in(&store, "advanced").await, 3);
+}
+
+/// Inserts row `n` into `table` (made by `create_table`) in `tx`, on either backend.
+async fn insert_row(tx: &mut StoreTransaction<'_>, table: &str, n: i64) {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (event_id, stream_id, stream_version) VALUES ($1, 'test', $2)"
+    ));
+    match tx.connection().unwrap() {
+        TransactionConnection::Postgres(connection) => {
+            sqlx::query(sql)
+                .bind(n.to_string())
+                .bind(n)
+                .execute(connection)
+                .await
+                .unwrap();
+        }
+        TransactionConnection::Sqlite(connection) => {
+            sqlx::query(sql)
+                .bind(n.to_string())
+                .bind(n)
+                .execute(connection)
+                .await
+                .unwrap();
+        }
+    }
 }
