@@ -329,7 +329,7 @@ impl Relay {
         // spends budget, and a task out of budget is sent to the back of the run queue. On a
         // busy process (the API, the lanes and the projections on two cores) every such yield
         // cost the relay 20-70 ms, about 7 of them per 500-event batch: the relay fell
-        // behind the log at 500 births/s and never caught up (BENCHMARKS.md, W5). The loops
+        // behind the log at 500 births/s and never caught up (bench/HISTORY.md, W5). The loops
         // are bounded by the batch (at most 1000 steps of microseconds each), and still wait
         // whenever the client's queue is full or an ack has not come: they yield then.
         let duplicates = tokio::task::unconstrained(async {
