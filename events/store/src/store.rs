@@ -1170,7 +1170,10 @@ impl<'s> StoreTransaction<'s> {
     /// holds an id from its first write, and with it every gap-free reader of the log, and it
     /// now ends without waiting for this client's turn to send `COMMIT`. The message ends with
     /// a `BEGIN`, so that the sqlx transaction it runs in stays open until its own (empty)
-    /// commit, which holds nothing back.
+    /// commit, which holds nothing back. As with [`StoreTransaction::commit`], an error does
+    /// not say that nothing was committed: a connection lost after the message, or that empty
+    /// commit failing, answers an error for a batch that did commit (its rows and checkpoints
+    /// together, so a caller that reloads its checkpoint resumes right either way).
     pub async fn commit_advancing(
         mut self,
         moves: &[CheckpointMove<'_>],

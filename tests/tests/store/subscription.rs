@@ -962,7 +962,7 @@ async fn checkpoints_advance_together_or_not_at_all(store: EventStore) {
     at([cursor(9), cursor(9)]).await;
     assert_eq!(rows_in(&store, "advanced").await, 2);
     // Another runner moved the second: refused, rolled back (the first did not move, the row
-    // is not there), and the store's connections are usable after.
+    // is not there).
     let mut other = store.begin().await.unwrap();
     other.save_checkpoint(&names[1], cursor(12)).await.unwrap();
     other.commit().await.unwrap();
@@ -1004,4 +1004,102 @@ async fn insert_row(tx: &mut StoreTransaction<'_>, table: &str, n: i64) {
                 .unwrap();
         }
     }
+}
+
+/// One value of `sql` (a query of the test's own) read on a connection of `store`, outside any
+/// transaction of the test's.
+async fn scalar_on<T>(store: &EventStore, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let mut tx = store.begin().await.unwrap();
+    let TransactionConnection::Postgres(connection) = tx.connection().unwrap() else {
+        unreachable!("a PostgreSQL test");
+    };
+    let value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(connection)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    value
+}
+
+/// On PostgreSQL the checkpoints of a batch go in one message with its `COMMIT`
+/// (`lifeline_advance_checkpoints`), and its connection goes back to the pool outside any
+/// transaction, whether the message committed or was refused. Checked on a store of one
+/// connection that counts its PL/pgSQL calls (`track_functions`).
+#[tokio::test]
+async fn checkpoints_go_with_the_commit_and_leave_the_connection_idle() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let database: String = scalar_on(test_store.store(), "SELECT current_database()::text").await;
+    let url = std::env::var(lifeline_tests::POSTGRES_URL_VAR)
+        .unwrap_or_else(|_| lifeline_tests::DEFAULT_POSTGRES_URL.to_owned());
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)
+        .unwrap()
+        .database(&database)
+        .options([("track_functions", "pl")]);
+    let store = EventStore::connect_postgres(options, 1).await.unwrap();
+    let pid: i32 = scalar_on(&store, "SELECT pg_backend_pid()").await;
+    let cursor = |n: i64| LogCursor {
+        transaction_id: n,
+        global_position: n,
+    };
+    let name = "projection-probe";
+    let one = |from, to| {
+        [CheckpointMove {
+            subscriber: name,
+            from,
+            to,
+        }]
+    };
+    let calls = || async {
+        // The counts this connection reported (it reports them when idle, or when asked to).
+        let _: bool = scalar_on(&store, "SELECT pg_stat_force_next_flush() IS NULL").await;
+        scalar_on::<i64>(
+            test_store.store(),
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions \
+             WHERE funcname = 'lifeline_advance_checkpoints'",
+        )
+        .await
+    };
+    let idle = || async {
+        scalar_on::<String>(
+            test_store.store(),
+            &format!("SELECT coalesce(state, '-') FROM pg_stat_activity WHERE pid = {pid}"),
+        )
+        .await
+    };
+    // A first batch (no checkpoint stored yet) goes statement by statement.
+    let tx = store.begin_keyed().await.unwrap();
+    assert!(tx
+        .commit_advancing(&one(LogCursor::START, cursor(5)))
+        .await
+        .unwrap());
+    assert_eq!(idle().await, "idle");
+    // A stored checkpoint goes with the commit: the function ran, and nothing is left open.
+    let tx = store.begin_keyed().await.unwrap();
+    assert!(tx
+        .commit_advancing(&one(cursor(5), cursor(9)))
+        .await
+        .unwrap());
+    assert_eq!(idle().await, "idle");
+    eventually(
+        Duration::from_secs(10),
+        "the function's call counted",
+        || async { calls().await >= 1 },
+    )
+    .await;
+    assert_eq!(store.load_checkpoint(name).await.unwrap(), cursor(9));
+    // Refused (the checkpoint is not at 5 any more): rolled back, the connection idle.
+    let tx = store.begin_keyed().await.unwrap();
+    assert!(!tx
+        .commit_advancing(&one(cursor(5), cursor(12)))
+        .await
+        .unwrap());
+    assert_eq!(idle().await, "idle");
+    assert_eq!(store.load_checkpoint(name).await.unwrap(), cursor(9));
+    assert_eq!(
+        scalar_on::<i32>(&store, "SELECT pg_backend_pid()").await,
+        pid
+    );
 }
