@@ -944,21 +944,11 @@ async fn checkpoints_advance_together_or_not_at_all(store: EventStore) {
         }
     };
     // Not stored yet: created, with the transaction's own write.
-    let mut tx = store.begin().await.unwrap();
-    insert_row(&mut tx, "advanced", 1).await;
-    assert!(tx
-        .commit_advancing(&moves(LogCursor::START, cursor(5)))
-        .await
-        .unwrap());
+    assert!(write_and_advance(&store, 1, &moves(LogCursor::START, cursor(5))).await);
     at([cursor(5), cursor(5)]).await;
     assert_eq!(rows_in(&store, "advanced").await, 1);
     // Stored: moved together, committed.
-    let mut tx = store.begin_keyed().await.unwrap();
-    insert_row(&mut tx, "advanced", 2).await;
-    assert!(tx
-        .commit_advancing(&moves(cursor(5), cursor(9)))
-        .await
-        .unwrap());
+    assert!(write_and_advance(&store, 2, &moves(cursor(5), cursor(9))).await);
     at([cursor(9), cursor(9)]).await;
     assert_eq!(rows_in(&store, "advanced").await, 2);
     // Another runner moved the second: refused, rolled back (the first did not move, the row
@@ -966,19 +956,20 @@ async fn checkpoints_advance_together_or_not_at_all(store: EventStore) {
     let mut other = store.begin().await.unwrap();
     other.save_checkpoint(&names[1], cursor(12)).await.unwrap();
     other.commit().await.unwrap();
-    let mut tx = store.begin_keyed().await.unwrap();
-    insert_row(&mut tx, "advanced", 3).await;
-    assert!(!tx
-        .commit_advancing(&moves(cursor(9), cursor(15)))
-        .await
-        .unwrap());
+    assert!(!write_and_advance(&store, 3, &moves(cursor(9), cursor(15))).await);
     at([cursor(9), cursor(12)]).await;
     assert_eq!(rows_in(&store, "advanced").await, 2);
     // Nothing to move: committed.
-    let mut tx = store.begin().await.unwrap();
-    insert_row(&mut tx, "advanced", 4).await;
-    assert!(tx.commit_advancing(&[]).await.unwrap());
+    assert!(write_and_advance(&store, 4, &[]).await);
     assert_eq!(rows_in(&store, "advanced").await, 3);
+}
+
+/// Inserts row `row` into table `advanced` and commits with `moves`: what `commit_advancing`
+/// answered.
+async fn write_and_advance(store: &EventStore, row: i64, moves: &[CheckpointMove<'_>]) -> bool {
+    let mut tx = store.begin_keyed().await.unwrap();
+    insert_row(&mut tx, "advanced", row).await;
+    tx.commit_advancing(moves).await.unwrap()
 }
 
 /// Inserts row `n` into `table` (made by `create_table`) in `tx`, on either backend.
