@@ -79,8 +79,12 @@ impl Observers {
         self.desk.close().await;
     }
 }
-/// How long, after the last arrival, the chains may take to finish.
+/// How long, after the last arrival, the chains may take to finish while none advances: the
+/// wait goes on as long as chains keep reaching their second step (the simulated agency may
+/// still be working through a backlog), up to [`DRAIN_MAX`].
 const DRAIN: Duration = Duration::from_secs(30);
+/// The longest wait after the last arrival, however the chains advance.
+const DRAIN_MAX: Duration = Duration::from_secs(180);
 /// Requests in flight beyond this are counted as dropped (the open loop must not exhaust memory).
 const MAX_IN_FLIGHT: usize = 4_096;
 
@@ -333,19 +337,33 @@ pub(crate) async fn drive_chains(
     }
     let answered = started.elapsed();
 
-    // Wait (bounded) for every chain to reach its second step in the inbox.
-    let deadline = Instant::now() + DRAIN;
+    // Wait (bounded) for every chain to reach its second step in the inbox: until none has
+    // for `DRAIN`, and `DRAIN_MAX` at most. At 1,000/s on a 2-core machine the simulated
+    // agency can be more than 30 s behind when the load stops; with a fixed 30 s the chains it
+    // had not completed yet were left out of the second step's figures.
+    let drain_started = Instant::now();
+    let mut deadline = drain_started + DRAIN;
+    let mut finished_before = 0_usize;
     loop {
-        let done = {
+        let (finished, waiting) = {
             let shared = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            shared
+            let created = shared
                 .chains
                 .values()
-                .filter(|chain| chain.created.is_some())
-                .all(|chain| chain.second_inbox.len() >= 2)
+                .filter(|chain| chain.created.is_some());
+            let finished = created
+                .clone()
+                .filter(|chain| chain.second_inbox.len() >= 2)
+                .count();
+            (finished, created.count() - finished)
         };
-        if done || Instant::now() >= deadline {
+        let now = Instant::now();
+        if waiting == 0 || now >= deadline {
             break;
+        }
+        if finished > finished_before {
+            finished_before = finished;
+            deadline = (now + DRAIN).min(drain_started + DRAIN_MAX);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
