@@ -530,6 +530,12 @@ fn spawn_worker(database_url: &str, nats_url: &str, bus: &BusConfig) -> Child {
         .env("TEST_SUBJECT_PREFIX", &bus.subject_prefix)
         .env("TEST_MAX_ATTEMPTS", "3")
         .env("TEST_APPLY_DELAY_MS", "5")
+        // Small lane batches, so that effects commit a few at a time: with the default (64),
+        // each lane's first batch of 5 ms applies committed at about the same moment (some
+        // 500 of the 600 effects at once), and the rest could be done before the kill landed
+        // ("killed mid-run (600 of 600)" in a loaded CI run). Effects at the kill, three runs
+        // each: 158, 292, 433 of 600 with 64; 155, 184, 191 with 8.
+        .env("TEST_LANE_BATCH", "8")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

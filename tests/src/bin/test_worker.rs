@@ -3,7 +3,8 @@
 //! `lifeline serve --role worker` once the binary has it.
 //!
 //! Environment: `LIFELINE_DATABASE_URL`, `LIFELINE_NATS_URL`, `TEST_STREAM`,
-//! `TEST_SUBJECT_PREFIX`, `TEST_MAX_ATTEMPTS` (default 3), `TEST_APPLY_DELAY_MS` (default 0).
+//! `TEST_SUBJECT_PREFIX`, `TEST_MAX_ATTEMPTS` (default 3), `TEST_APPLY_DELAY_MS` (default 0),
+//! `TEST_LANE_BATCH` (default: the consumers' own).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,19 +37,18 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0);
     let handler = Arc::new(EffectHandler::new(0).with_delay(Duration::from_millis(delay)));
+    let mut options = test_consumer_options(max_attempts);
+    if let Some(lane_batch) = var("TEST_LANE_BATCH")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        options.lane_batch = lane_batch;
+    }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop.send(true);
     });
-    run_policy_consumers(
-        store,
-        jetstream,
-        bus,
-        test_consumer_options(max_attempts),
-        handler,
-        shutdown,
-    )
-    .await;
+    run_policy_consumers(store, jetstream, bus, options, handler, shutdown).await;
     Ok(())
 }
