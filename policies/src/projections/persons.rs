@@ -69,12 +69,7 @@ struct LogMemory {
 struct SharedCreated(Arc<DecodedEvent>);
 
 impl SharedCreated {
-    /// `decoded`, if it is a `TaskCreated`.
-    fn new(decoded: Arc<DecodedEvent>) -> Option<Self> {
-        matches!(&*decoded, DecodedEvent::Task(TaskEvent::TaskCreated(_))).then_some(Self(decoded))
-    }
-
-    /// The `TaskCreated` (always there: [`SharedCreated::new`] takes nothing else).
+    /// The `TaskCreated` (always there: only those are remembered).
     fn created(&self) -> Option<&TaskCreated> {
         match &*self.0 {
             DecodedEvent::Task(TaskEvent::TaskCreated(created)) => Some(created),
@@ -156,8 +151,8 @@ impl LogMemory {
     ) -> Result<Option<SharedCreated>, SubscriberError> {
         match self.tasks.get(&task_id) {
             Some((cursor, created)) if *cursor < event.cursor() => Ok(Some(created.clone())),
-            _ => Ok(task_created(tx, event, task_id).await?.and_then(|created| {
-                SharedCreated::new(Arc::new(DecodedEvent::Task(TaskEvent::TaskCreated(
+            _ => Ok(task_created(tx, event, task_id).await?.map(|created| {
+                SharedCreated(Arc::new(DecodedEvent::Task(TaskEvent::TaskCreated(
                     created,
                 ))))
             })),
@@ -166,9 +161,7 @@ impl LogMemory {
 
     /// Remembers `decoded`, the `TaskCreated` of `event`.
     fn task_created_at(&mut self, event: &RecordedEvent, decoded: Arc<DecodedEvent>) {
-        let Some(shared) = SharedCreated::new(decoded) else {
-            return;
-        };
+        let shared = SharedCreated(decoded);
         if let Some(task_id) = shared.created().map(|created| created.task_id) {
             self.tasks.insert(task_id, (event.cursor(), shared));
         }
