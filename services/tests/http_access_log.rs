@@ -400,3 +400,135 @@ async fn a_purpose_in_vietnamese_is_recorded_as_written() {
     assert_eq!(body["error"]["code"], "invalid_purpose");
     assert_eq!(reads(&app).await.len(), 2);
 }
+
+/// The example birth with other parents (the mother also declaring): its life event id.
+async fn record_other_birth(app: &TestApp, mother: &str, father: &str) -> String {
+    let mut body = birth_body();
+    body["mother"]["personal_id"] = mother.into();
+    body["father"]["personal_id"] = father.into();
+    body["declarant"]["personal_id"] = mother.into();
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/births",
+            Some(&registrar(HCM_OFFICE)),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["life_event_id"].as_str().unwrap().to_owned()
+}
+
+/// The kinds of the reads in `person`'s access history, in commit order.
+async fn access_kinds(app: &TestApp, person: &str) -> Vec<String> {
+    let (status, page) = auditor_get(app, &format!("/v1/audit/access-log?person={person}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["caught_up"], true, "{page}");
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_exports_and_replays_that_held_a_persons_records_are_in_their_access_history() {
+    const OTHER_MOTHER: &str = "079190005678";
+    let app = TestApp::new().await;
+    let before = chrono::Utc::now();
+    // The log: the first birth's record (MOTHER's), then the other's.
+    record_birth(&app).await;
+    record_other_birth(&app, OTHER_MOTHER, "079088008765").await;
+    lifeline_policies::projections::rebuild::rebuild_projections(&app.store)
+        .await
+        .unwrap();
+    assert_eq!(app.log_len().await, 2);
+    let after = chrono::Utc::now() + chrono::Duration::seconds(1);
+
+    // Bulk reads name nobody: each is listed for the people whose records it held, and only
+    // for them.
+    let (status, first) = auditor_get(&app, "/v1/audit/events?limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let past_first = first["next_cursor"].as_str().unwrap().to_owned();
+    let (status, second) = auditor_get(
+        &app,
+        &format!("/v1/audit/events?limit=1&cursor={past_first}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["events"].as_array().unwrap().len(), 1, "{second}");
+    let until_before = before.to_rfc3339().replace('+', "%2B");
+    for uri in [
+        format!("/v1/audit/export?cursor={past_first}"),
+        format!("/v1/audit/export?until={until_before}"),
+        "/v1/audit/export".to_owned(),
+        format!("/v1/audit/replay?as_of={until_before}"),
+        format!(
+            "/v1/audit/replay?as_of={}",
+            after.to_rfc3339().replace('+', "%2B")
+        ),
+    ] {
+        let (status, body, _) = app
+            .call_raw(
+                Method::GET,
+                &uri,
+                Some(&auditor()),
+                None,
+                &[("x-purpose", PURPOSE)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+    // MOTHER's record: the first page, the whole export, the later replay.
+    assert_eq!(
+        access_kinds(&app, MOTHER).await,
+        ["log_page", "export", "replay"]
+    );
+    // The other mother's: the second page, the export after the first record, the whole
+    // export, the later replay.
+    assert_eq!(
+        access_kinds(&app, OTHER_MOTHER).await,
+        ["log_page", "export", "export", "replay"]
+    );
+    // Someone the log does not hold was in none of them.
+    assert!(access_kinds(&app, "079192009999").await.is_empty());
+
+    // The timeline's accesses list them as well (and the access-log reads that named MOTHER).
+    let (status, timeline) =
+        auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;
+    assert_eq!(status, StatusCode::OK, "{timeline}");
+    let kinds: Vec<&str> = timeline["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|access| access["resource"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["log_page", "export", "replay", "access_log"],
+        "{timeline}"
+    );
+}
+
+#[tokio::test]
+async fn an_export_ends_at_its_own_access_log_entry() {
+    let app = TestApp::new().await;
+    record_birth(&app).await;
+    let (status, body, _) = app
+        .call_raw(
+            Method::GET,
+            "/v1/audit/export",
+            Some(&auditor()),
+            None,
+            &[("x-purpose", PURPOSE)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // One line, the birth: the export's own entry, stored before it streamed, is not in it
+    // (two lines would not parse as one JSON value).
+    assert_eq!(body["event_type"], "BirthRecorded", "{body}");
+    let reads = reads(&app).await;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0]["resource"]["kind"], "export");
+}

@@ -14,6 +14,14 @@
 //! O(events scanned), at most [`MAX_SCAN`] per request; a page may hold fewer entries than asked
 //! and still not be the end (`caught_up` says when it is). Scans read the payloads of access
 //! events only (`EventStore::read_all_with_payloads_of`).
+//!
+//! A person's reads ([`PersonRefs::matches`]: `?person=` and the timeline's accesses) are those
+//! naming the number, the person's life events, tasks or streams, and the bulk reads that held
+//! one of the person's events: a page of the log by its range, an export by its range (it ends
+//! at its own entry), a replay by its moment. Until 2026-12-07 the bulk reads, which name
+//! nobody, were in nobody's history. Not found: a bulk read that held only access-log entries
+//! naming the person, and reads naming more than [`MAX_RECORDED_PINS`] numbers past the first
+//! ones.
 
 use std::collections::BTreeSet;
 
@@ -141,14 +149,14 @@ impl Read {
     }
 }
 
-/// Appends the `PersonalDataRead` of `read` by `principal`; 503 when it cannot (the caller then
-/// does not serve the read).
+/// Appends the `PersonalDataRead` of `read` by `principal` and answers its event id; 503 when it
+/// cannot (the caller then does not serve the read).
 pub async fn record_read(
     state: &AppState,
     principal: &Principal,
     correlation_id: Uuid,
     read: Read,
-) -> Result<(), ApiError> {
+) -> Result<Uuid, ApiError> {
     let read_at = state.now();
     let scope = principal.scope.to_string();
     let event = SystemEvent::PersonalDataRead(PersonalDataRead {
@@ -182,7 +190,7 @@ pub async fn record_read(
     {
         Ok(_) => {
             state.metrics.events_appended(ACCESS_EVENT_TYPE, 1);
-            Ok(())
+            Ok(event_id)
         }
         Err(error) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -264,7 +272,8 @@ pub struct AccessLogQuery {
     /// 1 to 500; default 100.
     pub limit: Option<String>,
     /// Only reads about this personal ID number (naming it, or a life event or task of the
-    /// person as the person registry links them).
+    /// person as the person registry links them, or a page of the log, an export or a replay
+    /// that held one of their events).
     pub person: Option<String>,
 }
 
@@ -281,8 +290,8 @@ pub struct AccessLogPage {
     pub caught_up: bool,
 }
 
-/// What identifies a person's reads: the number, and the life events and tasks the person
-/// registry links to it.
+/// What identifies a person's reads: the number, the life events and tasks the person registry
+/// links to it, and where their events stand in the log.
 #[derive(Debug, Clone)]
 pub struct PersonRefs {
     pub personal_id: PersonalId,
@@ -290,6 +299,9 @@ pub struct PersonRefs {
     pub task_ids: BTreeSet<Uuid>,
     /// The person's streams (`person-<pin>`, the life events, their tasks).
     pub streams: BTreeSet<StreamId>,
+    /// The events of those streams, in commit order (each with when it was recorded): what a
+    /// page of the log, an export or a replay showed of the person, when it covered one of them.
+    pub events: Vec<(LogCursor, DateTime<Utc>)>,
 }
 
 impl PersonRefs {
@@ -300,6 +312,7 @@ impl PersonRefs {
             life_event_ids: BTreeSet::new(),
             task_ids: BTreeSet::new(),
             streams: BTreeSet::new(),
+            events: Vec::new(),
         };
         let Some(person) = projections::person(store, personal_id).await? else {
             return Ok(refs);
@@ -323,12 +336,53 @@ impl PersonRefs {
                 }
             }
         }
+        for stream in &refs.streams {
+            for event in store.read_stream(stream).await? {
+                refs.events
+                    .push((event.cursor(), event.metadata.recorded_at));
+            }
+        }
+        refs.events.sort_unstable();
         Ok(refs)
     }
 
-    /// Whether `read` was about this person.
-    pub fn matches(&self, read: &PersonalDataRead) -> bool {
-        read.personal_ids.contains(&self.personal_id)
+    /// Whether one of the person's events lies after `after` and up to `through` (both in
+    /// commit order), recorded before `recorded_before` if given.
+    fn has_event(
+        &self,
+        after: LogCursor,
+        through: impl Fn(LogCursor) -> bool,
+        recorded_before: Option<DateTime<Utc>>,
+    ) -> bool {
+        let first = self.events.partition_point(|(cursor, _)| *cursor <= after);
+        self.events[first..]
+            .iter()
+            .take_while(|(cursor, _)| through(*cursor))
+            .any(|(_, recorded_at)| recorded_before.is_none_or(|before| *recorded_at < before))
+    }
+
+    /// Whether `read`, stored at `position`, was about this person: it names the person, or the
+    /// person's life events, tasks or streams, or it was a page of the log, an export or a
+    /// replay that held one of the person's events. An export ends where its own read is
+    /// stored ([`super::audit::export`]); a replay shows the records of the events recorded
+    /// before its moment.
+    pub fn matches(&self, position: LogCursor, read: &PersonalDataRead) -> bool {
+        let disclosed_in_bulk = match &read.resource {
+            ReadResource::LogPage {
+                after,
+                last: Some(last),
+                ..
+            } => self.has_event(after.unwrap_or(LogCursor::START), |c| c <= *last, None),
+            ReadResource::Export { after, until } => {
+                self.has_event(after.unwrap_or(LogCursor::START), |c| c < position, *until)
+            }
+            ReadResource::Replay { as_of } => {
+                self.has_event(LogCursor::START, |c| c < position, Some(*as_of))
+            }
+            _ => false,
+        };
+        disclosed_in_bulk
+            || read.personal_ids.contains(&self.personal_id)
             || matches!(&read.resource, ReadResource::PersonTimeline { personal_id } if *personal_id == self.personal_id)
             || matches!(&read.resource, ReadResource::AccessLog { personal_id: Some(personal_id), .. } if *personal_id == self.personal_id)
             || read
@@ -346,13 +400,13 @@ impl PersonRefs {
 /// The access events among `events` that `keep` accepts.
 fn reads_in<'a>(
     events: &'a [RecordedEvent],
-    keep: &'a impl Fn(&PersonalDataRead) -> bool,
+    keep: &'a impl Fn(LogCursor, &PersonalDataRead) -> bool,
 ) -> impl Iterator<Item = AccessEntry> + 'a {
     events
         .iter()
         .filter(|event| event.event_type == ACCESS_EVENT_TYPE)
         .filter_map(move |event| match decode_recorded::<SystemEvent>(event) {
-            Ok(SystemEvent::PersonalDataRead(read)) if keep(&read) => {
+            Ok(SystemEvent::PersonalDataRead(read)) if keep(event.cursor(), &read) => {
                 Some(AccessEntry::of(event, &read))
             }
             Ok(_) => None,
@@ -370,7 +424,7 @@ pub async fn reads_of_person(
     store: &EventStore,
     refs: &PersonRefs,
 ) -> Result<Vec<AccessEntry>, ApiError> {
-    let keep = |read: &PersonalDataRead| refs.matches(read);
+    let keep = |position: LogCursor, read: &PersonalDataRead| refs.matches(position, read);
     let mut cursor = LogCursor::START;
     let mut found = Vec::new();
     loop {
@@ -428,7 +482,10 @@ pub async fn access_log(
         Some(personal_id) => Some(PersonRefs::load(&state.store, personal_id).await?),
         None => None,
     };
-    let keep = |read: &PersonalDataRead| refs.as_ref().is_none_or(|refs| refs.matches(read));
+    let keep = |position: LogCursor, read: &PersonalDataRead| {
+        refs.as_ref()
+            .is_none_or(|refs| refs.matches(position, read))
+    };
     let mut cursor = after.unwrap_or(LogCursor::START);
     let mut entries = Vec::new();
     let mut scanned = 0_usize;

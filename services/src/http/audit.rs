@@ -4,6 +4,8 @@
 //! names its purpose in `X-Purpose` (400 without it), and every answered read is recorded in the
 //! access log (`super::access`) before it is served.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -42,6 +44,10 @@ pub const MAX_PURPOSE_CHARS: usize = 500;
 pub const MAX_EVENTS_PAGE: usize = 1_000;
 /// Events read per batch by the export and the timeline scan.
 const READ_BATCH: usize = 1_000;
+/// How long an export waits for the log to be readable up to its own access-log entry (a
+/// transaction older than the entry still running) before it stops with an error.
+const EXPORT_END_WAIT: Duration = Duration::from_secs(10);
+const EXPORT_END_POLL: Duration = Duration::from_millis(20);
 
 /// One event of the log, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -402,12 +408,13 @@ impl ReplayQuery {
     }
 }
 
-/// The log (or a range of it) as NDJSON, one [`AuditEvent`] per line, streamed.
+/// The log (or a range of it) as NDJSON, one [`AuditEvent`] per line, streamed, up to the
+/// export's own `PersonalDataRead` (not included): the log as it stood when it was asked for.
 #[utoipa::path(
     get, path = "/v1/audit/export", tag = "audit",
     params(ExportQuery, ("X-Purpose" = String, Header, description = "why the log is exported")),
     responses(
-        (status = 200, description = "application/x-ndjson, one event per line in commit order", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "application/x-ndjson, one event per line in commit order, up to the export's own access-log entry (the log as it stood when the export was asked for)", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "no X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
@@ -435,18 +442,26 @@ pub async fn export(
         .as_deref()
         .map(|raw| parse_time(raw, "until"))
         .transpose()?;
-    // The export streams: it is recorded (by its range) before the first byte is sent.
+    // The export streams: it is recorded (by its range) before the first byte is sent, and it
+    // ends where that record stands in the log, so that what it held is known from the access
+    // log alone (a person's access history lists it when it held one of their events).
     let resource = ReadResource::Export {
         after: query.cursor.is_some().then_some(after),
         until,
     };
-    record_read(
+    let read_id = record_read(
         &state,
         &principal,
         context.correlation_id,
         Read::new(resource, purpose),
     )
     .await?;
+    let end = state
+        .store
+        .event_by_id(read_id)
+        .await?
+        .ok_or_else(|| ApiError::unavailable("the export's access-log entry cannot be read"))?
+        .cursor();
     let store = state.store.clone();
     let lines = futures::stream::try_unfold(
         (store, after, false),
@@ -454,10 +469,26 @@ pub async fn export(
             if done {
                 return Ok(None);
             }
-            let batch = store.read_all(cursor, READ_BATCH).await.map_err(|error| {
-                tracing::error!(%error, "export stopped: the store failed");
-                std::io::Error::other("the store failed")
-            })?;
+            let mut waited = Duration::ZERO;
+            let batch = loop {
+                let batch = store.read_all(cursor, READ_BATCH).await.map_err(|error| {
+                    tracing::error!(%error, "export stopped: the store failed");
+                    std::io::Error::other("the store failed")
+                })?;
+                if !batch.is_empty() || cursor >= end {
+                    break batch;
+                }
+                // The export's own entry is stored but not readable yet (a transaction begun
+                // before it still runs, and may commit events that come before it): wait.
+                if waited >= EXPORT_END_WAIT {
+                    tracing::error!(?end, "export stopped: its end stayed unreadable");
+                    return Err(std::io::Error::other(
+                        "the end of the export stayed unreadable",
+                    ));
+                }
+                tokio::time::sleep(EXPORT_END_POLL).await;
+                waited += EXPORT_END_POLL;
+            };
             let Some(last) = batch.last() else {
                 return Ok(None);
             };
@@ -465,7 +496,9 @@ pub async fn export(
             let mut chunk = Vec::new();
             let mut reached_until = false;
             for event in &batch {
-                if until.is_some_and(|until| event.metadata.recorded_at >= until) {
+                if event.cursor() >= end
+                    || until.is_some_and(|until| event.metadata.recorded_at >= until)
+                {
                     reached_until = true;
                     break;
                 }
