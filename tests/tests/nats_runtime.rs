@@ -1170,6 +1170,98 @@ async fn notices_the_stream_lost_are_published_again() {
     store.close().await;
 }
 
+/// A stream that holds no notice (made again, or a server that lost its store) gets the notices
+/// of the events recorded within twice its age limit again, not those of the whole log: older
+/// ones would have aged out of a healthy stream. Until 2026-12-07 every event was republished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    // An age limit of one hour: the window is two.
+    let bus = unique_bus();
+    assert_eq!(bus.max_age, Duration::from_secs(3600));
+    // Ten events recorded three hours ago (a backfill), then ten now.
+    for index in 0..10 {
+        let mut event = new_event(SOURCE_TYPE, serde_json::json!({ "index": index }));
+        event.metadata.recorded_at = chrono::Utc::now() - chrono::Duration::hours(3);
+        store
+            .append(&new_stream("source"), ExpectedVersion::NoStream, &[event])
+            .await
+            .unwrap();
+    }
+    let recent = append_sources(&store, 10).await;
+    let options = test_relay_options();
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        options.clone(),
+    );
+    let run = |relay: Relay| {
+        let (stop, shutdown) = watch::channel(false);
+        (stop, tokio::spawn(async move { relay.run(shutdown).await }))
+    };
+    let (stop, task) = run(relay.clone());
+    eventually(DEADLINE, "20 notices", || async {
+        stream_messages(&jetstream, &bus).await == 20
+    })
+    .await;
+    let end = log_head_cursor(&store).await;
+    eventually(DEADLINE, "the checkpoint at the head", || async {
+        store.load_checkpoint(&options.checkpoint).await.unwrap() == end
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    delete_stream(&jetstream, &bus).await;
+    bus.ensure_stream(&jetstream).await.unwrap();
+    assert!(
+        relay.reconcile().await.unwrap(),
+        "the checkpoint moved back"
+    );
+    let events = store
+        .read_all(lifeline_model::envelope::LogCursor::START, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .read_all(
+                store.load_checkpoint(&options.checkpoint).await.unwrap(),
+                100
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| event.event_id)
+            .collect::<Vec<_>>(),
+        events[10..]
+            .iter()
+            .map(|event| event.event_id)
+            .collect::<Vec<_>>(),
+        "to just before the first event recorded within the window"
+    );
+    let (stop, task) = run(relay.clone());
+    eventually(DEADLINE, "the checkpoint at the head again", || async {
+        store.load_checkpoint(&options.checkpoint).await.unwrap() == end
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+    let info = stream.cached_info();
+    assert_eq!(info.state.messages, 10, "the recent ten only");
+    let mut republished = Vec::new();
+    for sequence in info.state.first_sequence..=info.state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        let id = message.headers.get("Nats-Msg-Id").unwrap().as_str();
+        republished.push(Uuid::parse_str(id).unwrap());
+    }
+    assert_eq!(republished, recent);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
 /// The relay makes the stream if it is missing, and otherwise sets only what Lifeline owns:
 /// limits an operator set (`max_bytes`, `discard`) stay. Until 2026-12-07 every relay start
 /// reset them to the defaults.

@@ -414,6 +414,27 @@ async fn read_global<T>(
     rows.iter().map(decode).collect()
 }
 
+/// See [`crate::EventStore::first_recorded_since`].
+pub(crate) async fn first_recorded_since(
+    conn: &mut PgConnection,
+    at: chrono::DateTime<Utc>,
+) -> Result<Option<LogCursor>, StoreError> {
+    let row = sqlx::query(
+        "SELECT transaction_id, global_position FROM events WHERE recorded_at >= $1 \
+         ORDER BY transaction_id, global_position LIMIT 1",
+    )
+    .bind(at)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        Ok(LogCursor {
+            transaction_id: row.try_get("transaction_id")?,
+            global_position: row.try_get("global_position")?,
+        })
+    })
+    .transpose()
+}
+
 pub(crate) async fn event_by_id(
     conn: &mut PgConnection,
     event_id: Uuid,

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use lifeline_model::envelope::{
     EventHeader, ExpectedVersion, LogCursor, NewEvent, RecordedEvent, RecordedEventText, StreamId,
     StreamVersion,
@@ -603,6 +604,24 @@ impl EventStore {
             }
             Backend::Sqlite { pool, .. } => {
                 sqlite::event_by_id(&mut *pool.acquire().await?, event_id).await
+            }
+        }
+    }
+
+    /// The cursor of the first event, in commit order, recorded at or after `at` (every event
+    /// before it was recorded earlier); `None` if none was. It reads the log from its start
+    /// until it finds one (there is no index on the time): for rare work only, such as the
+    /// relay's republishing after its stream was lost.
+    pub async fn first_recorded_since(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Option<LogCursor>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                postgres::first_recorded_since(&mut *pool.acquire().await?, at).await
+            }
+            Backend::Sqlite { pool, .. } => {
+                sqlite::first_recorded_since(&mut *pool.acquire().await?, at).await
             }
         }
     }

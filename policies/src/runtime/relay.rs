@@ -217,11 +217,12 @@ impl Relay {
     /// checkpoint says was published: a server that lost its store, or the last notices it
     /// acknowledged before writing them to disk (JetStream 2.9 acknowledges before the fsync),
     /// or a stream deleted and made again empty. The relay then goes back to the stream's last
-    /// notice (the start of the log for a stream that never held one) and republishes what
-    /// is missing; JetStream drops duplicates within its window, and the consumers find work
-    /// past it done. Answers whether it moved the checkpoint. Run whenever the relay (re)makes
-    /// sure of the stream: at start and after every NATS failure. (Until 2026-12-07 such
-    /// notices were lost for good: the checkpoint had moved past them.)
+    /// notice and republishes what is missing; JetStream drops duplicates within its window,
+    /// and the consumers find work past it done. A stream that holds no notice at all is
+    /// republished from the first event recorded within twice its age limit ([`Self::window_start`]),
+    /// not from the start of the log. Answers whether it moved the checkpoint. Run whenever the
+    /// relay (re)makes sure of the stream: at start and after every NATS failure. (Until
+    /// 2026-12-07 such notices were lost for good: the checkpoint had moved past them.)
     pub async fn reconcile(&self) -> Result<bool, RuntimeError> {
         let stream = self
             .jetstream
@@ -239,7 +240,12 @@ impl Relay {
         } else {
             let probe =
                 lost_after.map_or(last_sequence, |lost_after| lost_after.min(last_sequence));
-            match self.held_up_to(&stream, probe).await? {
+            let held = if probe == 0 {
+                self.window_start(info.config.max_age).await?
+            } else {
+                self.held_up_to(&stream, probe).await?
+            };
+            match held {
                 Some(held) if held < checkpoint => {
                     tracing::error!(?checkpoint, stream_holds_up_to = ?held, stream = %self.bus.stream_name,
                         "the event stream holds less than the relay published (a NATS server lost \
@@ -259,6 +265,39 @@ impl Relay {
         watch.last_acked = last_sequence;
         watch.lost_after = None;
         Ok(moved)
+    }
+
+    /// Where to republish from into a stream that holds no notice (made again, or a server that
+    /// lost its store): just before the first event recorded within twice the stream's age
+    /// limit `max_age` (the start of the log without a limit). A healthy stream holds the
+    /// notices published within `max_age`; the second `max_age` covers a relay that published
+    /// late. An older event whose notice a consumer had not taken when the stream was lost is
+    /// not republished: it was about to age out of the stream unread anyway. (Until 2026-12-07
+    /// every event of the log was republished: on a long log, hours of notices every consumer
+    /// found done, with the new events' notices behind them.) `None` when no event was recorded
+    /// within that time: nothing to republish.
+    async fn window_start(&self, max_age: Duration) -> Result<Option<LogCursor>, RuntimeError> {
+        if max_age.is_zero() {
+            return Ok(Some(LogCursor::START));
+        }
+        let window =
+            chrono::Duration::from_std(max_age.saturating_mul(2)).unwrap_or(chrono::Duration::MAX);
+        let since = chrono::Utc::now()
+            .checked_sub_signed(window)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let Some(first) = self.store.first_recorded_since(since).await? else {
+            tracing::warn!(stream = %self.bus.stream_name, %since,
+                "the event stream holds no notice and no event was recorded since: nothing to republish");
+            return Ok(None);
+        };
+        tracing::warn!(stream = %self.bus.stream_name, %since,
+            "the event stream holds no notice: republishing the events recorded since, not the older ones");
+        // Just before it: `(transaction_id, global_position - 1)` sorts after every event of an
+        // earlier transaction and before every later event of its own.
+        Ok(Some(LogCursor {
+            transaction_id: first.transaction_id,
+            global_position: first.global_position - 1,
+        }))
     }
 
     /// The cursor of the event whose notice is at `sequence` (the start of the log for 0);

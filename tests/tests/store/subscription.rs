@@ -27,7 +27,50 @@ backend_tests!(
     subscriber_batches_prefer_index_scans,
     two_runners_of_one_subscriber_apply_each_event_once,
     checkpoints_advance_together_or_not_at_all,
+    the_first_event_recorded_since_a_time_is_found_in_commit_order,
 );
+
+/// `first_recorded_since` answers the first event in commit order recorded at or after a time
+/// (what the relay republishes from when its stream was lost), also when a later commit was
+/// recorded earlier.
+async fn the_first_event_recorded_since_a_time_is_found_in_commit_order(store: EventStore) {
+    use chrono::{Duration as Span, SubsecRound, Utc};
+    // Whole seconds: PostgreSQL keeps microseconds.
+    let base = Utc::now().trunc_subsecs(0) - Span::days(40);
+    assert_eq!(store.first_recorded_since(base).await.unwrap(), None);
+    // Recorded at base + 0, 10, 20 and 30 days, then one at base + 5 days committed last.
+    for days in [0, 10, 20, 30, 5] {
+        let mut event = new_event("Probe", json!({ "days": days }));
+        event.metadata.recorded_at = base + Span::days(days);
+        store
+            .append(&new_stream("probe"), ExpectedVersion::NoStream, &[event])
+            .await
+            .unwrap();
+    }
+    let cursors: Vec<LogCursor> = store
+        .read_all(LogCursor::START, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordedEvent::cursor)
+        .collect();
+    assert_eq!(cursors.len(), 5);
+    let since = |at| {
+        let store = store.clone();
+        async move { store.first_recorded_since(at).await.unwrap() }
+    };
+    assert_eq!(since(base - Span::days(1)).await, Some(cursors[0]));
+    assert_eq!(since(base).await, Some(cursors[0]), "at the time itself");
+    assert_eq!(since(base + Span::microseconds(1)).await, Some(cursors[1]));
+    assert_eq!(
+        since(base + Span::days(5)).await,
+        Some(cursors[1]),
+        "the first in commit order, not the one recorded nearest"
+    );
+    assert_eq!(since(base + Span::days(20)).await, Some(cursors[2]));
+    assert_eq!(since(base + Span::days(30)).await, Some(cursors[3]));
+    assert_eq!(since(base + Span::days(31)).await, None);
+}
 
 /// Answers, for each event it handles, `enable_seqscan` as its batch's transaction sees it
 /// (PostgreSQL; nothing on SQLite).
