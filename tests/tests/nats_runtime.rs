@@ -1180,7 +1180,7 @@ async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
     // An age limit of one hour: the window is two.
     let bus = unique_bus();
     assert_eq!(bus.max_age, Duration::from_secs(3600));
-    // Ten events recorded three hours ago (a backfill), then ten now.
+    // Ten events recorded three hours ago (as if published then), then ten now.
     for index in 0..10 {
         let mut event = new_event(SOURCE_TYPE, serde_json::json!({ "index": index }));
         event.metadata.recorded_at = chrono::Utc::now() - chrono::Duration::hours(3);
@@ -1258,6 +1258,20 @@ async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
         republished.push(Uuid::parse_str(id).unwrap());
     }
     assert_eq!(republished, recent);
+
+    // A checkpoint already before the window stays where it is: reconciling never moves it on.
+    delete_stream(&jetstream, &bus).await;
+    bus.ensure_stream(&jetstream).await.unwrap();
+    let old = events[4].cursor();
+    store
+        .save_checkpoint(&options.checkpoint, old)
+        .await
+        .unwrap();
+    assert!(!relay.reconcile().await.unwrap(), "not moved");
+    assert_eq!(
+        store.load_checkpoint(&options.checkpoint).await.unwrap(),
+        old
+    );
     delete_stream(&jetstream, &bus).await;
     store.close().await;
 }

@@ -271,8 +271,9 @@ impl Relay {
     /// lost its store): just before the first event recorded within twice the stream's age
     /// limit `max_age` (the start of the log without a limit). A healthy stream holds the
     /// notices published within `max_age`; the second `max_age` covers a relay that published
-    /// late. An older event whose notice a consumer had not taken when the stream was lost is
-    /// not republished: it was about to age out of the stream unread anyway. (Until 2026-12-07
+    /// up to `max_age` late. Not republished: an older event whose notice a consumer had not
+    /// taken when the stream was lost, which only a relay more than `max_age` behind can have
+    /// published recently (with the default of 30 days, an outage of its own). (Until 2026-12-07
     /// every event of the log was republished: on a long log, hours of notices every consumer
     /// found done, with the new events' notices behind them.) `None` when no event was recorded
     /// within that time: nothing to republish.
