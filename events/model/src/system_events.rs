@@ -136,6 +136,11 @@ pub enum ReadResource {
         after: Option<LogCursor>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         until: Option<DateTime<Utc>>,
+        /// The export ended at this read's own entry in the log (every export since
+        /// 2026-12-07); one recorded before streamed on until it caught up, so where it ended
+        /// is not known (false, the default, for those).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ends_at_entry: bool,
     },
     /// `GET /v1/audit/replay`.
     Replay { as_of: DateTime<Utc> },

@@ -17,11 +17,21 @@
 //!
 //! A person's reads ([`PersonRefs::matches`]: `?person=` and the timeline's accesses) are those
 //! naming the number, the person's life events, tasks or streams, and the bulk reads that held
-//! one of the person's events: a page of the log by its range, an export by its range (it ends
-//! at its own entry), a replay by its moment. Until 2026-12-07 the bulk reads, which name
-//! nobody, were in nobody's history. Not found: a bulk read that held only access-log entries
-//! naming the person, and reads naming more than [`MAX_RECORDED_PINS`] numbers past the first
-//! ones.
+//! one of the person's events (an event of the streams the person registry links to them): a
+//! page of the log by its range, an export by its range (it ends at its own entry), a replay by
+//! its moment. Until 2026-12-07 the bulk reads, which name nobody, were in nobody's history.
+//!
+//! Where that is wider than what was shown: an export with `until` and a replay stop at the
+//! first event in commit order recorded at or after their moment, and are matched by each
+//! event's own time, so an event of the person recorded just before the moment but committed
+//! after that first one (the milliseconds of transactions in flight) counts as shown; a replay
+//! also counts the events committed between its read and its entry; an export that failed
+//! midway counts for its whole range; an export recorded before exports ended at their entry
+//! counts up to the end of the log. Where it is narrower: a person the person registry does not
+//! know (yet) has no bulk reads (the timeline finds their events by scanning, these reads do
+//! not); an event naming the person outside their linked streams; a bulk read that held only
+//! access-log entries naming the person; reads naming more than [`MAX_RECORDED_PINS`] numbers,
+//! past the first ones.
 
 use std::collections::BTreeSet;
 
@@ -373,9 +383,16 @@ impl PersonRefs {
                 last: Some(last),
                 ..
             } => self.has_event(after.unwrap_or(LogCursor::START), |c| c <= *last, None),
-            ReadResource::Export { after, until } => {
-                self.has_event(after.unwrap_or(LogCursor::START), |c| c < position, *until)
-            }
+            ReadResource::Export {
+                after,
+                until,
+                ends_at_entry,
+            } => self.has_event(
+                after.unwrap_or(LogCursor::START),
+                // One recorded before exports ended at their entry: its end is not known.
+                |c| !*ends_at_entry || c < position,
+                *until,
+            ),
             ReadResource::Replay { as_of } => {
                 self.has_event(LogCursor::START, |c| c < position, Some(*as_of))
             }

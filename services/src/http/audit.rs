@@ -126,7 +126,8 @@ pub struct Timeline {
     pub source: String,
     pub events: Vec<AuditEvent>,
     /// Who read this person's data (the reads naming the number, or a life event or task of
-    /// the person), in commit order; found by scanning the log: O(log).
+    /// the person, and the pages of the log, exports and replays that held one of the person's
+    /// events), in commit order; found by scanning the log: O(log).
     pub accesses: Vec<AccessEntry>,
 }
 
@@ -409,12 +410,14 @@ impl ReplayQuery {
 }
 
 /// The log (or a range of it) as NDJSON, one [`AuditEvent`] per line, streamed, up to the
-/// export's own `PersonalDataRead` (not included): the log as it stood when it was asked for.
+/// export's own `PersonalDataRead` (not included): every event committed before that entry. If
+/// the log cannot be read up to it within [`EXPORT_END_WAIT`] (on PostgreSQL, a transaction
+/// begun before it still running), the body stops with an error rather than end short.
 #[utoipa::path(
     get, path = "/v1/audit/export", tag = "audit",
     params(ExportQuery, ("X-Purpose" = String, Header, description = "why the log is exported")),
     responses(
-        (status = 200, description = "application/x-ndjson, one event per line in commit order, up to the export's own access-log entry (the log as it stood when the export was asked for)", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "application/x-ndjson, one event per line in commit order, up to the export's own access-log entry, stored before the first line (every event committed before it); if the log cannot be read up to that entry within 10 s (a transaction begun before it still running) the body stops with an error", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "no X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
@@ -448,6 +451,7 @@ pub async fn export(
     let resource = ReadResource::Export {
         after: query.cursor.is_some().then_some(after),
         until,
+        ends_at_entry: true,
     };
     let read_id = record_read(
         &state,
