@@ -276,6 +276,86 @@ async fn a_corrections_answer_is_a_logged_read_of_the_record() {
     assert!(named.iter().any(|pin| pin == MOTHER), "{named:?}");
 }
 
+/// A correction or a void stored while its answer cannot be logged (the access log refuses
+/// every read): 503 `stored_answer_unavailable`, not the read's own 503, so the client knows the
+/// change holds; the same request again with its key, once reads are logged, is answered with
+/// the record and stores nothing. (Until 2026-12-07 the answer was `access_log_unavailable`,
+/// the same as for a change not stored.)
+#[tokio::test]
+async fn a_change_stored_whose_answer_cannot_be_logged_says_it_is_stored() {
+    let app = TestApp::new().await;
+    let birth = record_birth(&app).await;
+    let stream = lifeline_model::envelope::StreamId::parse(format!("birth-{birth}")).unwrap();
+    let pool = app.store.sqlite_pool().unwrap().clone();
+    let refuse_reads = || async {
+        sqlx::query(
+            "CREATE TRIGGER no_reads BEFORE INSERT ON events \
+             WHEN NEW.stream_id LIKE 'access-%' \
+             BEGIN SELECT RAISE(ABORT, 'the access log is away'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    let take_reads = || async {
+        sqlx::query("DROP TRIGGER no_reads")
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    let send = |path: &'static str, body: Value, key: &'static str| {
+        let app = &app;
+        let uri = format!("/v1/life-events/{birth}/{path}");
+        async move {
+            app.call_raw(
+                Method::POST,
+                &uri,
+                Some(&registrar(HCM_OFFICE)),
+                Some(serde_json::to_vec(&body).unwrap()),
+                &[("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let correction = serde_json::json!({
+        "reason": "typo in the place of birth",
+        "changes": { "child": { "place_of_birth": "Bệnh viện Hùng Vương" } }
+    });
+    let void = serde_json::json!({ "reason": "recorded twice" });
+
+    for (path, body, key, event_type, version) in [
+        ("corrections", correction, "fix-1", "LifeEventCorrected", 2),
+        ("void", void, "void-1", "LifeEventVoided", 3),
+    ] {
+        refuse_reads().await;
+        let (status, answer, _) = send(path, body.clone(), key).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "stored_answer_unavailable",
+            "{answer}"
+        );
+        let events = app.store.read_stream(&stream).await.unwrap();
+        assert_eq!(events.len(), version, "{path}: stored");
+        assert_eq!(events[version - 1].event_type, event_type);
+        assert_eq!(
+            reads(&app).await.len(),
+            version - 2,
+            "nothing served, nothing logged"
+        );
+
+        take_reads().await;
+        let (status, answer, _) = send(path, body, key).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+        assert_eq!(
+            app.store.read_stream(&stream).await.unwrap().len(),
+            version,
+            "{path}: the retry stored nothing"
+        );
+        // The served answer is logged.
+        assert_eq!(reads(&app).await.len(), version - 1);
+    }
+}
+
 #[tokio::test]
 async fn health_metrics_inbox_and_citizen_status_record_nothing() {
     let app = TestApp::new().await;
