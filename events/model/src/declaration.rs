@@ -429,9 +429,10 @@ pub fn parse_birth(
 }
 
 /// Validates a death declaration at the instant `now`, collecting every field error. Dates are
-/// checked against today in Vietnam; the time of death, an instant, against `now` itself (a
-/// death at 23:59 today is refused at 10:00; one given at +14:00 is not refused because its
-/// own calendar date is already tomorrow in Vietnam).
+/// checked against today in Vietnam (the death notice's against the later of that and today at
+/// the death's own offset, where it was issued); the time of death, an instant, against `now`
+/// itself (a death at 23:59 today is refused at 10:00; one given at +14:00 is not refused
+/// because its own calendar date is already tomorrow in Vietnam).
 pub fn parse_death(
     input: &DeathDeclarationInput,
     now: DateTime<Utc>,
@@ -763,13 +764,19 @@ fn parse_death_facts(
     });
     let place = required_text(errors, &death.place, "death.place");
     let cause = optional_text(errors, &death.cause, "death.cause");
+    // The notice is issued where the death happened: it may carry that place's date, which
+    // east of +07:00 can already be tomorrow in Vietnam (until 2026-12-07 such a notice was
+    // refused as dated in the future until Vietnam's day caught up).
+    let notice_today = at.map_or(today, |at| {
+        today.max(now.with_timezone(at.offset()).date_naive())
+    });
     let notice = death.notice.as_ref().and_then(|notice| {
         parse_notice(
             errors,
             notice,
             "death.notice",
             at.map(|at| at.date_naive()),
-            today,
+            notice_today,
         )
     });
     Some(Death {
@@ -1034,6 +1041,33 @@ mod tests {
         body["death"]["at"] = json!("2026-11-22T05:00:00+14:00");
         body["death"]["notice"]["date"] = Value::Null;
         assert!(death(body).is_ok());
+        // Its notice, issued where the death happened, may carry that place's date (already
+        // 2026-11-22 there, still 2026-11-21 in Vietnam), not a later one.
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-22T05:00:00+14:00");
+        body["death"]["notice"]["date"] = json!("2026-11-22");
+        assert!(death(body.clone()).is_ok());
+        body["death"]["notice"]["date"] = json!("2026-11-23");
+        assert_eq!(
+            death(body)
+                .unwrap_err()
+                .get("death.notice.date")
+                .unwrap()
+                .code,
+            "in_future"
+        );
+        // At +07:00 the day is Vietnam's.
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-21T06:00:00+07:00");
+        body["death"]["notice"]["date"] = json!("2026-11-22");
+        assert_eq!(
+            death(body)
+                .unwrap_err()
+                .get("death.notice.date")
+                .unwrap()
+                .code,
+            "in_future"
+        );
 
         let mut body = death_body();
         body["death"]["at"] = json!("2026-11-18");
