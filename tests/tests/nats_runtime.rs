@@ -1276,6 +1276,53 @@ async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
     store.close().await;
 }
 
+/// A caught-up relay whose server comes back with an empty store (restarted after losing its
+/// directory) publishes its notices again once reconnected: the client's new connection has the
+/// stream looked at at once, not at the next periodic look (an hour away here). Until
+/// 2026-12-07 no test covered this path (the periodic look would also have found it, later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_reconnecting_to_a_server_that_lost_its_store_publishes_again() {
+    let store = postgres_store().await;
+    let mut nats = PrivateNats::start().await;
+    let jetstream = connect(&nats.url()).await;
+    let bus = unique_bus();
+    append_sources(&store, 20).await;
+    let options = RelayOptions {
+        stream_check_interval: Duration::from_secs(3600),
+        ..test_relay_options()
+    };
+    let relay = Relay::new(
+        store.store().clone(),
+        jetstream.clone(),
+        bus.clone(),
+        options.clone(),
+    );
+    let (stop, shutdown) = watch::channel(false);
+    let running = tokio::spawn(async move { relay.run(shutdown).await });
+    let all_published = || async { stream_messages(&jetstream, &bus).await == 20 };
+    eventually(DEADLINE, "20 notices", all_published).await;
+    let head = log_head_cursor(&store).await;
+    eventually(DEADLINE, "the checkpoint at the head", || async {
+        store.load_checkpoint(&options.checkpoint).await.unwrap() == head
+    })
+    .await;
+
+    // The server loses its whole store while the relay, caught up, publishes nothing.
+    nats.stop();
+    let directory = nats.store_directory();
+    std::fs::remove_dir_all(&directory).unwrap();
+    std::fs::create_dir_all(&directory).unwrap();
+    nats.restart().await;
+    eventually(DEADLINE, "20 notices again", all_published).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(
+        store.load_checkpoint(&options.checkpoint).await.unwrap(),
+        head
+    );
+    store.close().await;
+}
+
 /// The relay makes the stream if it is missing, and otherwise sets only what Lifeline owns:
 /// limits an operator set (`max_bytes`, `discard`) stay. Until 2026-12-07 every relay start
 /// reset them to the defaults.

@@ -43,6 +43,10 @@ pub struct RelayOptions {
     /// First and longest back-off after a failure.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How often a caught-up relay looks at the stream's state (a stream made again by someone
+    /// else, or a server that lost notices while nothing was published). A new connection to
+    /// the server has it looked at at once, whatever this is.
+    pub stream_check_interval: Duration,
 }
 
 impl Default for RelayOptions {
@@ -54,13 +58,10 @@ impl Default for RelayOptions {
             ack_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            stream_check_interval: Duration::from_secs(5),
         }
     }
 }
-
-/// How often a caught-up relay looks at the stream's state (a stream made again by someone
-/// else, or a server that lost notices while nothing was published).
-const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the relay knows of the stream it publishes to: when it was made, the sequence of the
 /// last notice it acknowledged, and the sequence before which a loss was seen (acks that went
@@ -149,7 +150,7 @@ impl Relay {
                 backoff = (backoff * 2).min(self.options.max_backoff);
                 continue;
             }
-            if stream_ready && checked.elapsed() >= STREAM_CHECK_INTERVAL {
+            if stream_ready && checked.elapsed() >= self.options.stream_check_interval {
                 checked = tokio::time::Instant::now();
                 if self.stream_changed().await {
                     stream_ready = false;
