@@ -354,6 +354,27 @@ async fn a_change_stored_whose_answer_cannot_be_logged_says_it_is_stored() {
         // The served answer is logged.
         assert_eq!(reads(&app).await.len(), version - 1);
     }
+
+    // Without a key the answer says to read the record: sending it again would change nothing.
+    let birth = record_birth(&app).await;
+    refuse_reads().await;
+    let (status, answer, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/life-events/{birth}/corrections"),
+            Some(&registrar(HCM_OFFICE)),
+            Some(serde_json::json!({
+                "reason": "typo in the place of birth",
+                "changes": { "child": { "place_of_birth": "Bệnh viện Hùng Vương" } }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "stored_answer_unavailable");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("GET /v1/life-events/"), "{message}");
+    assert!(!message.contains("Idempotency-Key"), "{message}");
+    take_reads().await;
 }
 
 #[tokio::test]

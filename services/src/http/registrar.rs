@@ -462,7 +462,7 @@ pub async fn get_life_event(
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
         (status = 422, description = "invalid fields (also `personal_id_assigned`: a change of a birth's child sex or year of birth that its assigned personal ID number encodes), nothing changed, voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same request again is answered 200 and stores nothing)", body = ErrorBody),
-        (status = 503, description = "store unavailable (nothing stored), or `stored_answer_unavailable`: the change is stored but the record cannot be served now (the store, or the access log, away); read it later or send the request again with its Idempotency-Key", body = ErrorBody),
+        (status = 503, description = "store unavailable (the change not known to be stored: send it again with its Idempotency-Key, or read the record), or `stored_answer_unavailable`: the change is stored but the record cannot be served now (the store, or the access log, away); read it later", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -603,7 +603,7 @@ pub async fn correct_life_event(
         (status = 404, description = "no such life event", body = ErrorBody),
         (status = 409, description = "changed concurrently", body = ErrorBody),
         (status = 422, description = "no reason, already voided, or `idempotency_key_reused` (the `Idempotency-Key` was used on this record for another request; the same void again is answered 200 and stores nothing)", body = ErrorBody),
-        (status = 503, description = "store unavailable (nothing stored), or `stored_answer_unavailable`: the change is stored but the record cannot be served now (the store, or the access log, away); read it later or send the request again with its Idempotency-Key", body = ErrorBody),
+        (status = 503, description = "store unavailable (the change not known to be stored: send it again with its Idempotency-Key, or read the record), or `stored_answer_unavailable`: the change is stored but the record cannot be served now (the store, or the access log, away); read it later", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -737,26 +737,36 @@ async fn overtaken(
 /// The record `id` as it stands, with its procedures: what a correction or a void answers once
 /// the change is stored (now, or by the request's first attempt). It is personal data (the
 /// whole declaration, with what others changed since): its read is in the access log before it
-/// is served, as `GET /v1/life-events/{id}`'s is. When it cannot be served (the store or the
-/// access log away), the answer is 503 `stored_answer_unavailable`, which tells the client that
-/// the change holds: read the record later, or send the request again with its
-/// `Idempotency-Key`. (Until 2026-12-07 it was the failed read's own 503, the same as a change
-/// not stored; a client retrying without a key then got 422 `nothing_changed`.)
+/// is served, as `GET /v1/life-events/{id}`'s is. When it cannot be served for now (503: the
+/// store or the access log away), the answer is 503 `stored_answer_unavailable`, which tells
+/// the client that the change holds: read the record later (`GET /v1/life-events/{id}`), or,
+/// with an `Idempotency-Key`, send the request again with it. (Until 2026-12-07 it was the
+/// failed read's own 503, the same as a change not stored; a client retrying without a key then
+/// got 422 `nothing_changed`.) Any other failure keeps its own answer.
 async fn record_body(
     state: &AppState,
     caller: &Caller<'_>,
     id: &str,
 ) -> Result<Json<LifeEventBody>, ApiError> {
     served_record(state, caller, id).await.map_err(|error| {
+        if error.status != StatusCode::SERVICE_UNAVAILABLE {
+            return error;
+        }
         tracing::warn!(
             code = error.code,
             "a stored change's answer cannot be served"
         );
+        let message = if caller.context.idempotency_key.is_some() {
+            "the change is stored, but the record cannot be served now: read it later, or send \
+             the request again with the same Idempotency-Key"
+        } else {
+            "the change is stored, but the record cannot be served now: read it later with \
+             GET /v1/life-events/{id} (sending the change again would change nothing)"
+        };
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "stored_answer_unavailable",
-            "the change is stored, but the record cannot be served now; read it later, or \
-             send the request again with the same Idempotency-Key",
+            message,
         )
         .with_detail(format!("{}: {}", error.code, error.message))
     })
