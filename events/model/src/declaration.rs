@@ -744,6 +744,16 @@ fn parse_death_facts(
                 "must be a date and time like 2026-11-18T06:30:00+07:00",
             )
         }))?;
+        // Offsets in use run from -12:00 to +14:00; RFC 3339 allows up to 23:59 either way,
+        // and the notice may carry the date at the death's own offset.
+        if !(-12 * 3600..=14 * 3600).contains(&at.offset().local_minus_utc()) {
+            errors.push(FieldError::new(
+                "death.at",
+                "invalid_offset",
+                "the UTC offset must be between -12:00 and +14:00",
+            ));
+            return None;
+        }
         errors.take(not_before_1900(at.date_naive(), "death.at"))?;
         if at > now {
             errors.push(FieldError::new(
@@ -1056,6 +1066,16 @@ mod tests {
                 .code,
             "in_future"
         );
+        // Offsets outside -12:00..+14:00 are not in use anywhere.
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-18T06:30:00+23:59");
+        assert_eq!(
+            death(body).unwrap_err().get("death.at").unwrap().code,
+            "invalid_offset"
+        );
+        let mut body = death_body();
+        body["death"]["at"] = json!("2026-11-17T11:30:00-12:00");
+        assert!(death(body).is_ok());
         // At +07:00 the day is Vietnam's.
         let mut body = death_body();
         body["death"]["at"] = json!("2026-11-21T06:00:00+07:00");
