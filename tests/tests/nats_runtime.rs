@@ -1105,18 +1105,9 @@ async fn notices_the_stream_lost_are_published_again() {
         bus.clone(),
         options.clone(),
     );
-    let run = |relay: Relay| {
-        let (stop, shutdown) = watch::channel(false);
-        (stop, tokio::spawn(async move { relay.run(shutdown).await }))
-    };
     let all_published = || async { stream_messages(&jetstream, &bus).await == 20 };
-    let (stop, task) = run(relay.clone());
-    eventually(DEADLINE, "20 notices", all_published).await;
-    let end = log_head_cursor(&store).await;
-    eventually(DEADLINE, "the checkpoint at the head", || async {
-        store.load_checkpoint(&options.checkpoint).await.unwrap() == end
-    })
-    .await;
+    let (stop, task) = start_relay(&relay);
+    let end = wait_all_relayed(&store, &jetstream, &bus, &options.checkpoint, 20).await;
 
     // While the relay runs, caught up, the stream is deleted and made again, empty (by an
     // operator, or by a consumer binding): the relay's look at the stream sees it.
@@ -1158,7 +1149,7 @@ async fn notices_the_stream_lost_are_published_again() {
         "to the last notice the stream holds, not further"
     );
     assert!(!relay.reconcile().await.unwrap(), "once");
-    let (stop, task) = run(relay.clone());
+    let (stop, task) = start_relay(&relay);
     eventually(DEADLINE, "the last ten again", all_published).await;
     stop.send(true).unwrap();
     task.await.unwrap();
@@ -1197,20 +1188,8 @@ async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
         bus.clone(),
         options.clone(),
     );
-    let run = |relay: Relay| {
-        let (stop, shutdown) = watch::channel(false);
-        (stop, tokio::spawn(async move { relay.run(shutdown).await }))
-    };
-    let (stop, task) = run(relay.clone());
-    eventually(DEADLINE, "20 notices", || async {
-        stream_messages(&jetstream, &bus).await == 20
-    })
-    .await;
-    let end = log_head_cursor(&store).await;
-    eventually(DEADLINE, "the checkpoint at the head", || async {
-        store.load_checkpoint(&options.checkpoint).await.unwrap() == end
-    })
-    .await;
+    let (stop, task) = start_relay(&relay);
+    let end = wait_all_relayed(&store, &jetstream, &bus, &options.checkpoint, 20).await;
     stop.send(true).unwrap();
     task.await.unwrap();
 
@@ -1241,7 +1220,7 @@ async fn an_empty_stream_gets_back_the_notices_of_its_age_window_only() {
             .collect::<Vec<_>>(),
         "to just before the first event recorded within the window"
     );
-    let (stop, task) = run(relay.clone());
+    let (stop, task) = start_relay(&relay);
     eventually(DEADLINE, "the checkpoint at the head again", || async {
         store.load_checkpoint(&options.checkpoint).await.unwrap() == end
     })
@@ -1297,15 +1276,8 @@ async fn a_relay_reconnecting_to_a_server_that_lost_its_store_publishes_again() 
         bus.clone(),
         options.clone(),
     );
-    let (stop, shutdown) = watch::channel(false);
-    let running = tokio::spawn(async move { relay.run(shutdown).await });
-    let all_published = || async { stream_messages(&jetstream, &bus).await == 20 };
-    eventually(DEADLINE, "20 notices", all_published).await;
-    let head = log_head_cursor(&store).await;
-    eventually(DEADLINE, "the checkpoint at the head", || async {
-        store.load_checkpoint(&options.checkpoint).await.unwrap() == head
-    })
-    .await;
+    let (stop, running) = start_relay(&relay);
+    let head = wait_all_relayed(&store, &jetstream, &bus, &options.checkpoint, 20).await;
 
     // The server loses its whole store while the relay, caught up, publishes nothing.
     nats.stop();
@@ -1313,7 +1285,10 @@ async fn a_relay_reconnecting_to_a_server_that_lost_its_store_publishes_again() 
     std::fs::remove_dir_all(&directory).unwrap();
     std::fs::create_dir_all(&directory).unwrap();
     nats.restart().await;
-    eventually(DEADLINE, "20 notices again", all_published).await;
+    eventually(DEADLINE, "20 notices again", || async {
+        stream_messages(&jetstream, &bus).await == 20
+    })
+    .await;
     stop.send(true).unwrap();
     running.await.unwrap();
     assert_eq!(
@@ -1401,6 +1376,34 @@ async fn a_fault_that_only_looks_like_the_store_away_ends_as_policy_failed() {
     store.close().await;
 }
 
+/// Runs `relay` in a task of its own until its switch is set.
+fn start_relay(relay: &Relay) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let relay = relay.clone();
+    let (stop, shutdown) = watch::channel(false);
+    (stop, tokio::spawn(async move { relay.run(shutdown).await }))
+}
+
+/// Waits until the stream holds `count` notices and `checkpoint` stands at the log's head;
+/// answers the head.
+async fn wait_all_relayed(
+    store: &EventStore,
+    jetstream: &jetstream::Context,
+    bus: &BusConfig,
+    checkpoint: &str,
+    count: u64,
+) -> lifeline_model::envelope::LogCursor {
+    eventually(DEADLINE, &format!("{count} notices"), || async {
+        stream_messages(jetstream, bus).await == count
+    })
+    .await;
+    let head = log_head_cursor(store).await;
+    eventually(DEADLINE, "the checkpoint at the head", || async {
+        store.load_checkpoint(checkpoint).await.unwrap() == head
+    })
+    .await;
+    head
+}
+
 /// The cursor of the last event of the log.
 async fn log_head_cursor(store: &EventStore) -> lifeline_model::envelope::LogCursor {
     let mut cursor = lifeline_model::envelope::LogCursor::START;
@@ -1433,20 +1436,8 @@ async fn a_running_relay_republishes_the_notices_a_restarted_server_lost() {
         bus.clone(),
         options.clone(),
     );
-    let (stop, shutdown) = watch::channel(false);
-    let running = {
-        let relay = relay.clone();
-        tokio::spawn(async move { relay.run(shutdown).await })
-    };
-    eventually(DEADLINE, "20 notices", || async {
-        stream_messages(&jetstream, &bus).await == 20
-    })
-    .await;
-    let head = log_head_cursor(&store).await;
-    eventually(DEADLINE, "the checkpoint at the head", || async {
-        store.load_checkpoint(&options.checkpoint).await.unwrap() == head
-    })
-    .await;
+    let (stop, running) = start_relay(&relay);
+    let head = wait_all_relayed(&store, &jetstream, &bus, &options.checkpoint, 20).await;
 
     // The server comes back holding the first ten notices only (made here by a relay of its
     // own, which leaves the shared checkpoint where the running relay had it).

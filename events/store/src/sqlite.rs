@@ -290,6 +290,14 @@ async fn read_global<T>(
     rows.iter().map(decode).collect()
 }
 
+/// The cursor a row's `transaction_id` and `global_position` make.
+fn cursor_of(row: &SqliteRow) -> Result<LogCursor, StoreError> {
+    Ok(LogCursor {
+        transaction_id: row.try_get("transaction_id")?,
+        global_position: row.try_get("global_position")?,
+    })
+}
+
 /// See [`crate::EventStore::first_recorded_since`].
 pub(crate) async fn first_recorded_since(
     conn: &mut SqliteConnection,
@@ -302,13 +310,7 @@ pub(crate) async fn first_recorded_since(
     .bind(at)
     .fetch_optional(conn)
     .await?;
-    row.map(|row| {
-        Ok(LogCursor {
-            transaction_id: row.try_get("transaction_id")?,
-            global_position: row.try_get("global_position")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(cursor_of).transpose()
 }
 
 pub(crate) async fn event_by_id(
@@ -333,13 +335,7 @@ pub(crate) async fn load_checkpoint(
     .bind(subscriber.to_owned())
     .fetch_optional(conn)
     .await?;
-    row.map(|row| {
-        Ok(LogCursor {
-            transaction_id: row.try_get("transaction_id")?,
-            global_position: row.try_get("global_position")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(cursor_of).transpose()
 }
 
 /// Saves `cursor` for `subscriber`, whatever was saved before.
