@@ -411,8 +411,8 @@ impl ReplayQuery {
 
 /// The log (or a range of it) as NDJSON, one [`AuditEvent`] per line, streamed, up to the
 /// export's own `PersonalDataRead` (not included): every event committed before that entry. If
-/// the log cannot be read up to it within [`EXPORT_END_WAIT`] (on PostgreSQL, a transaction
-/// begun before it still running), the body stops with an error rather than end short.
+/// the log stays unreadable up to it for 10 s (on PostgreSQL, a transaction begun before it
+/// still running), the body stops with an error rather than end short.
 #[utoipa::path(
     get, path = "/v1/audit/export", tag = "audit",
     params(ExportQuery, ("X-Purpose" = String, Header, description = "why the log is exported")),
