@@ -160,7 +160,7 @@ impl EventStore {
             return Ok(None);
         };
         let database = pool.connect_options().get_filename().to_owned();
-        if database == Path::new(":memory:") {
+        if crate::store::sqlite_in_memory(&database) {
             return Ok(Some(Lease {
                 name: name.to_owned(),
                 holder: Holder::SqliteMemory,

@@ -91,6 +91,17 @@ pub enum BackendKind {
     Sqlite,
 }
 
+/// Whether an SQLite database named `filename` lives in memory: `:memory:`, or the name sqlx
+/// gives a `sqlite::memory:` URL's database (`file:sqlx-in-memory-<n>`; until 2026-12-07 that one
+/// was taken for a file: eight pooled connections, and a lease file in the working directory).
+/// A URL's `mode=memory` with a file name is not seen.
+pub(crate) fn sqlite_in_memory(filename: &Path) -> bool {
+    filename == Path::new(":memory:")
+        || filename
+            .to_str()
+            .is_some_and(|name| name.starts_with("file:sqlx-in-memory-"))
+}
+
 impl EventStore {
     /// Connects to `postgres://...` (or `postgresql://...`) or `sqlite:...`. An SQLite file and
     /// its directory are created if missing; SQLite runs in WAL mode with a busy timeout and
@@ -152,7 +163,7 @@ impl EventStore {
 
     /// Connects to SQLite with the store's settings applied over `options`.
     pub async fn connect_sqlite(options: SqliteConnectOptions) -> Result<Self, StoreError> {
-        let in_memory = options.get_filename() == Path::new(":memory:");
+        let in_memory = sqlite_in_memory(options.get_filename());
         if !in_memory {
             if let Some(directory) = options.get_filename().parent() {
                 if !directory.as_os_str().is_empty() {
@@ -1432,5 +1443,31 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(error, StoreError::UnsupportedUrl { scheme } if scheme == "mysql"));
+    }
+
+    /// `sqlite::memory:` is a database in memory (sqlx names it `file:sqlx-in-memory-<n>`):
+    /// one connection, and its lease is the process's own, with no lease file in the working
+    /// directory (until 2026-12-07, eight connections and a file named after sqlx's name).
+    #[tokio::test]
+    async fn an_in_memory_sqlite_store_is_known_as_one() {
+        let options: SqliteConnectOptions = "sqlite::memory:".parse().unwrap();
+        assert!(sqlite_in_memory(options.get_filename()));
+        assert!(!sqlite_in_memory(Path::new(
+            "lifeline-data/lifeline.sqlite"
+        )));
+        assert!(!sqlite_in_memory(Path::new("file:notes.sqlite")));
+
+        let store = EventStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.sqlite_pool().unwrap();
+        assert_eq!(pool.options().get_max_connections(), 1);
+        let lease = store.try_lease("relay").await.unwrap();
+        assert!(lease.is_some());
+        let filename = pool.connect_options().get_filename().to_owned();
+        let stray = std::env::current_dir()
+            .unwrap()
+            .join(format!("{}.lease-relay", filename.display()));
+        assert!(!stray.exists(), "{}", stray.display());
+        store.close().await;
     }
 }
