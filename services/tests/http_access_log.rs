@@ -84,12 +84,7 @@ async fn an_auditors_timeline_read_is_in_the_access_log_and_in_the_next_timeline
     // The next timeline shows the first read and the access-log read naming the person.
     let (status, second) = auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;
     assert_eq!(status, StatusCode::OK);
-    let kinds: Vec<&str> = second["accesses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|access| access["resource"]["kind"].as_str().unwrap())
-        .collect();
+    let kinds = resource_kinds(&second["accesses"]);
     // The mother's access-log page, and the father's, which showed the mother's number in the
     // timeline read's entry: each read names the numbers it showed.
     assert_eq!(
@@ -525,7 +520,12 @@ async fn access_kinds(app: &TestApp, person: &str) -> Vec<String> {
     let (status, page) = auditor_get(app, &format!("/v1/audit/access-log?person={person}")).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["caught_up"], true, "{page}");
-    page["entries"]
+    resource_kinds(&page["entries"])
+}
+
+/// The kinds of the resources read by `entries` (access-log entries), in order.
+fn resource_kinds(entries: &Value) -> Vec<String> {
+    entries
         .as_array()
         .unwrap()
         .iter()
@@ -605,12 +605,7 @@ async fn pages_exports_and_replays_that_held_a_persons_records_are_in_their_acce
     let (status, timeline) =
         auditor_get(&app, &format!("/v1/audit/persons/{MOTHER}/timeline")).await;
     assert_eq!(status, StatusCode::OK, "{timeline}");
-    let kinds: Vec<&str> = timeline["accesses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|access| access["resource"]["kind"].as_str().unwrap())
-        .collect();
+    let kinds = resource_kinds(&timeline["accesses"]);
     assert_eq!(
         kinds,
         [

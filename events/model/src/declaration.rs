@@ -1053,17 +1053,15 @@ mod tests {
         assert!(death(body).is_ok());
         // Its notice, issued where the death happened, may carry that place's date (already
         // 2026-11-22 there, still 2026-11-21 in Vietnam), not a later one.
-        let mut body = death_body();
-        body["death"]["at"] = json!("2026-11-22T05:00:00+14:00");
-        body["death"]["notice"]["date"] = json!("2026-11-22");
-        assert!(death(body.clone()).is_ok());
-        body["death"]["notice"]["date"] = json!("2026-11-23");
+        let notice_dated = |at: &str, date: &str| {
+            let mut body = death_body();
+            body["death"]["at"] = json!(at);
+            body["death"]["notice"]["date"] = json!(date);
+            death(body).map_err(|errors| errors.get("death.notice.date").unwrap().code.clone())
+        };
+        assert!(notice_dated("2026-11-22T05:00:00+14:00", "2026-11-22").is_ok());
         assert_eq!(
-            death(body)
-                .unwrap_err()
-                .get("death.notice.date")
-                .unwrap()
-                .code,
+            notice_dated("2026-11-22T05:00:00+14:00", "2026-11-23").unwrap_err(),
             "in_future"
         );
         // Offsets outside -12:00..+14:00 are not in use anywhere.
@@ -1077,15 +1075,8 @@ mod tests {
         body["death"]["at"] = json!("2026-11-17T11:30:00-12:00");
         assert!(death(body).is_ok());
         // At +07:00 the day is Vietnam's.
-        let mut body = death_body();
-        body["death"]["at"] = json!("2026-11-21T06:00:00+07:00");
-        body["death"]["notice"]["date"] = json!("2026-11-22");
         assert_eq!(
-            death(body)
-                .unwrap_err()
-                .get("death.notice.date")
-                .unwrap()
-                .code,
+            notice_dated("2026-11-21T06:00:00+07:00", "2026-11-22").unwrap_err(),
             "in_future"
         );
 

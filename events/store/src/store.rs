@@ -455,6 +455,18 @@ impl EventStore {
         })
     }
 
+    /// The events of each of `streams`, in version order ([`StoreTransaction::read_streams`] in
+    /// a read-only transaction of its own: one statement on PostgreSQL).
+    pub async fn read_streams(
+        &self,
+        streams: &[&StreamId],
+    ) -> Result<HashMap<StreamId, Vec<RecordedEvent>>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let read = tx.read_streams(streams).await?;
+        tx.rollback().await?;
+        Ok(read)
+    }
+
     /// Every event of `stream`, in version order.
     pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_stream_after(stream, StreamVersion(0)).await

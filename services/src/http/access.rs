@@ -346,12 +346,14 @@ impl PersonRefs {
                 }
             }
         }
-        for stream in &refs.streams {
-            for event in store.read_stream(stream).await? {
-                refs.events
-                    .push((event.cursor(), event.metadata.recorded_at));
-            }
-        }
+        let streams: Vec<&StreamId> = refs.streams.iter().collect();
+        refs.events = store
+            .read_streams(&streams)
+            .await?
+            .values()
+            .flatten()
+            .map(|event| (event.cursor(), event.metadata.recorded_at))
+            .collect();
         refs.events.sort_unstable();
         Ok(refs)
     }
