@@ -159,14 +159,13 @@ impl EventStore {
         let Some(pool) = self.sqlite_pool() else {
             return Ok(None);
         };
-        let database = pool.connect_options().get_filename().to_owned();
-        if crate::store::sqlite_in_memory(&database) {
+        if crate::store::sqlite_in_memory(&pool.connect_options()) {
             return Ok(Some(Lease {
                 name: name.to_owned(),
                 holder: Holder::SqliteMemory,
             }));
         }
-        let path = lease_file(&database, name);
+        let path = lease_file(pool.connect_options().get_filename(), name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -91,15 +91,15 @@ pub enum BackendKind {
     Sqlite,
 }
 
-/// Whether an SQLite database named `filename` lives in memory: `:memory:`, or the name sqlx
-/// gives a `sqlite::memory:` URL's database (`file:sqlx-in-memory-<n>`; until 2026-12-07 that one
-/// was taken for a file: eight pooled connections, and a lease file in the working directory).
-/// A URL's `mode=memory` with a file name is not seen.
-pub(crate) fn sqlite_in_memory(filename: &Path) -> bool {
-    filename == Path::new(":memory:")
-        || filename
-            .to_str()
-            .is_some_and(|name| name.starts_with("file:sqlx-in-memory-"))
+/// Whether the SQLite database `options` open lives in memory: a file named `:memory:`, or one
+/// opened in memory (`sqlite::memory:`, which sqlx names `file:sqlx-in-memory-<n>`, or a URL's
+/// `mode=memory` with any name). sqlx keeps that flag to itself, with no getter; its `Debug`
+/// form shows it (its URL form would too, but building that panics on some file names, such as
+/// `file:notes.sqlite`). The test `an_in_memory_sqlite_store_is_known_as_one` fails if a new
+/// sqlx shows it otherwise.
+pub(crate) fn sqlite_in_memory(options: &SqliteConnectOptions) -> bool {
+    options.get_filename() == Path::new(":memory:")
+        || format!("{options:?}").contains("in_memory: true")
 }
 
 impl EventStore {
@@ -163,7 +163,7 @@ impl EventStore {
 
     /// Connects to SQLite with the store's settings applied over `options`.
     pub async fn connect_sqlite(options: SqliteConnectOptions) -> Result<Self, StoreError> {
-        let in_memory = sqlite_in_memory(options.get_filename());
+        let in_memory = sqlite_in_memory(&options);
         if !in_memory {
             if let Some(directory) = options.get_filename().parent() {
                 if !directory.as_os_str().is_empty() {
@@ -182,10 +182,20 @@ impl EventStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { 8 })
-            .connect_with(options)
-            .await?;
+        let pool = if in_memory {
+            // The database lives as long as a connection to it: one connection, opened now and
+            // never retired (sqlx would close it after 10 idle minutes or 30 in all, and with it
+            // every event recorded).
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        }
+        .connect_with(options)
+        .await?;
         Ok(Self::with_backend(Backend::Sqlite {
             pool,
             writer: Arc::new(Mutex::new(())),
@@ -1457,29 +1467,45 @@ mod tests {
         assert!(matches!(error, StoreError::UnsupportedUrl { scheme } if scheme == "mysql"));
     }
 
-    /// `sqlite::memory:` is a database in memory (sqlx names it `file:sqlx-in-memory-<n>`):
-    /// one connection, and its lease is the process's own, with no lease file in the working
-    /// directory (until 2026-12-07, eight connections and a file named after sqlx's name).
+    /// `sqlite::memory:` and `mode=memory` are databases in memory: one connection that is never
+    /// retired (the database goes with it), and a lease that is the process's own, with no lease
+    /// file in the working directory. Until 2026-12-07 `sqlite::memory:` (which sqlx names
+    /// `file:sqlx-in-memory-<n>`) got eight connections and a lease file, `mode=memory` was taken
+    /// for a file, and the one connection of either was closed after 10 idle minutes.
     #[tokio::test]
     async fn an_in_memory_sqlite_store_is_known_as_one() {
-        let options: SqliteConnectOptions = "sqlite::memory:".parse().unwrap();
-        assert!(sqlite_in_memory(options.get_filename()));
-        assert!(!sqlite_in_memory(Path::new(
-            "lifeline-data/lifeline.sqlite"
-        )));
-        assert!(!sqlite_in_memory(Path::new("file:notes.sqlite")));
+        for (url, in_memory) in [
+            ("sqlite::memory:", true),
+            ("sqlite:lifeline-memory-test?mode=memory", true),
+            ("sqlite:lifeline-data/lifeline.sqlite", false),
+            ("sqlite:file:notes.sqlite", false),
+        ] {
+            let options: SqliteConnectOptions = url.parse().unwrap();
+            assert_eq!(sqlite_in_memory(&options), in_memory, "{url}");
+        }
+        assert!(sqlite_in_memory(
+            &SqliteConnectOptions::new().filename(":memory:")
+        ));
 
-        let store = EventStore::connect("sqlite::memory:").await.unwrap();
-        store.migrate().await.unwrap();
-        let pool = store.sqlite_pool().unwrap();
-        assert_eq!(pool.options().get_max_connections(), 1);
-        let lease = store.try_lease("relay").await.unwrap();
-        assert!(lease.is_some());
-        let filename = pool.connect_options().get_filename().to_owned();
-        let stray = std::env::current_dir()
-            .unwrap()
-            .join(format!("{}.lease-relay", filename.display()));
-        assert!(!stray.exists(), "{}", stray.display());
-        store.close().await;
+        for url in ["sqlite::memory:", "sqlite:lifeline-memory-test?mode=memory"] {
+            let store = EventStore::connect(url).await.unwrap();
+            store.migrate().await.unwrap();
+            let pool = store.sqlite_pool().unwrap();
+            assert_eq!(pool.options().get_max_connections(), 1, "{url}");
+            assert_eq!(pool.options().get_min_connections(), 1, "{url}");
+            assert_eq!(pool.options().get_idle_timeout(), None, "{url}");
+            assert_eq!(pool.options().get_max_lifetime(), None, "{url}");
+            let lease = store.try_lease("relay").await.unwrap();
+            assert!(lease.is_some());
+            let filename = pool.connect_options().get_filename().to_owned();
+            for stray in [
+                format!("{}.lease-relay", filename.display()),
+                filename.display().to_string(),
+            ] {
+                let stray = std::env::current_dir().unwrap().join(stray);
+                assert!(!stray.exists(), "{url}: {}", stray.display());
+            }
+            store.close().await;
+        }
     }
 }
