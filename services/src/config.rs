@@ -144,23 +144,107 @@ fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// Replaces the password of a URL with `***`.
+/// A URL fit for a log line: its secrets replaced by `***`. The password of its user
+/// (`user:***@`); the whole user part of a NATS URL (`nats://***@host`: a NATS URL's user
+/// part alone is a token); and every query parameter whose name holds `password`
+/// (PostgreSQL's `?password=` and `sslpassword=`). A list of URLs (comma-separated, as NATS
+/// takes them) is redacted one by one. (Until 2026-12-07 only `user:password@` was: a NATS
+/// token and a PostgreSQL `?password=` were printed as they were.)
 pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    // The user part ends at the last `@` before the query: a password with an unescaped `/`
+    // (not a valid URL, but printed in the error that says so) is hidden as well.
+    let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None if scheme.eq_ignore_ascii_case("nats")
+                || scheme.eq_ignore_ascii_case("tls")
+                || scheme.eq_ignore_ascii_case("ws")
+                || scheme.eq_ignore_ascii_case("wss") =>
+            {
+                format!("***@{host}")
+            }
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
     };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((query, fragment)) => (query, Some(fragment)),
+                None => (query, None),
+            };
+            let query = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            match fragment {
+                Some(fragment) => format!("{path}?{query}#{fragment}"),
+                None => format!("{path}?{query}"),
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_printed_without_their_secrets() {
+        for (url, printed) in [
+            (
+                "postgres://lifeline:s3cret@db:5432/lifeline",
+                "postgres://lifeline:***@db:5432/lifeline",
+            ),
+            (
+                "postgres://lifeline@db/lifeline?password=s3cret&sslmode=require",
+                "postgres://lifeline@db/lifeline?password=***&sslmode=require",
+            ),
+            (
+                "postgresql://db/lifeline?user=a&sslpassword=k3y",
+                "postgresql://db/lifeline?user=a&sslpassword=***",
+            ),
+            ("nats://t0ken@nats:4222", "nats://***@nats:4222"),
+            ("nats://user:pw@nats:4222", "nats://user:***@nats:4222"),
+            (
+                "nats://t0ken@a:4222,nats://u:pw@b:4222,nats://c:4222",
+                "nats://***@a:4222,nats://u:***@b:4222,nats://c:4222",
+            ),
+            (
+                "postgres://a:p@ss@db/x?application_name=me@home",
+                "postgres://a:***@db/x?application_name=me@home",
+            ),
+            ("postgres://u:pa/ss@db/x", "postgres://u:***@db/x"),
+            ("postgres://db/lifeline", "postgres://db/lifeline"),
+            (
+                "sqlite:lifeline-data/lifeline.sqlite",
+                "sqlite:lifeline-data/lifeline.sqlite",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ] {
+            assert_eq!(redact_url(url), printed, "{url}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
