@@ -283,6 +283,95 @@ async fn a_nats_outage_while_appending_loses_nothing() {
     store.close().await;
 }
 
+/// A NATS outage longer than the client's queue of messages to send can absorb does not hang
+/// the runtime's shutdown. (Until 2026-12-07 a policy consumer's pull loop went on sending pull
+/// requests while the client was disconnected; once they filled the client's queue, its next
+/// send waited for the server, and so did the shutdown. The queue holds 2,048 messages in
+/// `serve`: about five minutes of outage; 8 here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_runtime_stops_promptly_during_a_long_nats_outage() {
+    let store = postgres_store().await;
+    let mut nats = PrivateNats::start().await;
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(8)
+        .max_reconnects(None)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let jetstream = jetstream::new(client);
+    let bus = unique_bus();
+    let options = ConsumerOptions {
+        fetch_expires: Duration::from_millis(100),
+        ..test_consumer_options(3)
+    };
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        Arc::new(EffectHandler::new(0)),
+        options,
+        true,
+    );
+    let sources = append_sources(&store, 20).await;
+    wait_for_effects(&store, &expected_effects(&sources, &[])).await;
+
+    nats.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.stop().await;
+    store.close().await;
+}
+
+/// The messages a stopping consumer hands back are delivered once more, not in a burst: they
+/// are nak'd with a delay that outlasts the consumer's own pull requests. (Until 2026-12-07
+/// they were nak'd for redelivery at once, straight back to those requests, nak'd again, and
+/// so on until the requests ended: hundreds of deliveries, each counted against its event's
+/// attempts.) Every event is still applied once, by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_handed_back_at_shutdown_are_redelivered_once_not_in_a_burst() {
+    let store = postgres_store().await;
+    let jetstream = shared_nats().await;
+    let bus = unique_bus();
+    let options = test_consumer_options(3);
+    let handler = Arc::new(EffectHandler::new(0).with_delay(Duration::from_millis(50)));
+    let sources = append_sources(&store, 300).await;
+    let running = Running::start(&store, &jetstream, &bus, handler, options.clone(), true);
+    eventually(DEADLINE, "some effects", || async {
+        effects(&store).await.len() >= 20
+    })
+    .await;
+    running.stop().await;
+    // Past the consumers' last pull requests (300 ms) and a redelivery at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stream = jetstream.get_stream(&bus.stream_name).await.unwrap();
+    for policy in [ALPHA, BETA] {
+        let info = stream
+            .consumer_info(options.durable_name(policy))
+            .await
+            .unwrap();
+        let deliveries = info.delivered.consumer_sequence;
+        let first_deliveries = info.delivered.stream_sequence;
+        assert!(
+            deliveries <= first_deliveries + 10,
+            "{policy}: {deliveries} deliveries of {first_deliveries} notices"
+        );
+    }
+
+    let running = Running::start(
+        &store,
+        &jetstream,
+        &bus,
+        Arc::new(EffectHandler::new(0)),
+        options,
+        false,
+    );
+    let expected = expected_effects(&sources, &[]);
+    wait_for_effects(&store, &expected).await;
+    running.stop().await;
+    assert_exactly(&effects(&store).await, &expected);
+    delete_stream(&jetstream, &bus).await;
+    store.close().await;
+}
+
 /// `count` source events, a poison event, `count` more: the sources and the poison's id.
 async fn sources_around_a_poison(store: &EventStore, count: usize) -> (Vec<Uuid>, Uuid) {
     let mut sources = append_sources(store, count).await;

@@ -250,6 +250,13 @@ const KEEP_ALIVE_AT_MOST: Duration = Duration::from_secs(600);
 /// How long a stopping consumer waits for its last acknowledgements to be written out.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
 
+/// The longest an acknowledgement, a nak or a `+WPI` waits for room in the client's queue of
+/// messages to send (full only while the server is away and it is not connected): such a
+/// message is then not sent, and the message it answers comes back after `ack_wait`, where the
+/// handler finds its work done. Without the bound a lane, and the shutdown waiting for it,
+/// hung until the server came back.
+const SEND_AT_MOST: Duration = Duration::from_secs(2);
+
 /// Messages a pull loop handles between two yields of its own (it is exempt from tokio's
 /// cooperative budget, which forced one about every 60): a few ms of work at most.
 const PULL_YIELD_EVERY: usize = 1024;
@@ -447,11 +454,9 @@ impl Lanes {
                         .filter_map(|(message, _)| message.reply.clone())
                         .collect();
                     if *shutdown.borrow() {
-                        // Another process takes them at once.
-                        for (message, _) in batch {
-                            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                                tracing::debug!(%error, "cannot nak a message at shutdown");
-                            }
+                        // Another process takes them (see `Worker::nak_at_stop`).
+                        for (message, _) in &batch {
+                            worker.nak_at_stop(message).await;
                         }
                     } else {
                         let handled = futures::FutureExt::catch_unwind(
@@ -640,10 +645,13 @@ impl Worker {
                 if !self.held().contains_key(&reply) {
                     continue;
                 }
-                if let Err(error) = client
-                    .publish(reply, bytes::Bytes::from_static(b"+WPI"))
-                    .await
-                {
+                // Not queued while the server is away: they would fill the client's queue.
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    break;
+                }
+                let sent =
+                    send_at_most(client.publish(reply, bytes::Bytes::from_static(b"+WPI"))).await;
+                if let Err(error) = sent {
                     tracing::debug!(policy = %self.policy, %error, "cannot tell JetStream a message is in progress");
                 }
             }
@@ -743,6 +751,13 @@ impl Worker {
                     return Ok(());
                 }
             } else if !full && book.wants_request(now) {
+                // Nothing is asked of a server not connected: the request would wait in the
+                // client's queue, and such requests, one every few hundred ms per consumer,
+                // filled it within minutes (then every send of the process, acks included,
+                // waited for the server, and so did its shutdown). Back to the outer loop,
+                // which waits for the connection, and binds again.
+                super::bus::nats_connected(jetstream)
+                    .map_err(|state| RuntimeError::nats("send a pull request", state))?;
                 client
                     .publish_with_reply(subject.clone(), inbox.clone(), request.clone())
                     .await
@@ -813,9 +828,7 @@ impl Worker {
                 context: jetstream.clone(),
             };
             if stopping {
-                if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                    tracing::debug!(%error, "cannot nak a message at shutdown");
-                }
+                self.nak_at_stop(&message).await;
                 continue;
             }
             let notice = serde_json::from_slice::<EventNotice>(&message.payload);
@@ -824,7 +837,7 @@ impl Worker {
                     // Nothing to do: acknowledged without waiting for the server's
                     // confirmation (an unfiltered consumer gets many of these). A lost ack
                     // only brings the message back after `ack_wait`, to be acknowledged again.
-                    if let Err(error) = message.ack().await {
+                    if let Err(error) = send_at_most(message.ack()).await {
                         tracing::debug!(policy = %self.policy, %error, "cannot ack an unwanted message");
                     }
                     continue;
@@ -961,7 +974,8 @@ impl Worker {
                 let delay = self.options.retry.delay_after(attempt);
                 tracing::warn!(policy = %self.policy, event_id = %notice.event_id, attempt, ?delay, %error, "policy failed; will retry");
                 self.release(message.reply.as_slice());
-                if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                if let Err(error) = send_at_most(message.ack_with(AckKind::Nak(Some(delay)))).await
+                {
                     tracing::warn!(policy = %self.policy, %error, "cannot nak; the message comes back after ack_wait");
                 }
             }
@@ -1188,12 +1202,41 @@ impl Worker {
     async fn finish(&self, message: &jetstream::Message, kind: AckKind) {
         self.release(message.reply.as_slice());
         let result = match kind {
-            AckKind::Ack => message.ack().await,
-            other => message.double_ack_with(other).await,
+            AckKind::Ack => send_at_most(message.ack()).await,
+            other => send_at_most(message.double_ack_with(other)).await,
         };
         if let Err(error) = result {
             tracing::warn!(policy = %self.policy, %error, "acknowledgement not confirmed; the message may be redelivered");
         }
+    }
+
+    /// Hands `message` back at shutdown, for another process (or this one, restarted) to take
+    /// after a delay: the pull requests this process has outstanding at the server (it sends
+    /// no more once stopping) have expired by then. (Until 2026-12-07 it was nak'd for
+    /// immediate redelivery: it went straight back to those requests, was nak'd again, and so
+    /// on until they ended, a burst of deliveries that each counted against the event's
+    /// attempts.)
+    async fn nak_at_stop(&self, message: &jetstream::Message) {
+        let delay = self.options.fetch_expires + PULL_GRACE;
+        if let Err(error) = send_at_most(message.ack_with(AckKind::Nak(Some(delay)))).await {
+            tracing::debug!(policy = %self.policy, %error, "cannot nak a message at shutdown; it comes back after ack_wait");
+        }
+    }
+}
+
+/// `send`, given up after [`SEND_AT_MOST`] (see there).
+async fn send_at_most<E>(
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String>
+where
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(SEND_AT_MOST, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "not sent within {SEND_AT_MOST:?} (the server away, the client's queue full)"
+        )),
     }
 }
 
