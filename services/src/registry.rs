@@ -14,7 +14,7 @@ use cqrs_es::{
 };
 use lifeline_model::codec;
 use lifeline_model::declaration::{
-    parse_birth, parse_death, BirthDeclarationInput, DeathDeclarationInput, Declaration,
+    parse_death, parse_new_birth, BirthDeclarationInput, DeathDeclarationInput, Declaration,
 };
 use lifeline_model::envelope::{GlobalPosition, RecordedEvent, Role, StreamId, StreamVersion};
 use lifeline_model::error::DomainError;
@@ -247,7 +247,7 @@ impl Registry {
         input: &BirthDeclarationInput,
         today: NaiveDate,
     ) -> Result<Recorded, RegistryError> {
-        let declaration = parse_birth(input, today).map_err(RegistryError::Invalid)?;
+        let declaration = parse_new_birth(input, today).map_err(RegistryError::Invalid)?;
         let life_event_id = self.life_event_id(actor, "birth");
         let stream_id = stream_for("birth", life_event_id)?;
         let command = LifeEventCommand::RecordBirth {

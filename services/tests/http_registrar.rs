@@ -126,6 +126,16 @@ async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
             ],
         ),
         case(
+            "a health-insurance card for a child of 6 or more",
+            birth_with(|body| {
+                body["child"]["date_of_birth"] = json!("2019-03-01");
+                body["birth_notice"]["date"] = json!("2019-03-01");
+            }),
+            unprocessable,
+            "validation_failed",
+            vec![("procedures[2]", "not_eligible")],
+        ),
+        case(
             "unknown procedure",
             birth_with(|body| body["procedures"] = json!(["birth-registration", "passport"])),
             unprocessable,
@@ -336,6 +346,60 @@ async fn the_design_examples_are_recorded() {
     let birth = record_birth(&app).await;
     assert_ne!(birth, id);
     assert_eq!(app.log_len().await, 2);
+}
+
+/// A late registration of a child 6 or older, procedures left to their default, is recorded
+/// without the health-insurance card (for a child under 6): `not-chosen`, and no task waits
+/// for it.
+#[tokio::test]
+async fn a_child_of_six_or_more_is_recorded_without_a_health_insurance_card() {
+    let app = TestApp::new().await;
+    let mut body = birth_body();
+    body["child"]["date_of_birth"] = json!("2019-03-01");
+    body["birth_notice"]["date"] = json!("2019-03-01");
+    body.as_object_mut().unwrap().remove("procedures");
+    let token = registrar(HCM_OFFICE);
+    let (status, recorded, _) = app
+        .call(Method::POST, "/v1/births", Some(&token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    let path = format!(
+        "/v1/life-events/{}",
+        recorded["life_event_id"].as_str().unwrap()
+    );
+    let (status, record, _) = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let states: Vec<(String, String)> = record["procedures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|procedure| {
+            (
+                procedure["procedure"].as_str().unwrap().to_owned(),
+                procedure["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let state_of = |id: &str| {
+        states
+            .iter()
+            .find(|(procedure, _)| procedure == id)
+            .map(|(_, state)| state.as_str())
+    };
+    assert_eq!(
+        state_of("child-health-insurance"),
+        Some("not-chosen"),
+        "{states:?}"
+    );
+    assert_ne!(
+        state_of("residence-registration"),
+        Some("not-chosen"),
+        "{states:?}"
+    );
+    assert_eq!(
+        record["declaration"]["procedures"],
+        json!(["birth-registration", "residence-registration"])
+    );
 }
 
 #[tokio::test]

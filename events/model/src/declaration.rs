@@ -428,6 +428,59 @@ pub fn parse_birth(
     }
 }
 
+/// The age up to which a child's health-insurance card is issued (state-funded under 6): a
+/// child is eligible until the day before its 72nd month from birth.
+pub const CHILD_HEALTH_INSURANCE_MONTHS: u32 = 72;
+
+/// [`parse_birth`] for a birth recorded `today`, with the choice of procedures checked against
+/// the child's age: the health-insurance card (`child-health-insurance`) is for a child under 6.
+/// A child 6 or older today is not given it by default (procedures absent: the rest of the
+/// group), and a request that names it is refused at `procedures[i]` (`not_eligible`). Until
+/// 2026-12-07 such a late registration got a card task that no officer could complete (every
+/// validity date refused: not after the completion, or past the 72nd month).
+///
+/// Corrections re-check the declaration with [`parse_birth`] alone: the age is the record's,
+/// at its recording.
+pub fn parse_new_birth(
+    input: &BirthDeclarationInput,
+    today: NaiveDate,
+) -> Result<BirthDeclaration, ValidationErrors> {
+    let mut declaration = parse_birth(input, today)?;
+    let eligible_until = declaration
+        .child
+        .date_of_birth
+        .checked_add_months(chrono::Months::new(CHILD_HEALTH_INSURANCE_MONTHS));
+    if eligible_until.is_some_and(|until| today < until) {
+        return Ok(declaration);
+    }
+    let card = ProcedureId::ChildHealthInsurance;
+    let Some(named) = &input.procedures else {
+        declaration
+            .procedures
+            .retain(|procedure| *procedure != card);
+        return Ok(declaration);
+    };
+    let mut errors = ValidationErrors::default();
+    for (index, raw) in named.iter().enumerate() {
+        if raw.trim().parse::<ProcedureId>().ok() == Some(card) {
+            errors.push(FieldError::new(
+                format!("procedures[{index}]"),
+                "not_eligible",
+                format!(
+                    "{card} is for a child under 6, and a child born on {} is 6 or older: \
+                     leave it out",
+                    declaration.child.date_of_birth
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(declaration)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Validates a death declaration at the instant `now`, collecting every field error. Dates are
 /// checked against today in Vietnam (the death notice's against the later of that and today at
 /// the death's own offset, where it was issued); the time of death, an instant, against `now`
@@ -844,6 +897,52 @@ fn group_noun(group: ProcedureGroup) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A child 6 or older at its registration gets no health-insurance card: left out of the
+    /// default group, refused by name; a child a day short of 6 still gets it.
+    #[test]
+    fn a_child_of_six_or_more_is_not_given_a_health_insurance_card() {
+        let card = ProcedureId::ChildHealthInsurance;
+        let born_on = |date: &str, procedures: Option<Value>| {
+            let mut body = birth_body();
+            body["child"]["date_of_birth"] = json!(date);
+            body["birth_notice"]["date"] = json!(date);
+            match procedures {
+                Some(procedures) => body["procedures"] = procedures,
+                None => {
+                    body.as_object_mut().unwrap().remove("procedures");
+                }
+            }
+            parse_new_birth(&serde_json::from_value(body).unwrap(), today())
+        };
+        // today() is 2026-11-21.
+        let young = born_on("2020-11-22", None).unwrap();
+        assert!(young.procedures.contains(&card));
+        let six = born_on("2020-11-21", None).unwrap();
+        assert_eq!(
+            six.procedures,
+            [
+                ProcedureId::BirthRegistration,
+                ProcedureId::ResidenceRegistration
+            ]
+        );
+        let errors = born_on(
+            "2019-03-01",
+            Some(json!(["residence-registration", "child-health-insurance"])),
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors:?}");
+        assert_eq!(errors.0[0].field, "procedures[1]");
+        assert_eq!(errors.0[0].code, "not_eligible");
+        let named = born_on("2020-11-22", Some(json!(["child-health-insurance"]))).unwrap();
+        assert!(named.procedures.contains(&card));
+        // parse_birth alone (corrections) does not look at the age.
+        let mut body = birth_body();
+        body["child"]["date_of_birth"] = json!("2019-03-01");
+        body["birth_notice"]["date"] = json!("2019-03-01");
+        let parsed = parse_birth(&serde_json::from_value(body).unwrap(), today()).unwrap();
+        assert!(parsed.procedures.contains(&card));
+    }
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 21).unwrap()

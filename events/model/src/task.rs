@@ -258,9 +258,11 @@ impl TaskOutcome {
                 valid_until,
             } => {
                 let card_number = number(&mut errors, &card_number, "card_number");
-                let latest = application
-                    .date("child.date_of_birth")
-                    .and_then(|born| born.checked_add_months(Months::new(72)));
+                let latest = application.date("child.date_of_birth").and_then(|born| {
+                    born.checked_add_months(Months::new(
+                        crate::declaration::CHILD_HEALTH_INSURANCE_MONTHS,
+                    ))
+                });
                 if valid_until <= on {
                     errors.push(FieldError::new(
                         "outcome.valid_until",

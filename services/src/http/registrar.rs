@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use lifeline_model::declaration::{
-    parse_birth, parse_death, BirthDeclaration, BirthDeclarationInput, ChildInput,
+    parse_birth, parse_death, parse_new_birth, BirthDeclaration, BirthDeclarationInput, ChildInput,
     DeathDeclaration, DeathDeclarationInput, DeathInput, DeceasedInput, DeclarantInput,
     Declaration, NoticeInput, ParentInput, ResidenceInput,
 };
@@ -57,7 +57,9 @@ pub struct BirthBody {
     pub residence: Option<ResidenceBody>,
     pub birth_notice: Option<NoticeBody>,
     pub declarant: Option<DeclarantBody>,
-    /// Defaults to the whole birth group; `birth-registration` is always included.
+    /// Defaults to the whole birth group (without `child-health-insurance` for a child 6 or
+    /// older, for whom naming it is refused: `not_eligible`); `birth-registration` is always
+    /// included.
     pub procedures: Option<Vec<String>>,
 }
 
@@ -352,7 +354,7 @@ pub async fn record_birth(
     check_office_scope(&principal, body.office.as_deref())?;
     let input = BirthDeclarationInput::from(body);
     let today = state.today();
-    let mut errors = parse_birth(&input, today).err().unwrap_or_default();
+    let mut errors = parse_new_birth(&input, today).err().unwrap_or_default();
     check_known_office(&state, input.office.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::validation(&errors));
