@@ -332,6 +332,23 @@ async fn an_inbox_shows_only_its_own_agency() {
             "{field} not named in {body}"
         );
     }
+    // A parameter the route does not take, or one given twice, is named, not ignored.
+    for (query, field, code) in [
+        ("stauts=open", "stauts", "unknown_field"),
+        ("status=open&status=claimed", "status", "duplicate_field"),
+        ("limit=10&limit=20", "limit", "duplicate_field"),
+    ] {
+        let (status, body, _) = app
+            .call(
+                Method::GET,
+                &format!("/v1/agencies/police/tasks?{query}"),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert_eq!(body["error"]["field_codes"][field], code, "{query}: {body}");
+    }
 }
 
 fn officer_actor(id: &str) -> Actor {

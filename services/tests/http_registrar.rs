@@ -100,6 +100,42 @@ async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
             vec![],
         ),
         case(
+            "data after the body",
+            [birth_with(|_| {}), b" {}".to_vec()].concat(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            vec![("$", "malformed_json")],
+        ),
+        case(
+            "a key given twice",
+            {
+                let body = String::from_utf8(birth_with(|_| {})).unwrap();
+                body.replacen('{', "{\"office\":\"79-26734\",", 1)
+                    .into_bytes()
+            },
+            unprocessable,
+            "invalid_field",
+            vec![("office", "duplicate_field")],
+        ),
+        case(
+            "a nested key given twice",
+            {
+                let body = String::from_utf8(birth_with(|_| {})).unwrap();
+                body.replacen("\"child\":{", "\"child\":{\"sex\":\"male\",", 1)
+                    .into_bytes()
+            },
+            unprocessable,
+            "invalid_field",
+            vec![("child.sex", "duplicate_field")],
+        ),
+        case(
+            "a bidirectional override in an email",
+            birth_with(|body| body["declarant"]["email"] = json!("an\u{202e}nv.@x.vn")),
+            unprocessable,
+            "validation_failed",
+            vec![("declarant.email", "control_character")],
+        ),
+        case(
             "wrong type",
             birth_with(|body| body["child"]["full_name"] = json!(5)),
             unprocessable,

@@ -245,8 +245,18 @@ impl Sex {
     }
 }
 
+/// Whether `c` may not appear in text a person entered: a control character, or a
+/// bidirectional embedding, override or isolate (U+202A-U+202E, U+2066-U+2069), which would make
+/// a name or an address read otherwise on an officer's screen than it is stored.
+pub fn is_forbidden_in_text(c: char) -> bool {
+    c.is_control()
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// Free text as entered: NFC-normalised, trimmed, non-empty, at most `max_chars` characters,
-/// no control characters. Vietnamese diacritics are kept exactly.
+/// no control characters nor bidirectional overrides ([`is_forbidden_in_text`]; until
+/// 2026-12-07 the overrides were taken). Vietnamese diacritics are kept exactly.
 pub fn parse_text(raw: &str, field: &str, max_chars: usize) -> Result<String, FieldError> {
     let normalised: String = raw.nfc().collect();
     let trimmed = normalised.trim();
@@ -260,11 +270,11 @@ pub fn parse_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Fi
             format!("must have at most {max_chars} characters"),
         ));
     }
-    if trimmed.chars().any(char::is_control) {
+    if trimmed.chars().any(is_forbidden_in_text) {
         return Err(FieldError::new(
             field,
             "control_character",
-            "must not contain control characters",
+            "must not contain control characters or bidirectional overrides",
         ));
     }
     Ok(trimmed.to_owned())
@@ -425,7 +435,9 @@ impl Phone {
     }
 }
 
-/// An email address, lightly checked: one `@`, a non-empty local part, a dotted domain, no spaces.
+/// An email address, lightly checked: one `@`, a non-empty local part, a dotted domain, no spaces,
+/// no control characters nor bidirectional overrides (`control_character`; until 2026-12-07 an
+/// email was the one text field that took them, and handed them on to the agencies).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -433,6 +445,13 @@ pub struct Email(String);
 impl Email {
     pub fn parse_field(raw: &str, field: &str) -> Result<Self, FieldError> {
         let value = raw.trim();
+        if value.chars().any(is_forbidden_in_text) {
+            return Err(FieldError::new(
+                field,
+                "control_character",
+                "must not contain control characters or bidirectional overrides",
+            ));
+        }
         let well_formed = value.len() <= 254
             && !value.chars().any(char::is_whitespace)
             && value.split_once('@').is_some_and(|(local, domain)| {
@@ -647,10 +666,21 @@ mod tests {
                 .code,
             "too_long"
         );
-        assert_eq!(
-            parse_text("a\u{0}b", "x", 10).unwrap_err().code,
-            "control_character"
-        );
+        for forbidden in ["a\u{0}b", "a\u{1b}b", "a\u{202e}b", "a\u{2067}b"] {
+            assert_eq!(
+                parse_text(forbidden, "x", 10).unwrap_err().code,
+                "control_character",
+                "{forbidden:?}"
+            );
+            assert_eq!(
+                Email::parse_field(&format!("{forbidden}@x.vn"), "email")
+                    .unwrap_err()
+                    .code,
+                "control_character",
+                "{forbidden:?}"
+            );
+        }
+        assert!(parse_text("Nguyễn Thị Ánh", "x", 20).is_ok());
     }
 
     #[test]

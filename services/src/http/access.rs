@@ -276,6 +276,7 @@ impl AccessEntry {
 /// `GET /v1/audit/access-log`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AccessLogQuery {
     /// The `next_cursor` of the previous page; absent for the start of the log.
     pub cursor: Option<String>,

@@ -35,6 +35,7 @@ pub const MAX_PAGE: u32 = 200;
 /// Filters and paging of `GET /v1/agencies/{agency}/tasks`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct InboxQuery {
     /// open, claimed, completed, rejected or cancelled.
     pub status: Option<String>,
@@ -180,10 +181,7 @@ pub async fn list_tasks(
     authorize_role(&principal, Action::ListTasks)?;
     let agency_id: AgencyId = agency.parse().map_err(|_| ApiError::not_found("agency"))?;
     authorize(&principal, Action::ListTasks, Target::Agency(agency_id))?;
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::bad_request("malformed_query", "the query string is not valid")
-            .with_detail(rejection.body_text())
-    })?;
+    let Query(query) = query.map_err(super::audit::malformed_query)?;
     let (filter, page) = parse_inbox_query(&query)?;
     let rows = projections::inbox(&state.store, agency_id, &filter, page).await?;
     let next_cursor = if rows.len() == page.limit as usize {

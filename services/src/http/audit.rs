@@ -85,6 +85,7 @@ impl From<&RecordedEvent> for AuditEvent {
 /// `GET /v1/audit/events`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// The `next_cursor` of the previous page; absent for the start of the log.
     pub cursor: Option<String>,
@@ -112,6 +113,7 @@ pub struct StreamHistory {
 /// `GET /v1/audit/persons/{pin}/timeline`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct TimelineQuery {
     /// `true`: scan the whole log instead of following the person registry's links.
     pub scan: Option<bool>,
@@ -134,6 +136,7 @@ pub struct Timeline {
 /// `GET /v1/audit/replay`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ReplayQuery {
     /// RFC 3339; only events recorded before it are replayed.
     pub as_of: Option<String>,
@@ -150,6 +153,7 @@ pub struct ReplayBody {
 /// `GET /v1/audit/export`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// Start after this cursor (a `next_cursor` of `/v1/audit/events`); absent: the start.
     pub cursor: Option<String>,
@@ -553,9 +557,36 @@ pub(crate) fn page_limit(raw: Option<&str>, max: usize, errors: &mut ValidationE
     }
 }
 
+/// A query string the route's parameters do not take. A parameter it does not know
+/// (`?stauts=open`) or one given twice is a 422 naming it (`unknown_field`,
+/// `duplicate_field`): until 2026-12-07 an unknown one was ignored (a typo silently widened an
+/// inbox or a log page) and a repeated one was a 400 naming nothing. Anything else (a
+/// parameter that is not UTF-8, say) is a 400 `malformed_query`.
 pub(crate) fn malformed_query(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request("malformed_query", "the query string is not valid")
-        .with_detail(rejection.body_text())
+    let text = rejection.body_text();
+    let message = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    // serde's message, after the parameter's name: "stauts: unknown field `stauts`, ...".
+    let named = |prefix: &str| {
+        message
+            .find(prefix)
+            .and_then(|at| message[at + prefix.len()..].split_once('`'))
+            .map(|(name, _)| name.to_owned())
+    };
+    if let Some(name) = named("unknown field `") {
+        return ApiError::unprocessable("invalid_field", "a query parameter is not expected")
+            .with_field(
+                name.clone(),
+                "unknown_field",
+                format!("{name} is not a parameter of this route"),
+            );
+    }
+    if let Some(name) = named("duplicate field `") {
+        return ApiError::unprocessable("invalid_field", "a query parameter is given twice")
+            .with_field(name, "duplicate_field", "must be given at most once");
+    }
+    ApiError::bad_request("malformed_query", "the query string is not valid").with_detail(text)
 }
 
 fn parse_time(raw: &str, field: &str) -> Result<DateTime<Utc>, ApiError> {

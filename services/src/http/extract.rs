@@ -58,10 +58,25 @@ where
     }
 }
 
-/// Parses `bytes` as `T`, naming the offending field the way serde found it.
+/// Parses `bytes` as `T`, naming the offending field the way serde found it. The body is one
+/// JSON value: anything but whitespace after it is malformed (until 2026-12-07 it was ignored:
+/// `{...}{...}` recorded the first document and dropped the second). A repeated key is named
+/// where it is (`duplicate_field`), not at the object holding it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let malformed = |field: String, inner: &serde_json::Error| {
+        let position = format!("line {} column {}", inner.line(), inner.column());
+        ApiError::bad_request("malformed_json", "the body is not valid JSON").with_field(
+            if field.is_empty() {
+                "$".to_owned()
+            } else {
+                field
+            },
+            "malformed_json",
+            format!("not valid JSON at {position}"),
+        )
+    };
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
         let field = if path == "." { String::new() } else { path };
@@ -69,39 +84,34 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => {
                 // serde's message names types and fields, never values.
                 let message = data_message(&inner.to_string());
-                let code = if message.starts_with("unknown field") {
-                    "unknown_field"
-                } else {
-                    "invalid_type"
+                let duplicate = message
+                    .strip_prefix("duplicate field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                let (field, code) = match duplicate {
+                    Some(name) if field.is_empty() => (name, "duplicate_field"),
+                    Some(name) => (format!("{field}.{name}"), "duplicate_field"),
+                    None if message.starts_with("unknown field") => (field, "unknown_field"),
+                    None => (field, "invalid_type"),
                 };
-                let mut api = ApiError::unprocessable(
-                    "invalid_field",
-                    "a field has the wrong type or is not expected",
-                );
                 let field = if field.is_empty() {
                     "$".to_owned()
                 } else {
                     field
                 };
-                api = api.with_field(field, code, message);
-                api
+                ApiError::unprocessable(
+                    "invalid_field",
+                    "a field has the wrong type or is not expected",
+                )
+                .with_field(field, code, message)
             }
-            _ => {
-                let mut api = ApiError::bad_request("malformed_json", "the body is not valid JSON");
-                let position = format!("line {} column {}", inner.line(), inner.column());
-                api = api.with_field(
-                    if field.is_empty() {
-                        "$".to_owned()
-                    } else {
-                        field
-                    },
-                    "malformed_json",
-                    format!("not valid JSON at {position}"),
-                );
-                api
-            }
+            _ => malformed(field, &inner),
         }
-    })
+    })?;
+    deserializer
+        .end()
+        .map_err(|inner| malformed(String::new(), &inner))?;
+    Ok(value)
 }
 
 /// serde_json's message without its " at line L column C" suffix.
