@@ -10,6 +10,12 @@
 #                             dir); servers that were already there are never touched
 #   deploy/services.sh fetch  download the packages `up` would install, without
 #                             installing them (for a later offline `up`)
+#   deploy/services.sh tools  what building and testing need besides Rust: a C compiler
+#                             (gcc, libc6-dev: ring, SQLite and mimalloc build C) and
+#                             procps (`kill`, which a test runs); installed with apt-get
+#                             when missing. Rust itself (cargo, rustc) comes from rustup,
+#                             not from these distributions' packages (too old): checked by
+#                             deploy/test.sh.
 #
 # THIS IS FOR A DEVELOPMENT OR TEST MACHINE ONLY. When it installs or creates a
 # PostgreSQL cluster it lets anyone on the machine log in over loopback TCP
@@ -56,7 +62,7 @@ fi
 NATS_PIDFILE="$STATE_DIR/nats-$NATS_PORT.pid"
 NATS_STORE="$STATE_DIR/nats-$NATS_PORT"
 NATS_LOG="$STATE_DIR/nats-$NATS_PORT.log"
-PG_STATE="$STATE_DIR/postgres-$PG_PORT.started" # "<version> <cluster>" we started
+PG_STATE="$STATE_DIR/postgres-$PG_PORT.started" # "<version> <cluster> <boot id>" we started
 APT_PACKAGES_PG=(postgresql postgresql-client)
 APT_PACKAGES_NATS=(nats-server)
 HBA_BEGIN="# BEGIN lifeline deploy/services.sh"
@@ -330,12 +336,17 @@ ensure_postgres() {
             say "postgres: cluster $ver/$name is running; reloading its configuration"
             as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload
         fi
+        # Installed or created just now, and started by the package's own scripts (where
+        # systemd runs, the postinst starts every cluster): ours all the same, for `down`.
+        if ((made)); then
+            printf '%s %s %s\n' "$ver" "$name" "$(boot_id)" >"$PG_STATE"
+        fi
     else
         say "postgres: starting cluster $ver/$name (port $PG_PORT)"
         mkdir -p "$STATE_DIR"
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start ||
             die "postgres: pg_ctlcluster $ver $name start failed; see /var/log/postgresql/postgresql-$ver-$name.log"
-        printf '%s %s\n' "$ver" "$name" >"$PG_STATE"
+        printf '%s %s %s\n' "$ver" "$name" "$(boot_id)" >"$PG_STATE"
     fi
 
     rc=0
@@ -370,15 +381,35 @@ nats_bin() {
     return 1
 }
 
-# pid from our pid file, if that process is alive and is a nats-server.
+# pid from our pid file, if that process is alive and is the nats-server this script
+# started: a nats-server whose command line names our store directory (after a reboot, or
+# once it died, the pid may be another process's, another nats-server's included).
 our_nats_pid() {
-    local pid comm
+    local pid comm cmdline
     [[ -f $NATS_PIDFILE ]] || return 1
     pid=$(<"$NATS_PIDFILE")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
     [[ $comm == nats-server ]] || return 1
+    cmdline=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    grep -qxF -- "$NATS_STORE" <<<"$cmdline" || return 1
     printf '%s\n' "$pid"
+}
+
+# This boot's id: a state file written in an earlier boot names a server that boot
+# started, not this one (which the machine's own services may have started since).
+boot_id() {
+    cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown
+}
+
+# "<version> <cluster>" of the PostgreSQL cluster this script started or installed in this
+# boot, if any.
+our_pg_cluster() {
+    local ver name boot
+    [[ -f $PG_STATE ]] || return 1
+    read -r ver name boot <"$PG_STATE" || true
+    [[ -n $ver && -n $name && $boot == "$(boot_id)" ]] || return 1
+    printf '%s %s\n' "$ver" "$name"
 }
 
 # Debian's nats-server package enables and, where systemd runs, starts its own
@@ -518,10 +549,10 @@ cmd_up() {
 }
 
 cmd_status() {
-    local ok=0 info pid by
+    local ok=0 info pid by cluster
     if pg_login_ok; then
         by="was already there (not started by this script)"
-        [[ -f $PG_STATE ]] && by="started by this script (cluster $(<"$PG_STATE"))"
+        cluster=$(our_pg_cluster) && by="started by this script (cluster $cluster)"
         say "postgres: $PG_HOST:$PG_PORT up, trust login as postgres ok (server $(pg_query 'show server_version' | cut -d' ' -f1)); $by"
     elif tcp_open "$PG_HOST" "$PG_PORT"; then
         say "postgres: $PG_HOST:$PG_PORT accepts connections but login as postgres without a password fails"
@@ -555,7 +586,7 @@ cmd_status() {
 }
 
 cmd_down() {
-    local pid ver name i
+    local pid ver name i cluster
     if pid=$(our_nats_pid); then
         say "nats: stopping the nats-server this script started (pid $pid)"
         kill -TERM "$pid"
@@ -572,14 +603,28 @@ cmd_down() {
     fi
     rm -f "$NATS_PIDFILE"
 
-    if [[ -f $PG_STATE ]]; then
-        read -r ver name <"$PG_STATE"
+    if cluster=$(our_pg_cluster); then
+        read -r ver name <<<"$cluster"
         say "postgres: stopping cluster $ver/$name that this script started"
         as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" stop || say "postgres: stop failed (already stopped?)"
+        rm -f "$PG_STATE"
+    elif [[ -f $PG_STATE ]]; then
+        say "postgres: not stopping: this script started the server on port $PG_PORT in an earlier boot (the machine started the one running now)"
         rm -f "$PG_STATE"
     else
         say "postgres: nothing to stop (this script did not start the server on port $PG_PORT)"
     fi
+}
+
+cmd_tools() {
+    local missing=()
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    [[ -x /bin/kill || -x /usr/bin/kill ]] || missing+=(procps)
+    if ((${#missing[@]} == 0)); then
+        say "tools: a C compiler ($(command -v cc)) and kill are there"
+        return 0
+    fi
+    install_packages "${missing[@]}"
 }
 
 cmd_fetch() {
@@ -595,6 +640,7 @@ up) cmd_up ;;
 status) cmd_status ;;
 down) cmd_down ;;
 fetch) cmd_fetch ;;
+tools) cmd_tools ;;
 -h | --help | help) sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (use: up | status | down | fetch)" ;;
+*) die "unknown command '$1' (use: up | status | down | fetch | tools)" ;;
 esac

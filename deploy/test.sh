@@ -3,6 +3,8 @@
 #
 #   bash deploy/test.sh [extra cargo test arguments...]
 #
+# 0. Rust at the workspace's rust-version or newer is there (checked, not installed: rustup), and
+#    deploy/services.sh tools: a C compiler and kill (installed with apt-get if missing).
 # 1. deploy/services.sh up: PostgreSQL and NATS with JetStream are running (used as
 #    found, started, or installed and started: see that script). A service whose URL
 #    below the caller has set is the caller's: services.sh leaves it alone.
@@ -18,6 +20,23 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
+
+# Rust: cargo and a rustc at least as new as the workspace's rust-version. Not installed
+# here (Debian's and Ubuntu's rustc are too old; rustup is the way), only checked, so that a
+# machine without it is told what to do rather than fail in the middle of a build.
+need_rust=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -n 1)
+if ! command -v cargo >/dev/null 2>&1 || ! command -v rustc >/dev/null 2>&1; then
+    echo "test: ERROR: cargo and rustc are not on PATH: install Rust $need_rust or newer with rustup (https://rustup.rs), then rerun" >&2
+    exit 1
+fi
+have_rust=$(rustc --version | sed -n 's/^rustc \([0-9][0-9.]*\).*/\1/p')
+if [[ -n $need_rust && -n $have_rust ]] &&
+    [[ $(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n 1) != "$need_rust" ]]; then
+    echo "test: ERROR: rustc $have_rust is older than this workspace's rust-version $need_rust: \`rustup update\`, then rerun" >&2
+    exit 1
+fi
+# A C compiler and kill (deploy/services.sh tools: installed with apt-get if missing).
+bash "$here/services.sh" tools
 
 # A URL set by the caller names a server of their own (another host or port): then
 # services.sh must not install or start that service on the standard port. It still
