@@ -11,7 +11,14 @@
 //! max_attempts = 5                                    # default 5
 //! backoff_base_ms = 500                               # default 0.5 s, doubled per attempt
 //! backoff_max_ms = 60000                              # default 60 s
+//! # allow_plain_http = true                           # see below
 //! ```
+//!
+//! The URL is `https://`. Plain `http://` is taken only to a loopback host (a test's mock, a
+//! sidecar on the same machine) or with `allow_plain_http = true`: the agency system's answer
+//! to a delivery is applied as its decision (a completion, a rejection) without a signature of
+//! its own, so over plain HTTP anyone on the path could decide the agency's tasks. (Until
+//! 2026-12-07 any `http://` URL was taken.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,6 +122,9 @@ pub struct ConnectorEntry {
     pub max_attempts: Option<u32>,
     pub backoff_base_ms: Option<u64>,
     pub backoff_max_ms: Option<u64>,
+    /// Takes a plain `http://` URL to a host that is not this machine (see the module).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,8 +155,19 @@ impl ConnectorsConfig {
                 agency: name.clone(),
                 problem: problem.to_owned(),
             };
-            if !(entry.url.starts_with("https://") || entry.url.starts_with("http://")) {
-                return Err(invalid("url must be http(s)"));
+            let url = reqwest::Url::parse(&entry.url)
+                .map_err(|error| invalid(&format!("url is not a URL: {error}")))?;
+            match url.scheme() {
+                "https" => {}
+                "http" if entry.allow_plain_http || is_loopback(&url) => {}
+                "http" => {
+                    return Err(invalid(
+                        "url must be https: the agency system's answers are applied as its \
+                         decisions, and over plain http anyone on the way could forge them \
+                         (plain http is taken to a loopback host, or with allow_plain_http = true)",
+                    ))
+                }
+                _ => return Err(invalid("url must be https")),
             }
             let secret = match (&entry.secret_env, &entry.secret_file) {
                 (Some(_), Some(_)) => {
@@ -196,6 +217,19 @@ impl ConnectorsConfig {
     }
 }
 
+/// Whether `url` names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 /// `LIFELINE_CONNECTOR_<AGENCY>_SECRET`, e.g. `LIFELINE_CONNECTOR_SOCIAL_SECURITY_SECRET`.
 pub fn default_secret_env(agency: AgencyId) -> String {
     format!(
@@ -227,6 +261,38 @@ mod tests {
         assert_eq!(police.backoff(3), Duration::from_secs(2));
         assert_eq!(police.backoff(40), Duration::from_secs(60));
         assert!(ConnectorsConfig::from_toml("[connectors.nobody]\nurl = \"https://x\"\n").is_err());
+    }
+
+    /// A connector's URL is https, or plain http to this machine or when allowed by name.
+    #[test]
+    fn plain_http_is_taken_only_to_this_machine_or_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let config = |url: &str, allow: bool| {
+            ConnectorsConfig::from_toml(&format!(
+                "[connectors.police]\nurl = {url:?}\nsecret_file = {:?}\nallow_plain_http = {allow}\n",
+                path.display().to_string()
+            ))
+        };
+        for url in [
+            "https://police.example.vn/applications",
+            "http://127.0.0.1:8081/applications",
+            "http://localhost/applications",
+            "http://[::1]:9000/",
+        ] {
+            assert!(config(url, false).is_ok(), "{url}");
+        }
+        for url in [
+            "http://police.example.vn/applications",
+            "http://10.0.0.5/applications",
+            "ftp://police.example.vn/",
+            "police.example.vn",
+        ] {
+            let error = config(url, false).unwrap_err().to_string();
+            assert!(error.contains("url"), "{url}: {error}");
+        }
+        assert!(config("http://police.example.vn/applications", true).is_ok());
         assert_eq!(
             default_secret_env(AgencyId::SocialSecurity),
             "LIFELINE_CONNECTOR_SOCIAL_SECURITY_SECRET"
