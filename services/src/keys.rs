@@ -470,7 +470,18 @@ impl SealWatch {
         let now = lifeline_store::integrity::last_seal(store)
             .await?
             .map(|seal| (seal.seq, seal.seal_hash));
-        if let Err(tampered) = self.check_head(now) {
+        // A head moved on since: the seal seen must still be there, as it was (until
+        // 2026-12-07 only a head at the very seal seen was compared, and seals rewritten and
+        // sealed past within one round went unseen).
+        let seen_now = match (self.head, now) {
+            (Some((seq, _)), Some((now_seq, _))) if now_seq > seq => Some(
+                lifeline_store::integrity::seal_at(store, seq)
+                    .await?
+                    .map(|seal| seal.seal_hash),
+            ),
+            _ => None,
+        };
+        if let Err(tampered) = self.check_head(now, seen_now) {
             if let Err(error) = self.flush_anchor() {
                 tracing::error!(error = %format!("{error:#}"), "cannot anchor the last seal seen");
             }
@@ -498,10 +509,12 @@ impl SealWatch {
         Ok(seals)
     }
 
-    /// The head as the log has it now (`now`) against the one seen.
+    /// The head as the log has it now (`now`) against the one seen; `seen_now`, when the head
+    /// moved on, is the seal seen as the log has it now (`Some(None)`: gone).
     fn check_head(
         &self,
         now: Option<(i64, lifeline_model::integrity::Hash32)>,
+        seen_now: Option<Option<lifeline_model::integrity::Hash32>>,
     ) -> anyhow::Result<()> {
         let Some((seq, hash)) = self.head else {
             return Ok(());
@@ -518,7 +531,17 @@ impl SealWatch {
             Some((now_seq, now_hash)) if now_seq == seq && now_hash != hash => {
                 anyhow::bail!("seal {seq} changed since it was seen; not sealing")
             }
-            _ => Ok(()),
+            _ => match seen_now {
+                Some(None) => anyhow::bail!(
+                    "seal {seq} was seen and is gone, with newer seals after it (seals \
+                     deleted and made again); not sealing"
+                ),
+                Some(Some(seen)) if seen != hash => anyhow::bail!(
+                    "seal {seq} changed since it was seen, and newer seals follow it (seals \
+                     rewritten); not sealing"
+                ),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -863,6 +886,38 @@ mod seal_watch_tests {
         .unwrap();
         let error = format!("{:#}", read_anchors(&path).unwrap_err());
         assert!(error.contains("line 2: not a JSON seal"), "{error}");
+    }
+
+    /// The seal seen deleted and sealed again, and sealed past, between two rounds (another
+    /// sealer, a fresh one, did it): the sealer that saw it finds it changed although the head
+    /// moved on. (Until 2026-12-07 only a head at the very seal seen was compared.)
+    #[tokio::test]
+    async fn a_sealer_finds_the_seal_it_saw_rewritten_behind_newer_seals() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("log.sqlite").display());
+        let store = EventStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let key = KeyPair::generate();
+        let mut watch = SealWatch::default();
+        append_one(&store).await;
+        watch.round(&store, &key).await.unwrap();
+        append_one(&store).await;
+        assert_eq!(watch.round(&store, &key).await.unwrap()[0].seq, 2);
+
+        sqlx::raw_sql("DROP TRIGGER log_seals_no_delete; DELETE FROM log_seals WHERE seq = 2;")
+            .execute(store.sqlite_pool().unwrap())
+            .await
+            .unwrap();
+        // Sealed again by another key (a rewrite of the events would change it as well; the
+        // same key over the same events makes the same seal, which is no change).
+        let other_key = KeyPair::generate();
+        let mut other = SealWatch::default();
+        assert_eq!(other.round(&store, &other_key).await.unwrap()[0].seq, 2);
+        append_one(&store).await;
+        assert_eq!(other.round(&store, &other_key).await.unwrap()[0].seq, 3);
+
+        let error = watch.round(&store, &key).await.unwrap_err();
+        assert!(format!("{error:#}").contains("seal 2 changed"), "{error:#}");
     }
 
     /// The newest seal deleted behind the store's back (and a rewrite would follow): the

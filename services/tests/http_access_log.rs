@@ -641,3 +641,20 @@ async fn an_export_ends_at_its_own_access_log_entry() {
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0]["resource"]["kind"], "export");
 }
+
+/// An inclusion proof shows its event's payload: its read names the numbers in it, so the
+/// child's number assignment (in `pin-<number>`, a stream the person registry does not link
+/// to the child) is in the child's access history. (Until 2026-12-07 a proof's read named
+/// nobody.)
+#[tokio::test]
+async fn an_inclusion_proof_is_in_the_access_history_of_the_persons_it_shows() {
+    let app = TestApp::new().await;
+    let life_event_id: uuid::Uuid = record_birth(&app).await.parse().unwrap();
+    let child = assign_child_number(&app, life_event_id).await;
+    let key = lifeline_model::integrity::KeyPair::generate();
+    lifeline_store::seal_all(&app.store, &key).await.unwrap();
+    let assignment = lifeline_policies::identity::assignment_event_id(life_event_id);
+    let (status, proof) = auditor_get(&app, &format!("/v1/audit/proof/{assignment}")).await;
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    assert_eq!(access_kinds(&app, child.as_str()).await, ["stream"]);
+}

@@ -241,6 +241,24 @@ pub async fn last_seal(store: &EventStore) -> Result<Option<Seal>, StoreError> {
     row.as_ref().map(decode_seal).transpose()
 }
 
+/// The seal numbered `seq`, if there is one.
+pub async fn seal_at(store: &EventStore, seq: i64) -> Result<Option<Seal>, StoreError> {
+    let sql = format!("SELECT {SEAL_COLUMNS} FROM log_seals WHERE seq = $1");
+    if let Some(pool) = store.postgres_pool() {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(pool)
+            .await?;
+        return row.as_ref().map(decode_seal).transpose();
+    }
+    let pool = sqlite_pool(store)?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(seq)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(decode_seal).transpose()
+}
+
 fn sqlite_pool(store: &EventStore) -> Result<&sqlx::SqlitePool, StoreError> {
     store
         .sqlite_pool()

@@ -213,6 +213,15 @@ pub async fn record_read(
 
 /// The personal ID numbers among the strings of `value` (a declaration, an application, a
 /// payload).
+/// The personal ID number a stream is named after: `person-<pin>` (a person's registry
+/// stream) or `pin-<pin>` (the assignment of a number).
+pub fn personal_id_of_stream(stream_id: &str) -> Option<PersonalId> {
+    stream_id
+        .strip_prefix("person-")
+        .or_else(|| stream_id.strip_prefix("pin-"))
+        .and_then(|pin| PersonalId::parse(pin).ok())
+}
+
 pub fn personal_ids_in(value: &Value) -> BTreeSet<PersonalId> {
     fn walk(value: &Value, found: &mut BTreeSet<PersonalId>) {
         match value {

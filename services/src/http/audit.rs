@@ -27,8 +27,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::access::{
-    self, personal_ids_in, reads_of_person, record_read, AccessEntry, PersonRefs, Read,
-    ACCESS_EVENT_TYPE,
+    self, personal_id_of_stream, personal_ids_in, reads_of_person, record_read, AccessEntry,
+    PersonRefs, Read, ACCESS_EVENT_TYPE,
 };
 use super::error::{ApiError, ErrorBody};
 use super::extract::RequestContext;
@@ -259,12 +259,7 @@ pub async fn stream(
         events
             .iter()
             .flat_map(|event| personal_ids_in(&event.payload))
-            .chain(
-                stream_id
-                    .as_str()
-                    .strip_prefix("person-")
-                    .and_then(|pin| PersonalId::parse(pin).ok()),
-            ),
+            .chain(personal_id_of_stream(stream_id.as_str())),
     );
     record_read(&state, &principal, context.correlation_id, read).await?;
     Ok(Json(StreamHistory {

@@ -232,12 +232,19 @@ pub async fn proof(
     let event_id = Uuid::parse_str(&event_id).map_err(|_| ApiError::not_found("event"))?;
     match lifeline_store::inclusion_proof(&state.store, event_id).await? {
         ProofLookup::Proof(proof) => {
+            // The proof shows the event's payload: the read names every number in it, as a
+            // read of the stream does (until 2026-12-07 it named none, and was in no
+            // person's access history unless the registry linked the person to the stream).
+            let named: Vec<_> = access::personal_ids_in(&proof.event.payload)
+                .into_iter()
+                .chain(access::personal_id_of_stream(&proof.event.stream_id))
+                .collect();
             let stream_id = proof.event.stream_id.clone();
             record_read(
                 &state,
                 &principal,
                 context.correlation_id,
-                Read::new(ReadResource::Stream { stream_id }, purpose),
+                Read::new(ReadResource::Stream { stream_id }, purpose).naming(named),
             )
             .await?;
             Ok(Json(*proof))
