@@ -136,6 +136,16 @@ async fn bad_requests_are_refused_with_named_fields_and_append_nothing() {
             vec![("declarant.email", "control_character")],
         ),
         case(
+            "a declarant's residence in no province",
+            birth_with(|body| {
+                body["declarant"]["residence"] =
+                    json!({ "province": "99", "commune": "26734", "address": "12 Lê Lợi" });
+            }),
+            unprocessable,
+            "validation_failed",
+            vec![("declarant.residence.province", "")],
+        ),
+        case(
             "wrong type",
             birth_with(|body| body["child"]["full_name"] = json!(5)),
             unprocessable,
@@ -435,6 +445,31 @@ async fn a_child_of_six_or_more_is_recorded_without_a_health_insurance_card() {
     assert_eq!(
         record["declaration"]["procedures"],
         json!(["birth-registration", "residence-registration"])
+    );
+}
+
+/// The declarant's residence (the forms' requester's residence) is taken and kept with the
+/// record. (Until 2026-12-07 it was refused as an unknown field.)
+#[tokio::test]
+async fn a_declarants_residence_is_recorded() {
+    let app = TestApp::new().await;
+    let residence = json!({ "province": "79", "commune": "26737", "address": "45 Hai Bà Trưng" });
+    let mut body = death_body();
+    body["declarant"]["residence"] = residence.clone();
+    let token = registrar(HANOI_OFFICE);
+    let (status, recorded, _) = app
+        .call(Method::POST, "/v1/deaths", Some(&token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    let path = format!(
+        "/v1/life-events/{}",
+        recorded["life_event_id"].as_str().unwrap()
+    );
+    let (status, record, _) = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(
+        record["declaration"]["declarant"]["residence"], residence,
+        "{record}"
     );
 }
 

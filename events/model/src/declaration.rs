@@ -90,6 +90,9 @@ pub struct DeclarantInput {
     pub relationship: Option<String>,
     pub phone: Option<String>,
     pub email: Option<String>,
+    /// Where the declarant lives (the forms' requester's residence); optional.
+    #[serde(default)]
+    pub residence: Option<ResidenceInput>,
 }
 
 /// The body of `POST /v1/deaths` as sent, before any check.
@@ -200,6 +203,10 @@ pub struct Declarant {
     pub phone: Option<Phone>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<Email>,
+    /// Where the declarant lives, if given (until 2026-12-07 it could not be: the forms' field
+    /// was refused as unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residence: Option<Residence>,
 }
 
 /// A validated death declaration: what the registrar entered, NFC-normalised.
@@ -736,12 +743,17 @@ fn parse_declarant(errors: &mut ValidationErrors, declarant: &DeclarantInput) ->
         .email
         .as_deref()
         .and_then(|raw| errors.take(Email::parse_field(raw, "declarant.email")));
+    let residence = declarant
+        .residence
+        .as_ref()
+        .and_then(|residence| parse_residence(errors, residence, "declarant.residence"));
     Some(Declarant {
         full_name: full_name?,
         personal_id: personal_id?,
         relationship: relationship?,
         phone,
         email,
+        residence,
     })
 }
 

@@ -153,6 +153,9 @@ impl ProcedureId {
                 "declarant.full_name",
                 "declarant.personal_id",
                 "declarant.relationship",
+                "declarant.residence.province",
+                "declarant.residence.commune",
+                "declarant.residence.address",
                 "late",
             ],
             Self::ResidenceRegistration => &[
@@ -200,6 +203,9 @@ impl ProcedureId {
                 "declarant.full_name",
                 "declarant.personal_id",
                 "declarant.relationship",
+                "declarant.residence.province",
+                "declarant.residence.commune",
+                "declarant.residence.address",
                 "late",
             ],
             Self::ResidenceDeregistration => &[

@@ -56,6 +56,29 @@ mod tests {
             .all(|field| ProcedureId::DeathRegistration.receives(field)));
     }
 
+    /// The declarant's residence, when given, is on the form the civil registry works.
+    #[test]
+    fn the_declarants_residence_is_on_the_death_registration_task() {
+        let reference = reference();
+        let mut recorded = death_recorded(false);
+        let mut body = death_body();
+        body["declarant"]["residence"] =
+            serde_json::json!({ "province": "01", "commune": "00004", "address": "5 Hàng Bông" });
+        recorded.declaration = lifeline_model::declaration::parse_death(
+            &serde_json::from_value(body).unwrap(),
+            lifeline_model::values::vietnam_day_end(date("2026-11-21")),
+        )
+        .unwrap();
+        let commands = react(&recorded, &context(&reference)).unwrap();
+        let [Command::CreateTask(task)] = commands.as_slice() else {
+            panic!("expected one task, got {commands:?}");
+        };
+        assert_eq!(
+            task.application.get("declarant.residence.address"),
+            Some(&serde_json::json!("5 Hàng Bông"))
+        );
+    }
+
     #[test]
     fn a_late_death_is_flagged_on_the_task() {
         let reference = reference();

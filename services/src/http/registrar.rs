@@ -115,6 +115,8 @@ pub struct DeclarantBody {
     pub relationship: Option<String>,
     pub phone: Option<String>,
     pub email: Option<String>,
+    /// Where the declarant lives (optional).
+    pub residence: Option<ResidenceBody>,
 }
 
 /// The body of `POST /v1/deaths`.
@@ -258,6 +260,7 @@ impl From<DeclarantBody> for DeclarantInput {
             relationship: body.relationship,
             phone: body.phone,
             email: body.email,
+            residence: body.residence.map(Into::into),
         }
     }
 }
