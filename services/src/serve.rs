@@ -288,8 +288,26 @@ pub async fn serve(
     }
 
     tracing::info!(roles = ?roles, nats = nats.is_some(), "lifeline serving");
-    crate::http::shutdown_signal().await;
-    tracing::info!("shutting down");
+    // Every part runs until the shutdown: one that ends before it (the sealer without its key,
+    // the HTTP server failing) stops the whole process, with an error and a non-zero exit,
+    // so that its supervisor sees it and restarts it. (Until 2026-12-07 such a part's error
+    // was read, and logged, only after SIGTERM, and `serve` exited 0: a worker went on
+    // without sealing, ready by its probes.)
+    let failed = tokio::select! {
+        () = crate::http::shutdown_signal() => {
+            tracing::info!("shutting down");
+            None
+        }
+        Some(joined) = parts.join_next() => {
+            let reason = match joined {
+                Ok(Ok(())) => "a part stopped before the shutdown".to_owned(),
+                Ok(Err(error)) => format!("{error:#}"),
+                Err(error) => format!("a part panicked: {error}"),
+            };
+            tracing::error!(error = %reason, "a part of serve stopped; shutting down");
+            Some(reason)
+        }
+    };
     let _ = shutdown_sender.send(true);
     while let Some(joined) = parts.join_next().await {
         match joined {
@@ -301,7 +319,10 @@ pub async fn serve(
         }
     }
     store.close().await;
-    Ok(())
+    match failed {
+        Some(reason) => Err(anyhow::anyhow!("serve stopped: {reason}")),
+        None => Ok(()),
+    }
 }
 
 /// The runtime settings: the defaults, with the JetStream stream name and subject prefix taken
