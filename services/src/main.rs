@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policies { command } => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             match command {
                 PoliciesCommand::Failed => {
                     let failed = list_failed(&store)
@@ -278,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Deliveries { command } => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             match command {
                 DeliveriesCommand::Failed => {
                     let failed = list_failed_deliveries(&store)
@@ -369,7 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections {
             command: ProjectionsCommand::Rebuild,
         } => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let report = rebuild_projections(&store)
                 .await
                 .context("rebuilding the projections")?;
@@ -379,7 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { as_of } => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let view = lifeline::replay::replay_until(&store, Some(as_of.with_timezone(&Utc)))
                 .await
                 .context("replaying the log")?;
@@ -401,7 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     anchored.push(anchor);
                 }
             }
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let report = lifeline_store::verify_anchored(&store, &keyring, &anchored)
                 .await
                 .context("verifying the log")?;
@@ -418,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Seal => {
             let node_key = keys::node_key(&keys::key_dir()).context("loading the node key")?;
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let seals = lifeline_store::seal_all(&store, &node_key)
                 .await
                 .context("sealing the log")?;
@@ -438,7 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SealHead => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let seal = lifeline_store::integrity::last_seal(&store)
                 .await
                 .context("reading the newest seal")?
@@ -498,7 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export => {
-            let store = connect_migrated(&config.database_url).await?;
+            let store = connect_current(&config.database_url).await?;
             let mut cursor = LogCursor::START;
             loop {
                 let page = store
@@ -560,8 +560,26 @@ async fn connect(url: &str) -> anyhow::Result<EventStore> {
         .with_context(|| format!("connecting to {}", redact_url(url)))
 }
 
-async fn connect_migrated(url: &str) -> anyhow::Result<EventStore> {
+/// The store at `url`, which must be at this version's schema: these commands (verify, export,
+/// replay, the operators' lists and retries, seal, rebuild) run against a live database, whose
+/// schema only `lifeline migrate` (or `serve`) changes, with the processes of an older version
+/// stopped where a migration says so (deploy/README.md). Until 2026-12-07 they migrated it
+/// themselves: an auditor's `verify` with a newer binary changed a production schema (and one
+/// with a role that may not create tables could not verify at all).
+async fn connect_current(url: &str) -> anyhow::Result<EventStore> {
     let store = connect(url).await?;
-    store.migrate().await.context("applying migrations")?;
+    let pending = store
+        .pending_migrations()
+        .await
+        .context("reading the database's schema version")?;
+    if let Some((version, description)) = pending.first() {
+        store.close().await;
+        anyhow::bail!(
+            "{} is not at this version's schema: {} migration(s) not applied, from {version} \
+             ({description}); run `lifeline migrate` first",
+            redact_url(url),
+            pending.len()
+        );
+    }
     Ok(store)
 }

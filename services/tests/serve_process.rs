@@ -1,4 +1,5 @@
-//! `lifeline serve` as a process: a part that fails stops it.
+//! The `lifeline` binary as a process: a part of `serve` that fails stops it; the commands that
+//! run against a live database never change its schema.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,4 +52,65 @@ fn serve_stops_with_an_error_when_a_part_fails() {
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(!status.success(), "exit {status:?}:\n{log}");
     assert!(log.contains("node key"), "{log}");
+}
+
+/// The commands that run against a live database (verify, export, the operators' lists, ...)
+/// refuse one that is not at this version's schema and say to run `lifeline migrate`; they
+/// never migrate it themselves (until 2026-12-07 they did). After `migrate` they run.
+#[tokio::test]
+async fn commands_on_a_database_refuse_an_old_schema_and_never_migrate_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("lifeline.sqlite");
+    let lifeline = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(args)
+            .current_dir(dir.path())
+            .env(
+                "LIFELINE_DATABASE_URL",
+                format!("sqlite:{}", database.display()),
+            )
+            .env("LIFELINE_KEY_DIR", dir.path().join("keys"))
+            .env_remove("LIFELINE_NATS_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the lifeline binary")
+    };
+    let commands: [&[&str]; 5] = [
+        &["policies", "failed"],
+        &["deliveries", "failed"],
+        &["export"],
+        &["seal"],
+        &["replay", "--as-of", "2026-12-01T00:00:00Z"],
+    ];
+    for args in commands {
+        let output = lifeline(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(stderr.contains("lifeline migrate"), "{args:?}: {stderr}");
+    }
+    let store = lifeline_store::EventStore::connect(&format!("sqlite:{}", database.display()))
+        .await
+        .unwrap();
+    let fresh = lifeline_store::EventStore::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pending_migrations().await.unwrap(),
+        fresh.pending_migrations().await.unwrap(),
+        "a command migrated the database"
+    );
+    store.close().await;
+    fresh.close().await;
+
+    let migrated = lifeline(&["migrate"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    for args in commands {
+        let output = lifeline(args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -242,6 +242,53 @@ impl EventStore {
         Ok(())
     }
 
+    /// The migrations of this version not applied to the database, oldest first, as
+    /// `(version, description)`: empty when the database is at this version's schema. Only
+    /// reads (nothing is created): for the commands that must not change a live database's
+    /// schema (`lifeline verify`, `export`, ...), which [`EventStore::migrate`] would.
+    pub async fn pending_migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let (migrator, applied): (&sqlx::migrate::Migrator, Vec<i64>) = match &self.backend {
+            Backend::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (&POSTGRES_MIGRATOR, applied)
+            }
+            Backend::Sqlite { pool, .. } => {
+                let exists: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(pool)
+                .await?;
+                let applied = if exists > 0 {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(pool)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (&SQLITE_MIGRATOR, applied)
+            }
+        };
+        Ok(migrator
+            .iter()
+            .filter(|migration| {
+                !migration.migration_type.is_down_migration()
+                    && !applied.contains(&migration.version)
+            })
+            .map(|migration| (migration.version, migration.description.to_string()))
+            .collect())
+    }
+
     pub fn backend(&self) -> BackendKind {
         match self.backend {
             Backend::Postgres(_) => BackendKind::Postgres,
@@ -1465,6 +1512,26 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(error, StoreError::UnsupportedUrl { scheme } if scheme == "mysql"));
+    }
+
+    /// A database before `migrate` has every migration pending, after it none; looking does
+    /// not create the migrations table.
+    #[tokio::test]
+    async fn pending_migrations_are_read_without_migrating() {
+        let store = EventStore::connect("sqlite::memory:").await.unwrap();
+        let pending = store.pending_migrations().await.unwrap();
+        assert_eq!(pending.len(), SQLITE_MIGRATOR.iter().count());
+        assert_eq!(
+            pending.first().map(|(version, _)| *version),
+            SQLITE_MIGRATOR
+                .iter()
+                .next()
+                .map(|migration| migration.version)
+        );
+        assert_eq!(store.pending_migrations().await.unwrap(), pending);
+        store.migrate().await.unwrap();
+        assert!(store.pending_migrations().await.unwrap().is_empty());
+        store.close().await;
     }
 
     /// `sqlite::memory:` and `mode=memory` are databases in memory: one connection that is never
