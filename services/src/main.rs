@@ -42,7 +42,8 @@ enum Command {
     /// Record sample births and deaths on the embedded store, let simulated agencies work every
     /// linked procedure, and print each step and the final state.
     Demo {
-        /// Database for the demo (default: a fresh SQLite file under ./lifeline-data).
+        /// Database for the demo, new and empty (default: a fresh SQLite file under
+        /// ./lifeline-data).
         #[arg(long)]
         database_url: Option<String>,
     },
@@ -200,7 +201,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             });
             let store = connect(&url).await?;
+            // The demo's simulated agencies work every open task of the database: only on one
+            // of its own (until 2026-12-07 `--database-url` ran it on any, real tasks
+            // included, with made-up certificates and payment decisions).
+            let pending = store
+                .pending_migrations()
+                .await
+                .context("reading the database's schema version")?;
+            if !pending.is_empty() && pending.len() < store.migrations_total() {
+                anyhow::bail!(
+                    "the demo needs a new, empty database: {} is an older version's",
+                    redact_url(&url)
+                );
+            }
             store.migrate().await.context("applying migrations")?;
+            if !store
+                .read_all_headers(lifeline_model::envelope::LogCursor::START, 1)
+                .await
+                .context("reading the log")?
+                .is_empty()
+            {
+                anyhow::bail!(
+                    "the demo needs a new, empty database (its simulated agencies work every \
+                     open task): {} already holds events",
+                    redact_url(&url)
+                );
+            }
             writeln!(out, "Lifeline demo on {}", redact_url(&url))?;
             demo::run(&store, &mut out).await
         }
@@ -250,6 +276,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 PoliciesCommand::Retry { policy, event_id } => {
                     let engine = policy_engine(load_reference()?);
+                    if let Some(name) = &policy {
+                        let known = lifeline_policies::PolicyHandler::policy_names(&engine);
+                        if !known.contains(&name.as_str()) {
+                            anyhow::bail!("no policy named {name:?}: one of {}", known.join(", "));
+                        }
+                    }
                     let report = retry_failed(&store, &engine, &RetryFilter { policy, event_id })
                         .await
                         .context("retrying failed policy runs")?;

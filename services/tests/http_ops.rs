@@ -333,3 +333,37 @@ async fn an_overloaded_server_sheds_requests_but_still_answers_health() {
         .unwrap()
         .unwrap();
 }
+
+/// A retry of failed policy runs naming a policy the engine does not know is refused, naming
+/// `policy` (until 2026-12-07 it answered that nothing was retried).
+#[tokio::test]
+async fn a_retry_naming_an_unknown_policy_is_refused() {
+    let mut app = TestApp::new().await;
+    let engine: Arc<dyn lifeline_policies::PolicyHandler> =
+        Arc::new(lifeline::serve::policy_engine(
+            lifeline_policies::reference::ReferenceData::embedded().unwrap(),
+        ));
+    app.state = app.state.clone().with_policy_handler(engine);
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/policies/retry",
+            Some(&operator()),
+            Some(serde_json::json!({ "policy": "birth-folowups" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["field_codes"]["policy"], "unknown_policy",
+        "{body}"
+    );
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            "/v1/operations/policies/retry",
+            Some(&operator()),
+            Some(serde_json::json!({ "policy": "birth-followups" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -114,3 +114,40 @@ async fn commands_on_a_database_refuse_an_old_schema_and_never_migrate_it() {
         );
     }
 }
+
+/// The demo runs only on a new, empty database: its simulated agencies work every open task.
+/// A second run on the first one's database is refused, and leaves the log as it was.
+#[test]
+fn the_demo_refuses_a_database_that_holds_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("demo.sqlite").display());
+    let demo = || {
+        Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(["demo", "--database-url", &url])
+            .current_dir(dir.path())
+            .env("LIFELINE_KEY_DIR", dir.path().join("keys"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the lifeline binary")
+    };
+    let first = demo();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let size = std::fs::metadata(dir.path().join("demo.sqlite"))
+        .unwrap()
+        .len();
+    let second = demo();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains("already holds events"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("demo.sqlite"))
+            .unwrap()
+            .len(),
+        size
+    );
+}

@@ -289,6 +289,18 @@ impl EventStore {
             .collect())
     }
 
+    /// How many migrations this version has for this store's database.
+    pub fn migrations_total(&self) -> usize {
+        let migrator = match &self.backend {
+            Backend::Postgres(_) => &POSTGRES_MIGRATOR,
+            Backend::Sqlite { .. } => &SQLITE_MIGRATOR,
+        };
+        migrator
+            .iter()
+            .filter(|migration| !migration.migration_type.is_down_migration())
+            .count()
+    }
+
     pub fn backend(&self) -> BackendKind {
         match self.backend {
             Backend::Postgres(_) => BackendKind::Postgres,
@@ -1520,7 +1532,7 @@ mod tests {
     async fn pending_migrations_are_read_without_migrating() {
         let store = EventStore::connect("sqlite::memory:").await.unwrap();
         let pending = store.pending_migrations().await.unwrap();
-        assert_eq!(pending.len(), SQLITE_MIGRATOR.iter().count());
+        assert_eq!(pending.len(), store.migrations_total());
         assert_eq!(
             pending.first().map(|(version, _)| *version),
             SQLITE_MIGRATOR

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_policies::runtime::failures::{
     list_failed, retry_failed, FailedPolicyRun, RetryFilter,
 };
@@ -111,7 +112,7 @@ pub async fn failed(
         (status = 200, description = "what succeeded and what still fails", body = RetryAnswer),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an operator", body = ErrorBody),
-        (status = 422, description = "an unknown field", body = ErrorBody),
+        (status = 422, description = "an unknown field, or `policy` names no policy (`unknown_policy`)", body = ErrorBody),
         (status = 503, description = "store unavailable, or no policy engine in this process", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -130,6 +131,19 @@ pub async fn retry(
             "this process has no policy engine; retry on one that runs `lifeline serve`",
         ));
     };
+    // A policy name the engine does not know is a mistake, not "nothing to retry".
+    if let Some(name) = &body.policy {
+        let known = engine.policy_names();
+        if !known.contains(&name.as_str()) {
+            return Err(ApiError::validation(&ValidationErrors(vec![
+                FieldError::new(
+                    "policy",
+                    "unknown_policy",
+                    format!("must be one of {}", known.join(", ")),
+                ),
+            ])));
+        }
+    }
     let filter = RetryFilter {
         policy: body.policy,
         event_id: body.event_id,
