@@ -1591,3 +1591,86 @@ mod deferred {
         test_store.close().await;
     }
 }
+
+/// A transaction that took its id early (its first write, to another stream) and then appends
+/// to a stream that a later transaction changed and committed meanwhile is refused, retryably
+/// (`serialization_failure`, transient): stored, its event would come before the later
+/// transaction's in the log's commit order, `(transaction_id, global_position)`, though after
+/// it in the stream, and every reader of the log would see the stream's versions out of order
+/// (a task's cancellation before its claim: the inbox then shows it claimed for good). Run
+/// again in a new transaction, it goes through, in order. (Until 2026-12-07 it was stored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_append_of_an_older_transaction_cannot_put_a_stream_out_of_order() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store().clone();
+    let record = new_stream("order-record");
+    let task = new_stream("order-task");
+    store
+        .append(
+            &task,
+            ExpectedVersion::NoStream,
+            &[new_event("Created", json!({}))],
+        )
+        .await
+        .unwrap();
+    let amended = [new_event("Amended", json!({}))];
+    let cancelled = [new_event("Cancelled", json!({}))];
+
+    let mut tx = store.begin().await.unwrap();
+    tx.append(&record, ExpectedVersion::NoStream, &amended)
+        .await
+        .unwrap();
+    // A later transaction claims the task and commits.
+    store
+        .append(
+            &task,
+            ExpectedVersion::Exact(StreamVersion(1)),
+            &[new_event("Claimed", json!({}))],
+        )
+        .await
+        .unwrap();
+    match tx
+        .append(&task, ExpectedVersion::Exact(StreamVersion(2)), &cancelled)
+        .await
+    {
+        Ok(_) => tx.commit().await.unwrap(),
+        Err(error) => {
+            assert!(
+                matches!(&error, AppendError::Store(store_error) if store_error.is_transient()),
+                "{error:?}"
+            );
+            drop(tx);
+            let mut again = store.begin().await.unwrap();
+            again
+                .append(&record, ExpectedVersion::NoStream, &amended)
+                .await
+                .unwrap();
+            again
+                .append(&task, ExpectedVersion::Exact(StreamVersion(2)), &cancelled)
+                .await
+                .unwrap();
+            again.commit().await.unwrap();
+        }
+    }
+
+    // The task's events in the log's order (once the gap-free reader sees all three).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let versions = loop {
+        let log = store.read_all(LogCursor::START, 100_000).await.unwrap();
+        let versions: Vec<i64> = log
+            .iter()
+            .filter(|event| event.stream_id == task)
+            .map(|event| event.stream_version.0)
+            .collect();
+        if versions.len() == 3 || std::time::Instant::now() > deadline {
+            break versions;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        versions,
+        [1, 2, 3],
+        "the task's events out of order in the log"
+    );
+    test_store.close().await;
+}
