@@ -51,6 +51,15 @@ pub enum StoreError {
          failed"
     )]
     TransactionEnded,
+    /// PostgreSQL's transaction counter is not past the newest transaction id in the log: the
+    /// log was restored into another cluster (`pg_dump`/`pg_restore`, a logical copy). New
+    /// events would sort before the log's, and every reader's checkpoint would pass over them.
+    #[error(
+        "the server's next transaction id ({server}) is not past the log's newest ({log}): the \
+         log was restored into another cluster; with the server stopped, advance its counter \
+         (pg_resetwal -x) past {log} before appending (deploy/README.md, \"Backup and restore\")"
+    )]
+    TransactionCounterBehind { log: i64, server: i64 },
 }
 
 impl StoreError {

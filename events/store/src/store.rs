@@ -236,7 +236,20 @@ impl EventStore {
     /// Applies the migrations embedded from `migrations/postgres` or `migrations/sqlite`.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
+            Backend::Postgres(pool) => {
+                POSTGRES_MIGRATOR.run(pool).await?;
+                // Before anything appends (`serve`, `migrate` and `demo` all migrate first):
+                // the log's order is the order of the transaction ids.
+                let (log, server): (i64, i64) = sqlx::query_as(
+                    "SELECT coalesce((SELECT max(transaction_id) FROM events), 0), \
+                            pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+                )
+                .fetch_one(pool)
+                .await?;
+                if server <= log {
+                    return Err(StoreError::TransactionCounterBehind { log, server });
+                }
+            }
             Backend::Sqlite { pool, .. } => SQLITE_MIGRATOR.run(pool).await?,
         }
         Ok(())

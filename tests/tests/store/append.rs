@@ -1674,3 +1674,34 @@ async fn a_late_append_of_an_older_transaction_cannot_put_a_stream_out_of_order(
     );
     test_store.close().await;
 }
+
+/// A log restored into another cluster (its transaction ids from the old cluster's counter,
+/// ahead of the new one's) is refused at `migrate`, which `serve` runs before anything appends:
+/// new events would sort before the whole log, behind every reader's checkpoint. (Until
+/// 2026-12-07 nothing noticed: every reader skipped the new events.)
+#[tokio::test]
+async fn a_log_ahead_of_the_servers_transaction_counter_is_refused() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store().clone();
+    store.migrate().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (transaction_id, stream_id, stream_version, event_id, event_type, \
+         schema_version, payload, metadata, recorded_at, event_hash) \
+         VALUES (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000000, $1, 1, $2, \
+         'Restored', 1, '{}', '{}', now(), decode(repeat('00', 32), 'hex'))",
+    )
+    .bind(new_stream("restored").as_str())
+    .bind(uuid::Uuid::now_v7())
+    .execute(store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    let error = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            lifeline_store::StoreError::TransactionCounterBehind { .. }
+        ),
+        "{error}"
+    );
+    test_store.close().await;
+}
