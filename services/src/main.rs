@@ -13,7 +13,7 @@ use lifeline::connector::{list_failed_deliveries, request_redelivery, Redelivery
 use lifeline::serve::{load_connectors, load_reference, policy_engine, serve, ServeRole};
 use lifeline::tasks::TaskDesk;
 use lifeline::{demo, keys, telemetry};
-use lifeline_model::envelope::{LogCursor, Role};
+use lifeline_model::envelope::Role;
 use lifeline_model::procedure::AgencyId;
 use lifeline_model::values::OfficeCode;
 use lifeline_policies::projections::rebuild::rebuild_projections;
@@ -531,19 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export => {
             let store = connect_current(&config.database_url).await?;
-            let mut cursor = LogCursor::START;
-            loop {
-                let page = store
-                    .read_all(cursor, 1000)
-                    .await
-                    .context("reading the log")?;
-                let Some(last) = page.last() else { break };
-                cursor = last.cursor();
-                for event in &page {
-                    serde_json::to_writer(&mut out, event)?;
-                    writeln!(out)?;
-                }
-            }
+            lifeline::replay::export_log(&store, &mut out).await?;
             Ok(())
         }
     }

@@ -529,3 +529,67 @@ pub async fn replay_until(
         }
     }
 }
+
+/// How long `lifeline export` waits, without progress, for the log to be readable up to where
+/// it stood when the export began (a transaction older than its last commits still running).
+pub const EXPORT_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes the whole log, as it stood when called, to `out` as NDJSON (one event per line, in
+/// commit order): every event committed by then. On PostgreSQL the gap-free reader sees a
+/// commit only once every older transaction has ended, so an empty page is the end only once
+/// the log is readable up to where it stood at the start; until then the export waits, up to
+/// [`EXPORT_END_WAIT`] at a time without progress, then fails rather than end short. (Until
+/// 2026-12-07 `lifeline export` stopped at the first empty page: with workers running, events
+/// committed behind a transaction still open were left out, and it exited 0.) Returns the
+/// number of events written.
+pub async fn export_log(
+    store: &lifeline_store::EventStore,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    let end = store
+        .log_end_now()
+        .await
+        .context("reading where the log stands")?;
+    let mut cursor = lifeline_model::envelope::LogCursor::START;
+    let mut written = 0_u64;
+    let mut waited = std::time::Duration::ZERO;
+    let poll = std::time::Duration::from_millis(20);
+    loop {
+        let page = store
+            .read_all(cursor, 1000)
+            .await
+            .context("reading the log")?;
+        let Some(last) = page.last() else {
+            if store
+                .readable_up_to(end)
+                .await
+                .context("reading the log's horizon")?
+            {
+                // Read once more: what became readable since the empty page.
+                let rest = store.read_all(cursor, 1).await.context("reading the log")?;
+                if rest.is_empty() {
+                    return Ok(written);
+                }
+                continue;
+            }
+            if waited >= EXPORT_END_WAIT {
+                anyhow::bail!(
+                    "the export stopped after {written} events: the log did not become readable \
+                     up to where it stood when the export began within {EXPORT_END_WAIT:?} (a \
+                     transaction older than its last commits is still running)"
+                );
+            }
+            tokio::time::sleep(poll).await;
+            waited += poll;
+            continue;
+        };
+        waited = std::time::Duration::ZERO;
+        cursor = last.cursor();
+        for event in &page {
+            serde_json::to_writer(&mut *out, event)?;
+            writeln!(out)?;
+        }
+        written += page.len() as u64;
+    }
+}

@@ -1063,3 +1063,64 @@ async fn postgres_racing_appends_after_reads_keep_one_chain() {
     let known = store.known_hash_appends();
     assert!(known.written > 0, "{known:?}");
 }
+
+/// `lifeline export` (`replay::export_log`) writes every event committed when it began, those
+/// committed behind a transaction still open included: it waits for that transaction rather
+/// than end at the first empty page. (Until 2026-12-07 it ended there, and exited 0, short of
+/// the log.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_includes_the_events_committed_behind_an_open_transaction() {
+    let test_store = postgres_store().await;
+    let store = test_store.store().clone();
+    let first = new_stream("export");
+    store
+        .append(
+            &first,
+            ExpectedVersion::NoStream,
+            &[new_event("First", json!({}))],
+        )
+        .await
+        .unwrap();
+    let held = new_stream("export");
+    let mut open = store.begin().await.unwrap();
+    open.append(
+        &held,
+        ExpectedVersion::NoStream,
+        &[new_event("Held", json!({}))],
+    )
+    .await
+    .unwrap();
+    let behind = new_stream("export");
+    store
+        .append(
+            &behind,
+            ExpectedVersion::NoStream,
+            &[new_event("Behind", json!({}))],
+        )
+        .await
+        .unwrap();
+
+    let exporting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let written = lifeline::replay::export_log(&store, &mut out).await;
+            written.map(|written| (written, String::from_utf8(out).unwrap()))
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !exporting.is_finished(),
+        "the export ended short of the log"
+    );
+    open.commit().await.unwrap();
+    let (written, text) = exporting.await.unwrap().unwrap();
+    for stream in [&first, &held, &behind] {
+        assert!(
+            text.contains(stream.as_str()),
+            "{stream} not exported:\n{text}"
+        );
+    }
+    assert_eq!(written, text.lines().count() as u64);
+    test_store.close().await;
+}

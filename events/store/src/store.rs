@@ -302,6 +302,38 @@ impl EventStore {
             .collect())
     }
 
+    /// Where the log stands now, for a reader that wants every event committed by now: on
+    /// PostgreSQL the next transaction id not yet given (`pg_snapshot_xmax`), below which every
+    /// event committed by now lies; `None` on SQLite, whose reader sees every commit at once.
+    /// See [`EventStore::readable_up_to`].
+    pub async fn log_end_now(&self) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => Ok(Some(
+                sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                    .fetch_one(pool)
+                    .await?,
+            )),
+            Backend::Sqlite { .. } => Ok(None),
+        }
+    }
+
+    /// Whether [`EventStore::read_all`] now reads every event of a transaction whose id is below
+    /// `end` (from [`EventStore::log_end_now`]): none of them is still running. An empty page of
+    /// `read_all` then means that the log up to `end` has been read.
+    pub async fn readable_up_to(&self, end: Option<i64>) -> Result<bool, StoreError> {
+        match (&self.backend, end) {
+            (Backend::Postgres(pool), Some(end)) => {
+                let horizon: i64 = sqlx::query_scalar(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(horizon >= end)
+            }
+            _ => Ok(true),
+        }
+    }
+
     /// How many migrations this version has for this store's database.
     pub fn migrations_total(&self) -> usize {
         let migrator = match &self.backend {
