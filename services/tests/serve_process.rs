@@ -117,8 +117,8 @@ async fn commands_on_a_database_refuse_an_old_schema_and_never_migrate_it() {
 
 /// The demo runs only on a new, empty database: its simulated agencies work every open task.
 /// A second run on the first one's database is refused, and leaves the log as it was.
-#[test]
-fn the_demo_refuses_a_database_that_holds_events() {
+#[tokio::test]
+async fn the_demo_refuses_a_database_that_holds_events() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("demo.sqlite").display());
     let demo = || {
@@ -137,17 +137,21 @@ fn the_demo_refuses_a_database_that_holds_events() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let size = std::fs::metadata(dir.path().join("demo.sqlite"))
-        .unwrap()
-        .len();
+    let events = || async {
+        let store = lifeline_store::EventStore::connect(&url).await.unwrap();
+        let count = store
+            .read_all(lifeline_model::envelope::LogCursor::START, 1_000_000)
+            .await
+            .unwrap()
+            .len();
+        store.close().await;
+        count
+    };
+    let before = events().await;
+    assert!(before > 0);
     let second = demo();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{stderr}");
     assert!(stderr.contains("already holds events"), "{stderr}");
-    assert_eq!(
-        std::fs::metadata(dir.path().join("demo.sqlite"))
-            .unwrap()
-            .len(),
-        size
-    );
+    assert_eq!(events().await, before, "the refused demo recorded events");
 }
