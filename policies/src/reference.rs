@@ -419,9 +419,12 @@ impl Calendar {
     }
 
     /// When a procedure of `working_days` working days started at `from` is due: the end of
-    /// office hours (17:00 Vietnam time) of the last of those days, in UTC. The day it starts
-    /// counts as the first when it is a working day and the office is still open ("same
-    /// working day" is 1).
+    /// office hours (17:00 Vietnam time) of the last of those days, in UTC. "Same working day"
+    /// (1) is the day it starts when that is a working day and the office is still open, else
+    /// the next working day. A limit of several working days counts from the working day after
+    /// the one it starts on (the Civil Code, art. 147: the day of the event is not counted):
+    /// 2 working days from Monday 10:00 end on Wednesday. (Until 2026-12-07 the start day
+    /// counted for those too, and tasks were due, and flagged overdue, a day early.)
     pub fn due_at(&self, from: DateTime<Utc>, working_days: u32) -> DateTime<Utc> {
         let offset = vietnam_offset();
         let local = from.with_timezone(&offset);
@@ -430,8 +433,8 @@ impl Calendar {
             && local.time()
                 < NaiveTime::from_hms_opt(OFFICE_CLOSES_AT_HOUR, 0, 0).unwrap_or_default();
         let days = working_days.max(1);
-        let due_date = if counts_today {
-            self.add_working_days(start, days - 1)
+        let due_date = if days == 1 && counts_today {
+            start
         } else {
             self.add_working_days(start, days)
         };
@@ -808,10 +811,21 @@ mod tests {
             calendar.due_at(utc("2026-11-20T18:30:00+07:00"), 1),
             utc("2026-11-23T10:00:00Z")
         );
-        // 23:30 UTC Thursday is already Friday in Vietnam.
+        // 23:30 UTC Thursday is already Friday in Vietnam; 2 working days from then are
+        // Monday and Tuesday.
         assert_eq!(
             calendar.due_at(utc("2026-11-19T23:30:00Z"), 2),
-            utc("2026-11-23T10:00:00Z")
+            utc("2026-11-24T10:00:00Z")
+        );
+        // Several working days count from the next one, whatever the hour: 2 from Monday
+        // 10:00 end on Wednesday, 10 on the second Monday after.
+        assert_eq!(
+            calendar.due_at(utc("2026-11-23T10:00:00+07:00"), 2),
+            utc("2026-11-25T10:00:00Z")
+        );
+        assert_eq!(
+            calendar.due_at(utc("2026-11-23T10:00:00+07:00"), 10),
+            utc("2026-12-07T10:00:00Z")
         );
         // Recorded on the Saturday before Tết 2026, 2 working days: 23 and 24 Feb.
         assert_eq!(
