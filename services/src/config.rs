@@ -148,36 +148,81 @@ fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
 /// (`user:***@`); the whole user part of a NATS URL (`nats://***@host`: a NATS URL's user
 /// part alone is a token); and every query parameter whose name holds `password`
 /// (PostgreSQL's `?password=` and `sslpassword=`). A list of URLs (comma-separated, as NATS
-/// takes them) is redacted one by one. (Until 2026-12-07 only `user:password@` was: a NATS
-/// token and a PostgreSQL `?password=` were printed as they were.)
+/// takes them) is redacted one by one. A password with characters a URL must escape (`,`, `/`,
+/// `?`, `#`, `@`) left unescaped is hidden too: the user part ends at the last `@` followed by
+/// a host, and a list is split only before another `scheme://`. (Until 2026-12-07 only
+/// `user:password@` was hidden: a NATS token and a PostgreSQL `?password=` were printed.)
 pub fn redact_url(url: &str) -> String {
-    url.split(',')
+    split_url_list(url)
+        .into_iter()
         .map(redact_one_url)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `url` split at each comma that another `scheme://` follows (a comma anywhere else belongs to
+/// the URL: a password or a query value may hold one).
+fn split_url_list(url: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        rest.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        })
+    };
+    let mut parts = Vec::new();
+    let mut from = 0;
+    for (at, _) in url.match_indices(',') {
+        if at >= from && starts_url(&url[at + 1..]) {
+            parts.push(&url[from..at]);
+            from = at + 1;
+        }
+    }
+    parts.push(&url[from..]);
+    parts
 }
 
 fn redact_one_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The user part ends at the last `@` before the query: a password with an unescaped `/`
-    // (not a valid URL, but printed in the error that says so) is hidden as well.
-    let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None if scheme.eq_ignore_ascii_case("nats")
-                || scheme.eq_ignore_ascii_case("tls")
-                || scheme.eq_ignore_ascii_case("ws")
-                || scheme.eq_ignore_ascii_case("wss") =>
-            {
-                format!("***@{host}")
-            }
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
+    // The user part ends at the last `@` that a host (and port) follows, up to the path, the
+    // query or the end: a password holding an unescaped `/`, `?`, `#` or `@` is hidden whole.
+    let host_end = |after: &str| after.find(['/', '?', '#']).unwrap_or(after.len());
+    let is_host = |host: &str| {
+        !host.is_empty()
+            && host.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')
+            })
+    };
+    let user_end = rest.match_indices('@').map(|(at, _)| at).rfind(|at| {
+        let after = &rest[at + 1..];
+        is_host(&after[..host_end(after)])
+    });
+    let (authority, tail) = match user_end {
+        Some(at) => {
+            let after = &rest[at + 1..];
+            let host = &after[..host_end(after)];
+            let credentials = &rest[..at];
+            let shown = match credentials.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host}"),
+                None if scheme.eq_ignore_ascii_case("nats")
+                    || scheme.eq_ignore_ascii_case("tls")
+                    || scheme.eq_ignore_ascii_case("ws")
+                    || scheme.eq_ignore_ascii_case("wss") =>
+                {
+                    format!("***@{host}")
+                }
+                None => format!("{credentials}@{host}"),
+            };
+            (shown, &after[host.len()..])
+        }
+        None => {
+            let end = host_end(rest);
+            (rest[..end].to_owned(), &rest[end..])
+        }
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
@@ -231,8 +276,16 @@ mod tests {
                 "nats://***@a:4222,nats://u:***@b:4222,nats://c:4222",
             ),
             (
-                "postgres://a:p@ss@db/x?application_name=me@home",
-                "postgres://a:***@db/x?application_name=me@home",
+                "postgres://a:p@ss@db/x?application_name=me",
+                "postgres://a:***@db/x?application_name=me",
+            ),
+            // Characters a password should have escaped, left unescaped: hidden all the same.
+            ("postgres://u:pa,ss@db/x", "postgres://u:***@db/x"),
+            ("postgres://u:pa?ss@db/x", "postgres://u:***@db/x"),
+            ("postgres://u:pa#ss@db:5432/x", "postgres://u:***@db:5432/x"),
+            (
+                "postgres://db/x?sslpassword=a,b&sslmode=require",
+                "postgres://db/x?sslpassword=***&sslmode=require",
             ),
             ("postgres://u:pa/ss@db/x", "postgres://u:***@db/x"),
             ("postgres://db/lifeline", "postgres://db/lifeline"),
