@@ -56,13 +56,22 @@ pub enum StoreError {
     /// events would sort before the log's, and every reader's checkpoint would pass over them.
     #[error(
         "the server's next transaction id ({server}) is not past the log's newest ({log}): the \
-         log was restored into another cluster; with the server stopped, advance its counter \
-         (pg_resetwal -x) past {log} before appending (deploy/README.md, \"Backup and restore\")"
+         log was copied logically (pg_dump, logical replication) into another cluster, where new \
+         events would sort before it; restore a physical backup instead (deploy/README.md, \
+         \"Backup and restore\")"
     )]
     TransactionCounterBehind { log: i64, server: i64 },
 }
 
 impl StoreError {
+    /// Whether PostgreSQL refused the statement with `serialization_failure` (40001): on this
+    /// store, an append whose stream's previous event came from a younger transaction
+    /// (migration 17), refused before anything was stored; run again in a new transaction.
+    pub fn is_serialization_failure(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(database))
+            if database.code().as_deref() == Some("40001"))
+    }
+
     /// Whether this is the database being unreachable or overloaded for now, not a fault of
     /// the work at hand: the connection lost or refused, the pool exhausted or closed, the
     /// server shutting down, starting or out of connections (SQLSTATE classes 08, 53, 57P),

@@ -216,6 +216,11 @@ async fn commit_group_postgres(store: &EventStore, slot: &mut Slot, group: Vec<R
             }
         }
         Err(batch::FastError::Careful) => {}
+        // The group's statement was refused, nothing stored, because one of its appends met a
+        // stream whose previous event came from a younger transaction (migration 17; an
+        // `Any` append that waited for a lock, say): each goes the careful way, in a
+        // transaction of its own, rather than the whole group failing.
+        Err(batch::FastError::Store(error)) if error.is_serialization_failure() => {}
         Err(batch::FastError::Store(error)) => {
             let message = error.to_string();
             for index in index_of {

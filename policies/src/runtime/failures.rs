@@ -253,7 +253,30 @@ pub async fn retry_failed(
     Ok(report)
 }
 
+/// [`retry_one_once`], run again (up to [`RETRY_ON_SERIALIZATION`] times) when the store
+/// refused it for ordering: an append of the run, or its `PolicyRetrySucceeded` on the shared
+/// failures stream, met a stream a younger transaction changed meanwhile (migration 17). The
+/// next try is a new transaction, younger than that one.
 async fn retry_one(
+    store: &EventStore,
+    handler: &dyn PolicyHandler,
+    run: &FailedPolicyRun,
+) -> Result<(), RetryError> {
+    let mut tries = 0;
+    loop {
+        match retry_one_once(store, handler, run).await {
+            Err(error) if tries < RETRY_ON_SERIALIZATION && error.is_serialization_failure() => {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times [`retry_one`] runs a retry again after an ordering refusal.
+const RETRY_ON_SERIALIZATION: u32 = 3;
+
+async fn retry_one_once(
     store: &EventStore,
     handler: &dyn PolicyHandler,
     run: &FailedPolicyRun,
@@ -303,4 +326,21 @@ enum RetryError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+}
+
+impl RetryError {
+    /// Whether the store refused the retry with `serialization_failure` (see [`retry_one`]).
+    fn is_serialization_failure(&self) -> bool {
+        let store = match self {
+            Self::Runtime(RuntimeError::Store(error)) | Self::Policy(PolicyError::Store(error)) => {
+                Some(error)
+            }
+            Self::Runtime(RuntimeError::Append(lifeline_store::AppendError::Store(error)))
+            | Self::Policy(PolicyError::Append(lifeline_store::AppendError::Store(error))) => {
+                Some(error)
+            }
+            _ => None,
+        };
+        store.is_some_and(lifeline_store::StoreError::is_serialization_failure)
+    }
 }
