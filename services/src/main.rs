@@ -592,6 +592,18 @@ async fn connect_current(url: &str) -> anyhow::Result<EventStore> {
         .pending_migrations()
         .await
         .context("reading the database's schema version")?;
+    let unknown = store
+        .unknown_migrations()
+        .await
+        .context("reading the database's schema version")?;
+    if let Some(version) = unknown.last() {
+        store.close().await;
+        anyhow::bail!(
+            "{} was migrated by a newer version of lifeline (migration {version} is unknown to \
+             this one): run that version's binary",
+            redact_url(url)
+        );
+    }
     if let Some((version, description)) = pending.first() {
         store.close().await;
         anyhow::bail!(

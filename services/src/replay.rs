@@ -535,13 +535,13 @@ pub async fn replay_until(
 pub const EXPORT_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes the whole log, as it stood when called, to `out` as NDJSON (one event per line, in
-/// commit order): every event committed by then. On PostgreSQL the gap-free reader sees a
-/// commit only once every older transaction has ended, so an empty page is the end only once
-/// the log is readable up to where it stood at the start; until then the export waits, up to
-/// [`EXPORT_END_WAIT`] at a time without progress, then fails rather than end short. (Until
-/// 2026-12-07 `lifeline export` stopped at the first empty page: with workers running, events
-/// committed behind a transaction still open were left out, and it exited 0.) Returns the
-/// number of events written.
+/// commit order): every event committed by then, and none of a transaction begun later. On
+/// PostgreSQL the gap-free reader sees a commit only once every older transaction has ended,
+/// so an empty page is the end only once the log is readable up to where it stood at the
+/// start; until then the export waits, up to [`EXPORT_END_WAIT`] at a time without progress,
+/// then fails rather than end short. (Until 2026-12-07 `lifeline export` stopped at the first
+/// empty page: with workers running, events committed behind a transaction still open were
+/// left out, and it exited 0.) Returns the number of events written.
 pub async fn export_log(
     store: &lifeline_store::EventStore,
     out: &mut impl std::io::Write,
@@ -553,27 +553,32 @@ pub async fn export_log(
         .context("reading where the log stands")?;
     let mut cursor = lifeline_model::envelope::LogCursor::START;
     let mut written = 0_u64;
-    let mut waited = std::time::Duration::ZERO;
+    let mut last_progress = std::time::Instant::now();
     let poll = std::time::Duration::from_millis(20);
     loop {
         let page = store
             .read_all(cursor, 1000)
             .await
             .context("reading the log")?;
-        let Some(last) = page.last() else {
+        if page.is_empty() {
+            // Nothing readable after the cursor: the end, if nothing older than `end` is still
+            // running (read once more: what became readable since the empty page).
             if store
                 .readable_up_to(end)
                 .await
                 .context("reading the log's horizon")?
             {
-                // Read once more: what became readable since the empty page.
-                let rest = store.read_all(cursor, 1).await.context("reading the log")?;
-                if rest.is_empty() {
+                if store
+                    .read_all(cursor, 1)
+                    .await
+                    .context("reading the log")?
+                    .is_empty()
+                {
                     return Ok(written);
                 }
                 continue;
             }
-            if waited >= EXPORT_END_WAIT {
+            if last_progress.elapsed() >= EXPORT_END_WAIT {
                 anyhow::bail!(
                     "the export stopped after {written} events: the log did not become readable \
                      up to where it stood when the export began within {EXPORT_END_WAIT:?} (a \
@@ -581,15 +586,18 @@ pub async fn export_log(
                 );
             }
             tokio::time::sleep(poll).await;
-            waited += poll;
             continue;
-        };
-        waited = std::time::Duration::ZERO;
-        cursor = last.cursor();
+        }
+        last_progress = std::time::Instant::now();
         for event in &page {
+            // A transaction given its id after the export began: past the log as it stood.
+            if end.is_some_and(|end| event.cursor().transaction_id >= end) {
+                return Ok(written);
+            }
             serde_json::to_writer(&mut *out, event)?;
             writeln!(out)?;
+            written += 1;
+            cursor = event.cursor();
         }
-        written += page.len() as u64;
     }
 }

@@ -113,6 +113,25 @@ async fn commands_on_a_database_refuse_an_old_schema_and_never_migrate_it() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+
+    // Migrated by a newer version (a migration this one does not know): refused as well.
+    let store = lifeline_store::EventStore::connect(&format!("sqlite:{}", database.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29990101000001, 'from the future', true, x'00', 0)",
+    )
+    .execute(store.sqlite_pool().unwrap())
+    .await
+    .unwrap();
+    store.close().await;
+    for args in commands {
+        let output = lifeline(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(stderr.contains("newer version"), "{args:?}: {stderr}");
+    }
 }
 
 /// The demo runs only on a new, empty database: its simulated agencies work every open task.

@@ -1065,8 +1065,8 @@ async fn postgres_racing_appends_after_reads_keep_one_chain() {
 }
 
 /// `lifeline export` (`replay::export_log`) writes every event committed when it began, those
-/// committed behind a transaction still open included: it waits for that transaction rather
-/// than end at the first empty page. (Until 2026-12-07 it ended there, and exited 0, short of
+/// committed behind a transaction still open included (it waits for that transaction rather
+/// than end at the first empty page), and none of a transaction begun after it. (Until 2026-12-07 it ended there, and exited 0, short of
 /// the log.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_export_includes_the_events_committed_behind_an_open_transaction() {
@@ -1113,8 +1113,22 @@ async fn an_export_includes_the_events_committed_behind_an_open_transaction() {
         !exporting.is_finished(),
         "the export ended short of the log"
     );
+    // Committed after the export began, by a transaction begun after it: not in it.
+    let after = new_stream("export");
+    store
+        .append(
+            &after,
+            ExpectedVersion::NoStream,
+            &[new_event("After", json!({}))],
+        )
+        .await
+        .unwrap();
     open.commit().await.unwrap();
     let (written, text) = exporting.await.unwrap().unwrap();
+    assert!(
+        !text.contains(after.as_str()),
+        "an event begun after the export:\n{text}"
+    );
     for stream in [&first, &held, &behind] {
         assert!(
             text.contains(stream.as_str()),

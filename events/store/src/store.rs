@@ -260,20 +260,58 @@ impl EventStore {
     /// reads (nothing is created): for the commands that must not change a live database's
     /// schema (`lifeline verify`, `export`, ...), which [`EventStore::migrate`] would.
     pub async fn pending_migrations(&self) -> Result<Vec<(i64, String)>, StoreError> {
-        let (migrator, applied): (&sqlx::migrate::Migrator, Vec<i64>) = match &self.backend {
+        let applied = self.applied_migrations().await?;
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|migration| {
+                !migration.migration_type.is_down_migration()
+                    && !applied.contains(&migration.version)
+            })
+            .map(|migration| (migration.version, migration.description.to_string()))
+            .collect())
+    }
+
+    /// The migrations applied to the database that this version does not know (a newer
+    /// version migrated it), oldest first. Only reads.
+    pub async fn unknown_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let known: Vec<i64> = self
+            .migrator()
+            .iter()
+            .map(|migration| migration.version)
+            .collect();
+        let mut unknown: Vec<i64> = self
+            .applied_migrations()
+            .await?
+            .into_iter()
+            .filter(|version| !known.contains(version))
+            .collect();
+        unknown.sort_unstable();
+        Ok(unknown)
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match &self.backend {
+            Backend::Postgres(_) => &POSTGRES_MIGRATOR,
+            Backend::Sqlite { .. } => &SQLITE_MIGRATOR,
+        }
+    }
+
+    /// The versions recorded as applied (none if the migrations table does not exist).
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let applied = match &self.backend {
             Backend::Postgres(pool) => {
                 let exists: bool =
                     sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
                         .fetch_one(pool)
                         .await?;
-                let applied = if exists {
+                if exists {
                     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                         .fetch_all(pool)
                         .await?
                 } else {
                     Vec::new()
-                };
-                (&POSTGRES_MIGRATOR, applied)
+                }
             }
             Backend::Sqlite { pool, .. } => {
                 let exists: i64 = sqlx::query_scalar(
@@ -282,24 +320,16 @@ impl EventStore {
                 )
                 .fetch_one(pool)
                 .await?;
-                let applied = if exists > 0 {
+                if exists > 0 {
                     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                         .fetch_all(pool)
                         .await?
                 } else {
                     Vec::new()
-                };
-                (&SQLITE_MIGRATOR, applied)
+                }
             }
         };
-        Ok(migrator
-            .iter()
-            .filter(|migration| {
-                !migration.migration_type.is_down_migration()
-                    && !applied.contains(&migration.version)
-            })
-            .map(|migration| (migration.version, migration.description.to_string()))
-            .collect())
+        Ok(applied)
     }
 
     /// Where the log stands now, for a reader that wants every event committed by now: on
@@ -336,11 +366,7 @@ impl EventStore {
 
     /// How many migrations this version has for this store's database.
     pub fn migrations_total(&self) -> usize {
-        let migrator = match &self.backend {
-            Backend::Postgres(_) => &POSTGRES_MIGRATOR,
-            Backend::Sqlite { .. } => &SQLITE_MIGRATOR,
-        };
-        migrator
+        self.migrator()
             .iter()
             .filter(|migration| !migration.migration_type.is_down_migration())
             .count()
@@ -1588,6 +1614,19 @@ mod tests {
         assert_eq!(store.pending_migrations().await.unwrap(), pending);
         store.migrate().await.unwrap();
         assert!(store.pending_migrations().await.unwrap().is_empty());
+        assert!(store.unknown_migrations().await.unwrap().is_empty());
+        // A migration of a newer version, applied: unknown to this one.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (29990101000001, 'from the future', true, x'00', 0)",
+        )
+        .execute(store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+        assert_eq!(
+            store.unknown_migrations().await.unwrap(),
+            [29990101000001_i64]
+        );
         store.close().await;
     }
 
