@@ -718,7 +718,9 @@ impl Worker {
     /// Pulls until `shutdown` (then returns `Ok`) or a NATS failure: keeps pull requests
     /// outstanding on one subscription ([`PullBook`]) and hands every message to its lane.
     /// After shutdown, no request is sent, and messages still arriving for the outstanding
-    /// ones are nak'd at once so another process takes them.
+    /// ones are handed back ([`Worker::nak_at_stop`]: with a delay past those requests) so
+    /// another process takes them. Returns an error, for the outer loop to wait and bind again,
+    /// as soon as a request is due while the client is not connected.
     async fn pull(
         &self,
         jetstream: &jetstream::Context,
@@ -1217,6 +1219,11 @@ impl Worker {
     /// on until they ended, a burst of deliveries that each counted against the event's
     /// attempts.)
     async fn nak_at_stop(&self, message: &jetstream::Message) {
+        // Not connected: it comes back after `ack_wait` anyway, and waiting for room in the
+        // client's queue would cost every held message its 2 s.
+        if message.context.client().connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
         let delay = self.options.fetch_expires + PULL_GRACE;
         if let Err(error) = send_at_most(message.ack_with(AckKind::Nak(Some(delay)))).await {
             tracing::debug!(policy = %self.policy, %error, "cannot nak a message at shutdown; it comes back after ack_wait");

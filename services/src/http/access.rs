@@ -211,8 +211,6 @@ pub async fn record_read(
     }
 }
 
-/// The personal ID numbers among the strings of `value` (a declaration, an application, a
-/// payload).
 /// The personal ID number a stream is named after: `person-<pin>` (a person's registry
 /// stream) or `pin-<pin>` (the assignment of a number).
 pub fn personal_id_of_stream(stream_id: &str) -> Option<PersonalId> {
@@ -222,6 +220,8 @@ pub fn personal_id_of_stream(stream_id: &str) -> Option<PersonalId> {
         .and_then(|pin| PersonalId::parse(pin).ok())
 }
 
+/// The personal ID numbers among the strings of `value` (a declaration, an application, a
+/// payload).
 pub fn personal_ids_in(value: &Value) -> BTreeSet<PersonalId> {
     fn walk(value: &Value, found: &mut BTreeSet<PersonalId>) {
         match value {
@@ -474,10 +474,10 @@ pub async fn reads_of_person(
     params(AccessLogQuery, ("X-Purpose" = String, Header, description = "why the access log is read")),
     responses(
         (status = 200, description = "one page of reads in commit order; scans at most 10000 events of the log per request", body = AccessLogPage),
-        (status = 400, description = "no X-Purpose, or a malformed query", body = ErrorBody),
+        (status = 400, description = "no X-Purpose, or a query string that does not parse", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "bad cursor, limit or person", body = ErrorBody),
+        (status = 422, description = "bad cursor, limit or person, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`), each named", body = ErrorBody),
         (status = 503, description = "store unavailable, or the read cannot be recorded", body = ErrorBody),
     ),
     security(("bearer" = []))

@@ -162,11 +162,11 @@ pub struct RejectBody {
     params(("agency" = String, Path, description = "agency id, e.g. police"), InboxQuery),
     responses(
         (status = 200, description = "one page, in due order", body = InboxPage),
-        (status = 400, description = "malformed query", body = ErrorBody),
+        (status = 400, description = "a query string that does not parse", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "another agency's inbox", body = ErrorBody),
         (status = 404, description = "no such agency", body = ErrorBody),
-        (status = 422, description = "bad filters, each named", body = ErrorBody),
+        (status = 422, description = "bad filters, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`), each named", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))

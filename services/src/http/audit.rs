@@ -167,10 +167,10 @@ pub struct ExportQuery {
     params(EventsQuery, ("X-Purpose" = String, Header, description = "why the log is read")),
     responses(
         (status = 200, description = "one page in commit order", body = EventsPage),
-        (status = 400, description = "no X-Purpose, or a malformed query", body = ErrorBody),
+        (status = 400, description = "no X-Purpose, or a query string that does not parse", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "bad cursor or limit", body = ErrorBody),
+        (status = 422, description = "bad cursor or limit, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`), each named", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -284,7 +284,7 @@ pub async fn stream(
         (status = 400, description = "no X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "not a personal ID number", body = ErrorBody),
+        (status = 422, description = "not a personal ID number, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`)", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -360,7 +360,7 @@ pub async fn person_timeline(
         (status = 400, description = "no X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "as_of missing or not RFC 3339", body = ErrorBody),
+        (status = 422, description = "as_of missing or not RFC 3339, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`)", body = ErrorBody),
         (status = 503, description = "store unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -420,7 +420,7 @@ impl ReplayQuery {
         (status = 400, description = "no X-Purpose", body = ErrorBody),
         (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "not an auditor", body = ErrorBody),
-        (status = 422, description = "bad cursor or until", body = ErrorBody),
+        (status = 422, description = "bad cursor or until, or a query parameter unknown or given twice (`unknown_field`, `duplicate_field`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
