@@ -263,6 +263,47 @@ async fn an_undecodable_row_is_named(store: &EventStore) {
     assert_eq!(report.events_checked, 8, "{report:?}");
 }
 
+/// A payload given a key twice behind the store's back (its first value what SQL readers such
+/// as SQLite's `json_extract` take, its last the original) is a finding, although serde, which
+/// keeps the last, decodes it as the original and its hash matches. (Until 2026-12-07 `verify`
+/// passed it.)
+async fn a_payload_with_a_key_given_twice_is_named(store: &EventStore) {
+    let fixture = fill(store).await;
+    let (position, _, _, event_id) = fixture.events[2].clone();
+    let event = store.event_by_id(event_id).await.unwrap().unwrap();
+    let key = event
+        .payload
+        .as_object()
+        .and_then(|object| object.keys().next().cloned())
+        .expect("a payload with a key");
+    let twice = if store.postgres_pool().is_some() {
+        format!("('{{\"{key}\": \"forged\", ' || substr(payload::text, 2))::json")
+    } else {
+        format!("'{{\"{key}\": \"forged\", ' || substr(payload, 2)")
+    };
+    tamper(
+        store,
+        &format!("UPDATE events SET payload = {twice} WHERE global_position = {position}"),
+    )
+    .await;
+    let report = verify(store, &fixture.keyring).await.unwrap();
+    let bad = report.first_bad.clone().expect("a finding");
+    assert_eq!(bad.global_position, position, "{report:?}");
+    assert!(bad.reason.contains("given twice"), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_payload_with_a_key_given_twice_is_named() {
+    let store = postgres_store().await;
+    a_payload_with_a_key_given_twice_is_named(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_payload_with_a_key_given_twice_is_named() {
+    let store = sqlite_store().await;
+    a_payload_with_a_key_given_twice_is_named(&store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_undecodable_row_is_named() {
     let store = postgres_store().await;

@@ -245,18 +245,36 @@ impl Sex {
     }
 }
 
-/// Whether `c` may not appear in text a person entered: a control character, or a
-/// bidirectional embedding, override or isolate (U+202A-U+202E, U+2066-U+2069), which would make
-/// a name or an address read otherwise on an officer's screen than it is stored.
+/// Whether `c` may not appear in text a person entered: a control character, a line or
+/// paragraph separator, or an invisible formatting character (Unicode's format category: the
+/// bidirectional embeddings, overrides, isolates and marks, zero-width spaces and joiners, the
+/// byte-order mark, the soft hyphen, tags), which would make a name or an address read
+/// otherwise on an officer's screen than it is stored, or be empty to the eye (a name of one
+/// zero-width space). Vietnamese text needs none of them. (Until 2026-12-07 only the controls,
+/// and from that day the bidirectional embeddings and overrides, were refused.)
 pub fn is_forbidden_in_text(c: char) -> bool {
     c.is_control()
-        || ('\u{202A}'..='\u{202E}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
+        || matches!(c,
+            '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}')
 }
 
 /// Free text as entered: NFC-normalised, trimmed, non-empty, at most `max_chars` characters,
-/// no control characters nor bidirectional overrides ([`is_forbidden_in_text`]; until
-/// 2026-12-07 the overrides were taken). Vietnamese diacritics are kept exactly.
+/// no control characters nor invisible formatting characters ([`is_forbidden_in_text`]; until
+/// 2026-12-07 those were taken). Vietnamese diacritics are kept exactly.
 pub fn parse_text(raw: &str, field: &str, max_chars: usize) -> Result<String, FieldError> {
     let normalised: String = raw.nfc().collect();
     let trimmed = normalised.trim();
@@ -274,7 +292,7 @@ pub fn parse_text(raw: &str, field: &str, max_chars: usize) -> Result<String, Fi
         return Err(FieldError::new(
             field,
             "control_character",
-            "must not contain control characters or bidirectional overrides",
+            "must not contain control or invisible formatting characters",
         ));
     }
     Ok(trimmed.to_owned())
@@ -436,7 +454,7 @@ impl Phone {
 }
 
 /// An email address, lightly checked: one `@`, a non-empty local part, a dotted domain, no spaces,
-/// no control characters nor bidirectional overrides (`control_character`; until 2026-12-07 an
+/// no control nor invisible formatting characters (`control_character`; until 2026-12-07 an
 /// email was the one text field that took them, and handed them on to the agencies).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -449,7 +467,7 @@ impl Email {
             return Err(FieldError::new(
                 field,
                 "control_character",
-                "must not contain control characters or bidirectional overrides",
+                "must not contain control or invisible formatting characters",
             ));
         }
         let well_formed = value.len() <= 254
@@ -666,7 +684,17 @@ mod tests {
                 .code,
             "too_long"
         );
-        for forbidden in ["a\u{0}b", "a\u{1b}b", "a\u{202e}b", "a\u{2067}b"] {
+        for forbidden in [
+            "a\u{0}b",
+            "a\u{1b}b",
+            "a\u{202e}b",
+            "a\u{2067}b",
+            "a\u{200b}b",
+            "a\u{200f}b",
+            "a\u{feff}b",
+            "a\u{2028}b",
+            "a\u{061c}b",
+        ] {
             assert_eq!(
                 parse_text(forbidden, "x", 10).unwrap_err().code,
                 "control_character",
@@ -681,6 +709,11 @@ mod tests {
             );
         }
         assert!(parse_text("Nguyễn Thị Ánh", "x", 20).is_ok());
+        // A name of one zero-width space is no name.
+        assert_eq!(
+            FullName::parse_field("\u{200b}", "x").unwrap_err().code,
+            "control_character"
+        );
     }
 
     #[test]

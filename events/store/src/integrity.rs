@@ -97,8 +97,87 @@ impl IntegrityRow {
     }
 }
 
+/// The documents are read as their stored text ([`parse_stored_json`]), on both databases.
 const ROW_COLUMNS: &str = "global_position, transaction_id, stream_id, stream_version, \
-     event_id, event_type, schema_version, payload, metadata, event_hash";
+     event_id, event_type, schema_version, CAST(payload AS TEXT) AS payload, \
+     CAST(metadata AS TEXT) AS metadata, event_hash";
+
+/// Parses a stored JSON document for the integrity check, refusing a key given twice in any
+/// object: Lifeline never writes one (its canonical JSON; jsonb's output before migration 10),
+/// and one added behind the store's back would hash as the original (serde keeps the last of
+/// the two) while SQL readers take the first (SQLite's `json_extract`: an event's topic, so the
+/// relay's subject). Until 2026-12-07 `verify` passed such a document.
+fn parse_stored_json(
+    text: &str,
+    global_position: i64,
+    what: &str,
+) -> Result<serde_json::Value, StoreError> {
+    struct Strict(serde_json::Value);
+    struct StrictVisitor;
+    impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+        type Value = serde_json::Value;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Bool(value))
+        }
+        fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(value.into())
+        }
+        fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
+            Ok(value.into())
+        }
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            serde_json::Number::from_f64(value)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| E::custom("a number out of range"))
+        }
+        fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::String(value.to_owned()))
+        }
+        fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::String(value))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut items: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut values = Vec::new();
+            while let Some(Strict(value)) = items.next_element()? {
+                values.push(value);
+            }
+            Ok(serde_json::Value::Array(values))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut entries: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut map = serde_json::Map::new();
+            while let Some(key) = entries.next_key::<String>()? {
+                if map.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the key {key:?} is given twice"
+                    )));
+                }
+                let Strict(value) = entries.next_value()?;
+                map.insert(key, value);
+            }
+            Ok(serde_json::Value::Object(map))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Strict {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+    serde_json::from_str::<Strict>(text)
+        .map(|Strict(value)| value)
+        .map_err(|error| corrupt(global_position, format!("{what}: {error}")))
+}
 
 const SEAL_COLUMNS: &str = "seq, from_transaction_id, from_global_position, to_transaction_id, \
      to_global_position, event_count, merkle_root, prev_seal_hash, seal_hash, key_id, signature";
@@ -161,8 +240,16 @@ fn decode_pg_row(row: &PgRow) -> Result<IntegrityRow, StoreError> {
         event_type: row.try_get("event_type")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(global_position, "schema version"))?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
+        payload: parse_stored_json(
+            &row.try_get::<String, _>("payload")?,
+            global_position,
+            "payload",
+        )?,
+        metadata: parse_stored_json(
+            &row.try_get::<String, _>("metadata")?,
+            global_position,
+            "metadata",
+        )?,
         event_hash: hash_column(global_position, row.try_get("event_hash")?)?,
     })
 }
@@ -185,10 +272,8 @@ fn decode_sqlite_row(row: &SqliteRow) -> Result<IntegrityRow, StoreError> {
         event_type: row.try_get("event_type")?,
         schema_version: u32::try_from(schema_version)
             .map_err(|_| corrupt(global_position, "schema version"))?,
-        payload: serde_json::from_str(&payload)
-            .map_err(|error| corrupt(global_position, format!("payload: {error}")))?,
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|error| corrupt(global_position, format!("metadata: {error}")))?,
+        payload: parse_stored_json(&payload, global_position, "payload")?,
+        metadata: parse_stored_json(&metadata, global_position, "metadata")?,
         event_hash: hash_column(global_position, row.try_get("event_hash")?)?,
     })
 }
