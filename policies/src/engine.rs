@@ -778,13 +778,19 @@ impl Run<'_> {
         if life_event.voided {
             return Ok(vec![]);
         }
+        // The record as it stands: its declaration and its `late` decided again by the
+        // corrections already made (until 2026-12-07 a correction handled before the
+        // registration left the task with `late` as first recorded).
+        let late = life_event.late;
         match (recorded, life_event.declaration) {
             (LifeEventEvent::BirthRecorded(mut birth), Declaration::Birth(current)) => {
                 birth.declaration = current;
+                birth.late = late;
                 self.rule(rules::birth_registration::react(&birth, &self.context))
             }
             (LifeEventEvent::DeathRecorded(mut death), Declaration::Death(current)) => {
                 death.declaration = current;
+                death.late = late;
                 self.rule(rules::death_registration::react(&death, &self.context))
             }
             _ => Err(self.refused(format!(

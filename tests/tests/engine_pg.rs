@@ -863,3 +863,90 @@ async fn a_batch_of_completions_is_stored_whole_with_the_childrens_numbers() {
     }
     test_store.close().await;
 }
+
+/// A birth recorded late whose correction (its date of birth, no longer late) is in the log
+/// before the registration policy runs: the registration task is made from the record as it
+/// stands, `late` included. (Until 2026-12-07 it took the corrected declaration but `late` as
+/// first recorded.)
+#[tokio::test]
+async fn a_registration_made_after_a_correction_takes_the_corrected_late() {
+    let test_store = lifeline_tests::postgres_store().await;
+    let store = test_store.store().clone();
+    let engine = PolicyEngine::embedded().unwrap();
+    let today = lifeline_tests::chain::today();
+    let declared = |date_of_birth: &str| {
+        let input: BirthDeclarationInput = serde_json::from_value(json!({
+          "office": "79-26734",
+          "child": { "full_name": "Nguyễn Minh An", "sex": "female",
+                     "date_of_birth": date_of_birth,
+                     "place_of_birth": "Bệnh viện Từ Dũ", "nationality": "VN" },
+          "mother": { "full_name": "Trần Thị Bích", "personal_id": "079190001234" },
+          "residence": { "province": "79", "commune": "26734", "address": "12 Lê Lợi" },
+          "declarant": { "full_name": "Trần Thị Bích", "personal_id": "079190001234",
+                         "relationship": "mother" },
+          "procedures": ["birth-registration"]
+        }))
+        .unwrap();
+        parse_birth(&input, today).unwrap()
+    };
+    let life_event_id = Uuid::new_v4();
+    let recorded = record(
+        &store,
+        "birth",
+        LifeEventCommand::RecordBirth {
+            life_event_id,
+            declaration: declared("2026-08-01"),
+            recorded_on: today,
+        },
+    )
+    .await;
+    let stream = recorded.stream_id.clone();
+    let mut state = LifeEvent::default();
+    for event in LifeEvent::default()
+        .decide(LifeEventCommand::RecordBirth {
+            life_event_id,
+            declaration: declared("2026-08-01"),
+            recorded_on: today,
+        })
+        .unwrap()
+    {
+        state.apply(event);
+    }
+    assert!(state.late, "recorded late");
+    let corrected: Vec<_> = state
+        .decide(LifeEventCommand::Correct {
+            declaration: lifeline_model::declaration::Declaration::Birth(declared("2026-11-01")),
+            reason: "the date of birth was mistyped".into(),
+            recorded_on: today,
+        })
+        .unwrap()
+        .iter()
+        .map(|event| to_new_event(event, Uuid::new_v4(), metadata(Role::Registrar)))
+        .collect();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Exact(recorded.stream_version),
+            &corrected,
+        )
+        .await
+        .unwrap();
+
+    deliver_registrations(&store, &engine, std::slice::from_ref(&recorded))
+        .await
+        .unwrap();
+    let task = store
+        .read_stream(&task_stream(registration_task(&recorded)).unwrap())
+        .await
+        .unwrap();
+    let created = match decode_recorded::<TaskEvent>(&task[0]).unwrap() {
+        TaskEvent::TaskCreated(created) => created,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(created.application.get("late"), Some(&json!(false)));
+    assert_eq!(
+        created.application.get("child.date_of_birth"),
+        Some(&json!("2026-11-01"))
+    );
+    test_store.close().await;
+}

@@ -26,10 +26,26 @@ pub fn update_event_id(cause: uuid::Uuid, task_id: uuid::Uuid) -> uuid::Uuid {
     deterministic_id(&format!("{CORRECTIONS}/{cause}/{task_id}"))
 }
 
-/// The last task of each procedure (tasks in creation order).
+/// The last task of each procedure (tasks in creation order), leaving out a reversal the agency
+/// rejected or that was cancelled: the task it would have reversed still stands. (Until
+/// 2026-12-07 such a reversal was the procedure's latest, "nothing standing": a correction
+/// that chose the procedure again, or made the deceased eligible again, made a new first
+/// task beside the completed one, a second card or a second payment.)
 fn latest_per_procedure(tasks: &[TaskFacts]) -> BTreeMap<ProcedureId, &TaskFacts> {
     tasks
         .iter()
+        .filter(|task| {
+            let reversal = task
+                .created
+                .follow_up
+                .as_ref()
+                .is_some_and(|follow_up| follow_up.kind == FollowUpKind::Reversal);
+            !(reversal
+                && matches!(
+                    task.state.status,
+                    TaskStatus::Rejected | TaskStatus::Cancelled
+                ))
+        })
         .map(|task| (task.created.procedure, task))
         .collect()
 }
@@ -632,6 +648,59 @@ mod tests {
             amended.application.get("child.personal_id"),
             Some(&json!("079326000042"))
         );
+    }
+
+    /// A reversal the agency rejected leaves the completed task standing: a correction that
+    /// re-chooses the procedure asks for a re-issue following that task, not a new first task
+    /// (a second card).
+    #[test]
+    fn a_rejected_reversal_leaves_the_completed_task_standing() {
+        let reference = reference();
+        let card = completed_task(
+            P::ChildHealthInsurance,
+            TaskOutcome::InsuranceCardIssued {
+                card_number: "TE1790000000042".into(),
+                valid_until: date("2032-11-19"),
+            },
+        );
+        let mut reversal = open_task(P::ChildHealthInsurance);
+        reversal.created.task_id = Uuid::from_u128(0x5e);
+        reversal.created.follow_up = Some(FollowUp {
+            kind: FollowUpKind::Reversal,
+            follows: card.task_id(),
+            reason: "bỏ chọn".into(),
+        });
+        reversal.state.status = TaskStatus::Rejected;
+        let choice = BirthChoice {
+            child_personal_id: child_pin(),
+            certificate_number: "GKS-2026-001".into(),
+            completion: crate::facts::Source {
+                event_id: Uuid::from_u128(0xc0),
+                recorded_at: utc("2026-11-20T03:00:00Z"),
+                correlation_id: Uuid::from_u128(0xc1),
+            },
+        };
+        let commands = react_corrected(
+            &corrected("Nguyễn Minh Anh"),
+            &birth_facts(),
+            &[card.clone(), reversal],
+            &FollowUps::Rechoose(choice),
+            &context(&reference),
+        )
+        .unwrap();
+        let created: Vec<_> = commands
+            .iter()
+            .filter_map(|command| match command {
+                Command::CreateTask(task) if task.procedure == P::ChildHealthInsurance => {
+                    Some(task)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created.len(), 1, "{commands:?}");
+        let follow_up = created[0].follow_up.as_ref().expect("a follow-up");
+        assert_eq!(follow_up.kind, FollowUpKind::Reissue);
+        assert_eq!(follow_up.follows, card.task_id());
     }
 
     #[test]
