@@ -304,6 +304,48 @@ async fn sqlite_a_payload_with_a_key_given_twice_is_named() {
     a_payload_with_a_key_given_twice_is_named(&store).await;
 }
 
+/// A record of one office signed by another office's key, under that other office's name in
+/// its metadata: the signature holds, but it does not vouch for this record. (Until 2026-12-07
+/// `verify` passed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_signed_by_another_office_is_named() {
+    let store = sqlite_store().await;
+    let fixture = fill(&store).await;
+    let births = new_stream("birth");
+    let event_id = Uuid::now_v7();
+    let payload = json!({ "office": "01-00004", "child": { "name": "Lê An" } });
+    let (key_id, signature) = sign_office_event(
+        &fixture.office,
+        births.as_str(),
+        event_id,
+        "BirthRecorded",
+        &payload,
+    );
+    let forged = NewEvent {
+        event_id,
+        event_type: "BirthRecorded".to_owned(),
+        schema_version: 1,
+        payload,
+        metadata: EventMetadata {
+            actor: "registrar-1".to_owned(),
+            role: Role::Registrar,
+            office: Some(OFFICE.to_owned()),
+            office_signature: Some(OfficeSignature { key_id, signature }),
+            ..EventMetadata::system("registrar-1", Uuid::new_v4(), None, Utc::now())
+        },
+    };
+    let outcome = store
+        .append(&births, ExpectedVersion::NoStream, &[forged])
+        .await
+        .unwrap();
+    let (bad, reason) = first_bad(&store, &fixture.keyring).await;
+    assert_eq!(bad, outcome.first_position.0, "{reason}");
+    assert!(
+        reason.contains("of office 01-00004 signed as office"),
+        "{reason}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_an_undecodable_row_is_named() {
     let store = postgres_store().await;

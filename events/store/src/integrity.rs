@@ -701,6 +701,20 @@ impl<'k> Verifier<'k> {
         let office = metadata
             .office
             .ok_or_else(|| format!("a {} names no office", row.event_type))?;
+        // The office that signs is the record's: a recording names it at the top of its
+        // payload, a correction in its declaration (a void names none). Another office's key
+        // does not vouch for it. (Until 2026-12-07 only the metadata's office was compared.)
+        let recorded_by = row
+            .payload
+            .get("office")
+            .or_else(|| row.payload.pointer("/declaration/office"))
+            .and_then(serde_json::Value::as_str);
+        if let Some(recorded_by) = recorded_by.filter(|recorded_by| *recorded_by != office) {
+            return Err(format!(
+                "a {} of office {recorded_by} signed as office {office}",
+                row.event_type
+            ));
+        }
         let signature = metadata
             .office_signature
             .ok_or_else(|| format!("a {} without its office's signature", row.event_type))?;
