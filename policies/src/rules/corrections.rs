@@ -268,6 +268,8 @@ fn follow_routed(
         context,
         commands,
     )?;
+    // A re-issue moved stays a re-issue of the task it follows (until 2026-12-07 the new
+    // office got a plain first application: a second card or payment beside the first).
     commands.push(Command::CreateTask(new_task(
         CORRECTIONS,
         procedure,
@@ -275,7 +277,7 @@ fn follow_routed(
         office.clone(),
         &application.0,
         context,
-        None,
+        task.created.follow_up.clone(),
     )));
     Ok(())
 }
@@ -1150,6 +1152,39 @@ mod tests {
             moved[0].application.get("deceased.residence.address"),
             Some(&json!("12 Lê Lợi"))
         );
+    }
+
+    /// An open re-issue moved to another area's office stays a re-issue of the completed task
+    /// it follows.
+    #[test]
+    fn a_moved_reissue_stays_a_reissue_of_its_task() {
+        let (before, mut tasks) = decided_followups(&pensioner());
+        let mut paid = tasks[2].clone();
+        paid.created.task_id = Uuid::from_u128(0xbeef);
+        paid.state.status = TaskStatus::Completed;
+        tasks[2].created.follow_up = Some(FollowUp {
+            kind: FollowUpKind::Reissue,
+            follows: paid.task_id(),
+            reason: "sai tên".into(),
+        });
+        tasks.insert(2, paid.clone());
+        let (event, life) = death_corrected(|death| {
+            death.deceased.residence = Some(lifeline_model::declaration::Residence {
+                province: "79".into(),
+                commune: "26734".into(),
+                address: "12 Lê Lợi".into(),
+            });
+        });
+        let commands = redecided(&event, &life, &tasks, &before, &pensioner());
+        let moved: Vec<_> = created_of(&commands)
+            .into_iter()
+            .filter(|task| task.procedure == paid.created.procedure)
+            .collect();
+        assert_eq!(moved.len(), 1, "{commands:?}");
+        assert_eq!(moved[0].office.as_str(), "79-00000");
+        let follow_up = moved[0].follow_up.as_ref().expect("still a re-issue");
+        assert_eq!(follow_up.kind, FollowUpKind::Reissue);
+        assert_eq!(follow_up.follows, paid.task_id());
     }
 
     #[test]
