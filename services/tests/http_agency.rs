@@ -434,3 +434,42 @@ async fn a_command_on_a_task_read_before_a_change_runs_on_the_task_as_it_stands(
     assert!(after.state.overdue);
     assert_eq!(after.state.status, TaskStatus::Claimed);
 }
+
+/// `lifeline_events_appended_total` counts what a command appended by type: a completion of an
+/// unclaimed task appends a claim and a completion. (Until 2026-12-07 it counted two
+/// completions.)
+#[tokio::test]
+async fn the_appended_events_are_counted_by_their_own_types() {
+    let app = TestApp::new().await;
+    let task = create_task(&app, ProcedureId::ResidenceRegistration).await;
+    let alice = officer("police-alice", AgencyId::Police);
+    let outcome = json!({ "outcome": { "kind": "residence_registered", "entry_number": "HK-1" } });
+    let (status, body, _) = app
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/complete"),
+            Some(&alice),
+            Some(outcome),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = tower::ServiceExt::oneshot(
+        app.router(),
+        axum::http::Request::get("/metrics")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    for line in [
+        r#"lifeline_events_appended_total{event_type="TaskClaimed"} 1"#,
+        r#"lifeline_events_appended_total{event_type="TaskCompleted"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+}

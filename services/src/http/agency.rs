@@ -278,16 +278,7 @@ pub async fn claim_task(
         by: principal.subject.clone(),
         at: state.now(),
     };
-    run_task_command(
-        &state,
-        &principal,
-        &context,
-        &headers,
-        &id,
-        "TaskClaimed",
-        |_| Ok(command),
-    )
-    .await
+    run_task_command(&state, &principal, &context, &headers, &id, |_| Ok(command)).await
 }
 
 /// Complete a task with its outcome (checked for the procedure).
@@ -325,7 +316,6 @@ pub async fn complete_task(
         &context,
         &headers,
         &id,
-        "TaskCompleted",
         move |procedure| {
             let outcome = outcome_of(body.outcome, procedure, at.date_naive())?;
             Ok(TaskCommand::Complete { by, outcome, at })
@@ -369,7 +359,6 @@ pub async fn reject_task(
         &context,
         &headers,
         &id,
-        "TaskRejected",
         move |_| match body.reason {
             Some(reason) if !reason.trim().is_empty() => Ok(TaskCommand::Reject { by, reason, at }),
             _ => Err(ApiError::validation(&ValidationErrors(vec![
@@ -393,7 +382,6 @@ async fn run_task_command(
     context: &RequestContext,
     headers: &HeaderMap,
     id: &str,
-    event_type: &str,
     command: impl FnOnce(ProcedureId) -> Result<TaskCommand, ApiError>,
 ) -> Result<Json<TaskBody>, ApiError> {
     authorize_role(principal, Action::WorkTask)?;
@@ -407,14 +395,43 @@ async fn run_task_command(
     let command = command(procedure)?;
     let actor = actor(principal, context);
     let after = state.tasks.execute_on(&actor, &loaded, command).await?;
-    let appended = after.version.0.saturating_sub(loaded.version.0);
-    if appended > 0 {
-        state
-            .metrics
-            .events_appended(event_type, u64::try_from(appended).unwrap_or_default());
+    if after.version > loaded.version {
+        count_appended(
+            state,
+            &after.stream_id,
+            loaded.version,
+            actor.correlation_id,
+        )
+        .await;
     }
     let body = task_body(&after, procedure)?;
     serve_task(state, principal, context, purpose, task_id, body).await
+}
+
+/// Counts in `lifeline_events_appended_total` the events this request's command appended to
+/// the task's stream after `version`, each by its own type: those carrying the request's
+/// correlation id (a completion of an unclaimed task appends a claim and a completion; a
+/// command run again after a conflict finds others' events in between, not its own). (Until
+/// 2026-12-07 the versions gained were all counted as the command's type.) A stream that
+/// cannot be read now is not counted, and says so.
+async fn count_appended(
+    state: &AppState,
+    stream: &lifeline_model::envelope::StreamId,
+    version: lifeline_model::envelope::StreamVersion,
+    correlation_id: Uuid,
+) {
+    match state.store.read_stream(stream).await {
+        Ok(events) => {
+            for event in events.iter().filter(|event| {
+                event.stream_version > version && event.metadata.correlation_id == correlation_id
+            }) {
+                state.metrics.events_appended(&event.event_type, 1);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the task's events to count them in the metrics");
+        }
+    }
 }
 
 async fn load_task(
