@@ -105,7 +105,7 @@ macro_rules! event_family {
 event_family!(LifeEventEvent {
     BirthRecorded => 2,
     DeathRecorded => 2,
-    LifeEventCorrected => 1,
+    LifeEventCorrected => 2,
     LifeEventVoided => 1,
 });
 
@@ -285,6 +285,7 @@ pub fn upcast(event_type: &str, schema_version: u32, payload: Value) -> Result<V
         let step = match (event_type, from) {
             ("BirthRecorded", 1) => birth_recorded_v1_to_v2,
             ("DeathRecorded", 1) => death_recorded_v1_to_v2,
+            ("LifeEventCorrected", 1) => life_event_corrected_v1_to_v2,
             _ => {
                 return Err(DecodeError::Upcast {
                     event_type: event_type.to_owned(),
@@ -344,6 +345,35 @@ fn death_recorded_v1_to_v2(payload: Value) -> Result<Value, String> {
         Value::from(format!("{date}T00:00:00+07:00")),
     );
     death.insert("time_known".to_owned(), Value::Bool(false));
+    Ok(Value::Object(body))
+}
+
+/// LifeEventCorrected v1 -> v2: the declaration it carries is brought to the current shape as
+/// the record's own would be. Version 1 corrections carry either shape: those stored while
+/// births and deaths were at version 1 have `child.name` and no `procedures`, or `death.date`;
+/// later ones already the current shape, which this leaves as it is. (Until 2026-12-07 the
+/// embedded declaration was never upcast: an old-shaped one did not decode, and its record
+/// could no longer be loaded.)
+fn life_event_corrected_v1_to_v2(payload: Value) -> Result<Value, String> {
+    let mut body = into_object(payload)?;
+    let declaration = body.remove("declaration").ok_or("declaration is missing")?;
+    let kind = declaration
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("declaration.kind is missing")?
+        .to_owned();
+    let declaration = match kind.as_str() {
+        "birth" => birth_recorded_v1_to_v2(declaration)?,
+        "death"
+            if declaration
+                .get("death")
+                .is_some_and(|death| death.get("date").is_some() && death.get("at").is_none()) =>
+        {
+            death_recorded_v1_to_v2(declaration)?
+        }
+        _ => declaration,
+    };
+    body.insert("declaration".to_owned(), declaration);
     Ok(Value::Object(body))
 }
 

@@ -79,6 +79,59 @@ fn birth_recorded_v1_is_upcast_with_full_name_and_the_whole_group() {
     assert!(birth.late);
 }
 
+/// A version 1 correction stored while births and deaths were at version 1 carries their old
+/// declaration shape (`child.name`, no `procedures`; `death.date`): upcast as the record's own.
+/// One stored later carries the current shape and is read as it is.
+#[test]
+fn life_event_corrected_v1_declarations_of_either_shape_are_read() {
+    let mut old_birth = fixture("LifeEventCorrected", 1);
+    let declaration = old_birth["declaration"].as_object_mut().unwrap();
+    declaration.remove("procedures");
+    let child = declaration["child"].as_object_mut().unwrap();
+    let name = child.remove("full_name").unwrap();
+    child.insert("name".to_owned(), name);
+    let LifeEventEvent::LifeEventCorrected(corrected) =
+        decode("LifeEventCorrected", 1, old_birth).unwrap()
+    else {
+        panic!("not a LifeEventCorrected");
+    };
+    let Declaration::Birth(birth) = &corrected.declaration else {
+        panic!("not a birth");
+    };
+    assert_eq!(birth.child.full_name.as_str(), "Nguyễn Minh Anh");
+    assert_eq!(birth.procedures, ProcedureId::ALL[..3]);
+
+    let current: LifeEventEvent =
+        decode("LifeEventCorrected", 1, fixture("LifeEventCorrected", 1)).unwrap();
+    let LifeEventEvent::LifeEventCorrected(current) = current else {
+        panic!("not a LifeEventCorrected");
+    };
+    assert_eq!(current.declaration, corrected.declaration);
+
+    let death_v1 = fixture("DeathRecorded", 1);
+    let mut declaration = death_v1.clone();
+    for key in ["life_event_id", "reference", "recorded_on", "late"] {
+        declaration.as_object_mut().unwrap().remove(key);
+    }
+    declaration["kind"] = json!("death");
+    let old_death = json!({
+        "life_event_id": death_v1["life_event_id"],
+        "reason": "sai ngày",
+        "recorded_on": "2026-11-21",
+        "changed_fields": ["death.date"],
+        "declaration": declaration,
+    });
+    let LifeEventEvent::LifeEventCorrected(corrected) =
+        decode("LifeEventCorrected", 1, old_death).unwrap()
+    else {
+        panic!("not a LifeEventCorrected");
+    };
+    let Declaration::Death(death) = &corrected.declaration else {
+        panic!("not a death");
+    };
+    assert!(!death.death.time_known);
+}
+
 #[test]
 fn birth_recorded_v2() {
     let LifeEventEvent::BirthRecorded(birth) = life_event("BirthRecorded", 2) else {
