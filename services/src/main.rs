@@ -276,12 +276,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 PoliciesCommand::Retry { policy, event_id } => {
                     let engine = policy_engine(load_reference()?);
-                    if let Some(name) = &policy {
-                        let known = lifeline_policies::PolicyHandler::policy_names(&engine);
-                        if !known.contains(&name.as_str()) {
-                            anyhow::bail!("no policy named {name:?}: one of {}", known.join(", "));
-                        }
-                    }
                     let report = retry_failed(&store, &engine, &RetryFilter { policy, event_id })
                         .await
                         .context("retrying failed policy runs")?;

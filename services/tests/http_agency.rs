@@ -453,19 +453,7 @@ async fn the_appended_events_are_counted_by_their_own_types() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let response = tower::ServiceExt::oneshot(
-        app.router(),
-        axum::http::Request::get("/metrics")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let text = app.metrics_text().await;
     for line in [
         r#"lifeline_events_appended_total{event_type="TaskClaimed"} 1"#,
         r#"lifeline_events_appended_total{event_type="TaskCompleted"} 1"#,

@@ -43,21 +43,7 @@ async fn health_readiness_and_metrics_need_no_token() {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    let text = {
-        let response = tower::ServiceExt::oneshot(
-            app.router(),
-            axum::http::Request::get("/metrics")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-        let bytes = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    };
+    let text = app.metrics_text().await;
     assert!(
         text.contains(
             r#"lifeline_http_requests_total{route="/v1/births",method="POST",status="201"} 1"#

@@ -33,9 +33,16 @@ struct Fixture {
 }
 
 fn birth(stream: &StreamId, office: &KeyPair) -> NewEvent {
+    signed_birth(
+        stream,
+        office,
+        json!({ "child": { "name": "Nguyễn An", "sex": "female" }, "weight_grams": 3100 }),
+    )
+}
+
+/// A `BirthRecorded` with `payload`, signed with `office`'s key as [`OFFICE`].
+fn signed_birth(stream: &StreamId, office: &KeyPair, payload: serde_json::Value) -> NewEvent {
     let event_id = Uuid::now_v7();
-    let payload =
-        json!({ "child": { "name": "Nguyễn An", "sex": "female" }, "weight_grams": 3100 });
     let (key_id, signature) =
         sign_office_event(office, stream.as_str(), event_id, "BirthRecorded", &payload);
     NewEvent {
@@ -312,28 +319,11 @@ async fn a_record_signed_by_another_office_is_named() {
     let store = sqlite_store().await;
     let fixture = fill(&store).await;
     let births = new_stream("birth");
-    let event_id = Uuid::now_v7();
-    let payload = json!({ "office": "01-00004", "child": { "name": "Lê An" } });
-    let (key_id, signature) = sign_office_event(
+    let forged = signed_birth(
+        &births,
         &fixture.office,
-        births.as_str(),
-        event_id,
-        "BirthRecorded",
-        &payload,
+        json!({ "office": "01-00004", "child": { "name": "Lê An" } }),
     );
-    let forged = NewEvent {
-        event_id,
-        event_type: "BirthRecorded".to_owned(),
-        schema_version: 1,
-        payload,
-        metadata: EventMetadata {
-            actor: "registrar-1".to_owned(),
-            role: Role::Registrar,
-            office: Some(OFFICE.to_owned()),
-            office_signature: Some(OfficeSignature { key_id, signature }),
-            ..EventMetadata::system("registrar-1", Uuid::new_v4(), None, Utc::now())
-        },
-    };
     let outcome = store
         .append(&births, ExpectedVersion::NoStream, &[forged])
         .await

@@ -234,6 +234,15 @@ pub async fn retry_failed(
     handler: &dyn PolicyHandler,
     filter: &RetryFilter,
 ) -> Result<RetryReport, RuntimeError> {
+    if let Some(policy) = &filter.policy {
+        let known = handler.policy_names();
+        if !known.contains(&policy.as_str()) {
+            return Err(RuntimeError::UnknownPolicy {
+                policy: policy.clone(),
+                known,
+            });
+        }
+    }
     let mut report = RetryReport::default();
     for run in list_failed(store).await? {
         if !filter.matches(&run) {

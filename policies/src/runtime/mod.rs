@@ -49,6 +49,13 @@ pub enum RuntimeError {
     Encode(#[source] serde_json::Error),
     #[error("role {role} needs a NATS connection (set the NATS url)")]
     NatsRequired { role: &'static str },
+    /// A retry of failed runs named a policy the handler does not have: a mistake, not
+    /// "nothing to retry".
+    #[error("no policy named {policy:?}: one of {}", known.join(", "))]
+    UnknownPolicy {
+        policy: String,
+        known: Vec<&'static str>,
+    },
 }
 
 impl RuntimeError {

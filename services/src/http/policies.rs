@@ -12,6 +12,7 @@ use lifeline_model::validation::{FieldError, ValidationErrors};
 use lifeline_policies::runtime::failures::{
     list_failed, retry_failed, FailedPolicyRun, RetryFilter,
 };
+use lifeline_policies::runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::ToSchema;
@@ -131,19 +132,6 @@ pub async fn retry(
             "this process has no policy engine; retry on one that runs `lifeline serve`",
         ));
     };
-    // A policy name the engine does not know is a mistake, not "nothing to retry".
-    if let Some(name) = &body.policy {
-        let known = engine.policy_names();
-        if !known.contains(&name.as_str()) {
-            return Err(ApiError::validation(&ValidationErrors(vec![
-                FieldError::new(
-                    "policy",
-                    "unknown_policy",
-                    format!("must be one of {}", known.join(", ")),
-                ),
-            ])));
-        }
-    }
     let filter = RetryFilter {
         policy: body.policy,
         event_id: body.event_id,
@@ -151,7 +139,17 @@ pub async fn retry(
     tracing::info!(subject = %principal.subject, policy = ?filter.policy, event_id = ?filter.event_id, "operator retries failed policy runs");
     let report = retry_failed(&state.store, engine.as_ref(), &filter)
         .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?;
+        .map_err(|error| match error {
+            // A policy name the engine does not know is a mistake, not "nothing to retry".
+            RuntimeError::UnknownPolicy { known, .. } => {
+                ApiError::validation(&ValidationErrors(vec![FieldError::new(
+                    "policy",
+                    "unknown_policy",
+                    format!("must be one of {}", known.join(", ")),
+                )]))
+            }
+            other => ApiError::unavailable(other.to_string()),
+        })?;
     Ok(Json(RetryAnswer {
         succeeded: report.succeeded.into_iter().map(FailedRun::from).collect(),
         failed: report

@@ -104,6 +104,17 @@ impl TestApp {
         (status, json, headers)
     }
 
+    /// The text of `GET /metrics` (Prometheus text, no token).
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .router()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     /// The number of events in the log besides the access log's (`access-<uuid>` streams: an
     /// answer carrying personal data adds one, whatever the request did).
     pub async fn log_len(&self) -> usize {
