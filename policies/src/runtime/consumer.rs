@@ -1221,7 +1221,7 @@ impl Worker {
     async fn nak_at_stop(&self, message: &jetstream::Message) {
         // Not connected: it comes back after `ack_wait` anyway, and waiting for room in the
         // client's queue would cost every held message its 2 s.
-        if message.context.client().connection_state() != async_nats::connection::State::Connected {
+        if super::bus::nats_connected(&message.context).is_err() {
             return;
         }
         let delay = self.options.fetch_expires + PULL_GRACE;
